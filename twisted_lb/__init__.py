@@ -1,0 +1,26 @@
+"""
+twisted-lb: an L4 (TCP) and L7 (HTTP/1.1) load balancer built on Twisted.
+
+The public API is re-exported here; see ``__all__``.
+"""
+
+from twisted_lb.backend import Backend, BackendState, ConnectionInfo
+from twisted_lb.interfaces import IBalancingStrategy, IStrategyFactory
+from twisted_lb.pool import Lease, Pool
+from twisted_lb.strategies import UnknownStrategyError, get_strategy, installed_strategies
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendState",
+    "ConnectionInfo",
+    "IBalancingStrategy",
+    "IStrategyFactory",
+    "Lease",
+    "Pool",
+    "UnknownStrategyError",
+    "__version__",
+    "get_strategy",
+    "installed_strategies",
+]

@@ -1,0 +1,60 @@
+"""
+The zope interfaces of twisted-lb: balancing strategies and their plugin factories.
+
+Interface methods take no ``self`` (zope convention), so that ``verifyObject`` works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted_lb.backend import Backend, ConnectionInfo
+
+
+class IBalancingStrategy(Interface):
+    """
+    Chooses one backend for a new connection (L4) or request (L7).
+
+    A strategy may also define ``backends_changed(backends: Sequence[Backend]) -> None``. The
+    pool calls it with every backend of the pool (whatever their state) when the pool is made
+    and whenever its membership changes, so that a strategy can rebuild derived state such as a
+    hash ring.
+    """
+
+    def pick(backends: Sequence[Backend], info: ConnectionInfo) -> Backend | None:
+        """
+        Choose a backend.
+
+        Args:
+            backends: the backends that may be picked, never empty: UP, not excluded by an
+                earlier failed attempt for this client, primaries only unless no primary is UP.
+                Live load is on each backend (``active_connections``, ``weight``).
+            info: what is known of the client (and, for L7, of the request).
+
+        Returns:
+            One of ``backends``, or ``None`` to refuse the client.
+        """
+
+
+class IStrategyFactory(Interface):
+    """
+    A plugin that makes strategies. Provide it together with ``twisted.plugin.IPlugin`` and bind
+    an instance in a module of the ``twisted_lb.plugins`` package.
+    """
+
+    name = Attribute("str: the name used in config files, e.g. 'round_robin'.")
+
+    def __call__(options: Mapping[str, object]) -> IBalancingStrategy:
+        """
+        Make a strategy for one pool.
+
+        Args:
+            options: the pool's ``strategy_options`` table (empty when absent).
+
+        Raises:
+            ValueError: an option is unknown or has a bad value; the message names it.
+        """
