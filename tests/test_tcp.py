@@ -1,0 +1,323 @@
+"""
+Unit tests of the L4 relay, with a memory reactor and string transports: no sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_lb.backend import Backend, BackendState
+from twisted_lb.pool import Pool
+from twisted_lb.strategies import get_strategy
+from twisted_lb.tcp import TCPRelayFactory, _ClientSide
+
+CLIENT = IPv4Address("TCP", "192.0.2.1", 5555)
+
+
+class HalfCloseTransport(StringTransport):
+    """A string transport that also records ``loseWriteConnection``."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def access_events(events: list[LogEvent]) -> list[LogEvent]:
+    return [e for e in events if e.get("log_namespace") == "twisted_lb.access"]
+
+
+class RelayTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.backends = [
+            Backend.from_address("10.0.0.5:8080", name="a"),
+            Backend.from_address("10.0.0.6:8080", name="b"),
+            Backend.from_address("10.0.0.7:8080", name="c"),
+            Backend.from_address("10.0.0.8:8080", name="d"),
+        ]
+        self.pool = Pool(
+            "p", self.backends, get_strategy("round_robin"), connect_timeout=3.0, retries=2
+        )
+        self.factory = TCPRelayFactory(
+            self.reactor, self.pool, client_timeout=30.0, max_connections=2, frontend="f"
+        )
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def connect_client(self) -> tuple[_ClientSide, HalfCloseTransport]:
+        front = self.factory.buildProtocol(CLIENT)
+        client = HalfCloseTransport(peerAddress=CLIENT)
+        front.makeConnection(client)
+        return front, client
+
+    def accept_backend(self, index: int = -1) -> tuple[Any, HalfCloseTransport]:
+        """Complete the connection attempt ``index`` of the memory reactor."""
+        _host, _port, backend_factory, _timeout, _bind = self.reactor.tcpClients[index]
+        transport = HalfCloseTransport()
+        protocol = backend_factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def refuse_backend(self, index: int = -1) -> None:
+        backend_factory = self.reactor.tcpClients[index][2]
+        backend_factory.clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def close_both(self, front: _ClientSide, backend_protocol: Any) -> None:
+        front.connectionLost(Failure(ConnectionDone()))
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_pauses_client_until_backend_connects(self) -> None:
+        """
+        A new client is paused until its backend connection is made; then each transport
+        is the other's producer, and bytes flow both ways.
+        """
+        front, client = self.connect_client()
+        self.assertEqual(client.producerState, "paused")
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("10.0.0.5", 8080)])
+        backend_protocol, backend = self.accept_backend()
+        self.assertEqual(client.producerState, "producing")
+        self.assertIs(backend.producer, client)
+        self.assertIs(client.producer, backend)
+        front.dataReceived(b"hello")
+        self.assertEqual(backend.value(), b"hello")
+        backend_protocol.dataReceived(b"world!")
+        self.assertEqual(client.value(), b"world!")
+        a = self.backends[0]
+        self.assertEqual((a.bytes_in, a.bytes_out, a.active_connections), (5, 6, 1))
+        self.close_both(front, backend_protocol)
+        self.assertEqual(a.active_connections, 0)
+        self.assertEqual(a.total_connections, 1)
+
+    def test_flow_control(self) -> None:
+        """
+        A backend that cannot keep up pauses reading from the client, and a client that cannot
+        keep up pauses reading from the backend: nothing is buffered without bound.
+        """
+        front, client = self.connect_client()
+        backend_protocol, backend = self.accept_backend()
+        # The backend's write buffer is full: its transport pauses its producer, the client.
+        backend.producer.pauseProducing()
+        self.assertEqual(client.producerState, "paused")
+        backend.producer.resumeProducing()
+        self.assertEqual(client.producerState, "producing")
+        client.producer.pauseProducing()
+        self.assertEqual(backend.producerState, "paused")
+        self.close_both(front, backend_protocol)
+
+    def test_failover_on_refused(self) -> None:
+        """
+        A refused connect goes on to the next backend; the failure is counted on the
+        backend that refused and logged, and the client is not closed.
+        """
+        front, client = self.connect_client()
+        with capturedLogs() as events:
+            self.refuse_backend()
+        self.assertEqual(self.backends[0].connect_failures, 1)
+        self.assertEqual(self.backends[0].active_connections, 0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.reactor.tcpClients[1][:2], ("10.0.0.6", 8080))
+        [warning] = [e for e in events if "failed" in e["log_format"]]
+        self.assertEqual((warning["backend"], warning["left"]), ("a", 2))
+        self.assertFalse(client.disconnecting)
+        self.assertEqual(client.producerState, "paused")
+        backend_protocol, _backend = self.accept_backend()
+        self.assertEqual(client.producerState, "producing")
+        self.assertEqual(self.backends[1].active_connections, 1)
+        self.close_both(front, backend_protocol)
+
+    def test_retries_exhausted(self) -> None:
+        """
+        After ``retries`` further attempts fail, the client is closed, every lease is
+        released and one access event says why.
+        """
+        front, client = self.connect_client()
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.refuse_backend()
+            self.assertEqual(len(self.reactor.tcpClients), 3)  # 1 + retries
+            self.assertTrue(client.disconnecting)
+            front.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([b.connect_failures for b in self.backends], [1, 1, 1, 0])
+        self.assertEqual([b.active_connections for b in self.backends], [0, 0, 0, 0])
+        [access] = access_events(events)
+        self.assertEqual(access["ended"], "backend connect failed")
+        self.assertEqual(self.factory.active_connections, 0)
+
+    def test_connect_timeout(self) -> None:
+        """
+        A connect that does not complete within ``connect_timeout`` is abandoned and the
+        next backend is tried.
+        """
+        self.connect_client()
+        self.reactor.advance(2.9)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        with capturedLogs() as events:
+            self.reactor.advance(0.1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.backends[0].connect_failures, 1)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        [warning] = [e for e in events if "failed" in e["log_format"]]
+        self.assertIn("connect_timeout", warning["reason"])
+        self.reactor.advance(3.0)
+        self.reactor.advance(3.0)
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.assertEqual([b.connect_failures for b in self.backends], [1, 1, 1, 0])
+        self.assertEqual([b.active_connections for b in self.backends], [0, 0, 0, 0])
+
+    def test_no_backend_up(self) -> None:
+        """With no backend UP the client is closed at once, with no connect attempt."""
+        for backend in self.backends:
+            backend.state = BackendState.DOWN
+        with capturedLogs() as events:
+            front, client = self.connect_client()
+            self.assertTrue(client.disconnecting)
+            front.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.reactor.tcpClients, [])
+        [access] = access_events(events)
+        self.assertEqual((access["ended"], access["backend"]), ("no backend available", "-"))
+
+    def test_client_leaves_while_connecting(self) -> None:
+        """A client that disconnects mid-connect cancels the attempt and frees its lease."""
+        front, _client = self.connect_client()
+        self.assertEqual(self.backends[0].active_connections, 1)
+        front.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(self.backends[0].active_connections, 0)
+        self.assertEqual(self.backends[0].connect_failures, 0)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_half_close_both_ways(self) -> None:
+        """
+        A FIN from the client is passed on to the backend while the backend may still
+        answer; then the backend's FIN is passed to the client, and both close.
+        """
+        front, client = self.connect_client()
+        backend_protocol, backend = self.accept_backend()
+        front.readConnectionLost()
+        self.assertTrue(backend.write_closed)
+        self.assertFalse(backend.disconnecting)
+        backend_protocol.dataReceived(b"late answer")
+        self.assertEqual(client.value(), b"late answer")
+        backend_protocol.writeConnectionLost()
+        backend_protocol.readConnectionLost()
+        self.assertTrue(client.write_closed)
+        self.assertTrue(backend.disconnecting)
+        front.writeConnectionLost()
+        self.assertTrue(client.disconnecting)
+        self.close_both(front, backend_protocol)
+
+    def test_half_close_before_connect(self) -> None:
+        """A FIN that arrives before the backend connects is passed on once it does."""
+        front, _client = self.connect_client()
+        front.readConnectionLost()
+        backend_protocol, backend = self.accept_backend()
+        self.assertTrue(backend.write_closed)
+        self.close_both(front, backend_protocol)
+
+    def test_backend_closes(self) -> None:
+        """When the backend closes, the client is closed and the access event says so."""
+        front, client = self.connect_client()
+        backend_protocol, _backend = self.accept_backend()
+        with capturedLogs() as events:
+            backend_protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertTrue(client.disconnecting)
+            front.connectionLost(Failure(ConnectionDone()))
+        [access] = access_events(events)
+        self.assertEqual(access["ended"], "backend closed")
+        self.assertEqual(access["backend"], "a")
+
+    def test_idle_timeout(self) -> None:
+        """
+        A pair with no bytes either way for ``client_timeout`` seconds is closed; each byte
+        relayed in either direction restarts the count.
+        """
+        front, client = self.connect_client()
+        backend_protocol, backend = self.accept_backend()
+        self.reactor.advance(20)
+        front.dataReceived(b"x")
+        self.reactor.advance(20)
+        backend_protocol.dataReceived(b"y")
+        self.reactor.advance(29.9)
+        self.assertFalse(client.disconnecting)
+        with capturedLogs() as events:
+            self.reactor.advance(0.1)
+            self.assertTrue(client.disconnecting)
+            self.assertTrue(backend.disconnecting)
+            self.close_both(front, backend_protocol)
+        [access] = access_events(events)
+        self.assertEqual(access["ended"], "idle timeout")
+        self.assertEqual(access["duration_ms"], 70000)
+        self.assertEqual((access["bytes_in"], access["bytes_out"]), (1, 1))
+
+    def test_max_connections(self) -> None:
+        """Past ``max_connections`` a new client is closed at once and counted."""
+        first = self.connect_client()
+        second = self.connect_client()
+        with capturedLogs() as events:
+            third, third_client = self.connect_client()
+            self.assertTrue(third_client.disconnecting)
+            third.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.refused_connections, 1)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        [access] = access_events(events)
+        self.assertEqual(access["ended"], "max connections reached")
+        # When one leaves, a new client is accepted again.
+        first[0].connectionLost(Failure(ConnectionDone()))
+        fourth, fourth_client = self.connect_client()
+        self.assertFalse(fourth_client.disconnecting)
+        for front, _ in (second, (fourth, fourth_client)):
+            front.connectionLost(Failure(ConnectionDone()))
+
+    def test_access_event(self) -> None:
+        """One access event per connection: client, backend, bytes each way, duration, end."""
+        front, _client = self.connect_client()
+        backend_protocol, _backend = self.accept_backend()
+        front.dataReceived(b"12345")
+        backend_protocol.dataReceived(b"1234567")
+        self.reactor.advance(1.5)
+        with capturedLogs() as events:
+            front.connectionLost(Failure(ConnectionDone()))
+            backend_protocol.connectionLost(Failure(ConnectionDone()))
+        [access] = access_events(events)
+        self.assertEqual(
+            {k: access[k] for k in ("frontend", "client", "backend", "bytes_in", "bytes_out")},
+            {
+                "frontend": "f",
+                "client": "192.0.2.1:5555",
+                "backend": "a",
+                "bytes_in": 5,
+                "bytes_out": 7,
+            },
+        )
+        self.assertEqual((access["duration_ms"], access["ended"]), (1500, "client closed"))
+
+    def test_close_connections(self) -> None:
+        """``close_connections`` closes every pair and fires once all are gone."""
+        front, client = self.connect_client()
+        backend_protocol, backend = self.accept_backend()
+        closed = self.factory.close_connections()
+        self.assertNoResult(closed)
+        self.assertTrue(client.disconnecting)
+        self.assertTrue(backend.disconnecting)
+        self.close_both(front, backend_protocol)
+        self.assertIsNone(self.successResultOf(closed))
+
+    def test_unix_backend(self) -> None:
+        """A ``unix:`` backend is connected through the reactor's UNIX support."""
+        pool = Pool("u", [Backend.from_address("unix:/run/app.sock")], get_strategy("random"))
+        factory = TCPRelayFactory(self.reactor, pool)
+        front = factory.buildProtocol(CLIENT)
+        front.makeConnection(HalfCloseTransport())
+        self.assertEqual(self.reactor.unixClients[0][0], "/run/app.sock")
+        front.connectionLost(Failure(ConnectionDone()))

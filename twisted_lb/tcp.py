@@ -1,0 +1,473 @@
+"""
+L4: the TCP relay.
+
+Each client connection is paired with one backend connection chosen by the pool's strategy, and
+bytes flow both ways under flow control, as in ``twisted.protocols.portforward``: the client is
+paused until its backend connects, then each transport is registered as the other's streaming
+producer, so a slow peer pauses the fast one instead of filling memory.
+
+On top of ``portforward`` the relay adds: failover to the next backend when a connection attempt
+is refused or times out (``connect_timeout``, ``retries``), half-close in both directions (as
+nginx's ``proxy_half_close`` and HAProxy's tunnel mode), an idle timeout (``client_timeout``), a
+cap on concurrent clients (``max_connections``), live byte counters on each backend, and one
+access event per connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IPushProducer,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_lb.backend import Backend, ConnectionInfo
+from twisted_lb.pool import Lease, Pool
+
+_log = Logger()
+_access_log = Logger(namespace="twisted_lb.access")
+
+# How a relayed connection ended, as written in its access event.
+ENDED_CLIENT = "client closed"
+ENDED_BACKEND = "backend closed"
+ENDED_IDLE = "idle timeout"
+ENDED_NO_BACKEND = "no backend available"
+ENDED_CONNECT_FAILED = "backend connect failed"
+ENDED_MAX_CONNECTIONS = "max connections reached"
+ENDED_SHUTDOWN = "shutdown"
+
+# Seconds of slack when comparing the idle deadline with the clock (float sums).
+_EPSILON = 1e-6
+
+
+class _RelayTransport(TypingProtocol):
+    """The transport methods the relay uses: TCP, UNIX and TLS transports all have them."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendSide(Protocol):
+    """The relay's connection to the backend; forwards to its client side."""
+
+    def __init__(self, client: _ClientSide) -> None:
+        self.client = client
+        self.relay_transport: _RelayTransport | None = None
+        self.read_closed = False
+        self.write_closed = False
+
+    def connectionMade(self) -> None:
+        self.relay_transport = cast(_RelayTransport, self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        client = self.client
+        client.client_transport.write(data)
+        size = len(data)
+        client.bytes_out += size
+        client.backend.bytes_out += size
+        client.last_activity = client.seconds()
+
+    def readConnectionLost(self) -> None:
+        # The backend sent FIN: pass it on to the client, keep the other direction open.
+        self.read_closed = True
+        client = self.client
+        if not client.client_lost:
+            client.client_transport.loseWriteConnection()
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.read_closed and self.write_closed and self.relay_transport is not None:
+            self.relay_transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.client.backend_connection_lost()
+
+
+class _BackendSideFactory(Factory):
+    """Builds the one backend-side protocol of one connection attempt."""
+
+    def __init__(self, protocol: _BackendSide) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
+        return self._protocol
+
+
+@implementer(IHalfCloseableProtocol)
+class _ClientSide(Protocol):
+    """
+    One client connection of a :class:`TCPRelayFactory`: picks, connects and relays.
+
+    Attributes:
+        bytes_in: bytes relayed from the client to the backend.
+        bytes_out: bytes relayed from the backend to the client.
+    """
+
+    factory: TCPRelayFactory
+    client_transport: _RelayTransport
+    backend: Backend
+
+    def __init__(self, factory: TCPRelayFactory, address: IAddress | None) -> None:
+        self.factory = factory
+        self.client_address = address
+        self.seconds = factory.reactor.seconds
+        self.started = 0.0
+        self.last_activity = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.tried: list[Backend] = []
+        self.lease: Lease | None = None
+        self.backend_side: _BackendSide | None = None
+        self.backend_transport: _RelayTransport | None = None
+        self.connecting: Deferred[IProtocol] | None = None
+        self.idle_call: IDelayedCall | None = None
+        self.early_data: list[bytes] = []
+        self.pending_eof = False
+        self.counted = False
+        self.client_lost = False
+        self.backend_lost = False
+        self.read_closed = False
+        self.write_closed = False
+        self.ended: str | None = None
+        self.logged = False
+
+    # Client events.
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.client_transport = cast(_RelayTransport, self.transport)
+        self.started = self.last_activity = self.seconds()
+        if factory.active_connections >= factory.max_connections:
+            factory.refused_connections += 1
+            self.ended = ENDED_MAX_CONNECTIONS
+            _log.warn(
+                "frontend {frontend}: refused {client}: {limit} connections already open "
+                "(max_connections)",
+                frontend=factory.frontend,
+                client=_format_address(self.client_address),
+                limit=factory.max_connections,
+            )
+            self.client_transport.loseConnection()
+            return
+        self.counted = True
+        factory.active_connections += 1
+        factory.relays.add(self)
+        # Read nothing from the client until there is somewhere to send it.
+        self.client_transport.pauseProducing()
+        self._connect_next()
+
+    def dataReceived(self, data: bytes) -> None:
+        backend_transport = self.backend_transport
+        if backend_transport is None:
+            # Only while paused: some transports (TLS) may still deliver what they buffered.
+            self.early_data.append(data)
+            return
+        backend_transport.write(data)
+        size = len(data)
+        self.bytes_in += size
+        self.backend.bytes_in += size
+        self.last_activity = self.seconds()
+
+    def readConnectionLost(self) -> None:
+        # The client sent FIN: pass it on to the backend, keep the other direction open.
+        self.read_closed = True
+        if self.backend_transport is None:
+            self.pending_eof = True
+        elif not self.backend_lost:
+            self.backend_transport.loseWriteConnection()
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.read_closed and self.write_closed:
+            self.client_transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.client_lost = True
+        factory = self.factory
+        if self.counted:
+            self.counted = False
+            factory.active_connections -= 1
+            factory.relays.discard(self)
+        if self.idle_call is not None:
+            if self.idle_call.active():
+                self.idle_call.cancel()
+            self.idle_call = None
+        if self.ended is None:
+            self.ended = ENDED_CLIENT
+        if self.connecting is not None:
+            # The failure callback releases the lease and finishes.
+            self.connecting.cancel()
+            return
+        if self.backend_transport is not None and not self.backend_lost:
+            self.backend_transport.unregisterProducer()
+            self.backend_transport.loseConnection()
+        self._finish()
+
+    # Connecting to a backend.
+
+    def _connect_next(self) -> None:
+        factory = self.factory
+        pool = factory.pool
+        lease = pool.pick(factory.info(self.client_address), self.tried)
+        if lease is None:
+            self.ended = ENDED_CONNECT_FAILED if self.tried else ENDED_NO_BACKEND
+            if not self.tried:
+                _log.warn(
+                    "frontend {frontend}: no backend available in pool {pool} for {client}",
+                    frontend=factory.frontend,
+                    pool=pool.name,
+                    client=_format_address(self.client_address),
+                )
+            self.client_transport.loseConnection()
+            return
+        self.lease = lease
+        self.backend = backend = lease.backend
+        self.tried.append(backend)
+        side = _BackendSide(self)
+        connecting = backend.endpoint(factory.reactor).connect(_BackendSideFactory(side))
+        connecting.addTimeout(pool.connect_timeout, factory.reactor, _connect_timed_out)
+        self.connecting = connecting
+        connecting.addCallbacks(
+            self._backend_connected, self._backend_failed, (side,), errbackArgs=(lease,)
+        )
+
+    def _backend_connected(self, protocol: IProtocol, side: _BackendSide) -> None:
+        self.connecting = None
+        backend_transport = side.relay_transport
+        assert backend_transport is not None
+        self.backend_side = side
+        self.backend_transport = backend_transport
+        client_transport = self.client_transport
+        # Each transport is the other's producer: a full write buffer on one side pauses
+        # reading on the other (portforward.ProxyClient.connectionMade).
+        backend_transport.registerProducer(cast(IPushProducer, client_transport), True)
+        client_transport.registerProducer(cast(IPushProducer, backend_transport), True)
+        self.last_activity = self.seconds()
+        for data in self.early_data:
+            self.dataReceived(data)
+        self.early_data = []
+        if self.pending_eof:
+            backend_transport.loseWriteConnection()
+        client_transport.resumeProducing()
+        self._schedule_idle_check(self.factory.client_timeout)
+
+    def _backend_failed(self, failure: Failure, lease: Lease) -> None:
+        self.connecting = None
+        lease.release()
+        backend = lease.backend
+        factory = self.factory
+        if self.client_lost:
+            # The client left while we were connecting; the attempt was cancelled.
+            self._finish()
+            return
+        backend.connect_failures += 1
+        attempts_left = factory.pool.retries + 1 - len(self.tried)
+        _log.warn(
+            "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
+            "failed: {reason}; {left} attempts left",
+            frontend=factory.frontend,
+            backend=backend.name,
+            address=str(backend.address),
+            pool=factory.pool.name,
+            reason=failure.getErrorMessage() or repr(failure.value),
+            left=attempts_left,
+        )
+        if attempts_left > 0:
+            self._connect_next()
+        else:
+            self.ended = ENDED_CONNECT_FAILED
+            self.client_transport.loseConnection()
+
+    # Idle timeout.
+
+    def _schedule_idle_check(self, delay: float) -> None:
+        self.idle_call = self.factory.reactor.callLater(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self.idle_call = None
+        remaining = self.last_activity + self.factory.client_timeout - self.seconds()
+        if remaining > _EPSILON:
+            self._schedule_idle_check(remaining)
+            return
+        self.close(ENDED_IDLE)
+
+    # Ending.
+
+    def close(self, ended: str) -> None:
+        """Close the client (and so the backend) connection, recording why."""
+        if self.ended is None:
+            self.ended = ended
+        if not self.client_lost:
+            self.client_transport.loseConnection()
+        if self.backend_transport is not None and not self.backend_lost:
+            self.backend_transport.loseConnection()
+
+    def abort(self, ended: str) -> None:
+        """Abort both connections at once, dropping what is buffered."""
+        if self.ended is None:
+            self.ended = ended
+        if self.backend_transport is not None and not self.backend_lost:
+            self.backend_transport.abortConnection()
+        if not self.client_lost:
+            self.client_transport.abortConnection()
+
+    def backend_connection_lost(self) -> None:
+        """The backend connection is gone: close the client once it has its data."""
+        self.backend_lost = True
+        if not self.client_lost:
+            if self.ended is None:
+                self.ended = ENDED_BACKEND
+            self.client_transport.unregisterProducer()
+            self.client_transport.loseConnection()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Release the lease and log the access event, once both sides are gone."""
+        if self.logged or not self.client_lost:
+            return
+        if self.backend_transport is not None and not self.backend_lost:
+            return
+        self.logged = True
+        lease = self.lease
+        backend = lease.backend.name if lease is not None and self.backend_transport else "-"
+        if lease is not None:
+            lease.release()
+        factory = self.factory
+        _access_log.info(
+            "{frontend} {client} -> {backend} in={bytes_in} out={bytes_out} "
+            "duration_ms={duration_ms} ended={ended}",
+            frontend=factory.frontend,
+            client=_format_address(self.client_address),
+            backend=backend,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration_ms=round((self.seconds() - self.started) * 1000),
+            ended=self.ended,
+        )
+        factory.connection_finished()
+
+
+def _connect_timed_out(result: object, timeout: float) -> Failure:
+    return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
+
+
+def _format_address(address: IAddress | None) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        name = getattr(address, "name", None)
+        return f"unix:{name!s}" if name else "-"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TCPRelayFactory(Factory):
+    """
+    Builds the relay for each client connection of one frontend (L4, tcp mode).
+
+    Args:
+        reactor: provides ``IReactorTCP`` (and ``IReactorUNIX`` for ``unix:`` backends) and
+            ``IReactorTime``; all connects and timers use it.
+        pool: where backends are picked, with the pool's ``connect_timeout`` (seconds) and
+            ``retries``.
+        client_timeout: seconds with no bytes in either direction after which a pair is
+            closed (HAProxy ``timeout client``/``timeout server`` in tcp mode).
+        max_connections: concurrent client connections; past it a new client is closed at once
+            and counted in ``refused_connections``.
+        frontend: the frontend's name, for logs.
+
+    Attributes:
+        active_connections: client connections open now.
+        refused_connections: clients closed at once because of ``max_connections``.
+
+    Raises:
+        ValueError: ``client_timeout`` is not > 0 or ``max_connections`` is not >= 1.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: Pool,
+        *,
+        client_timeout: float = 60.0,
+        max_connections: int = 10000,
+        frontend: str = "tcp",
+    ) -> None:
+        if client_timeout <= 0:
+            raise ValueError("client_timeout must be > 0 s")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        self.reactor = reactor
+        self.pool = pool
+        self.client_timeout = client_timeout
+        self.max_connections = max_connections
+        self.frontend = frontend
+        self.active_connections = 0
+        self.refused_connections = 0
+        self.relays: set[_ClientSide] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"
+
+    def info(self, address: IAddress | None) -> ConnectionInfo:
+        """What the strategy is told about a client."""
+        return ConnectionInfo(client_address=address)
+
+    def buildProtocol(self, addr: IAddress | None) -> _ClientSide:  # type: ignore[override]
+        return _ClientSide(self, addr)
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every relayed connection (both sides, after their buffered data is written).
+
+        Returns:
+            A Deferred that fires with ``None`` once every connection of this factory is gone.
+        """
+        for relay in list(self.relays):
+            relay.close(ENDED_SHUTDOWN)
+        if not self.relays:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def abort_connections(self) -> None:
+        """Abort every relayed connection at once, dropping what is buffered."""
+        for relay in list(self.relays):
+            relay.abort(ENDED_SHUTDOWN)
+
+    def connection_finished(self) -> None:
+        """Called by each relay when both its sides are gone."""
+        if not self.relays and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
