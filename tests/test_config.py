@@ -1,0 +1,1407 @@
+"""
+Tests for :mod:`twisted_lb.config`: the model, every problem the validator reports with its exact
+message, reading files, the summary, and property tests over generated documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_lb import strategies
+from twisted_lb.config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    FrontendConfig,
+    PoolConfig,
+    Problem,
+    config_from_dict,
+    format_summary,
+    load_config,
+    parse_config,
+)
+
+# The strategies every test sees, so that messages listing them do not depend on the plugins
+# installed. StrategyTests checks the real list too.
+INSTALLED = ["least_connections", "random", "round_robin"]
+
+FRONTEND = """\
+[frontends.web]
+mode = "tcp"
+listen = "tcp:8080:interface=127.0.0.1"
+pool = "app"
+"""
+
+POOL = """\
+[pools.app]
+backends = [{ address = "127.0.0.1:9001" }]
+"""
+
+EXAMPLE = """\
+[frontends.web]
+mode = "tcp"
+listen = ["tcp:8080:interface=127.0.0.1"]
+pool = "app"
+
+[pools.app]
+strategy = "round_robin"
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9002", weight = 3, name = "big" },
+  { address = "10.0.0.9:80", backup = true },
+]
+"""
+
+
+class ConfigTestCase(SynchronousTestCase):
+    """
+    Writes TOML to temporary files and loads them, with a fixed list of installed strategies.
+    """
+
+    def setUp(self) -> None:
+        self.patch(strategies, "installed_strategies", lambda: list(INSTALLED))
+
+    def write(self, text: str) -> str:
+        """
+        Write ``text`` to a new ``lb.toml`` and return its path.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "lb.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def load(self, text: str) -> Config:
+        return load_config(self.write(text))
+
+    def problems(self, text: str) -> list[str]:
+        """
+        Load ``text``, which must fail, and return its problems as ``"key: message"``.
+        """
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertTrue(error.problems)
+        self.assertEqual([p.path for p in error.problems], [path] * len(error.problems))
+        return [f"{p.key}: {p.message}" for p in error.problems]
+
+
+class ModelTests(ConfigTestCase):
+    """
+    A valid file becomes the frozen model, with defaults filled in.
+    """
+
+    def test_example(self) -> None:
+        """
+        The design's example (in tcp mode) parses to the expected model: default backend names
+        are the pool's name and the position, the other keys take their defaults.
+        """
+        path = self.write(EXAMPLE)
+        config = load_config(path)
+        backends = (
+            BackendConfig(address="127.0.0.1:9001", name="app1"),
+            BackendConfig(address="127.0.0.1:9002", name="big", weight=3),
+            BackendConfig(address="10.0.0.9:80", name="app3", backup=True),
+        )
+        self.assertEqual(
+            config,
+            Config(
+                path=path,
+                frontends={
+                    "web": FrontendConfig(
+                        name="web",
+                        mode="tcp",
+                        listen=("tcp:8080:interface=127.0.0.1",),
+                        pool="app",
+                        client_timeout=60.0,
+                        max_connections=10000,
+                    )
+                },
+                pools={
+                    "app": PoolConfig(
+                        name="app",
+                        backends=backends,
+                        strategy="round_robin",
+                        strategy_options={},
+                        connect_timeout=5.0,
+                        retries=2,
+                    )
+                },
+            ),
+        )
+
+    def test_every_key(self) -> None:
+        """
+        Every supported key is read; pools and frontends keep file order; unused pools are kept.
+        """
+        config = self.load(
+            """\
+[frontends.web]
+mode = "tcp"
+listen = ["tcp:8080:interface=127.0.0.1", "unix:/run/lb.sock"]
+pool = "app"
+client_timeout = 30.5
+max_connections = 50
+
+[pools.zzz]
+backends = [{ address = "[::1]:9100" }]
+
+[pools.app]
+strategy = "least_connections"
+strategy_options = { spread = 2, tags = ["a", "b"], nested = { deep = true } }
+connect_timeout = 0.25
+retries = 0
+backends = [{ address = "unix:/run/app.sock", name = "local", weight = 7, backup = false }]
+"""
+        )
+        self.assertEqual(
+            config.frontends["web"],
+            FrontendConfig(
+                name="web",
+                mode="tcp",
+                listen=("tcp:8080:interface=127.0.0.1", "unix:/run/lb.sock"),
+                pool="app",
+                client_timeout=30.5,
+                max_connections=50,
+            ),
+        )
+        self.assertEqual(list(config.pools), ["zzz", "app"])
+        self.assertEqual(config.pools["zzz"].backends, (BackendConfig("[::1]:9100", "zzz1"),))
+        app = config.pools["app"]
+        self.assertEqual(
+            (app.strategy, app.connect_timeout, app.retries),
+            ("least_connections", 0.25, 0),
+        )
+        self.assertEqual(
+            app.strategy_options, {"spread": 2, "tags": ("a", "b"), "nested": {"deep": True}}
+        )
+        self.assertEqual(app.backends, (BackendConfig("unix:/run/app.sock", "local", 7, False),))
+
+    def test_listen_string(self) -> None:
+        """
+        A single ``listen`` string becomes a one-item tuple.
+        """
+        config = self.load(FRONTEND + POOL)
+        self.assertEqual(config.frontends["web"].listen, ("tcp:8080:interface=127.0.0.1",))
+
+    def test_integer_seconds(self) -> None:
+        """
+        Integers are accepted where seconds are expected, and stored as floats.
+        """
+        config = self.load(
+            FRONTEND.replace('pool = "app"', 'pool = "app"\nclient_timeout = 10')
+            + POOL
+            + "connect_timeout = 3\n"
+        )
+        self.assertEqual(config.frontends["web"].client_timeout, 10.0)
+        self.assertIsInstance(config.frontends["web"].client_timeout, float)
+        self.assertEqual(config.pools["app"].connect_timeout, 3.0)
+        self.assertIsInstance(config.pools["app"].connect_timeout, float)
+
+    def test_array_of_tables(self) -> None:
+        """
+        Backends written as ``[[pools.app.backends]]`` are the same as an inline array.
+        """
+        tables = self.load(
+            FRONTEND
+            + """\
+[[pools.app.backends]]
+address = "127.0.0.1:9001"
+[[pools.app.backends]]
+address = "127.0.0.1:9002"
+weight = 3
+name = "big"
+[[pools.app.backends]]
+address = "10.0.0.9:80"
+backup = true
+"""
+        )
+        inline = self.load(EXAMPLE)
+        self.assertEqual(tables.pools, inline.pools)
+
+    def test_frozen(self) -> None:
+        """
+        The model is read-only all the way down, ``strategy_options`` included.
+        """
+        config = self.load(
+            FRONTEND + POOL + 'strategy_options = { tags = ["a"], nested = { deep = 1 } }\n'
+        )
+        pool = config.pools["app"]
+        options: Any = pool.strategy_options
+        self.assertIsInstance(options, MappingProxyType)
+        self.assertIsInstance(options["nested"], MappingProxyType)
+        self.assertEqual(options["tags"], ("a",))
+        with self.assertRaises(TypeError):
+            options["new"] = 1
+        with self.assertRaises(TypeError):
+            options["nested"]["deep"] = 2
+        frontends: Any = config.frontends
+        with self.assertRaises(TypeError):
+            frontends["other"] = None
+        with self.assertRaises(AttributeError):
+            pool.retries = 5  # type: ignore[misc]
+
+    def test_constructors_freeze(self) -> None:
+        """
+        Building the model in code freezes plain lists and dicts too.
+        """
+        options = {"a": [1, {"b": 2}]}
+        pool = PoolConfig("p", [BackendConfig("127.0.0.1:1", "p1")], strategy_options=options)
+        options["a"] = []
+        self.assertEqual(pool.backends, (BackendConfig("127.0.0.1:1", "p1"),))
+        self.assertEqual(pool.strategy_options, {"a": (1, {"b": 2})})
+        frontend = FrontendConfig("f", "tcp", ["tcp:1"], "p")
+        self.assertEqual(frontend.listen, ("tcp:1",))
+        pools = {"p": pool}
+        config = Config("x", {"f": frontend}, pools)
+        pools.clear()
+        self.assertEqual(list(config.pools), ["p"])
+
+    def test_parse_config(self) -> None:
+        """
+        :func:`parse_config` validates text; problems name ``<string>`` unless a path is given.
+        """
+        config = parse_config(EXAMPLE)
+        self.assertEqual(config.path, "<string>")
+        self.assertEqual(config, parse_config(EXAMPLE, "<string>"))
+        error = self.assertRaises(ConfigError, parse_config, "", "demo.toml")
+        self.assertEqual([p.path for p in error.problems], ["demo.toml", "demo.toml"])
+
+    def test_config_from_dict(self) -> None:
+        """
+        :func:`config_from_dict` validates parsed tables.
+        """
+        config = config_from_dict(
+            {
+                "frontends": {"web": {"mode": "tcp", "listen": "tcp:8080", "pool": "app"}},
+                "pools": {"app": {"backends": [{"address": "127.0.0.1:9001"}]}},
+            }
+        )
+        self.assertEqual(config.path, "<dict>")
+        self.assertEqual(config.pools["app"].backends, (BackendConfig("127.0.0.1:9001", "app1"),))
+        error = self.assertRaises(ConfigError, config_from_dict, [], "x")
+        self.assertEqual(
+            [str(p) for p in error.problems], ["x: (file): must be a table, not an array"]
+        )
+
+
+class ProblemFormatTests(SynchronousTestCase):
+    """
+    How problems and errors read.
+    """
+
+    def test_problem(self) -> None:
+        """
+        ``str(Problem)`` is ``path: key: message``.
+        """
+        problem = Problem("lb.toml", "pools.app.backends[1].wieght", "unknown key")
+        self.assertEqual(str(problem), "lb.toml: pools.app.backends[1].wieght: unknown key")
+
+    def test_error(self) -> None:
+        """
+        ``str(ConfigError)`` is one problem per line; ``problems`` keeps them.
+        """
+        problems = [Problem("a", "b", "c"), Problem("a", "(file)", "e")]
+        error = ConfigError(problems)
+        self.assertEqual(str(error), "a: b: c\na: (file): e")
+        self.assertEqual(error.problems, problems)
+
+    def test_full_line(self) -> None:
+        """
+        A problem from a file names the file as given, the key path with indexes, and the fix.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                FRONTEND
+                + """\
+[pools.app]
+backends = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", wieght = 2 }]
+"""
+            )
+        self.patch(strategies, "installed_strategies", lambda: list(INSTALLED))
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(
+            str(error),
+            f"{path}: pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)",
+        )
+
+
+class ReadTests(ConfigTestCase):
+    """
+    Files that cannot be read, or are not TOML, are one problem each.
+    """
+
+    def test_missing_file(self) -> None:
+        path = os.path.join(self.mktemp(), "lb.toml")
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(error), f"{path}: cannot read: No such file or directory")
+
+    def test_directory(self) -> None:
+        path = self.mktemp()
+        os.makedirs(path)
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(error), f"{path}: cannot read: Is a directory")
+
+    def test_path_like(self) -> None:
+        """
+        A :class:`os.PathLike` is accepted and reported as its string.
+        """
+        from pathlib import Path
+
+        path = self.write(EXAMPLE)
+        self.assertEqual(load_config(Path(path)).path, path)
+
+    def test_not_utf8(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'a = "\xff"\n')
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(error), f"{path}: cannot read: not UTF-8 text (byte 0xff at offset 5)")
+
+    def test_syntax_error(self) -> None:
+        """
+        A TOML syntax error is reported by line and column, counting from 1.
+        """
+        path = self.write(
+            '[pools.app]\nbackends = [{ address = "127.0.0.1:9001" }]\nretries = two\n'
+        )
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(error), f"{path}: line 3, column 11: invalid TOML: Invalid value")
+
+    def test_duplicate_table(self) -> None:
+        self.assertEqual(
+            self.problems(POOL + POOL),
+            ["line 3, column 11: invalid TOML: Cannot declare ('pools', 'app') twice"],
+        )
+
+    def test_error_at_end(self) -> None:
+        """
+        An error at the end of the document is placed just past its last character.
+        """
+        self.assertEqual(
+            self.problems('[pools.app]\nbackends = ["'),
+            ["line 2, column 14: invalid TOML: Unterminated string"],
+        )
+
+
+class KeyTests(ConfigTestCase):
+    """
+    Unknown keys, and keys of later releases, at every level.
+    """
+
+    def test_unknown_close(self) -> None:
+        """
+        An unknown key close to a valid one suggests it, at every level.
+        """
+        self.assertEqual(
+            self.problems(
+                """\
+[frontends.web]
+mode = "tcp"
+listen = "tcp:8080"
+pool = "app"
+client_timout = 1
+
+[pools.app]
+stratgy = "random"
+backends = [{ address = "127.0.0.1:9001", nmae = "x" }]
+
+[poolz.x]
+"""
+            ),
+            [
+                "poolz: unknown key (did you mean 'pools'?)",
+                "frontends.web.client_timout: unknown key (did you mean 'client_timeout'?)",
+                "pools.app.stratgy: unknown key (did you mean 'strategy'?)",
+                "pools.app.backends[0].nmae: unknown key (did you mean 'name'?)",
+            ],
+        )
+
+    def test_unknown_far(self) -> None:
+        """
+        When nothing is close, the valid keys are listed.
+        """
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + "colour = 1\n"
+                + """\
+[pools.app]
+zzz = 1
+backends = [{ address = "127.0.0.1:9001", port = 80 }]
+"""
+                + "[nothing]\n"
+            ),
+            [
+                "nothing: unknown key; valid keys are: 'frontends', 'pools'",
+                "frontends.web.colour: unknown key; valid keys are: "
+                "'mode', 'listen', 'pool', 'client_timeout', 'max_connections'",
+                "pools.app.zzz: unknown key; valid keys are: "
+                "'strategy', 'strategy_options', 'connect_timeout', 'retries', 'backends'",
+                "pools.app.backends[0].port: unknown key; valid keys are: "
+                "'address', 'name', 'weight', 'backup'",
+            ],
+        )
+
+    def test_later_releases(self) -> None:
+        """
+        Keys of the design that this version does not implement are errors that say so.
+        """
+        later = "not yet supported in this version; remove it"
+        self.assertEqual(
+            self.problems(
+                """\
+[global]
+[admin]
+[metrics]
+[frontends.web]
+mode = "tcp"
+listen = "tcp:8080"
+pool = "app"
+header_timeout = 10.0
+max_header_bytes = 65536
+max_body_bytes = 0
+trusted_proxies = []
+[[frontends.web.routes]]
+pool = "app"
+[frontends.web.tls]
+min_version = "TLSv1.2"
+[pools.app]
+backends = [{ address = "127.0.0.1:9001" }]
+[pools.app.health_check]
+kind = "tcp"
+[pools.app.tls]
+server_name = "app.internal"
+"""
+            ),
+            [
+                f"global: {later}",
+                f"admin: {later}",
+                f"metrics: {later}",
+                f"frontends.web.header_timeout: {later}",
+                f"frontends.web.max_header_bytes: {later}",
+                f"frontends.web.max_body_bytes: {later}",
+                f"frontends.web.trusted_proxies: {later}",
+                f"frontends.web.routes: {later}",
+                f"frontends.web.tls: {later}",
+                f"pools.app.health_check: {later}",
+                f"pools.app.tls: {later}",
+            ],
+        )
+
+    def test_quoted_names(self) -> None:
+        """
+        Names that are not bare TOML keys are quoted in key paths.
+        """
+        self.assertEqual(
+            self.problems(
+                """\
+[frontends."my web"]
+mode = "tcp"
+listen = "tcp:8080"
+pool = "a.b"
+colour = 1
+[pools."a.b"]
+backends = [{ address = "127.0.0.1:9001" }]
+"""
+            ),
+            [
+                'frontends."my web".colour: unknown key; valid keys are: '
+                "'mode', 'listen', 'pool', 'client_timeout', 'max_connections'"
+            ],
+        )
+
+
+class RequiredTests(ConfigTestCase):
+    """
+    Required keys and sections.
+    """
+
+    def test_empty_file(self) -> None:
+        self.assertEqual(
+            self.problems(""),
+            [
+                "frontends: at least one frontend is required; add one, as in [frontends.web]",
+                "pools: at least one pool is required; add one, as in [pools.app]",
+            ],
+        )
+
+    def test_empty_sections(self) -> None:
+        self.assertEqual(
+            self.problems("frontends = {}\npools = {}\n"),
+            [
+                "frontends: at least one frontend is required; add one, as in [frontends.web]",
+                "pools: at least one pool is required; add one, as in [pools.app]",
+            ],
+        )
+
+    def test_sections_not_tables(self) -> None:
+        self.assertEqual(
+            self.problems('pools = "app"\n[[frontends]]\nmode = "tcp"\n'),
+            [
+                "frontends: must be a table of frontends, as in [frontends.web], not an array",
+                "pools: must be a table of pools, as in [pools.app], not a string",
+            ],
+        )
+
+    def test_entries_not_tables(self) -> None:
+        self.assertEqual(
+            self.problems('[frontends]\nweb = "tcp"\n[pools]\napp = []\n'),
+            [
+                "frontends.web: must be a table, as in [frontends.web], not a string",
+                "pools.app: must be a table, as in [pools.app], not an array",
+            ],
+        )
+
+    def test_frontend_keys(self) -> None:
+        """
+        ``mode``, ``listen`` and ``pool`` are required; the example pool is a defined one.
+        """
+        self.assertEqual(
+            self.problems("[frontends.web]\n[pools.api]\n" + POOL.replace("[pools.app]\n", "")),
+            [
+                'frontends.web.mode: required key is missing; add mode = "tcp"',
+                "frontends.web.listen: required key is missing; "
+                'add listen = ["tcp:8080:interface=127.0.0.1"]',
+                'frontends.web.pool: required key is missing; add pool = "api"',
+            ],
+        )
+
+    def test_backends(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + "[pools.app]\n"
+                + "[pools.b]\nbackends = []\n"
+                + "[pools.c]\nbackends = { address = '127.0.0.1:1' }\n"
+                + "[pools.d]\nbackends = [{ name = 'x' }, '127.0.0.1:1']\n"
+            ),
+            [
+                "pools.app.backends: required key is missing; "
+                'add backends = [{ address = "127.0.0.1:9001" }]',
+                "pools.b.backends: must list at least one backend, "
+                'as in backends = [{ address = "127.0.0.1:9001" }]',
+                "pools.c.backends: must be an array of tables, "
+                'as in backends = [{ address = "127.0.0.1:9001" }], not a table',
+                "pools.d.backends[0].address: required key is missing; "
+                'add address = "127.0.0.1:9001"',
+                "pools.d.backends[1]: must be a table, "
+                'as in { address = "127.0.0.1:9001" }, not a string',
+            ],
+        )
+
+
+class TypeTests(ConfigTestCase):
+    """
+    Values of the wrong type, and numbers out of range.
+    """
+
+    def test_frontend_types(self) -> None:
+        self.assertEqual(
+            self.problems(
+                """\
+[frontends.web]
+mode = 4
+listen = 8080
+pool = ["app"]
+client_timeout = "10"
+max_connections = 100.0
+"""
+                + POOL
+            ),
+            [
+                "frontends.web.mode: must be a string, not an integer",
+                "frontends.web.listen: must be a string or an array of strings, not an integer",
+                "frontends.web.pool: must be a string, not an array",
+                "frontends.web.client_timeout: must be a number (seconds), not a string",
+                "frontends.web.max_connections: must be an integer >= 1, not a float",
+            ],
+        )
+
+    def test_pool_types(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + """\
+[pools.app]
+strategy = 1
+strategy_options = "fast"
+connect_timeout = true
+retries = 2.0
+backends = [{ address = 9001, name = 1, weight = "3", backup = "yes" }]
+"""
+            ),
+            [
+                "pools.app.strategy: must be a string, not an integer",
+                "pools.app.strategy_options: must be a table, as in strategy_options = {}, "
+                "not a string",
+                "pools.app.connect_timeout: must be a number (seconds), not a boolean",
+                "pools.app.retries: must be an integer >= 0, not a float",
+                "pools.app.backends[0].address: must be a string, not an integer",
+                "pools.app.backends[0].name: must be a string, not an integer",
+                "pools.app.backends[0].weight: must be an integer >= 1, not a string",
+                "pools.app.backends[0].backup: must be true or false, not a string",
+            ],
+        )
+
+    def test_booleans_are_not_integers(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND + '[pools.app]\nbackends = [{ address = "127.0.0.1:1", weight = true }]\n'
+            ),
+            ["pools.app.backends[0].weight: must be an integer >= 1, not a boolean"],
+        )
+
+    def test_dates(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND + POOL + "connect_timeout = 1979-05-27T07:32:00Z\n"),
+            ["pools.app.connect_timeout: must be a number (seconds), not a date-time"],
+        )
+
+    def test_ranges(self) -> None:
+        self.assertEqual(
+            self.problems(
+                """\
+[frontends.web]
+mode = "tcp"
+listen = "tcp:8080"
+pool = "app"
+client_timeout = 0
+max_connections = 0
+[pools.app]
+connect_timeout = -1.5
+retries = -1
+backends = [{ address = "127.0.0.1:9001", weight = 0 }]
+[pools.b]
+connect_timeout = inf
+backends = [{ address = "127.0.0.1:9001", weight = -3 }]
+[pools.c]
+connect_timeout = nan
+backends = [{ address = "127.0.0.1:9001" }]
+"""
+            ),
+            [
+                "frontends.web.client_timeout: must be more than 0 seconds, not 0",
+                "frontends.web.max_connections: must be an integer >= 1, not 0",
+                "pools.app.connect_timeout: must be more than 0 seconds, not -1.5",
+                "pools.app.retries: must be an integer >= 0, not -1",
+                "pools.app.backends[0].weight: must be an integer >= 1, not 0",
+                "pools.b.connect_timeout: must be a finite number of seconds, not inf",
+                "pools.b.backends[0].weight: must be an integer >= 1, not -3",
+                "pools.c.connect_timeout: must be a finite number of seconds, not nan",
+            ],
+        )
+
+    def test_lower_bounds_accepted(self) -> None:
+        config = self.load(
+            FRONTEND.replace('pool = "app"', 'pool = "app"\nmax_connections = 1')
+            + "[pools.app]\nretries = 0\nconnect_timeout = 0.001\n"
+            + 'backends = [{ address = "127.0.0.1:9001", weight = 1 }]\n'
+        )
+        self.assertEqual(config.frontends["web"].max_connections, 1)
+        self.assertEqual(config.pools["app"].retries, 0)
+        self.assertEqual(config.pools["app"].connect_timeout, 0.001)
+
+
+class ModeTests(ConfigTestCase):
+    """
+    ``mode``: only ``tcp`` in this version.
+    """
+
+    def test_http(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND.replace('"tcp"', '"http"') + POOL),
+            ["frontends.web.mode: mode 'http' is not yet supported; use 'tcp'"],
+        )
+
+    def test_other(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND.replace('"tcp"', '"udp"') + POOL),
+            ["frontends.web.mode: unknown mode 'udp'; valid modes are: 'tcp'"],
+        )
+
+
+class ListenTests(ConfigTestCase):
+    """
+    ``listen``: Twisted server endpoint descriptions, checked by Twisted's parser.
+    """
+
+    def frontend(self, listen: str) -> str:
+        return FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', f"listen = {listen}")
+
+    def test_parser_value_error(self) -> None:
+        """
+        The parser's ValueError is quoted, with an example of a good description.
+        """
+        self.assertEqual(
+            self.problems(self.frontend('["tcp:8080", "tcp:http", "8081"]') + POOL),
+            [
+                "frontends.web.listen[1]: 'tcp:http' is not a valid server endpoint "
+                "(invalid literal for int() with base 10: 'http'); "
+                "write one as in 'tcp:8080:interface=127.0.0.1'",
+                "frontends.web.listen[2]: '8081' is not a valid server endpoint "
+                "(Unknown endpoint type: '8081'); write one as in 'tcp:8080:interface=127.0.0.1'",
+            ],
+        )
+
+    def test_parser_other_error(self) -> None:
+        """
+        Other exceptions from the parser are problems too, named by their type.
+        """
+        self.assertEqual(
+            self.problems(self.frontend('"tcp:8080:colour=blue"') + POOL),
+            [
+                "frontends.web.listen: 'tcp:8080:colour=blue' is not a valid server endpoint "
+                "(TypeError: _parseTCP() got an unexpected keyword argument 'colour'); "
+                "write one as in 'tcp:8080:interface=127.0.0.1'",
+            ],
+        )
+
+    def test_items(self) -> None:
+        self.assertEqual(
+            self.problems(self.frontend('["tcp:8080", 8081]') + POOL),
+            ["frontends.web.listen[1]: must be a string, not an integer"],
+        )
+
+    def test_empty(self) -> None:
+        self.assertEqual(
+            self.problems(self.frontend("[]") + POOL),
+            [
+                "frontends.web.listen: must list at least one endpoint, "
+                'as in listen = ["tcp:8080:interface=127.0.0.1"]'
+            ],
+        )
+
+    def test_other_endpoint_types(self) -> None:
+        """
+        Any endpoint type Twisted parses is accepted, including plugins such as ``tcp6:``.
+        """
+        config = self.load(self.frontend('["unix:/run/lb.sock", "tcp6:8443", "tcp:0"]') + POOL)
+        self.assertEqual(
+            config.frontends["web"].listen, ("unix:/run/lb.sock", "tcp6:8443", "tcp:0")
+        )
+
+    def test_duplicates(self) -> None:
+        """
+        The same description twice, in one frontend or two, is refused.
+        """
+        self.assertEqual(
+            self.problems(
+                self.frontend('["tcp:8080", "tcp:8080"]')
+                + FRONTEND.replace("web", "api").replace(
+                    '"tcp:8080:interface=127.0.0.1"', '"tcp:8080"'
+                )
+                + POOL
+            ),
+            [
+                "frontends.web.listen[1]: 'tcp:8080' is already used by "
+                "frontends.web.listen[0]; give each listener its own endpoint",
+                "frontends.api.listen: 'tcp:8080' is already used by "
+                "frontends.web.listen[0]; give each listener its own endpoint",
+            ],
+        )
+
+
+class BackendTests(ConfigTestCase):
+    """
+    Backend addresses, names and duplicates.
+    """
+
+    def pool(self, *backends: str) -> str:
+        return (
+            FRONTEND
+            + "[pools.app]\nbackends = [\n"
+            + "".join(f"  {b},\n" for b in backends)
+            + "]\n"
+        )
+
+    def test_addresses(self) -> None:
+        """
+        Addresses are parsed by :func:`twisted_lb._address.parse_address`, whose message is
+        the problem's.
+        """
+        self.assertEqual(
+            self.problems(
+                self.pool(
+                    '{ address = "localhost" }',
+                    '{ address = "127.0.0.1:0" }',
+                    '{ address = "::1:80" }',
+                    '{ address = "[::1:80" }',
+                    '{ address = "unix:" }',
+                    '{ address = "app.internal:80" }',
+                )
+            ),
+            [
+                "pools.app.backends[0].address: 'localhost' is not 'host:port', '[v6]:port' or "
+                "'unix:/path', as in '127.0.0.1:9001'",
+                "pools.app.backends[1].address: port '0' in '127.0.0.1:0' is not a number from "
+                "1 to 65535",
+                "pools.app.backends[2].address: '::1:80': write IPv6 addresses in brackets, "
+                "as in '[::1]:9001'",
+                "pools.app.backends[3].address: '[::1:80' is not '[v6]:port', as in '[::1]:9001'",
+                "pools.app.backends[4].address: unix address needs a path, "
+                "as in 'unix:/run/app.sock'",
+            ],
+        )
+
+    def test_duplicate_names(self) -> None:
+        """
+        Explicit names, and default names, must be unique in the pool; the later one is blamed.
+        """
+        self.assertEqual(
+            self.problems(
+                self.pool(
+                    '{ address = "127.0.0.1:9001", name = "web" }',
+                    '{ address = "127.0.0.1:9002", name = "web" }',
+                    '{ address = "127.0.0.1:9003", name = "app4" }',
+                    '{ address = "127.0.0.1:9004" }',
+                )
+            ),
+            [
+                "pools.app.backends[1].name: backend name 'web' is already used by "
+                "pools.app.backends[0]; give each backend a unique name",
+                "pools.app.backends[3]: backend name 'app4' is already used by "
+                "pools.app.backends[2]; give each backend a unique name",
+            ],
+        )
+
+    def test_duplicate_addresses(self) -> None:
+        self.assertEqual(
+            self.problems(
+                self.pool(
+                    '{ address = "127.0.0.1:9001" }',
+                    '{ address = "[::1]:9001" }',
+                    '{ address = "127.0.0.1:9001", weight = 2 }',
+                    '{ address = "[::1]:9001" }',
+                )
+            ),
+            [
+                "pools.app.backends[2].address: '127.0.0.1:9001' is already used by "
+                "pools.app.backends[0]; list each backend once and give it a higher weight "
+                "instead",
+                "pools.app.backends[3].address: '[::1]:9001' is already used by "
+                "pools.app.backends[1]; list each backend once and give it a higher weight "
+                "instead",
+            ],
+        )
+
+    def test_same_address_other_pool(self) -> None:
+        """
+        Two pools may share a backend address.
+        """
+        config = self.load(FRONTEND + POOL + POOL.replace("app", "other"))
+        self.assertEqual(
+            config.pools["other"].backends, (BackendConfig("127.0.0.1:9001", "other1"),)
+        )
+
+    def test_empty_name(self) -> None:
+        self.assertEqual(
+            self.problems(self.pool('{ address = "127.0.0.1:9001", name = "" }')),
+            ["pools.app.backends[0].name: must not be empty; leave it out to use 'app1'"],
+        )
+
+    def test_duplicates_with_other_problems(self) -> None:
+        """
+        A backend with another problem is still checked for duplicates.
+        """
+        self.assertEqual(
+            self.problems(
+                self.pool(
+                    '{ address = "127.0.0.1:9001" }',
+                    '{ address = "127.0.0.1:9001", wieght = 2, name = "app1" }',
+                )
+            ),
+            [
+                "pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)",
+                "pools.app.backends[1].name: backend name 'app1' is already used by "
+                "pools.app.backends[0]; give each backend a unique name",
+                "pools.app.backends[1].address: '127.0.0.1:9001' is already used by "
+                "pools.app.backends[0]; list each backend once and give it a higher weight "
+                "instead",
+            ],
+        )
+
+
+class PoolReferenceTests(ConfigTestCase):
+    """
+    A frontend's ``pool`` must name a pool of the file.
+    """
+
+    def test_close(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND.replace('"app"', '"ap"') + POOL),
+            ["frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)"],
+        )
+
+    def test_far(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND.replace('"app"', '"zzz"') + POOL + POOL.replace("app", "api")),
+            ["frontends.web.pool: unknown pool 'zzz'; defined pools are: 'app', 'api'"],
+        )
+
+    def test_no_pools(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND),
+            [
+                "pools: at least one pool is required; add one, as in [pools.app]",
+                "frontends.web.pool: unknown pool 'app'; define it as [pools.app]",
+            ],
+        )
+
+    def test_invalid_pool_still_defined(self) -> None:
+        """
+        A pool with problems of its own still counts as defined: one mistake, one problem.
+        """
+        self.assertEqual(
+            self.problems(FRONTEND + "[pools.app]\n"),
+            [
+                "pools.app.backends: required key is missing; "
+                'add backends = [{ address = "127.0.0.1:9001" }]'
+            ],
+        )
+
+
+class StrategyTests(ConfigTestCase):
+    """
+    ``strategy`` must be installed; ``strategy_options`` is not checked here.
+    """
+
+    def setUp(self) -> None:
+        self.unpatched_installed = strategies.installed_strategies
+        super().setUp()
+
+    def test_not_installed_close(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND + POOL + 'strategy = "round_robbin"\n'),
+            [
+                "pools.app.strategy: strategy 'round_robbin' is not installed "
+                "(did you mean 'round_robin'?); installed strategies are: "
+                "'least_connections', 'random', 'round_robin'",
+            ],
+        )
+
+    def test_not_installed_far(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND + POOL + 'strategy = "maglev"\n'),
+            [
+                "pools.app.strategy: strategy 'maglev' is not installed; installed strategies "
+                "are: 'least_connections', 'random', 'round_robin'",
+            ],
+        )
+
+    def test_default_not_looked_up(self) -> None:
+        """
+        Without a ``strategy`` key the pool uses ``round_robin`` and the plugins are not scanned.
+        """
+        calls: list[None] = []
+
+        def installed() -> list[str]:
+            calls.append(None)
+            return []
+
+        self.patch(strategies, "installed_strategies", installed)
+        config = self.load(FRONTEND + POOL)
+        self.assertEqual(config.pools["app"].strategy, "round_robin")
+        self.assertEqual(calls, [])
+
+    def test_scanned_once(self) -> None:
+        """
+        The installed strategies are looked up once per document.
+        """
+        calls: list[None] = []
+
+        def installed() -> list[str]:
+            calls.append(None)
+            return ["random"]
+
+        self.patch(strategies, "installed_strategies", installed)
+        self.load(
+            FRONTEND
+            + POOL
+            + 'strategy = "random"\n'
+            + POOL.replace("app", "b")
+            + 'strategy = "random"\n'
+        )
+        self.assertEqual(len(calls), 1)
+
+    def test_real_plugins(self) -> None:
+        """
+        With the real plugin scan, each built-in strategy named in the design is accepted.
+        """
+        self.patch(strategies, "installed_strategies", self.unpatched_installed)
+        for name in ["round_robin", "least_connections"]:
+            config = self.load(FRONTEND + POOL + f'strategy = "{name}"\n')
+            self.assertEqual(config.pools["app"].strategy, name)
+
+    def test_options_any_table(self) -> None:
+        """
+        Any table is accepted as ``strategy_options``; the strategy checks it when it is built.
+        """
+        config = self.load(FRONTEND + POOL + "strategy_options = { anything = [1, 2.5] }\n")
+        self.assertEqual(config.pools["app"].strategy_options, {"anything": (1, 2.5)})
+
+
+class ManyProblemsTests(ConfigTestCase):
+    """
+    Every problem in a file is reported, not just the first.
+    """
+
+    def test_all_reported(self) -> None:
+        self.assertEqual(
+            self.problems(
+                """\
+fronends = 1
+[frontends.web]
+mode = "http"
+listen = ["tcp:abc", 3]
+pool = "ap"
+client_timeout = "10"
+[frontends.api]
+listen = "tcp:abc"
+[pools.app]
+strategy = "round_robbin"
+retries = -1
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9001", wieght = 2 },
+  { address = "localhost", weight = 0 },
+]
+"""
+            ),
+            [
+                "fronends: unknown key (did you mean 'frontends'?)",
+                "frontends.web.mode: mode 'http' is not yet supported; use 'tcp'",
+                "frontends.web.listen[0]: 'tcp:abc' is not a valid server endpoint "
+                "(invalid literal for int() with base 10: 'abc'); "
+                "write one as in 'tcp:8080:interface=127.0.0.1'",
+                "frontends.web.listen[1]: must be a string, not an integer",
+                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
+                "frontends.web.client_timeout: must be a number (seconds), not a string",
+                'frontends.api.mode: required key is missing; add mode = "tcp"',
+                "frontends.api.listen: 'tcp:abc' is already used by frontends.web.listen[0]; "
+                "give each listener its own endpoint",
+                'frontends.api.pool: required key is missing; add pool = "app"',
+                "pools.app.strategy: strategy 'round_robbin' is not installed "
+                "(did you mean 'round_robin'?); installed strategies are: "
+                "'least_connections', 'random', 'round_robin'",
+                "pools.app.retries: must be an integer >= 0, not -1",
+                "pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)",
+                "pools.app.backends[1].address: '127.0.0.1:9001' is already used by "
+                "pools.app.backends[0]; list each backend once and give it a higher weight "
+                "instead",
+                "pools.app.backends[2].address: 'localhost' is not 'host:port', '[v6]:port' or "
+                "'unix:/path', as in '127.0.0.1:9001'",
+                "pools.app.backends[2].weight: must be an integer >= 1, not 0",
+            ],
+        )
+
+
+class SummaryTests(ConfigTestCase):
+    """
+    :func:`format_summary`.
+    """
+
+    def test_example(self) -> None:
+        config = parse_config(EXAMPLE, "lb.toml")
+        self.assertEqual(
+            format_summary(config),
+            """\
+lb.toml: OK
+frontend web (tcp) listen tcp:8080:interface=127.0.0.1 -> pool app
+  pool app: round_robin, connect_timeout 5.0 s, retries 2
+    app1  127.0.0.1:9001  weight 1
+    big   127.0.0.1:9002  weight 3
+    app3  10.0.0.9:80     weight 1  backup""",
+        )
+
+    def test_shared_and_unused(self) -> None:
+        """
+        A pool shared by two frontends is described once; unused pools are listed last.
+        """
+        config = parse_config(
+            """\
+[frontends.web]
+mode = "tcp"
+listen = ["tcp:80", "tcp:81"]
+pool = "app"
+[frontends.alt]
+mode = "tcp"
+listen = "tcp:82"
+pool = "app"
+[pools.old]
+strategy = "random"
+strategy_options = { seed = 1, tags = ["a"] }
+connect_timeout = 1
+retries = 0
+backends = [{ address = "unix:/run/old.sock" }]
+"""
+            + POOL,
+            "lb.toml",
+        )
+        self.assertEqual(
+            format_summary(config),
+            """\
+lb.toml: OK
+frontend web (tcp) listen tcp:80, tcp:81 -> pool app
+  pool app: round_robin, connect_timeout 5.0 s, retries 2
+    app1  127.0.0.1:9001  weight 1
+frontend alt (tcp) listen tcp:82 -> pool app
+  pool app: (as above)
+unused:
+  pool old: random (seed=1, tags=['a']), connect_timeout 1.0 s, retries 0
+    old1  unix:/run/old.sock  weight 1""",
+        )
+
+
+# -- property tests ----------------------------------------------------------------------------
+
+_KEYS = [
+    "frontends",
+    "pools",
+    "global",
+    "web",
+    "app",
+    "mode",
+    "listen",
+    "pool",
+    "client_timeout",
+    "max_connections",
+    "tls",
+    "routes",
+    "strategy",
+    "strategy_options",
+    "connect_timeout",
+    "retries",
+    "backends",
+    "health_check",
+    "address",
+    "name",
+    "weight",
+    "backup",
+]
+_WORDS = [
+    "tcp",
+    "http",
+    "app",
+    "web",
+    "round_robin",
+    "127.0.0.1:9001",
+    "[::1]:80",
+    "unix:/run/app.sock",
+    "tcp:8080",
+    "tcp:8080:interface=127.0.0.1",
+    "unix:/run/lb.sock",
+    "tcp6:8081",
+]
+_keys = st.sampled_from(_KEYS) | st.text(max_size=6)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-3, max_value=3)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(_WORDS)
+)
+_values = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=6),
+    max_leaves=40,
+)
+
+
+def _section(keys: list[str]) -> st.SearchStrategy[dict[str, object]]:
+    """
+    A table of named tables whose keys are mostly the right ones, with any values.
+    """
+    entry = st.dictionaries(st.sampled_from(keys) | _keys, _values, max_size=8)
+    return st.dictionaries(
+        st.sampled_from(["web", "app", "api"]) | _keys, entry | _values, max_size=3
+    )
+
+
+_documents = st.one_of(
+    st.dictionaries(_keys, _values, max_size=5),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "frontends": _section(["mode", "listen", "pool", "client_timeout", "tls"]),
+            "pools": _section(["strategy", "strategy_options", "connect_timeout", "backends"]),
+            "admin": _values,
+        },
+    ),
+)
+
+
+_NAME_CHARS = "abcxyz_-. 0"
+_seconds = st.integers(min_value=1, max_value=10**6) | st.floats(
+    min_value=0, max_value=1e9, exclude_min=True, allow_nan=False, allow_infinity=False
+)
+_option_values = st.recursive(
+    st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(_NAME_CHARS, min_size=1, max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _toml(value: object) -> str:
+    """
+    A TOML value for the generated documents: JSON strings are TOML basic strings.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    assert isinstance(value, Mapping)
+    pairs = ", ".join(f"{json.dumps(key)} = {_toml(item)}" for key, item in value.items())
+    return "{ " + pairs + " }"
+
+
+def _frozen(value: object) -> object:
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _frozen(item) for key, item in value.items()}
+    return value
+
+
+@st.composite
+def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
+    """
+    A valid document as TOML text, and the model it must parse to.
+    """
+    ports = iter(range(1024, 65536))
+    lines: list[str] = []
+    pools: dict[str, PoolConfig] = {}
+    names = st.text(_NAME_CHARS, min_size=1, max_size=6)
+    for pool_name in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+        lines.append(f"[pools.{json.dumps(pool_name)}]")
+        pool_kwargs: dict[str, Any] = {}
+        if draw(st.booleans()):
+            pool_kwargs["strategy"] = draw(st.sampled_from(INSTALLED))
+        if draw(st.booleans()):
+            pool_kwargs["strategy_options"] = draw(
+                st.dictionaries(names, _option_values, max_size=3)
+            )
+        if draw(st.booleans()):
+            pool_kwargs["connect_timeout"] = draw(_seconds)
+        if draw(st.booleans()):
+            pool_kwargs["retries"] = draw(st.integers(min_value=0, max_value=100))
+        for key, value in pool_kwargs.items():
+            lines.append(f"{key} = {_toml(value)}")
+        backends: list[BackendConfig] = []
+        lines.append("backends = [")
+        for index in range(draw(st.integers(min_value=1, max_value=4))):
+            port = next(ports)
+            forms = [f"127.0.0.1:{port}", f"[::1]:{port}", f"h{port}.internal:80", f"unix:/{port}"]
+            address = draw(st.sampled_from(forms))
+            table: dict[str, object] = {"address": address}
+            if draw(st.booleans()):
+                # '#' is not in pool names, so explicit names never meet default ones.
+                table["name"] = f"#{index}" + draw(names)
+            if draw(st.booleans()):
+                table["weight"] = draw(st.integers(min_value=1, max_value=1000))
+            if draw(st.booleans()):
+                table["backup"] = draw(st.booleans())
+            lines.append(f"  {_toml(table)},")
+            backends.append(
+                BackendConfig(
+                    address=address,
+                    name=str(table.get("name", f"{pool_name}{index + 1}")),
+                    weight=int(table.get("weight", 1)),  # type: ignore[call-overload]
+                    backup=bool(table.get("backup", False)),
+                )
+            )
+        lines.append("]")
+        if "connect_timeout" in pool_kwargs:
+            pool_kwargs["connect_timeout"] = float(pool_kwargs["connect_timeout"])
+        if "strategy_options" in pool_kwargs:
+            pool_kwargs["strategy_options"] = _frozen(pool_kwargs["strategy_options"])
+        pools[pool_name] = PoolConfig(name=pool_name, backends=backends, **pool_kwargs)
+
+    frontends: dict[str, FrontendConfig] = {}
+    for frontend_name in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+        listen = [f"tcp:{next(ports)}:interface=127.0.0.1"]
+        if draw(st.booleans()):
+            listen.append(f"tcp6:{next(ports)}")
+        pool = draw(st.sampled_from(sorted(pools)))
+        lines.append(f"[frontends.{json.dumps(frontend_name)}]")
+        lines.append('mode = "tcp"')
+        lines.append(f"listen = {_toml(listen if len(listen) > 1 else listen[0])}")
+        lines.append(f"pool = {_toml(pool)}")
+        frontend_kwargs: dict[str, Any] = {}
+        if draw(st.booleans()):
+            frontend_kwargs["client_timeout"] = draw(_seconds)
+        if draw(st.booleans()):
+            frontend_kwargs["max_connections"] = draw(st.integers(min_value=1, max_value=10**6))
+        for key, value in frontend_kwargs.items():
+            lines.append(f"{key} = {_toml(value)}")
+        if "client_timeout" in frontend_kwargs:
+            frontend_kwargs["client_timeout"] = float(frontend_kwargs["client_timeout"])
+        frontends[frontend_name] = FrontendConfig(
+            name=frontend_name, mode="tcp", listen=listen, pool=pool, **frontend_kwargs
+        )
+    return "\n".join(lines) + "\n", Config("lb.toml", frontends, pools)
+
+
+class PropertyTests(ConfigTestCase):
+    """
+    Generated documents, valid and not.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(_documents)
+    def test_only_config_error(self, data: dict[str, object]) -> None:
+        """
+        Whatever the tables hold, validation returns a config or raises ConfigError, whose
+        problems are one line each, in the documented form.
+        """
+        try:
+            config = config_from_dict(data, "lb.toml")
+        except ConfigError as e:
+            self.assertTrue(e.problems)
+            for problem in e.problems:
+                line = str(problem)
+                self.assertEqual(line, f"lb.toml: {problem.key}: {problem.message}")
+                self.assertNotIn("\n", line)
+                self.assertNotIn("\r", line)
+            self.assertEqual(str(e).splitlines(), [str(p) for p in e.problems])
+        else:
+            self.assertIsInstance(config, Config)
+            format_summary(config)
+
+    @settings(max_examples=150, deadline=None)
+    @given(_valid_documents())
+    def test_round_trip(self, document: tuple[str, Config]) -> None:
+        """
+        A valid document parses to exactly the values it holds, in file order, and its summary
+        names every backend.
+        """
+        text, expected = document
+        config = parse_config(text, "lb.toml")
+        self.assertEqual(config, expected)
+        self.assertEqual(list(config.pools), list(expected.pools))
+        self.assertEqual(list(config.frontends), list(expected.frontends))
+        summary = format_summary(config)
+        for pool in config.pools.values():
+            for backend in pool.backends:
+                self.assertIn(f"    {backend.name}", summary)

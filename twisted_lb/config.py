@@ -1,0 +1,955 @@
+"""
+The config file: TOML in, frozen :mod:`attrs` data out, with every problem reported at once.
+
+:func:`load_config` reads a file and :func:`parse_config` reads text; both hand the parsed tables
+to :func:`config_from_dict`, which checks the whole document and either returns a :class:`Config`
+or raises one :class:`ConfigError` that lists every :class:`Problem` it found. Each problem names
+the file, the key path (``pools.app.backends[1].weight``) and what to write instead, so that
+``twisted-lb check`` can print them as they are.
+
+The model is plain data. This module imports nothing from the data paths; it asks
+:mod:`twisted_lb.strategies` only whether a strategy name is installed. Turning a :class:`Config`
+into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
+
+The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
+that the design names but this version does not implement yet (``tls``, ``routes``,
+``health_check``, ``admin``, ...) are errors that say so, rather than being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from twisted_lb._address import Address, parse_address
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "FrontendConfig",
+    "PoolConfig",
+    "Problem",
+    "config_from_dict",
+    "format_summary",
+    "load_config",
+    "parse_config",
+]
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def _freeze(value: object) -> object:
+    """
+    Make a TOML value read-only, all the way down.
+
+    Tables become :class:`types.MappingProxyType` over a copy, arrays become tuples, and scalars
+    are returned as they are.
+    """
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(key): _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _freeze_options(options: Mapping[str, object]) -> Mapping[str, object]:
+    """
+    Freeze ``strategy_options`` (see :func:`_freeze`).
+    """
+    return MappingProxyType({str(key): _freeze(item) for key, item in options.items()})
+
+
+def _empty_options() -> Mapping[str, object]:
+    return MappingProxyType({})
+
+
+def _frontends(frontends: Mapping[str, FrontendConfig]) -> Mapping[str, FrontendConfig]:
+    return MappingProxyType(dict(frontends))
+
+
+def _pools(pools: Mapping[str, PoolConfig]) -> Mapping[str, PoolConfig]:
+    return MappingProxyType(dict(pools))
+
+
+def _backends(backends: Iterable[BackendConfig]) -> tuple[BackendConfig, ...]:
+    return tuple(backends)
+
+
+def _listen(listen: Iterable[str]) -> tuple[str, ...]:
+    return tuple(listen)
+
+
+@attrs.frozen
+class BackendConfig:
+    """
+    One backend of a pool, as written in ``[pools.NAME] backends = [...]``.
+
+    Attributes:
+        address: ``host:port``, ``[v6]:port`` or ``unix:/path``, as the file wrote it; it has
+            been checked with :func:`twisted_lb._address.parse_address`.
+        name: the ``name`` key, or by default the pool's name followed by the backend's
+            position counting from 1 (``app1``, ``app2``, ...). Unique within the pool.
+        weight: relative share of new connections, an integer >= 1.
+        backup: used only when no primary (non-backup) backend of the pool is UP.
+    """
+
+    address: str
+    name: str
+    weight: int = 1
+    backup: bool = False
+
+
+@attrs.frozen
+class PoolConfig:
+    """
+    A ``[pools.NAME]`` table: a set of backends and the strategy that picks among them.
+
+    Instances compare by value. They are not hashable, because ``strategy_options`` is a
+    mapping.
+
+    Attributes:
+        name: the table's name, which frontends refer to in their ``pool`` key.
+        backends: at least one backend, in file order; names and addresses are unique.
+        strategy: the name of an installed strategy plugin.
+        strategy_options: the ``strategy_options`` table, handed to the strategy factory as it
+            is. It is read-only: a :class:`types.MappingProxyType` in which nested tables are
+            also ``MappingProxyType`` and arrays are tuples. A plain ``dict`` passed to the
+            constructor is copied and frozen the same way.
+        connect_timeout: seconds to wait for a backend connection before trying the next.
+        retries: how many further backends to try after a failed connect, >= 0.
+    """
+
+    name: str
+    backends: tuple[BackendConfig, ...] = attrs.field(converter=_backends)
+    strategy: str = "round_robin"
+    strategy_options: Mapping[str, object] = attrs.field(
+        factory=_empty_options, converter=_freeze_options
+    )
+    connect_timeout: float = 5.0
+    retries: int = 2
+
+
+@attrs.frozen
+class FrontendConfig:
+    """
+    A ``[frontends.NAME]`` table: where to listen and which pool serves the clients.
+
+    Attributes:
+        name: the table's name.
+        mode: ``"tcp"`` (L4 relay); the only mode this version supports.
+        listen: Twisted server endpoint descriptions such as
+            ``"tcp:8080:interface=127.0.0.1"``; at least one, each used by one frontend only.
+        pool: the name of a pool defined in the same file.
+        client_timeout: seconds a client connection may stay idle before it is closed.
+        max_connections: concurrent client connections; past it, new ones are refused.
+    """
+
+    name: str
+    mode: str
+    listen: tuple[str, ...] = attrs.field(converter=_listen)
+    pool: str
+    client_timeout: float = 60.0
+    max_connections: int = 10000
+
+
+@attrs.frozen
+class Config:
+    """
+    A whole, valid config file.
+
+    Instances compare by value. They are not hashable, because the fields are mappings.
+
+    Attributes:
+        path: the file the config came from, as given to :func:`load_config`, or the ``path``
+            given to :func:`parse_config`. Problems are reported against it.
+        frontends: frontend name to frontend, in file order (read-only).
+        pools: pool name to pool, in file order (read-only). Every pool a frontend names is
+            here; pools that no frontend uses are kept too.
+    """
+
+    path: str
+    frontends: Mapping[str, FrontendConfig] = attrs.field(converter=_frontends)
+    pools: Mapping[str, PoolConfig] = attrs.field(converter=_pools)
+
+
+@attrs.frozen
+class Problem:
+    """
+    One thing wrong with a config file.
+
+    ``str(problem)`` is ``"{path}: {key}: {message}"``, for example
+    ``lb.toml: pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)``.
+
+    Attributes:
+        path: the file, as given to :func:`load_config` (or ``"<string>"``).
+        key: the key path, with array indexes: ``frontends.web.listen[0]``. Table names that
+            are not bare TOML keys are quoted: ``pools."my.app"``. ``"(file)"`` for problems
+            with the document as a whole, ``"cannot read"`` when the file could not be read,
+            and ``"line L, column C"`` for TOML syntax errors.
+        message: what is wrong and how to fix it.
+    """
+
+    path: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """
+    The config file cannot be used. ``str()`` of it is one problem per line.
+
+    Attributes:
+        problems: every problem found, in the order of the document; never empty.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """
+    Read and validate a TOML config file.
+
+    The file is read synchronously: call this before the reactor runs, or in a thread.
+
+    Args:
+        path: the file. Problems name it as given here.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file cannot be read (``lb.toml: cannot read: ...``), is not valid TOML
+            (``lb.toml: line 3, column 5: invalid TOML: ...``), or breaks the rules; in the
+            last case every problem in the file is listed.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([Problem(name, "cannot read", e.strerror or str(e))]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        message = f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        raise ConfigError([Problem(name, "cannot read", message)]) from None
+    return parse_config(text, name)
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """
+    Validate a config given as TOML text.
+
+    Args:
+        text: the document.
+        path: the name problems are reported against, and :attr:`Config.path`.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the text is not valid TOML (one problem, ``line L, column C: invalid
+            TOML: ...``), or it breaks the rules (every problem is listed).
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([_syntax_problem(text, path, e)]) from None
+    return config_from_dict(data, path)
+
+
+_TOML_POSITION = re.compile(
+    r"^(?P<message>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$",
+    re.DOTALL,
+)
+
+
+def _syntax_problem(text: str, path: str, error: tomllib.TOMLDecodeError) -> Problem:
+    """
+    Turn a TOML syntax error into a problem keyed by its line and column (counting from 1).
+    """
+    message = str(error)
+    match = _TOML_POSITION.match(message)
+    if match is None:
+        return Problem(path, "(file)", f"invalid TOML: {message}")
+    message = match["message"]
+    if match["line"] is not None:
+        line, column = int(match["line"]), int(match["column"])
+    else:
+        lines = text.split("\n")
+        line, column = len(lines), len(lines[-1]) + 1
+    return Problem(path, f"line {line}, column {column}", f"invalid TOML: {message}")
+
+
+def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config:
+    """
+    Validate an already parsed document: the tables :func:`tomllib.loads` returns.
+
+    Use this to build a config in code; values must have the types TOML would give them.
+
+    Args:
+        data: the top-level table.
+        path: the name problems are reported against, and :attr:`Config.path`.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: every problem found in ``data``.
+    """
+    return _Validator(path).config(data)
+
+
+# -- validation --------------------------------------------------------------------------------
+
+_TOP_KEYS = ("frontends", "pools")
+_TOP_LATER = ("global", "admin", "metrics")
+_FRONTEND_KEYS = ("mode", "listen", "pool", "client_timeout", "max_connections")
+_FRONTEND_LATER = (
+    "tls",
+    "routes",
+    "header_timeout",
+    "max_header_bytes",
+    "max_body_bytes",
+    "trusted_proxies",
+)
+_POOL_KEYS = ("strategy", "strategy_options", "connect_timeout", "retries", "backends")
+_POOL_LATER = ("health_check", "tls")
+_BACKEND_KEYS = ("address", "name", "weight", "backup")
+_MODES = ("tcp",)
+_MODES_LATER = ("http",)
+
+_LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
+_BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
+_MISSING = "required key is missing; add "
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _describe(value: object) -> str:
+    """
+    Name a value's TOML type with its article: ``"a string"``, ``"an array"``.
+    """
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    kind = type(value).__name__
+    return {"datetime": "a date-time", "date": "a date", "time": "a time"}.get(kind, f"a {kind}")
+
+
+def _quote_list(words: Iterable[str]) -> str:
+    return ", ".join(repr(word) for word in words)
+
+
+def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
+    """
+    The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
+    ``choices`` is close (:func:`difflib.get_close_matches`), else ``"; valid keys are: ..."``.
+    """
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; {plural} are: {_quote_list(choices)}"
+
+
+def _join(parent: str, key: str) -> str:
+    """
+    Extend a key path with a table key, quoting keys that are not bare TOML keys.
+    """
+    if not _BARE_KEY.fullmatch(key):
+        key = _toml_string(key)
+    return f"{parent}.{key}" if parent else key
+
+
+def _endpoint_problem(text: str) -> str | None:
+    """
+    Check a server endpoint description with Twisted's own parser.
+
+    The endpoint is built against a :class:`MemoryReactor`, so nothing listens. Parsers of
+    some endpoint types look at the environment while they build (``ssl:`` reads its
+    certificate files, ``systemd:`` its inherited descriptors), and their errors count.
+
+    Returns:
+        What the parser objected to, or ``None`` if the description is usable.
+    """
+    try:
+        serverFromString(MemoryReactor(), text)
+    except ValueError as e:
+        return str(e)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class _Validator:
+    """
+    One pass over a document, collecting problems instead of stopping at the first.
+
+    Each method returns the model for its part of the document, or ``None`` when that part
+    has problems (which are then in ``problems``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self.listeners: dict[str, str] = {}
+        self.pool_names: list[str] = []
+        self._installed: list[str] | None = None
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(self.path, key, message))
+
+    def installed_strategies(self) -> list[str]:
+        if self._installed is None:
+            from twisted_lb.strategies import installed_strategies
+
+            self._installed = sorted(installed_strategies())
+        return self._installed
+
+    # -- the document
+
+    def config(self, data: object) -> Config:
+        if not isinstance(data, Mapping):
+            self.problem("(file)", f"must be a table, not {_describe(data)}")
+            raise ConfigError(self.problems)
+        self.check_keys(data, "", _TOP_KEYS, _TOP_LATER)
+        raw_frontends = self.named_tables(data, "frontends", "frontend", "web")
+        raw_pools = self.named_tables(data, "pools", "pool", "app")
+        if raw_pools is not None:
+            self.pool_names = [str(name) for name in raw_pools]
+
+        frontends: dict[str, FrontendConfig] = {}
+        for name, raw in (raw_frontends or {}).items():
+            frontend = self.frontend(str(name), raw)
+            if frontend is not None:
+                frontends[frontend.name] = frontend
+        pools: dict[str, PoolConfig] = {}
+        for name, raw in (raw_pools or {}).items():
+            pool = self.pool(str(name), raw)
+            if pool is not None:
+                pools[pool.name] = pool
+
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(path=self.path, frontends=frontends, pools=pools)
+
+    def check_keys(
+        self, table: Mapping[str, object], parent: str, valid: Sequence[str], later: Sequence[str]
+    ) -> None:
+        for key in table:
+            key = str(key)
+            if key in valid:
+                continue
+            if key in later:
+                self.problem(_join(parent, key), "not yet supported in this version; remove it")
+            else:
+                self.problem(_join(parent, key), "unknown key" + _suggest(key, valid, "valid keys"))
+
+    def named_tables(
+        self, data: Mapping[str, object], key: str, noun: str, example: str
+    ) -> Mapping[str, object] | None:
+        """
+        The ``frontends`` or ``pools`` table: a table of tables, at least one.
+        """
+        add = f"add one, as in [{key}.{example}]"
+        if key not in data:
+            self.problem(key, f"at least one {noun} is required; {add}")
+            return None
+        value = data[key]
+        if not isinstance(value, Mapping):
+            self.problem(
+                key, f"must be a table of {noun}s, as in [{key}.{example}], not {_describe(value)}"
+            )
+            return None
+        if not value:
+            self.problem(key, f"at least one {noun} is required; {add}")
+        return value
+
+    # -- typed values
+
+    def string(self, table: Mapping[str, object], key: str, parent: str) -> str | None:
+        value = table[key]
+        if not isinstance(value, str):
+            self.problem(_join(parent, key), f"must be a string, not {_describe(value)}")
+            return None
+        return value
+
+    def seconds(
+        self, table: Mapping[str, object], key: str, parent: str, default: float
+    ) -> float | None:
+        """
+        A duration in seconds: an integer or a float, finite and > 0. Booleans are refused.
+        """
+        if key not in table:
+            return default
+        value = table[key]
+        where = _join(parent, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(where, f"must be a number (seconds), not {_describe(value)}")
+            return None
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            self.problem(where, f"must be a finite number of seconds, not {value!r}")
+            return None
+        if seconds <= 0:
+            self.problem(where, f"must be more than 0 seconds, not {value!r}")
+            return None
+        return seconds
+
+    def integer(
+        self, table: Mapping[str, object], key: str, parent: str, default: int, minimum: int
+    ) -> int | None:
+        """
+        An integer >= ``minimum``. Booleans and floats (even ``2.0``) are refused.
+        """
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            found = _describe(value)
+        elif value < minimum:
+            found = repr(value)
+        else:
+            return value
+        self.problem(_join(parent, key), f"must be an integer >= {minimum}, not {found}")
+        return None
+
+    # -- frontends
+
+    def frontend(self, name: str, raw: object) -> FrontendConfig | None:
+        where = _join("frontends", name)
+        if not isinstance(raw, Mapping):
+            self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, where, _FRONTEND_KEYS, _FRONTEND_LATER)
+
+        mode = self.mode(raw, where)
+        listen = self.listen(raw, where)
+        pool = self.pool_reference(raw, where)
+        client_timeout = self.seconds(raw, "client_timeout", where, 60.0)
+        max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
+
+        if (
+            len(self.problems) > before
+            or mode is None
+            or listen is None
+            or pool is None
+            or client_timeout is None
+            or max_connections is None
+        ):
+            return None
+        return FrontendConfig(
+            name=name,
+            mode=mode,
+            listen=listen,
+            pool=pool,
+            client_timeout=client_timeout,
+            max_connections=max_connections,
+        )
+
+    def mode(self, raw: Mapping[str, object], where: str) -> str | None:
+        if "mode" not in raw:
+            self.problem(_join(where, "mode"), _MISSING + 'mode = "tcp"')
+            return None
+        mode = self.string(raw, "mode", where)
+        if mode is None or mode in _MODES:
+            return mode
+        if mode in _MODES_LATER:
+            self.problem(_join(where, "mode"), f"mode {mode!r} is not yet supported; use 'tcp'")
+        else:
+            self.problem(
+                _join(where, "mode"),
+                f"unknown mode {mode!r}; valid modes are: {_quote_list(_MODES)}",
+            )
+        return None
+
+    def listen(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+        """
+        ``listen``: one endpoint description or an array of them, each parsed by Twisted and
+        used by no other listener in the file.
+        """
+        key = _join(where, "listen")
+        if "listen" not in raw:
+            self.problem(key, _MISSING + f'listen = ["{_LISTEN_EXAMPLE}"]')
+            return None
+        value = raw["listen"]
+        items: list[tuple[str, object]]
+        if isinstance(value, str):
+            items = [(key, value)]
+        elif isinstance(value, list | tuple):
+            if not value:
+                self.problem(
+                    key, f'must list at least one endpoint, as in listen = ["{_LISTEN_EXAMPLE}"]'
+                )
+                return None
+            items = [(f"{key}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            self.problem(key, f"must be a string or an array of strings, not {_describe(value)}")
+            return None
+
+        listen: list[str] = []
+        ok = True
+        for item_key, item in items:
+            if not isinstance(item, str):
+                self.problem(item_key, f"must be a string, not {_describe(item)}")
+                ok = False
+                continue
+            if item in self.listeners:
+                self.problem(
+                    item_key,
+                    f"{item!r} is already used by {self.listeners[item]}; "
+                    "give each listener its own endpoint",
+                )
+                ok = False
+                continue
+            self.listeners[item] = item_key
+            error = _endpoint_problem(item)
+            if error is not None:
+                self.problem(
+                    item_key,
+                    f"{item!r} is not a valid server endpoint ({error}); "
+                    f"write one as in {_LISTEN_EXAMPLE!r}",
+                )
+                ok = False
+                continue
+            listen.append(item)
+        return tuple(listen) if ok else None
+
+    def pool_reference(self, raw: Mapping[str, object], where: str) -> str | None:
+        key = _join(where, "pool")
+        if "pool" not in raw:
+            example = self.pool_names[0] if self.pool_names else "app"
+            self.problem(key, _MISSING + f"pool = {_toml_string(example)}")
+            return None
+        pool = self.string(raw, "pool", where)
+        if pool is None or pool in self.pool_names:
+            return pool
+        if self.pool_names:
+            hint = _suggest(pool, self.pool_names, "defined pools")
+        else:
+            hint = f"; define it as [{_join('pools', pool)}]"
+        self.problem(key, f"unknown pool {pool!r}{hint}")
+        return None
+
+    # -- pools
+
+    def pool(self, name: str, raw: object) -> PoolConfig | None:
+        where = _join("pools", name)
+        if not isinstance(raw, Mapping):
+            self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, where, _POOL_KEYS, _POOL_LATER)
+
+        strategy = self.strategy(raw, where)
+        options = self.strategy_options(raw, where)
+        connect_timeout = self.seconds(raw, "connect_timeout", where, 5.0)
+        retries = self.integer(raw, "retries", where, 2, minimum=0)
+        backends = self.backends(name, raw, where)
+
+        if (
+            len(self.problems) > before
+            or strategy is None
+            or options is None
+            or connect_timeout is None
+            or retries is None
+            or backends is None
+        ):
+            return None
+        return PoolConfig(
+            name=name,
+            backends=backends,
+            strategy=strategy,
+            strategy_options=options,
+            connect_timeout=connect_timeout,
+            retries=retries,
+        )
+
+    def strategy(self, raw: Mapping[str, object], where: str) -> str | None:
+        """
+        ``strategy``: the name of an installed strategy. The default, ``round_robin``, is
+        built in and not looked up.
+        """
+        if "strategy" not in raw:
+            return "round_robin"
+        strategy = self.string(raw, "strategy", where)
+        if strategy is None:
+            return None
+        installed = self.installed_strategies()
+        if strategy in installed:
+            return strategy
+        close = difflib.get_close_matches(strategy, installed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.problem(
+            _join(where, "strategy"),
+            f"strategy {strategy!r} is not installed{hint}; "
+            f"installed strategies are: {_quote_list(installed)}",
+        )
+        return None
+
+    def strategy_options(
+        self, raw: Mapping[str, object], where: str
+    ) -> Mapping[str, object] | None:
+        if "strategy_options" not in raw:
+            return _empty_options()
+        value = raw["strategy_options"]
+        if not isinstance(value, Mapping):
+            self.problem(
+                _join(where, "strategy_options"),
+                f"must be a table, as in strategy_options = {{}}, not {_describe(value)}",
+            )
+            return None
+        return _freeze_options(value)
+
+    def backends(
+        self, pool_name: str, raw: Mapping[str, object], where: str
+    ) -> tuple[BackendConfig, ...] | None:
+        key = _join(where, "backends")
+        if "backends" not in raw:
+            self.problem(key, _MISSING + _BACKENDS_EXAMPLE)
+            return None
+        value = raw["backends"]
+        if not isinstance(value, list | tuple):
+            self.problem(
+                key,
+                f"must be an array of tables, as in {_BACKENDS_EXAMPLE}, not {_describe(value)}",
+            )
+            return None
+        if not value:
+            self.problem(key, f"must list at least one backend, as in {_BACKENDS_EXAMPLE}")
+            return None
+
+        backends: list[BackendConfig] = []
+        ok = True
+        names: dict[str, str] = {}
+        addresses: dict[Address, str] = {}
+        for index, item in enumerate(value):
+            item_key = f"{key}[{index}]"
+            default_name = f"{pool_name}{index + 1}"
+            backend = self.backend(default_name, item, item_key)
+            if backend is None:
+                ok = False
+            else:
+                backends.append(backend)
+            if not isinstance(item, Mapping):
+                continue
+            # Duplicates are checked on whatever parts of the backend are usable, so that they
+            # are reported together with the backend's other problems.
+            name = item.get("name", default_name)
+            if isinstance(name, str) and name:
+                if name in names:
+                    name_key = _join(item_key, "name") if "name" in item else item_key
+                    self.problem(
+                        name_key,
+                        f"backend name {name!r} is already used by {names[name]}; "
+                        "give each backend a unique name",
+                    )
+                    ok = False
+                else:
+                    names[name] = item_key
+            address = _address_or_none(item.get("address"))
+            if address is not None:
+                if address in addresses:
+                    self.problem(
+                        _join(item_key, "address"),
+                        f"{item['address']!r} is already used by {addresses[address]}; "
+                        "list each backend once and give it a higher weight instead",
+                    )
+                    ok = False
+                else:
+                    addresses[address] = item_key
+        return tuple(backends) if ok else None
+
+    def backend(self, default_name: str, raw: object, where: str) -> BackendConfig | None:
+        if not isinstance(raw, Mapping):
+            self.problem(
+                where,
+                f'must be a table, as in {{ address = "127.0.0.1:9001" }}, not {_describe(raw)}',
+            )
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, where, _BACKEND_KEYS, ())
+
+        address: str | None = None
+        if "address" not in raw:
+            self.problem(_join(where, "address"), _MISSING + 'address = "127.0.0.1:9001"')
+        else:
+            address = self.string(raw, "address", where)
+            if address is not None:
+                try:
+                    parse_address(address)
+                except ValueError as e:
+                    self.problem(_join(where, "address"), str(e))
+                    address = None
+
+        name: str | None = default_name
+        if "name" in raw:
+            name = self.string(raw, "name", where)
+            if name == "":
+                self.problem(
+                    _join(where, "name"), f"must not be empty; leave it out to use {default_name!r}"
+                )
+                name = None
+
+        weight = self.integer(raw, "weight", where, 1, minimum=1)
+
+        backup = raw.get("backup", False)
+        if not isinstance(backup, bool):
+            self.problem(_join(where, "backup"), f"must be true or false, not {_describe(backup)}")
+
+        if len(self.problems) > before or address is None or name is None or weight is None:
+            return None
+        return BackendConfig(address=address, name=name, weight=weight, backup=bool(backup))
+
+
+def _address_or_none(text: object) -> Address | None:
+    """
+    The parsed address, or ``None`` if ``text`` is not a valid address string.
+    """
+    if not isinstance(text, str):
+        return None
+    try:
+        return parse_address(text)
+    except ValueError:
+        return None
+
+
+def _toml_string(text: str) -> str:
+    """
+    ``text`` as a TOML basic string, for key paths and examples in messages.
+
+    Characters that are not printable (including line breaks such as U+2028) are escaped, so
+    that each problem stays on one line.
+    """
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+def format_summary(config: Config) -> str:
+    """
+    Describe a valid config on one screen: each frontend, the pool it uses and that pool's
+    backends; then the pools no frontend uses, under ``unused:``.
+
+    A pool used by several frontends is described in full under the first of them only.
+
+    Example::
+
+        lb.toml: OK
+        frontend web (tcp) listen tcp:8080:interface=127.0.0.1 -> pool app
+          pool app: round_robin, connect_timeout 5.0 s, retries 2
+            app1  127.0.0.1:9001  weight 1
+            big   127.0.0.1:9002  weight 3
+            app3  10.0.0.9:80     weight 1  backup
+
+    Args:
+        config: a config returned by :func:`load_config` or :func:`parse_config`.
+
+    Returns:
+        The lines, joined with newlines, without a final newline.
+    """
+    lines = [f"{config.path}: OK"]
+    shown: set[str] = set()
+    for frontend in config.frontends.values():
+        lines.append(
+            f"frontend {frontend.name} ({frontend.mode}) listen {', '.join(frontend.listen)}"
+            f" -> pool {frontend.pool}"
+        )
+        pool = config.pools.get(frontend.pool)
+        if pool is None:
+            lines.append(f"  pool {frontend.pool}: (not defined)")
+        elif pool.name in shown:
+            lines.append(f"  pool {pool.name}: (as above)")
+        else:
+            shown.add(pool.name)
+            lines.extend(_pool_summary(pool))
+    unused = [pool for name, pool in config.pools.items() if name not in shown]
+    if unused:
+        lines.append("unused:")
+        for pool in unused:
+            lines.extend(_pool_summary(pool))
+    return "\n".join(lines)
+
+
+def _pool_summary(pool: PoolConfig) -> list[str]:
+    """
+    A pool's line and its backends' lines, in aligned columns, indented under a frontend.
+    """
+    options = ""
+    if pool.strategy_options:
+        pairs = ", ".join(f"{key}={_thaw(value)!r}" for key, value in pool.strategy_options.items())
+        options = f" ({pairs})"
+    lines = [
+        f"  pool {pool.name}: {pool.strategy}{options}, "
+        f"connect_timeout {pool.connect_timeout} s, retries {pool.retries}"
+    ]
+    name_width = max(len(backend.name) for backend in pool.backends)
+    address_width = max(len(backend.address) for backend in pool.backends)
+    for backend in pool.backends:
+        line = (
+            f"    {backend.name:<{name_width}}  {backend.address:<{address_width}}"
+            f"  weight {backend.weight}"
+        )
+        if backend.backup:
+            line += "  backup"
+        lines.append(line)
+    return lines
+
+
+def _thaw(value: object) -> object:
+    """
+    Undo :func:`_freeze` for display: read-only tables become dicts and tuples lists.
+    """
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
