@@ -384,7 +384,7 @@ def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
     return f"; {plural} are: {_quote_list(choices)}"
 
 
-def _join(parent: str, key: str) -> str:
+def join_key(parent: str, key: str) -> str:
     """
     Extend a key path with a table key, quoting keys that are not bare TOML keys.
     """
@@ -473,9 +473,11 @@ class _Validator:
             if key in valid:
                 continue
             if key in later:
-                self.problem(_join(parent, key), "not yet supported in this version; remove it")
+                self.problem(join_key(parent, key), "not yet supported in this version; remove it")
             else:
-                self.problem(_join(parent, key), "unknown key" + _suggest(key, valid, "valid keys"))
+                self.problem(
+                    join_key(parent, key), "unknown key" + _suggest(key, valid, "valid keys")
+                )
 
     def named_tables(
         self, data: Mapping[str, object], key: str, noun: str, example: str
@@ -502,7 +504,7 @@ class _Validator:
     def string(self, table: Mapping[str, object], key: str, parent: str) -> str | None:
         value = table[key]
         if not isinstance(value, str):
-            self.problem(_join(parent, key), f"must be a string, not {_describe(value)}")
+            self.problem(join_key(parent, key), f"must be a string, not {_describe(value)}")
             return None
         return value
 
@@ -515,7 +517,7 @@ class _Validator:
         if key not in table:
             return default
         value = table[key]
-        where = _join(parent, key)
+        where = join_key(parent, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(where, f"must be a number (seconds), not {_describe(value)}")
             return None
@@ -546,13 +548,13 @@ class _Validator:
             found = repr(value)
         else:
             return value
-        self.problem(_join(parent, key), f"must be an integer >= {minimum}, not {found}")
+        self.problem(join_key(parent, key), f"must be an integer >= {minimum}, not {found}")
         return None
 
     # -- frontends
 
     def frontend(self, name: str, raw: object) -> FrontendConfig | None:
-        where = _join("frontends", name)
+        where = join_key("frontends", name)
         if not isinstance(raw, Mapping):
             self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
             return None
@@ -585,16 +587,16 @@ class _Validator:
 
     def mode(self, raw: Mapping[str, object], where: str) -> str | None:
         if "mode" not in raw:
-            self.problem(_join(where, "mode"), _MISSING + 'mode = "tcp"')
+            self.problem(join_key(where, "mode"), _MISSING + 'mode = "tcp"')
             return None
         mode = self.string(raw, "mode", where)
         if mode is None or mode in _MODES:
             return mode
         if mode in _MODES_LATER:
-            self.problem(_join(where, "mode"), f"mode {mode!r} is not yet supported; use 'tcp'")
+            self.problem(join_key(where, "mode"), f"mode {mode!r} is not yet supported; use 'tcp'")
         else:
             self.problem(
-                _join(where, "mode"),
+                join_key(where, "mode"),
                 f"unknown mode {mode!r}; valid modes are: {_quote_list(_MODES)}",
             )
         return None
@@ -604,7 +606,7 @@ class _Validator:
         ``listen``: one endpoint description or an array of them, each parsed by Twisted and
         used by no other listener in the file.
         """
-        key = _join(where, "listen")
+        key = join_key(where, "listen")
         if "listen" not in raw:
             self.problem(key, _MISSING + f'listen = ["{_LISTEN_EXAMPLE}"]')
             return None
@@ -652,7 +654,7 @@ class _Validator:
         return tuple(listen) if ok else None
 
     def pool_reference(self, raw: Mapping[str, object], where: str) -> str | None:
-        key = _join(where, "pool")
+        key = join_key(where, "pool")
         if "pool" not in raw:
             example = self.pool_names[0] if self.pool_names else "app"
             self.problem(key, _MISSING + f"pool = {_toml_string(example)}")
@@ -663,14 +665,14 @@ class _Validator:
         if self.pool_names:
             hint = _suggest(pool, self.pool_names, "defined pools")
         else:
-            hint = f"; define it as [{_join('pools', pool)}]"
+            hint = f"; define it as [{join_key('pools', pool)}]"
         self.problem(key, f"unknown pool {pool!r}{hint}")
         return None
 
     # -- pools
 
     def pool(self, name: str, raw: object) -> PoolConfig | None:
-        where = _join("pools", name)
+        where = join_key("pools", name)
         if not isinstance(raw, Mapping):
             self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
             return None
@@ -717,7 +719,7 @@ class _Validator:
         close = difflib.get_close_matches(strategy, installed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         self.problem(
-            _join(where, "strategy"),
+            join_key(where, "strategy"),
             f"strategy {strategy!r} is not installed{hint}; "
             f"installed strategies are: {_quote_list(installed)}",
         )
@@ -731,7 +733,7 @@ class _Validator:
         value = raw["strategy_options"]
         if not isinstance(value, Mapping):
             self.problem(
-                _join(where, "strategy_options"),
+                join_key(where, "strategy_options"),
                 f"must be a table, as in strategy_options = {{}}, not {_describe(value)}",
             )
             return None
@@ -740,7 +742,7 @@ class _Validator:
     def backends(
         self, pool_name: str, raw: Mapping[str, object], where: str
     ) -> tuple[BackendConfig, ...] | None:
-        key = _join(where, "backends")
+        key = join_key(where, "backends")
         if "backends" not in raw:
             self.problem(key, _MISSING + _BACKENDS_EXAMPLE)
             return None
@@ -774,7 +776,7 @@ class _Validator:
             name = item.get("name", default_name)
             if isinstance(name, str) and name:
                 if name in names:
-                    name_key = _join(item_key, "name") if "name" in item else item_key
+                    name_key = join_key(item_key, "name") if "name" in item else item_key
                     self.problem(
                         name_key,
                         f"backend name {name!r} is already used by {names[name]}; "
@@ -787,7 +789,7 @@ class _Validator:
             if address is not None:
                 if address in addresses:
                     self.problem(
-                        _join(item_key, "address"),
+                        join_key(item_key, "address"),
                         f"{item['address']!r} is already used by {addresses[address]}; "
                         "list each backend once and give it a higher weight instead",
                     )
@@ -808,14 +810,14 @@ class _Validator:
 
         address: str | None = None
         if "address" not in raw:
-            self.problem(_join(where, "address"), _MISSING + 'address = "127.0.0.1:9001"')
+            self.problem(join_key(where, "address"), _MISSING + 'address = "127.0.0.1:9001"')
         else:
             address = self.string(raw, "address", where)
             if address is not None:
                 try:
                     parse_address(address)
                 except ValueError as e:
-                    self.problem(_join(where, "address"), str(e))
+                    self.problem(join_key(where, "address"), str(e))
                     address = None
 
         name: str | None = default_name
@@ -823,7 +825,8 @@ class _Validator:
             name = self.string(raw, "name", where)
             if name == "":
                 self.problem(
-                    _join(where, "name"), f"must not be empty; leave it out to use {default_name!r}"
+                    join_key(where, "name"),
+                    f"must not be empty; leave it out to use {default_name!r}",
                 )
                 name = None
 
@@ -831,7 +834,9 @@ class _Validator:
 
         backup = raw.get("backup", False)
         if not isinstance(backup, bool):
-            self.problem(_join(where, "backup"), f"must be true or false, not {_describe(backup)}")
+            self.problem(
+                join_key(where, "backup"), f"must be true or false, not {_describe(backup)}"
+            )
 
         if len(self.problems) > before or address is None or name is None or weight is None:
             return None

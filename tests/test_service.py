@@ -1,0 +1,149 @@
+"""
+LoadBalancerService on a memory reactor: config to live objects, listening, stopping.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_lb.backend import BackendState
+from twisted_lb.config import ConfigError, parse_config
+from twisted_lb.service import SHUTDOWN_GRACE, ListenError, LoadBalancerService
+from twisted_lb.tap import Options
+
+CONFIG = """
+[frontends.web]
+mode = "tcp"
+listen = ["tcp:8080:interface=127.0.0.1", "tcp:8081"]
+pool = "app"
+client_timeout = 30
+max_connections = 50
+
+[pools.app]
+strategy = "least_connections"
+connect_timeout = 1.5
+retries = 1
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9002", weight = 3, name = "big" },
+  { address = "127.0.0.1:9003", backup = true },
+]
+"""
+
+
+class HalfCloseTransport(StringTransport):
+    def loseWriteConnection(self) -> None:
+        pass
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService.from_config(
+            parse_config(CONFIG, "lb.toml"), self.reactor
+        )
+
+    def test_live_objects(self) -> None:
+        """Pools, backends and frontends are built as the config says."""
+        pool = self.service.pools["app"]
+        self.assertEqual(
+            [(b.name, str(b.address), b.weight, b.backup) for b in pool.backends],
+            [
+                ("app1", "127.0.0.1:9001", 1, False),
+                ("big", "127.0.0.1:9002", 3, False),
+                ("app3", "127.0.0.1:9003", 1, True),
+            ],
+        )
+        self.assertEqual((pool.connect_timeout, pool.retries), (1.5, 1))
+        self.assertEqual(type(pool.strategy).__name__, "LeastConnections")
+        factory = self.service.factories["web"]
+        self.assertEqual((factory.client_timeout, factory.max_connections), (30.0, 50))
+        self.assertIs(factory.pool, pool)
+        self.assertEqual(len(self.service.listeners), 2)
+        self.assertEqual(self.reactor.tcpServers, [])  # nothing listens before start
+
+    def test_strategy_options_rejected(self) -> None:
+        """A strategy that rejects its options is a config problem with its key path."""
+        config = parse_config(
+            CONFIG.replace('strategy = "least_connections"', 'strategy = "random"\n')
+            + 'strategy_options = { seed = "x" }\n',
+            "lb.toml",
+        )
+        with self.assertRaises(ConfigError) as raised:
+            LoadBalancerService.from_config(config, self.reactor)
+        [problem] = raised.exception.problems
+        self.assertEqual((problem.path, problem.key), ("lb.toml", "pools.app.strategy_options"))
+        self.assertIn("'seed' must be int", problem.message)
+
+    def test_start_and_stop(self) -> None:
+        """Starting listens on every endpoint and logs where; stopping stops listening."""
+        with capturedLogs() as events:
+            self.service.privilegedStartService()
+            self.service.startService()
+        self.assertEqual(
+            [(port, interface) for port, _f, _b, interface in self.reactor.tcpServers],
+            [(8080, "127.0.0.1"), (8081, "")],
+        )
+        listening = [e for e in events if "listening on" in e["log_format"]]
+        self.assertEqual(len(listening), 2)
+        stopped = self.service.stopService()
+        self.successResultOf(stopped)
+        self.assertEqual([listener.port for listener in self.service.listeners], [None, None])
+
+    def test_listen_failure(self) -> None:
+        """A frontend that cannot listen raises ListenError naming it and the endpoint."""
+        config = parse_config(CONFIG.replace('"tcp:8081"', '"unix:/nonexistent/dir/lb.sock"'))
+        service = LoadBalancerService.from_config(config, self.reactor)
+        self.reactor.listenUNIX = self.refuse  # type: ignore[method-assign]
+        with self.assertRaises(ListenError) as raised:
+            service.privilegedStartService()
+        self.assertIn("frontend web: cannot listen on unix:/nonexistent", str(raised.exception))
+
+    def refuse(self, *args: object, **kwargs: object) -> None:
+        raise OSError("No such file or directory")
+
+    def test_stop_closes_connections(self) -> None:
+        """
+        Stopping closes open connections and waits for them; those still open after the
+        grace period are aborted.
+        """
+        self.service.startService()
+        factory = self.service.factories["web"]
+        front = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        client = HalfCloseTransport()
+        front.makeConnection(client)
+        backend_factory = self.reactor.tcpClients[-1][2]
+        backend_protocol = backend_factory.buildProtocol(None)
+        backend = HalfCloseTransport()
+        backend_protocol.makeConnection(backend)
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.assertTrue(client.disconnecting)
+        self.reactor.advance(SHUTDOWN_GRACE)
+        self.assertTrue(client.disconnected)
+        self.assertTrue(backend.disconnected)
+        front.connectionLost(Failure(ConnectionDone()))
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.service.pools["app"].backends[0].state, BackendState.UP)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_config_required(self) -> None:
+        """``twistd lb`` without ``--config`` is a usage error that says how to call it."""
+        from twisted.python.usage import UsageError
+
+        with self.assertRaises(UsageError) as raised:
+            Options().parseOptions([])
+        self.assertIn("--config is required", str(raised.exception))
+
+    def test_config(self) -> None:
+        options = Options()
+        options.parseOptions(["--config", "lb.toml"])
+        self.assertEqual(options["config"], "lb.toml")

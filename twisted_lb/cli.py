@@ -1,0 +1,168 @@
+"""
+The ``twisted-lb`` command: ``check`` a config file, or run the ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
+from twisted_lb.config import ConfigError, format_summary, load_config, parse_config
+from twisted_lb.service import ListenError, LoadBalancerService
+
+
+def check(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """
+    Validate a config file, including what only building the service finds (strategy options,
+    listen endpoints). Nothing listens.
+
+    Returns:
+        0 after printing a summary to ``out``, or 1 after printing every problem to ``err``.
+    """
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(path)
+        LoadBalancerService.from_config(config, reactor)
+    except ConfigError as e:
+        err.write(f"{e}\n")
+        return 1
+    out.write(format_summary(config) + "\n")
+    return 0
+
+
+_DEMO_BACKEND_PAGE = "Hello from backend {number} (pid {pid})\n"
+
+
+def _demo_config(port: int, backend_ports: Sequence[int], strategy: str) -> str:
+    backends = ",\n".join(
+        f'  {{ address = "127.0.0.1:{p}", name = "backend{i}" }}'
+        for i, p in enumerate(backend_ports, 1)
+    )
+    return (
+        "[frontends.demo]\n"
+        'mode = "tcp"\n'
+        f'listen = ["tcp:{port}:interface=127.0.0.1"]\n'
+        'pool = "demo"\n'
+        "\n"
+        "[pools.demo]\n"
+        f'strategy = "{strategy}"\n'
+        "connect_timeout = 2.0\n"
+        f"backends = [\n{backends},\n]\n"
+    )
+
+
+def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
+    """Listen with one small twisted.web site per demo backend; return their ports."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.resource import Resource
+    from twisted.web.server import Request, Site
+
+    class Page(Resource):
+        isLeaf = True
+
+        def __init__(self, number: int) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.body = _DEMO_BACKEND_PAGE.format(number=number, pid=os.getpid()).encode()
+
+        def render_GET(self, request: Request) -> bytes:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return self.body
+
+    ports = []
+    for number in range(1, count + 1):
+        wanted = base_port + number - 1 if base_port else 0
+        site = Site(Page(number))
+        site.noisy = False
+        outcome: list[Any] = []
+        endpoint = TCP4ServerEndpoint(reactor, wanted, interface="127.0.0.1")
+        endpoint.listen(site).addBoth(outcome.append)
+        port = outcome[0]
+        if not hasattr(port, "getHost"):
+            raise ListenError(
+                f"demo backend {number} cannot listen on 127.0.0.1:{wanted}: "
+                f"{port.getErrorMessage()} (use --backend-port 0 to let the system choose)"
+            )
+        ports.append(port.getHost().port)
+    return ports
+
+
+def demo(port: int, backends: int, strategy: str, backend_port: int) -> int:
+    """
+    Run demo backends and a tcp-mode balancer in front of them until Ctrl-C.
+
+    Args:
+        port: the balancer's port on 127.0.0.1 (0: the system chooses).
+        backends: how many demo backends to run.
+        strategy: the pool's strategy.
+        backend_port: the first backend's port; the others follow (0: the system chooses).
+
+    Returns:
+        The process exit status.
+    """
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    try:
+        backend_ports = _start_demo_backends(reactor, backends, backend_port)
+        config = parse_config(_demo_config(port, backend_ports, strategy), "<demo>")
+        service = LoadBalancerService.from_config(config, reactor)
+        service.startService()
+    except (ConfigError, ListenError) as e:
+        sys.stderr.write(f"twisted-lb demo: {e}\n")
+        return 1
+    [address] = service.addresses("demo")
+    url = f"http://127.0.0.1:{address.port}/"  # type: ignore[attr-defined]
+    backend_list = ", ".join(f"127.0.0.1:{p}" for p in backend_ports)
+    print(
+        f"twisted-lb demo: {backends} backends ({backend_list}) behind a tcp-mode frontend\n"
+        f"balancer: {url}  strategy: {strategy}\n"
+        "\n"
+        "Try it a few times and watch the backends take turns:\n"
+        f"    curl {url}\n"
+        "\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``twisted-lb`` console script."""
+    parser = argparse.ArgumentParser(prog="twisted-lb", description="The twisted-lb load balancer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser("check", help="validate a config file and summarise it")
+    check_parser.add_argument("config", help="path of the TOML config file")
+    demo_parser = commands.add_parser(
+        "demo", help="run demo backends with a balancer in front of them"
+    )
+    demo_parser.add_argument("--port", type=int, default=8080, help="balancer port (default 8080)")
+    demo_parser.add_argument(
+        "--backends", type=int, default=3, help="number of demo backends (default 3)"
+    )
+    demo_parser.add_argument(
+        "--strategy", default="round_robin", help="balancing strategy (default round_robin)"
+    )
+    demo_parser.add_argument(
+        "--backend-port",
+        type=int,
+        default=9001,
+        help="first backend port, the others follow (default 9001; 0 lets the system choose)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.config)
+    if args.backends < 1:
+        parser.error("--backends must be at least 1")
+    return demo(args.port, args.backends, args.strategy, args.backend_port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""
+The balancer as a Twisted service: the one place where config becomes live objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_lb.backend import Backend
+from twisted_lb.config import Config, ConfigError, Problem, join_key
+from twisted_lb.pool import Pool
+from twisted_lb.strategies import get_strategy
+from twisted_lb.tcp import TCPRelayFactory
+
+_log = Logger()
+
+#: Seconds that stopping waits for open connections to close before aborting them.
+SHUTDOWN_GRACE = 5.0
+
+
+class ListenError(Exception):
+    """A frontend could not listen on one of its ``listen`` endpoints."""
+
+
+class Listener(Service):
+    """
+    Listens on one server endpoint for one frontend while running.
+
+    Listening starts in ``privilegedStartService`` (before twistd drops privileges), and a
+    failure to listen is raised there as :class:`ListenError`, so start-up stops.
+
+    Args:
+        endpoint: where to listen.
+        factory: the frontend's protocol factory.
+        frontend: the frontend's name, for logs.
+        description: the endpoint description from the config, for logs.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: TCPRelayFactory,
+        frontend: str,
+        description: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.frontend = frontend
+        self.description = description
+        self.port: IListeningPort | None = None
+        self.name = f"{frontend} {description}"
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        if self.port is not None:
+            return
+        outcome: list[IListeningPort | Failure] = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise ListenError(f"frontend {self.frontend}: {self.description} did not listen")
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise ListenError(
+                f"frontend {self.frontend}: cannot listen on {self.description}: "
+                f"{result.getErrorMessage()}"
+            )
+        self.port = result
+        _log.info(
+            "frontend {frontend} listening on {address}",
+            frontend=self.frontend,
+            address=_describe(result.getHost()),
+        )
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        result = port.stopListening()
+        if isinstance(result, Deferred):
+            result.addBoth(lambda _: stopped.callback(None))
+        else:
+            stopped.callback(None)
+        return stopped
+
+
+def _describe(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    if host is None:
+        return f"unix:{getattr(address, 'name', '?')!s}"
+    port = getattr(address, "port", "?")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class LoadBalancerService(MultiService):
+    """
+    Every frontend, pool and listener of one config, as a service tree.
+
+    Use :meth:`from_config`; start it as any Twisted service. Stopping it stops listening,
+    then closes open connections, aborting those still open after ``SHUTDOWN_GRACE`` seconds.
+
+    Args:
+        reactor: the reactor every listener, connection and timer uses.
+
+    Attributes:
+        pools: live pools by name.
+        factories: each frontend's protocol factory, by frontend name.
+        listeners: the listener services, in config order.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.reactor = reactor
+        self.pools: dict[str, Pool] = {}
+        self.factories: dict[str, TCPRelayFactory] = {}
+        self.listeners: list[Listener] = []
+
+    @classmethod
+    def from_config(cls, config: Config, reactor: Any) -> LoadBalancerService:
+        """
+        Build the live objects for a validated config. Nothing listens until the service starts.
+
+        Args:
+            config: from :func:`twisted_lb.config.load_config`.
+            reactor: the reactor to run on.
+
+        Raises:
+            ConfigError: a strategy rejected its ``strategy_options``, or a listen endpoint
+                could not be built; problems are reported the way ``check`` reports them.
+        """
+        service = cls(reactor)
+        problems: list[Problem] = []
+        for name, pool_config in config.pools.items():
+            try:
+                strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
+            except ValueError as e:
+                problems.append(
+                    Problem(
+                        config.path, join_key(join_key("pools", name), "strategy_options"), str(e)
+                    )
+                )
+                continue
+            backends = [
+                Backend.from_address(b.address, name=b.name, weight=b.weight, backup=b.backup)
+                for b in pool_config.backends
+            ]
+            service.pools[name] = Pool(
+                name,
+                backends,
+                strategy,
+                connect_timeout=pool_config.connect_timeout,
+                retries=pool_config.retries,
+            )
+        for name, frontend in config.frontends.items():
+            pool = service.pools.get(frontend.pool)
+            if pool is None:
+                continue  # its pool's problem is already reported
+            factory = TCPRelayFactory(
+                reactor,
+                pool,
+                client_timeout=frontend.client_timeout,
+                max_connections=frontend.max_connections,
+                frontend=name,
+            )
+            service.factories[name] = factory
+            for index, description in enumerate(frontend.listen):
+                try:
+                    endpoint = serverFromString(reactor, description)
+                except Exception as e:
+                    problems.append(
+                        Problem(
+                            config.path,
+                            f"{join_key(join_key('frontends', name), 'listen')}[{index}]",
+                            str(e),
+                        )
+                    )
+                    continue
+                listener = Listener(endpoint, factory, name, description)
+                listener.setServiceParent(service)  # type: ignore[no-untyped-call]
+                service.listeners.append(listener)
+        if problems:
+            raise ConfigError(problems)
+        return service
+
+    def privilegedStartService(self) -> None:
+        for name, pool in self.pools.items():
+            _log.info(
+                "pool {pool}: {count} backends ({backends}), strategy {strategy}",
+                pool=name,
+                count=len(pool.backends),
+                backends=", ".join(f"{b.name}={b.address}" for b in pool.backends),
+                strategy=type(pool.strategy).__name__,
+            )
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        # After the reactor's startup phase, so signal handlers (SIGTERM) are installed.
+        self.reactor.callWhenRunning(self._log_running)
+
+    def _log_running(self) -> None:
+        if self.running:
+            _log.info(
+                "twisted-lb running: {frontends} frontends, {pools} pools",
+                frontends=len(self.factories),
+                pools=len(self.pools),
+            )
+
+    def stopService(self) -> Deferred[object]:
+        stopped: Deferred[object] = Deferred()
+        listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
+        listeners_stopped.addCallback(lambda _: self._close_connections())
+        listeners_stopped.addBoth(stopped.callback)
+        return stopped
+
+    def _close_connections(self) -> Deferred[Any]:
+        closing = [factory.close_connections() for factory in self.factories.values()]
+        open_connections = sum(factory.active_connections for factory in self.factories.values())
+        if open_connections:
+            _log.info("closing {count} open connections", count=open_connections)
+        all_closed: Deferred[Any] = DeferredList(closing, consumeErrors=True)
+        timer = self.reactor.callLater(SHUTDOWN_GRACE, self._abort_connections)
+
+        def cancel_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return all_closed.addBoth(cancel_timer)
+
+    def _abort_connections(self) -> None:
+        for factory in self.factories.values():
+            if factory.relays:
+                _log.warn(
+                    "frontend {frontend}: aborting {count} connections still open after {grace} s",
+                    frontend=factory.frontend,
+                    count=len(factory.relays),
+                    grace=SHUTDOWN_GRACE,
+                )
+            factory.abort_connections()
+
+    def addresses(self, frontend: str) -> list[IAddress]:
+        """The addresses a running frontend listens on (useful with ``tcp:0``)."""
+        return [
+            listener.port.getHost()
+            for listener in self.listeners
+            if listener.frontend == frontend and listener.port is not None
+        ]

@@ -1,0 +1,64 @@
+"""
+``twistd lb``: the command-line options and ``makeService`` for the twistd plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_lb.config import ConfigError, load_config
+from twisted_lb.service import ListenError, LoadBalancerService
+
+_log = Logger()
+
+
+class _TwistdService(LoadBalancerService):
+    """Under twistd, a frontend that cannot listen ends the process with one clear line."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            _log.critical("{error}; stopping", error=str(e))
+            raise SystemExit(1) from None
+
+
+class Options(usage.Options):
+    """
+    Options of ``twistd lb``.
+
+    ``--config`` (``-c``) is required: the TOML file described in docs/config.rst.
+    """
+
+    synopsis = "--config lb.toml"
+    longdesc = (
+        "Run the twisted-lb load balancer with the frontends and pools of a TOML config file. "
+        "Check a config without running it with `twisted-lb check lb.toml`."
+    )
+    optParameters = [["config", "c", None, "Path of the TOML config file (required)."]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config is required, as in: twistd -n lb --config lb.toml")
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service tree from ``--config``.
+
+    A config problem is printed to stderr exactly as ``twisted-lb check`` prints it, and the
+    process exits with status 1 before anything listens.
+    """
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(options["config"])
+        return _TwistdService.from_config(config, reactor)
+    except ConfigError as e:
+        sys.stderr.write(f"{e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
