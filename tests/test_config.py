@@ -61,6 +61,11 @@ backends = [
 """
 
 
+def _any_options(name: str, options: object = None) -> object:
+    """A stand-in for ``get_strategy`` whose strategies take any options."""
+    return object()
+
+
 class ConfigTestCase(SynchronousTestCase):
     """
     Writes TOML to temporary files and loads them, with a fixed list of installed strategies.
@@ -68,6 +73,7 @@ class ConfigTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.patch(strategies, "installed_strategies", lambda: list(INSTALLED))
+        self.patch(strategies, "get_strategy", _any_options)
 
     def write(self, text: str) -> str:
         """
@@ -972,11 +978,12 @@ class PoolReferenceTests(ConfigTestCase):
 
 class StrategyTests(ConfigTestCase):
     """
-    ``strategy`` must be installed; ``strategy_options`` is not checked here.
+    ``strategy`` must be installed; its factory judges ``strategy_options``.
     """
 
     def setUp(self) -> None:
         self.unpatched_installed = strategies.installed_strategies
+        self.unpatched_get_strategy = strategies.get_strategy
         super().setUp()
 
     def test_not_installed_close(self) -> None:
@@ -1044,10 +1051,35 @@ class StrategyTests(ConfigTestCase):
 
     def test_options_any_table(self) -> None:
         """
-        Any table is accepted as ``strategy_options``; the strategy checks it when it is built.
+        Any table is a valid ``strategy_options`` as far as the config goes; its values are
+        frozen and handed to the strategy's factory as they are.
         """
         config = self.load(FRONTEND + POOL + "strategy_options = { anything = [1, 2.5] }\n")
         self.assertEqual(config.pools["app"].strategy_options, {"anything": (1, 2.5)})
+
+    def test_options_judged_by_factory(self) -> None:
+        """
+        The strategy's factory judges the options, and its objection is reported with the
+        other problems of the file.
+        """
+        self.patch(strategies, "installed_strategies", self.unpatched_installed)
+        self.patch(strategies, "get_strategy", self.unpatched_get_strategy)
+        self.assertEqual(
+            self.problems(
+                FRONTEND.replace('pool = "app"', 'pool = "nope"')
+                + POOL
+                + 'strategy = "random"\nstrategy_options = { seed = 1, sead = 2 }\n'
+            ),
+            [
+                "frontends.web.pool: unknown pool 'nope'; defined pools are: 'app'",
+                "pools.app.strategy_options: strategy 'random': unknown option 'sead'; "
+                "accepted options: seed; fix or remove it",
+            ],
+        )
+        config = self.load(
+            FRONTEND + POOL + 'strategy = "random"\nstrategy_options = { seed = 1 }\n'
+        )
+        self.assertEqual(config.pools["app"].strategy_options, {"seed": 1})
 
 
 class ManyProblemsTests(ConfigTestCase):

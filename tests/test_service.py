@@ -68,15 +68,20 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpServers, [])  # nothing listens before start
 
     def test_strategy_options_rejected(self) -> None:
-        """A strategy that rejects its options is a config problem with its key path."""
-        config = parse_config(
-            CONFIG.replace('strategy = "least_connections"', 'strategy = "random"\n')
-            + 'strategy_options = { seed = "x" }\n',
-            "lb.toml",
-        )
+        """
+        A strategy that rejects its options is a config problem with its key path, reported
+        with the other problems of the file.
+        """
+        text = CONFIG.replace("[pools.app]", '[pools.app]\nstrategy_options = { seed = "x" }')
+        text = text.replace('strategy = "least_connections"', 'strategy = "random"')
+        text = text.replace("retries = 1", "retries = -1")
         with self.assertRaises(ConfigError) as raised:
-            LoadBalancerService.from_config(config, self.reactor)
-        [problem] = raised.exception.problems
+            parse_config(text, "lb.toml")
+        self.assertEqual(
+            sorted(p.key for p in raised.exception.problems),
+            ["pools.app.retries", "pools.app.strategy_options"],
+        )
+        [problem] = [p for p in raised.exception.problems if "options" in p.key]
         self.assertEqual((problem.path, problem.key), ("lb.toml", "pools.app.strategy_options"))
         self.assertIn("'seed' must be int", problem.message)
 

@@ -681,6 +681,8 @@ class _Validator:
 
         strategy = self.strategy(raw, where)
         options = self.strategy_options(raw, where)
+        if strategy is not None and options:
+            options = self.check_strategy_options(strategy, options, where)
         connect_timeout = self.seconds(raw, "connect_timeout", where, 5.0)
         retries = self.integer(raw, "retries", where, 2, minimum=0)
         backends = self.backends(name, raw, where)
@@ -724,6 +726,22 @@ class _Validator:
             f"installed strategies are: {_quote_list(installed)}",
         )
         return None
+
+    def check_strategy_options(
+        self, strategy: str, options: Mapping[str, object], where: str
+    ) -> Mapping[str, object] | None:
+        """
+        Let the strategy's factory judge its options (it raises ValueError naming a bad one).
+        The strategy made for the check is thrown away.
+        """
+        from twisted_lb.strategies import get_strategy
+
+        try:
+            get_strategy(strategy, options)
+        except ValueError as e:
+            self.problem(join_key(where, "strategy_options"), f"{e}; fix or remove it")
+            return None
+        return options
 
     def strategy_options(
         self, raw: Mapping[str, object], where: str

@@ -109,6 +109,8 @@ class _BackendSide(Protocol):
 class _BackendSideFactory(Factory):
     """Builds the one backend-side protocol of one connection attempt."""
 
+    noisy = False
+
     def __init__(self, protocol: _BackendSide) -> None:
         self._protocol = protocol
 
