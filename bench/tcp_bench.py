@@ -1,0 +1,1010 @@
+#!/usr/bin/env python3
+"""L4 benchmark: twisted-lb's TCP relay against nginx ``stream`` and Twisted's portforward.
+
+One run measures four paths to the same backends, all on 127.0.0.1:
+
+``direct``
+    straight to the backend, the ceiling for everything else;
+``nginx-stream``
+    nginx's ``stream`` proxy, one worker process (the anchor);
+``portforward``
+    ``twisted.protocols.portforward.ProxyFactory`` on the epoll reactor;
+``twisted-lb``
+    ``twistd --reactor=epoll -n --pidfile= lb --config cfg.toml`` with ``mode = "tcp"``.
+
+For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections against
+an nginx that answers ``ok``) and Gbit/s with iperf3 (one stream), then prints the ratios that
+the Performance targets in docs/design.rst ask for. See bench/README.rst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+LOOPBACK = "127.0.0.1"
+PATHS = ("direct", "nginx-stream", "portforward", "twisted-lb")
+
+# (measure, numerator, denominator, minimum ratio): the L4 rows of the Performance targets.
+TARGETS = (
+    ("requests/s", "twisted-lb", "portforward", 1.0),
+    ("requests/s", "twisted-lb", "nginx-stream", 0.5),
+    ("Gbit/s", "twisted-lb", "nginx-stream", 1.0),
+)
+
+TOOL_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "iperf3": "iperf3"}
+STREAM_MODULE_PACKAGE = "libnginx-mod-stream"
+STREAM_MODULE_FILE = "ngx_stream_module.so"
+NGINX_MODULE_CONF_DIRS = (
+    Path("/etc/nginx/modules-enabled"),
+    Path("/usr/share/nginx/modules-available"),
+)
+
+START_TIMEOUT = 20.0  # s for a child to start accepting connections
+STOP_TIMEOUT = 5.0  # s for a child to exit after SIGTERM, before SIGKILL
+APT_TIMEOUT = 900.0  # s for one apt-get command
+BUSY_PERCENT = 10.0  # CPU use by others (% of all CPUs) above which the report warns of noise
+
+PORTFORWARD_SCRIPT = """\
+import sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.protocols.portforward import ProxyFactory
+args = [int(a) for a in sys.argv[1:]]
+for listen_port, backend_port in zip(args[::2], args[1::2]):
+    reactor.listenTCP(listen_port, ProxyFactory("127.0.0.1", backend_port), interface="127.0.0.1")
+reactor.run()
+"""
+
+
+class BenchError(Exception):
+    """A tool or a step failed. The message says which and is shown to the user."""
+
+
+def log(message: str) -> None:
+    print(f"[tcp_bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- tools and install
+
+
+def nginx_build_info(nginx: str) -> str:
+    """``nginx -V`` output (nginx prints it on stderr)."""
+    try:
+        proc = subprocess.run(
+            [nginx, "-V"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"`{nginx} -V` failed: {e}") from e
+    return proc.stderr + proc.stdout
+
+
+def find_stream_module(nginx: str) -> tuple[bool, Path | None]:
+    """Where nginx's stream module is: ``(needed, path)``.
+
+    ``needed`` is False when nginx was built with the stream module compiled in, so no
+    ``load_module`` line is needed. Otherwise ``path`` is the module file, or None if missing.
+    Debian ships it in libnginx-mod-stream as /usr/lib/nginx/modules/ngx_stream_module.so, with
+    a ``load_module modules/ngx_stream_module.so;`` snippet (relative to nginx's prefix) in
+    /usr/share/nginx/modules-available and a symlink to it in /etc/nginx/modules-enabled.
+    """
+    info = nginx_build_info(nginx)
+    if re.search(r"--with-stream(\s|$)", info):
+        return False, None
+    if "--with-stream=dynamic" not in info:
+        # Built without any stream support; the Debian module package will not fit it either,
+        # but a module file next to it is still the best bet.
+        log("nginx -V shows no --with-stream; looking for a stream module anyway")
+    prefix_match = re.search(r"--prefix=(\S+)", info)
+    prefix = Path(prefix_match.group(1)) if prefix_match else Path("/usr/share/nginx")
+    candidates: list[Path] = []
+    modules_match = re.search(r"--modules-path=(\S+)", info)
+    if modules_match:
+        candidates.append(Path(modules_match.group(1)) / STREAM_MODULE_FILE)
+    candidates.append(Path("/usr/lib/nginx/modules") / STREAM_MODULE_FILE)
+    for conf_dir in NGINX_MODULE_CONF_DIRS:
+        if not conf_dir.is_dir():
+            continue
+        for conf in sorted(conf_dir.iterdir()):
+            try:
+                text = conf.read_text()
+            except OSError:
+                continue
+            for m in re.finditer(r"^\s*load_module\s+(\S+?);", text, re.MULTILINE):
+                module = Path(m.group(1).strip("\"'"))
+                if module.name == STREAM_MODULE_FILE:
+                    candidates.append(module if module.is_absolute() else prefix / module)
+    for candidate in candidates:
+        if candidate.is_file():
+            return True, candidate.resolve()
+    return True, None
+
+
+def apt_get(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log("running: apt-get " + " ".join(args))
+    try:
+        return subprocess.run(
+            ["apt-get", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=APT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"apt-get {' '.join(args)} failed: {e}") from e
+
+
+def apt_install(packages: list[str]) -> None:
+    """``apt-get install -y``, and ``apt-get update`` then again only if that fails."""
+    if shutil.which("apt-get") is None:
+        raise BenchError(f"missing {', '.join(packages)} and there is no apt-get; install them")
+    if os.geteuid() != 0:
+        raise BenchError(f"missing {', '.join(packages)}; run as root to install them with apt-get")
+    proc = apt_get(["install", "-y", *packages])
+    if proc.returncode != 0:
+        update = apt_get(["update"])
+        if update.returncode != 0:
+            raise BenchError("apt-get update failed:\n" + tail_text(update.stderr))
+        proc = apt_get(["install", "-y", *packages])
+    if proc.returncode != 0:
+        raise BenchError(
+            f"apt-get install -y {' '.join(packages)} failed:\n" + tail_text(proc.stderr)
+        )
+
+
+@dataclass
+class Tools:
+    nginx: str
+    wrk: str
+    iperf3: str
+    stream_module: Path | None  # None: compiled in, no load_module line
+
+
+def ensure_tools(install: bool) -> Tools:
+    missing = [pkg for tool, pkg in TOOL_PACKAGES.items() if shutil.which(tool) is None]
+    if shutil.which("nginx") is not None:
+        needed, module = find_stream_module(shutil.which("nginx") or "nginx")
+        if needed and module is None:
+            missing.append(STREAM_MODULE_PACKAGE)
+    else:
+        missing.append(STREAM_MODULE_PACKAGE)
+    if missing:
+        if not install:
+            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
+        apt_install(missing)
+    paths = {tool: shutil.which(tool) for tool in TOOL_PACKAGES}
+    for tool, path in paths.items():
+        if path is None:
+            raise BenchError(f"{tool} is still not on PATH after installing it")
+    nginx = paths["nginx"] or "nginx"
+    needed, module = find_stream_module(nginx)
+    if needed and module is None:
+        raise BenchError(
+            f"nginx's stream module ({STREAM_MODULE_FILE}) not found; "
+            f"install {STREAM_MODULE_PACKAGE}"
+        )
+    return Tools(
+        nginx=nginx,
+        wrk=paths["wrk"] or "wrk",
+        iperf3=paths["iperf3"] or "iperf3",
+        stream_module=module,
+    )
+
+
+def twistd_argv() -> list[str]:
+    """twistd for the interpreter running this script (twisted-lb is installed there)."""
+    beside = Path(sys.executable).parent / "twistd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    # Same as the twistd console script. (``python -m twisted`` is twist, not twistd.)
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+    ]
+
+
+def tool_versions(tools: Tools) -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        return lines[0].strip() if lines else "?"
+
+    versions = {
+        "python": platform.python_version(),
+        "nginx": first_line([tools.nginx, "-v"]),
+        "wrk": first_line([tools.wrk, "--version"]),
+        "iperf3": first_line([tools.iperf3, "--version"]),
+        "cpus": str(os.cpu_count()),
+    }
+    for module in ("twisted", "twisted_lb"):
+        versions[module] = first_line(
+            [sys.executable, "-c", f"import {module}; print({module}.__version__)"]
+        )
+    return versions
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def tail_text(text: str, lines: int = 25) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+
+
+class Child:
+    """A child process in its own process group, its output in a log file.
+
+    ``stop`` signals the whole group (nginx's workers too) while the leader is not yet reaped, so
+    the group id cannot have been reused by anything else.
+    """
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            self._log.close()
+            raise BenchError(f"could not start {name} ({argv[0]}): {e}") from e
+
+    def exited(self) -> bool:
+        """True once the process has exited, without reaping it."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while not self.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._signal_group(signal.SIGKILL)  # stragglers in the group, or a hung leader
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.proc.pid}) did not exit after SIGKILL")
+        if not self._log.closed:
+            self._log.close()
+
+    def output_tail(self) -> str:
+        try:
+            return tail_text(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return "    (no output)"
+
+    def fail(self, what: str) -> BenchError:
+        status = "exited" if self.exited() else "is running"
+        return BenchError(
+            f"{self.name} {what} ({status}; log {self.log_path}):\n{self.output_tail()}"
+        )
+
+
+class Children:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.running: list[Child] = []
+
+    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        log_path = self.tmp / f"{slug}.log"
+        n = 1
+        while log_path.exists():
+            n += 1
+            log_path = self.tmp / f"{slug}-{n}.log"
+        child = Child(name, argv, log_path, cwd or self.tmp)
+        self.running.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        child.stop()
+        if child in self.running:
+            self.running.remove(child)
+
+    def stop_all(self) -> None:
+        while self.running:
+            child = self.running.pop()
+            try:
+                child.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {child.name}: {e}")
+
+
+# --------------------------------------------------------------------------- ports and readiness
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    deadline = time.monotonic() + 10
+    while len(ports) < n:
+        if time.monotonic() > deadline:
+            raise BenchError("could not find free loopback ports")
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def is_listening(port: int) -> bool:
+    """A socket is in LISTEN on 127.0.0.1:port (read from /proc, without connecting to it)."""
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":
+                    addr, _, hexport = fields[1].partition(":")
+                    if int(hexport, 16) == port and addr in ("0100007F", "00000000"):
+                        return True
+    except (OSError, ValueError, StopIteration):
+        # No /proc: fall back to connecting (iperf3's server copes with an empty connection).
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def wait_listening(child: Child, port: int, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.exited():
+            raise child.fail(f"exited before listening on {LOOPBACK}:{port}")
+        if is_listening(port):
+            return
+        time.sleep(0.05)
+    raise child.fail(f"did not listen on {LOOPBACK}:{port} within {timeout:.0f}s")
+
+
+def http_get_status(port: int, timeout: float = 2.0) -> str:
+    """The status line of ``GET /`` on 127.0.0.1:port, or an error string."""
+    request = f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(request)
+            data = b""
+            while b"\r\n" not in data and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        return f"error: {e}"
+    return data.split(b"\r\n", 1)[0].decode("latin-1") or "error: connection closed"
+
+
+def wait_http_ok(child: Child | None, port: int, timeout: float = START_TIMEOUT) -> None:
+    """Wait until ``GET /`` through 127.0.0.1:port answers 200 (an end-to-end check)."""
+    deadline = time.monotonic() + timeout
+    status = "not tried"
+    while time.monotonic() < deadline:
+        if child is not None and child.exited():
+            raise child.fail(f"exited before serving HTTP on {LOOPBACK}:{port}")
+        status = http_get_status(port)
+        if re.match(r"HTTP/1\.[01] 200\b", status):
+            return
+        time.sleep(0.1)
+    message = f"GET http://{LOOPBACK}:{port}/ did not answer 200 within {timeout:.0f}s: {status}"
+    if child is not None:
+        raise child.fail(message)
+    raise BenchError(message)
+
+
+def cpu_busy_percent(interval: float = 1.0) -> float:
+    """Share of all CPUs (0-100) busy over ``interval`` s, from /proc/stat; 0 without it."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = total1 - total0
+    return 100.0 * (total - (idle1 - idle0)) / total if total > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def nginx_main_context(tmp: Path, name: str, stream_module: Path | None) -> str:
+    lines = []
+    if stream_module is not None:
+        lines.append(f"load_module {stream_module};")
+    lines += [
+        "worker_processes 1;",
+        f"pid {tmp / (name + '.pid')};",
+        f"error_log {tmp / (name + '-error.log')} warn;",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root;")  # else the worker drops to nobody and nginx warns
+    lines.append("events { worker_connections 1024; }")
+    return "\n".join(lines) + "\n"
+
+
+def nginx_backend_config(tmp: Path, port: int) -> str:
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp / ('backend-' + kind)};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        nginx_main_context(tmp, "backend", None)
+        + "http {\n"
+        + "    access_log off;\n"
+        + temp_paths
+        + "\n"
+        + "    keepalive_requests 100000;\n"
+        + "    keepalive_timeout 120s;\n"
+        + "    server {\n"
+        + f"        listen {LOOPBACK}:{port};\n"
+        + "        location / {\n"
+        + "            default_type text/plain;\n"
+        + '            return 200 "ok\\n";\n'
+        + "        }\n"
+        + "    }\n"
+        + "}\n"
+    )
+
+
+def nginx_stream_config(
+    tmp: Path, stream_module: Path | None, routes: list[tuple[int, int]]
+) -> str:
+    servers = "".join(
+        f"    server {{ listen {LOOPBACK}:{listen}; proxy_pass {LOOPBACK}:{backend}; }}\n"
+        for listen, backend in routes
+    )
+    return nginx_main_context(tmp, "stream", stream_module) + "stream {\n" + servers + "}\n"
+
+
+def twisted_lb_config(routes: list[tuple[str, int, int]], client_timeout: float | None) -> str:
+    parts = []
+    for name, listen, _backend in routes:
+        parts.append(f"[frontends.bench_{name}]")
+        parts.append('mode = "tcp"')
+        parts.append(f'listen = ["tcp:{listen}:interface={LOOPBACK}"]')
+        parts.append(f'pool = "{name}"')
+        if client_timeout is not None:
+            parts.append(f"client_timeout = {client_timeout:.1f}")
+        parts.append("")
+    for name, _listen, backend in routes:
+        parts.append(f"[pools.{name}]")
+        parts.append(f'backends = [{{ address = "{LOOPBACK}:{backend}" }}]')
+        parts.append("")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def run_tool(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError as e:
+        raise BenchError(f"{what}: {argv[0]} not found") from e
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{what}: `{' '.join(argv)}` did not finish in {timeout:.0f}s") from e
+    return proc
+
+
+_LATENCY_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    latency_p99_ms: float
+    requests: int
+    errors: int  # socket errors plus non-2xx/3xx responses
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    if not (rps and p99 and total):
+        raise BenchError("could not parse wrk's output:\n" + tail_text(output))
+    errors = 0
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return WrkResult(
+        requests_per_s=float(rps.group(1)),
+        latency_p99_ms=float(p99.group(1)) * _LATENCY_UNITS[p99.group(2)],
+        requests=int(total.group(1)),
+        errors=errors,
+    )
+
+
+def run_wrk(tools: Tools, port: int, duration: int, connections: int, threads: int) -> WrkResult:
+    argv = [
+        tools.wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        f"http://{LOOPBACK}:{port}/",
+    ]
+    proc = run_tool(argv, timeout=duration + 60, what="wrk")
+    if proc.returncode != 0:
+        raise BenchError(
+            f"wrk exited with {proc.returncode}:\n" + tail_text(proc.stdout + proc.stderr)
+        )
+    return parse_wrk(proc.stdout)
+
+
+def run_iperf3(
+    tools: Tools, children: Children, tmp: Path, backend_port: int, port: int, duration: int
+) -> float:
+    """Gbit/s received through 127.0.0.1:port, with a fresh iperf3 server on backend_port."""
+    server = children.start(
+        "iperf3 server", [tools.iperf3, "-s", "-B", LOOPBACK, "-p", str(backend_port)], cwd=tmp
+    )
+    try:
+        wait_listening(server, backend_port)
+        argv = [
+            tools.iperf3,
+            "-c",
+            LOOPBACK,
+            "-p",
+            str(port),
+            "-t",
+            str(duration),
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ]
+        proc = run_tool(argv, timeout=duration + 60, what="iperf3")
+        try:
+            report: dict[str, Any] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            report = {}
+        if proc.returncode != 0 or "error" in report:
+            message = report.get("error") or tail_text(proc.stdout + proc.stderr)
+            raise BenchError(f"iperf3 client through port {port} failed: {message}")
+        try:
+            bps = float(report["end"]["sum_received"]["bits_per_second"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BenchError(f"iperf3's JSON has no end.sum_received.bits_per_second: {e}") from e
+        return bps / 1e9
+    finally:
+        children.stop(server)
+
+
+# --------------------------------------------------------------------------- the paths
+
+
+@dataclass
+class Ports:
+    http_backend: int
+    iperf_backend: int
+    relays: dict[str, tuple[int, int]]  # path -> (http port, iperf port)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tools: Tools
+    tmp: Path
+    children: Children
+    ports: Ports
+    results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    # Each starter returns the relay's child (None for direct) and the two ports to measure.
+
+    def start_direct(self) -> tuple[Child | None, int, int]:
+        return None, self.ports.http_backend, self.ports.iperf_backend
+
+    def start_nginx_stream(self) -> tuple[Child | None, int, int]:
+        http_port, iperf_port = self.ports.relays["nginx-stream"]
+        prefix = self.tmp / "nginx-stream"
+        prefix.mkdir(exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            nginx_stream_config(
+                prefix,
+                self.tools.stream_module,
+                [(http_port, self.ports.http_backend), (iperf_port, self.ports.iperf_backend)],
+            )
+        )
+        argv = [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
+        return self.children.start("nginx stream", argv, prefix), http_port, iperf_port
+
+    def start_portforward(self) -> tuple[Child | None, int, int]:
+        http_port, iperf_port = self.ports.relays["portforward"]
+        argv = [
+            sys.executable,
+            "-c",
+            PORTFORWARD_SCRIPT,
+            str(http_port),
+            str(self.ports.http_backend),
+            str(iperf_port),
+            str(self.ports.iperf_backend),
+        ]
+        return self.children.start("twisted portforward", argv), http_port, iperf_port
+
+    def start_twisted_lb(self) -> tuple[Child | None, int, int]:
+        http_port, iperf_port = self.ports.relays["twisted-lb"]
+        # iperf3's control connection is idle while the test runs; keep it under the timeout.
+        idle = self.args.duration + self.args.warmup + 30
+        client_timeout = float(idle) if idle > 60 else None
+        workdir = self.tmp / "twisted-lb"
+        workdir.mkdir(exist_ok=True)
+        conf = workdir / "lb.toml"
+        conf.write_text(
+            twisted_lb_config(
+                [
+                    ("http", http_port, self.ports.http_backend),
+                    ("iperf", iperf_port, self.ports.iperf_backend),
+                ],
+                client_timeout,
+            )
+        )
+        argv = [
+            *twistd_argv(),
+            "--reactor=epoll",
+            "-n",
+            "--pidfile=",
+            "lb",
+            "--config",
+            str(conf),
+        ]
+        return self.children.start("twisted-lb", argv, workdir), http_port, iperf_port
+
+    def starter(self, path: str) -> Callable[[], tuple[Child | None, int, int]]:
+        return {
+            "direct": self.start_direct,
+            "nginx-stream": self.start_nginx_stream,
+            "portforward": self.start_portforward,
+            "twisted-lb": self.start_twisted_lb,
+        }[path]
+
+    def measure(self, path: str) -> dict[str, float]:
+        args = self.args
+        # Before anything of this path runs: what the rest of the machine is doing.
+        background = cpu_busy_percent()
+        if background > BUSY_PERCENT:
+            log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+        relay, http_port, iperf_port = self.starter(path)()
+        try:
+            if relay is not None:
+                wait_listening(relay, iperf_port)
+                log(f"{path}: started {relay.name}, pid {relay.proc.pid}")
+            wait_http_ok(relay, http_port)
+            if args.warmup > 0:
+                run_wrk(self.tools, http_port, args.warmup, args.connections, args.threads)
+            log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+            wrk = run_wrk(self.tools, http_port, args.duration, args.connections, args.threads)
+            log(
+                f"{path}: {wrk.requests_per_s:,.0f} requests/s, "
+                f"p99 {wrk.latency_p99_ms:.2f} ms, {wrk.errors} errors"
+            )
+            if relay is not None and relay.exited():
+                raise relay.fail("died during the wrk run")
+            log(f"{path}: iperf3 -t {args.duration}")
+            gbps = run_iperf3(
+                self.tools,
+                self.children,
+                self.tmp,
+                self.ports.iperf_backend,
+                iperf_port,
+                args.duration,
+            )
+            log(f"{path}: {gbps:.2f} Gbit/s")
+            if relay is not None and relay.exited():
+                raise relay.fail("died during the iperf3 run")
+        finally:
+            if relay is not None:
+                self.children.stop(relay)
+        return {
+            "requests_per_s": wrk.requests_per_s,
+            "latency_p99_ms": wrk.latency_p99_ms,
+            "requests": float(wrk.requests),
+            "wrk_errors": float(wrk.errors),
+            "gbit_per_s": gbps,
+            "background_cpu_percent": background,
+        }
+
+    def run(self) -> None:
+        prefix = self.tmp / "nginx-backend"
+        prefix.mkdir()
+        (prefix / "nginx.conf").write_text(nginx_backend_config(prefix, self.ports.http_backend))
+        backend = self.children.start(
+            "nginx backend",
+            [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"],
+            prefix,
+        )
+        wait_http_ok(backend, self.ports.http_backend)
+        log(f"HTTP backend: nginx on {LOOPBACK}:{self.ports.http_backend}, pid {backend.proc.pid}")
+        for round_no in range(1, self.args.rounds + 1):
+            if self.args.rounds > 1:
+                log(f"round {round_no} of {self.args.rounds}")
+            for path in self.args.paths:
+                self.results.setdefault(path, []).append(self.measure(path))
+                if backend.exited():
+                    raise backend.fail("exited during the run")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Median of each figure over the rounds (wrk errors are summed)."""
+    summary = {}
+    for path, rounds in results.items():
+        row = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        row["wrk_errors"] = sum(r["wrk_errors"] for r in rounds)
+        summary[path] = row
+    return summary
+
+
+MEASURE_KEYS = {"requests/s": "requests_per_s", "Gbit/s": "gbit_per_s"}
+
+
+def ratios(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows = []
+    for measure, num, den, target in TARGETS:
+        key = MEASURE_KEYS[measure]
+        value = None
+        if num in summary and den in summary and summary[den][key] > 0:
+            value = summary[num][key] / summary[den][key]
+        rows.append(
+            {
+                "measure": measure,
+                "numerator": num,
+                "denominator": den,
+                "ratio": value,
+                "target": target,
+                "pass": None if value is None else value >= target,
+            }
+        )
+    return rows
+
+
+def print_report(
+    out: TextIO,
+    args: argparse.Namespace,
+    summary: dict[str, dict[str, float]],
+    ratio_rows: list[dict[str, Any]],
+    versions: dict[str, str],
+    rounds_data: dict[str, list[dict[str, float]]],
+) -> None:
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    print(
+        f"\nL4 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"(keep-alive, 3-byte body), iperf3 -t {args.duration} (1 stream){rounds}",
+        file=out,
+    )
+    print(
+        f"nginx {versions['nginx'].split('/')[-1]}, twisted {versions['twisted']}, "
+        f"twisted-lb {versions['twisted_lb']}, python {versions['python']}, "
+        f"{versions['cpus']} CPUs",
+        file=out,
+    )
+    print("", file=out)
+    header = (
+        f"{'path':<14} {'requests/s':>12} {'p99 ms':>9} {'wrk errors':>11} {'Gbit/s':>9} "
+        f"{'busy%':>6}"
+    )
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for path in PATHS:
+        if path not in summary:
+            continue
+        row = summary[path]
+        print(
+            f"{path:<14} {row['requests_per_s']:>12,.0f} {row['latency_p99_ms']:>9.2f} "
+            f"{row['wrk_errors']:>11.0f} {row['gbit_per_s']:>9.2f} "
+            f"{row['background_cpu_percent']:>6.0f}",
+            file=out,
+        )
+    print("", file=out)
+    header = f"{'ratio':<40} {'value':>7} {'target':>9}  result"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in ratio_rows:
+        label = f"{r['numerator']} / {r['denominator']} {r['measure']}"
+        value = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        result = {None: "n/a", True: "PASS", False: "MISS"}[r["pass"]]
+        print(
+            f"{label:<40} {value:>7} {'>= ' + format(r['target'], '.1f') + 'x':>9}  {result}",
+            file=out,
+        )
+    if args.rounds > 1:
+        print(f"\nspread over {args.rounds} rounds (min - max):", file=out)
+        for path in PATHS:
+            if path in rounds_data:
+                rps = [r["requests_per_s"] for r in rounds_data[path]]
+                gbps = [r["gbit_per_s"] for r in rounds_data[path]]
+                print(
+                    f"  {path:<14} requests/s {min(rps):>9,.0f} - {max(rps):<9,.0f}"
+                    f" Gbit/s {min(gbps):.2f} - {max(gbps):.2f}",
+                    file=out,
+                )
+    errors = {p: int(s["wrk_errors"]) for p, s in summary.items() if s["wrk_errors"]}
+    busy = max(
+        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
+    )
+    if busy > BUSY_PERCENT:
+        print(
+            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
+            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
+            "machine is idle.",
+            file=out,
+        )
+    if errors:
+        print(
+            "\nwarning: wrk saw socket errors or non-2xx responses (those paths' figures "
+            "are not comparable): " + ", ".join(f"{p} {n}" for p, n in errors.items()),
+            file=out,
+        )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="See bench/README.rst for how to read the output.",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk/iperf3 run")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="seconds of unrecorded wrk before each run (0: none)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run all paths this many times; report medians"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
+    )
+    parser.add_argument("--json", metavar="OUT", help="write the raw figures to OUT as JSON")
+    parser.add_argument(
+        "--no-install", action="store_true", help="fail instead of apt-get installing missing tools"
+    )
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 if a target is missed")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with the logs")
+    args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        parser.error(f"--paths: unknown {', '.join(unknown) or '(empty)'}; choose from {PATHS}")
+    args.paths = [p for p in PATHS if p in paths]
+    for name in ("duration", "connections", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections")
+    return args
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    tmp = Path(tempfile.mkdtemp(prefix="tcp-bench-"))
+    children = Children(tmp)
+    failed = True
+    try:
+        tools = ensure_tools(install=not args.no_install)
+        versions = tool_versions(tools)
+        if "twisted-lb" in args.paths and versions["twisted_lb"] == "?":
+            raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+        ports = free_ports(2 + 2 * 3)
+        relays = {
+            path: (ports[2 + 2 * i], ports[3 + 2 * i])
+            for i, path in enumerate(("nginx-stream", "portforward", "twisted-lb"))
+        }
+        bench = Bench(args, tools, tmp, children, Ports(ports[0], ports[1], relays))
+        bench.run()
+        summary = summarize(bench.results)
+        ratio_rows = ratios(summary)
+        print_report(sys.stdout, args, summary, ratio_rows, versions, bench.results)
+        if args.json:
+            document = {
+                "settings": {
+                    "duration_s": args.duration,
+                    "connections": args.connections,
+                    "threads": args.threads,
+                    "warmup_s": args.warmup,
+                    "rounds": args.rounds,
+                },
+                "versions": versions,
+                "results": summary,
+                "rounds": bench.results,
+                "ratios": ratio_rows,
+            }
+            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        failed = False
+        missed = any(r["pass"] is False for r in ratio_rows)
+        return 3 if (missed and args.fail_on_miss) else 0
+    except BenchError as e:
+        print(f"tcp_bench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tcp_bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.stop_all()
+        if args.keep_tmp or failed:
+            log(f"logs and configs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
