@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
 from twisted_lb.strategies import get_strategy
-from twisted_lb.tcp import TCPRelayFactory, _ClientSide
+from twisted_lb.tcp import RELAY_BUFFER_BYTES, TCPRelayFactory, _ClientSide, _sender
 
 CLIENT = IPv4Address("TCP", "192.0.2.1", 5555)
 
@@ -321,3 +322,79 @@ class RelayTests(SynchronousTestCase):
         front.makeConnection(HalfCloseTransport())
         self.assertEqual(self.reactor.unixClients[0][0], "/run/app.sock")
         front.connectionLost(Failure(ConnectionDone()))
+
+
+class SenderTests(SynchronousTestCase):
+    """
+    ``_sender`` on a real TCP connection object over a socketpair (no reactor loop): it sends
+    at once when nothing is queued, and otherwise leaves ordering and flow control to
+    ``write``.
+    """
+
+    def setUp(self) -> None:
+        import socket
+
+        from twisted.internet import tcp
+
+        self.reactor = MemoryReactorClock()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        self.peer.setblocking(False)
+        self.connection = tcp.Connection(ours, Protocol(), self.reactor)
+        self.connection.connected = True
+
+    def read_all(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def test_sends_at_once_when_idle(self) -> None:
+        """With nothing queued, the bytes are sent now and nothing waits for writability."""
+        send = _sender(self.connection)
+        send(b"hello")
+        self.assertEqual(self.read_all(), b"hello")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.connection.bufferSize, RELAY_BUFFER_BYTES)
+
+    def test_queues_behind_queued_data(self) -> None:
+        """With bytes already queued, new bytes queue behind them: order is kept."""
+        send = _sender(self.connection)
+        self.connection.write(b"first ")
+        send(b"second")
+        self.assertEqual(self.read_all(), b"")
+        self.assertEqual(self.reactor.getWriters(), [self.connection])
+        self.connection.doWrite()
+        self.assertEqual(self.read_all(), b"first second")
+
+    def test_remainder_queued_and_producer_paused(self) -> None:
+        """
+        What the socket does not take at once is queued, and a full queue pauses the
+        registered producer, as ``write`` does.
+        """
+        producer = StringTransport()
+        self.connection.registerProducer(producer, True)
+        send = _sender(self.connection)
+        data = b"x" * (8 << 20)
+        send(data)
+        queued = self.connection._tempDataLen
+        self.assertGreater(queued, 0)
+        self.assertLess(queued, len(data))
+        self.assertEqual(producer.producerState, "paused")
+        received = self.read_all()
+        for _ in range(10_000):  # each round moves up to a socket buffer's worth
+            if not (self.connection._tempDataLen or self.connection.dataBuffer):
+                break
+            self.connection.doWrite()
+            received += self.read_all()
+        self.assertEqual(received, data)
+        self.assertEqual(producer.producerState, "producing")
+
+    def test_other_transports_use_write(self) -> None:
+        """Transports that are not Twisted TCP connections get their own ``write``."""
+        transport = StringTransport()
+        self.assertEqual(_sender(transport), transport.write)
