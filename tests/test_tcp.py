@@ -14,10 +14,12 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_lb._transport import RELAY_BUFFER_BYTES
+from twisted_lb._transport import sender as _sender
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
 from twisted_lb.strategies import get_strategy
-from twisted_lb.tcp import RELAY_BUFFER_BYTES, TCPRelayFactory, _ClientSide, _sender
+from twisted_lb.tcp import TCPRelayFactory, _ClientSide
 
 CLIENT = IPv4Address("TCP", "192.0.2.1", 5555)
 

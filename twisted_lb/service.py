@@ -243,11 +243,11 @@ class LoadBalancerService(MultiService):
 
     def _abort_connections(self) -> None:
         for factory in self.factories.values():
-            if factory.relays:
+            if factory.connections:
                 _log.warn(
                     "frontend {frontend}: aborting {count} connections still open after {grace} s",
                     frontend=factory.frontend,
-                    count=len(factory.relays),
+                    count=len(factory.connections),
                     grace=SHUTDOWN_GRACE,
                 )
             factory.abort_connections()

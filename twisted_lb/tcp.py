@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, cast
-from typing import Protocol as TypingProtocol
 
-from twisted.internet import tcp
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
     IAddress,
@@ -34,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_lb._frontend import FrontendFactory
+from twisted_lb._transport import RelayTransport, sender
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.pool import Lease, Pool
 
@@ -47,75 +47,9 @@ ENDED_IDLE = "idle timeout"
 ENDED_NO_BACKEND = "no backend available"
 ENDED_CONNECT_FAILED = "backend connect failed"
 ENDED_MAX_CONNECTIONS = "max connections reached"
-ENDED_SHUTDOWN = "shutdown"
 
 # Seconds of slack when comparing the idle deadline with the clock (float sums).
 _EPSILON = 1e-6
-
-#: Bytes read from a socket at once, and bytes queued for writing before the other side is
-#: paused (``bufferSize`` of Twisted's TCP transports, 64 KiB by default). Fewer, larger reads
-#: cost less per byte; measured with bench/tcp_bench.py, 256 KiB took bulk relaying from about
-#: 11 to 15 Gbit/s with requests/s unchanged. At most about this much is buffered per
-#: direction per connection, so memory stays bounded on slow peers.
-RELAY_BUFFER_BYTES = 256 * 1024
-
-
-class _RelayTransport(TypingProtocol):
-    """The transport methods the relay uses: TCP, UNIX and TLS transports all have them."""
-
-    def write(self, data: bytes) -> None: ...
-    def loseConnection(self) -> None: ...
-    def loseWriteConnection(self) -> None: ...
-    def abortConnection(self) -> None: ...
-    def pauseProducing(self) -> None: ...
-    def resumeProducing(self) -> None: ...
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
-    def unregisterProducer(self) -> None: ...
-    def getPeer(self) -> IAddress: ...
-
-
-def _sender(transport: _RelayTransport) -> Callable[[bytes], None]:
-    """
-    The function the relay writes to ``transport`` with.
-
-    For Twisted's own TCP and UNIX connections (``tcp.Connection``), a write that sends at once
-    when nothing is queued, instead of queueing and waiting for the next reactor turn: this
-    saves a reactor iteration and two ``epoll_ctl`` calls per relayed chunk, as nginx and
-    HAProxy send before waiting for writability. It calls the socket's ``send`` as
-    ``FileDescriptor.doWrite`` would; whatever is not sent goes through ``write``, which queues it,
-    waits for writability and pauses the producer when the queue is full, so byte order and
-    flow control are unchanged. Such connections also read and queue up to
-    :data:`RELAY_BUFFER_BYTES` at a time. Any other transport (TLS, test fakes) gets its
-    ``write``.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return transport.write
-    connection: Any = transport
-    connection.bufferSize = RELAY_BUFFER_BYTES
-    write = connection.write
-    socket_send = connection.socket.send
-
-    def send(data: bytes) -> None:
-        if (
-            connection._tempDataLen
-            or connection.offset != len(connection.dataBuffer)
-            or connection.disconnecting
-            or connection._writeDisconnected
-            or not connection.connected
-        ):
-            write(data)
-            return
-        try:
-            sent = socket_send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            write(data)  # doWrite meets the error again and closes the connection
-            return
-        if sent != len(data):
-            write(data[sent:])
-
-    return send
 
 
 @implementer(IHalfCloseableProtocol)
@@ -124,14 +58,14 @@ class _BackendSide(Protocol):
 
     def __init__(self, client: _ClientSide) -> None:
         self.client = client
-        self.relay_transport: _RelayTransport | None = None
+        self.relay_transport: RelayTransport | None = None
         self.send: Callable[[bytes], None] | None = None
         self.read_closed = False
         self.write_closed = False
 
     def connectionMade(self) -> None:
-        self.relay_transport = cast(_RelayTransport, self.transport)
-        self.send = _sender(self.relay_transport)
+        self.relay_transport = cast(RelayTransport, self.transport)
+        self.send = sender(self.relay_transport)
 
     def dataReceived(self, data: bytes) -> None:
         client = self.client
@@ -184,7 +118,7 @@ class _ClientSide(Protocol):
     """
 
     factory: TCPRelayFactory
-    client_transport: _RelayTransport
+    client_transport: RelayTransport
     client_send: Callable[[bytes], None]
     backend: Backend
 
@@ -199,7 +133,7 @@ class _ClientSide(Protocol):
         self.tried: list[Backend] = []
         self.lease: Lease | None = None
         self.backend_side: _BackendSide | None = None
-        self.backend_transport: _RelayTransport | None = None
+        self.backend_transport: RelayTransport | None = None
         self.backend_send: Callable[[bytes], None] | None = None
         self.connecting: Deferred[IProtocol] | None = None
         self.idle_call: IDelayedCall | None = None
@@ -217,11 +151,10 @@ class _ClientSide(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.client_transport = cast(_RelayTransport, self.transport)
-        self.client_send = _sender(self.client_transport)
+        self.client_transport = cast(RelayTransport, self.transport)
+        self.client_send = sender(self.client_transport)
         self.started = self.last_activity = self.seconds()
-        if factory.active_connections >= factory.max_connections:
-            factory.refused_connections += 1
+        if not factory.admit(self):
             self.ended = ENDED_MAX_CONNECTIONS
             _log.warn(
                 "frontend {frontend}: refused {client}: {limit} connections already open "
@@ -233,8 +166,6 @@ class _ClientSide(Protocol):
             self.client_transport.loseConnection()
             return
         self.counted = True
-        factory.active_connections += 1
-        factory.relays.add(self)
         # Read nothing from the client until there is somewhere to send it.
         self.client_transport.pauseProducing()
         self._connect_next()
@@ -273,8 +204,7 @@ class _ClientSide(Protocol):
         factory = self.factory
         if self.counted:
             self.counted = False
-            factory.active_connections -= 1
-            factory.relays.discard(self)
+            factory.forget(self)
         if self.idle_call is not None:
             if self.idle_call.active():
                 self.idle_call.cancel()
@@ -448,7 +378,7 @@ def _format_address(address: IAddress | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class TCPRelayFactory(Factory):
+class TCPRelayFactory(FrontendFactory):
     """
     Builds the relay for each client connection of one frontend (L4, tcp mode).
 
@@ -471,8 +401,6 @@ class TCPRelayFactory(Factory):
         ValueError: ``client_timeout`` is not > 0 or ``max_connections`` is not >= 1.
     """
 
-    noisy = False
-
     def __init__(
         self,
         reactor: Any,
@@ -484,17 +412,9 @@ class TCPRelayFactory(Factory):
     ) -> None:
         if client_timeout <= 0:
             raise ValueError("client_timeout must be > 0 s")
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
-        self.reactor = reactor
+        super().__init__(reactor, max_connections=max_connections, frontend=frontend)
         self.pool = pool
         self.client_timeout = client_timeout
-        self.max_connections = max_connections
-        self.frontend = frontend
-        self.active_connections = 0
-        self.refused_connections = 0
-        self.relays: set[_ClientSide] = set()
-        self._idle_waiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"
@@ -505,30 +425,3 @@ class TCPRelayFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientSide:  # type: ignore[override]
         return _ClientSide(self, addr)
-
-    def close_connections(self) -> Deferred[None]:
-        """
-        Close every relayed connection (both sides, after their buffered data is written).
-
-        Returns:
-            A Deferred that fires with ``None`` once every connection of this factory is gone.
-        """
-        for relay in list(self.relays):
-            relay.close(ENDED_SHUTDOWN)
-        if not self.relays:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def abort_connections(self) -> None:
-        """Abort every relayed connection at once, dropping what is buffered."""
-        for relay in list(self.relays):
-            relay.abort(ENDED_SHUTDOWN)
-
-    def connection_finished(self) -> None:
-        """Called by each relay when both its sides are gone."""
-        if not self.relays and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
