@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,8 +22,10 @@ from twisted_lb.config import (
     Config,
     ConfigError,
     FrontendConfig,
+    GlobalConfig,
     PoolConfig,
     Problem,
+    RouteConfig,
     config_from_dict,
     format_summary,
     load_config,
@@ -59,6 +62,16 @@ backends = [
   { address = "10.0.0.9:80", backup = true },
 ]
 """
+
+
+FRONTEND_KEYS = (
+    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'header_timeout', "
+    "'max_header_bytes', 'max_body_bytes', 'trusted_proxies', 'routes', 'tunnel_timeout'"
+)
+
+HTTP_FRONTEND = FRONTEND.replace('mode = "tcp"', 'mode = "http"')
+
+ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
 
 
 def _any_options(name: str, options: object = None) -> object:
@@ -448,11 +461,12 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
                 + "[nothing]\n"
             ),
             [
-                "nothing: unknown key; valid keys are: 'frontends', 'pools'",
-                "frontends.web.colour: unknown key; valid keys are: "
-                "'mode', 'listen', 'pool', 'client_timeout', 'max_connections'",
+                "nothing: unknown key; valid keys are: 'frontends', 'pools', 'global'",
+                "frontends.web.colour: unknown key; valid keys are: " + FRONTEND_KEYS,
                 "pools.app.zzz: unknown key; valid keys are: "
-                "'strategy', 'strategy_options', 'connect_timeout', 'retries', 'backends'",
+                "'strategy', 'strategy_options', 'connect_timeout', 'retries', "
+                "'response_timeout', 'upstream_idle_timeout', 'max_idle_per_backend', "
+                "'backends'",
                 "pools.app.backends[0].port: unknown key; valid keys are: "
                 "'address', 'name', 'weight', 'backup'",
             ],
@@ -460,24 +474,24 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
 
     def test_later_releases(self) -> None:
         """
-        Keys of the design that this version does not implement are errors that say so.
+        Keys of the design that this version does not implement are errors that say so, in
+        either mode.
         """
         later = "not yet supported in this version; remove it"
         self.assertEqual(
             self.problems(
                 """\
-[global]
 [admin]
 [metrics]
+[frontends.api]
+mode = "http"
+listen = "tcp:8081"
+pool = "app"
+[frontends.api.tls]
+min_version = "TLSv1.2"
 [frontends.web]
 mode = "tcp"
 listen = "tcp:8080"
-pool = "app"
-header_timeout = 10.0
-max_header_bytes = 65536
-max_body_bytes = 0
-trusted_proxies = []
-[[frontends.web.routes]]
 pool = "app"
 [frontends.web.tls]
 min_version = "TLSv1.2"
@@ -490,14 +504,9 @@ server_name = "app.internal"
 """
             ),
             [
-                f"global: {later}",
                 f"admin: {later}",
                 f"metrics: {later}",
-                f"frontends.web.header_timeout: {later}",
-                f"frontends.web.max_header_bytes: {later}",
-                f"frontends.web.max_body_bytes: {later}",
-                f"frontends.web.trusted_proxies: {later}",
-                f"frontends.web.routes: {later}",
+                f"frontends.api.tls: {later}",
                 f"frontends.web.tls: {later}",
                 f"pools.app.health_check: {later}",
                 f"pools.app.tls: {later}",
@@ -520,10 +529,7 @@ colour = 1
 backends = [{ address = "127.0.0.1:9001" }]
 """
             ),
-            [
-                'frontends."my web".colour: unknown key; valid keys are: '
-                "'mode', 'listen', 'pool', 'client_timeout', 'max_connections'"
-            ],
+            ['frontends."my web".colour: unknown key; valid keys are: ' + FRONTEND_KEYS],
         )
 
 
@@ -575,7 +581,7 @@ class RequiredTests(ConfigTestCase):
         self.assertEqual(
             self.problems("[frontends.web]\n[pools.api]\n" + POOL.replace("[pools.app]\n", "")),
             [
-                'frontends.web.mode: required key is missing; add mode = "tcp"',
+                'frontends.web.mode: required key is missing; add mode = "http" or mode = "tcp"',
                 "frontends.web.listen: required key is missing; "
                 'add listen = ["tcp:8080:interface=127.0.0.1"]',
                 'frontends.web.pool: required key is missing; add pool = "api"',
@@ -720,19 +726,27 @@ backends = [{ address = "127.0.0.1:9001" }]
 
 class ModeTests(ConfigTestCase):
     """
-    ``mode``: only ``tcp`` in this version.
+    ``mode``: ``tcp`` or ``http``.
     """
 
     def test_http(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND.replace('"tcp"', '"http"') + POOL),
-            ["frontends.web.mode: mode 'http' is not yet supported; use 'tcp'"],
-        )
+        config = self.load(HTTP_FRONTEND + POOL)
+        self.assertEqual(config.frontends["web"].mode, "http")
+
+    def test_tcp(self) -> None:
+        config = self.load(FRONTEND + POOL)
+        self.assertEqual(config.frontends["web"].mode, "tcp")
 
     def test_other(self) -> None:
         self.assertEqual(
             self.problems(FRONTEND.replace('"tcp"', '"udp"') + POOL),
-            ["frontends.web.mode: unknown mode 'udp'; valid modes are: 'tcp'"],
+            ["frontends.web.mode: unknown mode 'udp'; valid modes are: 'tcp', 'http'"],
+        )
+
+    def test_close(self) -> None:
+        self.assertEqual(
+            self.problems(FRONTEND.replace('"tcp"', '"htp"') + POOL),
+            ["frontends.web.mode: unknown mode 'htp' (did you mean 'http'?)"],
         )
 
 
@@ -1082,6 +1096,594 @@ class StrategyTests(ConfigTestCase):
         self.assertEqual(config.pools["app"].strategy_options, {"seed": 1})
 
 
+class HTTPFrontendTests(ConfigTestCase):
+    """
+    The keys only ``mode = "http"`` frontends have.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        An http frontend without the http keys gets their defaults, and so does a tcp one.
+        """
+        config = self.load(HTTP_FRONTEND + POOL)
+        expected = FrontendConfig(
+            name="web",
+            mode="http",
+            listen=("tcp:8080:interface=127.0.0.1",),
+            pool="app",
+            client_timeout=60.0,
+            max_connections=10000,
+            header_timeout=10.0,
+            max_header_bytes=65536,
+            max_body_bytes=0,
+            trusted_proxies=(),
+            routes=(),
+            tunnel_timeout=3600.0,
+        )
+        self.assertEqual(config.frontends["web"], expected)
+        tcp = self.load(FRONTEND + POOL).frontends["web"]
+        self.assertEqual(tcp, attrs.evolve(expected, mode="tcp"))
+
+    def test_every_key(self) -> None:
+        config = self.load(
+            HTTP_FRONTEND
+            + """\
+header_timeout = 2.5
+max_header_bytes = 1024
+max_body_bytes = 1048576
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "10.1.2.3/16", "::1"]
+tunnel_timeout = 30
+[[frontends.web.routes]]
+host = "api.example.com"
+path_prefix = "/v1/"
+pool = "api"
+"""
+            + POOL
+            + POOL.replace("app", "api")
+        )
+        web = config.frontends["web"]
+        self.assertEqual(
+            (web.header_timeout, web.max_header_bytes, web.max_body_bytes, web.tunnel_timeout),
+            (2.5, 1024, 1048576, 30.0),
+        )
+        self.assertIsInstance(web.tunnel_timeout, float)
+        # Kept as written; each is a valid ip_network(text, strict=False).
+        self.assertEqual(
+            web.trusted_proxies,
+            ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "10.1.2.3/16", "::1"),
+        )
+        self.assertEqual(
+            web.routes, (RouteConfig(pool="api", host="api.example.com", path_prefix="/v1/"),)
+        )
+
+    def test_lower_bounds(self) -> None:
+        config = self.load(
+            HTTP_FRONTEND
+            + "max_header_bytes = 1024\nmax_body_bytes = 0\n"
+            + "header_timeout = 0.001\ntunnel_timeout = 0.001\n"
+            + POOL
+        )
+        web = config.frontends["web"]
+        self.assertEqual(
+            (web.max_header_bytes, web.max_body_bytes, web.header_timeout, web.tunnel_timeout),
+            (1024, 0, 0.001, 0.001),
+        )
+
+    def test_ranges_and_types(self) -> None:
+        self.assertEqual(
+            self.problems(
+                HTTP_FRONTEND
+                + """\
+header_timeout = 0
+max_header_bytes = 1023
+max_body_bytes = -1
+trusted_proxies = "10.0.0.0/8"
+tunnel_timeout = inf
+"""
+                + POOL
+                + HTTP_FRONTEND.replace("web", "api").replace("8080", "8081")
+                + """\
+header_timeout = "10"
+max_header_bytes = 65536.0
+max_body_bytes = true
+routes = { pool = "app" }
+tunnel_timeout = -3
+"""
+            ),
+            [
+                "frontends.web.header_timeout: must be more than 0 seconds, not 0",
+                "frontends.web.max_header_bytes: must be an integer >= 1024, not 1023",
+                "frontends.web.max_body_bytes: must be an integer >= 0, not -1",
+                "frontends.web.trusted_proxies: must be an array of strings, "
+                'as in trusted_proxies = ["10.0.0.0/8"], not a string',
+                "frontends.web.tunnel_timeout: must be a finite number of seconds, not inf",
+                "frontends.api.header_timeout: must be a number (seconds), not a string",
+                "frontends.api.max_header_bytes: must be an integer >= 1024, not a float",
+                "frontends.api.max_body_bytes: must be an integer >= 0, not a boolean",
+                "frontends.api.routes: must be an array of tables, "
+                "as in [[frontends.api.routes]], not a table",
+                "frontends.api.tunnel_timeout: must be more than 0 seconds, not -3",
+            ],
+        )
+
+    def test_trusted_proxies(self) -> None:
+        """
+        Each entry must parse with ``ipaddress.ip_network(text, strict=False)``; a bad one is
+        named by its index.
+        """
+        self.assertEqual(
+            self.problems(
+                HTTP_FRONTEND
+                + 'trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", 10, "proxy.internal", ""]\n'
+                + POOL
+            ),
+            [
+                "frontends.web.trusted_proxies[1]: '10.0.0.0/33' is not an IP address or "
+                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
+                "frontends.web.trusted_proxies[2]: must be a string, not an integer",
+                "frontends.web.trusted_proxies[3]: 'proxy.internal' is not an IP address or "
+                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
+                "frontends.web.trusted_proxies[4]: '' is not an IP address or "
+                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
+            ],
+        )
+
+    def test_empty_trusted_proxies(self) -> None:
+        config = self.load(HTTP_FRONTEND + "trusted_proxies = []\n" + POOL)
+        self.assertEqual(config.frontends["web"].trusted_proxies, ())
+
+    def test_only_http(self) -> None:
+        """
+        Each http-only key on a tcp frontend is a problem that says how to fix it, whatever
+        its value; the frontend's other problems are reported too.
+        """
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + """\
+client_timeout = 0
+header_timeout = 10.0
+max_header_bytes = 1
+max_body_bytes = 0
+trusted_proxies = ["nonsense"]
+tunnel_timeout = 60
+[[frontends.web.routes]]
+path_prefix = "/api/"
+pool = "app"
+"""
+                + POOL
+            ),
+            [
+                "frontends.web.client_timeout: must be more than 0 seconds, not 0",
+                f"frontends.web.header_timeout: {ONLY_HTTP}",
+                f"frontends.web.max_header_bytes: {ONLY_HTTP}",
+                f"frontends.web.max_body_bytes: {ONLY_HTTP}",
+                f"frontends.web.trusted_proxies: {ONLY_HTTP}",
+                f"frontends.web.routes: {ONLY_HTTP}",
+                f"frontends.web.tunnel_timeout: {ONLY_HTTP}",
+            ],
+        )
+
+    def test_no_mode(self) -> None:
+        """
+        Without a valid mode, the http keys are still checked as for http.
+        """
+        self.assertEqual(
+            self.problems(
+                FRONTEND.replace('mode = "tcp"\n', "")
+                + "max_header_bytes = 1\nrouteS = []\n"
+                + POOL
+            ),
+            [
+                "frontends.web.routeS: unknown key (did you mean 'routes'?)",
+                'frontends.web.mode: required key is missing; add mode = "http" or mode = "tcp"',
+                "frontends.web.max_header_bytes: must be an integer >= 1024, not 1",
+            ],
+        )
+
+    def test_constructor(self) -> None:
+        """
+        Building a frontend in code turns ``trusted_proxies`` and ``routes`` into tuples.
+        """
+        route = RouteConfig("p", path_prefix="/")
+        frontend = FrontendConfig(
+            "f", "http", ["tcp:1"], "p", trusted_proxies=["::1"], routes=[route]
+        )
+        self.assertEqual((frontend.trusted_proxies, frontend.routes), (("::1",), (route,)))
+        with self.assertRaises(AttributeError):
+            route.pool = "q"  # type: ignore[misc]
+
+
+class RouteTests(ConfigTestCase):
+    """
+    ``[[frontends.NAME.routes]]``: host, path_prefix and the pool they pick.
+    """
+
+    def routes(self, *routes: str, pools: str = "app api") -> str:
+        """
+        An http frontend with ``routes`` (the lines of each table), and the ``pools``.
+        """
+        text = HTTP_FRONTEND
+        for route in routes:
+            text += "[[frontends.web.routes]]\n" + route + "\n"
+        for name in pools.split():
+            text += POOL.replace("app", name)
+        return text
+
+    def test_order_and_forms(self) -> None:
+        """
+        Routes keep file order; host only, path_prefix only and both are accepted; hosts are
+        kept in lower case; the inline array is the same as the array of tables.
+        """
+        config = self.load(
+            self.routes(
+                'host = "API.Example.com"\npath_prefix = "/v1/"\npool = "api"',
+                'host = "*.example.com"\npool = "api"',
+                'path_prefix = "/static"\npool = "app"',
+                'host = "192.0.2.7"\npool = "app"',
+                'host = "[2001:DB8::1]"\npool = "app"',
+                'host = "under_score.internal"\npool = "app"',
+                'host = "localhost"\npath_prefix = "/"\npool = "app"',
+            )
+        )
+        self.assertEqual(
+            config.frontends["web"].routes,
+            (
+                RouteConfig(pool="api", host="api.example.com", path_prefix="/v1/"),
+                RouteConfig(pool="api", host="*.example.com"),
+                RouteConfig(pool="app", path_prefix="/static"),
+                RouteConfig(pool="app", host="192.0.2.7"),
+                RouteConfig(pool="app", host="[2001:db8::1]"),
+                RouteConfig(pool="app", host="under_score.internal"),
+                RouteConfig(pool="app", host="localhost", path_prefix="/"),
+            ),
+        )
+        inline = self.load(
+            HTTP_FRONTEND
+            + 'routes = [{ host = "API.Example.com", path_prefix = "/v1/", pool = "api" }]\n'
+            + POOL
+            + POOL.replace("app", "api")
+        )
+        self.assertEqual(inline.frontends["web"].routes, config.frontends["web"].routes[:1])
+
+    def test_empty(self) -> None:
+        config = self.load(HTTP_FRONTEND + "routes = []\n" + POOL)
+        self.assertEqual(config.frontends["web"].routes, ())
+
+    def test_pool(self) -> None:
+        """
+        A route's pool is required and must be defined, with a suggestion for a near miss.
+        """
+        self.assertEqual(
+            self.problems(
+                self.routes(
+                    'path_prefix = "/a/"\npool = "apii"',
+                    'path_prefix = "/b/"\npool = "zzz"',
+                    'path_prefix = "/c/"',
+                    'path_prefix = "/d/"\npool = 1',
+                )
+            ),
+            [
+                "frontends.web.routes[0].pool: unknown pool 'apii' (did you mean 'api'?)",
+                "frontends.web.routes[1].pool: unknown pool 'zzz'; defined pools are: 'app', 'api'",
+                'frontends.web.routes[2].pool: required key is missing; add pool = "app"',
+                "frontends.web.routes[3].pool: must be a string, not an integer",
+            ],
+        )
+
+    def test_pool_undefined_without_pools(self) -> None:
+        self.assertEqual(
+            self.problems(self.routes('path_prefix = "/a/"\npool = "api"', pools="")),
+            [
+                "pools: at least one pool is required; add one, as in [pools.app]",
+                "frontends.web.pool: unknown pool 'app'; define it as [pools.app]",
+                "frontends.web.routes[0].pool: unknown pool 'api'; define it as [pools.api]",
+            ],
+        )
+
+    def test_pool_with_problems_still_defined(self) -> None:
+        """
+        A route naming a pool that has problems of its own adds no problem.
+        """
+        self.assertEqual(
+            self.problems(
+                self.routes('path_prefix = "/a/"\npool = "api"', pools="app")
+                + "[pools.api]\nretries = -1\n"
+                + 'backends = [{ address = "127.0.0.1:9001" }]\n'
+            ),
+            ["pools.api.retries: must be an integer >= 0, not -1"],
+        )
+
+    def test_keys(self) -> None:
+        self.assertEqual(
+            self.problems(
+                self.routes(
+                    'pool = "app"',
+                    'path = "/a/"\npool = "app"',
+                    'hosts = "a.example.com"\npath_prefix = "/b/"\npool = "app"',
+                )
+            ),
+            [
+                "frontends.web.routes[0]: a route needs host, path_prefix or both, as in "
+                'path_prefix = "/api/"; requests that no route matches go to the frontend\'s '
+                "pool",
+                "frontends.web.routes[1].path: unknown key; valid keys are: 'host', "
+                "'path_prefix', 'pool'",
+                "frontends.web.routes[1]: a route needs host, path_prefix or both, as in "
+                'path_prefix = "/api/"; requests that no route matches go to the frontend\'s '
+                "pool",
+                "frontends.web.routes[2].hosts: unknown key (did you mean 'host'?)",
+            ],
+        )
+
+    def test_not_tables(self) -> None:
+        self.assertEqual(
+            self.problems(HTTP_FRONTEND + 'routes = ["/api/", 3]\n' + POOL),
+            [
+                "frontends.web.routes[0]: must be a table, as in "
+                '{ path_prefix = "/api/", pool = "api" }, not a string',
+                "frontends.web.routes[1]: must be a table, as in "
+                '{ path_prefix = "/api/", pool = "api" }, not an integer',
+            ],
+        )
+
+    def test_hosts(self) -> None:
+        """
+        A host is an exact name or ``*.suffix``, with no scheme, path or port.
+        """
+        examples = (
+            "write an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
+        )
+        wildcard = (
+            "'*' is allowed only as the whole first label, as in '*.example.com', which "
+            "matches any name ending in '.example.com'"
+        )
+        hosts = [
+            "https://api.example.com/v1/",
+            "api.example.com/v1/",
+            "api.example.com:8080",
+            "*.example.com:443",
+            "[::1]:8080",
+            "::1",
+            "[::1",
+            "[nope]",
+            "a.*.example.com",
+            "*example.com",
+            "*",
+            "*.",
+            "api example.com",
+            "api..example.com",
+            "",
+            3,
+        ]
+        self.assertEqual(
+            self.problems(self.routes(*(f'host = {json.dumps(h)}\npool = "app"' for h in hosts))),
+            [
+                f"frontends.web.routes[{index}].host: {message}"
+                for index, message in enumerate(
+                    [
+                        "write the host name only, without the scheme, as in 'api.example.com'",
+                        "write the host name only, as in 'api.example.com', and the path in "
+                        "path_prefix; the host has no path",
+                        "routes match the name without the port; write 'api.example.com' to "
+                        "match it on any port",
+                        "routes match the name without the port; write '*.example.com' to "
+                        "match it on any port",
+                        "routes match the name without the port; write '[::1]' to match it on "
+                        "any port",
+                        "write IPv6 addresses in brackets, as in '[::1]'",
+                        "'[::1' is not an IPv6 address in brackets, as in '[2001:db8::1]'",
+                        "'[nope]' is not an IPv6 address in brackets, as in '[2001:db8::1]'",
+                        f"'a.*.example.com': {wildcard}",
+                        f"'*example.com': {wildcard}",
+                        f"'*': {wildcard}",
+                        f"'*.': {wildcard}",
+                        f"'api example.com' is not a host name; {examples}",
+                        f"'api..example.com' is not a host name; {examples}",
+                        f"must not be empty; {examples}, or leave host out to match any host",
+                        "must be a string, not an integer",
+                    ]
+                )
+            ],
+        )
+
+    def test_path_prefixes(self) -> None:
+        """
+        A path prefix starts with '/', has no query or fragment, and is written as requests
+        carry it.
+        """
+        prefixes = [
+            "api/",
+            "",
+            "http://example.com/api/",
+            "/search?q=1",
+            "/page#top",
+            "/my files/",
+            "/caf\u00e9/",
+            "/tab\t",
+            ["/a/"],
+        ]
+        self.assertEqual(
+            self.problems(
+                self.routes(*(f'path_prefix = {_toml(p)}\npool = "app"' for p in prefixes))
+            ),
+            [
+                f"frontends.web.routes[{index}].path_prefix: {message}"
+                for index, message in enumerate(
+                    [
+                        "must start with '/', as in '/api/'",
+                        "must start with '/', as in '/'",
+                        "write the path only, without scheme and host; put the host name in host",
+                        "routes match the path without the query or fragment; write '/search', "
+                        "without the part from '?' on",
+                        "routes match the path without the query or fragment; write '/page', "
+                        "without the part from '#' on",
+                        "'/my files/': write the path as requests carry it, in ASCII without "
+                        "spaces, as in '/my%20files/'",
+                        "'/café/': write the path as requests carry it, in ASCII without "
+                        "spaces, as in '/caf%C3%A9/'",
+                        "'/tab\\t': write the path as requests carry it, in ASCII without "
+                        "spaces, as in '/tab%09'",
+                        "must be a string, not an array",
+                    ]
+                )
+            ],
+        )
+
+    def test_same_match_twice(self) -> None:
+        """
+        A route that repeats an earlier route's host and path_prefix (hosts compared in lower
+        case) could never match, and is a problem.
+        """
+        self.assertEqual(
+            self.problems(
+                self.routes(
+                    'host = "a.example.com"\npath_prefix = "/x/"\npool = "app"',
+                    'path_prefix = "/x/"\npool = "app"',
+                    'host = "A.example.com"\npath_prefix = "/x/"\npool = "api"',
+                    'path_prefix = "/x/"\npool = "api"',
+                )
+            ),
+            [
+                "frontends.web.routes[2]: matches the same requests as "
+                "frontends.web.routes[0], which comes first and wins; remove one of them",
+                "frontends.web.routes[3]: matches the same requests as "
+                "frontends.web.routes[1], which comes first and wins; remove one of them",
+            ],
+        )
+
+    def test_all_reported(self) -> None:
+        """
+        Every problem of every route is reported, with the frontend's other problems.
+        """
+        self.assertEqual(
+            self.problems(
+                self.routes(
+                    'host = "x.com:80"\npath_prefix = "x"\npool = "ap"',
+                    'host = "ok.example.com"\npool = "api"',
+                    'path_prefix = "/y?"',
+                ).replace('pool = "app"\n', 'pool = "app"\nmax_body_bytes = -5\n', 1)
+            ),
+            [
+                "frontends.web.max_body_bytes: must be an integer >= 0, not -5",
+                "frontends.web.routes[0].host: routes match the name without the port; "
+                "write 'x.com' to match it on any port",
+                "frontends.web.routes[0].path_prefix: must start with '/', as in '/x'",
+                "frontends.web.routes[0].pool: unknown pool 'ap' (did you mean 'app'?)",
+                "frontends.web.routes[2].path_prefix: routes match the path without the query "
+                "or fragment; write '/y', without the part from '?' on",
+                'frontends.web.routes[2].pool: required key is missing; add pool = "app"',
+            ],
+        )
+
+
+class HTTPPoolTests(ConfigTestCase):
+    """
+    The pool keys for http frontends: response_timeout, upstream_idle_timeout and
+    max_idle_per_backend.
+    """
+
+    def test_defaults(self) -> None:
+        pool = self.load(HTTP_FRONTEND + POOL).pools["app"]
+        self.assertEqual(
+            (pool.response_timeout, pool.upstream_idle_timeout, pool.max_idle_per_backend),
+            (60.0, 4.0, 32),
+        )
+
+    def test_every_key(self) -> None:
+        pool = self.load(
+            HTTP_FRONTEND
+            + POOL
+            + "response_timeout = 5\nupstream_idle_timeout = 0.5\nmax_idle_per_backend = 0\n"
+        ).pools["app"]
+        self.assertEqual(
+            (pool.response_timeout, pool.upstream_idle_timeout, pool.max_idle_per_backend),
+            (5.0, 0.5, 0),
+        )
+        self.assertIsInstance(pool.response_timeout, float)
+
+    def test_ignored_by_tcp(self) -> None:
+        """
+        A pool that only tcp frontends use may still set them: they are not an error.
+        """
+        pool = self.load(
+            FRONTEND + POOL + "response_timeout = 1\nmax_idle_per_backend = 3\n"
+        ).pools["app"]
+        self.assertEqual((pool.response_timeout, pool.max_idle_per_backend), (1.0, 3))
+
+    def test_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                HTTP_FRONTEND
+                + POOL
+                + "response_timeout = 0\nupstream_idle_timeout = nan\n"
+                + "max_idle_per_backend = -1\n"
+                + POOL.replace("app", "b")
+                + 'response_timeout = "60"\nupstream_idle_timeout = false\n'
+                + "max_idle_per_backend = 1.5\n"
+            ),
+            [
+                "pools.app.response_timeout: must be more than 0 seconds, not 0",
+                "pools.app.upstream_idle_timeout: must be a finite number of seconds, not nan",
+                "pools.app.max_idle_per_backend: must be an integer >= 0, not -1",
+                "pools.b.response_timeout: must be a number (seconds), not a string",
+                "pools.b.upstream_idle_timeout: must be a number (seconds), not a boolean",
+                "pools.b.max_idle_per_backend: must be an integer >= 0, not a float",
+            ],
+        )
+
+
+class GlobalTests(ConfigTestCase):
+    """
+    The ``[global]`` table.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without ``[global]``, or with an empty one, ``log_format`` is ``text``.
+        """
+        self.assertEqual(self.load(FRONTEND + POOL).global_config, GlobalConfig())
+        self.assertEqual(GlobalConfig().log_format, "text")
+        config = self.load("[global]\n" + FRONTEND + POOL)
+        self.assertEqual(config.global_config, GlobalConfig(log_format="text"))
+
+    def test_log_format(self) -> None:
+        for log_format in ["text", "json"]:
+            config = self.load(f'[global]\nlog_format = "{log_format}"\n' + FRONTEND + POOL)
+            self.assertEqual(config.global_config, GlobalConfig(log_format=log_format))
+
+    def test_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                '[global]\nlog_format = "jsno"\nlog_formats = "json"\n' + FRONTEND + POOL
+            ),
+            [
+                "global.log_formats: unknown key (did you mean 'log_format'?)",
+                "global.log_format: unknown log format 'jsno' (did you mean 'json'?)",
+            ],
+        )
+        self.assertEqual(
+            self.problems('[global]\nlog_format = "xml"\n' + FRONTEND + POOL),
+            ["global.log_format: unknown log format 'xml'; valid formats are: 'text', 'json'"],
+        )
+        self.assertEqual(
+            self.problems("[global]\nlog_format = 1\n" + FRONTEND + POOL),
+            ["global.log_format: must be a string, not an integer"],
+        )
+
+    def test_not_a_table(self) -> None:
+        """
+        ``global`` must be a table; its problem comes with the rest of the file's.
+        """
+        self.assertEqual(
+            self.problems('global = "json"\n' + FRONTEND.replace('"app"', '"ap"') + POOL),
+            [
+                "global: must be a table, as in [global], not a string",
+                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
+            ],
+        )
+
+
 class ManyProblemsTests(ConfigTestCase):
     """
     Every problem in a file is reported, not just the first.
@@ -1111,14 +1713,13 @@ backends = [
             ),
             [
                 "fronends: unknown key (did you mean 'frontends'?)",
-                "frontends.web.mode: mode 'http' is not yet supported; use 'tcp'",
                 "frontends.web.listen[0]: 'tcp:abc' is not a valid server endpoint "
                 "(invalid literal for int() with base 10: 'abc'); "
                 "write one as in 'tcp:8080:interface=127.0.0.1'",
                 "frontends.web.listen[1]: must be a string, not an integer",
                 "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
                 "frontends.web.client_timeout: must be a number (seconds), not a string",
-                'frontends.api.mode: required key is missing; add mode = "tcp"',
+                'frontends.api.mode: required key is missing; add mode = "http" or mode = "tcp"',
                 "frontends.api.listen: 'tcp:abc' is already used by frontends.web.listen[0]; "
                 "give each listener its own endpoint",
                 'frontends.api.pool: required key is missing; add pool = "app"',
@@ -1193,6 +1794,65 @@ unused:
     old1  unix:/run/old.sock  weight 1""",
         )
 
+    def test_http_routes(self) -> None:
+        """
+        An http frontend lists its routes, with the parts each has, then the pools it uses:
+        its own first, then each route's once. A pool used only by a route is not unused.
+        """
+        config = parse_config(
+            """\
+[global]
+log_format = "json"
+[frontends.web]
+mode = "http"
+listen = "tcp:8080"
+pool = "app"
+[[frontends.web.routes]]
+host = "api.example.com"
+path_prefix = "/v1/"
+pool = "api"
+[[frontends.web.routes]]
+host = "*.example.com"
+pool = "app"
+[[frontends.web.routes]]
+path_prefix = "/static/"
+pool = "api"
+[frontends.raw]
+mode = "tcp"
+listen = "tcp:9000"
+pool = "api"
+[pools.api]
+backends = [{ address = "127.0.0.1:9101" }]
+[pools.spare]
+backends = [{ address = "127.0.0.1:9201" }]
+"""
+            + POOL,
+            "lb.toml",
+        )
+        self.assertEqual(
+            format_summary(config),
+            """\
+lb.toml: OK
+global: log_format json
+frontend web (http) listen tcp:8080 -> pool app
+  route host=api.example.com path_prefix=/v1/ -> pool api
+  route host=*.example.com -> pool app
+  route path_prefix=/static/ -> pool api
+  pool app: round_robin, connect_timeout 5.0 s, retries 2
+    app1  127.0.0.1:9001  weight 1
+  pool api: round_robin, connect_timeout 5.0 s, retries 2
+    api1  127.0.0.1:9101  weight 1
+frontend raw (tcp) listen tcp:9000 -> pool api
+  pool api: (as above)
+unused:
+  pool spare: round_robin, connect_timeout 5.0 s, retries 2
+    spare1  127.0.0.1:9201  weight 1""",
+        )
+
+    def test_text_log_format_not_shown(self) -> None:
+        config = parse_config('[global]\nlog_format = "text"\n' + FRONTEND + POOL, "lb.toml")
+        self.assertNotIn("log_format", format_summary(config))
+
 
 # -- property tests ----------------------------------------------------------------------------
 
@@ -1209,10 +1869,21 @@ _KEYS = [
     "max_connections",
     "tls",
     "routes",
+    "header_timeout",
+    "max_header_bytes",
+    "max_body_bytes",
+    "trusted_proxies",
+    "tunnel_timeout",
+    "host",
+    "path_prefix",
+    "log_format",
     "strategy",
     "strategy_options",
     "connect_timeout",
     "retries",
+    "response_timeout",
+    "upstream_idle_timeout",
+    "max_idle_per_backend",
     "backends",
     "health_check",
     "address",
@@ -1233,6 +1904,19 @@ _WORDS = [
     "tcp:8080:interface=127.0.0.1",
     "unix:/run/lb.sock",
     "tcp6:8081",
+    "json",
+    "text",
+    "api.example.com",
+    "*.example.com",
+    "a.*.com",
+    "x.com:80",
+    "[::1]",
+    "/v1/",
+    "/a?b",
+    "v1",
+    "10.0.0.0/8",
+    "::1",
+    "10.0.0.0/33",
 ]
 _keys = st.sampled_from(_KEYS) | st.text(max_size=6)
 _scalars = (
@@ -1261,15 +1945,69 @@ def _section(keys: list[str]) -> st.SearchStrategy[dict[str, object]]:
     )
 
 
+_routes = st.lists(
+    st.dictionaries(
+        st.sampled_from(["host", "path_prefix", "pool"]) | _keys,
+        st.sampled_from(_WORDS) | _values,
+        max_size=4,
+    )
+    | _values,
+    max_size=3,
+)
+_frontend_entry = st.fixed_dictionaries(
+    {},
+    optional={
+        "mode": st.sampled_from(["tcp", "http"]) | _values,
+        "listen": st.sampled_from(_WORDS) | _values,
+        "pool": st.sampled_from(["app", "api"]) | _values,
+        "header_timeout": _values,
+        "max_header_bytes": st.integers() | _values,
+        "max_body_bytes": st.integers() | _values,
+        "trusted_proxies": st.lists(st.sampled_from(_WORDS) | _scalars, max_size=3) | _values,
+        "routes": _routes,
+        "tunnel_timeout": _values,
+    },
+)
+
 _documents = st.one_of(
     st.dictionaries(_keys, _values, max_size=5),
     st.fixed_dictionaries(
         {},
         optional={
-            "frontends": _section(["mode", "listen", "pool", "client_timeout", "tls"]),
-            "pools": _section(["strategy", "strategy_options", "connect_timeout", "backends"]),
+            "frontends": _section(
+                [
+                    "mode",
+                    "listen",
+                    "pool",
+                    "client_timeout",
+                    "tls",
+                    "routes",
+                    "header_timeout",
+                    "trusted_proxies",
+                ]
+            ),
+            "pools": _section(
+                [
+                    "strategy",
+                    "strategy_options",
+                    "connect_timeout",
+                    "backends",
+                    "response_timeout",
+                    "max_idle_per_backend",
+                ]
+            ),
+            "global": st.dictionaries(
+                st.sampled_from(["log_format"]) | _keys, st.sampled_from(_WORDS) | _values
+            )
+            | _values,
             "admin": _values,
         },
+    ),
+    st.fixed_dictionaries(
+        {
+            "frontends": st.dictionaries(st.sampled_from(["web", "api"]), _frontend_entry),
+            "pools": st.just({"app": {"backends": [{"address": "127.0.0.1:9001"}]}}),
+        }
     ),
 )
 
@@ -1308,6 +2046,44 @@ def _toml(value: object) -> str:
     return "{ " + pairs + " }"
 
 
+_label = st.text("abcXYZ019-_", min_size=1, max_size=5)
+_host_names = st.lists(_label, min_size=1, max_size=3).map(".".join)
+_hosts = (
+    _host_names
+    | _host_names.map(lambda name: "*." + name)
+    | st.ip_addresses(v=4).map(str)
+    | st.ip_addresses(v=6).map(lambda address: f"[{address}]")
+)
+_path_prefixes = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#"),
+    max_size=8,
+).map(lambda text: "/" + text)
+_trusted_proxies = st.ip_addresses().map(str) | st.tuples(
+    st.ip_addresses(), st.integers(min_value=0, max_value=128)
+).map(lambda pair: f"{pair[0]}/{pair[1] % (pair[0].max_prefixlen + 1)}")
+
+
+@st.composite
+def _route(draw: Callable[..., Any], pools: list[str]) -> tuple[dict[str, str], RouteConfig]:
+    """
+    A valid route table, and the model it must parse to.
+    """
+    table: dict[str, str] = {}
+    parts = draw(st.sampled_from(["host", "path_prefix", "both"]))
+    if parts != "path_prefix":
+        table["host"] = draw(_hosts)
+    if parts != "host":
+        table["path_prefix"] = draw(_path_prefixes)
+    table["pool"] = draw(st.sampled_from(pools))
+    host = table.get("host")
+    route = RouteConfig(
+        pool=table["pool"],
+        host=None if host is None else host.lower(),
+        path_prefix=table.get("path_prefix"),
+    )
+    return table, route
+
+
 def _frozen(value: object) -> object:
     if isinstance(value, list):
         return tuple(_frozen(item) for item in value)
@@ -1338,6 +2114,12 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
             pool_kwargs["connect_timeout"] = draw(_seconds)
         if draw(st.booleans()):
             pool_kwargs["retries"] = draw(st.integers(min_value=0, max_value=100))
+        if draw(st.booleans()):
+            pool_kwargs["response_timeout"] = draw(_seconds)
+        if draw(st.booleans()):
+            pool_kwargs["upstream_idle_timeout"] = draw(_seconds)
+        if draw(st.booleans()):
+            pool_kwargs["max_idle_per_backend"] = draw(st.integers(min_value=0, max_value=1000))
         for key, value in pool_kwargs.items():
             lines.append(f"{key} = {_toml(value)}")
         backends: list[BackendConfig] = []
@@ -1364,8 +2146,9 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
                 )
             )
         lines.append("]")
-        if "connect_timeout" in pool_kwargs:
-            pool_kwargs["connect_timeout"] = float(pool_kwargs["connect_timeout"])
+        for key in ["connect_timeout", "response_timeout", "upstream_idle_timeout"]:
+            if key in pool_kwargs:
+                pool_kwargs[key] = float(pool_kwargs[key])
         if "strategy_options" in pool_kwargs:
             pool_kwargs["strategy_options"] = _frozen(pool_kwargs["strategy_options"])
         pools[pool_name] = PoolConfig(name=pool_name, backends=backends, **pool_kwargs)
@@ -1376,8 +2159,10 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
         if draw(st.booleans()):
             listen.append(f"tcp6:{next(ports)}")
         pool = draw(st.sampled_from(sorted(pools)))
-        lines.append(f"[frontends.{json.dumps(frontend_name)}]")
-        lines.append('mode = "tcp"')
+        mode = draw(st.sampled_from(["tcp", "http"]))
+        table_name = f"frontends.{json.dumps(frontend_name)}"
+        lines.append(f"[{table_name}]")
+        lines.append(f"mode = {_toml(mode)}")
         lines.append(f"listen = {_toml(listen if len(listen) > 1 else listen[0])}")
         lines.append(f"pool = {_toml(pool)}")
         frontend_kwargs: dict[str, Any] = {}
@@ -1385,14 +2170,55 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
             frontend_kwargs["client_timeout"] = draw(_seconds)
         if draw(st.booleans()):
             frontend_kwargs["max_connections"] = draw(st.integers(min_value=1, max_value=10**6))
+        routes: list[tuple[dict[str, str], RouteConfig]] = []
+        if mode == "http":
+            if draw(st.booleans()):
+                frontend_kwargs["header_timeout"] = draw(_seconds)
+            if draw(st.booleans()):
+                frontend_kwargs["max_header_bytes"] = draw(
+                    st.integers(min_value=1024, max_value=2**40)
+                )
+            if draw(st.booleans()):
+                frontend_kwargs["max_body_bytes"] = draw(st.integers(min_value=0, max_value=2**40))
+            if draw(st.booleans()):
+                frontend_kwargs["trusted_proxies"] = draw(st.lists(_trusted_proxies, max_size=3))
+            if draw(st.booleans()):
+                frontend_kwargs["tunnel_timeout"] = draw(_seconds)
+            routes = draw(
+                st.lists(
+                    _route(sorted(pools)),
+                    max_size=4,
+                    unique_by=lambda pair: (pair[1].host, pair[1].path_prefix),
+                )
+            )
         for key, value in frontend_kwargs.items():
             lines.append(f"{key} = {_toml(value)}")
-        if "client_timeout" in frontend_kwargs:
-            frontend_kwargs["client_timeout"] = float(frontend_kwargs["client_timeout"])
+        if routes and draw(st.booleans()):
+            lines.append(f"routes = {_toml([table for table, _ in routes])}")
+        else:
+            for table, _ in routes:
+                lines.append(f"[[{table_name}.routes]]")
+                lines.extend(f"{key} = {_toml(value)}" for key, value in table.items())
+        for key in ["client_timeout", "header_timeout", "tunnel_timeout"]:
+            if key in frontend_kwargs:
+                frontend_kwargs[key] = float(frontend_kwargs[key])
         frontends[frontend_name] = FrontendConfig(
-            name=frontend_name, mode="tcp", listen=listen, pool=pool, **frontend_kwargs
+            name=frontend_name,
+            mode=mode,
+            listen=listen,
+            pool=pool,
+            routes=[route for _, route in routes],
+            **frontend_kwargs,
         )
-    return "\n".join(lines) + "\n", Config("lb.toml", frontends, pools)
+
+    global_config = GlobalConfig()
+    if draw(st.booleans()):
+        global_config = GlobalConfig(draw(st.sampled_from(["text", "json"])))
+        # [global] may stand anywhere between tables.
+        at = draw(st.sampled_from([i for i, line in enumerate(lines) if line.startswith("[")]))
+        lines[at:at] = ["[global]", f"log_format = {_toml(global_config.log_format)}"]
+    text = "\n".join(lines) + "\n"
+    return text, Config("lb.toml", frontends, pools, global_config=global_config)
 
 
 class PropertyTests(ConfigTestCase):
@@ -1426,7 +2252,7 @@ class PropertyTests(ConfigTestCase):
     def test_round_trip(self, document: tuple[str, Config]) -> None:
         """
         A valid document parses to exactly the values it holds, in file order, and its summary
-        names every backend.
+        names every frontend with its mode, and every backend.
         """
         text, expected = document
         config = parse_config(text, "lb.toml")
@@ -1437,3 +2263,12 @@ class PropertyTests(ConfigTestCase):
         for pool in config.pools.values():
             for backend in pool.backends:
                 self.assertIn(f"    {backend.name}", summary)
+        for frontend in config.frontends.values():
+            self.assertIn(f"frontend {frontend.name} ({frontend.mode}) ", summary)
+            for route in frontend.routes:
+                parts = ["  route"]
+                if route.host is not None:
+                    parts.append(f"host={route.host}")
+                if route.path_prefix is not None:
+                    parts.append(f"path_prefix={route.path_prefix}")
+                self.assertIn(" ".join(parts) + f" -> pool {route.pool}\n", summary + "\n")

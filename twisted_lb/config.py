@@ -12,19 +12,22 @@ The model is plain data. This module imports nothing from the data paths; it ask
 into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
 
 The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
-that the design names but this version does not implement yet (``tls``, ``routes``,
-``health_check``, ``admin``, ...) are errors that say so, rather than being silently ignored.
+that the design names but this version does not implement yet (``tls``, ``health_check``,
+``admin``, ``metrics``) are errors that say so, rather than being silently ignored.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
+from typing import TypedDict
 
 import attrs
 from twisted.internet.endpoints import serverFromString
@@ -37,8 +40,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "FrontendConfig",
+    "GlobalConfig",
     "PoolConfig",
     "Problem",
+    "RouteConfig",
     "config_from_dict",
     "format_summary",
     "load_config",
@@ -86,8 +91,12 @@ def _backends(backends: Iterable[BackendConfig]) -> tuple[BackendConfig, ...]:
     return tuple(backends)
 
 
-def _listen(listen: Iterable[str]) -> tuple[str, ...]:
-    return tuple(listen)
+def _strings(strings: Iterable[str]) -> tuple[str, ...]:
+    return tuple(strings)
+
+
+def _routes(routes: Iterable[RouteConfig]) -> tuple[RouteConfig, ...]:
+    return tuple(routes)
 
 
 @attrs.frozen
@@ -128,6 +137,16 @@ class PoolConfig:
             constructor is copied and frozen the same way.
         connect_timeout: seconds to wait for a backend connection before trying the next.
         retries: how many further backends to try after a failed connect, >= 0.
+        response_timeout: HTTP only: seconds from the request being sent to the first byte of
+            the response; past it the client is answered 504.
+        upstream_idle_timeout: HTTP only: seconds an idle keep-alive connection to a backend
+            is kept for reuse. The default, 4 s, is below the 5 s after which Node and other
+            common backends close idle connections.
+        max_idle_per_backend: HTTP only: idle upstream connections kept per backend, >= 0;
+            0 disables connection reuse.
+
+    The HTTP-only fields apply when the pool serves an ``http`` frontend (directly or through a
+    route), and a ``tcp`` frontend ignores them, so one pool can serve both.
     """
 
     name: str
@@ -138,6 +157,36 @@ class PoolConfig:
     )
     connect_timeout: float = 5.0
     retries: int = 2
+    response_timeout: float = 60.0
+    upstream_idle_timeout: float = 4.0
+    max_idle_per_backend: int = 32
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    One ``[[frontends.NAME.routes]]`` table of an ``http`` frontend: which requests go to which
+    pool. A frontend's routes are tried in file order, the first that matches wins, and a
+    request that no route matches goes to the frontend's ``pool``.
+
+    A route matches when every part it has matches; at least one of ``host`` and
+    ``path_prefix`` is set.
+
+    Attributes:
+        pool: the name of a pool defined in the same file.
+        host: an exact host name (``"api.example.com"``), or ``"*."`` and a suffix
+            (``"*.example.com"``: any name that ends in ``.example.com``, not ``example.com``
+            itself), in lower case; compared with the request's host without its port, case
+            insensitively. IPv6 addresses are in brackets (``"[::1]"``). ``None`` matches any
+            host.
+        path_prefix: starts with ``/``; matches a request whose path starts with it, compared
+            as plain text (``"/v1"`` also matches ``/v1x``; ``"/v1/"`` does not). ``None``
+            matches any path.
+    """
+
+    pool: str
+    host: str | None = None
+    path_prefix: str | None = None
 
 
 @attrs.frozen
@@ -145,22 +194,60 @@ class FrontendConfig:
     """
     A ``[frontends.NAME]`` table: where to listen and which pool serves the clients.
 
+    The fields from ``header_timeout`` on are for ``mode = "http"`` only. A ``tcp`` frontend
+    in a file cannot set them and keeps their defaults.
+
     Attributes:
         name: the table's name.
-        mode: ``"tcp"`` (L4 relay); the only mode this version supports.
+        mode: ``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).
         listen: Twisted server endpoint descriptions such as
             ``"tcp:8080:interface=127.0.0.1"``; at least one, each used by one frontend only.
-        pool: the name of a pool defined in the same file.
-        client_timeout: seconds a client connection may stay idle before it is closed.
+        pool: the name of a pool defined in the same file; for ``http``, the pool of the
+            requests that no route matches.
+        client_timeout: seconds a client connection may stay idle before it is closed (for
+            ``http``, the keep-alive idle time between requests).
         max_connections: concurrent client connections; past it, new ones are refused.
+        header_timeout: seconds to receive a whole request head; past it the client is
+            answered 408.
+        max_header_bytes: the largest request head, in bytes, >= 1024; a larger one is
+            answered 431.
+        max_body_bytes: the largest request body, in bytes, >= 0; a larger one is answered
+            413. 0 means no limit.
+        trusted_proxies: addresses and networks, as written, whose ``X-Forwarded-For`` and
+            ``Forwarded`` headers are kept and appended to; each parses with
+            :func:`ipaddress.ip_network` and ``strict=False`` (``"10.0.0.1/8"`` is
+            ``10.0.0.0/8``, and a bare address is a network of one).
+        routes: the routes, in file order; the first that matches a request picks its pool.
+        tunnel_timeout: seconds an upgraded connection (a WebSocket tunnel after a 101
+            response) may stay idle before both sides are closed; it replaces
+            ``client_timeout`` once the tunnel is open.
     """
 
     name: str
     mode: str
-    listen: tuple[str, ...] = attrs.field(converter=_listen)
+    listen: tuple[str, ...] = attrs.field(converter=_strings)
     pool: str
     client_timeout: float = 60.0
     max_connections: int = 10000
+    header_timeout: float = 10.0
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 0
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
+    tunnel_timeout: float = 3600.0
+
+
+@attrs.frozen
+class GlobalConfig:
+    """
+    The ``[global]`` table: settings of the whole process.
+
+    Attributes:
+        log_format: ``"text"``, one line of text per log event, or ``"json"``, one JSON
+            object per line.
+    """
+
+    log_format: str = "text"
 
 
 @attrs.frozen
@@ -174,13 +261,15 @@ class Config:
         path: the file the config came from, as given to :func:`load_config`, or the ``path``
             given to :func:`parse_config`. Problems are reported against it.
         frontends: frontend name to frontend, in file order (read-only).
-        pools: pool name to pool, in file order (read-only). Every pool a frontend names is
-            here; pools that no frontend uses are kept too.
+        pools: pool name to pool, in file order (read-only). Every pool a frontend or a route
+            names is here; pools that nothing uses are kept too.
+        global_config: the ``[global]`` table, or its defaults when the file has none.
     """
 
     path: str
     frontends: Mapping[str, FrontendConfig] = attrs.field(converter=_frontends)
     pools: Mapping[str, PoolConfig] = attrs.field(converter=_pools)
+    global_config: GlobalConfig = attrs.field(factory=GlobalConfig)
 
 
 @attrs.frozen
@@ -324,27 +413,52 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 # -- validation --------------------------------------------------------------------------------
 
-_TOP_KEYS = ("frontends", "pools")
-_TOP_LATER = ("global", "admin", "metrics")
-_FRONTEND_KEYS = ("mode", "listen", "pool", "client_timeout", "max_connections")
-_FRONTEND_LATER = (
-    "tls",
-    "routes",
+_TOP_KEYS = ("frontends", "pools", "global")
+_TOP_LATER = ("admin", "metrics")
+_GLOBAL_KEYS = ("log_format",)
+_LOG_FORMATS = ("text", "json")
+_HTTP_FRONTEND_KEYS = (
     "header_timeout",
     "max_header_bytes",
     "max_body_bytes",
     "trusted_proxies",
+    "routes",
+    "tunnel_timeout",
 )
-_POOL_KEYS = ("strategy", "strategy_options", "connect_timeout", "retries", "backends")
+_FRONTEND_KEYS = (
+    "mode",
+    "listen",
+    "pool",
+    "client_timeout",
+    "max_connections",
+    *_HTTP_FRONTEND_KEYS,
+)
+_FRONTEND_LATER = ("tls",)
+_ROUTE_KEYS = ("host", "path_prefix", "pool")
+_POOL_KEYS = (
+    "strategy",
+    "strategy_options",
+    "connect_timeout",
+    "retries",
+    "response_timeout",
+    "upstream_idle_timeout",
+    "max_idle_per_backend",
+    "backends",
+)
 _POOL_LATER = ("health_check", "tls")
 _BACKEND_KEYS = ("address", "name", "weight", "backup")
-_MODES = ("tcp",)
-_MODES_LATER = ("http",)
+_MODES = ("tcp", "http")
 
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
+_ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
+_HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
+_PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
 
 
 def _describe(value: object) -> str:
@@ -413,6 +527,19 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
+class _HTTPSettings(TypedDict, total=False):
+    """
+    The http-only keyword arguments of :class:`FrontendConfig`.
+    """
+
+    header_timeout: float
+    max_header_bytes: int
+    max_body_bytes: int
+    trusted_proxies: tuple[str, ...]
+    routes: tuple[RouteConfig, ...]
+    tunnel_timeout: float
+
+
 class _Validator:
     """
     One pass over a document, collecting problems instead of stopping at the first.
@@ -445,6 +572,7 @@ class _Validator:
             self.problem("(file)", f"must be a table, not {_describe(data)}")
             raise ConfigError(self.problems)
         self.check_keys(data, "", _TOP_KEYS, _TOP_LATER)
+        global_config = self.global_config(data)
         raw_frontends = self.named_tables(data, "frontends", "frontend", "web")
         raw_pools = self.named_tables(data, "pools", "pool", "app")
         if raw_pools is not None:
@@ -461,9 +589,35 @@ class _Validator:
             if pool is not None:
                 pools[pool.name] = pool
 
-        if self.problems:
+        if self.problems or global_config is None:
             raise ConfigError(self.problems)
-        return Config(path=self.path, frontends=frontends, pools=pools)
+        return Config(path=self.path, frontends=frontends, pools=pools, global_config=global_config)
+
+    def global_config(self, data: Mapping[str, object]) -> GlobalConfig | None:
+        """
+        The ``[global]`` table; its defaults when the document has none.
+        """
+        if "global" not in data:
+            return GlobalConfig()
+        raw = data["global"]
+        if not isinstance(raw, Mapping):
+            self.problem("global", f"must be a table, as in [global], not {_describe(raw)}")
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, "global", _GLOBAL_KEYS, ())
+        log_format: str | None = "text"
+        if "log_format" in raw:
+            log_format = self.string(raw, "log_format", "global")
+            if log_format is not None and log_format not in _LOG_FORMATS:
+                self.problem(
+                    "global.log_format",
+                    f"unknown log format {log_format!r}"
+                    + _suggest(log_format, _LOG_FORMATS, "valid formats"),
+                )
+                log_format = None
+        if len(self.problems) > before or log_format is None:
+            return None
+        return GlobalConfig(log_format=log_format)
 
     def check_keys(
         self, table: Mapping[str, object], parent: str, valid: Sequence[str], later: Sequence[str]
@@ -566,6 +720,7 @@ class _Validator:
         pool = self.pool_reference(raw, where)
         client_timeout = self.seconds(raw, "client_timeout", where, 60.0)
         max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
+        http = self.http_settings(raw, where, mode)
 
         if (
             len(self.problems) > before
@@ -574,6 +729,7 @@ class _Validator:
             or pool is None
             or client_timeout is None
             or max_connections is None
+            or http is None
         ):
             return None
         return FrontendConfig(
@@ -583,23 +739,182 @@ class _Validator:
             pool=pool,
             client_timeout=client_timeout,
             max_connections=max_connections,
+            **http,
         )
 
     def mode(self, raw: Mapping[str, object], where: str) -> str | None:
         if "mode" not in raw:
-            self.problem(join_key(where, "mode"), _MISSING + 'mode = "tcp"')
+            self.problem(join_key(where, "mode"), _MISSING + 'mode = "http" or mode = "tcp"')
             return None
         mode = self.string(raw, "mode", where)
         if mode is None or mode in _MODES:
             return mode
-        if mode in _MODES_LATER:
-            self.problem(join_key(where, "mode"), f"mode {mode!r} is not yet supported; use 'tcp'")
-        else:
-            self.problem(
-                join_key(where, "mode"),
-                f"unknown mode {mode!r}; valid modes are: {_quote_list(_MODES)}",
-            )
+        self.problem(
+            join_key(where, "mode"),
+            f"unknown mode {mode!r}" + _suggest(mode, _MODES, "valid modes"),
+        )
         return None
+
+    def http_settings(
+        self, raw: Mapping[str, object], where: str, mode: str | None
+    ) -> _HTTPSettings | None:
+        """
+        The keys only ``http`` frontends may have, as keyword arguments for
+        :class:`FrontendConfig`. On a ``tcp`` frontend each one present is a problem and the
+        defaults are kept. When the mode is missing or invalid they are checked as for ``http``.
+        """
+        if mode == "tcp":
+            for key in _HTTP_FRONTEND_KEYS:
+                if key in raw:
+                    self.problem(join_key(where, key), _ONLY_HTTP)
+            return {}
+        header_timeout = self.seconds(raw, "header_timeout", where, 10.0)
+        max_header_bytes = self.integer(raw, "max_header_bytes", where, 65536, minimum=1024)
+        max_body_bytes = self.integer(raw, "max_body_bytes", where, 0, minimum=0)
+        trusted_proxies = self.trusted_proxies(raw, where)
+        routes = self.routes(raw, where)
+        tunnel_timeout = self.seconds(raw, "tunnel_timeout", where, 3600.0)
+        if (
+            header_timeout is None
+            or max_header_bytes is None
+            or max_body_bytes is None
+            or trusted_proxies is None
+            or routes is None
+            or tunnel_timeout is None
+        ):
+            return None
+        return {
+            "header_timeout": header_timeout,
+            "max_header_bytes": max_header_bytes,
+            "max_body_bytes": max_body_bytes,
+            "trusted_proxies": trusted_proxies,
+            "routes": routes,
+            "tunnel_timeout": tunnel_timeout,
+        }
+
+    def trusted_proxies(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+        """
+        ``trusted_proxies``: an array of addresses and networks, each accepted by
+        :func:`ipaddress.ip_network` with ``strict=False``. They are kept as written.
+        """
+        if "trusted_proxies" not in raw:
+            return ()
+        key = join_key(where, "trusted_proxies")
+        value = raw["trusted_proxies"]
+        if not isinstance(value, list | tuple):
+            self.problem(
+                key,
+                'must be an array of strings, as in trusted_proxies = ["10.0.0.0/8"], '
+                f"not {_describe(value)}",
+            )
+            return None
+        proxies: list[str] = []
+        ok = True
+        for index, item in enumerate(value):
+            item_key = f"{key}[{index}]"
+            if not isinstance(item, str):
+                self.problem(item_key, f"must be a string, not {_describe(item)}")
+                ok = False
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                self.problem(
+                    item_key,
+                    f"{item!r} is not an IP address or network; write one as in {_PROXY_EXAMPLES}",
+                )
+                ok = False
+                continue
+            proxies.append(item)
+        return tuple(proxies) if ok else None
+
+    def routes(self, raw: Mapping[str, object], where: str) -> tuple[RouteConfig, ...] | None:
+        """
+        ``routes``: an array of tables (``[[frontends.NAME.routes]]``), in file order. A route
+        that repeats the ``host`` and ``path_prefix`` of an earlier one could never match,
+        and is a problem.
+        """
+        if "routes" not in raw:
+            return ()
+        key = join_key(where, "routes")
+        value = raw["routes"]
+        if not isinstance(value, list | tuple):
+            self.problem(
+                key, f"must be an array of tables, as in [[{key}]], not {_describe(value)}"
+            )
+            return None
+        routes: list[RouteConfig] = []
+        ok = True
+        seen: dict[tuple[str | None, str | None], str] = {}
+        for index, item in enumerate(value):
+            item_key = f"{key}[{index}]"
+            route = self.route(item, item_key)
+            if route is None:
+                ok = False
+                continue
+            match = (route.host, route.path_prefix)
+            if match in seen:
+                self.problem(
+                    item_key,
+                    f"matches the same requests as {seen[match]}, which comes first and wins; "
+                    "remove one of them",
+                )
+                ok = False
+                continue
+            seen[match] = item_key
+            routes.append(route)
+        return tuple(routes) if ok else None
+
+    def route(self, raw: object, where: str) -> RouteConfig | None:
+        if not isinstance(raw, Mapping):
+            self.problem(where, f"must be a table, as in {_ROUTE_EXAMPLE}, not {_describe(raw)}")
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, where, _ROUTE_KEYS, ())
+        if "host" not in raw and "path_prefix" not in raw:
+            self.problem(
+                where,
+                'a route needs host, path_prefix or both, as in path_prefix = "/api/"; '
+                "requests that no route matches go to the frontend's pool",
+            )
+        host = self.route_host(raw, where)
+        path_prefix = self.path_prefix(raw, where)
+        pool = self.pool_reference(raw, where)
+        if len(self.problems) > before or pool is None:
+            return None
+        return RouteConfig(pool=pool, host=host, path_prefix=path_prefix)
+
+    def route_host(self, raw: Mapping[str, object], where: str) -> str | None:
+        """
+        A route's ``host``: an exact name or ``*.suffix``, without scheme, port or path;
+        returned in lower case. ``None`` when absent (or on a problem).
+        """
+        if "host" not in raw:
+            return None
+        host = self.string(raw, "host", where)
+        if host is None:
+            return None
+        problem = _host_problem(host)
+        if problem is not None:
+            self.problem(join_key(where, "host"), problem)
+            return None
+        return host.lower()
+
+    def path_prefix(self, raw: Mapping[str, object], where: str) -> str | None:
+        """
+        A route's ``path_prefix``: starts with ``/``, without query or fragment, in printable
+        ASCII (as requests carry it). ``None`` when absent (or on a problem).
+        """
+        if "path_prefix" not in raw:
+            return None
+        prefix = self.string(raw, "path_prefix", where)
+        if prefix is None:
+            return None
+        problem = _path_prefix_problem(prefix)
+        if problem is not None:
+            self.problem(join_key(where, "path_prefix"), problem)
+            return None
+        return prefix
 
     def listen(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
         """
@@ -685,6 +1000,9 @@ class _Validator:
             options = self.check_strategy_options(strategy, options, where)
         connect_timeout = self.seconds(raw, "connect_timeout", where, 5.0)
         retries = self.integer(raw, "retries", where, 2, minimum=0)
+        response_timeout = self.seconds(raw, "response_timeout", where, 60.0)
+        upstream_idle_timeout = self.seconds(raw, "upstream_idle_timeout", where, 4.0)
+        max_idle = self.integer(raw, "max_idle_per_backend", where, 32, minimum=0)
         backends = self.backends(name, raw, where)
 
         if (
@@ -693,6 +1011,9 @@ class _Validator:
             or options is None
             or connect_timeout is None
             or retries is None
+            or response_timeout is None
+            or upstream_idle_timeout is None
+            or max_idle is None
             or backends is None
         ):
             return None
@@ -703,6 +1024,9 @@ class _Validator:
             strategy_options=options,
             connect_timeout=connect_timeout,
             retries=retries,
+            response_timeout=response_timeout,
+            upstream_idle_timeout=upstream_idle_timeout,
+            max_idle_per_backend=max_idle,
         )
 
     def strategy(self, raw: Mapping[str, object], where: str) -> str | None:
@@ -873,6 +1197,81 @@ def _address_or_none(text: object) -> Address | None:
         return None
 
 
+def _host_problem(host: str) -> str | None:
+    """
+    What is wrong with a route's ``host``, or ``None`` if it is an exact name (letters,
+    digits, ``-`` and ``_`` in dot-separated labels, which covers IPv4 addresses), an IPv6
+    address in brackets, or ``*.`` followed by an exact name.
+    """
+    if not host:
+        return f"must not be empty; write {_HOST_EXAMPLES}, or leave host out to match any host"
+    if "://" in host:
+        name = host.split("://", 1)[1].split("/", 1)[0] or "api.example.com"
+        return f"write the host name only, without the scheme, as in {name!r}"
+    if "/" in host:
+        name = host.split("/", 1)[0] or "api.example.com"
+        return (
+            f"write the host name only, as in {name!r}, and the path in path_prefix; "
+            "the host has no path"
+        )
+    port = _HOST_PORT.fullmatch(host)
+    if port is not None:
+        return (
+            f"routes match the name without the port; write {port['host']!r} "
+            "to match it on any port"
+        )
+    if host.startswith("["):
+        if host.endswith("]") and _is_ipv6(host[1:-1]):
+            return None
+        return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
+    if ":" in host:
+        if _is_ipv6(host):
+            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
+        return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
+    if "*" in host:
+        if host.startswith("*.") and _HOST_NAME.fullmatch(host[2:]):
+            return None
+        return (
+            f"{host!r}: '*' is allowed only as the whole first label, "
+            "as in '*.example.com', which matches any name ending in '.example.com'"
+        )
+    if _HOST_NAME.fullmatch(host):
+        return None
+    return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _path_prefix_problem(prefix: str) -> str | None:
+    """
+    What is wrong with a route's ``path_prefix``, or ``None`` if it is usable.
+    """
+    if "://" in prefix:
+        return "write the path only, without scheme and host; put the host name in host"
+    if not prefix.startswith("/"):
+        return f"must start with '/', as in {'/' + prefix!r}"
+    for char in "?#":
+        if char in prefix:
+            cut = prefix[: prefix.index(char)]
+            return (
+                "routes match the path without the query or fragment; "
+                f"write {cut!r}, without the part from {char!r} on"
+            )
+    if not all("!" <= char <= "~" for char in prefix):
+        encoded = urllib.parse.quote(prefix, safe="/%!$&'()*+,;=:@[]")
+        return (
+            f"{prefix!r}: write the path as requests carry it, in ASCII without spaces, "
+            f"as in {encoded!r}"
+        )
+    return None
+
+
 def _toml_string(text: str) -> str:
     """
     ``text`` as a TOML basic string, for key paths and examples in messages.
@@ -899,19 +1298,22 @@ def _toml_string(text: str) -> str:
 
 def format_summary(config: Config) -> str:
     """
-    Describe a valid config on one screen: each frontend, the pool it uses and that pool's
-    backends; then the pools no frontend uses, under ``unused:``.
+    Describe a valid config on one screen: the ``[global]`` settings that differ from their
+    defaults; each frontend with its mode, its routes (``http``), the pools it uses and their
+    backends; then the pools nothing uses, under ``unused:``.
 
-    A pool used by several frontends is described in full under the first of them only.
+    A pool used several times is described in full the first time only.
 
     Example::
 
         lb.toml: OK
-        frontend web (tcp) listen tcp:8080:interface=127.0.0.1 -> pool app
+        frontend web (http) listen tcp:8080:interface=127.0.0.1 -> pool app
+          route host=api.example.com path_prefix=/v1/ -> pool api
           pool app: round_robin, connect_timeout 5.0 s, retries 2
             app1  127.0.0.1:9001  weight 1
             big   127.0.0.1:9002  weight 3
-            app3  10.0.0.9:80     weight 1  backup
+          pool api: round_robin, connect_timeout 5.0 s, retries 2
+            api1  127.0.0.1:9101  weight 1
 
     Args:
         config: a config returned by :func:`load_config` or :func:`parse_config`.
@@ -920,26 +1322,46 @@ def format_summary(config: Config) -> str:
         The lines, joined with newlines, without a final newline.
     """
     lines = [f"{config.path}: OK"]
+    if config.global_config.log_format != "text":
+        lines.append(f"global: log_format {config.global_config.log_format}")
     shown: set[str] = set()
     for frontend in config.frontends.values():
         lines.append(
             f"frontend {frontend.name} ({frontend.mode}) listen {', '.join(frontend.listen)}"
             f" -> pool {frontend.pool}"
         )
-        pool = config.pools.get(frontend.pool)
-        if pool is None:
-            lines.append(f"  pool {frontend.pool}: (not defined)")
-        elif pool.name in shown:
-            lines.append(f"  pool {pool.name}: (as above)")
-        else:
-            shown.add(pool.name)
-            lines.extend(_pool_summary(pool))
+        used = [frontend.pool]
+        for route in frontend.routes:
+            lines.append(f"  {_route_summary(route)}")
+            if route.pool not in used:
+                used.append(route.pool)
+        for name in used:
+            pool = config.pools.get(name)
+            if pool is None:
+                lines.append(f"  pool {name}: (not defined)")
+            elif pool.name in shown:
+                lines.append(f"  pool {pool.name}: (as above)")
+            else:
+                shown.add(pool.name)
+                lines.extend(_pool_summary(pool))
     unused = [pool for name, pool in config.pools.items() if name not in shown]
     if unused:
         lines.append("unused:")
         for pool in unused:
             lines.extend(_pool_summary(pool))
     return "\n".join(lines)
+
+
+def _route_summary(route: RouteConfig) -> str:
+    """
+    ``route host=api.example.com path_prefix=/v1/ -> pool api``, with the parts it has.
+    """
+    parts = ["route"]
+    if route.host is not None:
+        parts.append(f"host={route.host}")
+    if route.path_prefix is not None:
+        parts.append(f"path_prefix={route.path_prefix}")
+    return f"{' '.join(parts)} -> pool {route.pool}"
 
 
 def _pool_summary(pool: PoolConfig) -> list[str]:
