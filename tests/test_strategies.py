@@ -21,12 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import twisted_lb.plugins
-from twisted_lb.backend import Backend, BackendState, ConnectionInfo
+from twisted_lb.backend import Backend, BackendState, ConnectionInfo, PeakEWMA
 from twisted_lb.interfaces import IBalancingStrategy, IStrategyFactory
 from twisted_lb.plugins import twisted_lb_strategies
 from twisted_lb.pool import Lease, Pool
 from twisted_lb.strategies import (
     LeastConnections,
+    LeastTime,
     RoundRobin,
     SourceHash,
     StrategyFactory,
@@ -40,6 +41,7 @@ from twisted_lb.strategies import (
 BUILTINS = {
     "round_robin": RoundRobin,
     "least_connections": LeastConnections,
+    "least_time": LeastTime,
     "random": WeightedRandom,
     "two_choices": TwoChoices,
     "source_hash": SourceHash,
@@ -76,14 +78,51 @@ def loaded_backends(spec: Sequence[tuple[int, int]]) -> list[Backend]:
     return backends
 
 
+# (weight, in_flight_requests, response time in seconds or None for never observed)
+timed = st.tuples(
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=0, max_value=20),
+    st.one_of(st.none(), st.sampled_from([0.001, 0.01, 0.05, 0.1, 0.5, 2.0])),
+)
+
+
+# The same with response times that are powers of two: read at time 0 (no decay), the costs
+# are exact in floats, so ties are ties.
+exact_timed = st.tuples(
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=0, max_value=20),
+    st.one_of(st.none(), st.sampled_from([0.0625, 0.125, 0.25, 0.5, 1.0, 2.0])),
+)
+
+
+def timed_backends(spec: Sequence[tuple[int, int, float | None]]) -> list[Backend]:
+    """Backends from ``(weight, in_flight_requests, rtt)``, each rtt observed at time 0."""
+    backends = make_backends([weight for weight, _in_flight, _rtt in spec])
+    for backend, (_weight, in_flight, rtt) in zip(backends, spec, strict=True):
+        backend.in_flight_requests = in_flight
+        if rtt is not None:
+            backend.response_time.observe(rtt, 0.0)
+    return backends
+
+
+def cost(backend: Backend, now: float) -> float:
+    """The least_time cost, computed the plain way."""
+    return backend.response_time.value(now) * (backend.in_flight_requests + 1) / backend.weight
+
+
 def ratio(backend: Backend) -> Fraction:
     return Fraction(backend.active_connections, backend.weight)
 
 
-def picks(strategy: IBalancingStrategy, backends: Sequence[Backend], count: int) -> list[Backend]:
+def picks(
+    strategy: IBalancingStrategy,
+    backends: Sequence[Backend],
+    count: int,
+    info: ConnectionInfo = NO_CLIENT,
+) -> list[Backend]:
     result = []
     for _ in range(count):
-        backend = strategy.pick(backends, NO_CLIENT)
+        backend = strategy.pick(backends, info)
         assert backend is not None
         result.append(backend)
     return result
@@ -106,7 +145,7 @@ class GetStrategyTests(SynchronousTestCase):
 
     def test_installed_lists_builtins(self) -> None:
         """
-        The five built-ins are installed, and the list is sorted.
+        The built-ins are installed, and the list is sorted.
         """
         installed = installed_strategies()
         self.assertTrue(set(BUILTINS) <= set(installed))
@@ -355,6 +394,150 @@ class LeastConnectionsTests(SynchronousTestCase):
         for backend in backends:
             share = Fraction(count * backend.weight, total)
             self.assertLess(abs(backend.active_connections - share), backend.weight + 1)
+
+
+class LeastTimeTests(SynchronousTestCase):
+    """
+    ``least_time``: lowest peak-EWMA response time x (in-flight requests + 1) / weight.
+    """
+
+    def test_provides_interface(self) -> None:
+        """
+        LeastTime provides IBalancingStrategy, and its plugin takes no options.
+        """
+        self.assertTrue(verifyObject(IBalancingStrategy, LeastTime()))
+        self.assertEqual(repr(LeastTime()), "<LeastTime>")
+        self.assertIn("least_time", installed_strategies())
+        self.assertIsInstance(get_strategy("least_time"), LeastTime)
+        with self.assertRaises(ValueError) as caught:
+            get_strategy("least_time", {"decay": 5.0})
+        self.assertIn("accepted options: none", str(caught.exception))
+
+    @quick
+    @given(
+        st.lists(timed, min_size=1, max_size=8),
+        st.floats(min_value=0.0, max_value=60.0),
+        st.integers(min_value=0, max_value=5),
+    )
+    def test_minimal_cost(
+        self, spec: list[tuple[int, int, float | None]], now: float, earlier: int
+    ) -> None:
+        """
+        The picked backend has the lowest ``value(now) * (in_flight + 1) / weight``, whatever
+        was picked before.
+        """
+        backends = timed_backends(spec)
+        strategy = LeastTime()
+        info = ConnectionInfo(now=now)
+        for _ in range(earlier):
+            strategy.pick(backends, info)
+        picked = strategy.pick(backends, info)
+        assert picked is not None
+        lowest = min(cost(b, now) for b in backends)
+        self.assertLessEqual(cost(picked, now), lowest * (1 + 1e-9))
+
+    @quick
+    @given(st.lists(exact_timed, min_size=1, max_size=8), st.integers(min_value=1, max_value=3))
+    def test_ties_rotate(self, spec: list[tuple[int, int, float | None]], rounds: int) -> None:
+        """
+        While costs do not change, the cheapest backends are picked in turn, in order; with
+        no response times yet, that is every backend.
+        """
+        backends = timed_backends(spec)
+        costs = [
+            Fraction(b.response_time.value(0.0)) * (b.in_flight_requests + 1) / b.weight
+            for b in backends
+        ]
+        tied = [b for b, c in zip(backends, costs, strict=True) if c == min(costs)]
+        info = ConnectionInfo(now=0.0)
+        self.assertEqual(picks(LeastTime(), backends, len(tied) * rounds, info), tied * rounds)
+        fresh = make_backends([weight for weight, _in_flight, _rtt in spec])
+        self.assertEqual(picks(LeastTime(), fresh, len(fresh) * rounds, info), fresh * rounds)
+
+    def test_unobserved_first(self) -> None:
+        """
+        A backend with no response time yet costs 0, so it is picked before the others, even
+        with requests in flight.
+        """
+        backends = timed_backends([(1, 0, 0.001), (1, 5, None), (1, 0, 0.002)])
+        self.assertIs(LeastTime().pick(backends, ConnectionInfo(now=0.0)), backends[1])
+
+    def test_in_flight(self) -> None:
+        """
+        Requests in flight multiply the response time: 0.1 s with 3 in flight (0.4) costs
+        more than 0.3 s with none, which costs more than 0.1 s with 1 (0.2).
+        """
+        backends = timed_backends([(1, 3, 0.1), (1, 0, 0.3)])
+        self.assertIs(LeastTime().pick(backends, ConnectionInfo()), backends[1])
+        backends = timed_backends([(1, 1, 0.1), (1, 0, 0.3)])
+        self.assertIs(LeastTime().pick(backends, ConnectionInfo()), backends[0])
+
+    def test_weight(self) -> None:
+        """
+        The cost is divided by the weight: 0.1 s with 3 in flight on weight 4 (0.1) is less
+        than 0.1 s with 1 in flight on weight 1 (0.2).
+        """
+        backends = timed_backends([(1, 1, 0.1), (4, 3, 0.1)])
+        self.assertIs(LeastTime().pick(backends, ConnectionInfo()), backends[1])
+
+    def test_now(self) -> None:
+        """
+        The estimates are read at ``info.now``: a backend slow at time 0 becomes the cheaper
+        one once its estimate has decayed below the other's.
+        """
+        backends = make_backends([1, 1])
+        backends[0].response_time.observe(1.0, 0.0)
+        backends[1].response_time.observe(0.5, 9.0)
+        strategy = LeastTime()
+        self.assertIs(strategy.pick(backends, ConnectionInfo(now=9.0)), backends[0])
+        self.assertIs(strategy.pick(backends, ConnectionInfo(now=0.0)), backends[1])
+
+    @quick
+    @given(
+        st.floats(min_value=0.01, max_value=5.0),
+        st.floats(min_value=1.5, max_value=100.0),
+        st.floats(min_value=1.0, max_value=30.0),
+    )
+    def test_idle_backend_tried_again(self, fast: float, slowdown: float, decay: float) -> None:
+        """
+        A backend that was slow gets no requests while a fast one answers, but its estimate
+        decays while it is idle, so it is picked again after about
+        ``decay * ln(slow / fast)`` seconds.
+        """
+        slow = fast * slowdown
+        backends = make_backends([1, 1])
+        for backend in backends:
+            backend.response_time = PeakEWMA(decay)
+        backends[0].response_time.observe(slow, 0.0)
+        backends[1].response_time.observe(fast, 0.0)
+        strategy = LeastTime()
+        step = decay / 20
+        crossing = decay * math.log(slowdown)
+        now = 0.0
+        while True:
+            now += step
+            picked = strategy.pick(backends, ConnectionInfo(now=now))
+            if picked is backends[0]:
+                break
+            self.assertIs(picked, backends[1])
+            backends[1].response_time.observe(fast, now)
+            self.assertLess(now, crossing + 2 * step)
+        self.assertGreater(now, crossing - step)
+
+    def test_through_pool(self) -> None:
+        """
+        Behind a pool, leased requests in flight steer the picks: with equal response times
+        the requests spread evenly.
+        """
+        backends = make_backends([1, 1, 1])
+        for backend in backends:
+            backend.response_time.observe(0.05, 0.0)
+        pool = Pool("p", backends, get_strategy("least_time"))
+        for _ in range(30):
+            lease = pool.pick(ConnectionInfo(now=1.0))
+            assert lease is not None
+            lease.backend.in_flight_requests += 1
+        self.assertEqual([b.in_flight_requests for b in backends], [10, 10, 10])
 
 
 class WeightedRandomTests(SynchronousTestCase):

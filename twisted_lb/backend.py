@@ -5,6 +5,8 @@ Backends: one server behind the balancer, its state and its live counters.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -35,23 +37,145 @@ class BackendState(enum.Enum):
     MAINT = "MAINT"
 
 
+class PeakEWMA:
+    """
+    A peak-sensitive exponentially weighted moving average of response time: the "peak EWMA"
+    of Finagle (``com.twitter.finagle.loadbalancer.PeakEwma``) and of Linkerd2-proxy (tower's
+    ``tower::load::peak_ewma::PeakEwma``).
+
+    It jumps up at once when a response is slower than the estimate, and comes down only
+    gradually, so a backend that has just been slow keeps looking slow for a while:
+
+    - ``observe(rtt, now)``: when ``rtt`` is above the estimate, the estimate becomes ``rtt``
+      (the peak). Otherwise it becomes ``estimate * w + rtt * (1 - w)`` with
+      ``w = exp(-(now - last) / decay)``, ``last`` being the time of the previous observation:
+      the longer since the last observation, the more weight the new one gets (an EWMA over
+      an unevenly spaced series). This is Finagle's and tower's update rule. The estimate it
+      compares with is the one stored at ``last``, not the idle-decayed :meth:`value`, so the
+      new estimate is never below ``rtt``, and a slower response never leaves a lower
+      estimate than a faster one would.
+    - ``value(now)``: the estimate discounted for idle time, ``estimate * exp(-(now - last) /
+      decay)``, as Linkerd decays it each time it reads it. A backend that has not answered
+      for a while looks cheaper and cheaper, so a balancer tries it again, instead of
+      shunning it for good after one slow response. Reading does not change the estimate.
+
+    Before any observation the estimate is 0. Times are seconds from the caller's injected
+    clock (``reactor.seconds()``); this class reads no clock. A clock that goes back counts as
+    no time elapsed.
+
+    Args:
+        decay: the time constant tau, in seconds: after ``decay`` seconds an old estimate
+            keeps ``1/e`` (about 37%) of its weight. Finagle and Linkerd use 10 s.
+
+    Raises:
+        ValueError: ``decay`` is not positive.
+    """
+
+    __slots__ = ("_estimate", "_last", "decay")
+
+    def __init__(self, decay: float = 10.0) -> None:
+        if not decay > 0.0:
+            raise ValueError(f"decay must be > 0 seconds, not {decay!r}")
+        #: The time constant tau, in seconds.
+        self.decay = decay
+        self._estimate = 0.0
+        self._last = 0.0
+
+    def __repr__(self) -> str:
+        return f"<PeakEWMA {self._estimate:.6f}s at {self._last:.3f}, decay {self.decay}s>"
+
+    def observe(self, rtt: float, now: float) -> None:
+        """
+        Add one response time.
+
+        Args:
+            rtt: the response time, in seconds; a negative one counts as 0.
+            now: the current time, in seconds, from the injected clock.
+        """
+        if not rtt >= 0.0:
+            rtt = 0.0
+        estimate = self._estimate
+        if rtt >= estimate:
+            self._estimate = rtt
+        elif now > self._last:
+            # estimate * w + rtt * (1 - w), with 1 - w = -expm1(x) exact for short gaps; kept
+            # between rtt and the old estimate despite rounding.
+            x = (self._last - now) / self.decay
+            blended = estimate * math.exp(x) - rtt * math.expm1(x)
+            self._estimate = min(max(blended, rtt), estimate)
+        self._last = now
+
+    def value(self, now: float) -> float:
+        """
+        The estimate, in seconds, decayed towards 0 for the time since the last observation.
+
+        Args:
+            now: the current time, in seconds, from the injected clock.
+
+        Returns:
+            ``estimate * exp(-(now - last) / decay)``; 0.0 before any observation.
+        """
+        estimate = self._estimate
+        elapsed = now - self._last
+        if estimate == 0.0 or elapsed <= 0.0:
+            return estimate
+        return estimate * math.exp(-elapsed / self.decay)
+
+
 @attrs.frozen
 class ConnectionInfo:
     """
-    What a strategy may know of the client it is choosing a backend for.
+    What a strategy may know of the client, and for L7 of the request, it is choosing a
+    backend for.
+
+    L4 fills in ``client_address`` only; the HTTP mode fills in the request's fields too.
 
     Attributes:
         client_address: the client's transport address (``IPv4Address``, ``IPv6Address``,
             ``UNIXAddress``), or ``None`` when unknown.
+        method: the request method, such as ``b"GET"``; ``None`` in L4.
+        host: the value of the request's ``Host`` header; ``None`` in L4 or when absent.
+        path: the request-target as sent, such as ``b"/v1/items?page=2"``; ``None`` in L4.
+        headers: the request's header fields as ``(name, value)`` pairs, in the order
+            received, duplicates kept; names as sent (compare them case-insensitively).
+            Empty in L4.
+        now: the time of the pick, in seconds, from the data path's injected clock; for
+            strategies that need time, such as ``least_time``. 0.0 when not given.
     """
 
     client_address: IAddress | None = None
+    method: bytes | None = None
+    host: bytes | None = None
+    path: bytes | None = None
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    now: float = 0.0
 
     @property
     def client_host(self) -> str | None:
         """The client's IP as text, or ``None`` for non-IP clients (UNIX sockets)."""
         host = getattr(self.client_address, "host", None)
         return host if isinstance(host, str) else None
+
+    @property
+    def cookies(self) -> dict[bytes, bytes]:
+        """
+        The cookies of the request's ``Cookie`` headers, name to value.
+
+        Parsed as RFC 6265 §4.2.1 ``name=value; name2=value2``, over every ``Cookie`` header
+        in order. Whitespace around names and values is dropped, values are kept as sent
+        (quotes included). The first occurrence of a name wins. Pairs without ``=`` or with
+        an empty name are skipped; nothing raises. Parsed on each access.
+        """
+        cookies: dict[bytes, bytes] = {}
+        for name, value in self.headers:
+            if name.lower() != b"cookie":
+                continue
+            for pair in value.split(b";"):
+                key, equals, rest = pair.partition(b"=")
+                key = key.strip(b" \t")
+                if equals and key and key not in cookies:
+                    cookies[key] = rest.strip(b" \t")
+        return cookies
 
 
 @attrs.define(eq=False, repr=False)
@@ -72,6 +196,13 @@ class Backend:
         connect_failures: connection attempts that were refused or timed out.
         bytes_in: bytes relayed from clients to this backend.
         bytes_out: bytes relayed from this backend to clients.
+        in_flight_requests: HTTP requests (L7) sent to this backend and not yet answered in
+            full; kept by the HTTP mode, always 0 in L4.
+        requests_total: HTTP requests ever sent to this backend.
+        responses: HTTP responses from this backend by status class: ``responses[0]``
+            counts the 1xx, ..., ``responses[4]`` the 5xx. See :meth:`count_response`.
+        response_time: a :class:`PeakEWMA` of this backend's HTTP response times, in
+            seconds, fed by the HTTP mode with its injected clock; ``least_time`` reads it.
     """
 
     address: Address
@@ -84,6 +215,10 @@ class Backend:
     connect_failures: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    in_flight_requests: int = 0
+    requests_total: int = 0
+    responses: list[int] = attrs.field(factory=lambda: [0] * 5)
+    response_time: PeakEWMA = attrs.field(factory=PeakEWMA)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -93,6 +228,16 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.address} {self.state.value}>"
+
+    def count_response(self, status: int) -> None:
+        """
+        Count one response in :attr:`responses` by its status class.
+
+        Args:
+            status: the HTTP status code; codes outside 100..599 are not counted.
+        """
+        if 100 <= status <= 599:
+            self.responses[status // 100 - 1] += 1
 
     @classmethod
     def from_address(cls, address: str, **kwargs: Any) -> Backend:

@@ -9,6 +9,8 @@ Built-in strategies, by the name used in config files:
 
 - ``round_robin``: :class:`RoundRobin`, smooth weighted round robin (nginx).
 - ``least_connections``: :class:`LeastConnections`, fewest active connections per weight.
+- ``least_time``: :class:`LeastTime`, lowest peak-EWMA response time x (in-flight requests + 1)
+  per weight (L7).
 - ``random``: :class:`WeightedRandom`, weighted random choice.
 - ``two_choices``: :class:`TwoChoices`, the power of two random choices.
 - ``source_hash``: :class:`SourceHash`, a ketama consistent hash ring on the client IP.
@@ -22,6 +24,7 @@ bound in ``twisted_lb/plugins/twisted_lb_strategies.py``.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +38,7 @@ from twisted_lb.interfaces import IBalancingStrategy, IStrategyFactory
 
 __all__ = [
     "LeastConnections",
+    "LeastTime",
     "RoundRobin",
     "SourceHash",
     "StrategyFactory",
@@ -270,6 +274,65 @@ class LeastConnections:
             if lhs < rhs or (lhs == rhs and seen_last and not best_after_last):
                 best = backend
                 best_connections = connections
+                best_weight = weight
+                best_after_last = seen_last
+            if backend is last:
+                seen_last = True
+        self._last = best
+        return best
+
+
+@implementer(IBalancingStrategy)
+class LeastTime:
+    """
+    Lowest expected response time for the next request: the backend with the lowest
+    ``response_time.value(info.now) * (in_flight_requests + 1) / weight``.
+
+    ``response_time`` is the backend's :class:`~twisted_lb.backend.PeakEWMA`, so this is
+    Linkerd's (tower's) peak-EWMA load, ``estimate * (pending + 1)``, divided by the weight.
+    The estimate decays towards 0 while a backend gets no responses, so a backend that was
+    slow is tried again after a while. Similar to NGINX Plus's ``least_time`` (lowest average
+    response time and fewest active connections, with weights) and Traefik's ``leasttime``
+    (lowest response time combined with fewest active connections); neither is peak-sensitive.
+
+    Backends with no response time yet cost 0, so they are tried first. Equal costs (such as
+    those zeros) take turns as in :class:`LeastConnections`: among the cheapest, the first one
+    after the previously picked backend, in the offered order, wins, wrapping around.
+
+    Costs are compared as ``value * (in_flight + 1) * other_weight`` by cross-multiplication.
+    The response times and in-flight counts are kept by the HTTP mode; in TCP mode they stay
+    0, every backend costs 0, and this is round robin that ignores the weights.
+    """
+
+    def __init__(self) -> None:
+        self._last: Backend | None = None
+
+    def __repr__(self) -> str:
+        return "<LeastTime>"
+
+    def pick(self, backends: Sequence[Backend], info: ConnectionInfo) -> Backend | None:
+        """
+        Pick an offered backend of lowest cost.
+
+        Args:
+            backends: the eligible backends, never empty.
+            info: ``info.now`` (seconds, from the data path's clock) decays the estimates.
+        """
+        now = info.now
+        last = self._last
+        seen_last = False
+        best = backends[0]
+        best_load = math.inf
+        best_weight = 1
+        best_after_last = False
+        for backend in backends:
+            load = backend.response_time.value(now) * (backend.in_flight_requests + 1)
+            weight = backend.weight
+            lhs = load * best_weight
+            rhs = best_load * weight
+            if lhs < rhs or (lhs == rhs and seen_last and not best_after_last):
+                best = backend
+                best_load = load
                 best_weight = weight
                 best_after_last = seen_last
             if backend is last:

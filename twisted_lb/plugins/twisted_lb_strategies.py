@@ -7,6 +7,7 @@ Each module-level name binds one ``IPlugin`` + ``IStrategyFactory`` provider;
 
 from twisted_lb.strategies import (
     LeastConnections,
+    LeastTime,
     RoundRobin,
     SourceHash,
     StrategyFactory,
@@ -16,6 +17,7 @@ from twisted_lb.strategies import (
 
 round_robin = StrategyFactory("round_robin", RoundRobin)
 least_connections = StrategyFactory("least_connections", LeastConnections)
+least_time = StrategyFactory("least_time", LeastTime)
 random = StrategyFactory("random", WeightedRandom, {"seed": int})
 two_choices = StrategyFactory("two_choices", TwoChoices, {"seed": int})
 source_hash = StrategyFactory("source_hash", SourceHash)
