@@ -1,0 +1,3 @@
+"""
+L7: the HTTP/1.1 reverse proxy.
+"""
