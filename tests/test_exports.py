@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import twisted_lb
 from twisted_lb import backend, config, interfaces, pool, service, strategies, tcp
+from twisted_lb.http import proxy, routing
 
 OWNERS = {
     "Backend": backend,
@@ -27,6 +28,9 @@ OWNERS = {
     "installed_strategies": strategies,
     "UnknownStrategyError": strategies,
     "TCPRelayFactory": tcp,
+    "HTTPProxyFactory": proxy,
+    "Route": routing,
+    "Router": routing,
 }
 
 

@@ -6,6 +6,8 @@ The public API is re-exported here; see ``__all__``.
 
 from twisted_lb.backend import Backend, BackendState, ConnectionInfo
 from twisted_lb.config import Config, ConfigError, load_config, parse_config
+from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.http.routing import Route, Router
 from twisted_lb.interfaces import IBalancingStrategy, IStrategyFactory
 from twisted_lb.pool import Lease, Pool
 from twisted_lb.service import LoadBalancerService
@@ -20,11 +22,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectionInfo",
+    "HTTPProxyFactory",
     "IBalancingStrategy",
     "IStrategyFactory",
     "Lease",
     "LoadBalancerService",
     "Pool",
+    "Route",
+    "Router",
     "TCPRelayFactory",
     "UnknownStrategyError",
     "__version__",

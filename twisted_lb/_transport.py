@@ -4,6 +4,7 @@ Writing to Twisted transports from the data paths (the L4 relay and the L7 proxy
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -45,13 +46,16 @@ def sender(transport: RelayTransport) -> Callable[[bytes], None]:
     ``FileDescriptor.doWrite`` would; whatever is not sent goes through ``write``, which queues it,
     waits for writability and pauses the producer when the queue is full, so byte order and
     flow control are unchanged. Such connections also read and queue up to
-    :data:`RELAY_BUFFER_BYTES` at a time. Any other transport (TLS, test fakes) gets its
-    ``write``.
+    :data:`RELAY_BUFFER_BYTES` at a time, and TCP ones get ``TCP_NODELAY`` (as nginx's
+    ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
+    the previous one. Any other transport (TLS, test fakes) gets its ``write``.
     """
     if not isinstance(transport, tcp.Connection):
         return transport.write
     connection: Any = transport
     connection.bufferSize = RELAY_BUFFER_BYTES
+    if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
+        connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     write = connection.write
     socket_send = connection.socket.send
 

@@ -48,9 +48,15 @@ class Pool:
         strategy: chooses among the eligible backends.
         connect_timeout: seconds before a connection attempt to a backend is abandoned.
         retries: further backends tried after a failed connection attempt.
+        response_timeout: HTTP only: seconds from a request being sent to the first byte of
+            its response, else 504.
+        upstream_idle_timeout: HTTP only: seconds an idle keep-alive connection to a backend
+            is kept (4 s, below the 5 s of Node and other common backends).
+        max_idle_per_backend: HTTP only: idle keep-alive connections kept per backend; 0
+            disables reuse.
 
     Raises:
-        ValueError: two backends share a name, or a timeout or retry count is out of range.
+        ValueError: two backends share a name, or a timeout or count is out of range.
     """
 
     def __init__(
@@ -61,15 +67,28 @@ class Pool:
         *,
         connect_timeout: float = 5.0,
         retries: int = 2,
+        response_timeout: float = 60.0,
+        upstream_idle_timeout: float = 4.0,
+        max_idle_per_backend: int = 32,
     ) -> None:
-        if connect_timeout <= 0:
-            raise ValueError(f"pool {name}: connect_timeout must be > 0 s")
+        for key, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("response_timeout", response_timeout),
+            ("upstream_idle_timeout", upstream_idle_timeout),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"pool {name}: {key} must be > 0 s, not {seconds}")
         if retries < 0:
             raise ValueError(f"pool {name}: retries must be >= 0")
+        if max_idle_per_backend < 0:
+            raise ValueError(f"pool {name}: max_idle_per_backend must be >= 0")
         self.name = name
         self.strategy = strategy
         self.connect_timeout = connect_timeout
         self.retries = retries
+        self.response_timeout = response_timeout
+        self.upstream_idle_timeout = upstream_idle_timeout
+        self.max_idle_per_backend = max_idle_per_backend
         self.backends: list[Backend] = []
         self.set_backends(backends)
 

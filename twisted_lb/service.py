@@ -4,7 +4,7 @@ The balancer as a Twisted service: the one place where config becomes live objec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -13,8 +13,12 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerE
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_lb._frontend import FrontendFactory
 from twisted_lb.backend import Backend
-from twisted_lb.config import Config, ConfigError, Problem, join_key
+from twisted_lb.config import Config, ConfigError, FrontendConfig, Problem, join_key
+from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.http.routing import Route, Router
+from twisted_lb.http.upstream import Upstreams
 from twisted_lb.pool import Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
@@ -46,7 +50,7 @@ class Listener(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: TCPRelayFactory,
+        factory: FrontendFactory,
         frontend: str,
         description: str,
     ) -> None:
@@ -125,11 +129,12 @@ class LoadBalancerService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.pools: dict[str, Pool] = {}
-        self.factories: dict[str, TCPRelayFactory] = {}
+        self.factories: dict[str, FrontendFactory] = {}
+        self.upstreams = Upstreams(reactor)
         self.listeners: list[Listener] = []
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any) -> LoadBalancerService:
+    def from_config(cls, config: Config, reactor: Any) -> Self:
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
@@ -163,18 +168,17 @@ class LoadBalancerService(MultiService):
                 strategy,
                 connect_timeout=pool_config.connect_timeout,
                 retries=pool_config.retries,
+                response_timeout=pool_config.response_timeout,
+                upstream_idle_timeout=pool_config.upstream_idle_timeout,
+                max_idle_per_backend=pool_config.max_idle_per_backend,
             )
         for name, frontend in config.frontends.items():
             pool = service.pools.get(frontend.pool)
             if pool is None:
                 continue  # its pool's problem is already reported
-            factory = TCPRelayFactory(
-                reactor,
-                pool,
-                client_timeout=frontend.client_timeout,
-                max_connections=frontend.max_connections,
-                frontend=name,
-            )
+            factory = service._frontend_factory(name, frontend, pool)
+            if factory is None:
+                continue  # a route's pool is missing; its problem is already reported
             service.factories[name] = factory
             for index, description in enumerate(frontend.listen):
                 try:
@@ -194,6 +198,38 @@ class LoadBalancerService(MultiService):
         if problems:
             raise ConfigError(problems)
         return service
+
+    def _frontend_factory(
+        self, name: str, frontend: FrontendConfig, pool: Pool
+    ) -> FrontendFactory | None:
+        """The protocol factory of one frontend: the tcp relay or the http proxy."""
+        if frontend.mode == "tcp":
+            return TCPRelayFactory(
+                self.reactor,
+                pool,
+                client_timeout=frontend.client_timeout,
+                max_connections=frontend.max_connections,
+                frontend=name,
+            )
+        routes = []
+        for route in frontend.routes:
+            route_pool = self.pools.get(route.pool)
+            if route_pool is None:
+                return None
+            routes.append(Route(route_pool, host=route.host, path_prefix=route.path_prefix))
+        return HTTPProxyFactory(
+            self.reactor,
+            Router(routes, pool) if routes else pool,
+            upstreams=self.upstreams,
+            client_timeout=frontend.client_timeout,
+            header_timeout=frontend.header_timeout,
+            max_header_bytes=frontend.max_header_bytes,
+            max_body_bytes=frontend.max_body_bytes,
+            trusted_proxies=frontend.trusted_proxies,
+            tunnel_timeout=frontend.tunnel_timeout,
+            max_connections=frontend.max_connections,
+            frontend=name,
+        )
 
     def privilegedStartService(self) -> None:
         for name, pool in self.pools.items():
@@ -228,6 +264,7 @@ class LoadBalancerService(MultiService):
 
     def _close_connections(self) -> Deferred[Any]:
         closing = [factory.close_connections() for factory in self.factories.values()]
+        self.upstreams.close_idle()
         open_connections = sum(factory.active_connections for factory in self.factories.values())
         if open_connections:
             _log.info("closing {count} open connections", count=open_connections)

@@ -1,0 +1,1003 @@
+"""
+L7: the HTTP/1.1 reverse proxy.
+
+One :class:`HTTPProxyProtocol` per client connection runs the request state machine. Requests
+are parsed with ``httptools.HttpRequestParser`` (llhttp, Node's parser, strict: it rejects
+Content-Length together with Transfer-Encoding, bad or duplicate Content-Length, a
+Transfer-Encoding whose final coding is not chunked, obs-fold and bad chunk framing, the
+request-smuggling vectors of RFC 9112 §6.3 and §11.2). Each request is routed to a pool, a
+backend is picked per request, and the request goes over a pooled keep-alive upstream
+connection (:mod:`twisted_lb.http.upstream`). Bodies are streamed both ways under flow control:
+the client's reading is paused while its backend connection's write buffer is full, and the
+backend's reading while the client's is.
+
+Semantics follow RFC 9110 and RFC 9112; where they leave a choice, the behaviour of nginx's
+``proxy_pass`` and HAProxy's ``mode http`` is the guide:
+
+- keep-alive on both sides; HTTP/1.0 clients with ``Connection: keep-alive``; pipelined
+  requests answered in order (RFC 9112 §9.3.2);
+- hop-by-hop fields removed, ``X-Forwarded-*`` and ``Forwarded`` added
+  (:mod:`twisted_lb.http.headers`);
+- request bodies re-framed when chunked; responses passed with their Content-Length, re-chunked
+  for HTTP/1.1 clients when chunked or close-delimited, close-delimited for HTTP/1.0 clients;
+  no body for HEAD, 204 and 304 (RFC 9110 §6.4.1); 1xx responses forwarded;
+- ``Upgrade``/101 turns the pair into a byte tunnel (WebSocket), with its own idle timeout;
+- a connect failure goes on to the next backend; a request that fails on a *reused* upstream
+  connection before any response byte is sent again once on a fresh connection (the
+  keep-alive race); idempotent requests (RFC 9110 §9.2.2) are also retried on the next
+  backend after a reset before any response byte; a non-idempotent request whose body was
+  sent is never retried;
+- errors are short text responses: 400 malformed, 408 head not received in time, 413 body too
+  large, 431 head too large, 502 backend failed, 503 no backend, 504 no response in time.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import Any, cast
+
+import httptools
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_lb._frontend import FrontendFactory
+from twisted_lb._transport import ReadGate, RelayTransport, sender
+from twisted_lb.backend import Backend, ConnectionInfo
+from twisted_lb.http.errors import error_response, reason
+from twisted_lb.http.headers import (
+    TrustedProxies,
+    forward_request_headers,
+    remove_hop_by_hop,
+    serialize_head,
+)
+from twisted_lb.http.routing import Router
+from twisted_lb.http.upstream import UpstreamConnection, Upstreams
+from twisted_lb.pool import Lease, Pool
+
+_log = Logger()
+_access_log = Logger(namespace="twisted_lb.access")
+
+#: Methods that may be sent again after a failure (RFC 9110 §9.2.2).
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+#: Bytes of a request (head and body as sent) kept to send it again after a failure before
+#: any response byte. A request larger than this is not retried once its body was sent.
+REPLAY_LIMIT = 64 * 1024
+
+#: Status logged for a request whose client went away before its response was sent
+#: (nginx's 499); never sent.
+CLIENT_CLOSED = 499
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _RequestError(Exception):
+    """Raised inside parser callbacks to answer a request with an error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Request:
+    """One request from the client, as parsed."""
+
+    __slots__ = (
+        "body",
+        "body_bytes",
+        "chunked",
+        "complete",
+        "content_length",
+        "head_bytes",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "started",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.keep_alive = True
+        self.upgrade = False
+        self.chunked = False
+        self.content_length: int | None = None
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.head_bytes = 0
+        self.complete = False
+
+
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection of an :class:`HTTPProxyFactory`: the request state machine.
+
+    At most one request is being answered at a time (the *active* one); pipelined requests
+    wait, parsed, in a queue, and the client is not read while one waits.
+    """
+
+    factory: HTTPProxyFactory
+    client_transport: RelayTransport
+
+    def __init__(self, factory: HTTPProxyFactory, address: IAddress | None) -> None:
+        self.factory = factory
+        self.client_address = address
+        self.client_ip = _client_ip(address)
+        self.seconds = factory.reactor.seconds
+        self.parser = httptools.HttpRequestParser(self)
+        self.counted = False
+        self.lost = False
+        self.closing = False  # no further requests: close after the active response
+        self.close_reason = ""
+        self.timer: IDelayedCall | None = None
+        self.timer_kind = ""
+        self.parsing: _Request | None = None
+        self.url_parts: list[bytes] = []
+        self.header_bytes = 0
+        self.in_head = False
+        self.queue: collections.deque[_Request] = collections.deque()
+        self.active: _Request | None = None
+        self.parser_dead = False
+        self.pending_reject = 0
+        # Tunnel (after a 101).
+        self.tunnel = False
+        self.tunnel_early: list[bytes] = []
+        self.last_activity = 0.0
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        """Forget the active exchange's upstream and response state."""
+        self.pool: Pool | None = None
+        self.info: ConnectionInfo | None = None
+        self.lease: Lease | None = None
+        self.backend: Backend | None = None
+        self.tried: list[Backend] = []
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: Deferred[UpstreamConnection] | None = None
+        self.reuse_retried = False
+        self.head_sent = False
+        self.body_sent = 0
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.response_timer: IDelayedCall | None = None
+        self.response_started = False
+        self.status = 0
+        self.status_parts: list[bytes] = []
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.in_response_head = False
+        self.framing = ""
+        self.interim = False
+        self.responded = False
+        self.bytes_out = 0
+        self.t_connected = 0.0
+        self.t_sent = 0.0
+        self.t_first_byte = 0.0
+
+    # Client connection events.
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.client_transport = cast(RelayTransport, self.transport)
+        if not factory.admit(self):
+            _log.warn(
+                "frontend {frontend}: refused {client}: {limit} connections already open "
+                "(max_connections)",
+                frontend=factory.frontend,
+                client=self.client_ip or "-",
+                limit=factory.max_connections,
+            )
+            self.client_transport.loseConnection()
+            return
+        self.counted = True
+        self.send = sender(self.client_transport)
+        self.gate = ReadGate(self.client_transport)
+        self._set_timer("header", factory.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel:
+            self.last_activity = self.seconds()
+            if self.upstream is not None:
+                self.upstream.send(data)
+            return
+        if self.parser_dead:
+            if self.active is not None and self.active.upgrade:
+                self.tunnel_early.append(data)
+            return
+        try:
+            self.parser.feed_data(data)
+            if self.active is None and self.queue:
+                self._next_request()
+        except httptools.HttpParserUpgrade as upgrade:
+            self.parser_dead = True
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            if offset < len(data):
+                self.tunnel_early.append(data[offset:])
+            self.gate.pause("upgrade")
+            if self.active is None and self.queue:
+                self._next_request()
+        except httptools.HttpParserCallbackError as e:
+            error = e.__context__
+            if isinstance(error, _RequestError):
+                self._reject(error.status)
+            else:
+                self._internal_error(Failure(error or e))
+        except httptools.HttpParserError as e:
+            _log.info(
+                "frontend {frontend}: malformed request from {client}: {error}",
+                frontend=self.factory.frontend,
+                client=self.client_ip or "-",
+                error=str(e),
+            )
+            self._reject(400)
+        except Exception:
+            self._internal_error(Failure())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self._cancel_timer()
+        if self.active is not None:
+            if not self.responded:
+                self.status = self.status or CLIENT_CLOSED
+            self._abort_exchange()
+        if self.counted:
+            self.counted = False
+            self.factory.forget(self)
+            self.factory.connection_finished()
+
+    # Parser callbacks (httptools).
+
+    def on_message_begin(self) -> None:
+        self.parsing = _Request(self.seconds())
+        self.url_parts = []
+        self.header_bytes = 0
+        self.in_head = True
+        if self.active is None and self.timer_kind == "idle":
+            self._set_timer("header", self.factory.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url_parts.append(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer field of a chunked body: dropped, as nginx does
+        self._count_head(len(name) + len(value) + 4)
+        request = self.parsing
+        assert request is not None
+        request.headers.append((name, value))
+
+    def _count_head(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.factory.max_header_bytes:
+            raise _RequestError(431)
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        self.in_head = False
+        parser = self.parser
+        request.method = parser.get_method()
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        request.target = b"".join(self.url_parts)
+        request.head_bytes = self.header_bytes
+        for name, value in request.headers:
+            lowered = name.lower()
+            if lowered == b"host":
+                request.host = value
+            elif lowered == b"content-length":
+                request.content_length = int(value)
+            elif lowered == b"transfer-encoding":
+                request.chunked = True  # llhttp checked that the final coding is chunked
+        limit = self.factory.max_body_bytes
+        if limit and request.content_length is not None and request.content_length > limit:
+            raise _RequestError(413)
+        if self.timer_kind == "header":
+            self._cancel_timer()
+        if not request.keep_alive:
+            self.closing = True
+        # Activated once feed_data returns (never from inside the parser), so that what
+        # follows in the same bytes (the body, a smuggling error) is parsed first.
+        self.queue.append(request)
+        if self.active is not None or len(self.queue) > 1:
+            self.gate.pause("pipeline")
+
+    def on_body(self, data: bytes) -> None:
+        request = self.parsing
+        assert request is not None
+        request.body_bytes += len(data)
+        limit = self.factory.max_body_bytes
+        if limit and request.body_bytes > limit:
+            raise _RequestError(413)
+        if request is self.active and self.head_sent:
+            self._send_body(data, request.chunked)
+        else:
+            request.body.append(data)
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        self.parsing = None
+        request.complete = True
+        if request is self.active and self.head_sent:
+            if request.chunked:
+                self._send_upstream(b"0\r\n\r\n")
+            self._request_sent()
+        if self.closing:
+            self.gate.pause("closing")
+
+    # The active exchange: routing, picking, connecting.
+
+    def _activate(self, request: _Request) -> None:
+        self.active = request
+        self._reset_exchange()
+        factory = self.factory
+        pool = self.pool = factory.router.route(request.host, request.target)
+        self.info = ConnectionInfo(
+            self.client_address,
+            method=request.method,
+            host=request.host,
+            path=request.target,
+            headers=request.headers,
+            now=self.seconds(),
+        )
+        self.gate.pause("upstream")
+        self._pick(pool)
+
+    def _pick(self, pool: Pool) -> None:
+        assert self.info is not None
+        lease = pool.pick(self.info, self.tried)
+        if lease is None:
+            if self.tried:
+                self._respond_error(502, "no backend left to try")
+            else:
+                _log.warn(
+                    "frontend {frontend}: no backend available in pool {pool}",
+                    frontend=self.factory.frontend,
+                    pool=pool.name,
+                )
+                self._respond_error(503, "no backend available")
+            return
+        self.lease = lease
+        backend = self.backend = lease.backend
+        self.tried.append(backend)
+        backend.in_flight_requests += 1
+        backend.requests_total += 1
+        connection = self.factory.upstreams.take_idle(backend)
+        if connection is not None:
+            self._use(connection)
+        else:
+            self._connect(backend, pool)
+
+    def _connect(self, backend: Backend, pool: Pool) -> None:
+        connecting = self.factory.upstreams.connect(backend, pool)
+        self.connecting = connecting
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self.connecting = None
+        self.t_connected = self.seconds()
+        self._use(connection)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self.connecting = None
+        backend = self.backend
+        pool = self.pool
+        assert backend is not None and pool is not None
+        self._release_backend()
+        if self.lost:
+            return
+        backend.connect_failures += 1
+        left = pool.retries + 1 - len(self.tried)
+        _log.warn(
+            "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
+            "failed: {reason}; {left} attempts left",
+            frontend=self.factory.frontend,
+            backend=backend.name,
+            address=str(backend.address),
+            pool=pool.name,
+            reason=failure.getErrorMessage() or repr(failure.value),
+            left=left,
+        )
+        if left > 0:
+            self._pick(pool)
+        else:
+            self._respond_error(502, "backend connect failed")
+
+    def _release_backend(self) -> None:
+        """Give back the active exchange's backend (lease and in-flight count)."""
+        if self.lease is not None and not self.lease.released:
+            self.lease.release()
+            self.lease.backend.in_flight_requests -= 1
+
+    def _use(self, connection: UpstreamConnection) -> None:
+        """Send the active request over ``connection``."""
+        request = self.active
+        assert request is not None
+        self.upstream = connection
+        connection.handler = self
+        connection.requests += 1
+        upstream_transport = connection.relay_transport
+        assert upstream_transport is not None and connection.gate is not None
+        upstream_transport.registerProducer(cast(IPushProducer, self.gate), True)
+        self.client_transport.registerProducer(cast(IPushProducer, connection.gate), True)
+        if self.replay:
+            # Sending again after a failure: everything sent before, at once.
+            replay = self.replay
+            self.replay = []
+            self.replay_bytes = 0
+            for chunk in replay:
+                self._send_upstream(chunk)
+        else:
+            self._send_upstream(self._request_head(request))
+            self.head_sent = True
+            body, request.body = request.body, []
+            for chunk in body:
+                self._send_body(chunk, request.chunked)
+            if request.complete and request.chunked:
+                self._send_upstream(b"0\r\n\r\n")
+        if request.complete:
+            self._request_sent()
+        self.gate.resume("upstream")
+
+    def _request_head(self, request: _Request) -> bytes:
+        factory = self.factory
+        headers = forward_request_headers(
+            request.headers,
+            client_ip=self.client_ip or "unknown",
+            proto=factory.proto,
+            trusted=factory.trusted_proxies,
+        )
+        if request.host is None:
+            assert self.backend is not None
+            headers.insert(0, (b"Host", str(self.backend.address).encode()))
+        if request.upgrade:
+            for name, value in request.headers:
+                if name.lower() == b"upgrade":
+                    headers.append((b"Upgrade", value))
+            headers.append((b"Connection", b"upgrade"))
+        if request.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        return serialize_head(request.method + b" " + request.target + b" HTTP/1.1", headers)
+
+    def _send_body(self, data: bytes, chunked: bool) -> None:
+        self.body_sent += len(data)
+        if chunked:
+            self._send_upstream(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._send_upstream(data)
+
+    def _send_upstream(self, data: bytes) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        if self.replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(data)
+        upstream.send(data)
+
+    def _request_sent(self) -> None:
+        """The whole request is written to the backend: wait for its response."""
+        self.t_sent = self.seconds()
+        pool = self.pool
+        assert pool is not None
+        if self.response_timer is None and not self.response_started:
+            self.response_timer = self.factory.reactor.callLater(
+                pool.response_timeout, self._response_timed_out
+            )
+
+    def _response_timed_out(self) -> None:
+        self.response_timer = None
+        pool = self.pool
+        assert pool is not None
+        _log.warn(
+            "frontend {frontend}: backend {backend} in pool {pool} sent no response within "
+            "{timeout} s (response_timeout)",
+            frontend=self.factory.frontend,
+            backend=self.backend.name if self.backend else "-",
+            pool=pool.name,
+            timeout=pool.response_timeout,
+        )
+        if self.backend is not None:
+            # A backend that does not answer must not look fast to least_time.
+            now = self.seconds()
+            self.backend.response_time.observe(now - (self.t_sent or now), now)
+        upstream = self.upstream
+        if upstream is not None:
+            self._detach_upstream(reuse=False)
+        self._respond_error(504, "response timeout")
+
+    # Response events, from the upstream connection.
+
+    def response_begin(self) -> None:
+        self.status_parts = []
+        self.response_headers = []
+        self.in_response_head = True
+
+    def response_status(self, status: bytes) -> None:
+        self.status_parts.append(status)
+
+    def response_header(self, name: bytes, value: bytes) -> None:
+        if self.in_response_head:
+            self.response_headers.append((name, value))
+
+    def response_headers_complete(self) -> None:
+        upstream = self.upstream
+        request = self.active
+        assert upstream is not None and request is not None
+        self.in_response_head = False
+        status = upstream.parser.get_status_code()
+        now = self.seconds()
+        if not self.response_started:
+            self.response_started = True
+            self.t_first_byte = now
+            if self.response_timer is not None:
+                if self.response_timer.active():
+                    self.response_timer.cancel()
+                self.response_timer = None
+            backend = self.backend
+            assert backend is not None
+            backend.response_time.observe(now - (self.t_sent or request.started), now)
+        self.status = status
+        phrase = b"".join(self.status_parts) or reason(status)
+        headers = remove_hop_by_hop(self.response_headers)
+        if status < 200:
+            self.interim = True
+            if status == 101:
+                # The switch itself is hop-by-hop, and this hop is the one switching.
+                for name, value in self.response_headers:
+                    if name.lower() == b"upgrade":
+                        headers.append((b"Upgrade", value))
+                headers.append((b"Connection", b"Upgrade"))
+                self.pending_head = serialize_head(b"HTTP/1.1 101 " + phrase, headers)
+            elif request.version == "1.1":
+                self._send_client(serialize_head(b"HTTP/1.1 %d %b" % (status, phrase), headers))
+            return
+        self.interim = False
+        if not upstream.parser.should_keep_alive():
+            upstream.reusable = False
+        if request.method == b"HEAD" or status in _NO_BODY_STATUSES:
+            framing = "none"
+        elif any(name.lower() == b"content-length" for name, _ in self.response_headers):
+            framing = "length"
+        elif request.version == "1.1":
+            framing = "chunked"
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            framing = "close"
+        if framing == "close" or not request.complete or self.parser_dead:
+            self.closing = True
+        if self.closing:
+            headers.append((b"Connection", b"close"))
+        elif request.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        self.framing = framing
+        self._send_client(serialize_head(b"HTTP/1.1 %d %b" % (status, phrase), headers))
+        if framing == "none":
+            if request.method == b"HEAD":
+                upstream.new_parser()
+            self._response_done()
+
+    def response_body(self, data: bytes) -> None:
+        framing = self.framing
+        if framing == "chunked":
+            self._send_client(b"%x\r\n%b\r\n" % (len(data), data))
+        elif framing == "none":
+            if self.upstream is not None:
+                self.upstream.reusable = False  # a body where none may be
+        else:
+            self._send_client(data)
+
+    def response_complete(self) -> None:
+        if self.interim or self.responded:
+            return
+        if self.framing == "chunked":
+            self._send_client(b"0\r\n\r\n")
+        self._response_done()
+
+    def response_upgraded(self, data: bytes) -> None:
+        request = self.active
+        if request is None or not request.upgrade or self.status != 101:
+            self.response_malformed(ValueError("101 without an upgrade request"))
+            return
+        self._send_client(self.pending_head)
+        self.tunnel = True
+        self.responded = True
+        self.last_activity = self.seconds()
+        if data:
+            self._send_client(data)
+        early, self.tunnel_early = self.tunnel_early, []
+        upstream = self.upstream
+        assert upstream is not None
+        for chunk in early:
+            upstream.send(chunk)
+        self.gate.resume("upgrade")
+        self._set_timer("tunnel", self.factory.tunnel_timeout)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.last_activity = self.seconds()
+        self._send_client(data)
+
+    def response_malformed(self, error: Exception) -> None:
+        _log.warn(
+            "frontend {frontend}: backend {backend} sent a malformed response: {error}",
+            frontend=self.factory.frontend,
+            backend=self.backend.name if self.backend else "-",
+            error=str(error),
+        )
+        self._detach_upstream(reuse=False)
+        if self.response_started and self.status >= 200:
+            self._abort_client()
+        else:
+            self._respond_error(502, "malformed response")
+
+    def upstream_lost(self, connection: UpstreamConnection, reason: Failure) -> None:
+        if connection is not self.upstream:
+            return
+        if self.tunnel:
+            self.upstream = None
+            self._finish_exchange()
+            self.client_transport.loseConnection()
+            return
+        if self.response_started and self.status >= 200:
+            if self.framing in ("chunked", "close") and not self._upstream_framed():
+                # A close-delimited response ends when the backend closes (RFC 9112 §6.3).
+                self.response_complete()
+            else:
+                self._detach_upstream(reuse=False)
+                self._abort_client()
+            return
+        self._detach_upstream(reuse=False)
+        self._retry_or_fail(connection, reason)
+
+    def _upstream_framed(self) -> bool:
+        """Whether the backend's response had Content-Length or chunked framing."""
+        return any(
+            name.lower() in (b"content-length", b"transfer-encoding")
+            for name, _ in self.response_headers
+        )
+
+    def _retry_or_fail(self, connection: UpstreamConnection, reason: Failure) -> None:
+        request = self.active
+        backend = self.backend
+        pool = self.pool
+        assert request is not None and backend is not None and pool is not None
+        if self.response_timer is not None:
+            if self.response_timer.active():
+                self.response_timer.cancel()
+            self.response_timer = None
+        idempotent = request.method in IDEMPOTENT_METHODS
+        replayable = self.replay is not None and (idempotent or self.body_sent == 0)
+        reused = connection.requests > 1
+        if reused and not self.reuse_retried and replayable:
+            # The keep-alive race: the backend closed an idle connection as we reused it.
+            self.reuse_retried = True
+            self._connect(backend, pool)
+            return
+        self._release_backend()
+        _log.warn(
+            "frontend {frontend}: backend {backend} in pool {pool} closed the connection "
+            "before responding: {reason}",
+            frontend=self.factory.frontend,
+            backend=backend.name,
+            pool=pool.name,
+            reason=reason.getErrorMessage(),
+        )
+        if idempotent and replayable and len(self.tried) <= pool.retries:
+            self._pick(pool)
+        else:
+            self._respond_error(502, "backend closed the connection")
+
+    # Ending an exchange.
+
+    def _send_client(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if not self.lost:
+            self.send(data)
+
+    def _detach_upstream(self, *, reuse: bool) -> None:
+        """Unhook the upstream connection from this exchange; keep it for reuse or close it."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is None:
+            return
+        upstream.handler = None
+        transport = upstream.relay_transport
+        if transport is not None and not upstream.lost:
+            transport.unregisterProducer()
+        if not self.lost:
+            self.client_transport.unregisterProducer()
+        self.gate.resume("consumer")
+        if upstream.gate is not None:
+            upstream.gate.resume("consumer")
+        if reuse and upstream.reusable:
+            self.factory.upstreams.release(upstream)
+        elif not upstream.lost:
+            upstream.abort()
+
+    def _response_done(self) -> None:
+        """The response is written out: log, recycle, and go on with the next request."""
+        request = self.active
+        assert request is not None
+        self.responded = True
+        reusable = request.complete and self.body_sent == request.body_bytes
+        self._detach_upstream(reuse=reusable)
+        self._finish_exchange()
+        if self.closing or self.lost:
+            self._close_client()
+            return
+        self._next_request()
+
+    def _next_request(self) -> None:
+        if self.queue:
+            request = self.queue.popleft()
+            if not self.queue:
+                self.gate.resume("pipeline")
+            self._activate(request)
+            return
+        if self.closing:
+            self._close_client()
+            return
+        if self.parsing is not None:
+            self._set_timer("header", self.factory.header_timeout)
+        else:
+            self._set_timer("idle", self.factory.client_timeout)
+
+    def _finish_exchange(self) -> None:
+        """Account for the active exchange (once) and forget it."""
+        request = self.active
+        if request is None:
+            return
+        self.active = None
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            connecting.cancel()
+        if self.response_timer is not None:
+            if self.response_timer.active():
+                self.response_timer.cancel()
+            self.response_timer = None
+        backend = self.lease.backend if self.lease is not None else None
+        self._release_backend()
+        if backend is not None and self.status >= 100 and self.status != CLIENT_CLOSED:
+            backend.count_response(self.status)
+        now = self.seconds()
+        started = request.started
+        _access_log.info(
+            '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
+            "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} "
+            "total_ms={total_ms}",
+            frontend=self.factory.frontend,
+            client=self.client_ip or "-",
+            method=request.method.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            status=self.status,
+            bytes_in=request.head_bytes + request.body_bytes,
+            bytes_out=self.bytes_out,
+            backend=backend.name if backend is not None else "-",
+            connect_ms=_ms(self.t_connected - started) if self.t_connected else 0,
+            first_byte_ms=_ms(self.t_first_byte - started) if self.t_first_byte else None,
+            total_ms=_ms(now - started),
+        )
+
+    def _respond_error(self, status: int, why: str) -> None:
+        """Answer the active request with an error, if nothing of its response was sent."""
+        request = self.active
+        if request is None:
+            return
+        if self.response_started and self.status >= 200:
+            self._abort_client()
+            return
+        self.status = status
+        self._detach_upstream(reuse=False)
+        close = not request.complete or self.closing or self.parser_dead
+        if close:
+            self.closing = True
+        self._send_client(error_response(status, close=close, head=request.method == b"HEAD"))
+        self.responded = True
+        self._finish_exchange()
+        if self.closing:
+            self._close_client()
+        else:
+            self.gate.resume("upstream")
+            self._next_request()
+
+    def _reject(self, status: int) -> None:
+        """
+        Answer a request the parser refused (400, 413, 431) and close: at once, or after the
+        responses to the requests before it.
+        """
+        self.parser_dead = True
+        self.closing = True
+        self.gate.pause("closing")
+        bad = self.parsing
+        _log.info(
+            "frontend {frontend}: answered {status} to {client}",
+            frontend=self.factory.frontend,
+            status=status,
+            client=self.client_ip or "-",
+        )
+        if bad is not None and bad is self.active:
+            self._respond_error(status, "bad request")
+            return
+        if bad is not None and bad in self.queue:
+            self.queue.remove(bad)
+        self.pending_reject = status
+        if self.active is None and not self.queue:
+            self._cancel_timer()
+            self._close_client()
+
+    def _close_client(self) -> None:
+        """Close the client connection, after the error response still owed, if any."""
+        if self.lost:
+            return
+        if self.pending_reject:
+            status, self.pending_reject = self.pending_reject, 0
+            self.status = status
+            self._send_client(error_response(status))
+        self.client_transport.loseConnection()
+
+    def _abort_client(self) -> None:
+        self._finish_exchange()
+        if not self.lost:
+            self.client_transport.abortConnection()
+
+    def _abort_exchange(self) -> None:
+        """The client is gone: cut the upstream exchange short; its connection is not reused."""
+        self._detach_upstream(reuse=False)
+        self._finish_exchange()
+
+    def _internal_error(self, failure: Failure) -> None:
+        _log.failure(
+            "frontend {frontend}: internal error on a connection from {client}",
+            failure,
+            frontend=self.factory.frontend,
+            client=self.client_ip or "-",
+        )
+        self.parser_dead = True
+        self.closing = True
+        if self.active is not None and not (self.response_started and self.status >= 200):
+            self._respond_error(500, "internal error")
+        else:
+            self._abort_client()
+
+    # Timers.
+
+    def _set_timer(self, kind: str, seconds: float) -> None:
+        self._cancel_timer()
+        self.timer_kind = kind
+        self.timer = self.factory.reactor.callLater(seconds, self._timer_fired)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+        self.timer_kind = ""
+
+    def _timer_fired(self) -> None:
+        kind = self.timer_kind
+        self.timer = None
+        self.timer_kind = ""
+        if kind == "tunnel":
+            left = self.last_activity + self.factory.tunnel_timeout - self.seconds()
+            if left > 1e-6:
+                self._set_timer("tunnel", left)
+                return
+            self.close("tunnel timeout")
+            return
+        if kind == "header" and self.parsing is not None:
+            self._reject(408)
+            return
+        # No request started: close quietly, as nginx and HAProxy do with idle keep-alives.
+        self.client_transport.loseConnection()
+
+    # FrontendConnection.
+
+    def close(self, ended: str) -> None:
+        """Close after the active response (at once when idle)."""
+        self.closing = True
+        if self.active is None or self.tunnel:
+            if self.tunnel:
+                self._detach_upstream(reuse=False)
+                self._finish_exchange()
+            self.client_transport.loseConnection()
+
+    def abort(self, ended: str) -> None:
+        """Close at once, dropping what is buffered."""
+        self._detach_upstream(reuse=False)
+        self._finish_exchange()
+        self.client_transport.abortConnection()
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _client_ip(address: IAddress | None) -> str | None:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
+class HTTPProxyFactory(FrontendFactory):
+    """
+    Builds the HTTP/1.1 reverse proxy protocol for each client connection of one frontend.
+
+    Args:
+        reactor: provides ``IReactorTCP`` and ``IReactorTime``; all connects and timers use it.
+        pool: where requests go: a :class:`~twisted_lb.pool.Pool`, or a
+            :class:`~twisted_lb.http.routing.Router` that picks a pool by host and path.
+        upstreams: the keep-alive connections to backends, shared by the frontends of one
+            balancer (default: a new one).
+        client_timeout: seconds a keep-alive client connection may sit idle between requests.
+        header_timeout: seconds to receive a request head, else 408 (HAProxy
+            ``timeout http-request``; nginx ``client_header_timeout``).
+        max_header_bytes: bytes of request line and header fields, else 431 (RFC 6585).
+        max_body_bytes: bytes of request body, else 413; 0 for no limit (nginx
+            ``client_max_body_size``).
+        trusted_proxies: peers (CIDRs) whose ``X-Forwarded-For`` and ``Forwarded`` are kept
+            and appended to; from any other peer they are replaced.
+        tunnel_timeout: seconds an upgraded (WebSocket) tunnel may sit idle (HAProxy
+            ``timeout tunnel``).
+        max_connections: concurrent client connections; past it new ones are closed at once.
+        frontend: the frontend's name, for logs.
+        proto: ``"http"`` or ``"https"``, for ``X-Forwarded-Proto`` and ``Forwarded``.
+
+    Raises:
+        ValueError: a timeout is not > 0 or a limit is out of range.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: Pool | Router,
+        *,
+        upstreams: Upstreams | None = None,
+        client_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        max_header_bytes: int = 65536,
+        max_body_bytes: int = 0,
+        trusted_proxies: Sequence[str] = (),
+        tunnel_timeout: float = 3600.0,
+        max_connections: int = 10000,
+        frontend: str = "http",
+        proto: str = "http",
+    ) -> None:
+        for key, seconds in (
+            ("client_timeout", client_timeout),
+            ("header_timeout", header_timeout),
+            ("tunnel_timeout", tunnel_timeout),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"{key} must be > 0 s, not {seconds}")
+        if max_header_bytes < 1 or max_body_bytes < 0:
+            raise ValueError("max_header_bytes must be >= 1 and max_body_bytes >= 0")
+        super().__init__(reactor, max_connections=max_connections, frontend=frontend)
+        self.router = pool if isinstance(pool, Router) else Router([], pool)
+        self.upstreams = upstreams if upstreams is not None else Upstreams(reactor)
+        self.client_timeout = client_timeout
+        self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
+        self.tunnel_timeout = tunnel_timeout
+        self.proto = proto
+
+    def __repr__(self) -> str:
+        return f"<HTTPProxyFactory {self.frontend}>"
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTPProxyProtocol:  # type: ignore[override]
+        return HTTPProxyProtocol(self, addr)

@@ -1,0 +1,261 @@
+"""
+The upstream side of the HTTP proxy: connections to backends and the keep-alive pool.
+
+Each backend has a stack of idle connections; the most recently used one is taken first, as
+nginx's ``keepalive`` cache does, so the connections least likely to have been closed by the
+backend are reused. An idle connection is closed after the pool's ``upstream_idle_timeout``
+(default 4 s, below the 5 s keep-alive timeout of Node and other common backends, so the
+balancer closes first), and at most ``max_idle_per_backend`` are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_lb._transport import ReadGate, RelayTransport, sender
+from twisted_lb.backend import Backend
+from twisted_lb.pool import Pool
+
+_log = Logger()
+
+
+class ResponseHandler(TypingProtocol):
+    """What an upstream connection reports to while it carries one exchange."""
+
+    def response_begin(self) -> None: ...
+    def response_status(self, status: bytes) -> None: ...
+    def response_header(self, name: bytes, value: bytes) -> None: ...
+    def response_headers_complete(self) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_complete(self) -> None: ...
+    def response_upgraded(self, data: bytes) -> None: ...
+    def response_malformed(self, error: Exception) -> None: ...
+    def upstream_lost(self, connection: UpstreamConnection, reason: Failure) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
+
+
+class UpstreamConnection(Protocol):
+    """
+    One connection to a backend. It parses responses with ``httptools.HttpResponseParser``
+    (llhttp) and reports them to the exchange it carries; while idle it belongs to
+    :class:`Upstreams`.
+
+    Attributes:
+        backend: the backend it is connected to.
+        pool: the pool whose settings (idle timeout, idle cap) apply.
+        handler: the exchange using it, or ``None`` while idle.
+        requests: exchanges it has carried (more than 0 means it is being reused).
+        reusable: whether it may go back to the idle stack after the current exchange.
+        tunnel: after a 101 response, bytes are passed through unparsed.
+    """
+
+    def __init__(self, upstreams: Upstreams, backend: Backend, pool: Pool) -> None:
+        self.upstreams = upstreams
+        self.backend = backend
+        self.pool = pool
+        self.handler: ResponseHandler | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.requests = 0
+        self.reusable = True
+        self.tunnel = False
+        self.lost = False
+        self.idle_call: IDelayedCall | None = None
+        self.relay_transport: RelayTransport | None = None
+        self.send: Any = None
+        self.gate: ReadGate | None = None
+
+    def connectionMade(self) -> None:
+        self.relay_transport = cast(RelayTransport, self.transport)
+        self.send = sender(self.relay_transport)
+        self.gate = ReadGate(self.relay_transport)
+
+    def new_parser(self) -> None:
+        """Start parsing afresh (after a response to HEAD, whose body llhttp would await)."""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:
+            # An idle connection has nothing to say; whatever it says, it is not reusable.
+            self.reusable = False
+            self.upstreams.discard(self)
+            cast(RelayTransport, self.transport).loseConnection()
+            return
+        if self.tunnel:
+            handler.tunnel_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self.tunnel = True
+            self.reusable = False
+            handler.response_upgraded(data[offset:])
+        except httptools.HttpParserCallbackError as e:
+            raise (e.__context__ or e) from None
+        except httptools.HttpParserError as e:
+            self.reusable = False
+            handler.response_malformed(e)
+
+    # httptools callbacks.
+
+    def on_message_begin(self) -> None:
+        if self.handler is not None:
+            self.handler.response_begin()
+
+    def on_status(self, status: bytes) -> None:
+        if self.handler is not None:
+            self.handler.response_status(status)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.handler is not None:
+            self.handler.response_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.handler is not None:
+            self.handler.response_headers_complete()
+
+    def on_body(self, data: bytes) -> None:
+        if self.handler is not None:
+            self.handler.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self.handler is not None:
+            self.handler.response_complete()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.reusable = False
+        handler, self.handler = self.handler, None
+        if handler is None:
+            self.upstreams.discard(self)
+        else:
+            handler.upstream_lost(self, reason)
+
+    def close(self) -> None:
+        """Close it (after writing what is queued)."""
+        self.reusable = False
+        if self.relay_transport is not None and not self.lost:
+            self.relay_transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close it at once, dropping what is queued: an exchange was cut short."""
+        self.reusable = False
+        if self.relay_transport is not None and not self.lost:
+            self.relay_transport.abortConnection()
+
+
+class _UpstreamFactory(Factory):
+    noisy = False
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
+        return self.connection
+
+
+def _connect_timed_out(result: object, timeout: float) -> Failure:
+    return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
+
+
+class Upstreams:
+    """
+    Connections to backends, shared by every HTTP frontend of a balancer.
+
+    Args:
+        reactor: connects and runs the idle timers (``IReactorTCP``, ``IReactorTime``).
+
+    Attributes:
+        idle: idle connections per backend, the most recently used last.
+        connections_made: connections opened so far, for tests and metrics.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.idle: dict[Backend, list[UpstreamConnection]] = {}
+        self.connections_made = 0
+
+    def take_idle(self, backend: Backend) -> UpstreamConnection | None:
+        """The most recently used idle connection to ``backend``, or ``None``."""
+        stack = self.idle.get(backend)
+        while stack:
+            connection = stack.pop()
+            if connection.idle_call is not None:
+                if connection.idle_call.active():
+                    connection.idle_call.cancel()
+                connection.idle_call = None
+            if not connection.lost and connection.reusable:
+                return connection
+        return None
+
+    def connect(self, backend: Backend, pool: Pool) -> Deferred[UpstreamConnection]:
+        """
+        Open a new connection to ``backend``, abandoned after ``pool.connect_timeout`` s.
+
+        Returns:
+            A Deferred that fires with the connection, or fails with the connect error
+            (``ConnectionRefusedError``, ``twisted.internet.error.TimeoutError``, ...).
+        """
+        connection = UpstreamConnection(self, backend, pool)
+        connecting = backend.endpoint(self.reactor).connect(_UpstreamFactory(connection))
+        connecting.addTimeout(pool.connect_timeout, self.reactor, _connect_timed_out)
+
+        def connected(protocol: object) -> UpstreamConnection:
+            self.connections_made += 1
+            return connection
+
+        return connecting.addCallback(connected)
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """
+        Take back a connection after its exchange: keep it idle if it can be reused and the
+        backend's idle stack has room, else close it.
+        """
+        connection.handler = None
+        pool = connection.pool
+        if connection.lost:
+            return
+        if not connection.reusable or pool.max_idle_per_backend == 0:
+            connection.close()
+            return
+        stack = self.idle.setdefault(connection.backend, [])
+        if len(stack) >= pool.max_idle_per_backend:
+            connection.close()
+            return
+        stack.append(connection)
+        connection.idle_call = self.reactor.callLater(
+            pool.upstream_idle_timeout, self._idle_timeout, connection
+        )
+
+    def _idle_timeout(self, connection: UpstreamConnection) -> None:
+        connection.idle_call = None
+        self.discard(connection)
+        connection.close()
+
+    def discard(self, connection: UpstreamConnection) -> None:
+        """Forget an idle connection (it closed, or spoke out of turn)."""
+        if connection.idle_call is not None:
+            if connection.idle_call.active():
+                connection.idle_call.cancel()
+            connection.idle_call = None
+        stack = self.idle.get(connection.backend)
+        if stack and connection in stack:
+            stack.remove(connection)
+
+    def close_idle(self) -> None:
+        """Close every idle connection and cancel their timers."""
+        for stack in list(self.idle.values()):
+            for connection in list(stack):
+                self.discard(connection)
+                connection.close()
+        self.idle.clear()
