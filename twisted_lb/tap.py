@@ -5,19 +5,34 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from twisted_lb.config import ConfigError, load_config
+from twisted_lb.logs import json_lines_observer
 from twisted_lb.service import ListenError, LoadBalancerService
 
 _log = Logger()
 
 
 class _TwistdService(LoadBalancerService):
-    """Under twistd, a frontend that cannot listen ends the process with one clear line."""
+    """
+    The balancer under twistd: a frontend that cannot listen ends the process with one clear
+    line, and ``[global] log_format = "json"`` replaces twistd's text log observer.
+    """
+
+    log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd attaches the service to its Application, then asks the Application for an
+        # ILogObserver component before starting to log (twisted.application.app.AppLogger).
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
     def privilegedStartService(self) -> None:
         try:
@@ -57,7 +72,10 @@ def makeService(options: Options) -> IService:
 
     try:
         config = load_config(options["config"])
-        return _TwistdService.from_config(config, reactor)
+        service = _TwistdService.from_config(config, reactor)
+        if config.global_config.log_format == "json":
+            service.log_observer = json_lines_observer(sys.stdout)
+        return service
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
