@@ -16,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 HERE = Path(__file__).parent
 
@@ -142,6 +144,44 @@ def lb_config(backends: Iterable[int], strategy: str = "round_robin", extra: str
     )
 
 
+def http_lb_config(
+    pools: Mapping[str, Iterable[int]],
+    *,
+    routes: Iterable[tuple[str, str]] = (),
+    frontend_extra: str = "",
+    pool_extra: str = "",
+) -> str:
+    """
+    A one-frontend http config on an OS-chosen port.
+
+    Args:
+        pools: pool name to backend ports; the first pool is the frontend's ``pool``. Backends
+            get their default names (``app1``, ``app2``, ...).
+        routes: ``(path_prefix, pool)`` routes, in order.
+        frontend_extra: more ``key = value`` lines for ``[frontends.web]``.
+        pool_extra: more ``key = value`` lines for every pool.
+    """
+    names = list(pools)
+    lines = [
+        "[frontends.web]",
+        'mode = "http"',
+        'listen = ["tcp:0:interface=127.0.0.1"]',
+        f'pool = "{names[0]}"',
+        frontend_extra,
+    ]
+    for prefix, pool in routes:
+        lines += ["[[frontends.web.routes]]", f'path_prefix = "{prefix}"', f'pool = "{pool}"']
+    for name, ports in pools.items():
+        backend_list = ", ".join(f'{{ address = "127.0.0.1:{port}" }}' for port in ports)
+        lines += [
+            f"[pools.{name}]",
+            "connect_timeout = 2.0",
+            pool_extra,
+            f"backends = [{backend_list}]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def start_lb(config_path: str, env: dict[str, str] | None = None) -> tuple[Process, int]:
     """Start ``twistd -n lb --config config_path``; return it and its frontend's port."""
     process = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", config_path], env=env)
@@ -150,10 +190,10 @@ def start_lb(config_path: str, env: dict[str, str] | None = None) -> tuple[Proce
     return process, port
 
 
-def http_get(port: int, timeout: float = 10.0) -> str:
+def http_get(port: int, timeout: float = 10.0, path: str = "/") -> str:
     """One HTTP/1.0 GET through a fresh connection; returns the body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        sock.sendall(b"GET %b HTTP/1.0\r\nHost: test\r\n\r\n" % path.encode())
         chunks = []
         while True:
             data = sock.recv(65536)
@@ -162,7 +202,7 @@ def http_get(port: int, timeout: float = 10.0) -> str:
             chunks.append(data)
     response = b"".join(chunks).decode()
     head, _, body = response.partition("\r\n\r\n")
-    if not head.startswith("HTTP/1.0 200"):
+    if not head.startswith(("HTTP/1.0 200", "HTTP/1.1 200")):
         raise AssertionError(f"unexpected response {response!r}")
     return body
 
@@ -179,3 +219,83 @@ def environ_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound by the OS, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Response:
+    """One HTTP response as read by :func:`read_response`; header names are lowercased."""
+
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The last value of the header ``name`` (any case), or ``None``."""
+        values = [value for key, value in self.headers if key == name.lower()]
+        return values[-1] if values else None
+
+
+def read_response(rfile: BinaryIO, method: str = "GET") -> Response:
+    """
+    Read one response from ``rfile`` (a socket's ``makefile("rb")``, whose socket has a
+    timeout): status line, header fields and a body framed by Content-Length, chunked coding or
+    the close (RFC 9112 §6.3); 1xx, 204, 304 and responses to HEAD have none.
+
+    Raises:
+        AssertionError: the connection closed before a whole response, or it is malformed.
+    """
+    line = rfile.readline(65537)
+    if not line:
+        raise AssertionError("connection closed before a response")
+    version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+    status_text, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or not status_text.isdigit():
+        raise AssertionError(f"malformed status line {line!r}")
+    response = Response(version, int(status_text), reason)
+    while True:
+        line = rfile.readline(65537)
+        if not line:
+            raise AssertionError("connection closed in a response head")
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        response.headers.append((name.strip().lower(), value.strip()))
+    status = response.status
+    if status < 200 or status in (204, 304) or method == "HEAD":
+        return response
+    if "chunked" in (response.header("transfer-encoding") or "").lower():
+        parts = []
+        while True:
+            size_line = rfile.readline(1024)
+            if not size_line:
+                raise AssertionError("connection closed in a chunked body")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            parts.append(_read_exactly(rfile, size))
+            if rfile.readline(1024) not in (b"\r\n", b"\n"):
+                raise AssertionError("chunk not followed by CRLF")
+        response.body = b"".join(parts)
+    elif response.header("content-length") is not None:
+        response.body = _read_exactly(rfile, int(response.header("content-length") or 0))
+    else:
+        response.body = rfile.read()
+    return response
+
+
+def _read_exactly(rfile: BinaryIO, size: int) -> bytes:
+    data = rfile.read(size)
+    if len(data) != size:
+        raise AssertionError(f"connection closed after {len(data)} of {size} body bytes")
+    return data

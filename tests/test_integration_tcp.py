@@ -203,18 +203,36 @@ class CheckCommandTests(SynchronousTestCase):
 
 
 class DemoTests(SynchronousTestCase):
-    def test_demo(self) -> None:
-        """
-        ``twisted-lb demo`` starts backends and a balancer, prints what to run, answers with
-        the backends in turn, and stops on Ctrl-C (SIGINT).
-        """
-        demo = Process([TWISTED_LB, "demo", "--port", "0", "--backend-port", "0"])
+    def run_demo(self, *args: str) -> tuple[Process, int]:
+        demo = Process([TWISTED_LB, "demo", "--port", "0", "--backend-port", "0", *args])
         self.addCleanup(demo.kill)
-        port = int(demo.wait_for(r"curl http://127\.0\.0\.1:(\d+)/").group(1))
+        port = int(demo.wait_for(r"curl http://127\.0\.0\.1:(\d+)/$").group(1))
+        return demo, port
+
+    def assert_turns(self, port: int) -> None:
         answers = [http_get(port) for _ in range(3)]
         self.assertEqual(
             sorted(re.sub(r" \(pid \d+\)", "", a.strip()) for a in answers),
             [f"Hello from backend {i}" for i in (1, 2, 3)],
         )
+
+    def test_demo(self) -> None:
+        """
+        ``twisted-lb demo`` starts backends and an http-mode balancer, prints what to run,
+        answers with the backends in turn, routes /api/ to the api pool, and stops on Ctrl-C
+        (SIGINT).
+        """
+        demo, port = self.run_demo()
+        demo.wait_for(r"curl http://127\.0\.0\.1:\d+/api/hello")
+        self.assert_turns(port)
+        self.assertRegex(http_get(port, path="/api/hello"), r"^Hello from the api pool: /api/hello")
+        demo.signal(signal.SIGINT)
+        self.assertEqual(demo.popen.wait(15), 0)
+
+    def test_demo_tcp(self) -> None:
+        """``twisted-lb demo --mode tcp`` puts a tcp-mode frontend in front of the backends."""
+        demo, port = self.run_demo("--mode", "tcp")
+        self.assert_turns(port)
+        self.assertIn("tcp-mode frontend", demo.output())
         demo.signal(signal.SIGINT)
         self.assertEqual(demo.popen.wait(15), 0)

@@ -37,28 +37,43 @@ def check(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
 
 
 _DEMO_BACKEND_PAGE = "Hello from backend {number} (pid {pid})\n"
+_DEMO_API_PAGE = "Hello from the api pool: {path} (pid {pid})\n"
 
 
-def _demo_config(port: int, backend_ports: Sequence[int], strategy: str) -> str:
+def _demo_config(
+    mode: str, port: int, backend_ports: Sequence[int], api_port: int, strategy: str
+) -> str:
     backends = ",\n".join(
         f'  {{ address = "127.0.0.1:{p}", name = "backend{i}" }}'
         for i, p in enumerate(backend_ports, 1)
     )
+    routes = (
+        '[[frontends.demo.routes]]\npath_prefix = "/api/"\npool = "api"\n\n'
+        if mode == "http"
+        else ""
+    )
     return (
         "[frontends.demo]\n"
-        'mode = "tcp"\n'
+        f'mode = "{mode}"\n'
         f'listen = ["tcp:{port}:interface=127.0.0.1"]\n'
         'pool = "demo"\n'
         "\n"
+        f"{routes}"
         "[pools.demo]\n"
         f'strategy = "{strategy}"\n'
         "connect_timeout = 2.0\n"
         f"backends = [\n{backends},\n]\n"
+        "\n"
+        "[pools.api]\n"
+        f'backends = [{{ address = "127.0.0.1:{api_port}", name = "api1" }}]\n'
     )
 
 
 def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
-    """Listen with one small twisted.web site per demo backend; return their ports."""
+    """
+    Listen with one small twisted.web site per demo backend, and one more for the api pool;
+    return their ports, the api backend's last.
+    """
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.web.resource import Resource
     from twisted.web.server import Request, Site
@@ -68,14 +83,17 @@ def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
 
         def __init__(self, number: int) -> None:
             super().__init__()  # type: ignore[no-untyped-call]
-            self.body = _DEMO_BACKEND_PAGE.format(number=number, pid=os.getpid()).encode()
+            self.number = number
 
         def render_GET(self, request: Request) -> bytes:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return self.body
+            if self.number > count:
+                path = (request.uri or b"").decode("latin-1")
+                return _DEMO_API_PAGE.format(path=path, pid=os.getpid()).encode()
+            return _DEMO_BACKEND_PAGE.format(number=self.number, pid=os.getpid()).encode()
 
     ports = []
-    for number in range(1, count + 1):
+    for number in range(1, count + 2):  # the last one serves the api pool
         wanted = base_port + number - 1 if base_port else 0
         site = Site(Page(number))
         site.noisy = False
@@ -92,15 +110,20 @@ def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
     return ports
 
 
-def demo(port: int, backends: int, strategy: str, backend_port: int) -> int:
+def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str = "http") -> int:
     """
-    Run demo backends and a tcp-mode balancer in front of them until Ctrl-C.
+    Run demo backends and a balancer in front of them until Ctrl-C.
+
+    The ``demo`` pool has ``backends`` backends; one more backend serves the ``api`` pool, to
+    which an http-mode frontend routes ``/api/``.
 
     Args:
         port: the balancer's port on 127.0.0.1 (0: the system chooses).
-        backends: how many demo backends to run.
-        strategy: the pool's strategy.
-        backend_port: the first backend's port; the others follow (0: the system chooses).
+        backends: how many demo backends the ``demo`` pool has.
+        strategy: the ``demo`` pool's strategy.
+        backend_port: the first backend's port; the others follow, the api backend last
+            (0: the system chooses).
+        mode: ``"http"`` (L7, with the ``/api/`` route) or ``"tcp"`` (L4).
 
     Returns:
         The process exit status.
@@ -109,8 +132,8 @@ def demo(port: int, backends: int, strategy: str, backend_port: int) -> int:
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     try:
-        backend_ports = _start_demo_backends(reactor, backends, backend_port)
-        config = parse_config(_demo_config(port, backend_ports, strategy), "<demo>")
+        *backend_ports, api_port = _start_demo_backends(reactor, backends, backend_port)
+        config = parse_config(_demo_config(mode, port, backend_ports, api_port, strategy), "<demo>")
         service = LoadBalancerService.from_config(config, reactor)
         service.startService()
     except (ConfigError, ListenError) as e:
@@ -119,12 +142,19 @@ def demo(port: int, backends: int, strategy: str, backend_port: int) -> int:
     [address] = service.addresses("demo")
     url = f"http://127.0.0.1:{address.port}/"  # type: ignore[attr-defined]
     backend_list = ", ".join(f"127.0.0.1:{p}" for p in backend_ports)
+    routed = (
+        f"\nRequests under /api/ are routed to the api pool (127.0.0.1:{api_port}):\n"
+        f"    curl {url}api/hello\n"
+        if mode == "http"
+        else ""
+    )
     print(
-        f"twisted-lb demo: {backends} backends ({backend_list}) behind a tcp-mode frontend\n"
+        f"twisted-lb demo: {backends} backends ({backend_list}) behind a {mode}-mode frontend\n"
         f"balancer: {url}  strategy: {strategy}\n"
         "\n"
         "Try it a few times and watch the backends take turns:\n"
         f"    curl {url}\n"
+        f"{routed}"
         "\n"
         "Press Ctrl-C to stop.",
         flush=True,
@@ -151,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--strategy", default="round_robin", help="balancing strategy (default round_robin)"
     )
     demo_parser.add_argument(
+        "--mode",
+        choices=["http", "tcp"],
+        default="http",
+        help="http (L7, with an /api/ route to a second pool) or tcp (L4); default http",
+    )
+    demo_parser.add_argument(
         "--backend-port",
         type=int,
         default=9001,
@@ -161,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args.config)
     if args.backends < 1:
         parser.error("--backends must be at least 1")
-    return demo(args.port, args.backends, args.strategy, args.backend_port)
+    return demo(args.port, args.backends, args.strategy, args.backend_port, args.mode)
 
 
 if __name__ == "__main__":
