@@ -1,0 +1,973 @@
+#!/usr/bin/env python3
+"""L7 benchmark: twisted-lb's HTTP mode against nginx, HAProxy and twisted.web's reverse proxy.
+
+One run measures five paths to the same two backends (one nginx worker answering ``ok`` on two
+ports), all on 127.0.0.1:
+
+``direct``
+    straight to backend 1, the ceiling for everything else;
+``nginx``
+    nginx ``proxy_pass`` to an ``upstream`` of both backends with ``keepalive 32``, one worker
+    process (the anchor);
+``haproxy``
+    HAProxy ``mode http``, ``nbthread 1``, ``http-reuse always``, both backends;
+``twisted-web``
+    ``twisted.web.proxy.ReverseProxyResource`` on the epoll reactor (backend 1 only: it takes
+    one host and port);
+``twisted-lb``
+    ``twistd --reactor=epoll -n --pidfile= lb --config cfg.toml`` with ``mode = "http"``.
+
+For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections). With
+twisted-lb in the run it also streams 1 GiB up and 1 GiB down through a second twisted-lb to a
+small Python backend and records the peak RSS growth of the twisted-lb process. Then it prints
+the ratios that the Performance targets in docs/design.rst ask for. See bench/README.rst.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from _common import (
+    BUSY_PERCENT,
+    LOOPBACK,
+    BenchError,
+    Child,
+    Children,
+    apt_install,
+    cpu_busy_percent,
+    exit_on_signals,
+    first_output_line,
+    free_ports,
+    log,
+    nginx_main_context,
+    python_module_version,
+    run_tool,
+    run_wrk,
+    set_log_name,
+    twistd_argv,
+    wait_http_ok,
+)
+
+set_log_name("http_bench")
+
+PATHS = ("direct", "nginx", "haproxy", "twisted-web", "twisted-lb")
+RELAYS = PATHS[1:]
+
+# (measure, numerator, denominator, comparison, target): the L7 rows of the Performance targets.
+TARGETS = (
+    ("requests/s", "twisted-lb", "nginx", ">=", 0.5),
+    ("p99", "twisted-lb", "nginx", "<=", 2.0),
+)
+# Shown for context, without a target.
+CONTEXT_RATIOS = (
+    ("requests/s", "twisted-lb", "haproxy"),
+    ("requests/s", "twisted-lb", "twisted-web"),
+)
+RSS_TARGET_MIB = 64.0  # peak RSS growth while streaming 1 GiB each way
+TRANSFERS = ("upload", "download")
+
+TOOL_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "curl": "curl"}
+
+PROBE_REQUESTS = 8  # GETs on fresh connections, to see which backends a path reaches
+TRANSFER_TIMEOUT = 600  # s for one streamed transfer (curl --max-time)
+MIB = 1024 * 1024
+
+REVERSE_PROXY_SCRIPT = """\
+import sys
+from twisted.internet import epollreactor
+epollreactor.install()
+from twisted.internet import reactor
+from twisted.web import proxy, server
+listen_port, backend_port = int(sys.argv[1]), int(sys.argv[2])
+site = server.Site(proxy.ReverseProxyResource("127.0.0.1", backend_port, b""))
+reactor.listenTCP(listen_port, site, interface="127.0.0.1")
+reactor.run()
+"""
+
+# The backend for the streaming test: HTTP/1.1 with keep-alive, one thread per connection.
+# POST (Content-Length body): reads and drops the body, answers 200 with the byte count.
+# GET /download: answers 200 with SIZE zero bytes. Any other GET: 200 "ok".
+BULK_BACKEND_SCRIPT = """\
+import socket, sys, threading
+port, size = int(sys.argv[1]), int(sys.argv[2])
+CHUNK = 256 * 1024
+ZEROS = memoryview(bytes(CHUNK))
+
+def handle(conn):
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pending = b""
+    with conn:
+        while True:
+            while b"\\r\\n\\r\\n" not in pending:
+                data = conn.recv(65536)
+                if not data or len(pending) > 65536:
+                    return
+                pending += data
+            head, _, pending = pending.partition(b"\\r\\n\\r\\n")
+            lines = head.decode("latin-1").split("\\r\\n")
+            method, target = lines[0].split(" ")[:2]
+            fields = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip().lower()
+            if "transfer-encoding" in fields:
+                conn.sendall(b"HTTP/1.1 501 Not Implemented\\r\\n"
+                             b"Content-Length: 0\\r\\nConnection: close\\r\\n\\r\\n")
+                return
+            length = int(fields.get("content-length", "0"))
+            if fields.get("expect") == "100-continue":
+                conn.sendall(b"HTTP/1.1 100 Continue\\r\\n\\r\\n")
+            received = min(length, len(pending))
+            pending = pending[received:]
+            while received < length:
+                n = conn.recv_into(view, min(CHUNK, length - received))
+                if not n:
+                    return
+                received += n
+            if method == "GET" and target == "/download":
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/octet-stream\\r\\n"
+                             b"Content-Length: %d\\r\\n\\r\\n" % size)
+                left = size
+                while left:
+                    n = min(CHUNK, left)
+                    conn.sendall(ZEROS[:n])
+                    left -= n
+            else:
+                body = b"%d\\n" % received if method == "POST" else b"ok\\n"
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\n"
+                             b"Content-Length: %d\\r\\n\\r\\n%s" % (len(body), body))
+            if fields.get("connection") == "close":
+                return
+
+server = socket.create_server(("127.0.0.1", port))
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass
+class Tools:
+    nginx: str
+    haproxy: str
+    wrk: str
+    curl: str
+
+
+def ensure_tools(install: bool) -> Tools:
+    missing = [pkg for tool, pkg in TOOL_PACKAGES.items() if shutil.which(tool) is None]
+    if missing:
+        if not install:
+            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
+        apt_install(missing)
+    paths = {tool: shutil.which(tool) for tool in TOOL_PACKAGES}
+    for tool, path in paths.items():
+        if path is None:
+            raise BenchError(f"{tool} is still not on PATH after installing it")
+    return Tools(
+        nginx=paths["nginx"] or "nginx",
+        haproxy=paths["haproxy"] or "haproxy",
+        wrk=paths["wrk"] or "wrk",
+        curl=paths["curl"] or "curl",
+    )
+
+
+def tool_versions(tools: Tools) -> dict[str, str]:
+    versions = {
+        "python": platform.python_version(),
+        "nginx": first_output_line([tools.nginx, "-v"]),
+        "haproxy": first_output_line([tools.haproxy, "-v"]),
+        "wrk": first_output_line([tools.wrk, "--version"]),
+        "curl": first_output_line([tools.curl, "--version"]),
+        "cpus": str(os.cpu_count()),
+    }
+    for module in ("twisted", "twisted_lb"):
+        versions[module] = python_module_version(module)
+    return versions
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def nginx_http_common(tmp: Path, name: str) -> str:
+    """The start of an ``http {}`` block: no access log, long keep-alive, temp dirs in tmp."""
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp / (name + '-' + kind)};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        "http {\n"
+        "    access_log off;\n"
+        f"{temp_paths}"
+        "    keepalive_requests 100000;\n"
+        "    keepalive_timeout 120s;\n"
+    )
+
+
+def nginx_backends_config(tmp: Path, ports: list[int]) -> str:
+    """One nginx worker answering ``ok`` on each port, with ``X-Backend: bN`` to tell them apart."""
+    servers = "".join(
+        "    server {\n"
+        f"        listen {LOOPBACK}:{port};\n"
+        "        location / {\n"
+        "            default_type text/plain;\n"
+        f"            add_header X-Backend b{n};\n"
+        '            return 200 "ok\\n";\n'
+        "        }\n"
+        "    }\n"
+        for n, port in enumerate(ports, 1)
+    )
+    return (
+        nginx_main_context(tmp, "backend", None)
+        + nginx_http_common(tmp, "backend")
+        + servers
+        + "}\n"
+    )
+
+
+def nginx_proxy_config(tmp: Path, listen: int, backends: list[int]) -> str:
+    servers = "".join(f"        server {LOOPBACK}:{port};\n" for port in backends)
+    return (
+        nginx_main_context(tmp, "proxy", None)
+        + nginx_http_common(tmp, "proxy")
+        + "    upstream app {\n"
+        + servers
+        + "        keepalive 32;\n"
+        + "        keepalive_requests 100000;\n"
+        + "    }\n"
+        + "    server {\n"
+        + f"        listen {LOOPBACK}:{listen};\n"
+        + "        location / {\n"
+        + "            proxy_pass http://app;\n"
+        + "            proxy_http_version 1.1;\n"
+        + '            proxy_set_header Connection "";\n'
+        + "        }\n"
+        + "    }\n"
+        + "}\n"
+    )
+
+
+def haproxy_config(listen: int, backends: list[int]) -> str:
+    servers = "".join(f"    server b{n} {LOOPBACK}:{port}\n" for n, port in enumerate(backends, 1))
+    return (
+        "global\n"
+        "    nbthread 1\n"
+        "    maxconn 4096\n"
+        "\n"
+        "defaults\n"
+        "    mode http\n"
+        "    option http-keep-alive\n"
+        "    http-reuse always\n"
+        "    timeout connect 5s\n"
+        "    timeout client 120s\n"
+        "    timeout server 120s\n"
+        "    timeout http-keep-alive 120s\n"
+        "\n"
+        "frontend bench\n"
+        f"    bind {LOOPBACK}:{listen}\n"
+        "    default_backend app\n"
+        "\n"
+        "backend app\n"
+        "    balance roundrobin\n" + servers
+    )
+
+
+def twisted_lb_config(name: str, listen: int, backends: list[int]) -> str:
+    addresses = ", ".join(f'{{ address = "{LOOPBACK}:{port}" }}' for port in backends)
+    return (
+        f"[frontends.{name}]\n"
+        'mode = "http"\n'
+        f'listen = ["tcp:{listen}:interface={LOOPBACK}"]\n'
+        'pool = "app"\n'
+        "\n"
+        "[pools.app]\n"
+        f"backends = [{addresses}]\n"
+    )
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def probe_backends(port: int, timeout: float = 2.0) -> tuple[list[str], list[str]]:
+    """Which backends PROBE_REQUESTS GETs on one keep-alive connection reach.
+
+    Returns the ``X-Backend`` values seen and the problems (non-200 statuses, errors). A proxy
+    that balances each request, as an HTTP proxy does, reaches both backends with round robin;
+    a TCP relay sends the whole connection to one.
+    """
+    seen: set[str] = set()
+    problems: list[str] = []
+    request = f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode()
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            pending = b""
+            for _ in range(PROBE_REQUESTS):
+                s.sendall(request)
+                while b"\r\n\r\n" not in pending:
+                    chunk = s.recv(65536)
+                    if not chunk or len(pending) > 65536:
+                        raise OSError("connection closed before the end of a response head")
+                    pending += chunk
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                fields = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    fields[name.strip().lower()] = value.strip()
+                if lines[0].split(" ")[1:2] != ["200"]:
+                    problems.append(lines[0])
+                seen.add(fields.get("x-backend", "?"))
+                if "content-length" not in fields:
+                    raise OSError(f"a response without Content-Length: {lines[0]}")
+                length = int(fields["content-length"])
+                while len(pending) < length:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise OSError("connection closed in a response body")
+                    pending += chunk
+                pending = pending[length:]
+    except (OSError, ValueError) as e:
+        problems.append(f"error: {e}")
+    return sorted(seen), problems
+
+
+def proc_status_kib(pid: int, name: str) -> int:
+    """A ``kB`` field (VmRSS, VmHWM) of /proc/PID/status."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError) as e:
+        raise BenchError(f"could not read {name} of pid {pid}: {e}") from e
+    raise BenchError(f"/proc/{pid}/status has no {name}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Set VmHWM back to the current RSS (``echo 5 > /proc/PID/clear_refs``, Linux 4.0+)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        raise BenchError(
+            f"could not reset the peak RSS of pid {pid} (/proc/{pid}/clear_refs): {e}; "
+            "run as root or as the same user, or use --transfer-mib 0"
+        ) from e
+
+
+def curl_transfer(
+    tools: Tools, kind: str, port: int, size: int, upload_file: Path, answer_file: Path
+) -> None:
+    """Upload (POST) or download (GET) ``size`` bytes through 127.0.0.1:port with curl.
+
+    curl streams the file (``-T``, not ``--data-binary``, which reads it all into memory) and
+    sends ``Content-Length``; ``Expect:`` turns off the 100-continue wait.
+    """
+    url = f"http://{LOOPBACK}:{port}/{kind}"
+    argv = [tools.curl, "-sS", "--noproxy", "*", "--max-time", str(TRANSFER_TIMEOUT)]
+    if kind == "upload":
+        argv += ["-o", str(answer_file), "-w", "%{http_code} %{size_upload}"]
+        argv += ["-X", "POST", "-T", str(upload_file), "-H", "Expect:"]
+        argv += ["-H", "Content-Type: application/octet-stream", url]
+    else:
+        argv += ["-o", os.devnull, "-w", "%{http_code} %{size_download}", url]
+    proc = run_tool(argv, timeout=TRANSFER_TIMEOUT + 30, what=f"curl {kind}")
+    if proc.returncode != 0:
+        raise BenchError(
+            f"curl {kind} of {size} bytes via {url} exited with {proc.returncode}: "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    code, _, count = proc.stdout.strip().partition(" ")
+    if code != "200" or count != str(size):
+        raise BenchError(
+            f"curl {kind} via {url}: status {code}, {count} of {size} bytes transferred"
+        )
+    if kind == "upload":
+        answer = answer_file.read_text(errors="replace").strip()
+        if answer != str(size):
+            raise BenchError(f"upload via {url}: the backend received {answer!r} of {size} bytes")
+
+
+# --------------------------------------------------------------------------- the paths
+
+
+@dataclass
+class Ports:
+    backends: list[int]  # the two nginx backends
+    bulk_backend: int  # the Python backend of the streaming test
+    relays: dict[str, int]  # path -> listening port
+    bulk_relay: int  # the twisted-lb of the streaming test
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tools: Tools
+    tmp: Path
+    children: Children
+    ports: Ports
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rss: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    # Each starter returns the relay's child (None for direct) and the port to measure.
+
+    def start_direct(self) -> tuple[Child | None, int]:
+        return None, self.ports.backends[0]
+
+    def start_nginx(self) -> tuple[Child | None, int]:
+        port = self.ports.relays["nginx"]
+        prefix = self.tmp / "nginx-proxy"
+        prefix.mkdir(exist_ok=True)
+        (prefix / "nginx.conf").write_text(nginx_proxy_config(prefix, port, self.ports.backends))
+        argv = [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
+        return self.children.start("nginx proxy", argv, prefix), port
+
+    def start_haproxy(self) -> tuple[Child | None, int]:
+        port = self.ports.relays["haproxy"]
+        workdir = self.tmp / "haproxy"
+        workdir.mkdir(exist_ok=True)
+        conf = workdir / "haproxy.cfg"
+        conf.write_text(haproxy_config(port, self.ports.backends))
+        argv = [self.tools.haproxy, "-db", "-f", str(conf)]
+        return self.children.start("haproxy", argv, workdir), port
+
+    def start_twisted_web(self) -> tuple[Child | None, int]:
+        port = self.ports.relays["twisted-web"]
+        argv = [
+            sys.executable,
+            "-c",
+            REVERSE_PROXY_SCRIPT,
+            str(port),
+            str(self.ports.backends[0]),
+        ]
+        return self.children.start("twisted.web ReverseProxyResource", argv), port
+
+    def start_twisted_lb(
+        self, name: str = "bench", port: int | None = None, backends: list[int] | None = None
+    ) -> tuple[Child | None, int]:
+        port = self.ports.relays["twisted-lb"] if port is None else port
+        workdir = self.tmp / f"twisted-lb-{name}"
+        workdir.mkdir(exist_ok=True)
+        conf = workdir / "lb.toml"
+        conf.write_text(twisted_lb_config(name, port, backends or self.ports.backends))
+        argv = [
+            *twistd_argv(),
+            "--reactor=epoll",
+            "-n",
+            "--pidfile=",
+            "lb",
+            "--config",
+            str(conf),
+        ]
+        return self.children.start(f"twisted-lb {name}", argv, workdir), port
+
+    def starter(self, path: str) -> Callable[[], tuple[Child | None, int]]:
+        return {
+            "direct": self.start_direct,
+            "nginx": self.start_nginx,
+            "haproxy": self.start_haproxy,
+            "twisted-web": self.start_twisted_web,
+            "twisted-lb": self.start_twisted_lb,
+        }[path]
+
+    def measure(self, path: str) -> dict[str, Any]:
+        args = self.args
+        # Before anything of this path runs: what the rest of the machine is doing.
+        background = cpu_busy_percent()
+        if background > BUSY_PERCENT:
+            log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+        relay, port = self.starter(path)()
+        try:
+            wait_http_ok(relay, port)
+            if relay is not None:
+                log(f"{path}: started {relay.name}, pid {relay.proc.pid}")
+            seen, problems = probe_backends(port)
+            log(
+                f"{path}: {PROBE_REQUESTS} GETs on one connection reached backends "
+                f"{', '.join(seen)}"
+            )
+            if problems:
+                log(f"{path}: warning: probe GETs: {'; '.join(problems)}")
+            if args.warmup > 0:
+                run_wrk(self.tools.wrk, port, args.warmup, args.connections, args.threads)
+            log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+            wrk = run_wrk(self.tools.wrk, port, args.duration, args.connections, args.threads)
+            log(
+                f"{path}: {wrk.requests_per_s:,.0f} requests/s, p99 {wrk.latency_p99_ms:.2f} ms, "
+                f"{wrk.non_2xx} non-2xx, {wrk.socket_errors} socket errors"
+            )
+            if relay is not None and relay.exited():
+                raise relay.fail("died during the wrk run")
+        finally:
+            if relay is not None:
+                self.children.stop(relay)
+        return {
+            "requests_per_s": wrk.requests_per_s,
+            "latency_p99_ms": wrk.latency_p99_ms,
+            "requests": float(wrk.requests),
+            "non_2xx": float(wrk.non_2xx),
+            "socket_errors": float(wrk.socket_errors),
+            "backends": seen,
+            "probe_problems": problems,
+            "background_cpu_percent": background,
+        }
+
+    def measure_rss(self, upload_file: Path) -> dict[str, dict[str, float]]:
+        """Peak RSS growth of a fresh twisted-lb while streaming the file up, then down."""
+        size = self.args.transfer_mib * MIB
+        relay, port = self.start_twisted_lb(
+            "bulk", self.ports.bulk_relay, [self.ports.bulk_backend]
+        )
+        assert relay is not None
+        pid = relay.proc.pid
+        figures: dict[str, dict[str, float]] = {}
+        try:
+            wait_http_ok(relay, port)
+            log(f"streaming: started {relay.name}, pid {pid}")
+            for kind in TRANSFERS:
+                reset_peak_rss(pid)
+                before = proc_status_kib(pid, "VmRSS")
+                log(f"streaming: {kind} {self.args.transfer_mib} MiB, RSS {before / 1024:.1f} MiB")
+                start = time.monotonic()
+                curl_transfer(
+                    self.tools, kind, port, size, upload_file, self.tmp / "upload-answer.txt"
+                )
+                elapsed = time.monotonic() - start
+                if relay.exited():
+                    raise relay.fail(f"died during the {kind}")
+                peak = proc_status_kib(pid, "VmHWM")
+                growth = max(0, peak - before) / 1024
+                log(
+                    f"streaming: {kind} took {elapsed:.1f} s "
+                    f"({size / MIB / elapsed:,.0f} MiB/s), peak RSS growth {growth:.1f} MiB"
+                )
+                figures[kind] = {
+                    "rss_before_mib": before / 1024,
+                    "peak_growth_mib": growth,
+                    "seconds": elapsed,
+                    "mib_per_s": size / MIB / elapsed,
+                }
+        finally:
+            self.children.stop(relay)
+        return figures
+
+    def run(self) -> None:
+        prefix = self.tmp / "nginx-backend"
+        prefix.mkdir()
+        (prefix / "nginx.conf").write_text(nginx_backends_config(prefix, self.ports.backends))
+        backend = self.children.start(
+            "nginx backend",
+            [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"],
+            prefix,
+        )
+        for port in self.ports.backends:
+            wait_http_ok(backend, port)
+        log(
+            f"HTTP backends: nginx on {LOOPBACK} ports "
+            f"{', '.join(map(str, self.ports.backends))}, pid {backend.proc.pid}"
+        )
+        bulk: Child | None = None
+        upload_file = self.tmp / "upload.bin"
+        if self.streaming:
+            size = self.args.transfer_mib * MIB
+            with upload_file.open("wb") as f:
+                f.truncate(size)  # sparse: reads as zeros, takes no space
+            bulk = self.children.start(
+                "bulk backend",
+                [
+                    sys.executable,
+                    "-c",
+                    BULK_BACKEND_SCRIPT,
+                    str(self.ports.bulk_backend),
+                    str(size),
+                ],
+            )
+            wait_http_ok(bulk, self.ports.bulk_backend)
+            log(
+                f"streaming backend: Python on {LOOPBACK}:{self.ports.bulk_backend}, "
+                f"pid {bulk.proc.pid}"
+            )
+        for round_no in range(1, self.args.rounds + 1):
+            if self.args.rounds > 1:
+                log(f"round {round_no} of {self.args.rounds}")
+            for path in self.args.paths:
+                self.results.setdefault(path, []).append(self.measure(path))
+                if backend.exited():
+                    raise backend.fail("exited during the run")
+            if bulk is not None:
+                for kind, figures in self.measure_rss(upload_file).items():
+                    self.rss.setdefault(kind, []).append(figures)
+                if bulk.exited():
+                    raise bulk.fail("exited during the run")
+
+    @property
+    def streaming(self) -> bool:
+        return "twisted-lb" in self.args.paths and self.args.transfer_mib > 0
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Median of each figure over the rounds; errors are summed, backends united."""
+    summary: dict[str, dict[str, Any]] = {}
+    for path, rounds in results.items():
+        row: dict[str, Any] = {
+            key: statistics.median(r[key] for r in rounds)
+            for key in ("requests_per_s", "latency_p99_ms", "requests", "background_cpu_percent")
+        }
+        row["non_2xx"] = sum(r["non_2xx"] for r in rounds)
+        row["socket_errors"] = sum(r["socket_errors"] for r in rounds)
+        row["backends"] = sorted({b for r in rounds for b in r["backends"]})
+        row["probe_problems"] = [p for r in rounds for p in r["probe_problems"]]
+        summary[path] = row
+    return summary
+
+
+def summarize_rss(rss: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {
+        kind: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        for kind, rounds in rss.items()
+    }
+
+
+MEASURE_KEYS = {"requests/s": "requests_per_s", "p99": "latency_p99_ms"}
+
+
+def ratios(
+    summary: dict[str, dict[str, Any]], rss_summary: dict[str, dict[str, float]]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for measure, num, den, comparison, target in TARGETS:
+        key = MEASURE_KEYS[measure]
+        value = None
+        if num in summary and den in summary and summary[den][key] > 0:
+            value = summary[num][key] / summary[den][key]
+        passed = None
+        if value is not None:
+            passed = value >= target if comparison == ">=" else value <= target
+        rows.append(
+            {
+                "label": f"{num} / {den} {measure}",
+                "value": value,
+                "unit": "x",
+                "comparison": comparison,
+                "target": target,
+                "pass": passed,
+            }
+        )
+    for kind in TRANSFERS:
+        growth = rss_summary[kind]["peak_growth_mib"] if kind in rss_summary else None
+        rows.append(
+            {
+                "label": f"twisted-lb {kind} peak RSS growth",
+                "value": growth,
+                "unit": " MiB",
+                "comparison": "<=",
+                "target": RSS_TARGET_MIB,
+                "pass": None if growth is None else growth <= RSS_TARGET_MIB,
+            }
+        )
+    for measure, num, den in CONTEXT_RATIOS:
+        key = MEASURE_KEYS[measure]
+        value = None
+        if num in summary and den in summary and summary[den][key] > 0:
+            value = summary[num][key] / summary[den][key]
+        rows.append(
+            {
+                "label": f"{num} / {den} {measure}",
+                "value": value,
+                "unit": "x",
+                "comparison": None,
+                "target": None,
+                "pass": None,
+            }
+        )
+    return rows
+
+
+def format_ratio_row(r: dict[str, Any]) -> str:
+    if r["value"] is None:
+        value = "n/a"
+    elif r["unit"] == "x":
+        value = f"{r['value']:.2f}x"
+    else:
+        value = f"{r['value']:.1f}{r['unit']}"
+    if r["target"] is None:
+        target, result = "-", "-"
+    else:
+        number = f"{r['target']:.1f}x" if r["unit"] == "x" else f"{r['target']:.0f}{r['unit']}"
+        target = f"{r['comparison']} {number}"
+        result = {None: "n/a", True: "PASS", False: "MISS"}[r["pass"]]
+    return f"{r['label']:<38} {value:>9} {target:>10}  {result}"
+
+
+def version_number(line: str) -> str:
+    """``2.6.12`` from ``HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/``."""
+    match = re.search(r"\d+(?:\.\d+)+", line)
+    return match.group(0) if match else "?"
+
+
+def print_report(
+    out: TextIO,
+    args: argparse.Namespace,
+    summary: dict[str, dict[str, Any]],
+    rss_summary: dict[str, dict[str, float]],
+    ratio_rows: list[dict[str, Any]],
+    versions: dict[str, str],
+    rounds_data: dict[str, list[dict[str, Any]]],
+    rss_rounds: dict[str, list[dict[str, float]]],
+) -> None:
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    print(
+        f"\nL7 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"(keep-alive, GET / answered by nginx with a 3-byte body), 2 backends{rounds}",
+        file=out,
+    )
+    print(
+        f"nginx {versions['nginx'].split('/')[-1]}, "
+        f"HAProxy {version_number(versions['haproxy'])}, "
+        f"twisted {versions['twisted']}, twisted-lb {versions['twisted_lb']}, "
+        f"python {versions['python']}, {versions['cpus']} CPUs",
+        file=out,
+    )
+    print("", file=out)
+    header = (
+        f"{'path':<13} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>9} "
+        f"{'backends':>9} {'busy%':>6}"
+    )
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for path in PATHS:
+        if path not in summary:
+            continue
+        row = summary[path]
+        print(
+            f"{path:<13} {row['requests_per_s']:>11,.0f} {row['latency_p99_ms']:>8.2f} "
+            f"{row['non_2xx']:>8.0f} {row['socket_errors']:>9.0f} "
+            f"{','.join(row['backends']):>9} {row['background_cpu_percent']:>6.0f}",
+            file=out,
+        )
+    if rss_summary:
+        print(
+            f"\ntwisted-lb streaming {args.transfer_mib} MiB each way (curl, Content-Length) "
+            "to a Python backend",
+            file=out,
+        )
+        header = f"{'transfer':<13} {'RSS before MiB':>15} {'peak growth MiB':>16} {'MiB/s':>8}"
+        print(header, file=out)
+        print("-" * len(header), file=out)
+        for kind in TRANSFERS:
+            if kind in rss_summary:
+                r = rss_summary[kind]
+                print(
+                    f"{kind:<13} {r['rss_before_mib']:>15.1f} {r['peak_growth_mib']:>16.1f} "
+                    f"{r['mib_per_s']:>8,.0f}",
+                    file=out,
+                )
+    print("", file=out)
+    header = f"{'ratio':<38} {'value':>9} {'target':>10}  result"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in ratio_rows:
+        print(format_ratio_row(r), file=out)
+    if args.rounds > 1:
+        print(f"\nspread over {args.rounds} rounds (min - max):", file=out)
+        for path in PATHS:
+            if path in rounds_data:
+                rps = [r["requests_per_s"] for r in rounds_data[path]]
+                p99 = [r["latency_p99_ms"] for r in rounds_data[path]]
+                print(
+                    f"  {path:<13} requests/s {min(rps):>9,.0f} - {max(rps):<9,.0f}"
+                    f" p99 ms {min(p99):.2f} - {max(p99):.2f}",
+                    file=out,
+                )
+        for kind in TRANSFERS:
+            if kind in rss_rounds:
+                growth = [r["peak_growth_mib"] for r in rss_rounds[kind]]
+                print(
+                    f"  {kind:<13} peak RSS growth MiB {min(growth):.1f} - {max(growth):.1f}",
+                    file=out,
+                )
+    busy = max(
+        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
+    )
+    if busy > BUSY_PERCENT:
+        print(
+            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
+            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
+            "machine is idle.",
+            file=out,
+        )
+    errors = {
+        p: (int(s["non_2xx"]), int(s["socket_errors"]))
+        for p, s in summary.items()
+        if s["non_2xx"] or s["socket_errors"]
+    }
+    if errors:
+        print(
+            "\nwarning: wrk saw non-2xx responses or socket errors (those paths' figures are "
+            "not comparable): "
+            + ", ".join(f"{p} {n} non-2xx, {e} socket errors" for p, (n, e) in errors.items()),
+            file=out,
+        )
+    probe = {p: s["probe_problems"] for p, s in summary.items() if s["probe_problems"]}
+    if probe:
+        print(
+            "\nwarning: the probe GETs before wrk had problems: "
+            + "; ".join(f"{p}: {', '.join(problems)}" for p, problems in probe.items()),
+            file=out,
+        )
+    one_backend = [
+        p
+        for p in ("nginx", "haproxy", "twisted-lb")
+        if p in summary and len(summary[p]["backends"]) < 2
+    ]
+    if one_backend:
+        print(
+            f"\nwarning: {', '.join(one_backend)} sent all {PROBE_REQUESTS} requests of one "
+            "keep-alive connection to one backend: not balancing each request (round robin "
+            "should alternate), so not measuring an HTTP proxy",
+            file=out,
+        )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="See bench/README.rst for how to read the output.",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="seconds of unrecorded wrk before each run (0: none)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run all paths this many times; report medians"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
+    )
+    parser.add_argument(
+        "--transfer-mib",
+        type=int,
+        default=1024,
+        help="MiB streamed each way through twisted-lb for the RSS figure (0: skip; default 1024)",
+    )
+    parser.add_argument("--json", metavar="OUT", help="write the raw figures to OUT as JSON")
+    parser.add_argument(
+        "--no-install", action="store_true", help="fail instead of apt-get installing missing tools"
+    )
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 if a target is missed")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with the logs")
+    args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        parser.error(f"--paths: unknown {', '.join(unknown) or '(empty)'}; choose from {PATHS}")
+    args.paths = [p for p in PATHS if p in paths]
+    for name in ("duration", "connections", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    if args.transfer_mib < 0:
+        parser.error("--transfer-mib must not be negative")
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_on_signals()
+    tmp = Path(tempfile.mkdtemp(prefix="http-bench-"))
+    children = Children(tmp)
+    failed = True
+    try:
+        tools = ensure_tools(install=not args.no_install)
+        versions = tool_versions(tools)
+        if "twisted-lb" in args.paths and versions["twisted_lb"] == "?":
+            raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+        ports = free_ports(3 + len(RELAYS) + 1)
+        bench = Bench(
+            args,
+            tools,
+            tmp,
+            children,
+            Ports(
+                backends=ports[0:2],
+                bulk_backend=ports[2],
+                relays=dict(zip(RELAYS, ports[3 : 3 + len(RELAYS)], strict=True)),
+                bulk_relay=ports[-1],
+            ),
+        )
+        bench.run()
+        summary = summarize(bench.results)
+        rss_summary = summarize_rss(bench.rss)
+        ratio_rows = ratios(summary, rss_summary)
+        print_report(
+            sys.stdout, args, summary, rss_summary, ratio_rows, versions, bench.results, bench.rss
+        )
+        if args.json:
+            document = {
+                "settings": {
+                    "duration_s": args.duration,
+                    "connections": args.connections,
+                    "threads": args.threads,
+                    "warmup_s": args.warmup,
+                    "rounds": args.rounds,
+                    "transfer_mib": args.transfer_mib,
+                },
+                "versions": versions,
+                "results": summary,
+                "rounds": bench.results,
+                "streaming": {"results": rss_summary, "rounds": bench.rss},
+                "ratios": ratio_rows,
+            }
+            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        failed = False
+        missed = any(r["pass"] is False for r in ratio_rows)
+        return 3 if (missed and args.fail_on_miss) else 0
+    except BenchError as e:
+        print(f"http_bench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("http_bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.stop_all()
+        if args.keep_tmp or failed:
+            log(f"logs and configs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
