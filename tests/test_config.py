@@ -1587,7 +1587,7 @@ class HTTPPoolTests(ConfigTestCase):
         pool = self.load(HTTP_FRONTEND + POOL).pools["app"]
         self.assertEqual(
             (pool.response_timeout, pool.upstream_idle_timeout, pool.max_idle_per_backend),
-            (60.0, 4.0, 32),
+            (60.0, 4.0, 128),
         )
 
     def test_every_key(self) -> None:

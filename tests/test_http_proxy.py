@@ -374,6 +374,24 @@ class ErrorTests(ProxyCase):
         self.close_client(client)
         upstream.connectionLost(Failure(ConnectionLost()))
 
+    def test_other_transfer_codings(self) -> None:
+        """
+        A transfer coding besides chunked is answered 501 (it would reach the backend
+        undeclared once the body is re-chunked), and Transfer-Encoding in HTTP/1.0 is 400.
+        """
+        self.assert_error(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"501",
+        )
+        self.assert_error(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400")
+
+    def test_rejected_request_logged(self) -> None:
+        """A request refused before it had an exchange still gets its access event."""
+        with capturedLogs() as events:
+            self.assert_error(b"GET / HTTP/1.1\r\nX: " + b"a" * 3000 + b"\r\n\r\n", b"431")
+        [access] = access_events(events)
+        self.assertEqual((access["status"], access["backend"]), (431, "-"))
+
     def test_header_too_large(self) -> None:
         """A request head over max_header_bytes is answered 431."""
         self.assert_error(b"GET / HTTP/1.1\r\nX: " + b"a" * 3000 + b"\r\n\r\n", b"431")

@@ -13,7 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._harness import http_get, lb_config, start_backend, start_lb
-from twisted_lb.logs import json_event, json_lines_observer
+from twisted_lb.logs import json_event, json_lines_observer, text_lines_observer
+from twisted_lb.tap import Options, _log_output
 
 
 class JSONEventTests(SynchronousTestCase):
@@ -52,6 +53,77 @@ class JSONEventTests(SynchronousTestCase):
         )
         self.assertIn("ZeroDivisionError", record["failure"])
         self.assertEqual(record["level"], "critical")
+
+
+class TextLinesTests(SynchronousTestCase):
+    def observe(self, **event: object) -> str:
+        out = io.StringIO()
+        text_lines_observer(out)({"log_time": 1_700_000_000.5, **event})
+        return out.getvalue()
+
+    def test_access_line(self) -> None:
+        """An HTTP access event is one line, built from its fields; no response shows '-'."""
+        line = self.observe(
+            log_namespace="twisted_lb.access",
+            log_level=LogLevel.info,
+            log_format="unused",
+            frontend="web",
+            client="192.0.2.1",
+            method="GET",
+            target="/x",
+            status=503,
+            bytes_in=30,
+            bytes_out=90,
+            backend="-",
+            connect_ms=0,
+            first_byte_ms=None,
+            total_ms=1,
+        )
+        self.assertEqual(
+            line,
+            '2023-11-14T22:13:20+0000 [twisted_lb.access#info] web 192.0.2.1 "GET /x" 503 '
+            "in=30 out=90 backend=- connect_ms=0 first_byte_ms=- total_ms=1\n",
+        )
+
+    def test_other_events(self) -> None:
+        """Other events are formatted from their format string, with a failure's traceback."""
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            failure = Failure()
+        text = self.observe(
+            log_namespace="twisted_lb.tcp",
+            log_level=LogLevel.warn,
+            log_format="pool {pool}: trouble",
+            pool="app",
+            log_failure=failure,
+        )
+        first, *rest = text.splitlines()
+        self.assertEqual(first, "2023-11-14T22:13:20+0000 [twisted_lb.tcp#warn] pool app: trouble")
+        self.assertIn("ZeroDivisionError", "\n".join(rest))
+
+
+class LogOutputTests(SynchronousTestCase):
+    def output_for(self, parent: dict[str, object]) -> object:
+        options = Options()
+        options.parent = parent  # type: ignore[attr-defined]
+        return _log_output(options)
+
+    def test_stdout(self) -> None:
+        """In the foreground without --logfile, or with --logfile=-, the log goes to stdout."""
+        import sys
+
+        self.assertIs(self.output_for({"nodaemon": True, "logfile": None}), sys.stdout)
+        self.assertIs(self.output_for({"nodaemon": False, "logfile": "-"}), sys.stdout)
+
+    def test_logfile(self) -> None:
+        """Otherwise it goes to --logfile, as twistd's own log would."""
+        path = Path(self.mktemp())
+        output = self.output_for({"nodaemon": False, "logfile": str(path)})
+        self.addCleanup(output.close)  # type: ignore[attr-defined]
+        output.write("hello\n")  # type: ignore[attr-defined]
+        output.flush()  # type: ignore[attr-defined]
+        self.assertEqual(path.read_text(), "hello\n")
 
 
 class TwistdJSONTests(SynchronousTestCase):

@@ -67,6 +67,13 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.service.listeners), 2)
         self.assertEqual(self.reactor.tcpServers, [])  # nothing listens before start
 
+    def test_access_log_off(self) -> None:
+        """``[global] access_log = false`` turns the access events of every frontend off."""
+        config = parse_config("[global]\naccess_log = false\n" + CONFIG, "lb.toml")
+        service = LoadBalancerService.from_config(config, self.reactor)
+        self.assertFalse(service.factories["web"].access_log)
+        self.assertTrue(self.service.factories["web"].access_log)
+
     def test_strategy_options_rejected(self) -> None:
         """
         A strategy that rejects its options is a config problem with its key path, reported

@@ -32,6 +32,7 @@ class FrontendFactory(Factory):
         max_connections: concurrent client connections; past it a new client is closed at once
             and counted in ``refused_connections``.
         frontend: the frontend's name, for logs.
+        access_log: whether to log one access event per connection (L4) or request (L7).
 
     Attributes:
         active_connections: client connections open now.
@@ -44,10 +45,13 @@ class FrontendFactory(Factory):
 
     noisy = False
 
-    def __init__(self, reactor: Any, *, max_connections: int, frontend: str) -> None:
+    def __init__(
+        self, reactor: Any, *, max_connections: int, frontend: str, access_log: bool = True
+    ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.reactor = reactor
+        self.access_log = access_log
         self.max_connections = max_connections
         self.frontend = frontend
         self.active_connections = 0

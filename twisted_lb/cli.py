@@ -92,11 +92,18 @@ def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
                 return _DEMO_API_PAGE.format(path=path, pid=os.getpid()).encode()
             return _DEMO_BACKEND_PAGE.format(number=self.number, pid=os.getpid()).encode()
 
+    class _QuietSite(Site):
+        """A demo backend: no log line per request (the balancer logs each one)."""
+
+        noisy = False
+
+        def log(self, request: Any) -> None:
+            pass
+
     ports = []
     for number in range(1, count + 2):  # the last one serves the api pool
         wanted = base_port + number - 1 if base_port else 0
-        site = Site(Page(number))
-        site.noisy = False
+        site = _QuietSite(Page(number))  # type: ignore[no-untyped-call]
         outcome: list[Any] = []
         endpoint = TCP4ServerEndpoint(reactor, wanted, interface="127.0.0.1")
         endpoint.listen(site).addBoth(outcome.append)
@@ -149,7 +156,7 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
         else ""
     )
     print(
-        f"twisted-lb demo: {backends} backends ({backend_list}) behind a {mode}-mode frontend\n"
+        f"twisted-lb demo: {backends} backends ({backend_list}) behind an {mode}-mode frontend\n"
         f"balancer: {url}  strategy: {strategy}\n"
         "\n"
         "Try it a few times and watch the backends take turns:\n"

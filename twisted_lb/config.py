@@ -159,7 +159,7 @@ class PoolConfig:
     retries: int = 2
     response_timeout: float = 60.0
     upstream_idle_timeout: float = 4.0
-    max_idle_per_backend: int = 32
+    max_idle_per_backend: int = 128
 
 
 @attrs.frozen
@@ -245,9 +245,12 @@ class GlobalConfig:
     Attributes:
         log_format: ``"text"``, one line of text per log event, or ``"json"``, one JSON
             object per line.
+        access_log: whether an access event is logged per HTTP request and per relayed TCP
+            connection (nginx ``access_log off`` when false).
     """
 
     log_format: str = "text"
+    access_log: bool = True
 
 
 @attrs.frozen
@@ -415,7 +418,7 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 _TOP_KEYS = ("frontends", "pools", "global")
 _TOP_LATER = ("admin", "metrics")
-_GLOBAL_KEYS = ("log_format",)
+_GLOBAL_KEYS = ("log_format", "access_log")
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
     "header_timeout",
@@ -459,6 +462,14 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
 _HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
 _PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters (line breaks included) escaped, as repr() does."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _describe(value: object) -> str:
@@ -556,7 +567,8 @@ class _Validator:
         self._installed: list[str] | None = None
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(Problem(self.path, key, message))
+        # Messages may quote what the file or a parser said; keep each problem on one line.
+        self.problems.append(Problem(self.path, key, _one_line(message)))
 
     def installed_strategies(self) -> list[str]:
         if self._installed is None:
@@ -615,9 +627,12 @@ class _Validator:
                     + _suggest(log_format, _LOG_FORMATS, "valid formats"),
                 )
                 log_format = None
+        access_log = raw.get("access_log", True)
+        if not isinstance(access_log, bool):
+            self.problem("global.access_log", f"must be true or false, not {_describe(access_log)}")
         if len(self.problems) > before or log_format is None:
             return None
-        return GlobalConfig(log_format=log_format)
+        return GlobalConfig(log_format=log_format, access_log=bool(access_log))
 
     def check_keys(
         self, table: Mapping[str, object], parent: str, valid: Sequence[str], later: Sequence[str]
@@ -1002,7 +1017,7 @@ class _Validator:
         retries = self.integer(raw, "retries", where, 2, minimum=0)
         response_timeout = self.seconds(raw, "response_timeout", where, 60.0)
         upstream_idle_timeout = self.seconds(raw, "upstream_idle_timeout", where, 4.0)
-        max_idle = self.integer(raw, "max_idle_per_backend", where, 32, minimum=0)
+        max_idle = self.integer(raw, "max_idle_per_backend", where, 128, minimum=0)
         backends = self.backends(name, raw, where)
 
         if (
@@ -1324,6 +1339,8 @@ def format_summary(config: Config) -> str:
     lines = [f"{config.path}: OK"]
     if config.global_config.log_format != "text":
         lines.append(f"global: log_format {config.global_config.log_format}")
+    if not config.global_config.access_log:
+        lines.append("global: access_log off")
     shown: set[str] = set()
     for frontend in config.frontends.values():
         lines.append(

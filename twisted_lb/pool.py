@@ -69,7 +69,7 @@ class Pool:
         retries: int = 2,
         response_timeout: float = 60.0,
         upstream_idle_timeout: float = 4.0,
-        max_idle_per_backend: int = 32,
+        max_idle_per_backend: int = 128,
     ) -> None:
         for key, seconds in (
             ("connect_timeout", connect_timeout),

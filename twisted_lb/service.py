@@ -131,6 +131,7 @@ class LoadBalancerService(MultiService):
         self.pools: dict[str, Pool] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
+        self.access_log = True
         self.listeners: list[Listener] = []
 
     @classmethod
@@ -147,6 +148,7 @@ class LoadBalancerService(MultiService):
                 could not be built; problems are reported the way ``check`` reports them.
         """
         service = cls(reactor)
+        service.access_log = config.global_config.access_log
         problems: list[Problem] = []
         for name, pool_config in config.pools.items():
             try:
@@ -210,6 +212,7 @@ class LoadBalancerService(MultiService):
                 client_timeout=frontend.client_timeout,
                 max_connections=frontend.max_connections,
                 frontend=name,
+                access_log=self.access_log,
             )
         routes = []
         for route in frontend.routes:
@@ -229,6 +232,7 @@ class LoadBalancerService(MultiService):
             tunnel_timeout=frontend.tunnel_timeout,
             max_connections=frontend.max_connections,
             frontend=name,
+            access_log=self.access_log,
         )
 
     def privilegedStartService(self) -> None:

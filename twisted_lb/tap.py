@@ -13,7 +13,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from twisted_lb.config import ConfigError, load_config
-from twisted_lb.logs import json_lines_observer
+from twisted_lb.logs import json_lines_observer, text_lines_observer
 from twisted_lb.service import ListenError, LoadBalancerService
 
 _log = Logger()
@@ -22,7 +22,7 @@ _log = Logger()
 class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
-    line, and ``[global] log_format = "json"`` replaces twistd's text log observer.
+    line, and the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`).
     """
 
     log_observer: ILogObserver | None = None
@@ -61,6 +61,22 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required, as in: twistd -n lb --config lb.toml")
 
 
+def _log_output(options: Options) -> Any:
+    """
+    Where twistd would write its log: stdout with ``--nodaemon`` and no ``--logfile`` (or
+    ``--logfile=-``), else the ``--logfile`` (default ``twistd.log``), rotated as twistd's own
+    (``twisted.python.logfile.LogFile``).
+    """
+    parent = getattr(options, "parent", None) or {}
+    logfile = parent.get("logfile")
+    nodaemon = parent.get("nodaemon", True)
+    if logfile == "-" or (not logfile and nodaemon):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(logfile or "twistd.log")
+
+
 def makeService(options: Options) -> IService:
     """
     Build the service tree from ``--config``.
@@ -73,8 +89,11 @@ def makeService(options: Options) -> IService:
     try:
         config = load_config(options["config"])
         service = _TwistdService.from_config(config, reactor)
+        out = _log_output(options)
         if config.global_config.log_format == "json":
-            service.log_observer = json_lines_observer(sys.stdout)
+            service.log_observer = json_lines_observer(out)
+        else:
+            service.log_observer = text_lines_observer(out)
         return service
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")

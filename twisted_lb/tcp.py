@@ -346,11 +346,17 @@ class _ClientSide(Protocol):
         if self.backend_transport is not None and not self.backend_lost:
             return
         self.logged = True
+        if self.lease is not None:
+            self.lease.release()
+        factory = self.factory
+        if factory.access_log:
+            self._log_access()
+        factory.connection_finished()
+
+    def _log_access(self) -> None:
+        factory = self.factory
         lease = self.lease
         backend = lease.backend.name if lease is not None and self.backend_transport else "-"
-        if lease is not None:
-            lease.release()
-        factory = self.factory
         _access_log.info(
             "{frontend} {client} -> {backend} in={bytes_in} out={bytes_out} "
             "duration_ms={duration_ms} ended={ended}",
@@ -362,7 +368,6 @@ class _ClientSide(Protocol):
             duration_ms=round((self.seconds() - self.started) * 1000),
             ended=self.ended,
         )
-        factory.connection_finished()
 
 
 def _connect_timed_out(result: object, timeout: float) -> Failure:
@@ -392,6 +397,7 @@ class TCPRelayFactory(FrontendFactory):
         max_connections: concurrent client connections; past it a new client is closed at once
             and counted in ``refused_connections``.
         frontend: the frontend's name, for logs.
+        access_log: whether to log one access event per connection.
 
     Attributes:
         active_connections: client connections open now.
@@ -409,10 +415,13 @@ class TCPRelayFactory(FrontendFactory):
         client_timeout: float = 60.0,
         max_connections: int = 10000,
         frontend: str = "tcp",
+        access_log: bool = True,
     ) -> None:
         if client_timeout <= 0:
             raise ValueError("client_timeout must be > 0 s")
-        super().__init__(reactor, max_connections=max_connections, frontend=frontend)
+        super().__init__(
+            reactor, max_connections=max_connections, frontend=frontend, access_log=access_log
+        )
         self.pool = pool
         self.client_timeout = client_timeout
 

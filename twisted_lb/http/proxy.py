@@ -143,6 +143,7 @@ class HTTPProxyProtocol(Protocol):
         self.close_reason = ""
         self.timer: IDelayedCall | None = None
         self.timer_kind = ""
+        self.deadline = 0.0
         self.parsing: _Request | None = None
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
@@ -155,6 +156,7 @@ class HTTPProxyProtocol(Protocol):
         self.tunnel = False
         self.tunnel_early: list[bytes] = []
         self.last_activity = 0.0
+        self.client_batch: list[bytes] | None = None
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -171,7 +173,6 @@ class HTTPProxyProtocol(Protocol):
         self.body_sent = 0
         self.replay: list[bytes] | None = []
         self.replay_bytes = 0
-        self.response_timer: IDelayedCall | None = None
         self.response_started = False
         self.status = 0
         self.status_parts: list[bytes] = []
@@ -246,10 +247,10 @@ class HTTPProxyProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
-        self._cancel_timer()
+        self._stop_timer()
         if self.active is not None:
-            if not self.responded:
-                self.status = self.status or CLIENT_CLOSED
+            if not self.responded and self.status < 200:
+                self.status = CLIENT_CLOSED
             self._abort_exchange()
         if self.counted:
             self.counted = False
@@ -293,7 +294,8 @@ class HTTPProxyProtocol(Protocol):
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         request.target = b"".join(self.url_parts)
-        request.head_bytes = self.header_bytes
+        # The request line (method, target, version, separators) and the closing CRLF too.
+        request.head_bytes = self.header_bytes + len(request.method) + 13
         for name, value in request.headers:
             lowered = name.lower()
             if lowered == b"host":
@@ -301,12 +303,19 @@ class HTTPProxyProtocol(Protocol):
             elif lowered == b"content-length":
                 request.content_length = int(value)
             elif lowered == b"transfer-encoding":
-                request.chunked = True  # llhttp checked that the final coding is chunked
+                # llhttp checked that the final coding is chunked. Other codings would reach
+                # the backend undeclared once the body is re-chunked: 501, as nginx does
+                # (RFC 9112 §6.1). HTTP/1.0 has no chunked framing: its TE is faulty (400).
+                codings = [c.strip().lower() for c in value.split(b",")]
+                if request.version == "1.0" or codings[-1] != b"chunked":
+                    raise _RequestError(400)
+                if len(codings) > 1 or request.chunked:
+                    raise _RequestError(501)
+                request.chunked = True
         limit = self.factory.max_body_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise _RequestError(413)
-        if self.timer_kind == "header":
-            self._cancel_timer()
+        self._cancel_timer("header")
         if not request.keep_alive:
             self.closing = True
         # Activated once feed_data returns (never from inside the parser), so that what
@@ -354,7 +363,6 @@ class HTTPProxyProtocol(Protocol):
             headers=request.headers,
             now=self.seconds(),
         )
-        self.gate.pause("upstream")
         self._pick(pool)
 
     def _pick(self, pool: Pool) -> None:
@@ -383,6 +391,8 @@ class HTTPProxyProtocol(Protocol):
             self._connect(backend, pool)
 
     def _connect(self, backend: Backend, pool: Pool) -> None:
+        # Read nothing more from the client until there is somewhere to send it.
+        self.gate.pause("upstream")
         connecting = self.factory.upstreams.connect(backend, pool)
         self.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed)
@@ -439,16 +449,17 @@ class HTTPProxyProtocol(Protocol):
             replay = self.replay
             self.replay = []
             self.replay_bytes = 0
-            for chunk in replay:
-                self._send_upstream(chunk)
+            self._send_upstream(b"".join(replay))
         else:
-            self._send_upstream(self._request_head(request))
+            # The head and whatever body is already here go out in one send.
+            parts = [self._request_head(request)]
             self.head_sent = True
             body, request.body = request.body, []
             for chunk in body:
-                self._send_body(chunk, request.chunked)
+                parts.append(self._frame_body(chunk, request.chunked))
             if request.complete and request.chunked:
-                self._send_upstream(b"0\r\n\r\n")
+                parts.append(b"0\r\n\r\n")
+            self._send_upstream(parts[0] if len(parts) == 1 else b"".join(parts))
         if request.complete:
             self._request_sent()
         self.gate.resume("upstream")
@@ -473,12 +484,13 @@ class HTTPProxyProtocol(Protocol):
             headers.append((b"Transfer-Encoding", b"chunked"))
         return serialize_head(request.method + b" " + request.target + b" HTTP/1.1", headers)
 
-    def _send_body(self, data: bytes, chunked: bool) -> None:
+    def _frame_body(self, data: bytes, chunked: bool) -> bytes:
+        """Count a piece of request body as sent, and frame it as a chunk when chunked."""
         self.body_sent += len(data)
-        if chunked:
-            self._send_upstream(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._send_upstream(data)
+        return b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
+
+    def _send_body(self, data: bytes, chunked: bool) -> None:
+        self._send_upstream(self._frame_body(data, chunked))
 
     def _send_upstream(self, data: bytes) -> None:
         upstream = self.upstream
@@ -496,13 +508,10 @@ class HTTPProxyProtocol(Protocol):
         self.t_sent = self.seconds()
         pool = self.pool
         assert pool is not None
-        if self.response_timer is None and not self.response_started:
-            self.response_timer = self.factory.reactor.callLater(
-                pool.response_timeout, self._response_timed_out
-            )
+        if not self.response_started:
+            self._set_timer("response", pool.response_timeout)
 
     def _response_timed_out(self) -> None:
-        self.response_timer = None
         pool = self.pool
         assert pool is not None
         _log.warn(
@@ -546,10 +555,7 @@ class HTTPProxyProtocol(Protocol):
         if not self.response_started:
             self.response_started = True
             self.t_first_byte = now
-            if self.response_timer is not None:
-                if self.response_timer.active():
-                    self.response_timer.cancel()
-                self.response_timer = None
+            self._cancel_timer("response")
             backend = self.backend
             assert backend is not None
             backend.response_time.observe(now - (self.t_sent or request.started), now)
@@ -677,10 +683,7 @@ class HTTPProxyProtocol(Protocol):
         backend = self.backend
         pool = self.pool
         assert request is not None and backend is not None and pool is not None
-        if self.response_timer is not None:
-            if self.response_timer.active():
-                self.response_timer.cancel()
-            self.response_timer = None
+        self._cancel_timer("response")
         idempotent = request.method in IDEMPOTENT_METHODS
         replayable = self.replay is not None and (idempotent or self.body_sent == 0)
         reused = connection.requests > 1
@@ -707,8 +710,27 @@ class HTTPProxyProtocol(Protocol):
 
     def _send_client(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if not self.lost:
+        if self.lost:
+            return
+        if self.client_batch is not None:
+            self.client_batch.append(data)
+        else:
             self.send(data)
+
+    def batch_begin(self) -> None:
+        """
+        Hold what is written to the client until :meth:`batch_end`: what one read from the
+        backend produces (a response head, its body, the final chunk) goes out in one send,
+        as one segment, instead of one small segment per part.
+        """
+        if self.client_batch is None:
+            self.client_batch = []
+
+    def batch_end(self) -> None:
+        """Send what :meth:`batch_begin` held."""
+        batch, self.client_batch = self.client_batch, None
+        if batch and not self.lost:
+            self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _detach_upstream(self, *, reuse: bool) -> None:
         """Unhook the upstream connection from this exchange; keep it for reuse or close it."""
@@ -766,14 +788,13 @@ class HTTPProxyProtocol(Protocol):
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
-        if self.response_timer is not None:
-            if self.response_timer.active():
-                self.response_timer.cancel()
-            self.response_timer = None
+        self._cancel_timer("response")
         backend = self.lease.backend if self.lease is not None else None
         self._release_backend()
         if backend is not None and self.status >= 100 and self.status != CLIENT_CLOSED:
             backend.count_response(self.status)
+        if not self.factory.access_log:
+            return
         now = self.seconds()
         started = request.started
         _access_log.info(
@@ -848,7 +869,33 @@ class HTTPProxyProtocol(Protocol):
             status, self.pending_reject = self.pending_reject, 0
             self.status = status
             self._send_client(error_response(status))
+            self._log_rejected(status)
         self.client_transport.loseConnection()
+
+    def _log_rejected(self, status: int) -> None:
+        """The access event of a request refused before it had an exchange."""
+        if not self.factory.access_log:
+            return
+        request = self.parsing
+        target = b"".join(self.url_parts) if request is not None else b""
+        _access_log.info(
+            '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
+            "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} "
+            "total_ms={total_ms}",
+            frontend=self.factory.frontend,
+            client=self.client_ip or "-",
+            method=(self.parser.get_method() or b"-").decode("latin-1")
+            if request is not None and request.method
+            else "-",
+            target=target.decode("latin-1") or "-",
+            status=status,
+            bytes_in=self.header_bytes,
+            bytes_out=len(error_response(status)),
+            backend="-",
+            connect_ms=0,
+            first_byte_ms=None,
+            total_ms=_ms(self.seconds() - request.started) if request is not None else 0,
+        )
 
     def _abort_client(self) -> None:
         self._finish_exchange()
@@ -859,6 +906,10 @@ class HTTPProxyProtocol(Protocol):
         """The client is gone: cut the upstream exchange short; its connection is not reused."""
         self._detach_upstream(reuse=False)
         self._finish_exchange()
+
+    def internal_error(self, failure: Failure) -> None:
+        """A bug of ours surfaced while handling this connection: log it, answer 500 or close."""
+        self._internal_error(failure)
 
     def _internal_error(self, failure: Failure) -> None:
         _log.failure(
@@ -877,33 +928,57 @@ class HTTPProxyProtocol(Protocol):
     # Timers.
 
     def _set_timer(self, kind: str, seconds: float) -> None:
-        self._cancel_timer()
-        self.timer_kind = kind
-        self.timer = self.factory.reactor.callLater(seconds, self._timer_fired)
+        """
+        Arm the connection's one deadline: ``header`` (408), ``idle`` (close quietly),
+        ``response`` (504) or ``tunnel`` (close).
 
-    def _cancel_timer(self) -> None:
+        The timer is lazy: changing the deadline does not cancel and re-create a DelayedCall
+        (a heap operation per request); the timer fires, finds the deadline later, and
+        sleeps again. It is moved sooner only when the new deadline is before it.
+        """
+        now = self.seconds()
+        self.timer_kind = kind
+        self.deadline = deadline = now + seconds
+        timer = self.timer
+        if timer is None:
+            self.timer = self.factory.reactor.callLater(seconds, self._timer_fired)
+        elif timer.getTime() > deadline + 1e-6:
+            timer.reset(seconds)
+
+    def _cancel_timer(self, kind: str | None = None) -> None:
+        """Disarm the deadline (only if it is of ``kind``, when given); the timer stays lazy."""
+        if kind is None or self.timer_kind == kind:
+            self.timer_kind = ""
+
+    def _stop_timer(self) -> None:
+        """Cancel the timer for good: the connection is gone."""
+        self.timer_kind = ""
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()
             self.timer = None
-        self.timer_kind = ""
 
     def _timer_fired(self) -> None:
-        kind = self.timer_kind
         self.timer = None
-        self.timer_kind = ""
+        kind = self.timer_kind
+        if not kind:
+            return
         if kind == "tunnel":
-            left = self.last_activity + self.factory.tunnel_timeout - self.seconds()
-            if left > 1e-6:
-                self._set_timer("tunnel", left)
-                return
+            self.deadline = self.last_activity + self.factory.tunnel_timeout
+        left = self.deadline - self.seconds()
+        if left > 1e-6:
+            self.timer = self.factory.reactor.callLater(left, self._timer_fired)
+            return
+        self.timer_kind = ""
+        if kind == "response":
+            self._response_timed_out()
+        elif kind == "tunnel":
             self.close("tunnel timeout")
-            return
-        if kind == "header" and self.parsing is not None:
+        elif kind == "header" and self.parsing is not None:
             self._reject(408)
-            return
-        # No request started: close quietly, as nginx and HAProxy do with idle keep-alives.
-        self.client_transport.loseConnection()
+        else:
+            # No request started: close quietly, as nginx and HAProxy do with idle keep-alives.
+            self.client_transport.loseConnection()
 
     # FrontendConnection.
 
@@ -955,6 +1030,7 @@ class HTTPProxyFactory(FrontendFactory):
         max_connections: concurrent client connections; past it new ones are closed at once.
         frontend: the frontend's name, for logs.
         proto: ``"http"`` or ``"https"``, for ``X-Forwarded-Proto`` and ``Forwarded``.
+        access_log: whether to log one access event per request.
 
     Raises:
         ValueError: a timeout is not > 0 or a limit is out of range.
@@ -975,6 +1051,7 @@ class HTTPProxyFactory(FrontendFactory):
         max_connections: int = 10000,
         frontend: str = "http",
         proto: str = "http",
+        access_log: bool = True,
     ) -> None:
         for key, seconds in (
             ("client_timeout", client_timeout),
@@ -985,7 +1062,9 @@ class HTTPProxyFactory(FrontendFactory):
                 raise ValueError(f"{key} must be > 0 s, not {seconds}")
         if max_header_bytes < 1 or max_body_bytes < 0:
             raise ValueError("max_header_bytes must be >= 1 and max_body_bytes >= 0")
-        super().__init__(reactor, max_connections=max_connections, frontend=frontend)
+        super().__init__(
+            reactor, max_connections=max_connections, frontend=frontend, access_log=access_log
+        )
         self.router = pool if isinstance(pool, Router) else Router([], pool)
         self.upstreams = upstreams if upstreams is not None else Upstreams(reactor)
         self.client_timeout = client_timeout

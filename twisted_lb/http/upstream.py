@@ -41,6 +41,9 @@ class ResponseHandler(TypingProtocol):
     def response_malformed(self, error: Exception) -> None: ...
     def upstream_lost(self, connection: UpstreamConnection, reason: Failure) -> None: ...
     def tunnel_data(self, data: bytes) -> None: ...
+    def internal_error(self, failure: Failure) -> None: ...
+    def batch_begin(self) -> None: ...
+    def batch_end(self) -> None: ...
 
 
 class UpstreamConnection(Protocol):
@@ -69,6 +72,7 @@ class UpstreamConnection(Protocol):
         self.tunnel = False
         self.lost = False
         self.idle_call: IDelayedCall | None = None
+        self.idle_deadline: float | None = None
         self.relay_transport: RelayTransport | None = None
         self.send: Any = None
         self.gate: ReadGate | None = None
@@ -93,6 +97,7 @@ class UpstreamConnection(Protocol):
         if self.tunnel:
             handler.tunnel_data(data)
             return
+        handler.batch_begin()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -101,10 +106,13 @@ class UpstreamConnection(Protocol):
             self.reusable = False
             handler.response_upgraded(data[offset:])
         except httptools.HttpParserCallbackError as e:
-            raise (e.__context__ or e) from None
+            self.reusable = False
+            handler.internal_error(Failure(e.__context__ or e))
         except httptools.HttpParserError as e:
             self.reusable = False
             handler.response_malformed(e)
+        finally:
+            handler.batch_end()
 
     # httptools callbacks.
 
@@ -135,6 +143,11 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.reusable = False
+        self.idle_deadline = None
+        if self.idle_call is not None:
+            if self.idle_call.active():
+                self.idle_call.cancel()
+            self.idle_call = None
         handler, self.handler = self.handler, None
         if handler is None:
             self.upstreams.discard(self)
@@ -186,14 +199,17 @@ class Upstreams:
         self.connections_made = 0
 
     def take_idle(self, backend: Backend) -> UpstreamConnection | None:
-        """The most recently used idle connection to ``backend``, or ``None``."""
+        """
+        The most recently used idle connection to ``backend``, or ``None``.
+
+        Its idle timer is left to fire: it finds the connection busy and lets go (a lazy
+        timer costs nothing per request; cancelling and re-arming would cost a heap
+        operation each).
+        """
         stack = self.idle.get(backend)
         while stack:
             connection = stack.pop()
-            if connection.idle_call is not None:
-                if connection.idle_call.active():
-                    connection.idle_call.cancel()
-                connection.idle_call = None
+            connection.idle_deadline = None
             if not connection.lost and connection.reusable:
                 return connection
         return None
@@ -233,12 +249,21 @@ class Upstreams:
             connection.close()
             return
         stack.append(connection)
-        connection.idle_call = self.reactor.callLater(
-            pool.upstream_idle_timeout, self._idle_timeout, connection
-        )
+        connection.idle_deadline = self.reactor.seconds() + pool.upstream_idle_timeout
+        if connection.idle_call is None:
+            connection.idle_call = self.reactor.callLater(
+                pool.upstream_idle_timeout, self._idle_timeout, connection
+            )
 
     def _idle_timeout(self, connection: UpstreamConnection) -> None:
         connection.idle_call = None
+        deadline = connection.idle_deadline
+        if deadline is None:
+            return  # in use again; the next release arms a timer
+        left = deadline - self.reactor.seconds()
+        if left > 1e-6:
+            connection.idle_call = self.reactor.callLater(left, self._idle_timeout, connection)
+            return
         self.discard(connection)
         connection.close()
 
