@@ -64,13 +64,17 @@ from _common import (
 
 set_log_name("http_bench")
 
-PATHS = ("direct", "nginx", "haproxy", "twisted-web", "twisted-lb")
+PATHS = ("direct", "nginx", "haproxy", "twisted-web", "twisted-lb", "twisted-lb-nolog")
 RELAYS = PATHS[1:]
 
 # (measure, numerator, denominator, comparison, target): the L7 rows of the Performance targets.
+# nginx and HAProxy run without access logs; twisted-lb-nolog is twisted-lb with
+# ``[global] access_log = false``, the like-for-like comparison. twisted-lb logs every request.
 TARGETS = (
     ("requests/s", "twisted-lb", "nginx", ">=", 0.5),
     ("p99", "twisted-lb", "nginx", "<=", 2.0),
+    ("requests/s", "twisted-lb-nolog", "nginx", ">=", 0.5),
+    ("p99", "twisted-lb-nolog", "nginx", "<=", 2.0),
 )
 # Shown for context, without a target.
 CONTEXT_RATIOS = (
@@ -290,10 +294,10 @@ def haproxy_config(listen: int, backends: list[int]) -> str:
     )
 
 
-def twisted_lb_config(name: str, listen: int, backends: list[int]) -> str:
+def twisted_lb_config(name: str, listen: int, backends: list[int], access_log: bool = True) -> str:
     addresses = ", ".join(f'{{ address = "{LOOPBACK}:{port}" }}' for port in backends)
     return (
-        f"[frontends.{name}]\n"
+        ("" if access_log else "[global]\naccess_log = false\n\n") + f"[frontends.{name}]\n"
         'mode = "http"\n'
         f'listen = ["tcp:{listen}:interface={LOOPBACK}"]\n'
         'pool = "app"\n'
@@ -462,13 +466,18 @@ class Bench:
         return self.children.start("twisted.web ReverseProxyResource", argv), port
 
     def start_twisted_lb(
-        self, name: str = "bench", port: int | None = None, backends: list[int] | None = None
+        self,
+        name: str = "bench",
+        port: int | None = None,
+        backends: list[int] | None = None,
+        access_log: bool = True,
     ) -> tuple[Child | None, int]:
-        port = self.ports.relays["twisted-lb"] if port is None else port
-        workdir = self.tmp / f"twisted-lb-{name}"
+        path = "twisted-lb" if access_log else "twisted-lb-nolog"
+        port = self.ports.relays[path] if port is None else port
+        workdir = self.tmp / f"{path}-{name}"
         workdir.mkdir(exist_ok=True)
         conf = workdir / "lb.toml"
-        conf.write_text(twisted_lb_config(name, port, backends or self.ports.backends))
+        conf.write_text(twisted_lb_config(name, port, backends or self.ports.backends, access_log))
         argv = [
             *twistd_argv(),
             "--reactor=epoll",
@@ -487,6 +496,7 @@ class Bench:
             "haproxy": self.start_haproxy,
             "twisted-web": self.start_twisted_web,
             "twisted-lb": self.start_twisted_lb,
+            "twisted-lb-nolog": lambda: self.start_twisted_lb(access_log=False),
         }[path]
 
     def measure(self, path: str) -> dict[str, Any]:
