@@ -14,7 +14,7 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb._transport import RELAY_BUFFER_BYTES
+from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate
 from twisted_lb._transport import sender as _sender
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
@@ -400,3 +400,29 @@ class SenderTests(SynchronousTestCase):
         """Transports that are not Twisted TCP connections get their own ``write``."""
         transport = StringTransport()
         self.assertEqual(_sender(transport), transport.write)
+
+
+class ReadGateTests(SynchronousTestCase):
+    def test_reasons(self) -> None:
+        """Reading resumes only when the last reason to pause is gone."""
+        transport = StringTransport()
+        gate = ReadGate(transport)
+        gate.pause("upstream")
+        gate.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        gate.resume("upstream")
+        self.assertEqual(transport.producerState, "paused")
+        gate.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_stop_producing_keeps_connection(self) -> None:
+        """
+        When its consumer goes away, the gate drops that consumer's pause and closes nothing:
+        a backend connection dying must not take the client connection with it.
+        """
+        transport = StringTransport()
+        gate = ReadGate(transport)
+        gate.pauseProducing()
+        gate.stopProducing()
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.producerState, "producing")

@@ -125,4 +125,10 @@ class ReadGate:
         self.resume("consumer")
 
     def stopProducing(self) -> None:
-        self.transport.loseConnection()
+        """
+        The consumer is gone (Twisted calls this when the transport the gate was registered
+        with loses its connection, before its protocol hears of it). Its pause no longer
+        applies; whether the gated connection lives on is for the protocol to decide (the
+        HTTP proxy may retry on a fresh backend connection), so nothing is closed here.
+        """
+        self.resume("consumer")
