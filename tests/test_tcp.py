@@ -14,7 +14,7 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate
+from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate, read_more
 from twisted_lb._transport import sender as _sender
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
@@ -361,7 +361,13 @@ class SenderTests(SynchronousTestCase):
         send(b"hello")
         self.assertEqual(self.read_all(), b"hello")
         self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_read_more(self) -> None:
+        """A bulk connection reads RELAY_BUFFER_BYTES at once; others keep Twisted's 64 KiB."""
+        self.assertEqual(self.connection.bufferSize, 64 * 1024)
+        read_more(self.connection)
         self.assertEqual(self.connection.bufferSize, RELAY_BUFFER_BYTES)
+        read_more(StringTransport())  # not a TCP connection: nothing to do
 
     def test_queues_behind_queued_data(self) -> None:
         """With bytes already queued, new bytes queue behind them: order is kept."""

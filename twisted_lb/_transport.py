@@ -6,19 +6,30 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress, IPushProducer
 from zope.interface import implementer
 
-#: Bytes read from a socket at once, and bytes queued for writing before the other side is
-#: paused (``bufferSize`` of Twisted's TCP transports, 64 KiB by default). Fewer, larger reads
-#: cost less per byte; measured with bench/tcp_bench.py, 256 KiB took bulk relaying from about
-#: 11 to 15 Gbit/s with requests/s unchanged. At most about this much is buffered per
-#: direction per connection, so memory stays bounded on slow peers.
+#: Bytes a bulk connection of the L4 relay reads at once, and queues for writing before the
+#: other side is paused (``bufferSize`` of Twisted's TCP transports, 64 KiB by default). Fewer,
+#: larger reads cost less per byte: measured with bench/tcp_bench.py, 256 KiB took bulk
+#: relaying from about 11 to 15 Gbit/s. But CPython allocates the whole size for every
+#: ``recv`` before shrinking it, which costs small messages about 4 µs a read (HTTP requests/s
+#: fell 11%), so connections start at 64 KiB and :func:`read_more` raises a connection whose
+#: read filled its buffer. At most about this much is buffered per direction per connection.
 RELAY_BUFFER_BYTES = 256 * 1024
+
+#: A read this large filled Twisted's default buffer: the connection is moving bulk data.
+FULL_READ_BYTES = 64 * 1024
+
+
+def read_more(transport: object) -> None:
+    """Let a Twisted TCP connection read :data:`RELAY_BUFFER_BYTES` at once from now on."""
+    if isinstance(transport, tcp.Connection):
+        cast(Any, transport).bufferSize = RELAY_BUFFER_BYTES
 
 
 class RelayTransport(TypingProtocol):
@@ -45,15 +56,13 @@ def sender(transport: RelayTransport) -> Callable[[bytes], None]:
     HAProxy send before waiting for writability. It calls the socket's ``send`` as
     ``FileDescriptor.doWrite`` would; whatever is not sent goes through ``write``, which queues it,
     waits for writability and pauses the producer when the queue is full, so byte order and
-    flow control are unchanged. Such connections also read and queue up to
-    :data:`RELAY_BUFFER_BYTES` at a time, and TCP ones get ``TCP_NODELAY`` (as nginx's
+    flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
     ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
     the previous one. Any other transport (TLS, test fakes) gets its ``write``.
     """
     if not isinstance(transport, tcp.Connection):
         return transport.write
     connection: Any = transport
-    connection.bufferSize = RELAY_BUFFER_BYTES
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
         connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     write = connection.write

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb._transport import RelayTransport, sender
+from twisted_lb._transport import FULL_READ_BYTES, RelayTransport, read_more, sender
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.pool import Lease, Pool
 
@@ -71,6 +71,8 @@ class _BackendSide(Protocol):
         client = self.client
         client.client_send(data)
         size = len(data)
+        if size >= FULL_READ_BYTES:
+            read_more(self.transport)
         client.bytes_out += size
         client.backend.bytes_out += size
         client.last_activity = client.seconds()
@@ -178,6 +180,8 @@ class _ClientSide(Protocol):
             return
         backend_send(data)
         size = len(data)
+        if size >= FULL_READ_BYTES:
+            read_more(self.transport)
         self.bytes_in += size
         self.backend.bytes_in += size
         self.last_activity = self.seconds()
