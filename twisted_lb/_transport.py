@@ -10,7 +10,11 @@ from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IAddress, IProtocol, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 #: Bytes a bulk connection of the L4 relay reads at once, and queues for writing before the
@@ -141,3 +145,36 @@ class ReadGate:
         HTTP proxy may retry on a fresh backend connection), so nothing is closed here.
         """
         self.resume("consumer")
+
+
+class _OneProtocolFactory(Factory):
+    """Hands the endpoint the one protocol made for one connection attempt."""
+
+    noisy = False
+
+    def __init__(self, protocol: IProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
+        return self._protocol
+
+
+def _connect_timed_out(result: object, timeout: float) -> Failure:
+    return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
+
+
+def connect(reactor: Any, backend: Any, protocol: IProtocol, timeout: float) -> Deferred[IProtocol]:
+    """
+    Connect ``protocol`` to ``backend`` through its client endpoint, abandoning the attempt
+    after ``timeout`` seconds on the reactor's clock.
+
+    Returns:
+        A Deferred that fires when ``protocol`` is connected, or fails with the connect error
+        (``ConnectionRefusedError``; ``twisted.internet.error.TimeoutError`` naming
+        ``connect_timeout``). Cancelling it stops the attempt.
+    """
+    connecting: Deferred[IProtocol] = backend.endpoint(reactor).connect(
+        _OneProtocolFactory(protocol)
+    )
+    connecting.addTimeout(timeout, reactor, _connect_timed_out)
+    return connecting

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -27,13 +26,13 @@ from twisted.internet.interfaces import (
     IProtocol,
     IPushProducer,
 )
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb._transport import FULL_READ_BYTES, RelayTransport, read_more, sender
+from twisted_lb._transport import FULL_READ_BYTES, RelayTransport, connect, read_more, sender
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.pool import Lease, Pool
 
@@ -95,18 +94,6 @@ class _BackendSide(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.client.backend_connection_lost()
-
-
-class _BackendSideFactory(Factory):
-    """Builds the one backend-side protocol of one connection attempt."""
-
-    noisy = False
-
-    def __init__(self, protocol: _BackendSide) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
-        return self._protocol
 
 
 @implementer(IHalfCloseableProtocol)
@@ -245,8 +232,7 @@ class _ClientSide(Protocol):
         self.backend = backend = lease.backend
         self.tried.append(backend)
         side = _BackendSide(self)
-        connecting = backend.endpoint(factory.reactor).connect(_BackendSideFactory(side))
-        connecting.addTimeout(pool.connect_timeout, factory.reactor, _connect_timed_out)
+        connecting = connect(factory.reactor, backend, side, pool.connect_timeout)
         self.connecting = connecting
         connecting.addCallbacks(
             self._backend_connected, self._backend_failed, (side,), errbackArgs=(lease,)
@@ -372,10 +358,6 @@ class _ClientSide(Protocol):
             duration_ms=round((self.seconds() - self.started) * 1000),
             ended=self.ended,
         )
-
-
-def _connect_timed_out(result: object, timeout: float) -> Failure:
-    return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
 
 
 def _format_address(address: IAddress | None) -> str:

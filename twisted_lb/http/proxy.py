@@ -74,6 +74,11 @@ CLIENT_CLOSED = 499
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+_ACCESS_FORMAT = (
+    '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
+    "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} total_ms={total_ms}"
+)
+
 
 class _RequestError(Exception):
     """Raised inside parser callbacks to answer a request with an error status."""
@@ -797,12 +802,7 @@ class HTTPProxyProtocol(Protocol):
             return
         now = self.seconds()
         started = request.started
-        _access_log.info(
-            '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
-            "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} "
-            "total_ms={total_ms}",
-            frontend=self.factory.frontend,
-            client=self.client_ip or "-",
+        self._log_access(
             method=request.method.decode("latin-1"),
             target=request.target.decode("latin-1"),
             status=self.status,
@@ -878,12 +878,7 @@ class HTTPProxyProtocol(Protocol):
             return
         request = self.parsing
         target = b"".join(self.url_parts) if request is not None else b""
-        _access_log.info(
-            '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
-            "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} "
-            "total_ms={total_ms}",
-            frontend=self.factory.frontend,
-            client=self.client_ip or "-",
+        self._log_access(
             method=(self.parser.get_method() or b"-").decode("latin-1")
             if request is not None and request.method
             else "-",
@@ -895,6 +890,15 @@ class HTTPProxyProtocol(Protocol):
             connect_ms=0,
             first_byte_ms=None,
             total_ms=_ms(self.seconds() - request.started) if request is not None else 0,
+        )
+
+    def _log_access(self, **fields: object) -> None:
+        """One access event: method, target, status, bytes each way, backend, timings (ms)."""
+        _access_log.info(
+            _ACCESS_FORMAT,
+            frontend=self.factory.frontend,
+            client=self.client_ip or "-",
+            **fields,
         )
 
     def _abort_client(self) -> None:

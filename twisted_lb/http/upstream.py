@@ -15,13 +15,12 @@ from typing import Protocol as TypingProtocol
 
 import httptools
 from twisted.internet.defer import Deferred
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_lb._transport import ReadGate, RelayTransport, sender
+from twisted_lb._transport import ReadGate, RelayTransport, connect, sender
 from twisted_lb.backend import Backend
 from twisted_lb.pool import Pool
 
@@ -167,20 +166,6 @@ class UpstreamConnection(Protocol):
             self.relay_transport.abortConnection()
 
 
-class _UpstreamFactory(Factory):
-    noisy = False
-
-    def __init__(self, connection: UpstreamConnection) -> None:
-        self.connection = connection
-
-    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
-        return self.connection
-
-
-def _connect_timed_out(result: object, timeout: float) -> Failure:
-    return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
-
-
 class Upstreams:
     """
     Connections to backends, shared by every HTTP frontend of a balancer.
@@ -223,8 +208,7 @@ class Upstreams:
             (``ConnectionRefusedError``, ``twisted.internet.error.TimeoutError``, ...).
         """
         connection = UpstreamConnection(self, backend, pool)
-        connecting = backend.endpoint(self.reactor).connect(_UpstreamFactory(connection))
-        connecting.addTimeout(pool.connect_timeout, self.reactor, _connect_timed_out)
+        connecting = connect(self.reactor, backend, connection, pool.connect_timeout)
 
         def connected(protocol: object) -> UpstreamConnection:
             self.connections_made += 1
