@@ -479,6 +479,38 @@ class ErrorTests(ProxyCase):
         self.assertEqual(self.factory.upstreams.idle.get(self.backends[0], []), [])
         self.close_client(client)
 
+    def test_request_body_stalls(self) -> None:
+        """A request body that stops coming for client_timeout is answered 408."""
+        client, client_transport = self.connect_client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        _, upstream_transport = self.accept_upstream()
+        self.reactor.advance(30)
+        client.dataReceived(b"de")  # activity: the count starts again
+        self.reactor.advance(59.9)
+        self.assertEqual(client_transport.value(), b"")
+        self.reactor.advance(0.1)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 408"))
+        self.assertTrue(upstream_transport.disconnected)
+        self.close_client(client)
+
+    def test_response_body_stalls(self) -> None:
+        """A response that stops midway for client_timeout is cut, both sides."""
+        client, client_transport = self.connect_client()
+        client.dataReceived(GET)
+        upstream, upstream_transport = self.accept_upstream()
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome")
+        self.reactor.advance(40)
+        upstream.dataReceived(b" more")
+        self.reactor.advance(59.9)
+        self.assertFalse(client_transport.disconnected)
+        with capturedLogs() as events:
+            self.reactor.advance(0.1)
+        self.assertTrue(client_transport.disconnected)
+        self.assertTrue(upstream_transport.disconnected)
+        self.assertTrue(any("streaming a body" in e["log_format"] for e in events))
+        self.close_client(client)
+        upstream.connectionLost(Failure(ConnectionLost()))
+
     def test_keep_alive_race_retried(self) -> None:
         """
         A reused upstream connection that closes before any response byte: the request is

@@ -221,6 +221,7 @@ class HTTPProxyProtocol(Protocol):
             if self.active is not None and self.active.upgrade:
                 self.tunnel_early.append(data)
             return
+        self.last_activity = self.seconds()
         try:
             self.parser.feed_data(data)
             if self.active is None and self.queue:
@@ -467,6 +468,8 @@ class HTTPProxyProtocol(Protocol):
             self._send_upstream(parts[0] if len(parts) == 1 else b"".join(parts))
         if request.complete:
             self._request_sent()
+        else:
+            self._set_timer("transfer", self.factory.client_timeout)
         self.gate.resume("upstream")
 
     def _request_head(self, request: _Request) -> bytes:
@@ -515,6 +518,28 @@ class HTTPProxyProtocol(Protocol):
         assert pool is not None
         if not self.response_started:
             self._set_timer("response", pool.response_timeout)
+
+    def _transfer_stalled(self) -> None:
+        """
+        No byte either way for ``client_timeout`` while a body was streaming: a request body
+        that stops coming is answered 408 (nginx ``client_body_timeout``); a response that
+        stops midway can only be cut (nginx ``proxy_read_timeout``, HAProxy ``timeout
+        server``/``client``).
+        """
+        _log.warn(
+            "frontend {frontend}: no bytes for {timeout} s while streaming a body between "
+            "{client} and backend {backend}; closing",
+            frontend=self.factory.frontend,
+            timeout=self.factory.client_timeout,
+            client=self.client_ip or "-",
+            backend=self.backend.name if self.backend else "-",
+        )
+        if self.response_started and self.status >= 200:
+            self._detach_upstream(reuse=False)
+            self._abort_client()
+        else:
+            self._detach_upstream(reuse=False)
+            self._respond_error(408, "request body stalled")
 
     def _response_timed_out(self) -> None:
         pool = self.pool
@@ -598,6 +623,8 @@ class HTTPProxyProtocol(Protocol):
         elif request.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
         self.framing = framing
+        if framing != "none":
+            self._set_timer("transfer", self.factory.client_timeout)
         self._send_client(serialize_head(b"HTTP/1.1 %d %b" % (status, phrase), headers))
         if framing == "none":
             if request.method == b"HEAD":
@@ -688,7 +715,7 @@ class HTTPProxyProtocol(Protocol):
         backend = self.backend
         pool = self.pool
         assert request is not None and backend is not None and pool is not None
-        self._cancel_timer("response")
+        self._cancel_timer("response", "transfer")
         idempotent = request.method in IDEMPOTENT_METHODS
         replayable = self.replay is not None and (idempotent or self.body_sent == 0)
         reused = connection.requests > 1
@@ -728,6 +755,8 @@ class HTTPProxyProtocol(Protocol):
         backend produces (a response head, its body, the final chunk) goes out in one send,
         as one segment, instead of one small segment per part.
         """
+        # Called once per read from the backend: that is activity for the transfer deadline.
+        self.last_activity = self.seconds()
         if self.client_batch is None:
             self.client_batch = []
 
@@ -793,7 +822,7 @@ class HTTPProxyProtocol(Protocol):
         if self.connecting is not None:
             connecting, self.connecting = self.connecting, None
             connecting.cancel()
-        self._cancel_timer("response")
+        self._cancel_timer("response", "transfer")
         backend = self.lease.backend if self.lease is not None else None
         self._release_backend()
         if backend is not None and self.status >= 100 and self.status != CLIENT_CLOSED:
@@ -934,7 +963,8 @@ class HTTPProxyProtocol(Protocol):
     def _set_timer(self, kind: str, seconds: float) -> None:
         """
         Arm the connection's one deadline: ``header`` (408), ``idle`` (close quietly),
-        ``response`` (504) or ``tunnel`` (close).
+        ``response`` (504), ``transfer`` (no byte either way for ``client_timeout`` while a
+        body streams: 408 or a cut) or ``tunnel`` (close).
 
         The timer is lazy: changing the deadline does not cancel and re-create a DelayedCall
         (a heap operation per request); the timer fires, finds the deadline later, and
@@ -949,9 +979,9 @@ class HTTPProxyProtocol(Protocol):
         elif timer.getTime() > deadline + 1e-6:
             timer.reset(seconds)
 
-    def _cancel_timer(self, kind: str | None = None) -> None:
-        """Disarm the deadline (only if it is of ``kind``, when given); the timer stays lazy."""
-        if kind is None or self.timer_kind == kind:
+    def _cancel_timer(self, *kinds: str) -> None:
+        """Disarm the deadline (only if it is of one of ``kinds``, when given); stays lazy."""
+        if not kinds or self.timer_kind in kinds:
             self.timer_kind = ""
 
     def _stop_timer(self) -> None:
@@ -969,6 +999,8 @@ class HTTPProxyProtocol(Protocol):
             return
         if kind == "tunnel":
             self.deadline = self.last_activity + self.factory.tunnel_timeout
+        elif kind == "transfer":
+            self.deadline = self.last_activity + self.factory.client_timeout
         left = self.deadline - self.seconds()
         if left > 1e-6:
             self.timer = self.factory.reactor.callLater(left, self._timer_fired)
@@ -976,6 +1008,8 @@ class HTTPProxyProtocol(Protocol):
         self.timer_kind = ""
         if kind == "response":
             self._response_timed_out()
+        elif kind == "transfer":
+            self._transfer_stalled()
         elif kind == "tunnel":
             self.close("tunnel timeout")
         elif kind == "header" and self.parsing is not None:
