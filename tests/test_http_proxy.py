@@ -617,9 +617,13 @@ class UpgradeTests(ProxyCase):
         self.assertTrue(received.endswith(b"\r\n\r\nfrom-server"))
         client.dataReceived(b"from-client")
         self.assertEqual(upstream_transport.value(), b"from-client")
-        self.reactor.advance(3600)
+        with capturedLogs() as events:
+            self.reactor.advance(3600)
         self.assertTrue(client_transport.disconnecting)
         self.close_client(client)
+        [access] = access_events(events)
+        self.assertEqual(access["status"], 101)
+        self.assertGreater(access["bytes_in"], len(b"from-client"))
         upstream.connectionLost(Failure(ConnectionDone()))
 
 

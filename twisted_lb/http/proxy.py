@@ -160,6 +160,7 @@ class HTTPProxyProtocol(Protocol):
         # Tunnel (after a 101).
         self.tunnel = False
         self.tunnel_early: list[bytes] = []
+        self.tunnel_in = 0  # bytes from the client through an upgraded tunnel
         self.last_activity = 0.0
         self.client_batch: list[bytes] | None = None
         self._reset_exchange()
@@ -214,6 +215,7 @@ class HTTPProxyProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel:
             self.last_activity = self.seconds()
+            self.tunnel_in += len(data)
             if self.upstream is not None:
                 self.upstream.send(data)
             return
@@ -663,6 +665,7 @@ class HTTPProxyProtocol(Protocol):
         upstream = self.upstream
         assert upstream is not None
         for chunk in early:
+            self.tunnel_in += len(chunk)
             upstream.send(chunk)
         self.gate.resume("upgrade")
         self._set_timer("tunnel", self.factory.tunnel_timeout)
@@ -835,7 +838,7 @@ class HTTPProxyProtocol(Protocol):
             method=request.method.decode("latin-1"),
             target=request.target.decode("latin-1"),
             status=self.status,
-            bytes_in=request.head_bytes + request.body_bytes,
+            bytes_in=request.head_bytes + request.body_bytes + self.tunnel_in,
             bytes_out=self.bytes_out,
             backend=backend.name if backend is not None else "-",
             connect_ms=_ms(self.t_connected - started) if self.t_connected else 0,
