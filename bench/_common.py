@@ -7,6 +7,7 @@ script calls ``set_log_name`` once so its progress lines on stderr carry its own
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,3 +424,52 @@ def run_wrk(wrk: str, port: int, duration: int, connections: int, threads: int) 
             f"wrk exited with {proc.returncode}:\n" + tail_text(proc.stdout + proc.stderr)
         )
     return parse_wrk(proc.stdout)
+
+
+def bench_parser(
+    doc: str | None, paths: Sequence[str], duration_help: str
+) -> argparse.ArgumentParser:
+    """The options every benchmark script takes; a script adds its own before parsing."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0] if doc else None,
+        epilog="See bench/README.rst for how to read the output.",
+    )
+    parser.add_argument("--duration", type=int, default=10, help=duration_help)
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="seconds of unrecorded wrk before each run (0: none)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run all paths this many times; report medians"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(paths),
+        help=f"comma-separated subset of {','.join(paths)} (default: all)",
+    )
+    parser.add_argument("--json", metavar="OUT", help="write the raw figures to OUT as JSON")
+    parser.add_argument(
+        "--no-install", action="store_true", help="fail instead of apt-get installing missing tools"
+    )
+    parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 if a target is missed")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with the logs")
+    return parser
+
+
+def check_bench_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, paths: Sequence[str]
+) -> None:
+    """Validate the options of :func:`bench_parser`; ``args.paths`` becomes a list, in order."""
+    chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in paths]
+    if unknown or not chosen:
+        parser.error(f"--paths: unknown {', '.join(unknown) or '(empty)'}; choose from {paths}")
+    args.paths = [p for p in paths if p in chosen]
+    for name in ("duration", "connections", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections")

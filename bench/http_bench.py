@@ -48,6 +48,8 @@ from _common import (
     Child,
     Children,
     apt_install,
+    bench_parser,
+    check_bench_args,
     cpu_busy_percent,
     exit_on_signals,
     first_output_line,
@@ -865,51 +867,17 @@ def print_report(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="See bench/README.rst for how to read the output.",
-    )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="seconds of unrecorded wrk before each run (0: none)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="run all paths this many times; report medians"
-    )
-    parser.add_argument(
-        "--paths",
-        default=",".join(PATHS),
-        help=f"comma-separated subset of {','.join(PATHS)} (default: all)",
-    )
+    parser = bench_parser(__doc__, PATHS, "seconds per wrk run")
     parser.add_argument(
         "--transfer-mib",
         type=int,
         default=1024,
         help="MiB streamed each way through twisted-lb for the RSS figure (0: skip; default 1024)",
     )
-    parser.add_argument("--json", metavar="OUT", help="write the raw figures to OUT as JSON")
-    parser.add_argument(
-        "--no-install", action="store_true", help="fail instead of apt-get installing missing tools"
-    )
-    parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 if a target is missed")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with the logs")
     args = parser.parse_args(argv)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown or not paths:
-        parser.error(f"--paths: unknown {', '.join(unknown) or '(empty)'}; choose from {PATHS}")
-    args.paths = [p for p in PATHS if p in paths]
-    for name in ("duration", "connections", "threads", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.warmup < 0:
-        parser.error("--warmup must not be negative")
+    check_bench_args(parser, args, PATHS)
     if args.transfer_mib < 0:
         parser.error("--transfer-mib must not be negative")
-    if args.threads > args.connections:
-        parser.error("--threads must not exceed --connections")
     return args
 
 
