@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -16,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._harness import TWISTED_LB
 from twisted_lb import strategies
 from twisted_lb.config import (
     BackendConfig,
@@ -23,6 +26,8 @@ from twisted_lb.config import (
     ConfigError,
     FrontendConfig,
     GlobalConfig,
+    HealthCheckConfig,
+    OutlierDetectionConfig,
     PoolConfig,
     Problem,
     RouteConfig,
@@ -466,9 +471,9 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
                 "pools.app.zzz: unknown key; valid keys are: "
                 "'strategy', 'strategy_options', 'connect_timeout', 'retries', "
                 "'response_timeout', 'upstream_idle_timeout', 'max_idle_per_backend', "
-                "'backends'",
+                "'backends', 'health_check', 'outlier_detection', 'panic', 'slow_start'",
                 "pools.app.backends[0].port: unknown key; valid keys are: "
-                "'address', 'name', 'weight', 'backup'",
+                "'address', 'name', 'weight', 'backup', 'state'",
             ],
         )
 
@@ -497,8 +502,6 @@ pool = "app"
 min_version = "TLSv1.2"
 [pools.app]
 backends = [{ address = "127.0.0.1:9001" }]
-[pools.app.health_check]
-kind = "tcp"
 [pools.app.tls]
 server_name = "app.internal"
 """
@@ -508,7 +511,6 @@ server_name = "app.internal"
                 f"metrics: {later}",
                 f"frontends.api.tls: {later}",
                 f"frontends.web.tls: {later}",
-                f"pools.app.health_check: {later}",
                 f"pools.app.tls: {later}",
             ],
         )
@@ -1324,6 +1326,7 @@ class RouteTests(ConfigTestCase):
                 'host = "[2001:DB8::1]"\npool = "app"',
                 'host = "under_score.internal"\npool = "app"',
                 'host = "localhost"\npath_prefix = "/"\npool = "app"',
+                'path_prefix = "/go/https://"\npool = "app"',
             )
         )
         self.assertEqual(
@@ -1336,6 +1339,7 @@ class RouteTests(ConfigTestCase):
                 RouteConfig(pool="app", host="[2001:db8::1]"),
                 RouteConfig(pool="app", host="under_score.internal"),
                 RouteConfig(pool="app", host="localhost", path_prefix="/"),
+                RouteConfig(pool="app", path_prefix="/go/https://"),
             ),
         )
         inline = self.load(
@@ -1633,6 +1637,757 @@ class HTTPPoolTests(ConfigTestCase):
         )
 
 
+def _pools_with(table: str, *bodies: str) -> str:
+    """
+    A tcp frontend and pools ``p0``, ``p1``, ... each with one ``[pools.pN.TABLE]`` whose keys
+    are the body.
+    """
+    text = FRONTEND.replace('"app"', '"p0"')
+    for index, body in enumerate(bodies):
+        text += f'[pools.p{index}]\nbackends = [{{ address = "127.0.0.1:9001" }}]\n'
+        text += f"[pools.p{index}.{table}]\n{body}\n"
+    return text
+
+
+HTTP_ONLY_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
+STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
+CHECK_HOSTS = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
+
+
+class HealthCheckTests(ConfigTestCase):
+    """
+    ``[pools.NAME.health_check]``: active checks.
+    """
+
+    def test_absent(self) -> None:
+        """
+        Without the table a pool has no active checks.
+        """
+        pool = self.load(FRONTEND + POOL).pools["app"]
+        self.assertIsNone(pool.health_check)
+
+    def test_empty(self) -> None:
+        """
+        An empty table, as a section or inline, means tcp checks with the defaults.
+        """
+        defaults = HealthCheckConfig(
+            kind="tcp",
+            interval=2.0,
+            timeout=1.0,
+            rise=2,
+            fall=3,
+            down_interval=None,
+            jitter=0.1,
+            path="/",
+            host=None,
+            expect_status=(200, 399),
+            expect_body=None,
+        )
+        self.assertEqual(HealthCheckConfig(), defaults)
+        section = self.load(FRONTEND + POOL + "[pools.app.health_check]\n").pools["app"]
+        self.assertEqual(section.health_check, defaults)
+        inline = self.load(FRONTEND + POOL + "health_check = {}\n").pools["app"]
+        self.assertEqual(inline.health_check, defaults)
+
+    def test_every_key(self) -> None:
+        """
+        Every key of an http check is read; integer seconds become floats.
+        """
+        pool = self.load(
+            FRONTEND
+            + POOL
+            + """\
+[pools.app.health_check]
+kind = "http"
+interval = 5
+timeout = 0.5
+rise = 1
+fall = 10
+down_interval = 30
+jitter = 0
+path = "/healthz?verbose=1"
+host = "app.internal:8080"
+expect_status = "200-299"
+expect_body = '"status": *"up"'
+"""
+        ).pools["app"]
+        self.assertEqual(
+            pool.health_check,
+            HealthCheckConfig(
+                kind="http",
+                interval=5.0,
+                timeout=0.5,
+                rise=1,
+                fall=10,
+                down_interval=30.0,
+                jitter=0.0,
+                path="/healthz?verbose=1",
+                host="app.internal:8080",
+                expect_status=(200, 299),
+                expect_body='"status": *"up"',
+            ),
+        )
+        check = pool.health_check
+        assert check is not None
+        for value in [check.interval, check.down_interval, check.jitter]:
+            self.assertIsInstance(value, float)
+
+    def test_frozen(self) -> None:
+        check = HealthCheckConfig(expect_status=[204, 204])  # type: ignore[arg-type]
+        self.assertEqual(check.expect_status, (204, 204))
+        with self.assertRaises(AttributeError):
+            check.rise = 5  # type: ignore[misc]
+
+    def test_expect_status_forms(self) -> None:
+        """
+        A range, a code in a string, or an integer code.
+        """
+        for written, expected in [
+            ('"200-399"', (200, 399)),
+            ('"100-599"', (100, 599)),
+            ('"204-204"', (204, 204)),
+            ('"204"', (204, 204)),
+            ("503", (503, 503)),
+        ]:
+            check = (
+                self.load(
+                    FRONTEND
+                    + POOL
+                    + f'health_check = {{ kind = "http", expect_status = {written} }}\n'
+                )
+                .pools["app"]
+                .health_check
+            )
+            assert check is not None
+            self.assertEqual(check.expect_status, expected, written)
+
+    def test_expect_status_problems(self) -> None:
+        bodies = [
+            '"500-200"',
+            '"abc"',
+            "600",
+            "99",
+            '"2xx"',
+            '"200-6000"',
+            '"0200"',
+            '"200 - 399"',
+            '""',
+            "200.0",
+            "true",
+            "[200, 399]",
+        ]
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "health_check", *(f'kind = "http"\nexpect_status = {b}' for b in bodies)
+                )
+            ),
+            [
+                f"pools.p{index}.health_check.expect_status: {message}"
+                for index, message in enumerate(
+                    [
+                        "'500-200' is an empty range; write the lowest code first, "
+                        'as in expect_status = "200-500"',
+                        f"'abc' is not a status code or a range; write one as in {STATUS_EXAMPLES}",
+                        "600 is not an HTTP status code (100 to 599); "
+                        f"write one as in {STATUS_EXAMPLES}",
+                        "99 is not an HTTP status code (100 to 599); "
+                        f"write one as in {STATUS_EXAMPLES}",
+                        "'2xx': write a class of codes as a range, "
+                        'as in expect_status = "200-299"',
+                        "'6000' in '200-6000' is not an HTTP status code (100 to 599); "
+                        f"write one as in {STATUS_EXAMPLES}",
+                        "'0200' is not an HTTP status code (100 to 599); "
+                        f"write one as in {STATUS_EXAMPLES}",
+                        "'200 - 399' is not a status code or a range; "
+                        f"write one as in {STATUS_EXAMPLES}",
+                        f"'' is not a status code or a range; write one as in {STATUS_EXAMPLES}",
+                        f"must be a status code or a range, as in {STATUS_EXAMPLES}, not a float",
+                        f"must be a status code or a range, as in {STATUS_EXAMPLES}, not a boolean",
+                        f"must be a status code or a range, as in {STATUS_EXAMPLES}, not an array",
+                    ]
+                )
+            ],
+        )
+
+    def test_only_http(self) -> None:
+        """
+        The http keys in a tcp check, whether ``kind = "tcp"`` is written or not, are each a
+        problem that says how to fix it; they are not checked further.
+        """
+        keys = 'path = "healthz"\nhost = ""\nexpect_status = 999\nexpect_body = "("'
+        self.assertEqual(
+            self.problems(_pools_with("health_check", 'kind = "tcp"\n' + keys, keys)),
+            [
+                f"pools.p{index}.health_check.{key}: {HTTP_ONLY_CHECK}"
+                for index in range(2)
+                for key in ["path", "host", "expect_status", "expect_body"]
+            ],
+        )
+
+    def test_kind(self) -> None:
+        """
+        An unknown kind is a problem with a suggestion, and the http keys are then checked
+        as for http.
+        """
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "health_check",
+                    'kind = "htp"\npath = "healthz"',
+                    'kind = "udp"',
+                    "kind = 1",
+                    'kind = "HTTP"',
+                )
+            ),
+            [
+                "pools.p0.health_check.kind: unknown kind 'htp' (did you mean 'http'?)",
+                "pools.p0.health_check.path: must start with '/', as in '/healthz'",
+                "pools.p1.health_check.kind: unknown kind 'udp'; valid kinds are: 'tcp', 'http'",
+                "pools.p2.health_check.kind: must be a string, not an integer",
+                "pools.p3.health_check.kind: unknown kind 'HTTP' (did you mean 'http'?)",
+            ],
+        )
+
+    def test_numbers(self) -> None:
+        """
+        Intervals and the timeout are seconds > 0, rise and fall integers >= 1, and jitter a
+        fraction 0 <= jitter < 1.
+        """
+        jitter = (
+            "pools.p{}.health_check.jitter: must be a fraction of the interval, at least 0 and "
+            "less than 1, as in jitter = 0.1, not {}"
+        )
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "health_check",
+                    "interval = 0\ntimeout = -1\nrise = 0\nfall = 1.5\ndown_interval = 0\n"
+                    "jitter = 1",
+                    'interval = "2s"\ntimeout = inf\nrise = true\nfall = -3\n'
+                    "down_interval = nan\njitter = -0.1",
+                    "jitter = true",
+                    'jitter = "10%"',
+                    "jitter = nan",
+                    "jitter = 10",
+                )
+            ),
+            [
+                "pools.p0.health_check.interval: must be more than 0 seconds, not 0",
+                "pools.p0.health_check.timeout: must be more than 0 seconds, not -1",
+                "pools.p0.health_check.rise: must be an integer >= 1, not 0",
+                "pools.p0.health_check.fall: must be an integer >= 1, not a float",
+                "pools.p0.health_check.down_interval: must be more than 0 seconds, not 0",
+                jitter.format(0, "1"),
+                "pools.p1.health_check.interval: must be a number (seconds), not a string",
+                "pools.p1.health_check.timeout: must be a finite number of seconds, not inf",
+                "pools.p1.health_check.rise: must be an integer >= 1, not a boolean",
+                "pools.p1.health_check.fall: must be an integer >= 1, not -3",
+                "pools.p1.health_check.down_interval: must be a finite number of seconds, not nan",
+                jitter.format(1, "-0.1"),
+                jitter.format(2, "a boolean"),
+                jitter.format(3, "a string"),
+                jitter.format(4, "nan"),
+                jitter.format(5, "10"),
+            ],
+        )
+
+    def test_jitter_bounds(self) -> None:
+        for written, expected in [("0", 0.0), ("0.0", 0.0), ("0.999", 0.999), ("0.5", 0.5)]:
+            check = self.load(FRONTEND + POOL + f"health_check = {{ jitter = {written} }}\n")
+            health = check.pools["app"].health_check
+            assert health is not None
+            self.assertEqual(health.jitter, expected)
+            self.assertIsInstance(health.jitter, float)
+
+    def test_paths(self) -> None:
+        """
+        A path starts with '/', is ASCII without spaces or control characters, and has no
+        fragment; it may have a query.
+        """
+        for path in ["/", "/healthz", "/a/b?c=d&e", "/caf%C3%A9", "/~user/status", "/://"]:
+            check = (
+                self.load(
+                    FRONTEND + POOL + f'health_check = {{ kind = "http", path = "{path}" }}\n'
+                )
+                .pools["app"]
+                .health_check
+            )
+            assert check is not None
+            self.assertEqual(check.path, path)
+        paths = [
+            '""',
+            '"healthz"',
+            '"http://app/healthz"',
+            '"/a b"',
+            '"/a\\tb"',
+            '"/café"',
+            '"/a#top"',
+            "1",
+        ]
+        self.assertEqual(
+            self.problems(
+                _pools_with("health_check", *(f'kind = "http"\npath = {p}' for p in paths))
+            ),
+            [
+                f"pools.p{index}.health_check.path: {message}"
+                for index, message in enumerate(
+                    [
+                        "must start with '/', as in '/'",
+                        "must start with '/', as in '/healthz'",
+                        "write the path only, without scheme and host; put the host name in host",
+                        "'/a b': write the path as requests carry it, in ASCII without spaces, "
+                        "as in '/a%20b'",
+                        "'/a\\tb': write the path as requests carry it, in ASCII without spaces, "
+                        "as in '/a%09b'",
+                        "'/café': write the path as requests carry it, in ASCII without spaces, "
+                        "as in '/caf%C3%A9'",
+                        "a request has no fragment; write '/a', without the part from '#' on",
+                        "must be a string, not an integer",
+                    ]
+                )
+            ],
+        )
+
+    def test_hosts(self) -> None:
+        """
+        A host is a host name or an IP address (IPv6 in brackets), with an optional port; it
+        is kept as written.
+        """
+        for host in [
+            "app.internal",
+            "App.Internal:8080",
+            "localhost",
+            "10.0.0.5",
+            "10.0.0.5:65535",
+            "[2001:db8::1]",
+            "[::1]:1",
+            "under_score",
+        ]:
+            check = (
+                self.load(
+                    FRONTEND + POOL + f'health_check = {{ kind = "http", host = "{host}" }}\n'
+                )
+                .pools["app"]
+                .health_check
+            )
+            assert check is not None
+            self.assertEqual(check.host, host)
+        hosts = [
+            "",
+            "http://app.internal/x",
+            "app.internal/healthz",
+            "::1",
+            "2001:db8::zz",
+            "[::1",
+            "[::1]8080",
+            "[app]:80",
+            "a b",
+            "*.example.com",
+            "app:0",
+            "app:65536",
+            "app:http",
+            "app:",
+            "app:\uff11\uff12",
+        ]
+        self.assertEqual(
+            self.problems(
+                _pools_with("health_check", *(f'kind = "http"\nhost = "{h}"' for h in hosts))
+            ),
+            [
+                f"pools.p{index}.health_check.host: {message}"
+                for index, message in enumerate(
+                    [
+                        f"must not be empty; write {CHECK_HOSTS}, "
+                        "or leave host out to send the backend's address",
+                        "write the host name only, without the scheme, as in 'app.internal'",
+                        "write the host name only, as in 'app.internal', and the path in path",
+                        "write IPv6 addresses in brackets, as in '[::1]'",
+                        f"'2001:db8::zz' is not a host name; write {CHECK_HOSTS}",
+                        "'[::1' is not an IPv6 address in brackets, as in '[2001:db8::1]'",
+                        "'[::1]8080' is not an IPv6 address in brackets, as in '[2001:db8::1]'",
+                        "'[app]:80' is not an IPv6 address in brackets, as in '[2001:db8::1]'",
+                        f"'a b' is not a host name; write {CHECK_HOSTS}",
+                        f"'*.example.com' is not a host name; write {CHECK_HOSTS}",
+                        "port '0' in 'app:0' is not a number from 1 to 65535",
+                        "port '65536' in 'app:65536' is not a number from 1 to 65535",
+                        "port 'http' in 'app:http' is not a number from 1 to 65535",
+                        "port '' in 'app:' is not a number from 1 to 65535",
+                        "port '\uff11\uff12' in 'app:\uff11\uff12' is not a number from 1 to 65535",
+                    ]
+                )
+            ],
+        )
+
+    def test_expect_body(self) -> None:
+        """
+        ``expect_body`` is a Python regular expression that compiles; a bad one names what
+        :mod:`re` objected to.
+        """
+        check = (
+            self.load(
+                FRONTEND + POOL + "health_check = { kind = 'http', expect_body = '^OK\\b' }\n"
+            )
+            .pools["app"]
+            .health_check
+        )
+        assert check is not None
+        self.assertEqual(check.expect_body, "^OK\\b")
+        fix = (
+            "; fix it, or put a backslash before each character meant literally, "
+            "as in expect_body = '\\(ok\\)'"
+        )
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "health_check",
+                    "kind = 'http'\nexpect_body = '(ok'",
+                    "kind = 'http'\nexpect_body = '[z-a]'",
+                    "kind = 'http'\nexpect_body = 'a{4294967296}'",
+                    "kind = 'http'\nexpect_body = '" + "(" * 2000 + ")" * 2000 + "'",
+                    "kind = 'http'\nexpect_body = ''",
+                    "kind = 'http'\nexpect_body = 200",
+                )
+            ),
+            [
+                "pools.p0.health_check.expect_body: not a valid Python regular expression "
+                "(missing ), unterminated subpattern at position 0)" + fix,
+                "pools.p1.health_check.expect_body: not a valid Python regular expression "
+                "(bad character range z-a at position 1)" + fix,
+                "pools.p2.health_check.expect_body: not a valid Python regular expression "
+                "(the repetition number is too large)" + fix,
+                "pools.p3.health_check.expect_body: not a valid Python regular expression "
+                "(nested too deeply)" + fix,
+                "pools.p4.health_check.expect_body: must not be empty; "
+                "leave expect_body out to accept any body",
+                "pools.p5.health_check.expect_body: must be a string, not an integer",
+            ],
+        )
+
+    def test_not_a_table(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + POOL
+                + "health_check = true\n"
+                + POOL.replace("app", "b")
+                + "health_check = false\n"
+                + POOL.replace("app", "c")
+                + 'health_check = "http"\n'
+            ),
+            [
+                "pools.app.health_check: must be a table, as in [pools.app.health_check], "
+                "not a boolean; write health_check = {} for the defaults",
+                "pools.b.health_check: must be a table, as in [pools.b.health_check], "
+                "not a boolean; leave health_check out for none",
+                "pools.c.health_check: must be a table, as in [pools.c.health_check], not a string",
+            ],
+        )
+
+    def test_unknown_keys(self) -> None:
+        self.assertEqual(
+            self.problems(_pools_with("health_check", "intervall = 1\nuri = '/'")),
+            [
+                "pools.p0.health_check.intervall: unknown key (did you mean 'interval'?)",
+                "pools.p0.health_check.uri: unknown key; valid keys are: 'kind', 'interval', "
+                "'timeout', 'rise', 'fall', 'down_interval', 'jitter', 'path', 'host', "
+                "'expect_status', 'expect_body'",
+            ],
+        )
+
+    def test_with_other_problems(self) -> None:
+        """
+        The check's problems come with the rest of the pool's, and the pool is not made.
+        """
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + "[pools.app]\nretries = -1\n"
+                + 'backends = [{ address = "127.0.0.1:9001", weight = 0 }]\n'
+                + "[pools.app.health_check]\nrise = 0\n"
+            ),
+            [
+                "pools.app.retries: must be an integer >= 0, not -1",
+                "pools.app.backends[0].weight: must be an integer >= 1, not 0",
+                "pools.app.health_check.rise: must be an integer >= 1, not 0",
+            ],
+        )
+
+
+class OutlierDetectionTests(ConfigTestCase):
+    """
+    ``[pools.NAME.outlier_detection]``: passive ejection.
+    """
+
+    def test_absent_and_empty(self) -> None:
+        self.assertIsNone(self.load(FRONTEND + POOL).pools["app"].outlier_detection)
+        defaults = OutlierDetectionConfig(
+            consecutive_failures=5,
+            base_ejection_time=30.0,
+            max_ejection_time=300.0,
+            max_ejection_percent=50,
+            count_5xx=False,
+        )
+        self.assertEqual(OutlierDetectionConfig(), defaults)
+        pool = self.load(FRONTEND + POOL + "[pools.app.outlier_detection]\n").pools["app"]
+        self.assertEqual(pool.outlier_detection, defaults)
+
+    def test_every_key(self) -> None:
+        pool = self.load(
+            FRONTEND
+            + POOL
+            + """\
+[pools.app.outlier_detection]
+consecutive_failures = 1
+base_ejection_time = 10
+max_ejection_time = 10
+max_ejection_percent = 100
+count_5xx = true
+"""
+        ).pools["app"]
+        self.assertEqual(
+            pool.outlier_detection,
+            OutlierDetectionConfig(
+                consecutive_failures=1,
+                base_ejection_time=10.0,
+                max_ejection_time=10.0,
+                max_ejection_percent=100,
+                count_5xx=True,
+            ),
+        )
+        detection = pool.outlier_detection
+        assert detection is not None
+        self.assertIsInstance(detection.base_ejection_time, float)
+        zero = self.load(FRONTEND + POOL + "outlier_detection = { max_ejection_percent = 0 }\n")
+        detection = zero.pools["app"].outlier_detection
+        assert detection is not None
+        self.assertEqual(detection.max_ejection_percent, 0)
+
+    def test_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "outlier_detection",
+                    "consecutive_failures = 0\nbase_ejection_time = 0\nmax_ejection_time = -1\n"
+                    "max_ejection_percent = 101\ncount_5xx = 1",
+                    'consecutive_failures = 2.0\nbase_ejection_time = "30s"\n'
+                    'max_ejection_time = inf\nmax_ejection_percent = -1\ncount_5xx = "yes"',
+                    "max_ejection_percent = 50.0\nconsecutive_errors = 3",
+                )
+            )
+            + self.problems(FRONTEND + POOL + "outlier_detection = []\n"),
+            [
+                "pools.p0.outlier_detection.consecutive_failures: must be an integer >= 1, not 0",
+                "pools.p0.outlier_detection.base_ejection_time: must be more than 0 seconds, not 0",
+                "pools.p0.outlier_detection.max_ejection_time: must be more than 0 seconds, not -1",
+                "pools.p0.outlier_detection.max_ejection_percent: "
+                "must be an integer from 0 to 100, not 101",
+                "pools.p0.outlier_detection.count_5xx: must be true or false, not an integer",
+                "pools.p1.outlier_detection.consecutive_failures: "
+                "must be an integer >= 1, not a float",
+                "pools.p1.outlier_detection.base_ejection_time: "
+                "must be a number (seconds), not a string",
+                "pools.p1.outlier_detection.max_ejection_time: "
+                "must be a finite number of seconds, not inf",
+                "pools.p1.outlier_detection.max_ejection_percent: "
+                "must be an integer from 0 to 100, not -1",
+                "pools.p1.outlier_detection.count_5xx: must be true or false, not a string",
+                "pools.p2.outlier_detection.consecutive_errors: "
+                "unknown key (did you mean 'consecutive_failures'?)",
+                "pools.p2.outlier_detection.max_ejection_percent: "
+                "must be an integer from 0 to 100, not a float",
+                "pools.app.outlier_detection: must be a table, "
+                "as in [pools.app.outlier_detection], not an array",
+            ],
+        )
+
+    def test_max_below_base(self) -> None:
+        """
+        ``max_ejection_time`` below ``base_ejection_time`` is a problem on
+        ``max_ejection_time``, also when it is left at its default.
+        """
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "outlier_detection",
+                    "base_ejection_time = 60\nmax_ejection_time = 59.5",
+                    "base_ejection_time = 600",
+                    "max_ejection_time = 10",
+                )
+            ),
+            [
+                "pools.p0.outlier_detection.max_ejection_time: must be >= base_ejection_time "
+                "(60), not 59.5; raise it or lower base_ejection_time",
+                "pools.p1.outlier_detection.max_ejection_time: is 300.0 by default, below "
+                "base_ejection_time (600); add max_ejection_time = 600 or more, "
+                "or lower base_ejection_time",
+                "pools.p2.outlier_detection.max_ejection_time: must be >= base_ejection_time "
+                "(30.0), not 10; raise it or lower base_ejection_time",
+            ],
+        )
+
+
+class PanicSlowStartTests(ConfigTestCase):
+    """
+    The pool keys ``panic`` and ``slow_start``.
+    """
+
+    def test_defaults(self) -> None:
+        pool = self.load(FRONTEND + POOL).pools["app"]
+        self.assertEqual((pool.panic, pool.slow_start), (False, 0.0))
+
+    def test_values(self) -> None:
+        pool = self.load(FRONTEND + POOL + "panic = true\nslow_start = 30\n").pools["app"]
+        self.assertEqual((pool.panic, pool.slow_start), (True, 30.0))
+        self.assertIsInstance(pool.slow_start, float)
+        pool = self.load(FRONTEND + POOL + "panic = false\nslow_start = 0\n").pools["app"]
+        self.assertEqual((pool.panic, pool.slow_start), (False, 0.0))
+        self.assertIsInstance(pool.slow_start, float)
+
+    def test_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + POOL
+                + "panic = 1\nslow_start = -1\n"
+                + POOL.replace("app", "b")
+                + 'panic = "yes"\nslow_start = true\n'
+                + POOL.replace("app", "c")
+                + 'slow_start = inf\npanik = true\nslowstart = "30s"\n'
+            ),
+            [
+                "pools.app.panic: must be true or false, not an integer",
+                "pools.app.slow_start: must be 0 (off) or more seconds, not -1",
+                "pools.b.panic: must be true or false, not a string",
+                "pools.b.slow_start: must be a number (seconds), not a boolean",
+                "pools.c.panik: unknown key (did you mean 'panic'?)",
+                "pools.c.slowstart: unknown key (did you mean 'slow_start'?)",
+                "pools.c.slow_start: must be a finite number of seconds, not inf",
+            ],
+        )
+
+
+class BackendStateTests(ConfigTestCase):
+    """
+    A backend's ``state``: ready, drain or maint.
+    """
+
+    def test_states(self) -> None:
+        backends = (
+            self.load(
+                FRONTEND
+                + """\
+[pools.app]
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9002", state = "ready" },
+  { address = "127.0.0.1:9003", state = "drain" },
+  { address = "127.0.0.1:9004", state = "maint", backup = true },
+]
+"""
+            )
+            .pools["app"]
+            .backends
+        )
+        self.assertEqual([b.state for b in backends], ["ready", "ready", "drain", "maint"])
+        self.assertEqual(BackendConfig("127.0.0.1:1", "a").state, "ready")
+
+    def test_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                FRONTEND
+                + """\
+[pools.app]
+backends = [
+  { address = "127.0.0.1:9001", state = "drained" },
+  { address = "127.0.0.1:9002", state = "maintenance" },
+  { address = "127.0.0.1:9003", state = "down" },
+  { address = "127.0.0.1:9004", state = false },
+  { address = "127.0.0.1:9005", state = "Ready", weight = 0 },
+]
+"""
+            ),
+            [
+                "pools.app.backends[0].state: unknown state 'drained' (did you mean 'drain'?)",
+                "pools.app.backends[1].state: unknown state 'maintenance' (did you mean 'maint'?)",
+                "pools.app.backends[2].state: unknown state 'down'; "
+                "valid states are: 'ready', 'drain', 'maint'",
+                "pools.app.backends[3].state: must be a string, not a boolean",
+                "pools.app.backends[4].weight: must be an integer >= 1, not 0",
+                "pools.app.backends[4].state: unknown state 'Ready' (did you mean 'ready'?)",
+            ],
+        )
+
+
+class HealthCheckCommandTests(SynchronousTestCase):
+    """
+    ``twisted-lb check`` on a file with the health keys, as a user runs it.
+    """
+
+    def run_check(self, config: str) -> subprocess.CompletedProcess[str]:
+        path = self.mktemp() + ".toml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config)
+        return subprocess.run(
+            [TWISTED_LB, "check", path], capture_output=True, text=True, timeout=60
+        )
+
+    def test_good(self) -> None:
+        """
+        Exit 0, and the summary shows the check, the outlier detection and the states.
+        """
+        result = self.run_check(
+            FRONTEND
+            + """\
+[pools.app]
+slow_start = 20
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9002", state = "drain" },
+]
+[pools.app.health_check]
+kind = "http"
+path = "/healthz"
+expect_status = "200-299"
+[pools.app.outlier_detection]
+"""
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(
+            "    health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, "
+            "expect 200-299\n",
+            result.stdout,
+        )
+        self.assertIn("    outliers: eject after 5 failures", result.stdout)
+        self.assertIn("    slow start 20.0 s\n", result.stdout)
+        self.assertRegex(result.stdout, r"app2\s+127\.0\.0\.1:9002\s+weight 1  drain\n")
+
+    def test_bad(self) -> None:
+        """
+        Exit 1, and each problem on its own line with the file and the full key path.
+        """
+        result = self.run_check(
+            FRONTEND
+            + POOL.replace('" }', '", state = "drained" }')
+            + "[pools.app.health_check]\n"
+            + 'path = "/healthz"\nexpect_status = "500-200"\nexpect_body = "(ok"\n'
+        )
+        self.assertEqual(result.returncode, 1, result.stdout)
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 4, result.stderr)
+        self.assertTrue(
+            lines[0].endswith(
+                ".toml: pools.app.backends[0].state: unknown state 'drained' "
+                "(did you mean 'drain'?)"
+            ),
+            lines,
+        )
+        for line, key in zip(lines[1:], ["path", "expect_status", "expect_body"], strict=True):
+            self.assertTrue(
+                line.endswith(f".toml: pools.app.health_check.{key}: {HTTP_ONLY_CHECK}"), line
+            )
+
+
 class GlobalTests(ConfigTestCase):
     """
     The ``[global]`` table.
@@ -1853,6 +2608,101 @@ unused:
         config = parse_config('[global]\nlog_format = "text"\n' + FRONTEND + POOL, "lb.toml")
         self.assertNotIn("log_format", format_summary(config))
 
+    def test_health(self) -> None:
+        """
+        A pool's health check, outlier detection, slow start and panic mode are shown under
+        it when set, with the check's less common keys on a second line; a backend's state
+        when it is not ready.
+        """
+        config = parse_config(
+            FRONTEND
+            + """\
+[pools.app]
+panic = true
+slow_start = 30
+backends = [
+  { address = "127.0.0.1:9001", state = "ready" },
+  { address = "127.0.0.1:9002", state = "drain" },
+  { address = "127.0.0.1:9003", state = "maint", backup = true },
+]
+[pools.app.health_check]
+kind = "http"
+path = "/healthz"
+[pools.app.outlier_detection]
+count_5xx = true
+[pools.tcp]
+slow_start = 5
+backends = [{ address = "127.0.0.1:9101" }]
+[pools.tcp.health_check]
+[pools.full]
+panic = true
+backends = [{ address = "127.0.0.1:9201" }]
+[pools.full.health_check]
+kind = "http"
+host = "app.internal"
+expect_status = 204
+expect_body = "^ok$"
+down_interval = 10
+jitter = 0
+[pools.full.outlier_detection]
+consecutive_failures = 3
+base_ejection_time = 10
+max_ejection_time = 60
+max_ejection_percent = 100
+""",
+            "lb.toml",
+        )
+        self.assertEqual(
+            format_summary(config),
+            """\
+lb.toml: OK
+frontend web (tcp) listen tcp:8080:interface=127.0.0.1 -> pool app
+  pool app: round_robin, connect_timeout 5.0 s, retries 2
+    health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399
+    outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%, 5xx counted
+    slow start 30.0 s, panic: all backends when none is UP
+    app1  127.0.0.1:9001  weight 1
+    app2  127.0.0.1:9002  weight 1  drain
+    app3  127.0.0.1:9003  weight 1  backup  maint
+unused:
+  pool tcp: round_robin, connect_timeout 5.0 s, retries 2
+    health tcp connect every 2.0 s, timeout 1.0 s, rise 2, fall 3
+    slow start 5.0 s
+    tcp1  127.0.0.1:9101  weight 1
+  pool full: round_robin, connect_timeout 5.0 s, retries 2
+    health http GET / every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 204
+      Host app.internal, body ~ '^ok$', every 10.0 s when DOWN, jitter 0.0
+    outliers: eject after 3 failures for 10.0 s (max 60.0 s), at most 100%
+    panic: all backends when none is UP
+    full1  127.0.0.1:9201  weight 1""",
+        )
+
+    def test_complete_example_in_docs(self) -> None:
+        """
+        The complete example at the top of docs/config.rst is valid, and its summary is the
+        one the page shows.
+        """
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "config.rst")
+        with open(path, encoding="utf-8") as f:
+            page = f.read()
+        blocks = page.split(".. code-block::")
+        example = next(b for b in blocks if b.startswith(" toml") and "[frontends.web]" in b)
+        summary = next(b for b in blocks if b.startswith(" console") and "lb.toml: OK" in b)
+
+        def dedent(block: str) -> str:
+            lines = block.split("\n\n", 1)[1].split("\n")
+            body = []
+            for line in lines:
+                if line and not line.startswith("   "):
+                    break
+                body.append(line[3:])
+            return "\n".join(body).strip("\n")
+
+        shown = dedent(summary).split("\n")
+        self.assertEqual(shown[0], "$ twisted-lb check lb.toml")
+        config = parse_config(dedent(example) + "\n", "lb.toml")
+        self.assertEqual(format_summary(config), "\n".join(shown[1:]))
+
 
 # -- property tests ----------------------------------------------------------------------------
 
@@ -1886,10 +2736,29 @@ _KEYS = [
     "max_idle_per_backend",
     "backends",
     "health_check",
+    "outlier_detection",
+    "panic",
+    "slow_start",
+    "kind",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "down_interval",
+    "jitter",
+    "path",
+    "expect_status",
+    "expect_body",
+    "consecutive_failures",
+    "base_ejection_time",
+    "max_ejection_time",
+    "max_ejection_percent",
+    "count_5xx",
     "address",
     "name",
     "weight",
     "backup",
+    "state",
 ]
 _WORDS = [
     "tcp",
@@ -1917,6 +2786,20 @@ _WORDS = [
     "10.0.0.0/8",
     "::1",
     "10.0.0.0/33",
+    "/healthz",
+    "/a b",
+    "app.internal:8080",
+    "[::1]:x",
+    "200-399",
+    "500-200",
+    "2xx",
+    "204",
+    "^ok$",
+    "(",
+    "a{4294967296}",
+    "ready",
+    "drain",
+    "maint",
 ]
 _keys = st.sampled_from(_KEYS) | st.text(max_size=6)
 _scalars = (
@@ -1969,6 +2852,57 @@ _frontend_entry = st.fixed_dictionaries(
     },
 )
 
+_health_check_entry = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "kind": st.sampled_from(["tcp", "http"]) | _values,
+            "interval": _values,
+            "timeout": _values,
+            "rise": st.integers(min_value=-1, max_value=3) | _values,
+            "fall": _values,
+            "down_interval": _values,
+            "jitter": st.floats() | _values,
+            "path": st.sampled_from(_WORDS) | _values,
+            "host": st.sampled_from(_WORDS) | _values,
+            "expect_status": st.sampled_from(_WORDS) | st.integers(90, 610) | _values,
+            "expect_body": st.sampled_from(_WORDS) | _values,
+        },
+    )
+    | _values
+)
+_outlier_detection_entry = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "consecutive_failures": st.integers(min_value=-1, max_value=3) | _values,
+            "base_ejection_time": _values,
+            "max_ejection_time": _values,
+            "max_ejection_percent": st.integers(min_value=-1, max_value=101) | _values,
+            "count_5xx": _values,
+        },
+    )
+    | _values
+)
+_pool_entry = st.fixed_dictionaries(
+    {
+        "backends": st.lists(
+            st.fixed_dictionaries(
+                {"address": st.sampled_from(["127.0.0.1:9001", "127.0.0.1:9002"])},
+                optional={"state": st.sampled_from(_WORDS) | _values},
+            ),
+            min_size=1,
+            max_size=2,
+        )
+    },
+    optional={
+        "health_check": _health_check_entry,
+        "outlier_detection": _outlier_detection_entry,
+        "panic": _values,
+        "slow_start": _values,
+    },
+)
+
 _documents = st.one_of(
     st.dictionaries(_keys, _values, max_size=5),
     st.fixed_dictionaries(
@@ -1994,6 +2928,10 @@ _documents = st.one_of(
                     "backends",
                     "response_timeout",
                     "max_idle_per_backend",
+                    "health_check",
+                    "outlier_detection",
+                    "panic",
+                    "slow_start",
                 ]
             ),
             "global": st.dictionaries(
@@ -2007,6 +2945,12 @@ _documents = st.one_of(
         {
             "frontends": st.dictionaries(st.sampled_from(["web", "api"]), _frontend_entry),
             "pools": st.just({"app": {"backends": [{"address": "127.0.0.1:9001"}]}}),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "frontends": st.just({"web": {"mode": "http", "listen": "tcp:8080", "pool": "app"}}),
+            "pools": st.fixed_dictionaries({"app": _pool_entry}),
         }
     ),
 )
@@ -2084,6 +3028,108 @@ def _route(draw: Callable[..., Any], pools: list[str]) -> tuple[dict[str, str], 
     return table, route
 
 
+_check_paths = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="#"),
+    max_size=8,
+).map(lambda text: "/" + text)
+_ports = st.integers(min_value=1, max_value=65535).map(str)
+_check_hosts = (
+    _host_names
+    | st.tuples(_host_names, _ports).map(":".join)
+    | st.ip_addresses(v=4).map(str)
+    | st.ip_addresses(v=6).map(lambda address: f"[{address}]")
+    | st.tuples(st.ip_addresses(v=6), _ports).map(lambda pair: f"[{pair[0]}]:{pair[1]}")
+)
+_patterns = st.sampled_from(["ok", "^OK$", '"status": *"up"', r"\d+", "a|b"]) | st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=8
+).map(re.escape)
+
+
+@st.composite
+def _health_check(draw: Callable[..., Any]) -> tuple[dict[str, object], HealthCheckConfig]:
+    """
+    A valid ``health_check`` table, and the model it must parse to.
+    """
+    table: dict[str, object] = {}
+    kind = draw(st.sampled_from([None, "tcp", "http"]))
+    if kind is not None:
+        table["kind"] = kind
+    for key in ["interval", "timeout", "down_interval"]:
+        if draw(st.booleans()):
+            table[key] = draw(_seconds)
+    for key in ["rise", "fall"]:
+        if draw(st.booleans()):
+            table[key] = draw(st.integers(min_value=1, max_value=100))
+    if draw(st.booleans()):
+        table["jitter"] = draw(st.just(0) | st.floats(min_value=0, max_value=1, exclude_max=True))
+    status = (200, 399)
+    if kind == "http":
+        if draw(st.booleans()):
+            table["path"] = draw(_check_paths)
+        if draw(st.booleans()):
+            table["host"] = draw(_check_hosts)
+        if draw(st.booleans()):
+            codes = st.integers(min_value=100, max_value=599)
+            low, high = sorted([draw(codes), draw(codes)])
+            form = draw(st.sampled_from(["range", "string", "integer"]))
+            if form == "range":
+                table["expect_status"], status = f"{low}-{high}", (low, high)
+            else:
+                table["expect_status"] = str(low) if form == "string" else low
+                status = (low, low)
+        if draw(st.booleans()):
+            table["expect_body"] = draw(_patterns)
+    down_interval = table.get("down_interval")
+    check = HealthCheckConfig(
+        kind=kind or "tcp",
+        interval=float(table.get("interval", 2.0)),  # type: ignore[arg-type]
+        timeout=float(table.get("timeout", 1.0)),  # type: ignore[arg-type]
+        rise=int(table.get("rise", 2)),  # type: ignore[call-overload]
+        fall=int(table.get("fall", 3)),  # type: ignore[call-overload]
+        down_interval=None if down_interval is None else float(down_interval),  # type: ignore[arg-type]
+        jitter=float(table.get("jitter", 0.1)),  # type: ignore[arg-type]
+        path=str(table.get("path", "/")),
+        host=table.get("host"),  # type: ignore[arg-type]
+        expect_status=status,
+        expect_body=table.get("expect_body"),  # type: ignore[arg-type]
+    )
+    return table, check
+
+
+@st.composite
+def _outlier_detection(
+    draw: Callable[..., Any],
+) -> tuple[dict[str, object], OutlierDetectionConfig]:
+    """
+    A valid ``outlier_detection`` table, and the model it must parse to.
+    """
+    table: dict[str, object] = {}
+    if draw(st.booleans()):
+        table["consecutive_failures"] = draw(st.integers(min_value=1, max_value=1000))
+    base: float = 30.0
+    if draw(st.booleans()):
+        table["base_ejection_time"] = draw(_seconds)
+        base = float(table["base_ejection_time"])  # type: ignore[arg-type]
+    cap = 300.0
+    if base > cap or draw(st.booleans()):
+        table["max_ejection_time"] = draw(
+            st.floats(min_value=base, max_value=2e9, allow_nan=False) | st.just(base)
+        )
+        cap = float(table["max_ejection_time"])  # type: ignore[arg-type]
+    if draw(st.booleans()):
+        table["max_ejection_percent"] = draw(st.integers(min_value=0, max_value=100))
+    if draw(st.booleans()):
+        table["count_5xx"] = draw(st.booleans())
+    detection = OutlierDetectionConfig(
+        consecutive_failures=int(table.get("consecutive_failures", 5)),  # type: ignore[call-overload]
+        base_ejection_time=base,
+        max_ejection_time=cap,
+        max_ejection_percent=int(table.get("max_ejection_percent", 50)),  # type: ignore[call-overload]
+        count_5xx=bool(table.get("count_5xx", False)),
+    )
+    return table, detection
+
+
 def _frozen(value: object) -> object:
     if isinstance(value, list):
         return tuple(_frozen(item) for item in value)
@@ -2120,8 +3166,28 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
             pool_kwargs["upstream_idle_timeout"] = draw(_seconds)
         if draw(st.booleans()):
             pool_kwargs["max_idle_per_backend"] = draw(st.integers(min_value=0, max_value=1000))
+        if draw(st.booleans()):
+            pool_kwargs["panic"] = draw(st.booleans())
+        if draw(st.booleans()):
+            pool_kwargs["slow_start"] = draw(st.just(0) | _seconds)
+        # Each of the pool's tables is written inline, or as a [pools.NAME.KEY] section after
+        # the backends.
+        sections: list[str] = []
+        models: dict[str, object] = {}
+        for key, strategy in [
+            ("health_check", _health_check()),
+            ("outlier_detection", _outlier_detection()),
+        ]:
+            if draw(st.booleans()):
+                sub_table, models[key] = draw(strategy)
+                if draw(st.booleans()):
+                    pool_kwargs[key] = sub_table
+                else:
+                    sections.append(f"[pools.{json.dumps(pool_name)}.{key}]")
+                    sections.extend(f"{k} = {_toml(v)}" for k, v in sub_table.items())
         for key, value in pool_kwargs.items():
             lines.append(f"{key} = {_toml(value)}")
+        pool_kwargs.update(models)
         backends: list[BackendConfig] = []
         lines.append("backends = [")
         for index in range(draw(st.integers(min_value=1, max_value=4))):
@@ -2136,6 +3202,8 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
                 table["weight"] = draw(st.integers(min_value=1, max_value=1000))
             if draw(st.booleans()):
                 table["backup"] = draw(st.booleans())
+            if draw(st.booleans()):
+                table["state"] = draw(st.sampled_from(["ready", "drain", "maint"]))
             lines.append(f"  {_toml(table)},")
             backends.append(
                 BackendConfig(
@@ -2143,10 +3211,12 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
                     name=str(table.get("name", f"{pool_name}{index + 1}")),
                     weight=int(table.get("weight", 1)),  # type: ignore[call-overload]
                     backup=bool(table.get("backup", False)),
+                    state=str(table.get("state", "ready")),
                 )
             )
         lines.append("]")
-        for key in ["connect_timeout", "response_timeout", "upstream_idle_timeout"]:
+        lines.extend(sections)
+        for key in ["connect_timeout", "response_timeout", "upstream_idle_timeout", "slow_start"]:
             if key in pool_kwargs:
                 pool_kwargs[key] = float(pool_kwargs[key])
         if "strategy_options" in pool_kwargs:
@@ -2263,6 +3333,11 @@ class PropertyTests(ConfigTestCase):
         for pool in config.pools.values():
             for backend in pool.backends:
                 self.assertIn(f"    {backend.name}", summary)
+            if pool.health_check is not None:
+                kind = "http GET" if pool.health_check.kind == "http" else "tcp connect"
+                self.assertIn(f"\n    health {kind} ", summary)
+            if pool.outlier_detection is not None:
+                self.assertIn("\n    outliers: eject after ", summary)
         for frontend in config.frontends.values():
             self.assertIn(f"frontend {frontend.name} ({frontend.mode}) ", summary)
             for route in frontend.routes:

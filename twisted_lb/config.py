@@ -12,8 +12,8 @@ The model is plain data. This module imports nothing from the data paths; it ask
 into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
 
 The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
-that the design names but this version does not implement yet (``tls``, ``health_check``,
-``admin``, ``metrics``) are errors that say so, rather than being silently ignored.
+that the design names but this version does not implement yet (``tls``, ``admin``,
+``metrics``) are errors that say so, rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ __all__ = [
     "ConfigError",
     "FrontendConfig",
     "GlobalConfig",
+    "HealthCheckConfig",
+    "OutlierDetectionConfig",
     "PoolConfig",
     "Problem",
     "RouteConfig",
@@ -111,12 +113,90 @@ class BackendConfig:
             position counting from 1 (``app1``, ``app2``, ...). Unique within the pool.
         weight: relative share of new connections, an integer >= 1.
         backup: used only when no primary (non-backup) backend of the pool is UP.
+        state: the administrative state, as HAProxy's ``set server state``: ``"ready"``
+            (in service), ``"drain"`` (no new connections or requests; established ones
+            finish) or ``"maint"`` (out of service entirely).
     """
 
     address: str
     name: str
     weight: int = 1
     backup: bool = False
+    state: str = "ready"
+
+
+def _status_range(statuses: Iterable[int]) -> tuple[int, int]:
+    low, high = statuses
+    return (low, high)
+
+
+@attrs.frozen
+class HealthCheckConfig:
+    """
+    ``[pools.NAME.health_check]``: active checks of each backend of the pool (HAProxy
+    ``check``, Envoy health checking). rise/fall semantics as in HAProxy's ``check``.
+
+    An empty table means tcp checks with the defaults below.
+
+    Attributes:
+        kind: ``"tcp"``, a check passes when a connection is made; or ``"http"``, it passes
+            when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a
+            body that ``expect_body`` matches, when set).
+        interval: seconds between checks of an UP backend (HAProxy ``inter``).
+        timeout: seconds a check may take; a check that has not passed by then fails.
+        rise: consecutive passes that turn a DOWN backend UP, >= 1.
+        fall: consecutive failures that turn an UP backend DOWN, >= 1.
+        down_interval: seconds between checks of a DOWN backend (HAProxy ``downinter``);
+            ``None`` means ``interval``.
+        jitter: a fraction of the interval, 0 <= jitter < 1: each delay is drawn uniformly
+            from ``[interval * (1 - jitter), interval * (1 + jitter)]`` so that checks spread
+            out (HAProxy ``spread-checks``).
+        path: ``http`` only: the request target, starting with ``/``, in printable ASCII;
+            it may have a query.
+        host: ``http`` only: the ``Host`` header, a host name or IP address with an optional
+            ``:port``, as written; ``None`` sends the backend's address.
+        expect_status: ``http`` only: the lowest and highest passing status code, both
+            from 100 to 599, low <= high. The file writes ``"200-399"``, ``"200"`` or
+            ``200``.
+        expect_body: ``http`` only: a Python regular expression (:mod:`re`) searched for in
+            the first 64 KiB of the response body; ``None`` accepts any body. It compiles.
+    """
+
+    kind: str = "tcp"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    down_interval: float | None = None
+    jitter: float = 0.1
+    path: str = "/"
+    host: str | None = None
+    expect_status: tuple[int, int] = attrs.field(default=(200, 399), converter=_status_range)
+    expect_body: str | None = None
+
+
+@attrs.frozen
+class OutlierDetectionConfig:
+    """
+    ``[pools.NAME.outlier_detection]``: passive ejection of failing backends, from the
+    outcome of real traffic (Envoy outlier detection).
+
+    Attributes:
+        consecutive_failures: failed connects (and, with ``count_5xx``, 5xx responses) in a
+            row that eject a backend, >= 1.
+        base_ejection_time: seconds; an ejection lasts ``base_ejection_time`` times the
+            number of times the backend has been ejected.
+        max_ejection_time: seconds; the cap on one ejection, >= ``base_ejection_time``.
+        max_ejection_percent: the largest share of the pool's backends, 0 to 100, that may
+            be ejected at once; never exceeded.
+        count_5xx: HTTP only: also count 5xx responses as failures.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 50
+    count_5xx: bool = False
 
 
 @attrs.frozen
@@ -144,6 +224,15 @@ class PoolConfig:
             common backends close idle connections.
         max_idle_per_backend: HTTP only: idle upstream connections kept per backend, >= 0;
             0 disables connection reuse.
+        health_check: the active checks, or ``None`` for none (backends start UP and stay
+            UP as far as checks go).
+        outlier_detection: passive ejection, or ``None`` for none.
+        panic: when no backend is available (UP and not ejected, backups included), balance
+            over every backend whose state is not ``drain`` or ``maint`` instead of refusing
+            the client (503 in http): Envoy's panic mode.
+        slow_start: seconds, >= 0; a backend that comes back into rotation ramps its
+            effective weight linearly from 10% to 100% over this time (HAProxy
+            ``slowstart``). 0 is off.
 
     The HTTP-only fields apply when the pool serves an ``http`` frontend (directly or through a
     route), and a ``tcp`` frontend ignores them, so one pool can serve both.
@@ -160,6 +249,10 @@ class PoolConfig:
     response_timeout: float = 60.0
     upstream_idle_timeout: float = 4.0
     max_idle_per_backend: int = 128
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierDetectionConfig | None = None
+    panic: bool = False
+    slow_start: float = 0.0
 
 
 @attrs.frozen
@@ -447,16 +540,45 @@ _POOL_KEYS = (
     "upstream_idle_timeout",
     "max_idle_per_backend",
     "backends",
+    "health_check",
+    "outlier_detection",
+    "panic",
+    "slow_start",
 )
-_POOL_LATER = ("health_check", "tls")
-_BACKEND_KEYS = ("address", "name", "weight", "backup")
+_POOL_LATER = ("tls",)
+_BACKEND_KEYS = ("address", "name", "weight", "backup", "state")
+_BACKEND_STATES = ("ready", "drain", "maint")
 _MODES = ("tcp", "http")
+_HTTP_CHECK_KEYS = ("path", "host", "expect_status", "expect_body")
+_HEALTH_CHECK_KEYS = (
+    "kind",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "down_interval",
+    "jitter",
+    *_HTTP_CHECK_KEYS,
+)
+_CHECK_KINDS = ("tcp", "http")
+_OUTLIER_KEYS = (
+    "consecutive_failures",
+    "base_ejection_time",
+    "max_ejection_time",
+    "max_ejection_percent",
+    "count_5xx",
+)
 
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
+_ONLY_HTTP_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
+_STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
+_STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
+_STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
+_CHECK_HOST_EXAMPLES = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
 _ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
@@ -501,9 +623,12 @@ def _quote_list(words: Iterable[str]) -> str:
 def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
     """
     The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
-    ``choices`` is close (:func:`difflib.get_close_matches`), else ``"; valid keys are: ..."``.
+    ``choices`` is close (:func:`difflib.get_close_matches`, as written or else in lower
+    case), else ``"; valid keys are: ..."``.
     """
-    close = difflib.get_close_matches(word, choices, n=1)
+    close = difflib.get_close_matches(word, choices, n=1) or difflib.get_close_matches(
+        word.lower(), choices, n=1
+    )
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f"; {plural} are: {_quote_list(choices)}"
@@ -678,10 +803,17 @@ class _Validator:
         return value
 
     def seconds(
-        self, table: Mapping[str, object], key: str, parent: str, default: float
+        self,
+        table: Mapping[str, object],
+        key: str,
+        parent: str,
+        default: float,
+        zero_means: str | None = None,
     ) -> float | None:
         """
         A duration in seconds: an integer or a float, finite and > 0. Booleans are refused.
+
+        With ``zero_means`` (such as ``"off"``), 0 is accepted too, and said to mean that.
         """
         if key not in table:
             return default
@@ -697,28 +829,51 @@ class _Validator:
         if not math.isfinite(seconds):
             self.problem(where, f"must be a finite number of seconds, not {value!r}")
             return None
-        if seconds <= 0:
+        if zero_means is not None and seconds < 0:
+            self.problem(where, f"must be 0 ({zero_means}) or more seconds, not {value!r}")
+            return None
+        if zero_means is None and seconds <= 0:
             self.problem(where, f"must be more than 0 seconds, not {value!r}")
             return None
         return seconds
 
     def integer(
-        self, table: Mapping[str, object], key: str, parent: str, default: int, minimum: int
+        self,
+        table: Mapping[str, object],
+        key: str,
+        parent: str,
+        default: int,
+        minimum: int,
+        maximum: int | None = None,
     ) -> int | None:
         """
-        An integer >= ``minimum``. Booleans and floats (even ``2.0``) are refused.
+        An integer >= ``minimum`` (and <= ``maximum``, if given). Booleans and floats (even
+        ``2.0``) are refused.
         """
         if key not in table:
             return default
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, int):
             found = _describe(value)
-        elif value < minimum:
+        elif value < minimum or (maximum is not None and value > maximum):
             found = repr(value)
         else:
             return value
-        self.problem(join_key(parent, key), f"must be an integer >= {minimum}, not {found}")
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        self.problem(join_key(parent, key), f"must be an integer {bounds}, not {found}")
         return None
+
+    def boolean(
+        self, table: Mapping[str, object], key: str, parent: str, default: bool
+    ) -> bool | None:
+        """
+        ``true`` or ``false``; nothing else (not 0 or 1, not ``"yes"``).
+        """
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(join_key(parent, key), f"must be true or false, not {_describe(value)}")
+            return None
+        return value
 
     # -- frontends
 
@@ -1019,6 +1174,10 @@ class _Validator:
         upstream_idle_timeout = self.seconds(raw, "upstream_idle_timeout", where, 4.0)
         max_idle = self.integer(raw, "max_idle_per_backend", where, 128, minimum=0)
         backends = self.backends(name, raw, where)
+        health_check = self.health_check(raw, where)
+        outlier_detection = self.outlier_detection(raw, where)
+        panic = self.boolean(raw, "panic", where, False)
+        slow_start = self.seconds(raw, "slow_start", where, 0.0, zero_means="off")
 
         if (
             len(self.problems) > before
@@ -1030,6 +1189,8 @@ class _Validator:
             or upstream_idle_timeout is None
             or max_idle is None
             or backends is None
+            or panic is None
+            or slow_start is None
         ):
             return None
         return PoolConfig(
@@ -1042,6 +1203,254 @@ class _Validator:
             response_timeout=response_timeout,
             upstream_idle_timeout=upstream_idle_timeout,
             max_idle_per_backend=max_idle,
+            health_check=health_check,
+            outlier_detection=outlier_detection,
+            panic=panic,
+            slow_start=slow_start,
+        )
+
+    def sub_table(
+        self, raw: Mapping[str, object], key: str, where: str
+    ) -> Mapping[str, object] | None:
+        """
+        An optional table of a pool, such as ``health_check``: ``None`` when absent or not a
+        table (which is a problem).
+        """
+        if key not in raw:
+            return None
+        value = raw[key]
+        if isinstance(value, Mapping):
+            return value
+        message = f"must be a table, as in [{join_key(where, key)}], not {_describe(value)}"
+        if value is True:
+            message += f"; write {key} = {{}} for the defaults"
+        elif value is False:
+            message += f"; leave {key} out for none"
+        self.problem(join_key(where, key), message)
+        return None
+
+    def health_check(self, raw: Mapping[str, object], where: str) -> HealthCheckConfig | None:
+        """
+        ``[pools.NAME.health_check]``, or ``None`` when absent (or on a problem). The keys of
+        ``http`` checks are problems in a ``tcp`` check, which keeps their defaults; when
+        ``kind`` is invalid they are checked as for ``http``.
+        """
+        table = self.sub_table(raw, "health_check", where)
+        if table is None:
+            return None
+        where = join_key(where, "health_check")
+        before = len(self.problems)
+        self.check_keys(table, where, _HEALTH_CHECK_KEYS, ())
+
+        kind: str | None = "tcp"
+        if "kind" in table:
+            kind = self.string(table, "kind", where)
+            if kind is not None and kind not in _CHECK_KINDS:
+                self.problem(
+                    join_key(where, "kind"),
+                    f"unknown kind {kind!r}" + _suggest(kind, _CHECK_KINDS, "valid kinds"),
+                )
+                kind = None
+        interval = self.seconds(table, "interval", where, 2.0)
+        timeout = self.seconds(table, "timeout", where, 1.0)
+        rise = self.integer(table, "rise", where, 2, minimum=1)
+        fall = self.integer(table, "fall", where, 3, minimum=1)
+        down_interval: float | None = None
+        if "down_interval" in table:
+            down_interval = self.seconds(table, "down_interval", where, 0.0)
+        jitter = self.jitter(table, where)
+
+        path: str | None = "/"
+        host: str | None = None
+        expect_status: tuple[int, int] | None = (200, 399)
+        expect_body: str | None = None
+        if kind == "tcp":
+            for key in _HTTP_CHECK_KEYS:
+                if key in table:
+                    self.problem(join_key(where, key), _ONLY_HTTP_CHECK)
+        else:
+            if "path" in table:
+                path = self.check_path(table, where)
+            if "host" in table:
+                host = self.check_host(table, where)
+            if "expect_status" in table:
+                expect_status = self.expect_status(table, where)
+            if "expect_body" in table:
+                expect_body = self.expect_body(table, where)
+
+        if (
+            len(self.problems) > before
+            or kind is None
+            or interval is None
+            or timeout is None
+            or rise is None
+            or fall is None
+            or jitter is None
+            or path is None
+            or expect_status is None
+        ):
+            return None
+        return HealthCheckConfig(
+            kind=kind,
+            interval=interval,
+            timeout=timeout,
+            rise=rise,
+            fall=fall,
+            down_interval=down_interval,
+            jitter=jitter,
+            path=path,
+            host=host,
+            expect_status=expect_status,
+            expect_body=expect_body,
+        )
+
+    def jitter(self, table: Mapping[str, object], where: str) -> float | None:
+        """
+        A health check's ``jitter``: a fraction of the interval, 0 <= jitter < 1.
+        """
+        if "jitter" not in table:
+            return 0.1
+        value = table["jitter"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            found = _describe(value)
+        elif not 0 <= value < 1:
+            found = repr(value)
+        else:
+            return float(value)
+        self.problem(
+            join_key(where, "jitter"),
+            "must be a fraction of the interval, at least 0 and less than 1, "
+            f"as in jitter = 0.1, not {found}",
+        )
+        return None
+
+    def check_path(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        An http check's ``path``: the request target, as :func:`_check_path_problem` allows.
+        """
+        path = self.string(table, "path", where)
+        if path is None:
+            return None
+        problem = _check_path_problem(path)
+        if problem is not None:
+            self.problem(join_key(where, "path"), problem)
+            return None
+        return path
+
+    def check_host(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        An http check's ``host``: a host name or IP address, with an optional port.
+        """
+        host = self.string(table, "host", where)
+        if host is None:
+            return None
+        problem = _check_host_problem(host)
+        if problem is not None:
+            self.problem(join_key(where, "host"), problem)
+            return None
+        return host
+
+    def expect_status(self, table: Mapping[str, object], where: str) -> tuple[int, int] | None:
+        """
+        An http check's ``expect_status``: ``"200-399"``, ``"200"`` or ``200``, as the lowest
+        and highest passing codes, each from 100 to 599.
+        """
+        value = table["expect_status"]
+        key = join_key(where, "expect_status")
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            self.problem(
+                key,
+                f"must be a status code or a range, as in {_STATUS_EXAMPLES}, "
+                f"not {_describe(value)}",
+            )
+            return None
+        problem = _status_problem(value)
+        if problem is not None:
+            self.problem(key, problem)
+            return None
+        if isinstance(value, int):
+            return (value, value)
+        match = _STATUS_RANGE.fullmatch(value)
+        assert match is not None
+        low = int(match["low"])
+        return (low, int(match["high"] or low))
+
+    def expect_body(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        An http check's ``expect_body``: a Python regular expression that compiles.
+        """
+        pattern = self.string(table, "expect_body", where)
+        if pattern is None:
+            return None
+        key = join_key(where, "expect_body")
+        if not pattern:
+            self.problem(key, "must not be empty; leave expect_body out to accept any body")
+            return None
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            error = str(e)
+        except OverflowError as e:  # a{4294967296}
+            error = str(e)
+        except RecursionError:
+            error = "nested too deeply"
+        else:
+            return pattern
+        self.problem(
+            key,
+            f"not a valid Python regular expression ({error}); fix it, or put a backslash "
+            "before each character meant literally, as in expect_body = '\\(ok\\)'",
+        )
+        return None
+
+    def outlier_detection(
+        self, raw: Mapping[str, object], where: str
+    ) -> OutlierDetectionConfig | None:
+        """
+        ``[pools.NAME.outlier_detection]``, or ``None`` when absent (or on a problem).
+        ``max_ejection_time`` below ``base_ejection_time`` is a problem on the former, even
+        when it is the default.
+        """
+        table = self.sub_table(raw, "outlier_detection", where)
+        if table is None:
+            return None
+        where = join_key(where, "outlier_detection")
+        before = len(self.problems)
+        self.check_keys(table, where, _OUTLIER_KEYS, ())
+        failures = self.integer(table, "consecutive_failures", where, 5, minimum=1)
+        base = self.seconds(table, "base_ejection_time", where, 30.0)
+        cap = self.seconds(table, "max_ejection_time", where, 300.0)
+        percent = self.integer(table, "max_ejection_percent", where, 50, minimum=0, maximum=100)
+        count_5xx = self.boolean(table, "count_5xx", where, False)
+        if base is not None and cap is not None and cap < base:
+            base_written = table.get("base_ejection_time", base)
+            if "max_ejection_time" in table:
+                message = (
+                    f"must be >= base_ejection_time ({base_written!r}), "
+                    f"not {table['max_ejection_time']!r}; raise it or lower base_ejection_time"
+                )
+            else:
+                message = (
+                    f"is {cap!r} by default, below base_ejection_time ({base_written!r}); "
+                    f"add max_ejection_time = {base_written!r} or more, "
+                    "or lower base_ejection_time"
+                )
+            self.problem(join_key(where, "max_ejection_time"), message)
+        if (
+            len(self.problems) > before
+            or failures is None
+            or base is None
+            or cap is None
+            or percent is None
+            or count_5xx is None
+        ):
+            return None
+        return OutlierDetectionConfig(
+            consecutive_failures=failures,
+            base_ejection_time=base,
+            max_ejection_time=cap,
+            max_ejection_percent=percent,
+            count_5xx=count_5xx,
         )
 
     def strategy(self, raw: Mapping[str, object], where: str) -> str | None:
@@ -1195,9 +1604,27 @@ class _Validator:
                 join_key(where, "backup"), f"must be true or false, not {_describe(backup)}"
             )
 
-        if len(self.problems) > before or address is None or name is None or weight is None:
+        state: str | None = "ready"
+        if "state" in raw:
+            state = self.string(raw, "state", where)
+            if state is not None and state not in _BACKEND_STATES:
+                self.problem(
+                    join_key(where, "state"),
+                    f"unknown state {state!r}" + _suggest(state, _BACKEND_STATES, "valid states"),
+                )
+                state = None
+
+        if (
+            len(self.problems) > before
+            or address is None
+            or name is None
+            or weight is None
+            or state is None
+        ):
             return None
-        return BackendConfig(address=address, name=name, weight=weight, backup=bool(backup))
+        return BackendConfig(
+            address=address, name=name, weight=weight, backup=bool(backup), state=state
+        )
 
 
 def _address_or_none(text: object) -> Address | None:
@@ -1267,9 +1694,9 @@ def _path_prefix_problem(prefix: str) -> str | None:
     """
     What is wrong with a route's ``path_prefix``, or ``None`` if it is usable.
     """
-    if "://" in prefix:
-        return "write the path only, without scheme and host; put the host name in host"
     if not prefix.startswith("/"):
+        if "://" in prefix:
+            return "write the path only, without scheme and host; put the host name in host"
         return f"must start with '/', as in {'/' + prefix!r}"
     for char in "?#":
         if char in prefix:
@@ -1283,6 +1710,108 @@ def _path_prefix_problem(prefix: str) -> str | None:
         return (
             f"{prefix!r}: write the path as requests carry it, in ASCII without spaces, "
             f"as in {encoded!r}"
+        )
+    return None
+
+
+def _check_path_problem(path: str) -> str | None:
+    """
+    What is wrong with an http check's ``path``, or ``None`` if it is a request target: it
+    starts with ``/``, is printable ASCII (no spaces or control characters) and has no
+    fragment. A query is allowed.
+    """
+    if not path.startswith("/"):
+        if "://" in path:
+            return "write the path only, without scheme and host; put the host name in host"
+        return f"must start with '/', as in {'/' + path!r}"
+    if "#" in path:
+        cut = path[: path.index("#")]
+        return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+    if not all("!" <= char <= "~" for char in path):
+        encoded = urllib.parse.quote(path, safe="/%!$&'()*+,;=:@[]?~")
+        return (
+            f"{path!r}: write the path as requests carry it, in ASCII without spaces, "
+            f"as in {encoded!r}"
+        )
+    return None
+
+
+def _check_host_problem(host: str) -> str | None:
+    """
+    What is wrong with an http check's ``host`` (its ``Host`` header), or ``None`` if it is a
+    host name or IPv4 address (as :data:`_HOST_NAME` allows), or an IPv6 address in brackets,
+    either with an optional ``:port`` from 1 to 65535.
+    """
+    if not host:
+        return (
+            f"must not be empty; write {_CHECK_HOST_EXAMPLES}, "
+            "or leave host out to send the backend's address"
+        )
+    if "://" in host:
+        name = host.split("://", 1)[1].split("/", 1)[0] or "app.internal"
+        return f"write the host name only, without the scheme, as in {name!r}"
+    if "/" in host:
+        name = host.split("/", 1)[0] or "app.internal"
+        return f"write the host name only, as in {name!r}, and the path in path"
+    port: str | None = None
+    if host.startswith("["):
+        name, close, rest = host[1:].partition("]")
+        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
+            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
+        if rest:
+            port = rest[1:]
+    elif host.count(":") > 1:
+        if _is_ipv6(host):
+            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
+        return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
+    else:
+        name, colon, rest = host.partition(":")
+        if not _HOST_NAME.fullmatch(name):
+            return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
+        if colon:
+            port = rest
+    if port is not None and not (
+        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    ):
+        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
+    return None
+
+
+def _status_problem(status: int | str) -> str | None:
+    """
+    What is wrong with an http check's ``expect_status``, or ``None`` if it is a status code
+    (an integer or a string of one) or a range ``"LOW-HIGH"`` of them, each from 100 to 599,
+    with LOW <= HIGH.
+    """
+    if isinstance(status, int):
+        if 100 <= status <= 599:
+            return None
+        return (
+            f"{status!r} is not an HTTP status code (100 to 599); "
+            f"write one as in {_STATUS_EXAMPLES}"
+        )
+    match = _STATUS_RANGE.fullmatch(status)
+    if match is None:
+        status_class = _STATUS_CLASS.fullmatch(status)
+        if status_class is not None:
+            digit = status_class["digit"]
+            return (
+                f"{status!r}: write a class of codes as a range, "
+                f'as in expect_status = "{digit}00-{digit}99"'
+            )
+        return f"{status!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}"
+    codes = [match["low"]] if match["high"] is None else [match["low"], match["high"]]
+    for code in codes:
+        if len(code) != 3 or not 100 <= int(code) <= 599:
+            within = f" in {status!r}" if len(codes) == 2 else ""
+            return (
+                f"{code!r}{within} is not an HTTP status code (100 to 599); "
+                f"write one as in {_STATUS_EXAMPLES}"
+            )
+    if len(codes) == 2 and int(codes[0]) > int(codes[1]):
+        return (
+            f"{status!r} is an empty range; write the lowest code first, "
+            f'as in expect_status = "{codes[1]}-{codes[0]}"'
         )
     return None
 
@@ -1314,8 +1843,9 @@ def _toml_string(text: str) -> str:
 def format_summary(config: Config) -> str:
     """
     Describe a valid config on one screen: the ``[global]`` settings that differ from their
-    defaults; each frontend with its mode, its routes (``http``), the pools it uses and their
-    backends; then the pools nothing uses, under ``unused:``.
+    defaults; each frontend with its mode, its routes (``http``), the pools it uses with their
+    health check, outlier detection, slow start and panic mode when set, and their backends
+    with their state when it is not ``ready``; then the pools nothing uses, under ``unused:``.
 
     A pool used several times is described in full the first time only.
 
@@ -1325,8 +1855,11 @@ def format_summary(config: Config) -> str:
         frontend web (http) listen tcp:8080:interface=127.0.0.1 -> pool app
           route host=api.example.com path_prefix=/v1/ -> pool api
           pool app: round_robin, connect_timeout 5.0 s, retries 2
+            health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399
+            outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%
+            slow start 30.0 s, panic: all backends when none is UP
             app1  127.0.0.1:9001  weight 1
-            big   127.0.0.1:9002  weight 3
+            big   127.0.0.1:9002  weight 3  drain
           pool api: round_robin, connect_timeout 5.0 s, retries 2
             api1  127.0.0.1:9101  weight 1
 
@@ -1393,6 +1926,17 @@ def _pool_summary(pool: PoolConfig) -> list[str]:
         f"  pool {pool.name}: {pool.strategy}{options}, "
         f"connect_timeout {pool.connect_timeout} s, retries {pool.retries}"
     ]
+    if pool.health_check is not None:
+        lines.extend(_health_check_summary(pool.health_check))
+    if pool.outlier_detection is not None:
+        lines.append(f"    {_outlier_detection_summary(pool.outlier_detection)}")
+    extras = []
+    if pool.slow_start:
+        extras.append(f"slow start {pool.slow_start} s")
+    if pool.panic:
+        extras.append("panic: all backends when none is UP")
+    if extras:
+        lines.append(f"    {', '.join(extras)}")
     name_width = max(len(backend.name) for backend in pool.backends)
     address_width = max(len(backend.address) for backend in pool.backends)
     for backend in pool.backends:
@@ -1402,8 +1946,53 @@ def _pool_summary(pool: PoolConfig) -> list[str]:
         )
         if backend.backup:
             line += "  backup"
+        if backend.state != "ready":
+            line += f"  {backend.state}"
         lines.append(line)
     return lines
+
+
+def _health_check_summary(check: HealthCheckConfig) -> list[str]:
+    """
+    ``health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399``,
+    indented under its pool, and a second line with the ``Host``, the body pattern, the
+    down interval and the jitter when they are set or not the default.
+    """
+    what = f"http GET {check.path}" if check.kind == "http" else "tcp connect"
+    line = (
+        f"    health {what} every {check.interval} s, timeout {check.timeout} s, "
+        f"rise {check.rise}, fall {check.fall}"
+    )
+    more = []
+    if check.kind == "http":
+        low, high = check.expect_status
+        line += f", expect {low}" if low == high else f", expect {low}-{high}"
+        if check.host is not None:
+            more.append(f"Host {check.host}")
+        if check.expect_body is not None:
+            more.append(f"body ~ {check.expect_body!r}")
+    if check.down_interval is not None:
+        more.append(f"every {check.down_interval} s when DOWN")
+    if check.jitter != 0.1:
+        more.append(f"jitter {check.jitter}")
+    if not more:
+        return [line]
+    return [line, f"      {', '.join(more)}"]
+
+
+def _outlier_detection_summary(outliers: OutlierDetectionConfig) -> str:
+    """
+    ``outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%``, and whether
+    5xx responses count.
+    """
+    line = (
+        f"outliers: eject after {outliers.consecutive_failures} failures "
+        f"for {outliers.base_ejection_time} s (max {outliers.max_ejection_time} s), "
+        f"at most {outliers.max_ejection_percent}%"
+    )
+    if outliers.count_5xx:
+        line += ", 5xx counted"
+    return line
 
 
 def _thaw(value: object) -> object:
