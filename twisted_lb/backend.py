@@ -185,12 +185,31 @@ class Backend:
 
     Equality is identity: two backends with the same address in two pools are two backends.
 
+    Its :attr:`state` comes from two inputs, kept apart as HAProxy keeps a server's
+    administrative and operational states apart: the operator's :attr:`admin_state` (``UP``
+    for "ready", ``DRAINING`` or ``MAINT``) and the active health checks' verdict,
+    :attr:`healthy`. Outlier ejection is a third, separate flag, :attr:`ejected`. Change them
+    through the pool (:meth:`~twisted_lb.pool.Pool.set_healthy`,
+    :meth:`~twisted_lb.pool.Pool.set_admin_state`), which recomputes :attr:`state` and starts
+    slow start; assigning :attr:`state` directly lasts until the next change.
+
     Attributes:
         address: where the backend listens.
         name: shown in logs and summaries; defaults to the address.
-        weight: relative share of new connections, >= 1.
+        weight: the configured relative share of new connections, an integer >= 1.
         backup: used only while no primary backend of its pool is UP.
-        state: see :class:`BackendState`. Only ``UP`` backends are picked.
+        state: see :class:`BackendState`. Only ``UP`` backends that are not :attr:`ejected`
+            are picked (see :meth:`~twisted_lb.pool.Pool.eligible`). Passing ``DOWN`` to the
+            constructor sets :attr:`healthy` to false; ``DRAINING`` or ``MAINT`` set
+            :attr:`admin_state`.
+        admin_state: the operator's state: ``UP`` (ready, the default), ``DRAINING`` or
+            ``MAINT``; HAProxy's ``set server state ready|drain|maint``.
+        healthy: the active health checks' verdict; true until a check says otherwise.
+        ejected: taken out of rotation by passive outlier detection, until its ejection ends.
+        ejections: times ejected in a row, the multiplier of the next ejection's duration.
+        consecutive_failures: failures reported by the data paths since the last success.
+        effective_weight: the weight strategies use, in units of :attr:`weight`: equal to it,
+            except while the backend is in slow start, when it ramps from 10% to 100% of it.
         active_connections: client connections (L4) currently leased to this backend.
         total_connections: leases ever taken.
         connect_failures: connection attempts that were refused or timed out.
@@ -219,12 +238,49 @@ class Backend:
     requests_total: int = 0
     responses: list[int] = attrs.field(factory=lambda: [0] * 5)
     response_time: PeakEWMA = attrs.field(factory=PeakEWMA)
+    admin_state: BackendState = BackendState.UP
+    healthy: bool = True
+    ejected: bool = False
+    ejections: int = 0
+    consecutive_failures: int = 0
+    effective_weight: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
             self.name = str(self.address)
         if self.weight < 1:
             raise ValueError(f"backend {self.name}: weight must be >= 1, not {self.weight}")
+        if self.admin_state is BackendState.DOWN:
+            raise ValueError(f"backend {self.name}: admin_state must be UP, DRAINING or MAINT")
+        if self.state is BackendState.DOWN:
+            self.healthy = False
+        elif self.state is not BackendState.UP:
+            self.admin_state = self.state
+        self.refresh_state()
+        if not self.effective_weight:
+            self.effective_weight = float(self.weight)
+
+    @property
+    def available(self) -> bool:
+        """Whether a strategy may be offered this backend: ``UP`` and not ejected."""
+        return self.state is BackendState.UP and not self.ejected
+
+    def refresh_state(self) -> bool:
+        """
+        Recompute :attr:`state` from :attr:`admin_state` and :attr:`healthy`: the operator's
+        ``DRAINING`` or ``MAINT`` first, else ``UP`` or ``DOWN`` by the health checks.
+
+        Returns:
+            Whether :attr:`state` changed.
+        """
+        state: BackendState
+        if self.admin_state is not BackendState.UP:
+            state = self.admin_state
+        else:
+            state = BackendState.UP if self.healthy else BackendState.DOWN
+        changed = state is not self.state
+        self.state = state
+        return changed
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.address} {self.state.value}>"

@@ -1,13 +1,25 @@
 """
-Pools: a named set of backends, the strategy that chooses among them, and leases.
+Pools: a named set of backends, the strategy that chooses among them, leases, and what takes
+backends in and out of rotation: health verdicts, the operator's drain and maintenance,
+passive outlier ejection, panic mode and slow start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 
 from twisted_lb.backend import Backend, BackendState, ConnectionInfo
 from twisted_lb.interfaces import IBalancingStrategy
+
+_log = Logger()
+
+#: The share of its weight a backend gets when its slow start begins (HAProxy and the issue's
+#: "from 10% to 100%").
+SLOW_START_FLOOR = 0.1
 
 
 class Lease:
@@ -38,6 +50,88 @@ class Lease:
             self.backend.active_connections -= 1
 
 
+class OutlierDetector:
+    """
+    Passive outlier detection: backends that fail real traffic are ejected for a while.
+
+    This is Envoy's consecutive-failure outlier detection
+    (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier):
+
+    - the data paths report every outcome to the pool (:meth:`Pool.report_failure`,
+      :meth:`Pool.report_success`, :meth:`Pool.report_response`): a connect failure, a reset
+      before the response and, with ``count_5xx``, a 5xx response are failures; anything else
+      is a success and resets the count;
+    - ``consecutive_failures`` failures in a row eject the backend for
+      ``base_ejection_time * n``, capped at ``max_ejection_time``, where ``n`` counts its
+      ejections in a row, this one included;
+    - ``n`` goes down by one for every ``base_ejection_time`` the backend then spends in
+      service without being ejected (Envoy lowers it once per detection ``interval``);
+    - an ejection that would take the ejected share of the pool above
+      ``max_ejection_percent`` does not happen (strictly: with 2 backends and 50%, one may be
+      ejected; with 1 backend, none);
+    - an ejected backend comes back on its own when its time is up. Active health checks keep
+      running meanwhile: a backend is picked only when it is UP by its checks *and* not
+      ejected. Unlike Envoy's default, a passing active check does not end an ejection, since
+      a backend that answers its check can still fail real requests.
+
+    Args:
+        reactor: provides ``IReactorTime``; ejections are timed on it.
+        consecutive_failures: failures in a row that eject a backend, >= 1.
+        base_ejection_time: seconds of the first ejection, > 0.
+        max_ejection_time: seconds an ejection lasts at most, >= ``base_ejection_time``.
+        max_ejection_percent: the largest share of the pool's backends ejected at once, in
+            percent, 0..100.
+        count_5xx: whether a 5xx response counts as a failure (HTTP mode).
+
+    Raises:
+        ValueError: a value is out of range.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        consecutive_failures: int = 5,
+        base_ejection_time: float = 30.0,
+        max_ejection_time: float = 300.0,
+        max_ejection_percent: int = 50,
+        count_5xx: bool = False,
+    ) -> None:
+        if consecutive_failures < 1:
+            raise ValueError("consecutive_failures must be >= 1")
+        if not base_ejection_time > 0:
+            raise ValueError("base_ejection_time must be > 0 s")
+        if not max_ejection_time >= base_ejection_time:
+            raise ValueError("max_ejection_time must be >= base_ejection_time")
+        if not 0 <= max_ejection_percent <= 100:
+            raise ValueError("max_ejection_percent must be in 0..100")
+        self.reactor = reactor
+        self.consecutive_failures = consecutive_failures
+        self.base_ejection_time = base_ejection_time
+        self.max_ejection_time = max_ejection_time
+        self.max_ejection_percent = max_ejection_percent
+        self.count_5xx = count_5xx
+
+    def __repr__(self) -> str:
+        return (
+            f"<OutlierDetector {self.consecutive_failures} failures, "
+            f"{self.base_ejection_time}..{self.max_ejection_time} s, "
+            f"max {self.max_ejection_percent}%>"
+        )
+
+    def ejection_time(self, ejections: int) -> float:
+        """
+        Seconds an ejection lasts.
+
+        Args:
+            ejections: the backend's ejections in a row, this one included (>= 1).
+
+        Returns:
+            ``min(base_ejection_time * ejections, max_ejection_time)``.
+        """
+        return min(self.base_ejection_time * ejections, self.max_ejection_time)
+
+
 class Pool:
     """
     Backends behind one strategy.
@@ -54,9 +148,23 @@ class Pool:
             is kept (4 s, below the 5 s of Node and other common backends).
         max_idle_per_backend: HTTP only: idle keep-alive connections kept per backend; 0
             disables reuse.
+        panic: when no backend is available, offer the strategy every backend that is not
+            drained or in maintenance, instead of none (Envoy's panic mode, with the panic
+            threshold at 0%: https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/
+            upstream/load_balancing/panic_threshold).
+        slow_start: seconds over which a backend that comes back into rotation ramps its
+            :attr:`~twisted_lb.backend.Backend.effective_weight` linearly from 10% to 100% of
+            its weight; 0 turns it off. As HAProxy's ``slowstart``, it applies to a backend
+            that was out (DOWN, in maintenance, ejected), never to backends at start-up, and
+            the weight is updated every ``max(1, slow_start / 20)`` seconds
+            (``server_warmup`` in HAProxy's ``src/server.c``).
+        outlier_detector: passive outlier detection settings; ``None`` turns it off.
+        reactor: provides ``IReactorTime``; required for ``slow_start``. Defaults to the
+            outlier detector's.
 
     Raises:
-        ValueError: two backends share a name, or a timeout or count is out of range.
+        ValueError: two backends share a name, a timeout or count is out of range, or
+            ``slow_start`` is set without a reactor.
     """
 
     def __init__(
@@ -70,6 +178,10 @@ class Pool:
         response_timeout: float = 60.0,
         upstream_idle_timeout: float = 4.0,
         max_idle_per_backend: int = 128,
+        panic: bool = False,
+        slow_start: float = 0.0,
+        outlier_detector: OutlierDetector | None = None,
+        reactor: Any = None,
     ) -> None:
         for key, seconds in (
             ("connect_timeout", connect_timeout),
@@ -82,6 +194,12 @@ class Pool:
             raise ValueError(f"pool {name}: retries must be >= 0")
         if max_idle_per_backend < 0:
             raise ValueError(f"pool {name}: max_idle_per_backend must be >= 0")
+        if not slow_start >= 0:
+            raise ValueError(f"pool {name}: slow_start must be >= 0 s, not {slow_start}")
+        if reactor is None and outlier_detector is not None:
+            reactor = outlier_detector.reactor
+        if slow_start and reactor is None:
+            raise ValueError(f"pool {name}: slow_start needs a reactor")
         self.name = name
         self.strategy = strategy
         self.connect_timeout = connect_timeout
@@ -89,7 +207,17 @@ class Pool:
         self.response_timeout = response_timeout
         self.upstream_idle_timeout = upstream_idle_timeout
         self.max_idle_per_backend = max_idle_per_backend
+        self.panic = panic
+        self.slow_start = slow_start
+        self.outlier_detector = outlier_detector
+        self.reactor: Any = reactor
         self.backends: list[Backend] = []
+        # Timers by backend: the end of an ejection, the next slow-start step.
+        self._unejections: dict[Backend, IDelayedCall] = {}
+        self._warmups: dict[Backend, IDelayedCall] = {}
+        # When a backend's slow start began, and when it last came back from an ejection.
+        self._warming_since: dict[Backend, float] = {}
+        self._returned_at: dict[Backend, float] = {}
         self.set_backends(backends)
 
     def __repr__(self) -> str:
@@ -99,7 +227,8 @@ class Pool:
         """
         Replace the pool's membership and tell the strategy (``backends_changed``).
 
-        Established leases on removed backends stay valid until released.
+        Established leases on removed backends stay valid until released. Timers of removed
+        backends (ejection, slow start) are cancelled.
 
         Raises:
             ValueError: two backends share a name.
@@ -110,24 +239,40 @@ class Pool:
         if duplicates:
             raise ValueError(f"pool {self.name}: duplicate backend names {duplicates}")
         self.backends = backends
+        members = set(backends)
+        for timers in (self._unejections, self._warmups):
+            for backend in [b for b in timers if b not in members]:
+                call = timers.pop(backend)
+                if call.active():
+                    call.cancel()
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
         backends_changed = getattr(self.strategy, "backends_changed", None)
         if backends_changed is not None:
-            backends_changed(list(backends))
+            backends_changed(list(self.backends))
 
     def eligible(self, exclude: Collection[Backend] = ()) -> Sequence[Backend]:
         """
         The backends a strategy may pick from now.
 
-        Only UP backends; primaries while any primary is UP, else backups (HAProxy's
-        ``backup``). Backends in ``exclude`` (already tried for this client) are left out, but
-        they still count as UP primaries when deciding whether backups may serve.
+        - Available backends: ``UP`` and not ejected. Primaries while any primary is
+          available, else backups (HAProxy's ``backup``).
+        - If none is available and :attr:`panic` is on: every backend whose ``admin_state``
+          is ready (not ``DRAINING`` or ``MAINT``), primaries and backups, whatever its
+          health (Envoy's panic mode).
+        - Backends in ``exclude`` (already tried for this client) are left out, but they still
+          count as available primaries when deciding whether backups may serve.
         """
         primaries: list[Backend] = []
         backups: list[Backend] = []
+        up = BackendState.UP
         for backend in self.backends:
-            if backend.state is BackendState.UP:
+            if backend.state is up and not backend.ejected:
                 (backups if backend.backup else primaries).append(backend)
         tier = primaries or backups
+        if not tier and self.panic:
+            tier = [b for b in self.backends if b.admin_state is up]
         if exclude:
             return [b for b in tier if b not in exclude]
         return tier
@@ -159,3 +304,200 @@ class Pool:
                 "which was not offered"
             )
         return Lease(backend)
+
+    # -- states
+
+    def set_healthy(self, backend: Backend, healthy: bool) -> bool:
+        """
+        Record the active health checks' verdict on a backend and recompute its state.
+
+        A backend that becomes available again begins its slow start. Logging the transition
+        is the caller's (the health monitor knows the reason).
+
+        Args:
+            backend: one of :attr:`backends`.
+            healthy: the verdict.
+
+        Returns:
+            Whether the backend's state changed.
+        """
+        was_available = backend.available
+        backend.healthy = healthy
+        changed = backend.refresh_state()
+        self._availability_changed(backend, was_available)
+        return changed
+
+    def set_admin_state(self, backend: Backend, state: BackendState) -> bool:
+        """
+        Set the operator's state of a backend: ``UP`` (ready), ``DRAINING`` or ``MAINT``
+        (HAProxy's ``set server state ready|drain|maint``).
+
+        A drained or maintained backend gets no new connections or requests; established
+        connections and in-flight requests finish. Back to ready, it is ``UP`` or ``DOWN`` by
+        its health checks, and begins its slow start if ``UP``.
+
+        Args:
+            backend: one of :attr:`backends`.
+            state: the new administrative state.
+
+        Returns:
+            Whether the backend's state changed.
+
+        Raises:
+            ValueError: ``state`` is ``DOWN``, which only health checks decide.
+        """
+        if state is BackendState.DOWN:
+            raise ValueError("DOWN is decided by health checks; use UP, DRAINING or MAINT")
+        was_available = backend.available
+        backend.admin_state = state
+        changed = backend.refresh_state()
+        if changed:
+            _log.info(
+                "pool {pool}: backend {backend} is now {state} (set by the operator)",
+                pool=self.name,
+                backend=backend.name,
+                state=backend.state.value,
+            )
+        self._availability_changed(backend, was_available)
+        return changed
+
+    def _availability_changed(self, backend: Backend, was_available: bool) -> None:
+        available = backend.available
+        if available and not was_available:
+            self._begin_slow_start(backend)
+        elif was_available and not available:
+            self._end_slow_start(backend)
+
+    # -- slow start
+
+    def _begin_slow_start(self, backend: Backend) -> None:
+        if not self.slow_start or backend not in self.backends:
+            return
+        self._end_slow_start(backend, settle=False)
+        self._warming_since[backend] = self.reactor.seconds()
+        self._warm(backend)
+
+    def _warm(self, backend: Backend) -> None:
+        """Set one slow-start step's effective weight and schedule the next step."""
+        self._warmups.pop(backend, None)
+        elapsed = self.reactor.seconds() - self._warming_since[backend]
+        if elapsed >= self.slow_start:
+            self._end_slow_start(backend)
+            return
+        share = SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * max(elapsed, 0.0) / self.slow_start
+        backend.effective_weight = backend.weight * share
+        self._weights_changed()
+        step = max(1.0, self.slow_start / 20)
+        self._warmups[backend] = self.reactor.callLater(
+            min(step, self.slow_start - elapsed), self._warm, backend
+        )
+
+    def _end_slow_start(self, backend: Backend, settle: bool = True) -> None:
+        call = self._warmups.pop(backend, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._warming_since.pop(backend, None)
+        if settle and backend.effective_weight != backend.weight:
+            backend.effective_weight = float(backend.weight)
+            self._weights_changed()
+
+    # -- outlier detection
+
+    def report_success(self, backend: Backend) -> None:
+        """
+        The data path's report of a success: a connection made (L4), or a response that is
+        not a failure (L7). Resets the backend's count of consecutive failures.
+        """
+        backend.consecutive_failures = 0
+
+    def report_response(self, backend: Backend, status: int) -> None:
+        """
+        The HTTP mode's report of a response head from ``backend``: a failure when
+        ``count_5xx`` is on and ``status`` is 5xx, else a success.
+        """
+        detector = self.outlier_detector
+        if status >= 500 and detector is not None and detector.count_5xx:
+            self.report_failure(backend, f"HTTP {status}")
+        else:
+            backend.consecutive_failures = 0
+
+    def report_failure(self, backend: Backend, reason: str) -> None:
+        """
+        The data path's report of a failure of ``backend``: a connect failure, a reset before
+        the response, a response timeout or, with ``count_5xx``, a 5xx. With outlier
+        detection on, enough failures in a row eject the backend (see
+        :class:`OutlierDetector`).
+
+        Args:
+            backend: the backend that failed.
+            reason: a short description for the log, such as ``"connection refused"``.
+        """
+        backend.consecutive_failures += 1
+        detector = self.outlier_detector
+        if (
+            detector is None
+            or backend.ejected
+            or backend.consecutive_failures < detector.consecutive_failures
+            or backend not in self.backends
+        ):
+            return
+        ejected = sum(1 for b in self.backends if b.ejected)
+        if (ejected + 1) * 100 > detector.max_ejection_percent * len(self.backends):
+            if backend.consecutive_failures == detector.consecutive_failures:
+                _log.warn(
+                    "pool {pool}: backend {backend} not ejected after {count} consecutive "
+                    "failures (last: {reason}): {ejected} of {total} backends are ejected "
+                    "and max_ejection_percent is {percent}",
+                    pool=self.name,
+                    backend=backend.name,
+                    count=backend.consecutive_failures,
+                    reason=reason,
+                    ejected=ejected,
+                    total=len(self.backends),
+                    percent=detector.max_ejection_percent,
+                )
+            return
+        now = self.reactor.seconds()
+        returned = self._returned_at.pop(backend, None)
+        if returned is not None:
+            served = int(max(now - returned, 0.0) // detector.base_ejection_time)
+            backend.ejections = max(backend.ejections - served, 0)
+        backend.ejections += 1
+        seconds = detector.ejection_time(backend.ejections)
+        was_available = backend.available
+        backend.ejected = True
+        self._availability_changed(backend, was_available)
+        self._unejections[backend] = self.reactor.callLater(seconds, self._uneject, backend)
+        _log.warn(
+            "pool {pool}: backend {backend} ejected for {seconds:g} s after {count} "
+            "consecutive failures (last: {reason}); ejection {ejections} in a row",
+            pool=self.name,
+            backend=backend.name,
+            seconds=seconds,
+            count=backend.consecutive_failures,
+            reason=reason,
+            ejections=backend.ejections,
+        )
+
+    def _uneject(self, backend: Backend) -> None:
+        self._unejections.pop(backend, None)
+        backend.ejected = False
+        backend.consecutive_failures = 0
+        self._returned_at[backend] = self.reactor.seconds()
+        _log.info(
+            "pool {pool}: backend {backend} back from ejection",
+            pool=self.name,
+            backend=backend.name,
+        )
+        self._availability_changed(backend, False)
+
+    def stop(self) -> None:
+        """
+        Cancel the pool's timers (ejections, slow start). Ejected backends stay ejected and
+        warming backends keep their current effective weight.
+        """
+        for timers in (self._unejections, self._warmups):
+            for call in timers.values():
+                if call.active():
+                    call.cancel()
+            timers.clear()

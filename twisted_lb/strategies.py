@@ -194,7 +194,7 @@ class RoundRobin:
     """
 
     def __init__(self) -> None:
-        self._current: dict[Backend, int] = {}
+        self._current: dict[Backend, float] = {}
 
     def __repr__(self) -> str:
         return "<RoundRobin>"
@@ -218,11 +218,11 @@ class RoundRobin:
             info: unused.
         """
         current = self._current
-        total = 0
+        total = 0.0
         best = backends[0]
         best_weight = None
         for backend in backends:
-            weight = backend.weight
+            weight = backend.effective_weight
             total += weight
             value = current.get(backend, 0) + weight
             current[backend] = value
@@ -264,11 +264,11 @@ class LeastConnections:
         seen_last = False
         best = backends[0]
         best_connections = best.active_connections
-        best_weight = best.weight
+        best_weight = best.effective_weight
         best_after_last = False
         for backend in backends:
             connections = backend.active_connections
-            weight = backend.weight
+            weight = backend.effective_weight
             lhs = connections * best_weight
             rhs = best_connections * weight
             if lhs < rhs or (lhs == rhs and seen_last and not best_after_last):
@@ -323,11 +323,11 @@ class LeastTime:
         seen_last = False
         best = backends[0]
         best_load = math.inf
-        best_weight = 1
+        best_weight = 1.0
         best_after_last = False
         for backend in backends:
             load = backend.response_time.value(now) * (backend.in_flight_requests + 1)
-            weight = backend.weight
+            weight = backend.effective_weight
             lhs = load * best_weight
             rhs = best_load * weight
             if lhs < rhs or (lhs == rhs and seen_last and not best_after_last):
@@ -350,20 +350,24 @@ def _make_rng(rng: random.Random | None, seed: int | None) -> random.Random:
 
 
 def _weighted_choice(
-    rng: random.Random, backends: Sequence[Backend], total: int, skip: Backend | None = None
+    rng: random.Random, backends: Sequence[Backend], total: float, skip: Backend | None = None
 ) -> Backend:
     """
-    One of ``backends`` (except ``skip``), with probability ``weight / total``; ``total`` is
-    the sum of the weights of the backends other than ``skip``.
+    One of ``backends`` (except ``skip``), with probability ``effective_weight / total``;
+    ``total`` is the sum of the effective weights of the backends other than ``skip``.
     """
-    point = rng.randrange(total)
+    point = rng.random() * total
+    last = skip
     for backend in backends:
         if backend is skip:
             continue
-        point -= backend.weight
+        point -= backend.effective_weight
         if point < 0:
             return backend
-    raise AssertionError("total is more than the sum of the weights")  # pragma: no cover
+        last = backend
+    # Rounding left the point at the very end of the range: the last candidate owns it.
+    assert last is not None and last is not skip
+    return last
 
 
 @implementer(IBalancingStrategy)
@@ -395,7 +399,7 @@ class WeightedRandom:
         """
         if len(backends) == 1:
             return backends[0]
-        return _weighted_choice(self._rng, backends, sum(b.weight for b in backends))
+        return _weighted_choice(self._rng, backends, sum(b.effective_weight for b in backends))
 
 
 @implementer(IBalancingStrategy)
@@ -435,10 +439,13 @@ class TwoChoices:
         if len(backends) == 1:
             return backends[0]
         rng = self._rng
-        total = sum(b.weight for b in backends)
+        total = sum(b.effective_weight for b in backends)
         first = _weighted_choice(rng, backends, total)
-        second = _weighted_choice(rng, backends, total - first.weight, skip=first)
-        if second.active_connections * first.weight < first.active_connections * second.weight:
+        second = _weighted_choice(rng, backends, total - first.effective_weight, skip=first)
+        if (
+            second.active_connections * first.effective_weight
+            < first.active_connections * second.effective_weight
+        ):
             return second
         return first
 
@@ -504,7 +511,7 @@ class SourceHash:
         digests = self.POINTS_PER_WEIGHT // 4
         for backend in backends:
             name = backend.name
-            for i in range(digests * backend.weight):
+            for i in range(max(1, round(digests * backend.effective_weight))):
                 digest = hashlib.md5(f"{name}-{i}".encode(), usedforsecurity=False).digest()
                 ring.extend((point, name, backend) for point in _ketama_points(digest))
         ring.sort(key=lambda entry: (entry[0], entry[1]))
