@@ -1,5 +1,6 @@
 """
-The zope interfaces of twisted-lb: balancing strategies and their plugin factories.
+The zope interfaces of twisted-lb: balancing strategies, their plugin factories, and health
+checks.
 
 Interface methods take no ``self`` (zope convention), so that ``verifyObject`` works.
 """
@@ -12,7 +13,10 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from twisted_lb.backend import Backend, ConnectionInfo
+    from twisted_lb.health import ProbeResult
 
 
 class IBalancingStrategy(Interface):
@@ -57,4 +61,28 @@ class IStrategyFactory(Interface):
 
         Raises:
             ValueError: an option is unknown or has a bad value; the message names it.
+        """
+
+
+class IHealthCheck(Interface):
+    """
+    An active health check: probes one backend, as HAProxy's ``check`` and Envoy's active
+    health checking do (https://docs.haproxy.org/3.2/configuration.html#5.2-check,
+    https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/health_checking).
+    :class:`~twisted_lb.health.HealthMonitor` calls it on a schedule and turns the results
+    into verdicts with rise/fall.
+    """
+
+    def probe(backend: Backend) -> Deferred[ProbeResult]:
+        """
+        One check of one backend.
+
+        Args:
+            backend: the backend to check.
+
+        Returns:
+            A Deferred that fires with a :class:`~twisted_lb.health.ProbeResult`. It never
+            fails: a failed check, an error or a timeout is ``ok=False``. It is cancellable:
+            cancelling aborts the check's connection and leaves no timer behind, and the
+            Deferred then fails with ``CancelledError``.
         """
