@@ -101,6 +101,10 @@ class Echo(http.server.BaseHTTPRequestHandler):
             ``&fill=x`` sends ``x`` bytes instead of the pattern (cheaper for bulk).
         ``/_slow...``: like any other target, but the request body is read slowly (32 KiB,
             then a 1 ms pause).
+        ``/healthz``: a health-check endpoint: ``ok`` with the current health status (200
+            at first), or ``failing`` when that status is not 2xx.
+        ``/_set?health=N``: sets the status ``/healthz`` answers from now on;
+            ``/_set?status=N`` sets the status every other answer has (200 at first).
         anything else: a JSON object with ``method``, ``target``, ``version``, ``headers``
             (a list of ``[name, value]``), ``body_length``, ``body_sha256``, ``chunks`` (of a
             chunked body), ``connection``, ``connections`` and ``requests``.
@@ -111,6 +115,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
     name = "?"
     requests = 0
     connection_id = 0
+    health_status = 200
+    status = 200
 
     def setup(self) -> None:
         super().setup()
@@ -145,6 +151,17 @@ class Echo(http.server.BaseHTTPRequestHandler):
         if target.path == "/_bytes":
             self.send_bytes(int(query["n"]), query)
             return
+        if target.path == "/_set":
+            if "health" in query:
+                Echo.health_status = int(query["health"])
+            if "status" in query:
+                Echo.status = int(query["status"])
+            self.send_text(200, "set\n")
+            return
+        if target.path == "/healthz":
+            status = Echo.health_status
+            self.send_text(status, "ok\n" if 200 <= status < 300 else "failing\n")
+            return
         body = json.dumps(
             {
                 "method": self.command,
@@ -159,9 +176,19 @@ class Echo(http.server.BaseHTTPRequestHandler):
                 "requests": requests,
             }
         ).encode()
-        self.send_response(200)
+        self.send_response(Echo.status)
         self.send_common_headers()
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_text(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(status)
+        self.send_common_headers()
+        self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":

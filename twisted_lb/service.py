@@ -14,12 +14,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb.backend import Backend
-from twisted_lb.config import Config, ConfigError, FrontendConfig, Problem, join_key
+from twisted_lb.backend import Backend, BackendState
+from twisted_lb.config import (
+    Config,
+    ConfigError,
+    FrontendConfig,
+    HealthCheckConfig,
+    Problem,
+    join_key,
+)
+from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.http.upstream import Upstreams
-from twisted_lb.pool import Pool
+from twisted_lb.interfaces import IHealthCheck
+from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
 
@@ -27,6 +36,13 @@ _log = Logger()
 
 #: Seconds that stopping waits for open connections to close before aborting them.
 SHUTDOWN_GRACE = 5.0
+
+#: A backend's ``state`` key in the config, as the backend's ``admin_state``.
+_ADMIN_STATES = {
+    "ready": BackendState.UP,
+    "drain": BackendState.DRAINING,
+    "maint": BackendState.MAINT,
+}
 
 
 class ListenError(Exception):
@@ -101,6 +117,20 @@ class Listener(Service):
         return stopped
 
 
+def _health_check(reactor: Any, config: HealthCheckConfig) -> IHealthCheck:
+    """The check a ``[pools.NAME.health_check]`` table describes."""
+    if config.kind == "tcp":
+        return TCPCheck(reactor, config.timeout)
+    return HTTPCheck(
+        reactor,
+        config.timeout,
+        path=config.path,
+        host=config.host,
+        expect_status=config.expect_status,
+        expect_body=config.expect_body,
+    )
+
+
 def _describe(address: IAddress) -> str:
     host = getattr(address, "host", None)
     if host is None:
@@ -121,6 +151,7 @@ class LoadBalancerService(MultiService):
 
     Attributes:
         pools: live pools by name.
+        monitors: the health monitor of each pool that has ``health_check``, by pool name.
         factories: each frontend's protocol factory, by frontend name.
         listeners: the listener services, in config order.
     """
@@ -129,6 +160,7 @@ class LoadBalancerService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self.pools: dict[str, Pool] = {}
+        self.monitors: dict[str, HealthMonitor] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
         self.access_log = True
@@ -161,10 +193,17 @@ class LoadBalancerService(MultiService):
                 )
                 continue
             backends = [
-                Backend.from_address(b.address, name=b.name, weight=b.weight, backup=b.backup)
+                Backend.from_address(
+                    b.address,
+                    name=b.name,
+                    weight=b.weight,
+                    backup=b.backup,
+                    state=_ADMIN_STATES[b.state],
+                )
                 for b in pool_config.backends
             ]
-            service.pools[name] = Pool(
+            outlier = pool_config.outlier_detection
+            pool = service.pools[name] = Pool(
                 name,
                 backends,
                 strategy,
@@ -173,12 +212,39 @@ class LoadBalancerService(MultiService):
                 response_timeout=pool_config.response_timeout,
                 upstream_idle_timeout=pool_config.upstream_idle_timeout,
                 max_idle_per_backend=pool_config.max_idle_per_backend,
+                panic=pool_config.panic,
+                slow_start=pool_config.slow_start,
+                outlier_detector=None
+                if outlier is None
+                else OutlierDetector(
+                    reactor,
+                    consecutive_failures=outlier.consecutive_failures,
+                    base_ejection_time=outlier.base_ejection_time,
+                    max_ejection_time=outlier.max_ejection_time,
+                    max_ejection_percent=outlier.max_ejection_percent,
+                    count_5xx=outlier.count_5xx,
+                ),
+                reactor=reactor,
             )
+            health = pool_config.health_check
+            if health is not None:
+                monitor = HealthMonitor(
+                    reactor,
+                    pool,
+                    _health_check(reactor, health),
+                    interval=health.interval,
+                    rise=health.rise,
+                    fall=health.fall,
+                    down_interval=health.down_interval,
+                    jitter=health.jitter,
+                )
+                monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
+                service.monitors[name] = monitor
         for name, frontend in config.frontends.items():
-            pool = service.pools.get(frontend.pool)
-            if pool is None:
+            frontend_pool = service.pools.get(frontend.pool)
+            if frontend_pool is None:
                 continue  # its pool's problem is already reported
-            factory = service._frontend_factory(name, frontend, pool)
+            factory = service._frontend_factory(name, frontend, frontend_pool)
             if factory is None:
                 continue  # a route's pool is missing; its problem is already reported
             service.factories[name] = factory
@@ -267,6 +333,8 @@ class LoadBalancerService(MultiService):
         return stopped
 
     def _close_connections(self) -> Deferred[Any]:
+        for pool in self.pools.values():
+            pool.stop()
         closing = [factory.close_connections() for factory in self.factories.values()]
         self.upstreams.close_idle()
         open_connections = sum(factory.active_connections for factory in self.factories.values())

@@ -244,6 +244,7 @@ class _ClientSide(Protocol):
         assert backend_transport is not None
         self.backend_side = side
         self.backend_transport = backend_transport
+        self.factory.pool.report_success(self.backend)
         self.backend_send = side.send
         client_transport = self.client_transport
         # Each transport is the other's producer: a full write buffer on one side pauses
@@ -269,6 +270,8 @@ class _ClientSide(Protocol):
             self._finish()
             return
         backend.connect_failures += 1
+        reason = failure.getErrorMessage() or repr(failure.value)
+        factory.pool.report_failure(backend, reason)
         attempts_left = factory.pool.retries + 1 - len(self.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
@@ -277,7 +280,7 @@ class _ClientSide(Protocol):
             backend=backend.name,
             address=str(backend.address),
             pool=factory.pool.name,
-            reason=failure.getErrorMessage() or repr(failure.value),
+            reason=reason,
             left=attempts_left,
         )
         if attempts_left > 0:

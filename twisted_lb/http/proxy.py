@@ -419,6 +419,8 @@ class HTTPProxyProtocol(Protocol):
         if self.lost:
             return
         backend.connect_failures += 1
+        reason = failure.getErrorMessage() or repr(failure.value)
+        pool.report_failure(backend, reason)
         left = pool.retries + 1 - len(self.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
@@ -427,7 +429,7 @@ class HTTPProxyProtocol(Protocol):
             backend=backend.name,
             address=str(backend.address),
             pool=pool.name,
-            reason=failure.getErrorMessage() or repr(failure.value),
+            reason=reason,
             left=left,
         )
         if left > 0:
@@ -558,6 +560,7 @@ class HTTPProxyProtocol(Protocol):
             # A backend that does not answer must not look fast to least_time.
             now = self.seconds()
             self.backend.response_time.observe(now - (self.t_sent or now), now)
+            pool.report_failure(self.backend, f"no response within {pool.response_timeout} s")
         upstream = self.upstream
         if upstream is not None:
             self._detach_upstream(reuse=False)
@@ -589,8 +592,10 @@ class HTTPProxyProtocol(Protocol):
             self.t_first_byte = now
             self._cancel_timer("response")
             backend = self.backend
-            assert backend is not None
+            pool = self.pool
+            assert backend is not None and pool is not None
             backend.response_time.observe(now - (self.t_sent or request.started), now)
+            pool.report_response(backend, status)
         self.status = status
         phrase = b"".join(self.status_parts) or reason(status)
         headers = remove_hop_by_hop(self.response_headers)
@@ -681,6 +686,8 @@ class HTTPProxyProtocol(Protocol):
             backend=self.backend.name if self.backend else "-",
             error=str(error),
         )
+        if self.backend is not None and self.pool is not None:
+            self.pool.report_failure(self.backend, f"malformed response: {error}")
         self._detach_upstream(reuse=False)
         if self.response_started and self.status >= 200:
             self._abort_client()
@@ -728,6 +735,7 @@ class HTTPProxyProtocol(Protocol):
             self._connect(backend, pool)
             return
         self._release_backend()
+        pool.report_failure(backend, f"closed before responding: {reason.getErrorMessage()}")
         _log.warn(
             "frontend {frontend}: backend {backend} in pool {pool} closed the connection "
             "before responding: {reason}",
