@@ -5,15 +5,19 @@ message, reading files, the summary, and property tests over generated documents
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 import attrs
+import trustme
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,13 +26,16 @@ from tests._harness import TWISTED_LB
 from twisted_lb import strategies
 from twisted_lb.config import (
     BackendConfig,
+    CertificateConfig,
     Config,
     ConfigError,
     FrontendConfig,
+    FrontendTLSConfig,
     GlobalConfig,
     HealthCheckConfig,
     OutlierDetectionConfig,
     PoolConfig,
+    PoolTLSConfig,
     Problem,
     RouteConfig,
     config_from_dict,
@@ -70,7 +77,7 @@ backends = [
 
 
 FRONTEND_KEYS = (
-    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'header_timeout', "
+    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'tls', 'header_timeout', "
     "'max_header_bytes', 'max_body_bytes', 'trusted_proxies', 'routes', 'tunnel_timeout'"
 )
 
@@ -471,7 +478,7 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
                 "pools.app.zzz: unknown key; valid keys are: "
                 "'strategy', 'strategy_options', 'connect_timeout', 'retries', "
                 "'response_timeout', 'upstream_idle_timeout', 'max_idle_per_backend', "
-                "'backends', 'health_check', 'outlier_detection', 'panic', 'slow_start'",
+                "'backends', 'health_check', 'outlier_detection', 'panic', 'slow_start', 'tls'",
                 "pools.app.backends[0].port: unknown key; valid keys are: "
                 "'address', 'name', 'weight', 'backup', 'state'",
             ],
@@ -479,40 +486,12 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
 
     def test_later_releases(self) -> None:
         """
-        Keys of the design that this version does not implement are errors that say so, in
-        either mode.
+        Keys of the design that this version does not implement are errors that say so.
         """
         later = "not yet supported in this version; remove it"
         self.assertEqual(
-            self.problems(
-                """\
-[admin]
-[metrics]
-[frontends.api]
-mode = "http"
-listen = "tcp:8081"
-pool = "app"
-[frontends.api.tls]
-min_version = "TLSv1.2"
-[frontends.web]
-mode = "tcp"
-listen = "tcp:8080"
-pool = "app"
-[frontends.web.tls]
-min_version = "TLSv1.2"
-[pools.app]
-backends = [{ address = "127.0.0.1:9001" }]
-[pools.app.tls]
-server_name = "app.internal"
-"""
-            ),
-            [
-                f"admin: {later}",
-                f"metrics: {later}",
-                f"frontends.api.tls: {later}",
-                f"frontends.web.tls: {later}",
-                f"pools.app.tls: {later}",
-            ],
+            self.problems("[admin]\n[metrics]\n" + FRONTEND + POOL),
+            [f"admin: {later}", f"metrics: {later}"],
         )
 
     def test_quoted_names(self) -> None:
@@ -2319,6 +2298,806 @@ backends = [
         )
 
 
+@functools.cache
+def _tls_files() -> dict[str, bytes]:
+    """
+    PEM files for the ``tls`` tables, made with trustme once per run: ``site`` (for
+    ``example.com`` and ``*.example.com``), ``other`` and ``client`` certificates with their
+    keys, their CA, an ``expired`` and a ``future`` certificate with their keys, an encrypted
+    key, a file with both a certificate and its key, and an empty file.
+    """
+    ca = trustme.CA()
+    site = ca.issue_cert("example.com", "*.example.com")
+    other = ca.issue_cert("example.org")
+    client = ca.issue_cert("lb.internal")
+    expired = ca.issue_cert(
+        "old.example.com",
+        not_before=datetime(2020, 1, 1, tzinfo=UTC),
+        not_after=datetime(2021, 1, 1, tzinfo=UTC),
+    )
+    future = ca.issue_cert(
+        "new.example.com",
+        not_before=datetime(2999, 1, 1, tzinfo=UTC),
+        not_after=datetime(3000, 1, 1, tzinfo=UTC),
+    )
+    key = serialization.load_pem_private_key(site.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    files = {"ca.pem": ca.cert_pem.bytes(), "encrypted.key": encrypted, "empty.pem": b""}
+    for name, leaf in [
+        ("site", site),
+        ("other", other),
+        ("client", client),
+        ("expired", expired),
+        ("future", future),
+    ]:
+        files[f"{name}.pem"] = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+        files[f"{name}.key"] = leaf.private_key_pem.bytes()
+    files["combined.pem"] = files["site.pem"] + files["site.key"]
+    return files
+
+
+SITE_CERTIFICATES = 'certificates = [{ cert = "certs/site.pem", key = "certs/site.key" }]\n'
+TLS_FRONTEND = HTTP_FRONTEND + "[frontends.web.tls]\n" + SITE_CERTIFICATES
+
+
+class TLSTestCase(ConfigTestCase):
+    """
+    Writes ``lb.toml`` in a directory of its own, next to a ``certs`` directory that holds
+    :func:`_tls_files`, so that relative paths such as ``"certs/site.pem"`` name them.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.directory, "certs"))
+        for name, data in _tls_files().items():
+            with open(self.file(name), "wb") as f:
+                f.write(data)
+
+    def file(self, name: str) -> str:
+        """The absolute path of one of :func:`_tls_files`."""
+        return os.path.join(self.directory, "certs", name)
+
+    def write(self, text: str) -> str:
+        path = os.path.join(self.directory, "lb.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def frontend_tls(self, body: str, mode: str = "http") -> str:
+        """A frontend in ``mode`` with ``[frontends.web.tls]`` holding ``body``, and a pool."""
+        frontend = FRONTEND.replace('mode = "tcp"', f'mode = "{mode}"')
+        return frontend + "[frontends.web.tls]\n" + body + "\n" + POOL
+
+
+class FrontendTLSTests(TLSTestCase):
+    """
+    ``[frontends.NAME.tls]``: TLS termination.
+    """
+
+    def test_absent(self) -> None:
+        self.assertIsNone(self.load(FRONTEND + POOL).frontends["web"].tls)
+
+    def test_defaults(self) -> None:
+        """
+        One certificate is enough; the other keys take their defaults, and the relative paths
+        are resolved against the directory of the config file.
+        """
+        tls = self.load(TLS_FRONTEND + POOL).frontends["web"].tls
+        certificate = CertificateConfig(cert=self.file("site.pem"), key=self.file("site.key"))
+        self.assertEqual(
+            tls,
+            FrontendTLSConfig(
+                certificates=(certificate,),
+                min_version="TLSv1.2",
+                ciphers=None,
+                client_ca=None,
+                verify_client="none",
+            ),
+        )
+        self.assertEqual(tls, FrontendTLSConfig(certificates=[certificate]))
+
+    def test_every_key(self) -> None:
+        """
+        Every key is read. Relative paths are resolved against the config file's directory
+        and normalized; absolute paths are kept.
+        """
+        config = self.load(
+            self.frontend_tls(
+                f"""\
+certificates = [
+  {{ cert = "certs/site.pem", key = "./certs/../certs/site.key" }},
+  {{ cert = {json.dumps(self.file("other.pem"))}, key = "certs/other.key" }},
+]
+min_version = "TLSv1.3"
+ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256"
+client_ca = "certs/ca.pem"
+verify_client = "required"
+"""
+            )
+        )
+        tls = config.frontends["web"].tls
+        self.assertEqual(
+            tls,
+            FrontendTLSConfig(
+                certificates=(
+                    CertificateConfig(cert=self.file("site.pem"), key=self.file("site.key")),
+                    CertificateConfig(cert=self.file("other.pem"), key=self.file("other.key")),
+                ),
+                min_version="TLSv1.3",
+                ciphers="ECDHE-ECDSA-AES128-GCM-SHA256",
+                client_ca=self.file("ca.pem"),
+                verify_client="required",
+            ),
+        )
+
+    def test_forms(self) -> None:
+        """
+        The array-of-tables form, a tcp frontend, ``verify_client = "optional"``, a file that
+        holds both the certificate and its key, and the same certificate twice are all fine.
+        """
+        config = self.load(
+            FRONTEND
+            + """\
+[[frontends.web.tls.certificates]]
+cert = "certs/combined.pem"
+key = "certs/combined.pem"
+[[frontends.web.tls.certificates]]
+cert = "certs/site.pem"
+key = "certs/site.key"
+[[frontends.web.tls.certificates]]
+cert = "certs/site.pem"
+key = "certs/site.key"
+[frontends.web.tls]
+client_ca = "certs/ca.pem"
+verify_client = "optional"
+"""
+            + POOL
+        )
+        tls = config.frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(
+            [(c.cert, c.key) for c in tls.certificates],
+            [(self.file("combined.pem"), self.file("combined.pem"))]
+            + [(self.file("site.pem"), self.file("site.key"))] * 2,
+        )
+        self.assertEqual(tls.verify_client, "optional")
+
+    def test_frozen(self) -> None:
+        tls = FrontendTLSConfig(certificates=[CertificateConfig("a.pem", "a.key")])
+        self.assertEqual(tls.certificates, (CertificateConfig("a.pem", "a.key"),))
+        with self.assertRaises(AttributeError):
+            tls.min_version = "TLSv1.3"  # type: ignore[misc]
+
+    def test_relative_config_path(self) -> None:
+        """
+        A config file named by a relative path resolves against its directory all the same,
+        and the model holds absolute paths.
+        """
+        path = os.path.relpath(self.write(TLS_FRONTEND + POOL))
+        self.assertFalse(os.path.isabs(path))
+        tls = load_config(path).frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.certificates[0].cert, self.file("site.pem"))
+
+    def test_parse_config_path(self) -> None:
+        """
+        :func:`parse_config` resolves against the directory of the ``path`` it is given,
+        without reading that file.
+        """
+        config = parse_config(TLS_FRONTEND + POOL, os.path.join(self.directory, "absent.toml"))
+        tls = config.frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.certificates[0].key, self.file("site.key"))
+
+    def test_no_file(self) -> None:
+        """
+        A config from a string or a dict ("<string>", "<dict>") resolves against the current
+        directory.
+        """
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.directory)
+        tls = parse_config(TLS_FRONTEND + POOL).frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.certificates[0].cert, self.file("site.pem"))
+        data = {
+            "frontends": {
+                "web": {
+                    "mode": "tcp",
+                    "listen": "tcp:8443",
+                    "pool": "app",
+                    "tls": {"certificates": [{"cert": "certs/site.pem", "key": "certs/site.key"}]},
+                }
+            },
+            "pools": {"app": {"backends": [{"address": "127.0.0.1:9001"}]}},
+        }
+        tls = config_from_dict(data).frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.certificates[0].key, self.file("site.key"))
+
+    def test_file_problems(self) -> None:
+        """
+        What :func:`twisted_lb.tls.certificate_problem` and :func:`twisted_lb.tls.ca_problem`
+        find is reported on the key of the file it is about, naming the file by its full path.
+        """
+        entries = [
+            ("missing.pem", "site.key"),
+            ("site.pem", "missing.key"),
+            ("site.key", "site.key"),
+            ("site.pem", "site.pem"),
+            ("site.pem", "other.key"),
+            ("expired.pem", "expired.key"),
+            ("future.pem", "future.key"),
+            ("site.pem", "encrypted.key"),
+            ("empty.pem", "site.key"),
+            ("combined.pem", "site.pem"),
+        ]
+        certificates = ", ".join(
+            f'{{ cert = "certs/{cert}", key = "certs/{key}" }}' for cert, key in entries
+        )
+        body = f'certificates = [{certificates}]\nclient_ca = "certs/site.key"'
+        key = "frontends.web.tls.certificates"
+        certs = os.path.join(self.directory, "certs")
+        self.assertEqual(
+            self.problems(self.frontend_tls(body))
+            + self.problems(self.frontend_tls('client_ca = "certs"\n' + SITE_CERTIFICATES)),
+            [
+                f"{key}[0].cert: cannot read {self.file('missing.pem')}: No such file or directory",
+                f"{key}[1].key: cannot read {self.file('missing.key')}: No such file or directory",
+                f"{key}[2].cert: {self.file('site.key')}: no PEM certificate found",
+                f"{key}[3].key: {self.file('site.pem')}: not a PEM private key",
+                f"{key}[4].key: {self.file('other.key')} does not match the certificate in "
+                f"{self.file('site.pem')}",
+                f"{key}[5].cert: {self.file('expired.pem')}: the certificate expired on "
+                "2021-01-01 (notAfter); renew it",
+                f"{key}[6].cert: {self.file('future.pem')}: the certificate is not valid before "
+                "2999-01-01 00:00:00 UTC (notBefore); check the clock or wait",
+                f"{key}[7].key: {self.file('encrypted.key')}: the private key is encrypted; "
+                f"give an unencrypted one (openssl pkey -in {self.file('encrypted.key')} "
+                "-out NEW.key)",
+                f"{key}[8].cert: {self.file('empty.pem')}: no PEM certificate found",
+                f"{key}[9].key: {self.file('site.pem')}: not a PEM private key",
+                f"frontends.web.tls.client_ca: {self.file('site.key')}: no PEM certificate found",
+                f"frontends.web.tls.client_ca: cannot read {certs}: Is a directory",
+            ],
+        )
+
+    def test_same_file_problems(self) -> None:
+        """
+        When ``cert`` and ``key`` are one file, the problems of its private key are the key's
+        and the others the certificate's.
+        """
+        key = "frontends.web.tls.certificates"
+        for name, where, problem in [
+            ("site.pem", "key", "not a PEM private key"),
+            ("site.key", "cert", "no PEM certificate found"),
+        ]:
+            body = f'certificates = [{{ cert = "certs/{name}", key = "certs/{name}" }}]'
+            self.assertEqual(
+                self.problems(self.frontend_tls(body)),
+                [f"{key}[0].{where}: {self.file(name)}: {problem}"],
+            )
+
+    def test_certificates(self) -> None:
+        """
+        ``certificates`` is required, and is a non-empty array of tables with exactly
+        ``cert`` and ``key``, each a non-empty path.
+        """
+        example = 'certificates = [{ cert = "site.pem", key = "site.key" }]'
+        key = "frontends.web.tls.certificates"
+        self.assertEqual(
+            self.problems(self.frontend_tls('min_version = "TLSv1.2"'))
+            + self.problems(self.frontend_tls('certificates = "certs/site.pem"'))
+            + self.problems(
+                self.frontend_tls('certificates = { cert = "site.pem", key = "site.key" }')
+            )
+            + self.problems(self.frontend_tls("certificates = []"))
+            + self.problems(
+                self.frontend_tls(
+                    'certificates = ["certs/site.pem", { cert = "certs/site.pem" }, '
+                    '{ key = "certs/site.key", chain = "x" }, { cert = 1, key = "" }, '
+                    '{ cert = "a\\u0000b", key = "certs/site.key" }]'
+                )
+            ),
+            [
+                f"{key}: required key is missing; add {example}",
+                f"{key}: must be an array of tables, as in {example}, not a string",
+                f"{key}: must be an array of tables, as in {example}, not a table; "
+                "put the table in brackets",
+                f"{key}: must list at least one certificate, as in {example}",
+                f'{key}[0]: must be a table, as in {{ cert = "site.pem", key = "site.key" }}, '
+                "not a string",
+                f'{key}[1].key: required key is missing; add key = "site.key"',
+                f"{key}[2].chain: unknown key; valid keys are: 'cert', 'key'",
+                f'{key}[2].cert: required key is missing; add cert = "site.pem"',
+                f"{key}[3].cert: must be a string, not an integer",
+                f'{key}[3].key: must not be empty; write a path, as in key = "site.key"',
+                f"{key}[4].cert: 'a\\x00b': a path cannot contain NUL characters",
+            ],
+        )
+
+    def test_misplaced_cert_and_key(self) -> None:
+        """
+        ``cert`` and ``key`` in the tls table itself, as nginx's ``ssl_certificate`` would
+        be, are shown the entry of ``certificates`` to write, with the paths as written.
+        """
+        self.assertEqual(
+            self.problems(self.frontend_tls('cert = "certs/site.pem"\nkey = "certs/site.key"'))
+            + self.problems(self.frontend_tls("cert = 1")),
+            [
+                "frontends.web.tls.cert: goes in an entry of certificates; write "
+                'certificates = [{ cert = "certs/site.pem", key = "certs/site.key" }]',
+                "frontends.web.tls.key: goes in an entry of certificates; write "
+                'certificates = [{ cert = "certs/site.pem", key = "certs/site.key" }]',
+                "frontends.web.tls.cert: goes in an entry of certificates; write "
+                'certificates = [{ cert = "site.pem", key = "site.key" }]',
+            ],
+        )
+
+    def test_min_version(self) -> None:
+        """
+        ``min_version`` is ``"TLSv1.2"`` or ``"TLSv1.3"`` as written; other cases and short
+        forms are suggested the right spelling, and versions before TLS 1.2 are refused with
+        the reason.
+        """
+        problems = []
+        for value in ['"tlsv1.3"', '"1.2"', '"TLSv1.1"', '"SSLv3"', '"modern"', "1.2"]:
+            body = SITE_CERTIFICATES + f"min_version = {value}"
+            problems += self.problems(self.frontend_tls(body))
+        old = 'which is no longer safe (RFC 8996); write min_version = "TLSv1.2"'
+        key = "frontends.web.tls.min_version"
+        self.assertEqual(
+            problems,
+            [
+                f"{key}: unknown version 'tlsv1.3' (did you mean 'TLSv1.3'?)",
+                f"{key}: unknown version '1.2' (did you mean 'TLSv1.2'?)",
+                f"{key}: 'TLSv1.1' is older than TLS 1.2, {old}",
+                f"{key}: 'SSLv3' is older than TLS 1.2, {old}",
+                f"{key}: unknown version 'modern'; valid versions are: 'TLSv1.2', 'TLSv1.3'",
+                f"{key}: must be a string, not a float",
+            ],
+        )
+
+    def test_ciphers_and_client_ca(self) -> None:
+        self.assertEqual(
+            self.problems(
+                self.frontend_tls(SITE_CERTIFICATES + 'ciphers = " "\nclient_ca = ""\n'),
+            )
+            + self.problems(
+                self.frontend_tls(SITE_CERTIFICATES + "ciphers = []\nclient_ca = true")
+            ),
+            [
+                "frontends.web.tls.ciphers: must not be empty; "
+                "leave ciphers out for Mozilla's intermediate list",
+                "frontends.web.tls.client_ca: must not be empty; write a path, as in client_ca = "
+                '"client-ca.pem"',
+                "frontends.web.tls.ciphers: must be a string, not an array",
+                "frontends.web.tls.client_ca: must be a string, not a boolean",
+            ],
+        )
+
+    def test_verify_client(self) -> None:
+        """
+        ``verify_client`` is one of its three values, with a did-you-mean, nginx's
+        ``on``/``off`` translated; ``"optional"`` and ``"required"`` need ``client_ca``.
+        """
+        problems = []
+        for value in ['"requried"', '"on"', '"OFF"', '"always"', "true", "false", "1"]:
+            body = SITE_CERTIFICATES + 'client_ca = "certs/ca.pem"\n' + f"verify_client = {value}"
+            problems += self.problems(self.frontend_tls(body))
+        for value in ["optional", "required"]:
+            problems += self.problems(
+                self.frontend_tls(f'{SITE_CERTIFICATES}verify_client = "{value}"')
+            )
+        key = "frontends.web.tls.verify_client"
+        needs = (
+            "needs client_ca, the CA bundle that client certificates are verified against; "
+            'add client_ca = "client-ca.pem"'
+        )
+        self.assertEqual(
+            problems,
+            [
+                f"{key}: unknown value 'requried' (did you mean 'required'?)",
+                f"{key}: unknown value 'on'; write verify_client = \"required\" "
+                "(nginx's ssl_verify_client on)",
+                f"{key}: unknown value 'OFF'; write verify_client = \"none\" "
+                "(nginx's ssl_verify_client off)",
+                f"{key}: unknown value 'always'; valid values are: 'none', 'optional', 'required'",
+                f"{key}: must be 'none', 'optional' or 'required', not a boolean; "
+                'write verify_client = "required"',
+                f"{key}: must be 'none', 'optional' or 'required', not a boolean; "
+                'write verify_client = "none"',
+                f"{key}: must be a string, not an integer",
+                f"{key}: 'optional' {needs}",
+                f"{key}: 'required' {needs}",
+            ],
+        )
+
+    def test_not_a_table_and_unknown_keys(self) -> None:
+        """
+        ``tls = true`` is told what to write; unknown keys get a did-you-mean, also for
+        nginx's and HAProxy's names.
+        """
+        self.assertEqual(
+            self.problems(FRONTEND + "tls = true\n" + POOL)
+            + self.problems(FRONTEND + "tls = false\n" + POOL)
+            + self.problems(
+                self.frontend_tls(SITE_CERTIFICATES + "min_verison = 1\nssl_protocols = 1\nzzz = 1")
+            ),
+            [
+                "frontends.web.tls: must be a table, as in [frontends.web.tls], not a boolean; "
+                'add its certificates, as in tls = { certificates = [{ cert = "site.pem", '
+                'key = "site.key" }] }',
+                "frontends.web.tls: must be a table, as in [frontends.web.tls], not a boolean; "
+                "leave tls out for none",
+                "frontends.web.tls.min_verison: unknown key (did you mean 'min_version'?)",
+                "frontends.web.tls.ssl_protocols: unknown key (did you mean 'min_version'?)",
+                "frontends.web.tls.zzz: unknown key; valid keys are: 'certificates', "
+                "'min_version', 'ciphers', 'client_ca', 'verify_client'",
+            ],
+        )
+
+    def test_with_other_problems(self) -> None:
+        """
+        The tls table's problems come with the rest of the frontend's, in either mode, and
+        the frontend is not made.
+        """
+        self.assertEqual(
+            self.problems(
+                FRONTEND.replace('"app"', '"ap"')
+                + 'max_connections = 0\n[frontends.web.tls]\nmin_version = "TLSv1"\n'
+                + POOL
+            ),
+            [
+                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
+                "frontends.web.max_connections: must be an integer >= 1, not 0",
+                "frontends.web.tls.certificates: required key is missing; add "
+                'certificates = [{ cert = "site.pem", key = "site.key" }]',
+                "frontends.web.tls.min_version: 'TLSv1' is older than TLS 1.2, which is no "
+                'longer safe (RFC 8996); write min_version = "TLSv1.2"',
+            ],
+        )
+
+
+class PoolTLSTests(TLSTestCase):
+    """
+    ``[pools.NAME.tls]``: TLS to the backends.
+    """
+
+    def test_absent_and_empty(self) -> None:
+        """
+        Without the table there is no TLS; an empty one verifies against the platform's
+        trust store, each backend by its host.
+        """
+        self.assertIsNone(self.load(FRONTEND + POOL).pools["app"].tls)
+        defaults = PoolTLSConfig(
+            server_name=None, ca=None, client_cert=None, client_key=None, verify=True
+        )
+        self.assertEqual(PoolTLSConfig(), defaults)
+        self.assertEqual(self.load(FRONTEND + POOL + "tls = {}\n").pools["app"].tls, defaults)
+        section = self.load(FRONTEND + POOL + "[pools.app.tls]\n").pools["app"].tls
+        self.assertEqual(section, defaults)
+
+    def test_every_key(self) -> None:
+        pool = self.load(
+            FRONTEND
+            + POOL
+            + """\
+[pools.app.tls]
+server_name = "app.internal"
+ca = "certs/ca.pem"
+client_cert = "certs/client.pem"
+client_key = "certs/client.key"
+verify = true
+"""
+        ).pools["app"]
+        self.assertEqual(
+            pool.tls,
+            PoolTLSConfig(
+                server_name="app.internal",
+                ca=self.file("ca.pem"),
+                client_cert=self.file("client.pem"),
+                client_key=self.file("client.key"),
+                verify=True,
+            ),
+        )
+
+    def test_verify_off(self) -> None:
+        """
+        ``verify = false`` is kept; then a UNIX socket backend needs no ``server_name``.
+        """
+        pool = self.load(
+            FRONTEND + '[pools.app]\nbackends = [{ address = "unix:/run/app.sock" }]\n'
+            "tls = { verify = false }\n"
+        ).pools["app"]
+        self.assertEqual(pool.tls, PoolTLSConfig(verify=False))
+
+    def test_server_names(self) -> None:
+        """
+        ``server_name`` is a DNS name or an IP address, kept as written.
+        """
+        for name in ["app.internal", "App-1.Example.COM", "10.0.0.5", "2001:db8::1", "a_b", "x"]:
+            pool = self.load(FRONTEND + POOL + f"tls = {{ server_name = {json.dumps(name)} }}\n")
+            tls = pool.pools["app"].tls
+            assert tls is not None
+            self.assertEqual(tls.server_name, name)
+
+    def test_server_name_problems(self) -> None:
+        values = [
+            "",
+            "https://app.internal/x",
+            "app.internal/x",
+            "[2001:db8::1]",
+            "app.internal:443",
+            "[2001:db8::1]:443",
+            "*.example.com",
+            "bücher.example",
+            "bü cher.example",
+            "app internal",
+            "a." * 127 + "a",
+            "a" * 64 + ".example",
+        ]
+        problems = []
+        for value in values:
+            table = f"tls = {{ server_name = {json.dumps(value, ensure_ascii=False)} }}\n"
+            problems += self.problems(FRONTEND + POOL + table)
+        problems += self.problems(FRONTEND + POOL + "tls = { server_name = 1 }\n")
+        examples = "'app.internal', '10.0.0.5' or '2001:db8::1'"
+        too_long = "is too long for a DNS name (at most 63 characters between dots, 253 in all)"
+        self.assertEqual(
+            [problem.removeprefix("pools.app.tls.server_name: ") for problem in problems],
+            [
+                f"must not be empty; write a name such as {examples}, "
+                "or leave server_name out to verify each backend's host",
+                "write the name only, without the scheme, as in 'app.internal'",
+                "write the name only, as in 'app.internal'",
+                "write the IPv6 address without brackets, as in '2001:db8::1'",
+                "write the name without the port, as in 'app.internal'; "
+                "the port is the backend's, in its address",
+                "write the name without the port, as in '2001:db8::1'; "
+                "the port is the backend's, in its address",
+                "'*.example.com': write the one name the backends' certificates are for, "
+                "without '*'; a certificate for '*.example.com' is verified as, for example, "
+                "'app.example.com'",
+                "write the name in ASCII (IDNA), as in 'xn--bcher-kva.example'",
+                f"'bü cher.example' is not a host name; write {examples}",
+                f"'app internal' is not a host name; write {examples}",
+                f"{'a.' * 127 + 'a'!r} {too_long}",
+                f"{'a' * 64 + '.example'!r} {too_long}",
+                "must be a string, not an integer",
+            ],
+        )
+
+    def test_unix_backend_needs_server_name(self) -> None:
+        """
+        With verification on, a UNIX socket backend has no host to verify: ``server_name``
+        is required, and the problem names the first such backend.
+        """
+        pool = (
+            '[pools.app]\nbackends = [{ address = "127.0.0.1:9001" }, '
+            '{ address = "unix:/run/a.sock" }, { address = "unix:/run/b.sock" }]\n'
+        )
+        self.assertEqual(
+            self.problems(FRONTEND + pool + "[pools.app.tls]\n"),
+            [
+                "pools.app.tls.server_name: required when a backend is a UNIX socket, as "
+                "backends[1] ('unix:/run/a.sock') is: it has no host name to verify its "
+                'certificate against; add server_name = "app.internal", a name that the '
+                "backends' certificates are for"
+            ],
+        )
+        config = self.load(FRONTEND + pool + 'tls = { server_name = "app.internal" }\n')
+        self.assertIsNotNone(config.pools["app"].tls)
+
+    def test_file_problems(self) -> None:
+        """
+        The CA bundle and the client certificate and key are checked as a frontend's files
+        are, each problem on the key of its file.
+        """
+        bodies = [
+            'ca = "certs/missing.pem"\nclient_cert = "certs/client.pem"\n'
+            'client_key = "certs/site.key"',
+            'ca = "certs/expired.key"\nclient_cert = "certs/expired.pem"\n'
+            'client_key = "certs/expired.key"',
+            'ca = "certs/site.key"\nclient_cert = "certs/client.key"\n'
+            'client_key = "certs/client.key"',
+        ]
+        self.assertEqual(
+            self.problems(_pools_with("tls", *bodies)),
+            [
+                f"pools.p0.tls.ca: cannot read {self.file('missing.pem')}: "
+                "No such file or directory",
+                f"pools.p0.tls.client_key: {self.file('site.key')} does not match the "
+                f"certificate in {self.file('client.pem')}",
+                f"pools.p1.tls.ca: {self.file('expired.key')}: no PEM certificate found",
+                f"pools.p1.tls.client_cert: {self.file('expired.pem')}: the certificate "
+                "expired on 2021-01-01 (notAfter); renew it",
+                f"pools.p2.tls.ca: {self.file('site.key')}: no PEM certificate found",
+                f"pools.p2.tls.client_cert: {self.file('client.key')}: no PEM certificate found",
+            ],
+        )
+
+    def test_ca_expired(self) -> None:
+        """An expired certificate in the CA bundle is reported on ``ca``."""
+        self.assertEqual(
+            self.problems(FRONTEND + POOL + 'tls = { ca = "certs/expired.pem" }\n'),
+            [
+                f"pools.app.tls.ca: {self.file('expired.pem')}: the certificate expired on "
+                "2021-01-01 (notAfter); renew it"
+            ],
+        )
+
+    def test_client_cert_and_key_together(self) -> None:
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "tls",
+                    'client_cert = "certs/client.pem"',
+                    'client_key = "certs/client.key"',
+                    'client_cert = ""\nclient_key = 5',
+                )
+            ),
+            [
+                "pools.p0.tls.client_cert: needs client_key, its private key; add client_key = "
+                '"client.key"',
+                "pools.p1.tls.client_key: needs client_cert, the certificate it is the key of; "
+                'add client_cert = "client.pem"',
+                "pools.p2.tls.client_cert: must not be empty; write a path, as in client_cert = "
+                '"client.pem"',
+                "pools.p2.tls.client_key: must be a string, not an integer",
+            ],
+        )
+
+    def test_other_problems(self) -> None:
+        self.assertEqual(
+            self.problems(
+                _pools_with("tls", 'verify = "no"\nsni = "app.internal"\nca_file = "x"\nzzz = 1')
+            )
+            + self.problems(FRONTEND + POOL + "tls = true\n")
+            + self.problems(FRONTEND + POOL + 'tls = "on"\n'),
+            [
+                "pools.p0.tls.sni: unknown key (did you mean 'server_name'?)",
+                "pools.p0.tls.ca_file: unknown key (did you mean 'ca'?)",
+                "pools.p0.tls.zzz: unknown key; valid keys are: 'server_name', 'ca', "
+                "'client_cert', 'client_key', 'verify'",
+                "pools.p0.tls.verify: must be true or false, not a string",
+                "pools.app.tls: must be a table, as in [pools.app.tls], not a boolean; "
+                "write tls = {} for the defaults",
+                "pools.app.tls: must be a table, as in [pools.app.tls], not a string",
+            ],
+        )
+
+
+class TLSSummaryTests(TLSTestCase):
+    """
+    The ``tls`` lines of :func:`format_summary`.
+    """
+
+    def test_summary(self) -> None:
+        """
+        A frontend's TLS comes under its line: the number of certificates, the first one,
+        the minimum version and client certificates when asked for. A pool's TLS comes
+        under its line: what is verified, or that nothing is, and the client certificate.
+        """
+        config = self.load(
+            FRONTEND
+            + """\
+[frontends.web.tls]
+certificates = [
+  { cert = "certs/site.pem", key = "certs/site.key" },
+  { cert = "certs/other.pem", key = "certs/other.key" },
+]
+client_ca = "certs/ca.pem"
+verify_client = "required"
+[frontends.api]
+mode = "http"
+listen = "tcp:8444"
+pool = "api"
+[frontends.api.tls]
+certificates = [{ cert = "certs/site.pem", key = "certs/site.key" }]
+min_version = "TLSv1.3"
+client_ca = "certs/ca.pem"
+verify_client = "optional"
+[pools.app]
+backends = [{ address = "127.0.0.1:9001" }]
+[pools.app.tls]
+server_name = "app.internal"
+ca = "certs/ca.pem"
+[pools.api]
+backends = [{ address = "127.0.0.1:9101" }]
+tls = {}
+[pools.old]
+backends = [{ address = "127.0.0.1:9201" }]
+[pools.old.tls]
+verify = false
+server_name = "old.internal"
+client_cert = "certs/client.pem"
+client_key = "certs/client.key"
+[pools.bare]
+backends = [{ address = "127.0.0.1:9301" }]
+tls = { verify = false }
+"""
+        )
+        self.assertEqual(
+            format_summary(config).split("\n", 1)[1],
+            f"""\
+frontend web (tcp) listen tcp:8080:interface=127.0.0.1 -> pool app
+  tls: 2 certificates (first: {self.file("site.pem")}), min TLSv1.2, client certs required
+  pool app: round_robin, connect_timeout 5.0 s, retries 2
+    tls to backends: verify server_name=app.internal, ca={self.file("ca.pem")}
+    app1  127.0.0.1:9001  weight 1
+frontend api (http) listen tcp:8444 -> pool api
+  tls: 1 certificate (first: {self.file("site.pem")}), min TLSv1.3, client certs optional
+  pool api: round_robin, connect_timeout 5.0 s, retries 2
+    tls to backends: verify server_name=(backend host), ca=(system trust store)
+    api1  127.0.0.1:9101  weight 1
+unused:
+  pool old: round_robin, connect_timeout 5.0 s, retries 2
+    tls to backends: verify OFF, server_name=old.internal, client cert {self.file("client.pem")}
+    old1  127.0.0.1:9201  weight 1
+  pool bare: round_robin, connect_timeout 5.0 s, retries 2
+    tls to backends: verify OFF
+    bare1  127.0.0.1:9301  weight 1""",
+        )
+
+
+class TLSCommandTests(TLSTestCase):
+    """
+    ``twisted-lb check`` on a file with ``tls`` tables, run from another directory, as a user
+    runs it.
+    """
+
+    def run_check(self, text: str) -> subprocess.CompletedProcess[str]:
+        self.write(text)
+        return subprocess.run(
+            [TWISTED_LB, "check", os.path.join(os.path.basename(self.directory), "lb.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=os.path.dirname(self.directory),
+        )
+
+    def test_good(self) -> None:
+        """
+        Exit 0; the summary names the files by their full paths, found next to the config.
+        """
+        result = self.run_check(TLS_FRONTEND + POOL + 'tls = { ca = "certs/ca.pem" }\n')
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(
+            f"\n  tls: 1 certificate (first: {self.file('site.pem')}), min TLSv1.2\n",
+            result.stdout,
+        )
+        self.assertIn(
+            f"\n    tls to backends: verify server_name=(backend host), ca={self.file('ca.pem')}\n",
+            result.stdout,
+        )
+
+    def test_bad(self) -> None:
+        """
+        Exit 1, and each file's problem on the key path of that file.
+        """
+        result = self.run_check(
+            TLS_FRONTEND.replace("certs/site.key", "certs/other.key")
+            + POOL
+            + 'tls = { ca = "certs/nothing.pem" }\n'
+        )
+        self.assertEqual(result.returncode, 1, result.stdout)
+        config = os.path.join(os.path.basename(self.directory), "lb.toml")
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                f"{config}: frontends.web.tls.certificates[0].key: {self.file('other.key')} "
+                f"does not match the certificate in {self.file('site.pem')}",
+                f"{config}: pools.app.tls.ca: cannot read {self.file('nothing.pem')}: "
+                "No such file or directory",
+            ],
+        )
+
+
 class HealthCheckCommandTests(SynchronousTestCase):
     """
     ``twisted-lb check`` on a file with the health keys, as a user runs it.
@@ -2759,6 +3538,18 @@ _KEYS = [
     "weight",
     "backup",
     "state",
+    "certificates",
+    "cert",
+    "key",
+    "min_version",
+    "ciphers",
+    "client_ca",
+    "verify_client",
+    "server_name",
+    "ca",
+    "client_cert",
+    "client_key",
+    "verify",
 ]
 _WORDS = [
     "tcp",
@@ -2800,6 +3591,22 @@ _WORDS = [
     "ready",
     "drain",
     "maint",
+    "TLSv1.2",
+    "TLSv1.3",
+    "tlsv1.3",
+    "TLSv1.1",
+    "none",
+    "optional",
+    "required",
+    "on",
+    "app.internal",
+    "[::1]",
+    "*.example.com",
+    "site.pem",
+    "/",
+    "",
+    ".",
+    "a\u0000b",
 ]
 _keys = st.sampled_from(_KEYS) | st.text(max_size=6)
 _scalars = (
@@ -2837,6 +3644,38 @@ _routes = st.lists(
     | _values,
     max_size=3,
 )
+_paths = st.sampled_from(_WORDS) | _values
+_frontend_tls_entry = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "certificates": st.lists(
+                st.fixed_dictionaries({}, optional={"cert": _paths, "key": _paths}) | _values,
+                max_size=2,
+            )
+            | _values,
+            "min_version": st.sampled_from(_WORDS) | _values,
+            "ciphers": _values,
+            "client_ca": _paths,
+            "verify_client": st.sampled_from(_WORDS) | _values,
+            "cert": _paths,
+        },
+    )
+    | _values
+)
+_pool_tls_entry = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "server_name": st.sampled_from(_WORDS) | _values,
+            "ca": _paths,
+            "client_cert": _paths,
+            "client_key": _paths,
+            "verify": st.booleans() | _values,
+        },
+    )
+    | _values
+)
 _frontend_entry = st.fixed_dictionaries(
     {},
     optional={
@@ -2849,6 +3688,7 @@ _frontend_entry = st.fixed_dictionaries(
         "trusted_proxies": st.lists(st.sampled_from(_WORDS) | _scalars, max_size=3) | _values,
         "routes": _routes,
         "tunnel_timeout": _values,
+        "tls": _frontend_tls_entry,
     },
 )
 
@@ -2900,6 +3740,7 @@ _pool_entry = st.fixed_dictionaries(
         "outlier_detection": _outlier_detection_entry,
         "panic": _values,
         "slow_start": _values,
+        "tls": _pool_tls_entry,
     },
 )
 
@@ -2918,6 +3759,7 @@ _documents = st.one_of(
                     "routes",
                     "header_timeout",
                     "trusted_proxies",
+                    "certificates",
                 ]
             ),
             "pools": _section(
@@ -2932,6 +3774,8 @@ _documents = st.one_of(
                     "outlier_detection",
                     "panic",
                     "slow_start",
+                    "tls",
+                    "server_name",
                 ]
             ),
             "global": st.dictionaries(
@@ -3043,6 +3887,13 @@ _check_hosts = (
 _patterns = st.sampled_from(["ok", "^OK$", '"status": *"up"', r"\d+", "a|b"]) | st.text(
     st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=8
 ).map(re.escape)
+
+
+_server_names = (
+    _host_names
+    | st.ip_addresses().map(str)
+    | st.sampled_from(["app.internal", "a" * 63 + ".example"])
+)
 
 
 @st.composite
@@ -3215,6 +4066,21 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
                 )
             )
         lines.append("]")
+        if draw(st.booleans()):
+            # TLS to the backends, with no files to read: a server_name and verify. A UNIX
+            # socket backend needs the server_name while verify is on.
+            tls_table: dict[str, object] = {}
+            if draw(st.booleans()):
+                tls_table["verify"] = draw(st.booleans())
+            unix = any(backend.address.startswith("unix:") for backend in backends)
+            if draw(st.booleans()) or (unix and tls_table.get("verify", True)):
+                tls_table["server_name"] = draw(_server_names)
+            if draw(st.booleans()):
+                lines.append(f"tls = {_toml(tls_table)}")
+            else:
+                sections.append(f"[pools.{json.dumps(pool_name)}.tls]")
+                sections.extend(f"{k} = {_toml(v)}" for k, v in tls_table.items())
+            pool_kwargs["tls"] = PoolTLSConfig(**tls_table)  # type: ignore[arg-type]
         lines.extend(sections)
         for key in ["connect_timeout", "response_timeout", "upstream_idle_timeout", "slow_start"]:
             if key in pool_kwargs:
@@ -3338,6 +4204,9 @@ class PropertyTests(ConfigTestCase):
                 self.assertIn(f"\n    health {kind} ", summary)
             if pool.outlier_detection is not None:
                 self.assertIn("\n    outliers: eject after ", summary)
+            if pool.tls is not None:
+                verify = "verify " if pool.tls.verify else "verify OFF"
+                self.assertIn(f"\n    tls to backends: {verify}", summary)
         for frontend in config.frontends.values():
             self.assertIn(f"frontend {frontend.name} ({frontend.mode}) ", summary)
             for route in frontend.routes:

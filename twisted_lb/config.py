@@ -8,12 +8,13 @@ the file, the key path (``pools.app.backends[1].weight``) and what to write inst
 ``twisted-lb check`` can print them as they are.
 
 The model is plain data. This module imports nothing from the data paths; it asks
-:mod:`twisted_lb.strategies` only whether a strategy name is installed. Turning a :class:`Config`
-into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
+:mod:`twisted_lb.strategies` only whether a strategy name is installed, and
+:mod:`twisted_lb.tls` whether the certificate, key and CA files of ``tls`` tables are usable.
+Turning a :class:`Config` into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
 
 The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
-that the design names but this version does not implement yet (``tls``, ``admin``,
-``metrics``) are errors that say so, rather than being silently ignored.
+that the design names but this version does not implement yet (``admin``, ``metrics``) are
+errors that say so, rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ from twisted_lb._address import Address, parse_address
 
 __all__ = [
     "BackendConfig",
+    "CertificateConfig",
     "Config",
     "ConfigError",
     "FrontendConfig",
+    "FrontendTLSConfig",
     "GlobalConfig",
     "HealthCheckConfig",
     "OutlierDetectionConfig",
     "PoolConfig",
+    "PoolTLSConfig",
     "Problem",
     "RouteConfig",
     "config_from_dict",
@@ -99,6 +103,10 @@ def _strings(strings: Iterable[str]) -> tuple[str, ...]:
 
 def _routes(routes: Iterable[RouteConfig]) -> tuple[RouteConfig, ...]:
     return tuple(routes)
+
+
+def _certificates(certificates: Iterable[CertificateConfig]) -> tuple[CertificateConfig, ...]:
+    return tuple(certificates)
 
 
 @attrs.frozen
@@ -200,6 +208,36 @@ class OutlierDetectionConfig:
 
 
 @attrs.frozen
+class PoolTLSConfig:
+    """
+    ``[pools.NAME.tls]``: TLS from the balancer to the pool's backends, verified by default
+    (HAProxy ``server ... ssl verify required ca-file ... sni ...``; nginx ``proxy_ssl_verify
+    on``).
+
+    Paths are absolute: a relative path in the file is resolved against the directory of the
+    config file (see :class:`FrontendTLSConfig`).
+
+    Attributes:
+        server_name: the name each backend's certificate is verified against, also sent as
+            SNI: a DNS name or an IP address (IPv6 without brackets). ``None`` means each
+            backend's host, as its ``address`` writes it.
+        ca: a PEM bundle of the CAs that backends' certificates must chain to; ``None``
+            means the platform's trust store.
+        client_cert: a PEM certificate (leaf first, then its chain) that the balancer
+            presents to the backends, for mutual TLS; set together with ``client_key``.
+        client_key: the PEM private key of ``client_cert``.
+        verify: whether backends' certificates are verified. ``False`` must be written in
+            the file, and the service logs a warning for it.
+    """
+
+    server_name: str | None = None
+    ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+@attrs.frozen
 class PoolConfig:
     """
     A ``[pools.NAME]`` table: a set of backends and the strategy that picks among them.
@@ -233,6 +271,7 @@ class PoolConfig:
         slow_start: seconds, >= 0; a backend that comes back into rotation ramps its
             effective weight linearly from 10% to 100% over this time (HAProxy
             ``slowstart``). 0 is off.
+        tls: TLS to the backends, or ``None`` for plain TCP.
 
     The HTTP-only fields apply when the pool serves an ``http`` frontend (directly or through a
     route), and a ``tcp`` frontend ignores them, so one pool can serve both.
@@ -253,6 +292,7 @@ class PoolConfig:
     outlier_detection: OutlierDetectionConfig | None = None
     panic: bool = False
     slow_start: float = 0.0
+    tls: PoolTLSConfig | None = None
 
 
 @attrs.frozen
@@ -283,12 +323,64 @@ class RouteConfig:
 
 
 @attrs.frozen
+class CertificateConfig:
+    """
+    One entry of ``certificates = [{ cert = "...", key = "..." }, ...]`` in
+    ``[frontends.NAME.tls]``.
+
+    Attributes:
+        cert: a PEM file with the certificate, leaf first, then its chain (nginx
+            ``ssl_certificate``); an absolute path.
+        key: a PEM file with the certificate's private key (nginx ``ssl_certificate_key``);
+            an absolute path.
+    """
+
+    cert: str
+    key: str
+
+
+@attrs.frozen
+class FrontendTLSConfig:
+    """
+    ``[frontends.NAME.tls]``: TLS termination on every listener of the frontend, in ``tcp`` and
+    ``http`` modes alike.
+
+    Paths are absolute: a relative path in the file is resolved against the directory of the
+    config file, as nginx resolves against its prefix (the current directory when the config
+    did not come from a file). The files were usable when the config was checked:
+    :func:`twisted_lb.tls.certificate_problem` and :func:`twisted_lb.tls.ca_problem` found
+    nothing wrong with them.
+
+    Attributes:
+        certificates: at least one certificate and key. SNI picks the certificate whose
+            subjectAltName matches the name the client asks for; the first is the default,
+            for clients that send no name or one that none matches (HAProxy ``crt``).
+        min_version: the oldest protocol accepted, ``"TLSv1.2"`` or ``"TLSv1.3"`` (nginx
+            ``ssl_protocols``, HAProxy ``ssl-min-ver``).
+        ciphers: an OpenSSL cipher string for TLS 1.2 (nginx ``ssl_ciphers``); ``None``
+            means Mozilla's "intermediate" list. TLS 1.3 suites are not affected.
+        client_ca: a PEM bundle of the CAs that client certificates must chain to (nginx
+            ``ssl_client_certificate``, HAProxy ``ca-file``), or ``None``.
+        verify_client: ``"none"`` (no client certificate is asked for), ``"optional"`` (one
+            is asked for and verified when sent) or ``"required"`` (a client without a valid
+            one is refused): nginx ``ssl_verify_client``, HAProxy ``verify``. The last two
+            need ``client_ca``.
+    """
+
+    certificates: tuple[CertificateConfig, ...] = attrs.field(converter=_certificates)
+    min_version: str = "TLSv1.2"
+    ciphers: str | None = None
+    client_ca: str | None = None
+    verify_client: str = "none"
+
+
+@attrs.frozen
 class FrontendConfig:
     """
     A ``[frontends.NAME]`` table: where to listen and which pool serves the clients.
 
-    The fields from ``header_timeout`` on are for ``mode = "http"`` only. A ``tcp`` frontend
-    in a file cannot set them and keeps their defaults.
+    The fields from ``header_timeout`` to ``tunnel_timeout`` are for ``mode = "http"`` only.
+    A ``tcp`` frontend in a file cannot set them and keeps their defaults.
 
     Attributes:
         name: the table's name.
@@ -314,6 +406,8 @@ class FrontendConfig:
         tunnel_timeout: seconds an upgraded connection (a WebSocket tunnel after a 101
             response) may stay idle before both sides are closed; it replaces
             ``client_timeout`` once the tunnel is open.
+        tls: TLS termination on every listener, in either mode, or ``None`` for plain
+            connections.
     """
 
     name: str
@@ -328,6 +422,7 @@ class FrontendConfig:
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
     tunnel_timeout: float = 3600.0
+    tls: FrontendTLSConfig | None = None
 
 
 @attrs.frozen
@@ -355,7 +450,9 @@ class Config:
 
     Attributes:
         path: the file the config came from, as given to :func:`load_config`, or the ``path``
-            given to :func:`parse_config`. Problems are reported against it.
+            given to :func:`parse_config`. Problems are reported against it, and relative
+            paths in ``tls`` tables are resolved against its directory (against the current
+            directory for a name in angle brackets, such as ``"<string>"``).
         frontends: frontend name to frontend, in file order (read-only).
         pools: pool name to pool, in file order (read-only). Every pool a frontend or a route
             names is here; pools that nothing uses are kept too.
@@ -527,9 +624,9 @@ _FRONTEND_KEYS = (
     "pool",
     "client_timeout",
     "max_connections",
+    "tls",
     *_HTTP_FRONTEND_KEYS,
 )
-_FRONTEND_LATER = ("tls",)
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
 _POOL_KEYS = (
     "strategy",
@@ -544,8 +641,8 @@ _POOL_KEYS = (
     "outlier_detection",
     "panic",
     "slow_start",
+    "tls",
 )
-_POOL_LATER = ("tls",)
 _BACKEND_KEYS = ("address", "name", "weight", "backup", "state")
 _BACKEND_STATES = ("ready", "drain", "maint")
 _MODES = ("tcp", "http")
@@ -568,6 +665,36 @@ _OUTLIER_KEYS = (
     "max_ejection_percent",
     "count_5xx",
 )
+_FRONTEND_TLS_KEYS = ("certificates", "min_version", "ciphers", "client_ca", "verify_client")
+_CERTIFICATE_KEYS = ("cert", "key")
+_VERIFY_CLIENT = ("none", "optional", "required")
+_OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
+_POOL_TLS_KEYS = ("server_name", "ca", "client_cert", "client_key", "verify")
+# nginx's and HAProxy's names for the keys of the tls tables, where did-you-mean misses them.
+_FRONTEND_TLS_ALIASES = {
+    "crt": "certificates",
+    "ssl_certificate": "certificates",
+    "ssl_protocols": "min_version",
+    "ssl-min-ver": "min_version",
+    "ssl_ciphers": "ciphers",
+    "ca_file": "client_ca",
+    "ca-file": "client_ca",
+    "ssl_client_certificate": "client_ca",
+    "verify": "verify_client",
+    "ssl_verify_client": "verify_client",
+}
+_POOL_TLS_ALIASES = {
+    "sni": "server_name",
+    "verifyhost": "server_name",
+    "proxy_ssl_name": "server_name",
+    "ca_file": "ca",
+    "ca-file": "ca",
+    "proxy_ssl_trusted_certificate": "ca",
+    "crt": "client_cert",
+    "proxy_ssl_verify": "verify",
+}
+# nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
+_NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
 
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
@@ -584,6 +711,17 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
 _HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
 _PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
+_CERTIFICATE_EXAMPLE = '{ cert = "site.pem", key = "site.key" }'
+_CERTIFICATES_EXAMPLE = f"certificates = [{_CERTIFICATE_EXAMPLE}]"
+_SERVER_NAME_EXAMPLES = "'app.internal', '10.0.0.5' or '2001:db8::1'"
+_FILE_EXAMPLES = {
+    "cert": '"site.pem"',
+    "key": '"site.key"',
+    "client_ca": '"client-ca.pem"',
+    "ca": '"ca.pem"',
+    "client_cert": '"client.pem"',
+    "client_key": '"client.key"',
+}
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -631,6 +769,18 @@ def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
     )
     if close:
         return f" (did you mean {close[0]!r}?)"
+    return f"; {plural} are: {_quote_list(choices)}"
+
+
+def _suggest_any_case(word: str, choices: Sequence[str], plural: str) -> str:
+    """
+    As :func:`_suggest`, comparing in lower case, for names such as ``"TLSv1.2"`` that are
+    often written in another case (``"tlsv1.2"``) or shortened (``"1.2"``).
+    """
+    folded = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(folded), n=1)
+    if close:
+        return f" (did you mean {folded[close[0]]!r}?)"
     return f"; {plural} are: {_quote_list(choices)}"
 
 
@@ -690,6 +840,11 @@ class _Validator:
         self.listeners: dict[str, str] = {}
         self.pool_names: list[str] = []
         self._installed: list[str] | None = None
+        # Relative paths in tls tables are relative to the config file; a name in angle
+        # brackets ("<string>", "<dict>") is no file, and the current directory is used.
+        self.directory = (
+            "" if path.startswith("<") and path.endswith(">") else os.path.dirname(path)
+        )
 
     def problem(self, key: str, message: str) -> None:
         # Messages may quote what the file or a parser said; keep each problem on one line.
@@ -760,14 +915,26 @@ class _Validator:
         return GlobalConfig(log_format=log_format, access_log=bool(access_log))
 
     def check_keys(
-        self, table: Mapping[str, object], parent: str, valid: Sequence[str], later: Sequence[str]
+        self,
+        table: Mapping[str, object],
+        parent: str,
+        valid: Sequence[str],
+        later: Sequence[str],
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
+        """
+        Report each key of ``table`` that is not ``valid``: keys of ``later`` releases as not
+        yet supported, the others as unknown, with a did-you-mean. ``aliases`` maps the names
+        other balancers use (HAProxy's ``sni``) to the key to suggest (``server_name``).
+        """
         for key in table:
             key = str(key)
             if key in valid:
                 continue
             if key in later:
                 self.problem(join_key(parent, key), "not yet supported in this version; remove it")
+            elif aliases and key in aliases:
+                self.problem(join_key(parent, key), f"unknown key (did you mean {aliases[key]!r}?)")
             else:
                 self.problem(
                     join_key(parent, key), "unknown key" + _suggest(key, valid, "valid keys")
@@ -883,7 +1050,7 @@ class _Validator:
             self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
             return None
         before = len(self.problems)
-        self.check_keys(raw, where, _FRONTEND_KEYS, _FRONTEND_LATER)
+        self.check_keys(raw, where, _FRONTEND_KEYS, ())
 
         mode = self.mode(raw, where)
         listen = self.listen(raw, where)
@@ -891,6 +1058,7 @@ class _Validator:
         client_timeout = self.seconds(raw, "client_timeout", where, 60.0)
         max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
         http = self.http_settings(raw, where, mode)
+        tls = self.frontend_tls(raw, where)
 
         if (
             len(self.problems) > before
@@ -909,6 +1077,7 @@ class _Validator:
             pool=pool,
             client_timeout=client_timeout,
             max_connections=max_connections,
+            tls=tls,
             **http,
         )
 
@@ -1154,6 +1323,329 @@ class _Validator:
         self.problem(key, f"unknown pool {pool!r}{hint}")
         return None
 
+    # -- tls
+
+    def frontend_tls(self, raw: Mapping[str, object], where: str) -> FrontendTLSConfig | None:
+        """
+        ``[frontends.NAME.tls]``, or ``None`` when absent (or on a problem); the same in both
+        modes. ``cert`` or ``key`` written in the table itself, as nginx's ``ssl_certificate``
+        would be, are problems that show the ``certificates`` entry to write instead.
+        """
+        table = self.sub_table(
+            raw,
+            "tls",
+            where,
+            when_true=f"add its certificates, as in tls = {{ {_CERTIFICATES_EXAMPLE} }}",
+        )
+        if table is None:
+            return None
+        where = join_key(where, "tls")
+        before = len(self.problems)
+        misplaced = [key for key in _CERTIFICATE_KEYS if key in table]
+        self.check_keys(
+            {key: value for key, value in table.items() if key not in misplaced},
+            where,
+            _FRONTEND_TLS_KEYS,
+            (),
+            _FRONTEND_TLS_ALIASES,
+        )
+        if misplaced:
+            cert, key = (
+                _toml_string(path) if isinstance(path, str) and path else _FILE_EXAMPLES[name]
+                for name in _CERTIFICATE_KEYS
+                for path in [table.get(name)]
+            )
+            fix = f"certificates = [{{ cert = {cert}, key = {key} }}]"
+            for key in misplaced:
+                self.problem(join_key(where, key), f"goes in an entry of certificates; write {fix}")
+
+        certificates = self.certificates(table, where, report_missing=not misplaced)
+        min_version = self.min_version(table, where)
+        ciphers: str | None = None
+        if "ciphers" in table:
+            ciphers = self.string(table, "ciphers", where)
+            if ciphers is not None and not ciphers.strip():
+                self.problem(
+                    join_key(where, "ciphers"),
+                    "must not be empty; leave ciphers out for Mozilla's intermediate list",
+                )
+        client_ca: str | None = None
+        if "client_ca" in table:
+            client_ca = self.file_path(table, "client_ca", where)
+            if client_ca is not None:
+                from twisted_lb.tls import ca_problem
+
+                self.file_problem(join_key(where, "client_ca"), ca_problem(client_ca))
+        verify_client = self.verify_client(table, where)
+
+        if (
+            len(self.problems) > before
+            or certificates is None
+            or min_version is None
+            or verify_client is None
+        ):
+            return None
+        return FrontendTLSConfig(
+            certificates=certificates,
+            min_version=min_version,
+            ciphers=ciphers,
+            client_ca=client_ca,
+            verify_client=verify_client,
+        )
+
+    def certificates(
+        self, table: Mapping[str, object], where: str, report_missing: bool
+    ) -> tuple[CertificateConfig, ...] | None:
+        """
+        ``certificates``: a non-empty array of ``{ cert = "...", key = "..." }`` tables. The
+        same entry may be listed twice.
+        """
+        key = join_key(where, "certificates")
+        if "certificates" not in table:
+            if report_missing:
+                self.problem(key, _MISSING + _CERTIFICATES_EXAMPLE)
+            return None
+        value = table["certificates"]
+        if not isinstance(value, list | tuple):
+            message = (
+                f"must be an array of tables, as in {_CERTIFICATES_EXAMPLE}, not {_describe(value)}"
+            )
+            if isinstance(value, Mapping):
+                message += "; put the table in brackets"
+            self.problem(key, message)
+            return None
+        if not value:
+            self.problem(key, f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}")
+            return None
+        certificates: list[CertificateConfig] = []
+        ok = True
+        for index, item in enumerate(value):
+            certificate = self.certificate(item, f"{key}[{index}]")
+            if certificate is None:
+                ok = False
+            else:
+                certificates.append(certificate)
+        return tuple(certificates) if ok else None
+
+    def certificate(self, raw: object, where: str) -> CertificateConfig | None:
+        """
+        One entry of ``certificates``: ``cert`` and ``key``, both required, as files that
+        :func:`twisted_lb.tls.certificate_problem` accepts together.
+        """
+        if not isinstance(raw, Mapping):
+            self.problem(
+                where, f"must be a table, as in {_CERTIFICATE_EXAMPLE}, not {_describe(raw)}"
+            )
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, where, _CERTIFICATE_KEYS, ())
+        paths: dict[str, str | None] = {}
+        for name in _CERTIFICATE_KEYS:
+            if name in raw:
+                paths[name] = self.file_path(raw, name, where)
+            else:
+                self.problem(join_key(where, name), _MISSING + f"{name} = {_FILE_EXAMPLES[name]}")
+                paths[name] = None
+        cert, key = paths["cert"], paths["key"]
+        if cert is None or key is None:
+            return None
+        self.certificate_files(cert, key, join_key(where, "cert"), join_key(where, "key"))
+        if len(self.problems) > before:
+            return None
+        return CertificateConfig(cert=cert, key=key)
+
+    def min_version(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        ``min_version``: one of :data:`twisted_lb.tls.TLS_VERSIONS`, as written there; SSL and
+        TLS before 1.2 are refused with a word on why (RFC 8996).
+        """
+        if "min_version" not in table:
+            return "TLSv1.2"
+        version = self.string(table, "min_version", where)
+        if version is None:
+            return None
+        from twisted_lb.tls import TLS_VERSIONS
+
+        versions = list(TLS_VERSIONS)
+        if version in versions:
+            return version
+        key = join_key(where, "min_version")
+        if version.lower() in _OLD_TLS_VERSIONS:
+            self.problem(
+                key,
+                f"{version!r} is older than TLS 1.2, which is no longer safe (RFC 8996); "
+                'write min_version = "TLSv1.2"',
+            )
+        else:
+            self.problem(
+                key,
+                f"unknown version {version!r}"
+                + _suggest_any_case(version, versions, "valid versions"),
+            )
+        return None
+
+    def verify_client(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        ``verify_client``: ``"none"``, ``"optional"`` or ``"required"``; the last two need
+        ``client_ca`` in the same table (a problem on ``verify_client`` otherwise).
+        """
+        if "verify_client" not in table:
+            return "none"
+        key = join_key(where, "verify_client")
+        value = table["verify_client"]
+        if isinstance(value, bool):
+            fix = _toml_string("required" if value else "none")
+            self.problem(
+                key,
+                f"must be 'none', 'optional' or 'required', not a boolean; "
+                f"write verify_client = {fix}",
+            )
+            return None
+        verify = self.string(table, "verify_client", where)
+        if verify is None:
+            return None
+        if verify not in _VERIFY_CLIENT:
+            nginx = _NGINX_VERIFY_CLIENT.get(verify.lower())
+            if nginx is not None:
+                hint = (
+                    f"; write verify_client = {_toml_string(nginx)} "
+                    f"(nginx's ssl_verify_client {verify.lower()})"
+                )
+            else:
+                hint = _suggest(verify, _VERIFY_CLIENT, "valid values")
+            self.problem(key, f"unknown value {verify!r}{hint}")
+            return None
+        if verify != "none" and "client_ca" not in table:
+            self.problem(
+                key,
+                f"{verify!r} needs client_ca, the CA bundle that client certificates are "
+                f"verified against; add client_ca = {_FILE_EXAMPLES['client_ca']}",
+            )
+            return None
+        return verify
+
+    def pool_tls(self, raw: Mapping[str, object], where: str) -> PoolTLSConfig | None:
+        """
+        ``[pools.NAME.tls]``, or ``None`` when absent (or on a problem). ``client_cert`` and
+        ``client_key`` go together; each without the other is a problem on the one written.
+        """
+        table = self.sub_table(raw, "tls", where)
+        if table is None:
+            return None
+        where = join_key(where, "tls")
+        before = len(self.problems)
+        self.check_keys(table, where, _POOL_TLS_KEYS, (), _POOL_TLS_ALIASES)
+        server_name: str | None = None
+        if "server_name" in table:
+            server_name = self.server_name(table, where)
+        paths: dict[str, str | None] = {}
+        for key in ("ca", "client_cert", "client_key"):
+            if key in table:
+                paths[key] = self.file_path(table, key, where)
+        ca = paths.get("ca")
+        if ca is not None:
+            from twisted_lb.tls import ca_problem
+
+            self.file_problem(join_key(where, "ca"), ca_problem(ca))
+        client_cert, client_key = paths.get("client_cert"), paths.get("client_key")
+        pairs = [
+            ("client_cert", "client_key", "its private key"),
+            ("client_key", "client_cert", "the certificate it is the key of"),
+        ]
+        for key, other, what in pairs:
+            if key in table and other not in table:
+                self.problem(
+                    join_key(where, key),
+                    f"needs {other}, {what}; add {other} = {_FILE_EXAMPLES[other]}",
+                )
+        if client_cert is not None and client_key is not None:
+            self.certificate_files(
+                client_cert,
+                client_key,
+                join_key(where, "client_cert"),
+                join_key(where, "client_key"),
+            )
+        verify = self.boolean(table, "verify", where, True)
+        if len(self.problems) > before or verify is None:
+            return None
+        return PoolTLSConfig(
+            server_name=server_name,
+            ca=ca,
+            client_cert=client_cert,
+            client_key=client_key,
+            verify=verify,
+        )
+
+    def tls_server_names(
+        self, tls: PoolTLSConfig, backends: Sequence[BackendConfig], where: str
+    ) -> None:
+        """
+        With verification on and no ``server_name``, each backend's certificate is verified
+        against the host of its address. A UNIX socket has none: that is a problem on
+        ``server_name``, naming the first such backend.
+        """
+        if not tls.verify or tls.server_name is not None:
+            return
+        for index, backend in enumerate(backends):
+            if parse_address(backend.address).kind == "unix":
+                self.problem(
+                    join_key(join_key(where, "tls"), "server_name"),
+                    f"required when a backend is a UNIX socket, as backends[{index}] "
+                    f"({backend.address!r}) is: it has no host name to verify its "
+                    'certificate against; add server_name = "app.internal", a name that the '
+                    "backends' certificates are for",
+                )
+                return
+
+    def server_name(self, table: Mapping[str, object], where: str) -> str | None:
+        """
+        A pool's ``server_name``: a DNS name or an IP address, as :func:`_server_name_problem`
+        allows; kept as written.
+        """
+        name = self.string(table, "server_name", where)
+        if name is None:
+            return None
+        problem = _server_name_problem(name)
+        if problem is not None:
+            self.problem(join_key(where, "server_name"), problem)
+            return None
+        return name
+
+    def file_path(self, table: Mapping[str, object], key: str, where: str) -> str | None:
+        """
+        A path to a file of a ``tls`` table: a non-empty string, returned as an absolute path,
+        resolved against the directory of the config file when relative. Whether the file is
+        usable is for :mod:`twisted_lb.tls` to say.
+        """
+        path = self.string(table, key, where)
+        if path is None:
+            return None
+        if not path:
+            self.problem(
+                join_key(where, key),
+                f"must not be empty; write a path, as in {key} = " + _FILE_EXAMPLES[key],
+            )
+            return None
+        if "\0" in path:
+            self.problem(join_key(where, key), f"{path!r}: a path cannot contain NUL characters")
+            return None
+        return os.path.abspath(os.path.join(self.directory, path))
+
+    def certificate_files(self, cert: str, key: str, cert_where: str, key_where: str) -> None:
+        """
+        Report what :func:`twisted_lb.tls.certificate_problem` finds wrong with a certificate
+        and its key: on ``key_where`` when it is about the key file, else on ``cert_where``.
+        """
+        from twisted_lb.tls import certificate_problem
+
+        problem = certificate_problem(cert, key)
+        if problem is not None:
+            self.file_problem(key_where if _about_key(problem, cert, key) else cert_where, problem)
+
+    def file_problem(self, where: str, problem: str | None) -> None:
+        if problem is not None:
+            self.problem(where, problem)
+
     # -- pools
 
     def pool(self, name: str, raw: object) -> PoolConfig | None:
@@ -1162,7 +1654,7 @@ class _Validator:
             self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
             return None
         before = len(self.problems)
-        self.check_keys(raw, where, _POOL_KEYS, _POOL_LATER)
+        self.check_keys(raw, where, _POOL_KEYS, ())
 
         strategy = self.strategy(raw, where)
         options = self.strategy_options(raw, where)
@@ -1178,6 +1670,9 @@ class _Validator:
         outlier_detection = self.outlier_detection(raw, where)
         panic = self.boolean(raw, "panic", where, False)
         slow_start = self.seconds(raw, "slow_start", where, 0.0, zero_means="off")
+        tls = self.pool_tls(raw, where)
+        if tls is not None and backends is not None:
+            self.tls_server_names(tls, backends, where)
 
         if (
             len(self.problems) > before
@@ -1207,14 +1702,16 @@ class _Validator:
             outlier_detection=outlier_detection,
             panic=panic,
             slow_start=slow_start,
+            tls=tls,
         )
 
     def sub_table(
-        self, raw: Mapping[str, object], key: str, where: str
+        self, raw: Mapping[str, object], key: str, where: str, when_true: str | None = None
     ) -> Mapping[str, object] | None:
         """
-        An optional table of a pool, such as ``health_check``: ``None`` when absent or not a
-        table (which is a problem).
+        An optional table of a pool or a frontend, such as ``health_check``: ``None`` when
+        absent or not a table (which is a problem). ``key = true`` is told to write
+        ``key = {}`` for the defaults, or ``when_true`` when the table has no defaults.
         """
         if key not in raw:
             return None
@@ -1223,7 +1720,7 @@ class _Validator:
             return value
         message = f"must be a table, as in [{join_key(where, key)}], not {_describe(value)}"
         if value is True:
-            message += f"; write {key} = {{}} for the defaults"
+            message += f"; {when_true or f'write {key} = {{}} for the defaults'}"
         elif value is False:
             message += f"; leave {key} out for none"
         self.problem(join_key(where, key), message)
@@ -1682,6 +2179,71 @@ def _host_problem(host: str) -> str | None:
     return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
 
 
+def _server_name_problem(name: str) -> str | None:
+    """
+    What is wrong with a pool's ``server_name``, or ``None`` if it is a DNS name (labels of
+    letters, digits, ``-`` and ``_``, as :data:`_HOST_NAME` allows, at most 63 characters
+    each and 253 in all) or an IP address, IPv6 without brackets. There is no port, scheme,
+    path or wildcard: it is the one name the backends' certificates are verified against.
+    """
+    if not name:
+        return (
+            f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
+            "or leave server_name out to verify each backend's host"
+        )
+    if "://" in name:
+        host = name.split("://", 1)[1].split("/", 1)[0] or "app.internal"
+        return f"write the name only, without the scheme, as in {host!r}"
+    if "/" in name:
+        return f"write the name only, as in {name.split('/', 1)[0] or 'app.internal'!r}"
+    if name.startswith("[") and name.endswith("]") and _is_ipv6(name[1:-1]):
+        return f"write the IPv6 address without brackets, as in {name[1:-1]!r}"
+    if _is_ipv6(name):
+        return None
+    port = _HOST_PORT.fullmatch(name)
+    if port is not None:
+        host = port["host"].strip("[]")
+        return (
+            f"write the name without the port, as in {host!r}; "
+            "the port is the backend's, in its address"
+        )
+    if "*" in name:
+        return (
+            f"{name!r}: write the one name the backends' certificates are for, without '*'; "
+            "a certificate for '*.example.com' is verified as, for example, 'app.example.com'"
+        )
+    if not name.isascii():
+        try:
+            ascii_name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_name = ""
+        if _HOST_NAME.fullmatch(ascii_name):
+            return f"write the name in ASCII (IDNA), as in {ascii_name!r}"
+        return f"{name!r} is not a host name; write {_SERVER_NAME_EXAMPLES}"
+    if not _HOST_NAME.fullmatch(name):
+        return f"{name!r} is not a host name; write {_SERVER_NAME_EXAMPLES}"
+    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        return (
+            f"{name!r} is too long for a DNS name (at most 63 characters between dots, 253 in all)"
+        )
+    return None
+
+
+def _about_key(problem: str, cert: str, key: str) -> bool:
+    """
+    Whether a problem that :func:`twisted_lb.tls.certificate_problem` found is about the key
+    file rather than the certificate file. Its messages start with the file they are about
+    (``"cannot read PATH: ..."``, ``"PATH: ..."``), and a key that does not match its
+    certificate is the key's problem (``"KEY does not match the certificate in CERT"``).
+    When both are one file, only the messages about the private key are the key's.
+    """
+    if problem.startswith(f"{key} does not match "):
+        return True
+    if cert == key:
+        return "private key" in problem
+    return problem.startswith((f"cannot read {key}: ", f"{key}: "))
+
+
 def _is_ipv6(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
@@ -1843,18 +2405,21 @@ def _toml_string(text: str) -> str:
 def format_summary(config: Config) -> str:
     """
     Describe a valid config on one screen: the ``[global]`` settings that differ from their
-    defaults; each frontend with its mode, its routes (``http``), the pools it uses with their
-    health check, outlier detection, slow start and panic mode when set, and their backends
-    with their state when it is not ``ready``; then the pools nothing uses, under ``unused:``.
+    defaults; each frontend with its mode, its TLS, its routes (``http``), the pools it uses
+    with their TLS to the backends, health check, outlier detection, slow start and panic
+    mode when set, and their backends with their state when it is not ``ready``; then the
+    pools nothing uses, under ``unused:``.
 
     A pool used several times is described in full the first time only.
 
     Example::
 
         lb.toml: OK
-        frontend web (http) listen tcp:8080:interface=127.0.0.1 -> pool app
+        frontend web (http) listen tcp:8443:interface=127.0.0.1 -> pool app
+          tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2
           route host=api.example.com path_prefix=/v1/ -> pool api
           pool app: round_robin, connect_timeout 5.0 s, retries 2
+            tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem
             health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399
             outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%
             slow start 30.0 s, panic: all backends when none is UP
@@ -1880,6 +2445,8 @@ def format_summary(config: Config) -> str:
             f"frontend {frontend.name} ({frontend.mode}) listen {', '.join(frontend.listen)}"
             f" -> pool {frontend.pool}"
         )
+        if frontend.tls is not None:
+            lines.append(f"  {_frontend_tls_summary(frontend.tls)}")
         used = [frontend.pool]
         for route in frontend.routes:
             lines.append(f"  {_route_summary(route)}")
@@ -1926,6 +2493,8 @@ def _pool_summary(pool: PoolConfig) -> list[str]:
         f"  pool {pool.name}: {pool.strategy}{options}, "
         f"connect_timeout {pool.connect_timeout} s, retries {pool.retries}"
     ]
+    if pool.tls is not None:
+        lines.append(f"    {_pool_tls_summary(pool.tls)}")
     if pool.health_check is not None:
         lines.extend(_health_check_summary(pool.health_check))
     if pool.outlier_detection is not None:
@@ -1950,6 +2519,41 @@ def _pool_summary(pool: PoolConfig) -> list[str]:
             line += f"  {backend.state}"
         lines.append(line)
     return lines
+
+
+def _frontend_tls_summary(tls: FrontendTLSConfig) -> str:
+    """
+    ``tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2``, and whether client
+    certificates are asked for.
+    """
+    count = len(tls.certificates)
+    line = (
+        f"tls: {count} certificate{'s' if count > 1 else ''} "
+        f"(first: {tls.certificates[0].cert}), min {tls.min_version}"
+    )
+    if tls.verify_client != "none":
+        line += f", client certs {tls.verify_client}"
+    return line
+
+
+def _pool_tls_summary(tls: PoolTLSConfig) -> str:
+    """
+    ``tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem`` (each backend's
+    host and the platform's trust store by default), or ``verify OFF``; and the client
+    certificate, for mutual TLS.
+    """
+    if tls.verify:
+        line = (
+            f"tls to backends: verify server_name={tls.server_name or '(backend host)'}, "
+            f"ca={tls.ca or '(system trust store)'}"
+        )
+    else:
+        line = "tls to backends: verify OFF"
+        if tls.server_name is not None:
+            line += f", server_name={tls.server_name}"
+    if tls.client_cert is not None:
+        line += f", client cert {tls.client_cert}"
+    return line
 
 
 def _health_check_summary(check: HealthCheckConfig) -> list[str]:

@@ -1,0 +1,644 @@
+"""
+TLS for the balancer: termination on frontends (:class:`ServerTLS`) and TLS to backends
+(:class:`ClientTLS`), and the checks of certificate files that config validation shares
+(:func:`certificate_problem`, :func:`ca_problem`).
+
+All cryptography is OpenSSL's, through pyOpenSSL, Twisted's TLS support
+(:class:`~twisted.protocols.tls.TLSMemoryBIOFactory`,
+:func:`~twisted.internet.ssl.optionsForClientTLS`) and ``service_identity``; this module only
+reads files and configures contexts.
+
+Server defaults follow Mozilla's "intermediate" server-side TLS configuration
+(https://ssl-config.mozilla.org/guidelines/5.7.json): TLS 1.2 and 1.3, the intermediate
+TLS 1.2 cipher list, the client's cipher preference. Certificate selection by SNI
+(RFC 6066 §3) works as txsni's and HAProxy's ``crt-list``: the servername callback swaps the
+connection's context for the one whose certificate names the requested host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IStreamClientEndpoint,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from twisted_lb.backend import Backend
+
+_log = Logger()
+
+__all__ = [
+    "INTERMEDIATE_CIPHERS",
+    "TLS_VERSIONS",
+    "ClientTLS",
+    "ServerTLS",
+    "TLSConfigError",
+    "ca_problem",
+    "certificate_problem",
+]
+
+
+class TLSConfigError(ValueError):
+    """A TLS setting or file is unusable; the message says what and how to fix it (one line)."""
+
+
+#: Mozilla's "intermediate" cipher list for TLS 1.2, guidelines version 5.7
+#: (https://ssl-config.mozilla.org/guidelines/5.7.json), in OpenSSL's names. The ``DHE-``
+#: suites are only chosen when DH parameters are configured, which :class:`ServerTLS` does
+#: not do, so in practice TLS 1.2 uses the ECDHE suites. TLS 1.3 suites stay OpenSSL's
+#: defaults, as Mozilla recommends.
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+#: The values ``min_version`` may take, lowest first.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+_PROTOCOL_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+#: ``verify_client`` values and their OpenSSL verify modes, as nginx's ``ssl_verify_client``
+#: ``off``/``optional``/``on``.
+_VERIFY_CLIENT = {
+    "none": SSL.VERIFY_NONE,
+    "optional": SSL.VERIFY_PEER,
+    "required": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+}
+
+#: The session id context of every server context (at most 32 bytes). One value for all the
+#: SNI contexts of all frontends: a session is looked up in the cache of the context the
+#: connection started with, so the value need only be constant.
+_SESSION_ID_CONTEXT = b"twisted-lb"
+
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+class _UnusableError(Exception):
+    """A file is unusable; ``str()`` is the one-line message for :class:`TLSConfigError`."""
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise _UnusableError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _load_certificates(path: str) -> list[x509.Certificate]:
+    """The certificates of a PEM file, in file order; raises :class:`_UnusableError`."""
+    data = _read(path)
+    if _PEM_CERTIFICATE not in data:
+        raise _UnusableError(f"{path}: no PEM certificate found")
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise _UnusableError(f"{path}: a PEM certificate in it cannot be parsed ({e})") from None
+
+
+def _load_key(path: str) -> PrivateKeyTypes:
+    """The first private key of a PEM file; raises :class:`_UnusableError`."""
+    data = _read(path)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise _UnusableError(
+            f"{path}: the private key is encrypted; give an unencrypted one "
+            f"(openssl pkey -in {path} -out NEW.key)"
+        ) from None
+    except UnsupportedAlgorithm:
+        raise _UnusableError(f"{path}: the private key's algorithm is not supported") from None
+    except ValueError:
+        raise _UnusableError(f"{path}: not a PEM private key") from None
+
+
+def _check_dates(path: str, certificates: Sequence[x509.Certificate], now: datetime) -> None:
+    for i, cert in enumerate(certificates):
+        which = "the certificate" if i == 0 else f"certificate {i + 1} in the file"
+        if cert.not_valid_after_utc < now:
+            day = cert.not_valid_after_utc.date().isoformat()
+            raise _UnusableError(f"{path}: {which} expired on {day} (notAfter); renew it")
+        if cert.not_valid_before_utc > now:
+            moment = cert.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise _UnusableError(
+                f"{path}: {which} is not valid before {moment} (notBefore); check the clock or wait"
+            )
+
+
+def _public_key_der(key: Any) -> bytes:
+    der: bytes = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _load_pair(
+    cert: str, key: str, now: datetime | None = None
+) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+    """The chain (leaf first) and key of a certificate pair; raises :class:`_UnusableError`."""
+    chain = _load_certificates(cert)
+    private_key = _load_key(key)
+    if _public_key_der(chain[0]) != _public_key_der(private_key):
+        raise _UnusableError(f"{key} does not match the certificate in {cert}")
+    _check_dates(cert, chain, now or datetime.now(UTC))
+    return chain, private_key
+
+
+def _load_cas(path: str, now: datetime | None = None) -> list[x509.Certificate]:
+    certificates = _load_certificates(path)
+    _check_dates(path, certificates, now or datetime.now(UTC))
+    return certificates
+
+
+def certificate_problem(cert: str, key: str, now: datetime | None = None) -> str | None:
+    """
+    Check a certificate and its private key, as a server or a TLS client would use them.
+
+    Reads both files (blocking; for config validation and reloads, not the data path).
+
+    Args:
+        cert: path of a PEM file: the leaf certificate first, then its chain.
+        key: path of the leaf's PEM private key, unencrypted.
+        now: the time to check validity at (timezone-aware); default the current time.
+
+    Returns:
+        ``None`` when both are usable; else one line, such as
+        ``"cannot read certs/site.pem: No such file or directory"``,
+        ``"certs/site.pem: no PEM certificate found"``,
+        ``"certs/site.key: not a PEM private key"``,
+        ``"certs/site.key does not match the certificate in certs/site.pem"``,
+        ``"certs/site.pem: the certificate expired on 2026-01-01 (notAfter); renew it"`` or
+        ``"certs/site.pem: the certificate is not valid before 2027-01-01 00:00:00 UTC
+        (notBefore); check the clock or wait"``.
+    """
+    try:
+        _load_pair(cert, key, now)
+    except _UnusableError as e:
+        return str(e)
+    return None
+
+
+def ca_problem(path: str) -> str | None:
+    """
+    Check a bundle of trusted CA certificates.
+
+    Args:
+        path: a PEM file of one or more CA certificates.
+
+    Returns:
+        ``None`` when usable; else one line in the style of :func:`certificate_problem`,
+        such as ``"certs/ca.pem: no PEM certificate found"`` or ``"certs/ca.pem:
+        certificate 2 in the file expired on 2026-01-01 (notAfter); renew it"``.
+    """
+    try:
+        _load_cas(path)
+    except _UnusableError as e:
+        return str(e)
+    return None
+
+
+def _certificate_names(cert: x509.Certificate) -> list[str]:
+    """
+    The DNS names a certificate is for, lower case: its subjectAltName DNS names, or, when
+    it has none, its subject's common name (as HAProxy's ``crt`` does).
+    """
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        names = [
+            str(attribute.value)
+            for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ]
+    else:
+        names = list(san.value.get_values_for_type(x509.DNSName))
+    return [name.lower().rstrip(".") for name in names]
+
+
+@attrs.frozen
+class _ServerContexts:
+    """One generation of a :class:`ServerTLS`'s contexts, replaced whole on reload."""
+
+    default: SSL.Context
+    exact: dict[str, SSL.Context]
+    wildcard: dict[str, SSL.Context]
+    names: list[list[str]]
+
+    def select(self, server_name: bytes | None) -> SSL.Context:
+        """
+        The context for an SNI host name: an exact name first, then a wildcard
+        ``*.example.com`` matching exactly one leftmost label (RFC 6125 §6.4.3), else the
+        default; among certificates naming the same host the first configured wins.
+        """
+        if not server_name:
+            return self.default
+        try:
+            name = server_name.decode("ascii").lower().rstrip(".")
+        except UnicodeDecodeError:
+            return self.default
+        context = self.exact.get(name)
+        if context is not None:
+            return context
+        _label, dot, parent = name.partition(".")
+        if dot and parent:
+            context = self.wildcard.get(parent)
+            if context is not None:
+                return context
+        return self.default
+
+    def servername(self, connection: SSL.Connection) -> None:
+        """The servername callback: swap the connection's context, as txsni does."""
+        context = self.select(connection.get_servername())
+        if context is not self.default:
+            connection.set_context(context)
+
+
+def _alpn_selector(
+    protocols: Sequence[bytes],
+) -> Callable[[SSL.Connection, list[bytes]], bytes | Any]:
+    """
+    An ALPN select callback: the first of our ``protocols`` that the client offers (server
+    preference, as nginx and Twisted choose), else no ALPN at all rather than a
+    ``no_application_protocol`` alert (RFC 7301 §3.2 allows either; nginx proceeds).
+    """
+    ours = tuple(protocols)
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+        for protocol in ours:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    TLS termination for one frontend.
+
+    Each certificate gets its own OpenSSL context, configured alike otherwise. SNI
+    (RFC 6066 §3) picks the certificate whose subjectAltName DNS names match the requested
+    host: exact names first, then wildcards such as ``*.example.com``, which match exactly
+    one label (RFC 6125 §6.4.3: ``x.example.com`` but neither ``example.com`` nor
+    ``y.x.example.com``). A certificate without DNS subjectAltNames is matched on its
+    subject's common name, as HAProxy does. No SNI, or an unknown name, gets the first
+    certificate. The servername callback swaps the connection's context, as txsni does.
+
+    Session resumption is on: a server-side session cache with one session id context shared
+    by all the SNI contexts, and session tickets (OpenSSL's defaults: a 300 s lifetime,
+    ticket keys made when the contexts are, so new ones on each :meth:`reload`).
+    Compression and renegotiation are off.
+
+    Args:
+        certificates: ``(cert_path, key_path)`` pairs, as :func:`certificate_problem` takes
+            them; the first is the default.
+        min_version: the lowest protocol version accepted, one of :data:`TLS_VERSIONS`;
+            Mozilla's intermediate configuration is ``"TLSv1.2"``.
+        ciphers: the TLS 1.2 cipher list in OpenSSL's syntax; default
+            :data:`INTERMEDIATE_CIPHERS`. TLS 1.3 suites are OpenSSL's defaults.
+        alpn: the protocols to offer over ALPN (RFC 7301), most preferred first, such as
+            ``[b"http/1.1"]`` in http mode; ``()`` for no ALPN. When the client offers none of
+            them the handshake proceeds without ALPN rather than failing, as nginx does.
+        client_ca: path of a PEM bundle of the CAs that client certificates must chain to.
+            Its names are sent in the CertificateRequest. With ``verify_client`` ``"none"``
+            it is checked but not used.
+        verify_client: ``"none"``, ``"optional"`` or ``"required"``, as nginx's
+            ``ssl_verify_client off|optional|on``. ``"required"`` fails the handshake
+            without a valid client certificate; ``"optional"`` lets a client without one in,
+            but fails the handshake on a certificate that does not verify. Both need
+            ``client_ca``.
+
+    Raises:
+        TLSConfigError: a setting is invalid or a file is unusable (the messages of
+            :func:`certificate_problem` and :func:`ca_problem`, joined by ``"; "``).
+    """
+
+    def __init__(
+        self,
+        certificates: Sequence[tuple[str, str]],
+        *,
+        min_version: str = "TLSv1.2",
+        ciphers: str | None = None,
+        alpn: Sequence[bytes] = (),
+        client_ca: str | None = None,
+        verify_client: str = "none",
+    ) -> None:
+        if not certificates:
+            raise TLSConfigError("TLS needs at least one (certificate, key) pair")
+        if min_version not in TLS_VERSIONS:
+            raise TLSConfigError(
+                f"min_version must be one of {', '.join(TLS_VERSIONS)}, not {min_version!r}"
+            )
+        if verify_client not in _VERIFY_CLIENT:
+            raise TLSConfigError(
+                f"verify_client must be 'none', 'optional' or 'required', not {verify_client!r}"
+            )
+        if verify_client != "none" and client_ca is None:
+            raise TLSConfigError(
+                f"verify_client {verify_client!r} needs client_ca, the CA bundle that "
+                "client certificates must chain to"
+            )
+        for protocol in alpn:
+            if not isinstance(protocol, bytes) or not 1 <= len(protocol) <= 255:
+                raise TLSConfigError(
+                    f"ALPN protocol {protocol!r} must be 1 to 255 bytes, as b'http/1.1'"
+                )
+        self._certificates = [(str(cert), str(key)) for cert, key in certificates]
+        self._min_version = min_version
+        self._ciphers = INTERMEDIATE_CIPHERS if ciphers is None else ciphers
+        self._alpn = tuple(alpn)
+        self._client_ca = client_ca
+        self._verify_client = verify_client
+        contexts, problems = self._build()
+        if contexts is None:
+            raise TLSConfigError("; ".join(problems))
+        self._contexts = contexts
+
+    def __repr__(self) -> str:
+        return f"<ServerTLS {self.names!r}>"
+
+    @property
+    def names(self) -> list[list[str]]:
+        """The DNS names of each certificate, in the configured order, for logs."""
+        return [list(names) for names in self._contexts.names]
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:  # noqa: N803
+        """
+        A new server connection on the current default context
+        (:class:`~twisted.internet.interfaces.IOpenSSLServerConnectionCreator`).
+        """
+        return SSL.Connection(self._contexts.default, None)
+
+    def reload(self) -> list[str]:
+        """
+        Read every certificate, key and ``client_ca`` file again and build new contexts.
+
+        New handshakes use them; established connections, and handshakes already under
+        way, keep the contexts they started with.
+
+        Returns:
+            The problems, one line each, in which case ALL the old contexts are kept; an
+            empty list when the new contexts are in use.
+        """
+        contexts, problems = self._build()
+        if contexts is None:
+            return problems
+        self._contexts = contexts
+        return []
+
+    def _build(self) -> tuple[_ServerContexts | None, list[str]]:
+        problems: list[str] = []
+        pairs: list[tuple[list[x509.Certificate], PrivateKeyTypes]] = []
+        for cert, key in self._certificates:
+            try:
+                pairs.append(_load_pair(cert, key))
+            except _UnusableError as e:
+                problems.append(str(e))
+        cas: list[x509.Certificate] = []
+        if self._client_ca is not None:
+            try:
+                cas = _load_cas(self._client_ca)
+            except _UnusableError as e:
+                problems.append(str(e))
+        if problems:
+            return None, problems
+        try:
+            made = [self._context(chain, key, cas) for chain, key in pairs]
+        except _UnusableError as e:
+            return None, [str(e)]
+        exact: dict[str, SSL.Context] = {}
+        wildcard: dict[str, SSL.Context] = {}
+        names = [_certificate_names(chain[0]) for chain, _key in pairs]
+        for context, certificate_names in zip(made, names, strict=True):
+            for name in certificate_names:
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], context)
+                elif "*" not in name:
+                    exact.setdefault(name, context)
+        contexts = _ServerContexts(made[0], exact, wildcard, names)
+        if len(made) > 1:
+            # The callback of the context a connection starts with is the one that runs;
+            # binding it to this generation keeps a handshake within one generation.
+            made[0].set_tlsext_servername_callback(contexts.servername)
+        return contexts, []
+
+    def _context(
+        self,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKeyTypes,
+        cas: Sequence[x509.Certificate],
+    ) -> SSL.Context:
+        """One server context; every setting but the certificate is the same in all."""
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(_PROTOCOL_VERSIONS[self._min_version])
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        try:
+            context.set_cipher_list(self._ciphers.encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError):
+            raise _UnusableError(
+                f"ciphers {self._ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
+            ) from None
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(key)  # type: ignore[arg-type]
+        context.check_privatekey()
+        context.set_session_id(_SESSION_ID_CONTEXT)
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        if self._alpn:
+            context.set_alpn_select_callback(_alpn_selector(self._alpn))
+        if self._verify_client != "none":
+            store = context.get_cert_store()
+            assert store is not None
+            for ca in cas:
+                store.add_cert(X509.from_cryptography(ca))
+                context.add_client_ca(ca)
+            context.set_verify(_VERIFY_CLIENT[self._verify_client])
+        return context
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientCreator:
+    """
+    Client connections that verify neither the chain nor the name, and still send SNI.
+
+    Args:
+        options: ``CertificateOptions(verify=False, ...)``.
+        server_name: the DNS name to send as SNI, or ``None`` to send none.
+    """
+
+    def __init__(self, options: CertificateOptions, server_name: str | None) -> None:
+        self._options = options
+        self._server_name = (
+            None if server_name is None else server_name.encode("idna").decode("ascii")
+        )
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:  # noqa: N803
+        connection: SSL.Connection = self._options.clientConnectionForTLS(tlsProtocol)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name.encode("ascii"))
+        return connection
+
+
+class ClientTLS:
+    """
+    TLS from the balancer to a pool's backends.
+
+    Verified by default: the chain against ``ca`` (default: the platform trust store,
+    :func:`~twisted.internet.ssl.platformTrust`), and the name by ``service_identity``
+    (RFC 6125): ``server_name``, or else the backend address's host; an IP literal is
+    checked against the certificate's IP address subjectAltNames. Verification is Twisted's
+    :func:`~twisted.internet.ssl.optionsForClientTLS`. A failure ends the connection before
+    any data, with ``connectionLost`` given an ``OpenSSL.SSL.Error`` whose message includes
+    ``"certificate verify failed"`` for an untrusted chain, or a
+    ``service_identity.VerificationError`` naming the mismatched name. TLS 1.2 is the
+    lowest version offered, as in Mozilla's intermediate configuration.
+
+    Args:
+        server_name: the name to verify and send as SNI, for all backends of the pool;
+            default each backend's host.
+        ca: path of a PEM bundle of the CAs to trust instead of the platform's.
+        client_cert: path of a PEM certificate (leaf first, then chain) to present to the
+            backends: mutual TLS. Needs ``client_key``.
+        client_key: path of ``client_cert``'s PEM private key.
+        verify: ``False`` disables both checks (the caller logs a warning); SNI is still
+            sent.
+
+    Raises:
+        TLSConfigError: a file is unusable, or only one of ``client_cert`` and
+            ``client_key`` is given.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str | None = None,
+        ca: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        if (client_cert is None) != (client_key is None):
+            raise TLSConfigError(
+                "client_cert and client_key go together: give both for mutual TLS, or neither"
+            )
+        if server_name is not None and not server_name.strip():
+            raise TLSConfigError("server_name must not be empty")
+        problems: list[str] = []
+        trust: IOpenSSLTrustRoot | None = None
+        if ca is not None:
+            try:
+                trust = trustRootFromCertificates(
+                    [Certificate(X509.from_cryptography(c)) for c in _load_cas(ca)]
+                )
+            except _UnusableError as e:
+                problems.append(str(e))
+        #: CertificateOptions' ``privateKey``/``certificate``/``extraCertChain`` for mutual
+        #: TLS, as cryptography objects (pyOpenSSL deprecates its own X509 and PKey here).
+        self._client_options: dict[str, Any] = {}
+        if client_cert is not None and client_key is not None:
+            try:
+                chain, key = _load_pair(client_cert, client_key)
+            except _UnusableError as e:
+                problems.append(str(e))
+            else:
+                self._client_options = {"privateKey": key, "certificate": chain[0]}
+                if chain[1:]:
+                    self._client_options["extraCertChain"] = chain[1:]
+        if problems:
+            raise TLSConfigError("; ".join(problems))
+        self.server_name = server_name
+        self.verify = verify
+        self._trust = trust
+        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def __repr__(self) -> str:
+        return f"<ClientTLS server_name={self.server_name!r} verify={self.verify}>"
+
+    def _name(self, backend: Backend) -> str | None:
+        if self.server_name is not None:
+            return self.server_name
+        if backend.address.kind == "tcp":
+            return backend.address.host
+        return None
+
+    def creator(self, backend: Backend) -> IOpenSSLClientConnectionCreator:
+        """
+        The connection creator for one backend, cached by backend name, for
+        ``wrapClientTLS(creator, backend.endpoint(reactor))``.
+
+        SNI is sent with ``server_name``, or the backend's host when it is a DNS name
+        (RFC 6066 §3 allows no IP literals).
+
+        Raises:
+            TLSConfigError: the backend is a UNIX socket, verification is on and no
+                ``server_name`` was given: there is no name to verify.
+        """
+        creator = self._creators.get(backend.name)
+        if creator is None:
+            creator = self._creators[backend.name] = self._make_creator(backend)
+        return creator
+
+    def _make_creator(self, backend: Backend) -> IOpenSSLClientConnectionCreator:
+        name = self._name(backend)
+        extra: dict[str, Any] = {"raiseMinimumTo": TLSVersion.TLSv1_2, **self._client_options}
+        if not self.verify:
+            options = CertificateOptions(verify=False, **extra)
+            sni = name if name is not None and not _is_ip(name) else None
+            return _UnverifiedClientCreator(options, sni)
+        if name is None:
+            raise TLSConfigError(
+                f"backend {backend.name} is a UNIX socket: set server_name to verify its "
+                "certificate"
+            )
+        return optionsForClientTLS(name, trustRoot=self._trust, extraCertificateOptions=extra)
+
+    def endpoint(self, reactor: Any, backend: Backend) -> IStreamClientEndpoint:
+        """
+        The TLS client endpoint to one backend:
+        ``wrapClientTLS(self.creator(backend), backend.endpoint(reactor))``; the
+        ``endpoint(reactor, backend)`` hook that health checks take.
+        """
+        return wrapClientTLS(self.creator(backend), backend.endpoint(reactor))
