@@ -21,6 +21,8 @@ Modes:
         the next one and closes without answering (``DROPPED`` is printed): the race, made
         certain. Requests have no body or a Content-Length one.
     silent: accepts connections and reads them, but never answers.
+    tls-echo: ``echo`` over TLS, with the certificate chain ``TLS_CERT`` and key ``TLS_KEY``
+        (env, PEM paths).
 
 The HTTP modes print, each on one line: ``CONNECTION <id>`` when a connection is accepted,
 ``REQUEST <id> <method> <target>`` for each request and ``CLOSED <id> <how>`` when the peer
@@ -35,6 +37,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -426,9 +429,13 @@ def main() -> None:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
         print(f"PORT {server.server_address[1]}", flush=True)
         server.serve_forever()
-    elif mode == "echo":
+    elif mode in ("echo", "tls-echo"):
         Echo.name = name
         server = EchoServer(("127.0.0.1", 0), Echo)
+        if mode == "tls-echo":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         print(f"PORT {server.server_address[1]}", flush=True)
         server.serve_forever()
     elif mode == "bulk":

@@ -12,8 +12,8 @@ from typing import Protocol as TypingProtocol
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IAddress, IProtocol, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -163,18 +163,81 @@ def _connect_timed_out(result: object, timeout: float) -> Failure:
     return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
 
 
-def connect(reactor: Any, backend: Any, protocol: IProtocol, timeout: float) -> Deferred[IProtocol]:
+@implementer(IHandshakeListener)
+class _TLSHandshake(Protocol):
+    """
+    Stands in for a protocol over TLS until the handshake is done, then hands the TLS
+    transport to it: the protocol is connected only once the backend is verified, and no
+    wrapper stays between the two afterwards.
+
+    Args:
+        protocol: the protocol to connect when the handshake completes.
+        done: fired with ``protocol`` then, or failed with the reason the connection was lost
+            before (a verification failure: ``OpenSSL.SSL.Error`` or
+            ``service_identity.VerificationError``).
+    """
+
+    def __init__(self, protocol: IProtocol, done: Deferred[IProtocol]) -> None:
+        self.protocol = protocol
+        self.done = done
+
+    def handshakeCompleted(self) -> None:
+        tls: Any = self.transport
+        tls.wrappedProtocol = self.protocol
+        self.protocol.makeConnection(tls)
+        if not self.done.called:
+            self.done.callback(self.protocol)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+def _connect_tls(reactor: Any, backend: Any, protocol: IProtocol, tls: Any) -> Deferred[IProtocol]:
+    """Connect over TLS with ``tls.endpoint(reactor, backend)``; fire after the handshake."""
+    tcp_connect: Deferred[IProtocol] | None = None
+    waiter: _TLSHandshake | None = None
+
+    def cancel(result: Deferred[IProtocol]) -> None:
+        if tcp_connect is not None and not tcp_connect.called:
+            tcp_connect.cancel()
+        elif waiter is not None and waiter.transport is not None:
+            cast(Any, waiter.transport).abortConnection()
+
+    handshaken: Deferred[IProtocol] = Deferred(cancel)
+    waiter = _TLSHandshake(protocol, handshaken)
+    tcp_connect = tls.endpoint(reactor, backend).connect(_OneProtocolFactory(waiter))
+
+    def failed(failure: Failure) -> None:
+        if not handshaken.called:
+            handshaken.errback(failure)
+
+    tcp_connect.addErrback(failed)
+    return handshaken
+
+
+def connect(
+    reactor: Any, backend: Any, protocol: IProtocol, timeout: float, tls: Any = None
+) -> Deferred[IProtocol]:
     """
     Connect ``protocol`` to ``backend`` through its client endpoint, abandoning the attempt
     after ``timeout`` seconds on the reactor's clock.
 
+    Args:
+        tls: ``None`` for plain TCP, or the pool's :class:`twisted_lb.tls.ClientTLS`: the
+            connection goes through ``tls.endpoint(reactor, backend)`` and counts as made only
+            when the TLS handshake, with the backend's verification, has completed.
+
     Returns:
         A Deferred that fires when ``protocol`` is connected, or fails with the connect error
         (``ConnectionRefusedError``; ``twisted.internet.error.TimeoutError`` naming
-        ``connect_timeout``). Cancelling it stops the attempt.
+        ``connect_timeout``, which covers the TLS handshake too; a TLS verification error).
+        Cancelling it stops the attempt.
     """
-    connecting: Deferred[IProtocol] = backend.endpoint(reactor).connect(
-        _OneProtocolFactory(protocol)
-    )
+    connecting: Deferred[IProtocol]
+    if tls is None:
+        connecting = backend.endpoint(reactor).connect(_OneProtocolFactory(protocol))
+    else:
+        connecting = _connect_tls(reactor, backend, protocol, tls)
     connecting.addTimeout(timeout, reactor, _connect_timed_out)
     return connecting

@@ -28,6 +28,7 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IPushProducer,
@@ -35,6 +36,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ParseError
 from twisted.web.client import (
@@ -184,12 +186,41 @@ class _TimedProbe:
         return outcome
 
 
+@implementer(IHandshakeListener)
 class _CloseAtOnce(Protocol):
-    """Closes the connection as soon as it is made: a layer-4 check needs nothing more."""
+    """
+    Closes the connection as soon as it is made: a layer-4 check needs nothing more. Over
+    TLS, "made" means the handshake, with the backend's verification, has completed.
+
+    Attributes:
+        done: fires with ``None`` when the connection is made (and is being closed), or fails
+            with the reason it was lost before (such as a TLS verification error).
+            Cancelling it aborts the connection.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(self._abort)
+
+    def _abort(self, done: Deferred[None]) -> None:
+        if self.transport is not None:
+            cast(Any, self.transport).abortConnection()
 
     def connectionMade(self) -> None:
+        if not isinstance(self.transport, TLSMemoryBIOProtocol):
+            self._made()
+
+    def handshakeCompleted(self) -> None:
+        self._made()
+
+    def _made(self) -> None:
         assert self.transport is not None
+        if not self.done.called:
+            self.done.callback(None)
         self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
 
 
 @implementer(IHealthCheck)
@@ -236,12 +267,14 @@ class TCPCheck:
             cancelled; cancelling stops the connection attempt.
         """
         timed = _TimedProbe(self._reactor, self.timeout)
-        connecting: Deferred[IProtocol]
+        protocol = _CloseAtOnce()
+        connecting: Deferred[Any]
         try:
             endpoint = self._endpoint(self._reactor, backend)
-            connecting = endpoint.connect(_OneProtocolFactory(_CloseAtOnce()))
+            connecting = endpoint.connect(_OneProtocolFactory(protocol))
         except Exception:
             connecting = fail()
+        connecting.addCallback(lambda _: protocol.done)
         return timed.run(
             connecting.addCallback(lambda _: ProbeResult(True, f"connected {timed.took()}"))
         )

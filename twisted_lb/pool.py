@@ -159,6 +159,8 @@ class Pool:
             the weight is updated every ``max(1, slow_start / 20)`` seconds
             (``server_warmup`` in HAProxy's ``src/server.c``).
         outlier_detector: passive outlier detection settings; ``None`` turns it off.
+        tls: TLS to the backends, a :class:`twisted_lb.tls.ClientTLS` (anything with its
+            ``endpoint(reactor, backend)``); ``None`` for plain TCP.
         reactor: provides ``IReactorTime``; required for ``slow_start``. Defaults to the
             outlier detector's.
 
@@ -182,6 +184,7 @@ class Pool:
         slow_start: float = 0.0,
         outlier_detector: OutlierDetector | None = None,
         reactor: Any = None,
+        tls: Any = None,
     ) -> None:
         for key, seconds in (
             ("connect_timeout", connect_timeout),
@@ -210,6 +213,7 @@ class Pool:
         self.panic = panic
         self.slow_start = slow_start
         self.outlier_detector = outlier_detector
+        self.tls = tls
         self.reactor: Any = reactor
         self.backends: list[Backend] = []
         # Timers by backend: the end of an ejection, the next slow-start step.

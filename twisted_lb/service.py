@@ -9,8 +9,14 @@ from typing import Any, Self
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
@@ -31,6 +37,7 @@ from twisted_lb.interfaces import IHealthCheck
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
+from twisted_lb.tls import ClientTLS, ServerTLS, TLSConfigError
 
 _log = Logger()
 
@@ -58,7 +65,8 @@ class Listener(Service):
 
     Args:
         endpoint: where to listen.
-        factory: the frontend's protocol factory.
+        factory: the frontend's protocol factory, wrapped in a ``TLSMemoryBIOFactory`` when
+            the frontend terminates TLS.
         frontend: the frontend's name, for logs.
         description: the endpoint description from the config, for logs.
     """
@@ -66,7 +74,7 @@ class Listener(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: FrontendFactory,
+        factory: IProtocolFactory,
         frontend: str,
         description: str,
     ) -> None:
@@ -117,10 +125,14 @@ class Listener(Service):
         return stopped
 
 
-def _health_check(reactor: Any, config: HealthCheckConfig) -> IHealthCheck:
-    """The check a ``[pools.NAME.health_check]`` table describes."""
+def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
+    """
+    The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
+    pool's traffic is, when the pool has ``tls``.
+    """
+    endpoint = tls.endpoint if tls is not None else None
     if config.kind == "tcp":
-        return TCPCheck(reactor, config.timeout)
+        return TCPCheck(reactor, config.timeout, endpoint=endpoint)
     return HTTPCheck(
         reactor,
         config.timeout,
@@ -128,6 +140,7 @@ def _health_check(reactor: Any, config: HealthCheckConfig) -> IHealthCheck:
         host=config.host,
         expect_status=config.expect_status,
         expect_body=config.expect_body,
+        endpoint=endpoint,
     )
 
 
@@ -152,6 +165,7 @@ class LoadBalancerService(MultiService):
     Attributes:
         pools: live pools by name.
         monitors: the health monitor of each pool that has ``health_check``, by pool name.
+        server_tls: the TLS termination of each frontend that has ``tls``, by frontend name.
         factories: each frontend's protocol factory, by frontend name.
         listeners: the listener services, in config order.
     """
@@ -161,6 +175,7 @@ class LoadBalancerService(MultiService):
         self.reactor = reactor
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
+        self.server_tls: dict[str, ServerTLS] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
         self.access_log = True
@@ -192,6 +207,21 @@ class LoadBalancerService(MultiService):
                     )
                 )
                 continue
+            pool_tls = None
+            if pool_config.tls is not None:
+                tls_config = pool_config.tls
+                try:
+                    pool_tls = ClientTLS(
+                        server_name=tls_config.server_name,
+                        ca=tls_config.ca,
+                        client_cert=tls_config.client_cert,
+                        client_key=tls_config.client_key,
+                        verify=tls_config.verify,
+                    )
+                except TLSConfigError as e:
+                    where = join_key(join_key("pools", name), "tls")
+                    problems.append(Problem(config.path, where, str(e)))
+                    continue
             backends = [
                 Backend.from_address(
                     b.address,
@@ -225,13 +255,14 @@ class LoadBalancerService(MultiService):
                     count_5xx=outlier.count_5xx,
                 ),
                 reactor=reactor,
+                tls=pool_tls,
             )
             health = pool_config.health_check
             if health is not None:
                 monitor = HealthMonitor(
                     reactor,
                     pool,
-                    _health_check(reactor, health),
+                    _health_check(reactor, health, pool_tls),
                     interval=health.interval,
                     rise=health.rise,
                     fall=health.fall,
@@ -248,6 +279,24 @@ class LoadBalancerService(MultiService):
             if factory is None:
                 continue  # a route's pool is missing; its problem is already reported
             service.factories[name] = factory
+            listen_factory: IProtocolFactory = factory
+            if frontend.tls is not None:
+                tls = frontend.tls
+                try:
+                    server_tls = ServerTLS(
+                        [(pair.cert, pair.key) for pair in tls.certificates],
+                        min_version=tls.min_version,
+                        ciphers=tls.ciphers,
+                        alpn=[b"http/1.1"] if frontend.mode == "http" else (),
+                        client_ca=tls.client_ca,
+                        verify_client=tls.verify_client,
+                    )
+                except TLSConfigError as e:
+                    where = join_key(join_key("frontends", name), "tls")
+                    problems.append(Problem(config.path, where, str(e)))
+                    continue
+                service.server_tls[name] = server_tls
+                listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
             for index, description in enumerate(frontend.listen):
                 try:
                     endpoint = serverFromString(reactor, description)
@@ -260,7 +309,7 @@ class LoadBalancerService(MultiService):
                         )
                     )
                     continue
-                listener = Listener(endpoint, factory, name, description)
+                listener = Listener(endpoint, listen_factory, name, description)
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
         if problems:
@@ -296,6 +345,7 @@ class LoadBalancerService(MultiService):
             max_body_bytes=frontend.max_body_bytes,
             trusted_proxies=frontend.trusted_proxies,
             tunnel_timeout=frontend.tunnel_timeout,
+            proto="https" if frontend.tls is not None else "http",
             max_connections=frontend.max_connections,
             frontend=name,
             access_log=self.access_log,
@@ -310,7 +360,32 @@ class LoadBalancerService(MultiService):
                 backends=", ".join(f"{b.name}={b.address}" for b in pool.backends),
                 strategy=type(pool.strategy).__name__,
             )
+            if pool.tls is not None and not pool.tls.verify:
+                _log.warn(
+                    "pool {pool}: TLS to the backends is NOT verified (tls.verify = false): "
+                    "anyone on the path can impersonate them",
+                    pool=name,
+                )
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def reload_certificates(self) -> None:
+        """
+        Read every frontend's certificate files again (on SIGHUP under twistd). New TLS
+        handshakes use the new certificates; established connections are untouched. A
+        frontend whose new files are unusable keeps its old certificates, and the reason is
+        logged.
+        """
+        for name, server_tls in self.server_tls.items():
+            problems = server_tls.reload()
+            if problems:
+                _log.warn(
+                    "frontend {frontend}: certificates not reloaded, keeping the old ones: "
+                    "{problems}",
+                    frontend=name,
+                    problems="; ".join(problems),
+                )
+            else:
+                _log.info("frontend {frontend}: certificates reloaded", frontend=name)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

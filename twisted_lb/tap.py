@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -22,10 +23,12 @@ _log = Logger()
 class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
-    line, and the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`).
+    line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
+    SIGHUP reloads the frontends' TLS certificates (as nginx reloads on SIGHUP).
     """
 
     log_observer: ILogObserver | None = None
+    _previous_sighup: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd attaches the service to its Application, then asks the Application for an
@@ -40,6 +43,25 @@ class _TwistdService(LoadBalancerService):
         except ListenError as e:
             _log.critical("{error}; stopping", error=str(e))
             raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        super().startService()
+        # The handler runs between two bytecodes of whatever the main thread is doing;
+        # callFromThread makes the reload a reactor event instead.
+        self._previous_sighup = signal.signal(
+            signal.SIGHUP,
+            lambda signum, frame: self.reactor.callFromThread(self._sighup),
+        )
+
+    def _sighup(self) -> None:
+        _log.info("SIGHUP: reloading certificates")
+        self.reload_certificates()
+
+    def stopService(self) -> Any:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        return super().stopService()
 
 
 class Options(usage.Options):

@@ -232,7 +232,7 @@ class _ClientSide(Protocol):
         self.backend = backend = lease.backend
         self.tried.append(backend)
         side = _BackendSide(self)
-        connecting = connect(factory.reactor, backend, side, pool.connect_timeout)
+        connecting = connect(factory.reactor, backend, side, pool.connect_timeout, pool.tls)
         self.connecting = connecting
         connecting.addCallbacks(
             self._backend_connected, self._backend_failed, (side,), errbackArgs=(lease,)

@@ -208,7 +208,7 @@ class Upstreams:
             (``ConnectionRefusedError``, ``twisted.internet.error.TimeoutError``, ...).
         """
         connection = UpstreamConnection(self, backend, pool)
-        connecting = connect(self.reactor, backend, connection, pool.connect_timeout)
+        connecting = connect(self.reactor, backend, connection, pool.connect_timeout, pool.tls)
 
         def connected(protocol: object) -> UpstreamConnection:
             self.connections_made += 1

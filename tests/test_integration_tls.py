@@ -1,0 +1,366 @@
+"""
+Integration tests of TLS: a real ``twistd -n lb`` terminating TLS, and talking TLS to real
+backends, with certificates made by trustme; the clients are Python's ``ssl`` module, and curl
+and ``openssl s_client`` where those tools are installed.
+
+Covered: SNI picks the certificate (default, exact, wildcard), ALPN, ``X-Forwarded-Proto`` and
+``Forwarded``, old protocol versions refused, ``min_version``, mutual TLS required, upstream
+verification (wrong CA: 502 and a log event; right CA: 200; health checks over TLS), and
+certificate reload on SIGHUP with an old connection kept.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import trustme
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests._harness import Process, environ_with, read_response, start_backend, start_lb
+from tests.test_integration_http import LOG_ERRORS, TIMEOUT, echoed, header_values
+
+
+def write_pair(directory: Path, name: str, cert: trustme.LeafCert) -> tuple[str, str]:
+    """Write a leaf's chain and key as ``NAME.pem`` and ``NAME.key``; return both paths."""
+    cert_path = directory / f"{name}.pem"
+    key_path = directory / f"{name}.key"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_path), append=True)
+    return str(cert_path), str(key_path)
+
+
+def der(cert: trustme.LeafCert) -> bytes:
+    """The DER bytes of a leaf certificate, as ``getpeercert(binary_form=True)`` gives them."""
+    return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+
+
+class TLSCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        self.ca = trustme.CA()
+        self.ca_path = str(self.dir / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        self.site_a = self.ca.issue_cert("a.example")
+        self.site_b = self.ca.issue_cert("b.example", "*.b.example")
+        self.a = write_pair(self.dir, "a", self.site_a)
+        self.b = write_pair(self.dir, "b", self.site_b)
+
+    def start_backend(self, mode: str, name: str, **env: str) -> tuple[Process, int]:
+        process, port = start_backend(mode, name, environ_with(**env) if env else None)
+        self.addCleanup(process.kill)
+        return process, port
+
+    def start_lb(self, config: str) -> tuple[Process, int]:
+        path = self.dir / "lb.toml"
+        path.write_text(config)
+        process, port = start_lb(str(path))
+        self.addCleanup(process.kill)
+        self.addCleanup(self.stop_and_check_log, process)
+        return process, port
+
+    def stop_and_check_log(self, lb: Process) -> None:
+        lb.stop()
+        bad = [line for line in lb.output().splitlines() if LOG_ERRORS.search(line)]
+        self.assertEqual(bad, [], "\n" + lb.output())
+
+    def frontend_config(
+        self, backend_port: int, tls: str, *, mode: str = "http", pool_tls: str | None = None
+    ) -> str:
+        lines = [
+            "[frontends.web]",
+            f'mode = "{mode}"',
+            'listen = ["tcp:0:interface=127.0.0.1"]',
+            'pool = "app"',
+            "[frontends.web.tls]",
+            tls,
+            "[pools.app]",
+            f'backends = [{{ address = "127.0.0.1:{backend_port}" }}]',
+        ]
+        if pool_tls is not None:
+            lines += ["[pools.app.tls]", pool_tls]
+        return "\n".join(lines) + "\n"
+
+    def two_sites(self) -> str:
+        return (
+            "certificates = [\n"
+            f'  {{ cert = "{self.a[0]}", key = "{self.a[1]}" }},\n'
+            f'  {{ cert = "{self.b[0]}", key = "{self.b[1]}" }},\n'
+            "]"
+        )
+
+    def client_context(self, **kwargs: Any) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_path)
+        for key, value in kwargs.items():
+            setattr(context, key, value)
+        return context
+
+    def handshake(
+        self, port: int, server_name: str | None, context: ssl.SSLContext | None = None
+    ) -> ssl.SSLSocket:
+        """A TLS connection to the balancer, handshake done; closed at cleanup."""
+        if context is None:
+            context = self.client_context()
+            if server_name is None:
+                context.check_hostname = False
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.addCleanup(raw.close)
+        tls = context.wrap_socket(raw, server_hostname=server_name)
+        self.addCleanup(tls.close)
+        return tls
+
+    def get(self, tls: ssl.SSLSocket, host: str = "a.example", target: str = "/") -> Any:
+        tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return read_response(tls.makefile("rb"))
+
+
+class TerminationTests(TLSCase):
+    def test_sni_picks_the_certificate(self) -> None:
+        """
+        SNI picks the certificate whose subjectAltName matches, wildcards included; no SNI
+        or an unknown name gets the first one.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(self.site_a))
+        self.assertEqual(self.handshake(port, "b.example").getpeercert(True), der(self.site_b))
+        self.assertEqual(self.handshake(port, "x.b.example").getpeercert(True), der(self.site_b))
+        self.assertEqual(self.handshake(port, None).getpeercert(True), der(self.site_a))
+        context = self.client_context(check_hostname=False)
+        tls = self.handshake(port, "unknown.example", context)
+        self.assertEqual(tls.getpeercert(True), der(self.site_a))
+
+    def test_https_request_alpn_and_forwarded_proto(self) -> None:
+        """
+        ALPN settles on http/1.1; the request reaches the backend with
+        ``X-Forwarded-Proto: https`` and ``Forwarded: ...;proto=https``.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        context = self.client_context()
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        tls = self.handshake(port, "a.example", context)
+        self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
+        response = self.get(tls)
+        self.assertEqual(response.status, 200)
+        echo = echoed(response.body)
+        self.assertEqual(header_values(echo, "X-Forwarded-Proto"), ["https"])
+        [forwarded] = header_values(echo, "Forwarded")
+        self.assertIn("proto=https", forwarded)
+        # The same connection serves another request (keep-alive over TLS).
+        self.assertEqual(self.get(tls).status, 200)
+
+    def test_tcp_mode_terminates_tls(self) -> None:
+        """A tcp frontend with tls relays the decrypted bytes."""
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites(), mode="tcp"))
+        tls = self.handshake(port, "b.example")
+        self.assertIsNone(tls.selected_alpn_protocol())
+        response = self.get(tls, host="b.example")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(header_values(echoed(response.body), "X-Forwarded-Proto"), [])
+
+    def test_old_versions_refused(self) -> None:
+        """
+        TLS 1.0 and 1.1 are refused by default; TLS 1.2 works; with ``min_version =
+        "TLSv1.3"`` TLS 1.2 is refused too.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            context = self.client_context(check_hostname=False)
+            context.verify_mode = ssl.CERT_NONE
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # that is the point
+                context.minimum_version = version
+                context.maximum_version = version
+            with self.assertRaises((ssl.SSLError, ConnectionError)):
+                self.handshake(port, "a.example", context)
+        context = self.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(self.handshake(port, "a.example", context).version(), "TLSv1.2")
+
+        _, strict = self.start_lb(
+            self.frontend_config(backend, self.two_sites() + '\nmin_version = "TLSv1.3"')
+        )
+        with self.assertRaises(ssl.SSLError):
+            self.handshake(strict, "a.example", context)
+        self.assertEqual(self.handshake(strict, "a.example").version(), "TLSv1.3")
+
+    def test_mutual_tls_required(self) -> None:
+        """
+        With ``verify_client = "required"``, a client without a certificate fails the
+        handshake; one with a certificate from ``client_ca`` is served.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        tls = self.two_sites() + f'\nclient_ca = "{self.ca_path}"\nverify_client = "required"'
+        _, port = self.start_lb(self.frontend_config(backend, tls))
+        with self.assertRaises((ssl.SSLError, ConnectionError, AssertionError)):
+            # In TLS 1.3 the server's refusal arrives after the client's handshake: read.
+            self.get(self.handshake(port, "a.example"))
+        client = self.ca.issue_cert("client.example")
+        context = self.client_context()
+        cert_path, key_path = write_pair(self.dir, "client", client)
+        context.load_cert_chain(cert_path, key_path)
+        self.assertEqual(self.get(self.handshake(port, "a.example", context)).status, 200)
+
+
+class ToolTests(TLSCase):
+    """The same checks with the command-line clients an operator would use."""
+
+    def test_curl_and_openssl_s_client(self) -> None:
+        """
+        ``curl --cacert`` gets an answer for two names, and ``openssl s_client -servername``
+        is shown the matching certificate for each.
+        """
+        curl = shutil.which("curl")
+        openssl = shutil.which("openssl")
+        if curl is None or openssl is None:
+            self.skipTest("curl or openssl is not installed")
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        for name, site in (("a.example", self.site_a), ("www.b.example", self.site_b)):
+            result = subprocess.run(
+                [curl, "-sS", "--cacert", self.ca_path, "--resolve", f"{name}:{port}:127.0.0.1",
+                 f"https://{name}:{port}/"],
+                capture_output=True, text=True, timeout=TIMEOUT, check=False,
+            )  # fmt: skip
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(echoed(result.stdout.encode())["method"], "GET")
+            shown = subprocess.run(
+                [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+                 "-CAfile", self.ca_path, "-verify_return_error"],
+                input="", capture_output=True, text=True, timeout=TIMEOUT, check=False,
+            )  # fmt: skip
+            self.assertIn("Verify return code: 0 (ok)", shown.stdout)
+            pem = site.cert_chain_pems[0].bytes().decode().strip()
+            self.assertIn(pem, shown.stdout)
+
+
+class UpstreamTests(TLSCase):
+    def start_tls_backend(self) -> int:
+        backend_cert = self.ca.issue_cert("backend.internal", "127.0.0.1")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        _, port = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        return port
+
+    def plain_frontend(self, backend: int, pool_tls: str, extra: str = "") -> str:
+        return (
+            "[frontends.web]\n"
+            'mode = "http"\n'
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            'pool = "app"\n'
+            "[pools.app]\n"
+            "retries = 0\n"
+            f'backends = [{{ address = "127.0.0.1:{backend}" }}]\n'
+            "[pools.app.tls]\n"
+            f"{pool_tls}\n"
+            f"{extra}"
+        )
+
+    def request(self, port: int) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    def test_verified_backend(self) -> None:
+        """With the right CA and name the backend is reached over TLS, verified."""
+        backend = self.start_tls_backend()
+        _, port = self.start_lb(
+            self.plain_frontend(backend, f'ca = "{self.ca_path}"\nserver_name = "backend.internal"')
+        )
+        status, body = self.request(port)
+        self.assertEqual(status, 200)
+        self.assertEqual(echoed(body)["method"], "GET")
+
+    def test_ip_literal_backend_verified_by_address(self) -> None:
+        """Without server_name, the backend's address (an IP here) is what is verified."""
+        backend = self.start_tls_backend()
+        _, port = self.start_lb(self.plain_frontend(backend, f'ca = "{self.ca_path}"'))
+        self.assertEqual(self.request(port)[0], 200)
+
+    def test_wrong_ca_is_502_with_a_log_event(self) -> None:
+        """
+        A backend whose certificate does not verify is a connect failure: 502, and a log
+        line that names the reason. Its TLS health check fails the same way.
+        """
+        backend = self.start_tls_backend()
+        other = trustme.CA()
+        other_path = str(self.dir / "other-ca.pem")
+        other.cert_pem.write_to_path(other_path)
+        lb, port = self.start_lb(self.plain_frontend(backend, f'ca = "{other_path}"'))
+        self.assertEqual(self.request(port), (502, b"502 Bad Gateway\n"))
+        lb.wait_for(r"connect to backend app1 .* failed: .*certificate verify failed")
+
+        checked, checked_port = self.start_lb_second(
+            self.plain_frontend(
+                backend,
+                f'ca = "{other_path}"',
+                "[pools.app.health_check]\ninterval = 5.0\n",
+            )
+        )
+        checked.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
+        self.assertEqual(self.request(checked_port)[0], 503)
+
+    def test_wrong_name_is_502(self) -> None:
+        """A certificate for another name does not verify either."""
+        backend = self.start_tls_backend()
+        lb, port = self.start_lb(
+            self.plain_frontend(backend, f'ca = "{self.ca_path}"\nserver_name = "other.internal"')
+        )
+        self.assertEqual(self.request(port)[0], 502)
+        lb.wait_for(r"connect to backend app1 .* failed: .*other\.internal")
+
+    def test_verify_false_warns(self) -> None:
+        """``verify = false`` reaches the backend and says so in the log at start."""
+        backend = self.start_tls_backend()
+        lb, port = self.start_lb(self.plain_frontend(backend, "verify = false"))
+        self.assertEqual(self.request(port)[0], 200)
+        lb.wait_for(r"pool app: TLS to the backends is NOT verified")
+
+    def start_lb_second(self, config: str) -> tuple[Process, int]:
+        path = self.dir / "lb2.toml"
+        path.write_text(config)
+        process, port = start_lb(str(path))
+        self.addCleanup(process.kill)
+        self.addCleanup(self.stop_and_check_log, process)
+        return process, port
+
+
+class ReloadTests(TLSCase):
+    def test_sighup_reloads_certificates(self) -> None:
+        """
+        After SIGHUP new handshakes get the new certificate while a connection made before
+        keeps working; a bad new file keeps the current certificate and says why.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        live = write_pair(self.dir, "live", self.site_a)
+        tls = f'certificates = [{{ cert = "{live[0]}", key = "{live[1]}" }}]'
+        lb, port = self.start_lb(self.frontend_config(backend, tls))
+        old = self.handshake(port, "a.example")
+        self.assertEqual(self.get(old).status, 200)
+
+        renewed = self.ca.issue_cert("a.example")
+        write_pair(self.dir, "live", renewed)
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"frontend web: certificates reloaded")
+        self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
+        self.assertEqual(self.get(old).status, 200)
+        self.assertEqual(old.getpeercert(True), der(self.site_a))
+
+        Path(live[0]).write_text("not a certificate\n")
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"frontend web: certificates not reloaded, keeping the old ones: .*live\.pem")
+        self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
