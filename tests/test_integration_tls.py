@@ -160,6 +160,27 @@ class TerminationTests(TLSCase):
         # The same connection serves another request (keep-alive over TLS).
         self.assertEqual(self.get(tls).status, 200)
 
+    def test_response_that_closes_the_connection(self) -> None:
+        """
+        A response after which the balancer closes the connection (HTTP/1.0, ``Connection:
+        close``, an error) arrives whole before the TLS close.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        for request in (
+            b"GET / HTTP/1.0\r\nHost: a.example\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+            b"GET /_bytes?n=100000&close=1 HTTP/1.0\r\nHost: a.example\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nContent-Length: x\r\n\r\n",
+        ):
+            tls = self.handshake(port, "a.example")
+            tls.sendall(request)
+            response = read_response(tls.makefile("rb"))
+            self.assertIn(response.status, (200, 400), request)
+            if b"/_bytes" in request:
+                self.assertEqual(len(response.body), 100000)
+            self.assertEqual(tls.recv(1), b"")
+
     def test_tcp_mode_terminates_tls(self) -> None:
         """A tcp frontend with tls relays the decrypted bytes."""
         _, backend = self.start_backend("echo", "app1")

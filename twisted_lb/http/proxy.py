@@ -700,6 +700,7 @@ class HTTPProxyProtocol(Protocol):
         if self.tunnel:
             self.upstream = None
             self._finish_exchange()
+            self._flush_batch()
             self.client_transport.loseConnection()
             return
         if self.response_started and self.status >= 200:
@@ -770,6 +771,17 @@ class HTTPProxyProtocol(Protocol):
         self.last_activity = self.seconds()
         if self.client_batch is None:
             self.client_batch = []
+
+    def _flush_batch(self) -> None:
+        """
+        Send what an open batch holds now, and go on batching: before the client connection
+        is closed, since a TLS transport drops what is written after ``loseConnection``.
+        """
+        batch = self.client_batch
+        if batch:
+            self.client_batch = []
+            if not self.lost:
+                self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def batch_end(self) -> None:
         """Send what :meth:`batch_begin` held."""
@@ -910,6 +922,7 @@ class HTTPProxyProtocol(Protocol):
             self.status = status
             self._send_client(error_response(status))
             self._log_rejected(status)
+        self._flush_batch()
         self.client_transport.loseConnection()
 
     def _log_rejected(self, status: int) -> None:
@@ -1038,6 +1051,7 @@ class HTTPProxyProtocol(Protocol):
             if self.tunnel:
                 self._detach_upstream(reuse=False)
                 self._finish_exchange()
+            self._flush_batch()
             self.client_transport.loseConnection()
 
     def abort(self, ended: str) -> None:
