@@ -408,15 +408,20 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(wrk: str, port: int, duration: int, connections: int, threads: int) -> WrkResult:
-    """``wrk -tT -cC -dDs --latency http://127.0.0.1:port/``, bounded by duration + 60 s."""
+def run_wrk(
+    wrk: str, port: int, duration: int, connections: int, threads: int, scheme: str = "http"
+) -> WrkResult:
+    """``wrk -tT -cC -dDs --latency http://127.0.0.1:port/``, bounded by duration + 60 s.
+
+    ``scheme="https"`` measures over TLS (wrk does not verify the certificate).
+    """
     argv = [
         wrk,
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",
         "--latency",
-        f"http://{LOOPBACK}:{port}/",
+        f"{scheme}://{LOOPBACK}:{port}/",
     ]
     proc = run_tool(argv, timeout=duration + 60, what="wrk")
     if proc.returncode != 0:
