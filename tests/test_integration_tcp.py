@@ -70,7 +70,7 @@ class BalancingTests(IntegrationCase):
         answers = [http_get(port).strip() for _ in range(50)]
         self.assertEqual(len(answers), 50)
         self.assertEqual(set(answers), {"Hello from backend1", "Hello from backend3"})
-        lb.wait_for(r"connect to backend app2 .* failed: Connection was refused")
+        lb.wait_for(r"connect to backend app2 .* failed: connection refused;")
 
     def test_sigterm_stops_cleanly(self) -> None:
         """

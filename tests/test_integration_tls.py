@@ -191,6 +191,22 @@ class TerminationTests(TLSCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(header_values(echoed(response.body), "X-Forwarded-Proto"), [])
 
+    def test_tcp_mode_backend_close_is_a_clean_tls_close(self) -> None:
+        """
+        In tcp mode, a backend that answers and closes (``http`` mode: HTTP/1.0) makes the
+        balancer end the client's TLS session cleanly, with close_notify, and log no error.
+        """
+        _, backend = self.start_backend("http", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, self.two_sites(), mode="tcp"))
+        for _ in range(3):
+            tls = self.handshake(port, "a.example")
+            tls.sendall(b"GET / HTTP/1.0\r\nHost: a.example\r\n\r\n")
+            received = b""
+            while chunk := tls.recv(65536):  # SSLEOFError without close_notify
+                received += chunk
+            self.assertTrue(received.startswith(b"HTTP/1.0 200"), received)
+            self.assertTrue(received.endswith(b"Hello from app1\n"), received)
+
     def test_old_versions_refused(self) -> None:
         """
         TLS 1.0 and 1.1 are refused by default; TLS 1.2 works; with ``min_version =

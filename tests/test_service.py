@@ -146,6 +146,79 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(self.service.pools["app"].backends[0].state, BackendState.UP)
 
 
+HEALTH_CONFIG = """
+[frontends.web]
+mode = "http"
+listen = ["tcp:8080:interface=127.0.0.1"]
+pool = "app"
+
+[pools.app]
+panic = true
+slow_start = 10.0
+backends = [
+  { address = "127.0.0.1:9001" },
+  { address = "127.0.0.1:9002", state = "drain" },
+  { address = "127.0.0.1:9003", state = "maint" },
+  { address = "127.0.0.1:9004" },
+]
+[pools.app.health_check]
+kind = "http"
+path = "/healthz"
+interval = 3.0
+[pools.app.outlier_detection]
+consecutive_failures = 1
+max_ejection_percent = 100
+"""
+
+
+class HealthWiringTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService.from_config(
+            parse_config(HEALTH_CONFIG, "lb.toml"), self.reactor
+        )
+        self.pool = self.service.pools["app"]
+
+    def test_live_objects(self) -> None:
+        """The pool gets its states, panic, slow start, detector and monitor from the config."""
+        self.assertEqual(
+            [b.state for b in self.pool.backends],
+            [BackendState.UP, BackendState.DRAINING, BackendState.MAINT, BackendState.UP],
+        )
+        self.assertEqual((self.pool.panic, self.pool.slow_start), (True, 10.0))
+        detector = self.pool.outlier_detector
+        assert detector is not None
+        self.assertEqual((detector.consecutive_failures, detector.base_ejection_time), (1, 30.0))
+        monitor = self.service.monitors["app"]
+        self.assertIs(monitor.pool, self.pool)
+        self.assertEqual(type(monitor.check).__name__, "HTTPCheck")
+
+    def test_no_timer_outlives_stop(self) -> None:
+        """
+        Starting probes every backend; a failure reported while stopping ejects nothing, and
+        once stopped no timer is left: not the monitor's, not an ejection, not a slow start.
+        """
+        self.service.startService()
+        self.assertEqual(len(self.reactor.tcpClients), 4)  # one probe per backend
+        first = self.pool.backends[0]
+        self.pool.report_failure(first, "connection refused")
+        self.assertTrue(first.ejected)
+        stopped = self.service.stopService()
+        self.pool.report_failure(self.pool.backends[3], "connection refused")
+        self.pool.set_healthy(self.pool.backends[3], False)
+        self.pool.set_healthy(self.pool.backends[3], True)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual([b.ejected for b in self.pool.backends], [False] * 4)
+        self.assertEqual([b.effective_weight for b in self.pool.backends], [1.0] * 4)
+        # Started again, the pool ejects again.
+        self.service.startService()
+        self.pool.report_failure(first, "connection refused")
+        self.assertTrue(first.ejected)
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class OptionsTests(SynchronousTestCase):
     def test_config_required(self) -> None:
         """``twistd lb`` without ``--config`` is a usage error that says how to call it."""

@@ -280,6 +280,51 @@ class ProblemTests(SynchronousTestCase):
             "(notBefore); check the clock or wait",
         )
 
+    def test_refused_by_openssl(self) -> None:
+        """
+        A pair that parses but that OpenSSL refuses at its security level (a 1024-bit RSA
+        key) is a problem for ``check`` too, and ServerTLS and reload say the same.
+        """
+        from datetime import timedelta
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example")])
+        now = datetime.now(UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(weak.public_key())
+            .serial_number(1)
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+            .sign(weak, hashes.SHA256())
+        )
+        cert = self.files.write("weak.pem", certificate.public_bytes(serialization.Encoding.PEM))
+        key = self.files.write(
+            "weak.key",
+            weak.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        expected = f"{cert}: OpenSSL refused it: ee key too small"
+        self.assertEqual(certificate_problem(cert, key), expected)
+        with self.assertRaises(TLSConfigError) as raised:
+            ServerTLS([(cert, key)])
+        self.assertEqual(str(raised.exception), expected)
+        server = ServerTLS([(self.cert, self.key)])
+        with open(self.cert, "wb") as f, open(cert, "rb") as weak_cert:
+            f.write(weak_cert.read())
+        with open(self.key, "wb") as f, open(key, "rb") as weak_key:
+            f.write(weak_key.read())
+        self.assertEqual(server.reload(), [f"{self.cert}: OpenSSL refused it: ee key too small"])
+
     def test_encrypted_key(self) -> None:
         """An encrypted key is refused with how to decrypt it."""
         from cryptography.hazmat.primitives import serialization

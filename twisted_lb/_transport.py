@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from OpenSSL import SSL
+from twisted.internet import error, tcp
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -37,7 +38,10 @@ def read_more(transport: object) -> None:
 
 
 class RelayTransport(TypingProtocol):
-    """The transport methods the relay uses: TCP, UNIX and TLS transports all have them."""
+    """
+    The transport methods the relay uses: TCP, UNIX and TLS transports all have them, but a
+    TLS transport's ``loseWriteConnection`` is no TLS half-close (see ``tcp._end_writes``).
+    """
 
     def write(self, data: bytes) -> None: ...
     def loseConnection(self) -> None: ...
@@ -159,6 +163,24 @@ class _OneProtocolFactory(Factory):
         return self._protocol
 
 
+def describe_error(reason: BaseException | None) -> str:
+    """
+    A short, stable text for why a backend connection failed, for logs and health checks:
+    ``"connection refused"``, ``"TLS: certificate verify failed"`` (the last reason of
+    OpenSSL's error queue), a service_identity name mismatch, or the error's own message.
+    """
+    if isinstance(reason, error.ConnectionRefusedError | ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, SSL.Error):
+        queue = reason.args[0] if reason.args else None
+        if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
+            return f"TLS: {queue[-1][-1]}"
+        return f"TLS: {reason}"
+    if reason is None:
+        return "unknown error"
+    return str(reason).strip().rstrip(".") or type(reason).__name__
+
+
 def _connect_timed_out(result: object, timeout: float) -> Failure:
     return Failure(ConnectTimeoutError(f"no connection after {timeout:g} s (connect_timeout)"))
 
@@ -206,7 +228,12 @@ def _connect_tls(reactor: Any, backend: Any, protocol: IProtocol, tls: Any) -> D
 
     handshaken: Deferred[IProtocol] = Deferred(cancel)
     waiter = _TLSHandshake(protocol, handshaken)
-    tcp_connect = tls.endpoint(reactor, backend).connect(_OneProtocolFactory(waiter))
+    try:
+        endpoint = tls.endpoint(reactor, backend)
+    except Exception:
+        # Such as a TLSConfigError: no name to verify a unix: backend by.
+        return fail()
+    tcp_connect = endpoint.connect(_OneProtocolFactory(waiter))
 
     def failed(failure: Failure) -> None:
         if not handshaken.called:

@@ -55,7 +55,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from twisted_lb._address import Address
-from twisted_lb._transport import _OneProtocolFactory
+from twisted_lb._transport import _OneProtocolFactory, describe_error
 from twisted_lb.backend import Backend
 from twisted_lb.interfaces import IHealthCheck
 from twisted_lb.pool import Pool
@@ -115,13 +115,11 @@ def _describe(failure: Failure) -> str:
     )
     while isinstance(reason, wrappers) and reason.reasons:
         reason = reason.reasons[0].value
-    if isinstance(reason, error.ConnectionRefusedError | ConnectionRefusedError):
-        return "connection refused"
     if isinstance(reason, error.ConnectionDone | error.ConnectionLost):
         return "connection closed" + when
     if isinstance(reason, ParseError):
         return f"bad HTTP response ({reason.args[0]})"
-    return str(reason).strip().rstrip(".") or type(reason).__name__
+    return describe_error(reason)
 
 
 def _check_timeout(timeout: float) -> None:

@@ -222,6 +222,8 @@ class Pool:
         # When a backend's slow start began, and when it last came back from an ejection.
         self._warming_since: dict[Backend, float] = {}
         self._returned_at: dict[Backend, float] = {}
+        # After stop(): no new timers (reports during a shutdown's grace change no state).
+        self._stopped = False
         self.set_backends(backends)
 
     def __repr__(self) -> str:
@@ -375,7 +377,7 @@ class Pool:
     # -- slow start
 
     def _begin_slow_start(self, backend: Backend) -> None:
-        if not self.slow_start or backend not in self.backends:
+        if not self.slow_start or self._stopped or backend not in self.backends:
             return
         self._end_slow_start(backend, settle=False)
         self._warming_since[backend] = self.reactor.seconds()
@@ -440,6 +442,7 @@ class Pool:
         detector = self.outlier_detector
         if (
             detector is None
+            or self._stopped
             or backend.ejected
             or backend.consecutive_failures < detector.consecutive_failures
             or backend not in self.backends
@@ -497,11 +500,26 @@ class Pool:
 
     def stop(self) -> None:
         """
-        Cancel the pool's timers (ejections, slow start). Ejected backends stay ejected and
-        warming backends keep their current effective weight.
+        Cancel the pool's timers (ejections, slow start) and start no more until
+        :meth:`start`: ejected backends are back in rotation and warming ones at full weight.
+        Reports still count failures, but eject nothing.
         """
+        self._stopped = True
         for timers in (self._unejections, self._warmups):
             for call in timers.values():
                 if call.active():
                     call.cancel()
             timers.clear()
+        self._warming_since.clear()
+        changed = False
+        for backend in self.backends:
+            backend.ejected = False
+            if backend.effective_weight != backend.weight:
+                backend.effective_weight = float(backend.weight)
+                changed = True
+        if changed:
+            self._weights_changed()
+
+    def start(self) -> None:
+        """Undo :meth:`stop`: ejections and slow starts happen again (a new pool is started)."""
+        self._stopped = False

@@ -376,7 +376,14 @@ class LoadBalancerService(MultiService):
         logged.
         """
         for name, server_tls in self.server_tls.items():
-            problems = server_tls.reload()
+            try:
+                problems = server_tls.reload()
+            except Exception:
+                _log.failure(
+                    "frontend {frontend}: certificates not reloaded, keeping the old ones",
+                    frontend=name,
+                )
+                continue
             if problems:
                 _log.warn(
                     "frontend {frontend}: certificates not reloaded, keeping the old ones: "
@@ -388,6 +395,8 @@ class LoadBalancerService(MultiService):
                 _log.info("frontend {frontend}: certificates reloaded", frontend=name)
 
     def startService(self) -> None:
+        for pool in self.pools.values():
+            pool.start()
         super().startService()  # type: ignore[no-untyped-call]
         # After the reactor's startup phase, so signal handlers (SIGTERM) are installed.
         self.reactor.callWhenRunning(self._log_running)

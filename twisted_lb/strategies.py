@@ -184,9 +184,9 @@ class RoundRobin:
     ``a a b a c a a``.
 
     Source: nginx commit 52327e0 ("Upstream: smooth weighted round-robin balancing"),
-    ``ngx_http_upstream_get_peer`` in ``src/http/ngx_http_upstream_round_robin.c``. nginx's
-    ``effective_weight`` (lowered after failures) is left out: failed backends are handled by
-    the pool's health checks and outlier ejection instead.
+    ``ngx_http_upstream_get_peer`` in ``src/http/ngx_http_upstream_round_robin.c``. Weights are
+    the backends' ``effective_weight``: lowered during slow start, not after failures as
+    nginx's is (failed backends are handled by health checks and outlier ejection instead).
 
     The offered set may change between picks (backends go DOWN and come back). Current weights
     are kept per backend and only the offered backends take part in a pick, as nginx skips its
@@ -472,7 +472,9 @@ class SourceHash:
     Consistent hashing of the client IP on a ketama ring, so each client sticks to a backend.
 
     Each backend owns ``160 * weight`` points on a 32-bit ring: the MD5 digest of
-    ``f"{backend.name}-{i}"`` for ``i`` in ``range(40 * weight)`` gives four points each. A
+    ``f"{backend.name}-{i}"`` for ``i`` in ``range(40 * weight)`` gives four points each
+    (``weight`` being the ``effective_weight``, rounded, at least one digest: the ring is
+    rebuilt at each slow-start step). A
     client goes to the owner of the first point at or after the MD5 point of its IP, clockwise,
     skipping owners that are not offered. A backend that goes DOWN is not offered, so only its
     clients move, and they come back when it is UP again; adding a backend to ``n`` takes about

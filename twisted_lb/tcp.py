@@ -28,15 +28,40 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb._transport import FULL_READ_BYTES, RelayTransport, connect, read_more, sender
+from twisted_lb._transport import (
+    FULL_READ_BYTES,
+    RelayTransport,
+    connect,
+    describe_error,
+    read_more,
+    sender,
+)
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
+
+
+def _end_writes(transport: RelayTransport) -> None:
+    """
+    Pass on the other side's end of stream: a TCP half-close (FIN), keeping the other
+    direction open. Over TLS, a full close with ``close_notify`` after what is buffered:
+    Twisted's TLS transport has no half-close (its ``loseWriteConnection`` would shut the
+    socket under it without ``close_notify``), and it closes only once no producer is
+    registered.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport.unregisterProducer()
+        transport.loseConnection()
+    else:
+        transport.loseWriteConnection()
+
+
 _access_log = Logger(namespace="twisted_lb.access")
 
 # How a relayed connection ended, as written in its access event.
@@ -81,7 +106,7 @@ class _BackendSide(Protocol):
         self.read_closed = True
         client = self.client
         if not client.client_lost:
-            client.client_transport.loseWriteConnection()
+            _end_writes(client.client_transport)
         self._close_if_done()
 
     def writeConnectionLost(self) -> None:
@@ -179,7 +204,7 @@ class _ClientSide(Protocol):
         if self.backend_transport is None:
             self.pending_eof = True
         elif not self.backend_lost:
-            self.backend_transport.loseWriteConnection()
+            _end_writes(self.backend_transport)
         self._close_if_done()
 
     def writeConnectionLost(self) -> None:
@@ -256,7 +281,7 @@ class _ClientSide(Protocol):
             self.dataReceived(data)
         self.early_data = []
         if self.pending_eof:
-            backend_transport.loseWriteConnection()
+            _end_writes(backend_transport)
         client_transport.resumeProducing()
         self._schedule_idle_check(self.factory.client_timeout)
 
@@ -270,7 +295,7 @@ class _ClientSide(Protocol):
             self._finish()
             return
         backend.connect_failures += 1
-        reason = failure.getErrorMessage() or repr(failure.value)
+        reason = describe_error(failure.value)
         factory.pool.report_failure(backend, reason)
         attempts_left = factory.pool.retries + 1 - len(self.tried)
         _log.warn(

@@ -178,6 +178,32 @@ def _load_pair(
     return chain, private_key
 
 
+def _openssl_reason(error: SSL.Error) -> str:
+    """The last reason of an OpenSSL error queue, such as ``"ee key too small"``."""
+    queue = error.args[0] if error.args else None
+    if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
+        return str(queue[-1][-1])
+    return str(error) or type(error).__name__
+
+
+def _use_pair(
+    context: SSL.Context, chain: Sequence[x509.Certificate], key: PrivateKeyTypes, cert: str
+) -> None:
+    """
+    Put a certificate chain and its key into ``context``. OpenSSL may still refuse a pair
+    that parses, by its security level (a 1024-bit RSA key: "ee key too small"): that is an
+    :class:`_UnusableError` naming ``cert`` too.
+    """
+    try:
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(key)  # type: ignore[arg-type]
+        context.check_privatekey()
+    except SSL.Error as e:
+        raise _UnusableError(f"{cert}: OpenSSL refused it: {_openssl_reason(e)}") from None
+
+
 def _load_cas(path: str, now: datetime | None = None) -> list[x509.Certificate]:
     certificates = _load_certificates(path)
     _check_dates(path, certificates, now or datetime.now(UTC))
@@ -206,7 +232,8 @@ def certificate_problem(cert: str, key: str, now: datetime | None = None) -> str
         (notBefore); check the clock or wait"``.
     """
     try:
-        _load_pair(cert, key, now)
+        chain, private_key = _load_pair(cert, key, now)
+        _use_pair(SSL.Context(SSL.TLS_METHOD), chain, private_key, cert)
     except _UnusableError as e:
         return str(e)
     return None
@@ -422,10 +449,10 @@ class ServerTLS:
 
     def _build(self) -> tuple[_ServerContexts | None, list[str]]:
         problems: list[str] = []
-        pairs: list[tuple[list[x509.Certificate], PrivateKeyTypes]] = []
+        pairs: list[tuple[list[x509.Certificate], PrivateKeyTypes, str]] = []
         for cert, key in self._certificates:
             try:
-                pairs.append(_load_pair(cert, key))
+                pairs.append((*_load_pair(cert, key), cert))
             except _UnusableError as e:
                 problems.append(str(e))
         cas: list[x509.Certificate] = []
@@ -437,12 +464,12 @@ class ServerTLS:
         if problems:
             return None, problems
         try:
-            made = [self._context(chain, key, cas) for chain, key in pairs]
+            made = [self._context(chain, key, cert, cas) for chain, key, cert in pairs]
         except _UnusableError as e:
             return None, [str(e)]
         exact: dict[str, SSL.Context] = {}
         wildcard: dict[str, SSL.Context] = {}
-        names = [_certificate_names(chain[0]) for chain, _key in pairs]
+        names = [_certificate_names(chain[0]) for chain, _key, _cert in pairs]
         for context, certificate_names in zip(made, names, strict=True):
             for name in certificate_names:
                 if name.startswith("*."):
@@ -460,6 +487,7 @@ class ServerTLS:
         self,
         chain: Sequence[x509.Certificate],
         key: PrivateKeyTypes,
+        cert: str,
         cas: Sequence[x509.Certificate],
     ) -> SSL.Context:
         """One server context; every setting but the certificate is the same in all."""
@@ -472,11 +500,7 @@ class ServerTLS:
             raise _UnusableError(
                 f"ciphers {self._ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
             ) from None
-        context.use_certificate(chain[0])
-        for extra in chain[1:]:
-            context.add_extra_chain_cert(extra)
-        context.use_privatekey(key)  # type: ignore[arg-type]
-        context.check_privatekey()
+        _use_pair(context, chain, key, cert)
         context.set_session_id(_SESSION_ID_CONTEXT)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         if self._alpn:

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb._transport import ReadGate, RelayTransport, sender
+from twisted_lb._transport import ReadGate, RelayTransport, describe_error, sender
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.http.errors import error_response, reason
 from twisted_lb.http.headers import (
@@ -419,7 +419,7 @@ class HTTPProxyProtocol(Protocol):
         if self.lost:
             return
         backend.connect_failures += 1
-        reason = failure.getErrorMessage() or repr(failure.value)
+        reason = describe_error(failure.value)
         pool.report_failure(backend, reason)
         left = pool.retries + 1 - len(self.tried)
         _log.warn(
