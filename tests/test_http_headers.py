@@ -164,6 +164,27 @@ class HopByHopTests(SynchronousTestCase):
             remove_hop_by_hop(headers), [(b"Host", b"example.com"), (b"Content-Length", b"5")]
         )
 
+    def test_names_given(self) -> None:
+        """
+        With the lowercase names given, the result is the same; several Connection fields
+        and long ones count as one comma-separated list.
+        """
+        long_option = b"x-" + b"a" * 100
+        headers = [
+            (b"Connection", b"X-A"),
+            (b"X-A", b"1"),
+            (b"Connection", b"close, " + long_option),
+            (long_option, b"2"),
+            (b"X-B", b"3"),
+            (b"Connection", b"x-" + b"c" * 100),
+            (b"X-C", b"4"),
+        ]
+        names = [name.lower() for name, _ in headers]
+        expected = [(b"X-B", b"3"), (b"X-C", b"4")]
+        self.assertEqual(remove_hop_by_hop(headers), expected)
+        self.assertEqual(remove_hop_by_hop(headers, names), expected)
+        self.assertEqual(remove_hop_by_hop(headers[-2:]), expected[-1:])
+
     def test_accepts_any_iterable(self) -> None:
         """A generator of fields works as well as a list."""
         headers = [(b"Connection", b"x-a"), (b"X-A", b"1"), (b"X-B", b"2")]
@@ -356,6 +377,24 @@ class ForwardRequestHeadersTests(SynchronousTestCase):
             [(b"Host", b"")], client_ip="192.0.2.1", proto="http", trusted=NOBODY
         )
         self.assertEqual(named(result, b"x-forwarded-host"), [])
+
+    def test_long_host(self) -> None:
+        """A long Host (not cached) gets the same forwarding fields as a short one (cached)."""
+        for host in (b"a" * 10, b"a" * 1000):
+            for _ in range(2):
+                result = forward_request_headers(
+                    [(b"Host", host)], client_ip="192.0.2.1", proto="http", trusted=NOBODY
+                )
+                self.assertEqual(
+                    result,
+                    [
+                        (b"Host", host),
+                        (b"X-Forwarded-For", b"192.0.2.1"),
+                        (b"X-Forwarded-Proto", b"http"),
+                        (b"X-Forwarded-Host", host),
+                        (b"Forwarded", b"for=192.0.2.1;proto=http;host=" + host),
+                    ],
+                )
 
     def test_ipv6_client(self) -> None:
         """An IPv6 node is quoted and bracketed in Forwarded, bare in X-Forwarded-For."""

@@ -14,7 +14,7 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate, read_more
+from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate, read_more, sends_at_once, unwrap
 from twisted_lb._transport import sender as _sender
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
@@ -406,6 +406,72 @@ class SenderTests(SynchronousTestCase):
         """Transports that are not Twisted TCP connections get their own ``write``."""
         transport = StringTransport()
         self.assertEqual(_sender(transport), transport.write)
+        self.assertFalse(sends_at_once(transport))
+        self.assertTrue(sends_at_once(self.connection))
+
+    def test_on_backlog(self) -> None:
+        """
+        ``on_backlog`` is called before each write that queues bytes, not when all are sent:
+        a producer it registers then is paused by that very write.
+        """
+        producer = StringTransport()
+        calls: list[int] = []
+
+        def on_backlog() -> None:
+            calls.append(len(self.connection.dataBuffer) + self.connection._tempDataLen)
+            if self.connection.producer is None:
+                self.connection.registerProducer(producer, True)
+
+        send = _sender(self.connection, on_backlog)
+        send(b"small")
+        self.assertEqual(calls, [])
+        self.assertEqual(self.read_all(), b"small")
+        send(b"x" * (8 << 20))  # more than the socket takes: the rest is queued
+        self.assertEqual(calls, [0])
+        self.assertEqual(producer.producerState, "paused")
+        send(b"more")  # behind queued bytes
+        self.assertEqual(len(calls), 2)
+        self.assertGreater(calls[1], 0)
+
+
+class UnwrapTests(SynchronousTestCase):
+    def test_endpoint_wrapper_removed(self) -> None:
+        """A protocol a client endpoint wrapped gets its TCP connection's reads directly."""
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.defer import Deferred
+        from twisted.internet.endpoints import _WrappingProtocol
+
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        protocol = Protocol()
+        wrapper = _WrappingProtocol(Deferred(), protocol)
+        connection = tcp.Connection(ours, wrapper, MemoryReactorClock())
+        protocol.makeConnection(connection)
+        unwrap(protocol)
+        self.assertIs(connection.protocol, protocol)
+        unwrap(protocol)  # already unwrapped: nothing changes
+        self.assertIs(connection.protocol, protocol)
+
+    def test_other_transports_left_alone(self) -> None:
+        """Not a TCP connection, or not Twisted's endpoint wrapper: nothing changes."""
+        import socket
+
+        from twisted.internet import tcp
+
+        protocol = Protocol()
+        protocol.makeConnection(StringTransport())
+        unwrap(protocol)  # no error
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        other = Protocol()
+        connection = tcp.Connection(ours, other, MemoryReactorClock())
+        protocol.transport = connection
+        unwrap(protocol)
+        self.assertIs(connection.protocol, other)
 
 
 class ReadGateTests(SynchronousTestCase):

@@ -10,10 +10,17 @@ from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
-from twisted.internet import error, tcp
+from twisted.internet import endpoints, error, tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IAddress,
+    IFileDescriptorReceiver,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IProtocol,
+    IPushProducer,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -54,7 +61,18 @@ class RelayTransport(TypingProtocol):
     def getPeer(self) -> IAddress: ...
 
 
-def sender(transport: RelayTransport) -> Callable[[bytes], None]:
+def sends_at_once(transport: object) -> bool:
+    """
+    Whether :func:`sender` gives ``transport`` a write that sends at once and calls its
+    ``on_backlog`` before queueing (Twisted's own TCP and UNIX connections); for any other
+    transport it gives ``transport.write``, which never calls ``on_backlog``.
+    """
+    return isinstance(transport, tcp.Connection)
+
+
+def sender(
+    transport: RelayTransport, on_backlog: Callable[[], None] | None = None
+) -> Callable[[bytes], None]:
     """
     The function the relay writes to ``transport`` with.
 
@@ -67,8 +85,14 @@ def sender(transport: RelayTransport) -> Callable[[bytes], None]:
     flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
     ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
     the previous one. Any other transport (TLS, test fakes) gets its ``write``.
+
+    ``on_backlog``, when given, is called before each write that queues bytes (for a
+    ``tcp.Connection``; see :func:`sends_at_once`): a producer that only matters once bytes are
+    queued can be registered then, rather than for every exchange (the usual small exchange
+    never queues a byte). It is called before ``write``, so a producer it registers is paused
+    by that very write when the queue is full.
     """
-    if not isinstance(transport, tcp.Connection):
+    if not sends_at_once(transport):
         return transport.write
     connection: Any = transport
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
@@ -84,6 +108,8 @@ def sender(transport: RelayTransport) -> Callable[[bytes], None]:
             or connection._writeDisconnected
             or not connection.connected
         ):
+            if on_backlog is not None:
+                on_backlog()
             write(data)
             return
         try:
@@ -91,12 +117,46 @@ def sender(transport: RelayTransport) -> Callable[[bytes], None]:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
+            if on_backlog is not None:
+                on_backlog()
             write(data)  # doWrite meets the error again and closes the connection
             return
         if sent != len(data):
+            if on_backlog is not None:
+                on_backlog()
             write(data[sent:])
 
     return send
+
+
+# Private to Twisted: if a release renames it, unwrap() does nothing.
+_WRAPPING_PROTOCOL: type | None = getattr(endpoints, "_WrappingProtocol", None)
+
+
+def unwrap(protocol: IProtocol) -> None:
+    """
+    Let ``protocol``'s TCP or UNIX connection deliver to it directly, when a client endpoint
+    connected it through Twisted's forwarding wrapper (``twisted.internet.endpoints``'
+    ``_WrappingProtocol``, whose ``dataReceived`` and ``connectionLost`` only pass the call on:
+    one Python call more for every read). Call it from ``connectionMade``. Anything else (a
+    TLS transport, another wrapper, an already unwrapped protocol) is left as it is; so is a
+    protocol that is half-closeable or takes file descriptors or TLS handshakes, which the
+    wrapper forwards too.
+    """
+    transport = getattr(protocol, "transport", None)
+    if _WRAPPING_PROTOCOL is None or not isinstance(transport, tcp.Connection):
+        return
+    wrapper = transport.protocol
+    if (
+        isinstance(wrapper, _WRAPPING_PROTOCOL)
+        and getattr(wrapper, "_wrappedProtocol", None) is protocol
+        and not (
+            IHalfCloseableProtocol.providedBy(protocol)
+            or IFileDescriptorReceiver.providedBy(protocol)
+            or IHandshakeListener.providedBy(protocol)
+        )
+    ):
+        transport.protocol = protocol
 
 
 @implementer(IPushProducer)

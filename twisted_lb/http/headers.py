@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -51,6 +51,8 @@ _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDED = b"forwarded"
 _FORWARDING = frozenset({_XFF, _XFP, _XFH, _FORWARDED})
+# What is not forwarded from an untrusted peer when no Connection option names more.
+_HOP_BY_HOP_AND_FORWARDING = HOP_BY_HOP | _FORWARDING
 
 _OWS = b" \t"
 
@@ -91,21 +93,38 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens)
 
 
-def _dropped(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """:data:`HOP_BY_HOP` and the names ``Connection`` lists, but not ``_NOT_NOMINABLE``."""
-    dropped: set[bytes] | None = None
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            for token in value.lower().split(b","):
-                token = token.strip(_OWS)
-                if token and token not in HOP_BY_HOP and token not in _NOT_NOMINABLE:
-                    if dropped is None:
-                        dropped = set(HOP_BY_HOP)
-                    dropped.add(token)
-    return HOP_BY_HOP if dropped is None else frozenset(dropped)
+def _dropped(headers: Sequence[tuple[bytes, bytes]], names: Sequence[bytes]) -> frozenset[bytes]:
+    """
+    :data:`HOP_BY_HOP` and the names ``Connection`` lists, but not ``_NOT_NOMINABLE``.
+
+    ``names`` are the lowercase names of ``headers``.
+    """
+    if b"connection" not in names:
+        return HOP_BY_HOP
+    if names.count(b"connection") == 1:
+        value = headers[names.index(b"connection")][1]
+        # Most messages say "keep-alive" or "close": short values, worth a bounded cache.
+        return _nominated_cached(value) if len(value) <= 64 else _nominated(value)
+    values = [field[1] for field, name in zip(headers, names, strict=True) if name == b"connection"]
+    return _nominated(b",".join(values))
 
 
-def remove_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _nominated(connection: bytes) -> frozenset[bytes]:
+    """:func:`_dropped` for ``Connection`` fields whose values, joined by commas, are given."""
+    dropped = set(HOP_BY_HOP)
+    for token in connection.lower().split(b","):
+        token = token.strip(_OWS)
+        if token and token not in _NOT_NOMINABLE:
+            dropped.add(token)
+    return HOP_BY_HOP if len(dropped) == len(HOP_BY_HOP) else frozenset(dropped)
+
+
+_nominated_cached = functools.lru_cache(maxsize=256)(_nominated)
+
+
+def remove_hop_by_hop(
+    headers: Iterable[tuple[bytes, bytes]], names: Sequence[bytes] | None = None
+) -> list[tuple[bytes, bytes]]:
     """
     The header list without its hop-by-hop fields, as a proxy must forward it.
 
@@ -114,12 +133,21 @@ def remove_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[byte
     cannot remove: the next hop needs them to read the message the way we did (RFC 9112 §3.2,
     §6.3).
 
+    Args:
+        headers: the header list.
+        names: the lowercase names of ``headers``, in the same order, when the caller has
+            them already (each name is lowercased once per message, not once per use).
+
     Returns:
         A new list with the remaining fields, in their order, duplicates kept.
     """
     headers = list(headers)
-    dropped = _dropped(headers)
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    if names is None:
+        names = [name.lower() for name, _ in headers]
+    dropped = _dropped(headers, names)
+    if dropped.isdisjoint(names):
+        return headers
+    return [field for field, name in zip(headers, names, strict=True) if name not in dropped]
 
 
 class TrustedProxies:
@@ -225,6 +253,30 @@ def _forwarded_element(client_ip: str, proto: bytes, host: bytes | None) -> byte
     return element
 
 
+def _forwarding_fields(
+    client_ip: str, proto: str, host: bytes | None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    The forwarding fields added for an untrusted peer (see :func:`forward_request_headers`),
+    in their order.
+    """
+    proto_bytes = proto.encode("ascii", "replace")
+    fields = [
+        (b"X-Forwarded-For", client_ip.encode("ascii", "replace")),
+        (b"X-Forwarded-Proto", proto_bytes),
+    ]
+    if host:
+        fields.append((b"X-Forwarded-Host", host))
+    fields.append((b"Forwarded", _forwarded_element(client_ip, proto_bytes, host)))
+    return tuple(fields)
+
+
+# The same clients and hosts come back: worth a bounded cache, for host names of sane length
+# (the key holds the Host value, which can be as long as max_header_bytes).
+_forwarding_fields_cached = functools.lru_cache(maxsize=1024)(_forwarding_fields)
+_CACHED_HOST_BYTES = 256
+
+
 def forward_request_headers(
     headers: Iterable[tuple[bytes, bytes]],
     *,
@@ -271,21 +323,35 @@ def forward_request_headers(
         A new header list.
     """
     headers = list(headers)
-    dropped = _dropped(headers)
-    is_trusted = client_ip in trusted
+    names = [name.lower() for name, _ in headers]
+    if client_ip not in trusted:
+        # The common case, in one pass: every received forwarding field goes.
+        dropped = _dropped(headers, names)
+        dropped = _HOP_BY_HOP_AND_FORWARDING if dropped is HOP_BY_HOP else dropped | _FORWARDING
+        if dropped.isdisjoint(names):
+            kept = headers
+        else:
+            kept = [
+                field for field, name in zip(headers, names, strict=True) if name not in dropped
+            ]
+        # Host is never dropped; the first one counts, as below.
+        first_host = headers[names.index(b"host")][1].strip(_OWS) if b"host" in names else None
+        if first_host is None or len(first_host) <= _CACHED_HOST_BYTES:
+            kept.extend(_forwarding_fields_cached(client_ip, proto, first_host))
+        else:
+            kept.extend(_forwarding_fields(client_ip, proto, first_host))
+        return kept
+    dropped = _dropped(headers, names)
     out: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
     xff: list[bytes] = []
     xfp: list[tuple[bytes, bytes]] = []
     xfh: list[tuple[bytes, bytes]] = []
     forwarded: list[bytes] = []
-    for field in headers:
-        lower = field[0].lower()
+    for field, lower in zip(headers, names, strict=True):
         if lower in dropped:
             continue
         if lower in _FORWARDING:
-            if not is_trusted:
-                continue
             if lower == _XFF:
                 value = field[1].strip(_OWS)
                 if value:
@@ -327,8 +393,9 @@ def serialize_head(start_line: bytes, headers: Iterable[tuple[bytes, bytes]]) ->
 
     Names and values are written as they are; they must not contain CR or LF.
     """
-    parts = [start_line, b"\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    # b": ".join of a (name, value) pair is its field line without the CRLF; map() keeps the
+    # loop in C.
+    return b"\r\n".join([start_line, *map(_join_field, headers), b"", b""])
+
+
+_join_field = b": ".join

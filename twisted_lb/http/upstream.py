@@ -20,7 +20,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_lb._transport import ReadGate, RelayTransport, connect, sender
+from twisted_lb._transport import (
+    ReadGate,
+    RelayTransport,
+    connect,
+    sender,
+    sends_at_once,
+    unwrap,
+)
 from twisted_lb.backend import Backend
 from twisted_lb.pool import Pool
 
@@ -28,11 +35,18 @@ _log = Logger()
 
 
 class ResponseHandler(TypingProtocol):
-    """What an upstream connection reports to while it carries one exchange."""
+    """
+    What an upstream connection reports to while it carries one exchange.
 
-    def response_begin(self) -> None: ...
-    def response_status(self, status: bytes) -> None: ...
-    def response_header(self, name: bytes, value: bytes) -> None: ...
+    The response's status line and header fields are not reported one by one: the connection
+    collects them (:attr:`UpstreamConnection.reason_parts`, :attr:`UpstreamConnection.headers`)
+    and :meth:`response_headers_complete` reads them there.
+    """
+
+    #: Pauses the client's reading; the connection registers it as its transport's producer
+    #: while the exchange's request waits in its write buffer.
+    gate: ReadGate
+
     def response_headers_complete(self) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self) -> None: ...
@@ -58,6 +72,12 @@ class UpstreamConnection(Protocol):
         requests: exchanges it has carried (more than 0 means it is being reused).
         reusable: whether it may go back to the idle stack after the current exchange.
         tunnel: after a 101 response, bytes are passed through unparsed.
+        reason_parts: the reason phrase of the response being parsed, in the pieces llhttp
+            gave it.
+        headers: the header fields of the response being parsed, as received (trailer fields
+            of a chunked body are not added).
+        pacing: the handler's gate while it is registered as the producer of this
+            connection's transport (see :meth:`pace_handler`), else ``None``.
     """
 
     def __init__(self, upstreams: Upstreams, backend: Backend, pool: Pool) -> None:
@@ -75,11 +95,45 @@ class UpstreamConnection(Protocol):
         self.relay_transport: RelayTransport | None = None
         self.send: Any = None
         self.gate: ReadGate | None = None
+        self.reason_parts: list[bytes] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.pacing: ReadGate | None = None
+        self.paces_lazily = False
 
     def connectionMade(self) -> None:
         self.relay_transport = cast(RelayTransport, self.transport)
-        self.send = sender(self.relay_transport)
+        unwrap(self)
+        self.send = sender(self.relay_transport, self.pace_handler)
+        self.paces_lazily = sends_at_once(self.relay_transport)
         self.gate = ReadGate(self.relay_transport)
+
+    def attach(self, handler: ResponseHandler) -> None:
+        """
+        Carry ``handler``'s exchange. The client's reading then follows this connection's
+        write buffer: over TCP from the first write that has to be queued (see
+        :func:`~twisted_lb._transport.sender`; the usual small request never queues a byte,
+        and registering a producer per exchange is not free), over other transports at once.
+        """
+        self.handler = handler
+        self.requests += 1
+        if not self.paces_lazily:
+            self.pace_handler()
+
+    def pace_handler(self) -> None:
+        """Register the handler's gate as this transport's producer, once per exchange."""
+        handler = self.handler
+        if handler is not None and self.pacing is None and self.relay_transport is not None:
+            self.pacing = handler.gate
+            self.relay_transport.registerProducer(handler.gate, True)
+
+    def unpace_handler(self) -> None:
+        """Unregister the handler's gate, if registered, and lift the pause it may be under."""
+        gate, self.pacing = self.pacing, None
+        if gate is not None:
+            if self.relay_transport is not None and not self.lost:
+                self.relay_transport.unregisterProducer()
+            gate.resume("consumer")
 
     def new_parser(self) -> None:
         """Start parsing afresh (after a response to HEAD, whose body llhttp would await)."""
@@ -113,21 +167,23 @@ class UpstreamConnection(Protocol):
         finally:
             handler.batch_end()
 
-    # httptools callbacks.
+    # httptools callbacks. The head is collected here, without a call to the handler per
+    # field: these run for every response, several times each.
 
     def on_message_begin(self) -> None:
-        if self.handler is not None:
-            self.handler.response_begin()
+        self.reason_parts = []
+        self.headers = []
+        self.in_head = True
 
     def on_status(self, status: bytes) -> None:
-        if self.handler is not None:
-            self.handler.response_status(status)
+        self.reason_parts.append(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.handler is not None:
-            self.handler.response_header(name, value)
+        if self.in_head:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         if self.handler is not None:
             self.handler.response_headers_complete()
 
