@@ -61,8 +61,8 @@ class TLSCase(SynchronousTestCase):
         self.addCleanup(process.kill)
         return process, port
 
-    def start_lb(self, config: str) -> tuple[Process, int]:
-        path = self.dir / "lb.toml"
+    def start_lb(self, config: str, name: str = "lb") -> tuple[Process, int]:
+        path = self.dir / f"{name}.toml"
         path.write_text(config)
         process, port = start_lb(str(path))
         self.addCleanup(process.kill)
@@ -341,12 +341,13 @@ class UpstreamTests(TLSCase):
         self.assertEqual(self.request(port), (502, b"502 Bad Gateway\n"))
         lb.wait_for(r"connect to backend app1 .* failed: .*certificate verify failed")
 
-        checked, checked_port = self.start_lb_second(
+        checked, checked_port = self.start_lb(
             self.plain_frontend(
                 backend,
                 f'ca = "{other_path}"',
                 "[pools.app.health_check]\ninterval = 5.0\n",
-            )
+            ),
+            name="lb2",
         )
         checked.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
         self.assertEqual(self.request(checked_port)[0], 503)
@@ -366,14 +367,6 @@ class UpstreamTests(TLSCase):
         lb, port = self.start_lb(self.plain_frontend(backend, "verify = false"))
         self.assertEqual(self.request(port)[0], 200)
         lb.wait_for(r"pool app: TLS to the backends is NOT verified")
-
-    def start_lb_second(self, config: str) -> tuple[Process, int]:
-        path = self.dir / "lb2.toml"
-        path.write_text(config)
-        process, port = start_lb(str(path))
-        self.addCleanup(process.kill)
-        self.addCleanup(self.stop_and_check_log, process)
-        return process, port
 
 
 class ReloadTests(TLSCase):

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
@@ -361,6 +361,34 @@ class SenderTests(SynchronousTestCase):
         send(b"hello")
         self.assertEqual(self.read_all(), b"hello")
         self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_tls_over_tcp_gets_nodelay(self) -> None:
+        """
+        A TLS transport is written to with its own ``write``, and the TCP connection under it
+        gets TCP_NODELAY: otherwise the last record of a response waits for a delayed ACK.
+        """
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        ours = socket.create_connection(listener.getsockname())
+        self.addCleanup(ours.close)
+        theirs, _ = listener.accept()
+        self.addCleanup(theirs.close)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        tls = TLSMemoryBIOProtocol(
+            TLSMemoryBIOFactory(CertificateOptions(), True, Factory.forProtocol(Protocol)),
+            Protocol(),
+        )
+        tls.transport = tcp.Connection(ours, tls, self.reactor)
+        self.assertEqual(_sender(tls), tls.write)
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
     def test_read_more(self) -> None:
         """A bulk connection reads RELAY_BUFFER_BYTES at once; others keep Twisted's 64 KiB."""

@@ -84,7 +84,8 @@ def sender(
     waits for writability and pauses the producer when the queue is full, so byte order and
     flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
     ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
-    the previous one. Any other transport (TLS, test fakes) gets its ``write``.
+    the previous one. Any other transport (TLS, test fakes) gets its ``write``; a TLS one
+    over TCP gets ``TCP_NODELAY`` on the connection under it too.
 
     ``on_backlog``, when given, is called before each write that queues bytes (for a
     ``tcp.Connection``; see :func:`sends_at_once`): a producer that only matters once bytes are
@@ -93,6 +94,15 @@ def sender(
     by that very write when the queue is full.
     """
     if not sends_at_once(transport):
+        # A TLS transport (TLSMemoryBIOProtocol) over a TCP connection: the records it writes
+        # need TCP_NODELAY as much, or the last one of a response (close_notify, say) waits
+        # for the ACK of the one before, which the peer delays (40 ms on Linux).
+        lower = getattr(transport, "transport", None)
+        if isinstance(lower, tcp.Connection) and lower.socket.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        ):
+            lower.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return transport.write
     connection: Any = transport
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
