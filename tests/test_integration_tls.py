@@ -12,6 +12,7 @@ certificate reload on SIGHUP with an old connection kept.
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import signal
 import socket
@@ -179,7 +180,13 @@ class TerminationTests(TLSCase):
             self.assertIn(response.status, (200, 400), request)
             if b"/_bytes" in request:
                 self.assertEqual(len(response.body), 100000)
-            self.assertEqual(tls.recv(1), b"")
+            self.assertEqual(tls.recv(1), b"")  # the balancer's close_notify
+            # The client sends no close_notify back, and the balancer does not wait for one
+            # (as nginx): the TCP connection under TLS is closed too.
+            raw = socket.socket(fileno=os.dup(tls.fileno()))
+            self.addCleanup(raw.close)
+            raw.settimeout(TIMEOUT)
+            self.assertEqual(raw.recv(1), b"")
 
     def test_tcp_mode_terminates_tls(self) -> None:
         """A tcp frontend with tls relays the decrypted bytes."""

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -137,6 +138,26 @@ def sender(
             write(data[sent:])
 
     return send
+
+
+def lose_connection(transport: RelayTransport) -> None:
+    """
+    Close ``transport`` after what is written to it.
+
+    Over TLS (``TLSMemoryBIOProtocol``), ``loseConnection`` sends close_notify and then waits
+    for the peer's close_notify before closing the TCP connection under it. A peer that never
+    sends one, or one whose reading the proxy has paused (a connection being closed reads no
+    more requests), would hold the connection open for ever. As nginx does, and as RFC 8446
+    §6.1 allows, the TCP connection is closed once our close_notify is written. When TLS is
+    still waiting to send (a producer registered, data queued before the handshake), it is
+    left to TLS.
+    """
+    transport.loseConnection()
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        lower = transport.transport
+        tls: Any = transport
+        if lower is not None and tls._producer is None and not tls._appSendBuffer:
+            lower.loseConnection()
 
 
 # Private to Twisted: if a release renames it, unwrap() does nothing.

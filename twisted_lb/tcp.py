@@ -38,6 +38,7 @@ from twisted_lb._transport import (
     RelayTransport,
     connect,
     describe_error,
+    lose_connection,
     read_more,
     sender,
 )
@@ -57,7 +58,7 @@ def _end_writes(transport: RelayTransport) -> None:
     """
     if isinstance(transport, TLSMemoryBIOProtocol):
         transport.unregisterProducer()
-        transport.loseConnection()
+        lose_connection(transport)
     else:
         transport.loseWriteConnection()
 
@@ -177,7 +178,7 @@ class _ClientSide(Protocol):
                 client=_format_address(self.client_address),
                 limit=factory.max_connections,
             )
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
             return
         self.counted = True
         # Read nothing from the client until there is somewhere to send it.
@@ -213,7 +214,7 @@ class _ClientSide(Protocol):
 
     def _close_if_done(self) -> None:
         if self.read_closed and self.write_closed:
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.client_lost = True
@@ -251,7 +252,7 @@ class _ClientSide(Protocol):
                     pool=pool.name,
                     client=_format_address(self.client_address),
                 )
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
             return
         self.lease = lease
         self.backend = backend = lease.backend
@@ -312,7 +313,7 @@ class _ClientSide(Protocol):
             self._connect_next()
         else:
             self.ended = ENDED_CONNECT_FAILED
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
 
     # Idle timeout.
 
@@ -334,7 +335,7 @@ class _ClientSide(Protocol):
         if self.ended is None:
             self.ended = ended
         if not self.client_lost:
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
         if self.backend_transport is not None and not self.backend_lost:
             self.backend_transport.loseConnection()
 
@@ -354,7 +355,7 @@ class _ClientSide(Protocol):
             if self.ended is None:
                 self.ended = ENDED_BACKEND
             self.client_transport.unregisterProducer()
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
         self._finish()
 
     def _finish(self) -> None:

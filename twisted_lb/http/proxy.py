@@ -46,7 +46,14 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
-from twisted_lb._transport import ReadGate, RelayTransport, describe_error, sender, sends_at_once
+from twisted_lb._transport import (
+    ReadGate,
+    RelayTransport,
+    describe_error,
+    lose_connection,
+    sender,
+    sends_at_once,
+)
 from twisted_lb.backend import Backend, ConnectionInfo
 from twisted_lb.http.errors import error_response, reason
 from twisted_lb.http.headers import (
@@ -210,7 +217,7 @@ class HTTPProxyProtocol(Protocol):
                 client=self.client_ip or "-",
                 limit=factory.max_connections,
             )
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
             return
         self.counted = True
         self.send = sender(self.client_transport, self._pace_upstream)
@@ -703,7 +710,7 @@ class HTTPProxyProtocol(Protocol):
             self.upstream = None
             self._finish_exchange()
             self._flush_batch()
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
             return
         if self.response_started and self.status >= 200:
             if self.framing in ("chunked", "close") and not self._upstream_framed():
@@ -935,7 +942,7 @@ class HTTPProxyProtocol(Protocol):
             self._send_client(error_response(status))
             self._log_rejected(status)
         self._flush_batch()
-        self.client_transport.loseConnection()
+        lose_connection(self.client_transport)
 
     def _log_rejected(self, status: int) -> None:
         """The access event of a request refused before it had an exchange."""
@@ -1087,7 +1094,7 @@ class HTTPProxyProtocol(Protocol):
             self._reject(408)
         else:
             # No request started: close quietly, as nginx and HAProxy do with idle keep-alives.
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
 
     # FrontendConnection.
 
@@ -1099,7 +1106,7 @@ class HTTPProxyProtocol(Protocol):
                 self._detach_upstream(reuse=False)
                 self._finish_exchange()
             self._flush_batch()
-            self.client_transport.loseConnection()
+            lose_connection(self.client_transport)
 
     def abort(self, ended: str) -> None:
         """Close at once, dropping what is buffered."""
