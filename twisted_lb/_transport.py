@@ -4,6 +4,7 @@ Writing to Twisted transports from the data paths (the L4 relay and the L7 proxy
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any, cast
@@ -85,8 +86,9 @@ def sender(
     waits for writability and pauses the producer when the queue is full, so byte order and
     flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
     ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
-    the previous one. Any other transport (TLS, test fakes) gets its ``write``; a TLS one
-    over TCP gets ``TCP_NODELAY`` on the connection under it too.
+    the previous one. Any other transport (test fakes) gets its ``write``. A TLS one gets
+    ``TLSMemoryBIOProtocol.write`` without Twisted's next-turn aggregation of small writes,
+    and ``TCP_NODELAY`` on the TCP connection under it.
 
     ``on_backlog``, when given, is called before each write that queues bytes (for a
     ``tcp.Connection``; see :func:`sends_at_once`): a producer that only matters once bytes are
@@ -104,6 +106,14 @@ def sender(
             socket.AF_INET6,
         ):
             lower.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # Twisted's TLS transport (BufferingTLSTransport) holds small writes until the
+            # next reactor turn, a callLater(0) per write: the data paths already hand it
+            # whole responses and relayed chunks, so write each as a record now.
+            aggregator = getattr(transport, "_aggregator", None)
+            if aggregator is not None:
+                aggregator.flush()
+            return functools.partial(TLSMemoryBIOProtocol.write, transport)
         return transport.write
     connection: Any = transport
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
