@@ -188,6 +188,26 @@ class TerminationTests(TLSCase):
             raw.settimeout(TIMEOUT)
             self.assertEqual(raw.recv(1), b"")
 
+    def test_websocket_tunnel_closed_when_the_backend_goes(self) -> None:
+        """
+        A WebSocket tunnel over TLS echoes both ways, and when the backend goes away the
+        client's connection is closed at once (not after tunnel_timeout).
+        """
+        backend, backend_port = self.start_backend("upgrade", "ws")
+        _, port = self.start_lb(self.frontend_config(backend_port, self.two_sites()))
+        tls = self.handshake(port, "a.example")
+        rfile = tls.makefile("rb")
+        tls.sendall(
+            b"GET /chat HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertEqual(read_response(rfile).status, 101)
+        tls.sendall(b"ping")
+        self.assertEqual(rfile.read(4), b"ping")
+        backend.kill()
+        self.assertEqual(rfile.read(1), b"")  # within TIMEOUT, or the socket times out
+
     def test_tcp_mode_terminates_tls(self) -> None:
         """A tcp frontend with tls relays the decrypted bytes."""
         _, backend = self.start_backend("echo", "app1")

@@ -165,8 +165,11 @@ def lose_connection(transport: RelayTransport) -> None:
     transport.loseConnection()
     if isinstance(transport, TLSMemoryBIOProtocol):
         lower = transport.transport
-        tls: Any = transport
-        if lower is not None and tls._producer is None and not tls._appSendBuffer:
+        # Private to Twisted: if a release renames them, TLS is left to close on its own.
+        waiting = getattr(transport, "_producer", True) is not None or getattr(
+            transport, "_appSendBuffer", True
+        )
+        if lower is not None and not waiting:
             lower.loseConnection()
 
 

@@ -707,7 +707,9 @@ class HTTPProxyProtocol(Protocol):
         if connection is not self.upstream:
             return
         if self.tunnel:
-            self.upstream = None
+            # Unhook it the usual way, so that it is no longer the client's producer: over
+            # TLS a registered producer would hold the client's close for ever.
+            self._detach_upstream(reuse=False)
             self._finish_exchange()
             self._flush_batch()
             lose_connection(self.client_transport)
@@ -813,15 +815,15 @@ class HTTPProxyProtocol(Protocol):
     def _detach_upstream(self, *, reuse: bool) -> None:
         """Unhook the upstream connection from this exchange; keep it for reuse or close it."""
         upstream, self.upstream = self.upstream, None
-        if upstream is None:
-            return
-        upstream.handler = None
-        upstream.unpace_handler()
         gate, self.pacing = self.pacing, None
         if gate is not None:
             if not self.lost:
                 self.client_transport.unregisterProducer()
             gate.resume("consumer")
+        if upstream is None:
+            return
+        upstream.handler = None
+        upstream.unpace_handler()
         if reuse and upstream.reusable:
             self.factory.upstreams.release(upstream)
         elif not upstream.lost:
