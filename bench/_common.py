@@ -1,25 +1,31 @@
 """Helpers shared by the benchmark scripts in bench/ (not a public API).
 
 Child processes in their own process groups with bounded start and stop, free loopback ports,
-readiness checks, installing missing tools with apt-get, and running and parsing wrk. Each
-script calls ``set_log_name`` once so its progress lines on stderr carry its own name.
+readiness checks, installing missing tools with apt-get, the nginx backend and twisted-lb
+starters, running and parsing wrk, report and JSON helpers, and ``run_bench``, the frame of each
+script's ``main``. Each script calls ``set_log_name`` once so its progress lines on stderr carry
+its own name.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import platform
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 LOOPBACK = "127.0.0.1"
 
@@ -93,6 +99,27 @@ def apt_install(packages: list[str]) -> None:
         )
 
 
+def find_tools(
+    packages: Mapping[str, str], install: bool, also_missing: Sequence[str] = ()
+) -> dict[str, str]:
+    """Each tool's path on PATH; ``packages`` maps tool to Debian package.
+
+    Missing tools' packages, then ``also_missing``, are installed with apt-get first (unless
+    ``install`` is false: then it fails).
+    """
+    missing = [pkg for tool, pkg in packages.items() if shutil.which(tool) is None]
+    missing += also_missing
+    if missing:
+        if not install:
+            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
+        apt_install(missing)
+    paths = {tool: shutil.which(tool) for tool in packages}
+    for tool, path in paths.items():
+        if path is None:
+            raise BenchError(f"{tool} is still not on PATH after installing it")
+    return {tool: path or tool for tool, path in paths.items()}
+
+
 def twistd_argv() -> list[str]:
     """twistd for the interpreter running this script (twisted-lb is installed there)."""
     beside = Path(sys.executable).parent / "twistd"
@@ -123,6 +150,22 @@ def python_module_version(module: str) -> str:
     )
 
 
+def tool_versions(
+    tools: Mapping[str, str], modules: Sequence[str] = ("twisted", "twisted_lb")
+) -> dict[str, str]:
+    """Python's version, then ``tools`` (name to version line), the CPU count, ``modules``."""
+    versions = {"python": platform.python_version(), **tools, "cpus": str(os.cpu_count())}
+    for module in modules:
+        versions[module] = python_module_version(module)
+    return versions
+
+
+def require_twisted_lb(paths: Sequence[str], versions: Mapping[str, str]) -> None:
+    """Fail if a path to measure is twisted-lb and this interpreter cannot import it."""
+    if "twisted-lb" in paths and versions["twisted_lb"] == "?":
+        raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+
+
 # --------------------------------------------------------------------------- child processes
 
 
@@ -133,27 +176,46 @@ def tail_text(text: str, lines: int = 25) -> str:
 class Child:
     """A child process in its own process group, its output in a log file.
 
+    With ``err_path`` its stderr goes to that file instead (so the log holds stdout alone), and
+    failures show the end of both, stderr first, in ``tail_lines`` lines.
+
     ``stop`` signals the whole group (nginx's workers too) while the leader is not yet reaped, so
     the group id cannot have been reused by anything else.
     """
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        cwd: Path,
+        err_path: Path | None = None,
+        tail_lines: int = 25,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        self.err_path = err_path
+        self.tail_lines = tail_lines
         self._log = log_path.open("wb")
+        self._err = err_path.open("wb") if err_path is not None else None
         try:
             self.proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
-                stderr=subprocess.STDOUT,
+                stderr=self._err or subprocess.STDOUT,
                 start_new_session=True,
             )
         except OSError as e:
-            self._log.close()
+            self._close_files()
             raise BenchError(f"could not start {name} ({argv[0]}): {e}") from e
+
+    def _close_files(self) -> None:
+        for f in (self._log, self._err):
+            if f is not None and not f.closed:
+                f.close()
 
     def exited(self) -> bool:
         """True once the process has exited, without reaping it."""
@@ -182,14 +244,16 @@ class Child:
                 self.proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 log(f"{self.name} (pid {self.proc.pid}) did not exit after SIGKILL")
-        if not self._log.closed:
-            self._log.close()
+        self._close_files()
 
     def output_tail(self) -> str:
         try:
-            return tail_text(self.log_path.read_text(errors="replace"))
+            text = self.log_path.read_text(errors="replace")
+            if self.err_path is not None:
+                text = self.err_path.read_text(errors="replace") + text
         except OSError:
             return "    (no output)"
+        return tail_text(text, self.tail_lines)
 
     def fail(self, what: str) -> BenchError:
         status = "exited" if self.exited() else "is running"
@@ -203,16 +267,43 @@ class Children:
         self.tmp = tmp
         self.running: list[Child] = []
 
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        cwd: Path | None = None,
+        *,
+        slug: str | None = None,
+        split_stderr: bool = False,
+        tail_lines: int = 25,
+    ) -> Child:
+        """Start a Child logging to tmp/SLUG.log (SLUG from the name unless given; -2, -3, ...
+        added if taken). ``split_stderr``: its stderr to SLUG.err instead."""
+        slug = slug or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         log_path = self.tmp / f"{slug}.log"
         n = 1
         while log_path.exists():
             n += 1
             log_path = self.tmp / f"{slug}-{n}.log"
-        child = Child(name, argv, log_path, cwd or self.tmp)
+        err_path = log_path.with_suffix(".err") if split_stderr else None
+        child = Child(name, argv, log_path, cwd or self.tmp, err_path, tail_lines)
         self.running.append(child)
         return child
+
+    def start_nginx(self, name: str, nginx: str, prefix: Path, config: str) -> Child:
+        """``nginx -p PREFIX/ -c nginx.conf -g 'daemon off;'``, with ``config`` as nginx.conf."""
+        prefix.mkdir(exist_ok=True)
+        (prefix / "nginx.conf").write_text(config)
+        argv = [nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
+        return self.start(name, argv, prefix)
+
+    def start_twisted_lb(self, name: str, workdir: Path, config: str) -> Child:
+        """``twistd --reactor=epoll -n --pidfile= lb --config lb.toml`` in ``workdir``."""
+        workdir.mkdir(exist_ok=True)
+        conf = workdir / "lb.toml"
+        conf.write_text(config)
+        argv = [*twistd_argv(), "--reactor=epoll", "-n", "--pidfile=", "lb", "--config", str(conf)]
+        return self.start(name, argv, workdir)
 
     def stop(self, child: Child) -> None:
         child.stop()
@@ -333,6 +424,14 @@ def cpu_busy_percent(interval: float = 1.0) -> float:
     return 100.0 * (total - (idle1 - idle0)) / total if total > 0 else 0.0
 
 
+def busy_before(path: str) -> float:
+    """Before anything of a path runs: what the rest of the machine is doing (warned about)."""
+    background = cpu_busy_percent()
+    if background > BUSY_PERCENT:
+        log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+    return background
+
+
 # --------------------------------------------------------------------------- configs
 
 
@@ -349,6 +448,62 @@ def nginx_main_context(tmp: Path, name: str, stream_module: Path | None) -> str:
         lines.append("user root;")  # else the worker drops to nobody and nginx warns
     lines.append("events { worker_connections 1024; }")
     return "\n".join(lines) + "\n"
+
+
+def nginx_http_common(tmp: Path, name: str) -> str:
+    """The start of an ``http {}`` block: no access log, long keep-alive, temp dirs in tmp."""
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp / (name + '-' + kind)};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        "http {\n"
+        "    access_log off;\n"
+        f"{temp_paths}"
+        "    keepalive_requests 100000;\n"
+        "    keepalive_timeout 120s;\n"
+    )
+
+
+def nginx_backend_config(tmp: Path, ports: Sequence[int], tag: bool = False) -> str:
+    """One nginx worker answering ``ok`` over plain HTTP on each port.
+
+    With ``tag`` each port also sends ``X-Backend: bN`` (N from 1), to tell them apart.
+    """
+    servers = "".join(
+        "    server {\n"
+        f"        listen {LOOPBACK}:{port};\n"
+        "        location / {\n"
+        "            default_type text/plain;\n"
+        + (f"            add_header X-Backend b{n};\n" if tag else "")
+        + '            return 200 "ok\\n";\n'
+        "        }\n"
+        "    }\n"
+        for n, port in enumerate(ports, 1)
+    )
+    return (
+        nginx_main_context(tmp, "backend", None)
+        + nginx_http_common(tmp, "backend")
+        + servers
+        + "}\n"
+    )
+
+
+def start_backend(children: Children, nginx: str, ports: Sequence[int], tag: bool = False) -> Child:
+    """The nginx backend (:func:`nginx_backend_config`) in tmp/nginx-backend, answering 200."""
+    prefix = children.tmp / "nginx-backend"
+    config = nginx_backend_config(prefix, ports, tag)
+    backend = children.start_nginx("nginx backend", nginx, prefix, config)
+    for port in ports:
+        wait_http_ok(backend, port)
+    if len(ports) == 1:
+        log(f"HTTP backend: nginx on {LOOPBACK}:{ports[0]}, pid {backend.proc.pid}")
+    else:
+        log(
+            f"HTTP backends: nginx on {LOOPBACK} ports "
+            f"{', '.join(map(str, ports))}, pid {backend.proc.pid}"
+        )
+    return backend
 
 
 # --------------------------------------------------------------------------- wrk
@@ -382,6 +537,16 @@ class WrkResult:
     errors: int  # socket errors plus non-2xx/3xx responses
     socket_errors: int = 0  # connect, read, write and timeout errors
     non_2xx: int = 0  # responses with a status outside 200-399
+
+    def figures(self) -> dict[str, float]:
+        """The figures a round records, errors split into non-2xx and socket errors."""
+        return {
+            "requests_per_s": self.requests_per_s,
+            "latency_p99_ms": self.latency_p99_ms,
+            "requests": float(self.requests),
+            "non_2xx": float(self.non_2xx),
+            "socket_errors": float(self.socket_errors),
+        }
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -431,6 +596,124 @@ def run_wrk(
     return parse_wrk(proc.stdout)
 
 
+def warm_up_wrk(
+    wrk: str, port: int, args: argparse.Namespace, path: str, scheme: str = "http"
+) -> None:
+    """The --warmup run of wrk (if any), then log the command of the measured run."""
+    if args.warmup > 0:
+        run_wrk(wrk, port, args.warmup, args.connections, args.threads, scheme)
+    https = " https" if scheme == "https" else ""
+    log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s{https}")
+
+
+def log_wrk_result(path: str, wrk: WrkResult) -> None:
+    log(
+        f"{path}: {wrk.requests_per_s:,.0f} requests/s, p99 {wrk.latency_p99_ms:.2f} ms, "
+        f"{wrk.non_2xx} non-2xx, {wrk.socket_errors} socket errors"
+    )
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    measure: Callable[[str], dict[str, Any]],
+    results: dict[str, list[dict[str, Any]]],
+    backend: Child,
+    after_round: Callable[[], None] | None = None,
+) -> None:
+    """--rounds times: measure each of --paths into ``results``, then ``after_round``.
+
+    After each path the backend must still run.
+    """
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            log(f"round {round_no} of {args.rounds}")
+        for path in args.paths:
+            results.setdefault(path, []).append(measure(path))
+            if backend.exited():
+                raise backend.fail("exited during the run")
+        if after_round is not None:
+            after_round()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio_of(
+    summary: Mapping[str, Mapping[str, Any]], num: str, den: str, key: str
+) -> float | None:
+    """``summary[num][key] / summary[den][key]``, or None without both or with a zero divisor."""
+    if num in summary and den in summary and summary[den][key] > 0:
+        return summary[num][key] / summary[den][key]
+    return None
+
+
+def pass_mark(passed: bool | None) -> str:
+    return {None: "n/a", True: "PASS", False: "MISS"}[passed]
+
+
+def rounds_note(args: argparse.Namespace) -> str:
+    """``, median of N rounds`` for the report's first line (empty for one round)."""
+    return f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+
+
+def print_header(out: TextIO, header: str) -> None:
+    """A table's header line, underlined."""
+    print(header, file=out)
+    print("-" * len(header), file=out)
+
+
+def print_busy_warning(out: TextIO, rounds_data: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Warn when other processes used more than BUSY_PERCENT just before a measurement."""
+    busy = max(
+        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
+    )
+    if busy > BUSY_PERCENT:
+        print(
+            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
+            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
+            "machine is idle.",
+            file=out,
+        )
+
+
+def print_wrk_errors_warning(out: TextIO, summary: Mapping[str, Mapping[str, Any]]) -> None:
+    """Warn about the paths where wrk saw non-2xx responses or socket errors."""
+    errors = {
+        p: (int(s["non_2xx"]), int(s["socket_errors"]))
+        for p, s in summary.items()
+        if s["non_2xx"] or s["socket_errors"]
+    }
+    if errors:
+        print(
+            "\nwarning: wrk saw non-2xx responses or socket errors (those paths' figures are "
+            "not comparable): "
+            + ", ".join(f"{p} {n} non-2xx, {e} socket errors" for p, (n, e) in errors.items()),
+            file=out,
+        )
+
+
+def json_settings(
+    args: argparse.Namespace, options: Sequence[str] = (), **after: Any
+) -> dict[str, Any]:
+    """The ``settings`` of the JSON output: --duration, --connections, --threads, the script's
+    ``options`` (args attributes), --warmup, --rounds, then ``after``."""
+    settings: dict[str, Any] = {
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "threads": args.threads,
+    }
+    settings.update((name, getattr(args, name)) for name in options)
+    settings.update(warmup_s=args.warmup, rounds=args.rounds, **after)
+    return settings
+
+
+def write_json(out: str, settings: dict[str, Any], versions: dict[str, str], **rest: Any) -> None:
+    """--json OUT: settings, versions and ``rest`` in that order, indented, and log it."""
+    document = {"settings": settings, "versions": versions, **rest}
+    Path(out).write_text(json.dumps(document, indent=2) + "\n")
+    log(f"wrote {out}")
+
+
 def bench_parser(
     doc: str | None, paths: Sequence[str], duration_help: str
 ) -> argparse.ArgumentParser:
@@ -478,3 +761,39 @@ def check_bench_args(
         parser.error("--warmup must not be negative")
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_bench(
+    args: argparse.Namespace, body: Callable[[Path, Children], list[dict[str, Any]]]
+) -> int:
+    """A script's main after parsing: ``body(tmp, children)`` measures and reports.
+
+    ``body`` returns the ratio rows; exit status 3 if one missed its target (``"pass"`` false)
+    and --fail-on-miss was given, else 0; 1 on a BenchError, 130 on Ctrl-C. The children are
+    always stopped; the temp dir (``/tmp/NAME-*``, NAME from the log name) is kept after a
+    failure or with --keep-tmp.
+    """
+    exit_on_signals()
+    tmp = Path(tempfile.mkdtemp(prefix=_log_name.replace("_", "-") + "-"))
+    children = Children(tmp)
+    failed = True
+    try:
+        ratio_rows = body(tmp, children)
+        failed = False
+        missed = any(r["pass"] is False for r in ratio_rows)
+        return 3 if (missed and args.fail_on_miss) else 0
+    except BenchError as e:
+        print(f"{_log_name}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_log_name}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.stop_all()
+        if args.keep_tmp or failed:
+            log(f"logs and configs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)

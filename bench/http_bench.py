@@ -26,15 +26,11 @@ the ratios that the Performance targets in docs/design.rst ask for. See bench/RE
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,26 +38,38 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from _common import (
-    BUSY_PERCENT,
     LOOPBACK,
     BenchError,
     Child,
     Children,
-    apt_install,
     bench_parser,
+    busy_before,
     check_bench_args,
-    cpu_busy_percent,
-    exit_on_signals,
+    find_tools,
     first_output_line,
     free_ports,
+    json_settings,
     log,
+    log_wrk_result,
+    nginx_http_common,
     nginx_main_context,
-    python_module_version,
+    pass_mark,
+    print_busy_warning,
+    print_header,
+    print_wrk_errors_warning,
+    ratio_of,
+    require_twisted_lb,
+    rounds_note,
+    run_bench,
+    run_rounds,
     run_tool,
     run_wrk,
     set_log_name,
-    twistd_argv,
+    start_backend,
+    tool_versions,
     wait_http_ok,
+    warm_up_wrk,
+    write_json,
 )
 
 set_log_name("http_bench")
@@ -179,74 +187,21 @@ class Tools:
 
 
 def ensure_tools(install: bool) -> Tools:
-    missing = [pkg for tool, pkg in TOOL_PACKAGES.items() if shutil.which(tool) is None]
-    if missing:
-        if not install:
-            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
-        apt_install(missing)
-    paths = {tool: shutil.which(tool) for tool in TOOL_PACKAGES}
-    for tool, path in paths.items():
-        if path is None:
-            raise BenchError(f"{tool} is still not on PATH after installing it")
-    return Tools(
-        nginx=paths["nginx"] or "nginx",
-        haproxy=paths["haproxy"] or "haproxy",
-        wrk=paths["wrk"] or "wrk",
-        curl=paths["curl"] or "curl",
+    return Tools(**find_tools(TOOL_PACKAGES, install))
+
+
+def versions_of(tools: Tools) -> dict[str, str]:
+    return tool_versions(
+        {
+            "nginx": first_output_line([tools.nginx, "-v"]),
+            "haproxy": first_output_line([tools.haproxy, "-v"]),
+            "wrk": first_output_line([tools.wrk, "--version"]),
+            "curl": first_output_line([tools.curl, "--version"]),
+        }
     )
-
-
-def tool_versions(tools: Tools) -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "nginx": first_output_line([tools.nginx, "-v"]),
-        "haproxy": first_output_line([tools.haproxy, "-v"]),
-        "wrk": first_output_line([tools.wrk, "--version"]),
-        "curl": first_output_line([tools.curl, "--version"]),
-        "cpus": str(os.cpu_count()),
-    }
-    for module in ("twisted", "twisted_lb"):
-        versions[module] = python_module_version(module)
-    return versions
 
 
 # --------------------------------------------------------------------------- configs
-
-
-def nginx_http_common(tmp: Path, name: str) -> str:
-    """The start of an ``http {}`` block: no access log, long keep-alive, temp dirs in tmp."""
-    temp_paths = "".join(
-        f"    {kind}_temp_path {tmp / (name + '-' + kind)};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return (
-        "http {\n"
-        "    access_log off;\n"
-        f"{temp_paths}"
-        "    keepalive_requests 100000;\n"
-        "    keepalive_timeout 120s;\n"
-    )
-
-
-def nginx_backends_config(tmp: Path, ports: list[int]) -> str:
-    """One nginx worker answering ``ok`` on each port, with ``X-Backend: bN`` to tell them apart."""
-    servers = "".join(
-        "    server {\n"
-        f"        listen {LOOPBACK}:{port};\n"
-        "        location / {\n"
-        "            default_type text/plain;\n"
-        f"            add_header X-Backend b{n};\n"
-        '            return 200 "ok\\n";\n'
-        "        }\n"
-        "    }\n"
-        for n, port in enumerate(ports, 1)
-    )
-    return (
-        nginx_main_context(tmp, "backend", None)
-        + nginx_http_common(tmp, "backend")
-        + servers
-        + "}\n"
-    )
 
 
 def nginx_proxy_config(tmp: Path, listen: int, backends: list[int]) -> str:
@@ -442,10 +397,8 @@ class Bench:
     def start_nginx(self) -> tuple[Child | None, int]:
         port = self.ports.relays["nginx"]
         prefix = self.tmp / "nginx-proxy"
-        prefix.mkdir(exist_ok=True)
-        (prefix / "nginx.conf").write_text(nginx_proxy_config(prefix, port, self.ports.backends))
-        argv = [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
-        return self.children.start("nginx proxy", argv, prefix), port
+        config = nginx_proxy_config(prefix, port, self.ports.backends)
+        return self.children.start_nginx("nginx proxy", self.tools.nginx, prefix, config), port
 
     def start_haproxy(self) -> tuple[Child | None, int]:
         port = self.ports.relays["haproxy"]
@@ -476,20 +429,9 @@ class Bench:
     ) -> tuple[Child | None, int]:
         path = "twisted-lb" if access_log else "twisted-lb-nolog"
         port = self.ports.relays[path] if port is None else port
+        config = twisted_lb_config(name, port, backends or self.ports.backends, access_log)
         workdir = self.tmp / f"{path}-{name}"
-        workdir.mkdir(exist_ok=True)
-        conf = workdir / "lb.toml"
-        conf.write_text(twisted_lb_config(name, port, backends or self.ports.backends, access_log))
-        argv = [
-            *twistd_argv(),
-            "--reactor=epoll",
-            "-n",
-            "--pidfile=",
-            "lb",
-            "--config",
-            str(conf),
-        ]
-        return self.children.start(f"twisted-lb {name}", argv, workdir), port
+        return self.children.start_twisted_lb(f"twisted-lb {name}", workdir, config), port
 
     def starter(self, path: str) -> Callable[[], tuple[Child | None, int]]:
         return {
@@ -503,10 +445,7 @@ class Bench:
 
     def measure(self, path: str) -> dict[str, Any]:
         args = self.args
-        # Before anything of this path runs: what the rest of the machine is doing.
-        background = cpu_busy_percent()
-        if background > BUSY_PERCENT:
-            log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+        background = busy_before(path)
         relay, port = self.starter(path)()
         try:
             wait_http_ok(relay, port)
@@ -519,25 +458,16 @@ class Bench:
             )
             if problems:
                 log(f"{path}: warning: probe GETs: {'; '.join(problems)}")
-            if args.warmup > 0:
-                run_wrk(self.tools.wrk, port, args.warmup, args.connections, args.threads)
-            log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+            warm_up_wrk(self.tools.wrk, port, args, path)
             wrk = run_wrk(self.tools.wrk, port, args.duration, args.connections, args.threads)
-            log(
-                f"{path}: {wrk.requests_per_s:,.0f} requests/s, p99 {wrk.latency_p99_ms:.2f} ms, "
-                f"{wrk.non_2xx} non-2xx, {wrk.socket_errors} socket errors"
-            )
+            log_wrk_result(path, wrk)
             if relay is not None and relay.exited():
                 raise relay.fail("died during the wrk run")
         finally:
             if relay is not None:
                 self.children.stop(relay)
         return {
-            "requests_per_s": wrk.requests_per_s,
-            "latency_p99_ms": wrk.latency_p99_ms,
-            "requests": float(wrk.requests),
-            "non_2xx": float(wrk.non_2xx),
-            "socket_errors": float(wrk.socket_errors),
+            **wrk.figures(),
             "backends": seen,
             "probe_problems": problems,
             "background_cpu_percent": background,
@@ -583,20 +513,7 @@ class Bench:
         return figures
 
     def run(self) -> None:
-        prefix = self.tmp / "nginx-backend"
-        prefix.mkdir()
-        (prefix / "nginx.conf").write_text(nginx_backends_config(prefix, self.ports.backends))
-        backend = self.children.start(
-            "nginx backend",
-            [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"],
-            prefix,
-        )
-        for port in self.ports.backends:
-            wait_http_ok(backend, port)
-        log(
-            f"HTTP backends: nginx on {LOOPBACK} ports "
-            f"{', '.join(map(str, self.ports.backends))}, pid {backend.proc.pid}"
-        )
+        backend = start_backend(self.children, self.tools.nginx, self.ports.backends, tag=True)
         bulk: Child | None = None
         upload_file = self.tmp / "upload.bin"
         if self.streaming:
@@ -618,18 +535,15 @@ class Bench:
                 f"streaming backend: Python on {LOOPBACK}:{self.ports.bulk_backend}, "
                 f"pid {bulk.proc.pid}"
             )
-        for round_no in range(1, self.args.rounds + 1):
-            if self.args.rounds > 1:
-                log(f"round {round_no} of {self.args.rounds}")
-            for path in self.args.paths:
-                self.results.setdefault(path, []).append(self.measure(path))
-                if backend.exited():
-                    raise backend.fail("exited during the run")
+
+        def stream() -> None:
             if bulk is not None:
                 for kind, figures in self.measure_rss(upload_file).items():
                     self.rss.setdefault(kind, []).append(figures)
                 if bulk.exited():
                     raise bulk.fail("exited during the run")
+
+        run_rounds(self.args, self.measure, self.results, backend, stream)
 
     @property
     def streaming(self) -> bool:
@@ -670,10 +584,7 @@ def ratios(
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for measure, num, den, comparison, target in TARGETS:
-        key = MEASURE_KEYS[measure]
-        value = None
-        if num in summary and den in summary and summary[den][key] > 0:
-            value = summary[num][key] / summary[den][key]
+        value = ratio_of(summary, num, den, MEASURE_KEYS[measure])
         passed = None
         if value is not None:
             passed = value >= target if comparison == ">=" else value <= target
@@ -700,14 +611,10 @@ def ratios(
             }
         )
     for measure, num, den in CONTEXT_RATIOS:
-        key = MEASURE_KEYS[measure]
-        value = None
-        if num in summary and den in summary and summary[den][key] > 0:
-            value = summary[num][key] / summary[den][key]
         rows.append(
             {
                 "label": f"{num} / {den} {measure}",
-                "value": value,
+                "value": ratio_of(summary, num, den, MEASURE_KEYS[measure]),
                 "unit": "x",
                 "comparison": None,
                 "target": None,
@@ -729,7 +636,7 @@ def format_ratio_row(r: dict[str, Any]) -> str:
     else:
         number = f"{r['target']:.1f}x" if r["unit"] == "x" else f"{r['target']:.0f}{r['unit']}"
         target = f"{r['comparison']} {number}"
-        result = {None: "n/a", True: "PASS", False: "MISS"}[r["pass"]]
+        result = pass_mark(r["pass"])
     return f"{r['label']:<38} {value:>9} {target:>10}  {result}"
 
 
@@ -749,10 +656,9 @@ def print_report(
     rounds_data: dict[str, list[dict[str, Any]]],
     rss_rounds: dict[str, list[dict[str, float]]],
 ) -> None:
-    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(
         f"\nL7 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
-        f"(keep-alive, GET / answered by nginx with a 3-byte body), 2 backends{rounds}",
+        f"(keep-alive, GET / answered by nginx with a 3-byte body), 2 backends{rounds_note(args)}",
         file=out,
     )
     print(
@@ -763,12 +669,11 @@ def print_report(
         file=out,
     )
     print("", file=out)
-    header = (
+    print_header(
+        out,
         f"{'path':<13} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>9} "
-        f"{'backends':>9} {'busy%':>6}"
+        f"{'backends':>9} {'busy%':>6}",
     )
-    print(header, file=out)
-    print("-" * len(header), file=out)
     for path in PATHS:
         if path not in summary:
             continue
@@ -785,9 +690,9 @@ def print_report(
             "to a Python backend",
             file=out,
         )
-        header = f"{'transfer':<13} {'RSS before MiB':>15} {'peak growth MiB':>16} {'MiB/s':>8}"
-        print(header, file=out)
-        print("-" * len(header), file=out)
+        print_header(
+            out, f"{'transfer':<13} {'RSS before MiB':>15} {'peak growth MiB':>16} {'MiB/s':>8}"
+        )
         for kind in TRANSFERS:
             if kind in rss_summary:
                 r = rss_summary[kind]
@@ -797,9 +702,7 @@ def print_report(
                     file=out,
                 )
     print("", file=out)
-    header = f"{'ratio':<38} {'value':>9} {'target':>10}  result"
-    print(header, file=out)
-    print("-" * len(header), file=out)
+    print_header(out, f"{'ratio':<38} {'value':>9} {'target':>10}  result")
     for r in ratio_rows:
         print(format_ratio_row(r), file=out)
     if args.rounds > 1:
@@ -820,28 +723,8 @@ def print_report(
                     f"  {kind:<13} peak RSS growth MiB {min(growth):.1f} - {max(growth):.1f}",
                     file=out,
                 )
-    busy = max(
-        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
-    )
-    if busy > BUSY_PERCENT:
-        print(
-            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
-            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
-            "machine is idle.",
-            file=out,
-        )
-    errors = {
-        p: (int(s["non_2xx"]), int(s["socket_errors"]))
-        for p, s in summary.items()
-        if s["non_2xx"] or s["socket_errors"]
-    }
-    if errors:
-        print(
-            "\nwarning: wrk saw non-2xx responses or socket errors (those paths' figures are "
-            "not comparable): "
-            + ", ".join(f"{p} {n} non-2xx, {e} socket errors" for p, (n, e) in errors.items()),
-            file=out,
-        )
+    print_busy_warning(out, rounds_data)
+    print_wrk_errors_warning(out, summary)
     probe = {p: s["probe_problems"] for p, s in summary.items() if s["probe_problems"]}
     if probe:
         print(
@@ -883,15 +766,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exit_on_signals()
-    tmp = Path(tempfile.mkdtemp(prefix="http-bench-"))
-    children = Children(tmp)
-    failed = True
-    try:
+
+    def body(tmp: Path, children: Children) -> list[dict[str, Any]]:
         tools = ensure_tools(install=not args.no_install)
-        versions = tool_versions(tools)
-        if "twisted-lb" in args.paths and versions["twisted_lb"] == "?":
-            raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+        versions = versions_of(tools)
+        require_twisted_lb(args.paths, versions)
         ports = free_ports(3 + len(RELAYS) + 1)
         bench = Bench(
             args,
@@ -913,38 +792,18 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout, args, summary, rss_summary, ratio_rows, versions, bench.results, bench.rss
         )
         if args.json:
-            document = {
-                "settings": {
-                    "duration_s": args.duration,
-                    "connections": args.connections,
-                    "threads": args.threads,
-                    "warmup_s": args.warmup,
-                    "rounds": args.rounds,
-                    "transfer_mib": args.transfer_mib,
-                },
-                "versions": versions,
-                "results": summary,
-                "rounds": bench.results,
-                "streaming": {"results": rss_summary, "rounds": bench.rss},
-                "ratios": ratio_rows,
-            }
-            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-            log(f"wrote {args.json}")
-        failed = False
-        missed = any(r["pass"] is False for r in ratio_rows)
-        return 3 if (missed and args.fail_on_miss) else 0
-    except BenchError as e:
-        print(f"http_bench: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("http_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        children.stop_all()
-        if args.keep_tmp or failed:
-            log(f"logs and configs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_json(
+                args.json,
+                json_settings(args, transfer_mib=args.transfer_mib),
+                versions,
+                results=summary,
+                rounds=bench.results,
+                streaming={"results": rss_summary, "rounds": bench.rss},
+                ratios=ratio_rows,
+            )
+        return ratio_rows
+
+    return run_bench(args, body)
 
 
 if __name__ == "__main__":

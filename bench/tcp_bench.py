@@ -21,42 +21,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from _common import (
-    BUSY_PERCENT,
     LOOPBACK,
     BenchError,
     Child,
     Children,
-    apt_install,
     bench_parser,
+    busy_before,
     check_bench_args,
-    cpu_busy_percent,
-    exit_on_signals,
+    find_tools,
     first_output_line,
     free_ports,
+    json_settings,
     log,
     nginx_main_context,
-    python_module_version,
+    pass_mark,
+    print_busy_warning,
+    print_header,
+    ratio_of,
+    require_twisted_lb,
+    rounds_note,
+    run_bench,
+    run_rounds,
     run_tool,
     run_wrk,
     set_log_name,
+    start_backend,
     tail_text,
-    twistd_argv,
+    tool_versions,
     wait_http_ok,
     wait_listening,
+    warm_up_wrk,
+    write_json,
 )
 
 set_log_name("tcp_bench")
@@ -155,74 +161,34 @@ class Tools:
 
 
 def ensure_tools(install: bool) -> Tools:
-    missing = [pkg for tool, pkg in TOOL_PACKAGES.items() if shutil.which(tool) is None]
+    missing_module = []
     if shutil.which("nginx") is not None:
         needed, module = find_stream_module(shutil.which("nginx") or "nginx")
         if needed and module is None:
-            missing.append(STREAM_MODULE_PACKAGE)
+            missing_module.append(STREAM_MODULE_PACKAGE)
     else:
-        missing.append(STREAM_MODULE_PACKAGE)
-    if missing:
-        if not install:
-            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
-        apt_install(missing)
-    paths = {tool: shutil.which(tool) for tool in TOOL_PACKAGES}
-    for tool, path in paths.items():
-        if path is None:
-            raise BenchError(f"{tool} is still not on PATH after installing it")
-    nginx = paths["nginx"] or "nginx"
-    needed, module = find_stream_module(nginx)
+        missing_module.append(STREAM_MODULE_PACKAGE)
+    paths = find_tools(TOOL_PACKAGES, install, missing_module)
+    needed, module = find_stream_module(paths["nginx"])
     if needed and module is None:
         raise BenchError(
             f"nginx's stream module ({STREAM_MODULE_FILE}) not found; "
             f"install {STREAM_MODULE_PACKAGE}"
         )
-    return Tools(
-        nginx=nginx,
-        wrk=paths["wrk"] or "wrk",
-        iperf3=paths["iperf3"] or "iperf3",
-        stream_module=module,
+    return Tools(**paths, stream_module=module)
+
+
+def versions_of(tools: Tools) -> dict[str, str]:
+    return tool_versions(
+        {
+            "nginx": first_output_line([tools.nginx, "-v"]),
+            "wrk": first_output_line([tools.wrk, "--version"]),
+            "iperf3": first_output_line([tools.iperf3, "--version"]),
+        }
     )
-
-
-def tool_versions(tools: Tools) -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "nginx": first_output_line([tools.nginx, "-v"]),
-        "wrk": first_output_line([tools.wrk, "--version"]),
-        "iperf3": first_output_line([tools.iperf3, "--version"]),
-        "cpus": str(os.cpu_count()),
-    }
-    for module in ("twisted", "twisted_lb"):
-        versions[module] = python_module_version(module)
-    return versions
 
 
 # --------------------------------------------------------------------------- configs
-
-
-def nginx_backend_config(tmp: Path, port: int) -> str:
-    temp_paths = "\n".join(
-        f"    {kind}_temp_path {tmp / ('backend-' + kind)};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return (
-        nginx_main_context(tmp, "backend", None)
-        + "http {\n"
-        + "    access_log off;\n"
-        + temp_paths
-        + "\n"
-        + "    keepalive_requests 100000;\n"
-        + "    keepalive_timeout 120s;\n"
-        + "    server {\n"
-        + f"        listen {LOOPBACK}:{port};\n"
-        + "        location / {\n"
-        + "            default_type text/plain;\n"
-        + '            return 200 "ok\\n";\n'
-        + "        }\n"
-        + "    }\n"
-        + "}\n"
-    )
 
 
 def nginx_stream_config(
@@ -320,17 +286,13 @@ class Bench:
     def start_nginx_stream(self) -> tuple[Child | None, int, int]:
         http_port, iperf_port = self.ports.relays["nginx-stream"]
         prefix = self.tmp / "nginx-stream"
-        prefix.mkdir(exist_ok=True)
-        conf = prefix / "nginx.conf"
-        conf.write_text(
-            nginx_stream_config(
-                prefix,
-                self.tools.stream_module,
-                [(http_port, self.ports.http_backend), (iperf_port, self.ports.iperf_backend)],
-            )
+        config = nginx_stream_config(
+            prefix,
+            self.tools.stream_module,
+            [(http_port, self.ports.http_backend), (iperf_port, self.ports.iperf_backend)],
         )
-        argv = [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
-        return self.children.start("nginx stream", argv, prefix), http_port, iperf_port
+        relay = self.children.start_nginx("nginx stream", self.tools.nginx, prefix, config)
+        return relay, http_port, iperf_port
 
     def start_portforward(self) -> tuple[Child | None, int, int]:
         http_port, iperf_port = self.ports.relays["portforward"]
@@ -350,28 +312,15 @@ class Bench:
         # iperf3's control connection is idle while the test runs; keep it under the timeout.
         idle = self.args.duration + self.args.warmup + 30
         client_timeout = float(idle) if idle > 60 else None
-        workdir = self.tmp / "twisted-lb"
-        workdir.mkdir(exist_ok=True)
-        conf = workdir / "lb.toml"
-        conf.write_text(
-            twisted_lb_config(
-                [
-                    ("http", http_port, self.ports.http_backend),
-                    ("iperf", iperf_port, self.ports.iperf_backend),
-                ],
-                client_timeout,
-            )
+        config = twisted_lb_config(
+            [
+                ("http", http_port, self.ports.http_backend),
+                ("iperf", iperf_port, self.ports.iperf_backend),
+            ],
+            client_timeout,
         )
-        argv = [
-            *twistd_argv(),
-            "--reactor=epoll",
-            "-n",
-            "--pidfile=",
-            "lb",
-            "--config",
-            str(conf),
-        ]
-        return self.children.start("twisted-lb", argv, workdir), http_port, iperf_port
+        relay = self.children.start_twisted_lb("twisted-lb", self.tmp / "twisted-lb", config)
+        return relay, http_port, iperf_port
 
     def starter(self, path: str) -> Callable[[], tuple[Child | None, int, int]]:
         return {
@@ -383,19 +332,14 @@ class Bench:
 
     def measure(self, path: str) -> dict[str, float]:
         args = self.args
-        # Before anything of this path runs: what the rest of the machine is doing.
-        background = cpu_busy_percent()
-        if background > BUSY_PERCENT:
-            log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+        background = busy_before(path)
         relay, http_port, iperf_port = self.starter(path)()
         try:
             if relay is not None:
                 wait_listening(relay, iperf_port)
                 log(f"{path}: started {relay.name}, pid {relay.proc.pid}")
             wait_http_ok(relay, http_port)
-            if args.warmup > 0:
-                run_wrk(self.tools.wrk, http_port, args.warmup, args.connections, args.threads)
-            log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+            warm_up_wrk(self.tools.wrk, http_port, args, path)
             wrk = run_wrk(self.tools.wrk, http_port, args.duration, args.connections, args.threads)
             log(
                 f"{path}: {wrk.requests_per_s:,.0f} requests/s, "
@@ -428,23 +372,8 @@ class Bench:
         }
 
     def run(self) -> None:
-        prefix = self.tmp / "nginx-backend"
-        prefix.mkdir()
-        (prefix / "nginx.conf").write_text(nginx_backend_config(prefix, self.ports.http_backend))
-        backend = self.children.start(
-            "nginx backend",
-            [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"],
-            prefix,
-        )
-        wait_http_ok(backend, self.ports.http_backend)
-        log(f"HTTP backend: nginx on {LOOPBACK}:{self.ports.http_backend}, pid {backend.proc.pid}")
-        for round_no in range(1, self.args.rounds + 1):
-            if self.args.rounds > 1:
-                log(f"round {round_no} of {self.args.rounds}")
-            for path in self.args.paths:
-                self.results.setdefault(path, []).append(self.measure(path))
-                if backend.exited():
-                    raise backend.fail("exited during the run")
+        backend = start_backend(self.children, self.tools.nginx, [self.ports.http_backend])
+        run_rounds(self.args, self.measure, self.results, backend)
 
 
 # --------------------------------------------------------------------------- report
@@ -466,10 +395,7 @@ MEASURE_KEYS = {"requests/s": "requests_per_s", "Gbit/s": "gbit_per_s"}
 def ratios(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     rows = []
     for measure, num, den, target in TARGETS:
-        key = MEASURE_KEYS[measure]
-        value = None
-        if num in summary and den in summary and summary[den][key] > 0:
-            value = summary[num][key] / summary[den][key]
+        value = ratio_of(summary, num, den, MEASURE_KEYS[measure])
         rows.append(
             {
                 "measure": measure,
@@ -491,10 +417,9 @@ def print_report(
     versions: dict[str, str],
     rounds_data: dict[str, list[dict[str, float]]],
 ) -> None:
-    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(
         f"\nL4 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
-        f"(keep-alive, 3-byte body), iperf3 -t {args.duration} (1 stream){rounds}",
+        f"(keep-alive, 3-byte body), iperf3 -t {args.duration} (1 stream){rounds_note(args)}",
         file=out,
     )
     print(
@@ -504,12 +429,11 @@ def print_report(
         file=out,
     )
     print("", file=out)
-    header = (
+    print_header(
+        out,
         f"{'path':<14} {'requests/s':>12} {'p99 ms':>9} {'wrk errors':>11} {'Gbit/s':>9} "
-        f"{'busy%':>6}"
+        f"{'busy%':>6}",
     )
-    print(header, file=out)
-    print("-" * len(header), file=out)
     for path in PATHS:
         if path not in summary:
             continue
@@ -521,13 +445,11 @@ def print_report(
             file=out,
         )
     print("", file=out)
-    header = f"{'ratio':<40} {'value':>7} {'target':>9}  result"
-    print(header, file=out)
-    print("-" * len(header), file=out)
+    print_header(out, f"{'ratio':<40} {'value':>7} {'target':>9}  result")
     for r in ratio_rows:
         label = f"{r['numerator']} / {r['denominator']} {r['measure']}"
         value = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        result = {None: "n/a", True: "PASS", False: "MISS"}[r["pass"]]
+        result = pass_mark(r["pass"])
         print(
             f"{label:<40} {value:>7} {'>= ' + format(r['target'], '.1f') + 'x':>9}  {result}",
             file=out,
@@ -544,16 +466,7 @@ def print_report(
                     file=out,
                 )
     errors = {p: int(s["wrk_errors"]) for p, s in summary.items() if s["wrk_errors"]}
-    busy = max(
-        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
-    )
-    if busy > BUSY_PERCENT:
-        print(
-            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
-            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
-            "machine is idle.",
-            file=out,
-        )
+    print_busy_warning(out, rounds_data)
     if errors:
         print(
             "\nwarning: wrk saw socket errors or non-2xx responses (those paths' figures "
@@ -574,15 +487,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exit_on_signals()
-    tmp = Path(tempfile.mkdtemp(prefix="tcp-bench-"))
-    children = Children(tmp)
-    failed = True
-    try:
+
+    def body(tmp: Path, children: Children) -> list[dict[str, Any]]:
         tools = ensure_tools(install=not args.no_install)
-        versions = tool_versions(tools)
-        if "twisted-lb" in args.paths and versions["twisted_lb"] == "?":
-            raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+        versions = versions_of(tools)
+        require_twisted_lb(args.paths, versions)
         ports = free_ports(2 + 2 * 3)
         relays = {
             path: (ports[2 + 2 * i], ports[3 + 2 * i])
@@ -594,36 +503,17 @@ def main(argv: list[str] | None = None) -> int:
         ratio_rows = ratios(summary)
         print_report(sys.stdout, args, summary, ratio_rows, versions, bench.results)
         if args.json:
-            document = {
-                "settings": {
-                    "duration_s": args.duration,
-                    "connections": args.connections,
-                    "threads": args.threads,
-                    "warmup_s": args.warmup,
-                    "rounds": args.rounds,
-                },
-                "versions": versions,
-                "results": summary,
-                "rounds": bench.results,
-                "ratios": ratio_rows,
-            }
-            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-            log(f"wrote {args.json}")
-        failed = False
-        missed = any(r["pass"] is False for r in ratio_rows)
-        return 3 if (missed and args.fail_on_miss) else 0
-    except BenchError as e:
-        print(f"tcp_bench: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tcp_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        children.stop_all()
-        if args.keep_tmp or failed:
-            log(f"logs and configs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_json(
+                args.json,
+                json_settings(args),
+                versions,
+                results=summary,
+                rounds=bench.results,
+                ratios=ratio_rows,
+            )
+        return ratio_rows
+
+    return run_bench(args, body)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,13 @@ See bench/README.rst.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
-import shutil
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,28 +37,38 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from _common import (
-    BUSY_PERCENT,
     LOOPBACK,
     BenchError,
     Child,
     Children,
-    apt_install,
     bench_parser,
+    busy_before,
     check_bench_args,
-    cpu_busy_percent,
-    exit_on_signals,
+    find_tools,
     first_output_line,
     free_ports,
+    json_settings,
     log,
+    log_wrk_result,
+    nginx_http_common,
     nginx_main_context,
-    python_module_version,
+    pass_mark,
+    print_busy_warning,
+    print_header,
+    print_wrk_errors_warning,
+    require_twisted_lb,
+    rounds_note,
+    run_bench,
+    run_rounds,
     run_tool,
     run_wrk,
     set_log_name,
+    start_backend,
     tail_text,
-    twistd_argv,
-    wait_http_ok,
+    tool_versions,
     wait_listening,
+    warm_up_wrk,
+    write_json,
 )
 
 set_log_name("tls_bench")
@@ -113,20 +119,7 @@ class Tools:
 
 
 def ensure_tools(install: bool) -> Tools:
-    missing = [pkg for tool, pkg in TOOL_PACKAGES.items() if shutil.which(tool) is None]
-    if missing:
-        if not install:
-            raise BenchError(f"missing {', '.join(missing)} (and --no-install was given)")
-        apt_install(missing)
-    paths = {tool: shutil.which(tool) for tool in TOOL_PACKAGES}
-    for tool, path in paths.items():
-        if path is None:
-            raise BenchError(f"{tool} is still not on PATH after installing it")
-    return Tools(
-        nginx=paths["nginx"] or "nginx",
-        wrk=paths["wrk"] or "wrk",
-        openssl=paths["openssl"] or "openssl",
-    )
+    return Tools(**find_tools(TOOL_PACKAGES, install))
 
 
 def nginx_openssl(nginx: str) -> str:
@@ -142,25 +135,24 @@ def nginx_openssl(nginx: str) -> str:
     return match.group(1) if match else "?"
 
 
-def tool_versions(tools: Tools) -> dict[str, str]:
-    versions = {
-        "python": platform.python_version(),
-        "nginx": first_output_line([tools.nginx, "-v"]),
-        "nginx_openssl": nginx_openssl(tools.nginx),
-        "openssl_cli": first_output_line([tools.openssl, "version"]),
-        "wrk": first_output_line([tools.wrk, "--version"]),
-        "pyopenssl_openssl": first_output_line(
-            [
-                sys.executable,
-                "-c",
-                "from OpenSSL import SSL; print(SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode())",
-            ]
-        ),
-        "cpus": str(os.cpu_count()),
-    }
-    for module in ("twisted", "OpenSSL", "cryptography", "twisted_lb"):
-        versions[module] = python_module_version(module)
-    return versions
+def versions_of(tools: Tools) -> dict[str, str]:
+    return tool_versions(
+        {
+            "nginx": first_output_line([tools.nginx, "-v"]),
+            "nginx_openssl": nginx_openssl(tools.nginx),
+            "openssl_cli": first_output_line([tools.openssl, "version"]),
+            "wrk": first_output_line([tools.wrk, "--version"]),
+            "pyopenssl_openssl": first_output_line(
+                [
+                    sys.executable,
+                    "-c",
+                    "from OpenSSL import SSL; "
+                    "print(SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode())",
+                ]
+            ),
+        },
+        ("twisted", "OpenSSL", "cryptography", "twisted_lb"),
+    )
 
 
 # --------------------------------------------------------------------------- certificates
@@ -238,37 +230,6 @@ def make_certs(directory: Path, openssl: str) -> Certs:
 
 
 # --------------------------------------------------------------------------- configs
-
-
-def nginx_http_common(tmp: Path, name: str) -> str:
-    """The start of an ``http {}`` block: no access log, long keep-alive, temp dirs in tmp."""
-    temp_paths = "".join(
-        f"    {kind}_temp_path {tmp / (name + '-' + kind)};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return (
-        "http {\n"
-        "    access_log off;\n"
-        f"{temp_paths}"
-        "    keepalive_requests 100000;\n"
-        "    keepalive_timeout 120s;\n"
-    )
-
-
-def nginx_backend_config(tmp: Path, port: int) -> str:
-    """One nginx worker answering ``ok`` over plain HTTP."""
-    return (
-        nginx_main_context(tmp, "backend", None)
-        + nginx_http_common(tmp, "backend")
-        + "    server {\n"
-        + f"        listen {LOOPBACK}:{port};\n"
-        + "        location / {\n"
-        + "            default_type text/plain;\n"
-        + '            return 200 "ok\\n";\n'
-        + "        }\n"
-        + "    }\n"
-        + "}\n"
-    )
 
 
 def nginx_tls_config(tmp: Path, listen: int, backend: int, certs: Certs) -> str:
@@ -415,45 +376,6 @@ def group_cpu_seconds(pgid: int) -> float:
 # --------------------------------------------------------------------------- s_time
 
 
-class SplitChild(Child):
-    """A Child whose stderr goes to its own file: s_time's stdout is counted char by char."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.err_path = log_path.with_suffix(".err")
-        self._log = log_path.open("wb")
-        self._err = self.err_path.open("wb")
-        try:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=self._err,
-                start_new_session=True,
-            )
-        except OSError as e:
-            self._log.close()
-            self._err.close()
-            raise BenchError(f"could not start {name} ({argv[0]}): {e}") from e
-
-    def stop(self) -> None:
-        super().stop()
-        if not self._err.closed:
-            self._err.close()
-
-    def output_tail(self) -> str:
-        try:
-            text = self.err_path.read_text(errors="replace") + self.log_path.read_text(
-                errors="replace"
-            )
-        except OSError:
-            return "    (no output)"
-        return tail_text(text, 12)
-
-
 @dataclass
 class STimeResult:
     connections: int
@@ -505,21 +427,13 @@ class Bench:
     def start_nginx(self) -> tuple[Child, int]:
         port = self.ports.relays["nginx"]
         prefix = self.tmp / "nginx-tls"
-        prefix.mkdir(exist_ok=True)
-        (prefix / "nginx.conf").write_text(
-            nginx_tls_config(prefix, port, self.ports.backend, self.certs)
-        )
-        argv = [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"]
-        return self.children.start("nginx tls", argv, prefix), port
+        config = nginx_tls_config(prefix, port, self.ports.backend, self.certs)
+        return self.children.start_nginx("nginx tls", self.tools.nginx, prefix, config), port
 
     def start_twisted_lb(self) -> tuple[Child, int]:
         port = self.ports.relays["twisted-lb"]
-        workdir = self.tmp / "twisted-lb"
-        workdir.mkdir(exist_ok=True)
-        conf = workdir / "lb.toml"
-        conf.write_text(twisted_lb_config(port, self.ports.backend, self.certs))
-        argv = [*twistd_argv(), "--reactor=epoll", "-n", "--pidfile=", "lb", "--config", str(conf)]
-        return self.children.start("twisted-lb", argv, workdir), port
+        config = twisted_lb_config(port, self.ports.backend, self.certs)
+        return self.children.start_twisted_lb("twisted-lb", self.tmp / "twisted-lb", config), port
 
     def starter(self, path: str) -> Callable[[], tuple[Child, int]]:
         return {"nginx": self.start_nginx, "twisted-lb": self.start_twisted_lb}[path]
@@ -541,13 +455,14 @@ class Bench:
         clients = []
         try:
             for n in range(self.args.handshake_clients):
-                log_path = self.tmp / f"s-time-{protocol}-{port}-{n}.log"
-                n_try = 1
-                while log_path.exists():
-                    n_try += 1
-                    log_path = self.tmp / f"s-time-{protocol}-{port}-{n}-{n_try}.log"
-                client = SplitChild(f"openssl s_time {flag} #{n + 1}", argv, log_path, self.tmp)
-                self.children.running.append(client)
+                # stderr apart: s_time's stdout is counted char by char.
+                client = self.children.start(
+                    f"openssl s_time {flag} #{n + 1}",
+                    argv,
+                    slug=f"s-time-{protocol}-{port}-{n}",
+                    split_stderr=True,
+                    tail_lines=12,
+                )
                 clients.append(client)
             # s_time stops at the first whole second after ``seconds``; allow for a slow start.
             deadline = start + seconds + 30
@@ -590,10 +505,7 @@ class Bench:
 
     def measure(self, path: str) -> dict[str, Any]:
         args = self.args
-        # Before anything of this path runs: what the rest of the machine is doing.
-        background = cpu_busy_percent()
-        if background > BUSY_PERCENT:
-            log(f"{path}: warning: other processes use {background:.0f}% of the CPUs")
+        background = busy_before(path)
         server, port = self.starter(path)()
         figures: dict[str, Any] = {"background_cpu_percent": background}
         try:
@@ -624,29 +536,20 @@ class Bench:
                 )
                 for name, value in hs.items():
                     figures[f"{key}_{name}"] = value
-            if args.warmup > 0:
-                run_wrk(self.tools.wrk, port, args.warmup, args.connections, args.threads, "https")
-            log(f"{path}: wrk -t{args.threads} -c{args.connections} -d{args.duration}s https")
+            warm_up_wrk(self.tools.wrk, port, args, path, "https")
             cpu0 = group_cpu_seconds(server.proc.pid)
             wrk = run_wrk(
                 self.tools.wrk, port, args.duration, args.connections, args.threads, "https"
             )
             cpu = group_cpu_seconds(server.proc.pid) - cpu0
-            log(
-                f"{path}: {wrk.requests_per_s:,.0f} requests/s, p99 {wrk.latency_p99_ms:.2f} ms, "
-                f"{wrk.non_2xx} non-2xx, {wrk.socket_errors} socket errors"
-            )
+            log_wrk_result(path, wrk)
             if server.exited():
                 raise server.fail("died during the wrk run")
         finally:
             self.children.stop(server)
         figures.update(
             {
-                "requests_per_s": wrk.requests_per_s,
-                "latency_p99_ms": wrk.latency_p99_ms,
-                "requests": float(wrk.requests),
-                "non_2xx": float(wrk.non_2xx),
-                "socket_errors": float(wrk.socket_errors),
+                **wrk.figures(),
                 "wrk_server_cpu_percent": 100.0 * cpu / args.duration,
                 "request_server_cpu_us": 1e6 * cpu / wrk.requests if wrk.requests else 0.0,
             }
@@ -654,23 +557,8 @@ class Bench:
         return figures
 
     def run(self) -> None:
-        prefix = self.tmp / "nginx-backend"
-        prefix.mkdir()
-        (prefix / "nginx.conf").write_text(nginx_backend_config(prefix, self.ports.backend))
-        backend = self.children.start(
-            "nginx backend",
-            [self.tools.nginx, "-p", f"{prefix}/", "-c", "nginx.conf", "-g", "daemon off;"],
-            prefix,
-        )
-        wait_http_ok(backend, self.ports.backend)
-        log(f"HTTP backend: nginx on {LOOPBACK}:{self.ports.backend}, pid {backend.proc.pid}")
-        for round_no in range(1, self.args.rounds + 1):
-            if self.args.rounds > 1:
-                log(f"round {round_no} of {self.args.rounds}")
-            for path in self.args.paths:
-                self.results.setdefault(path, []).append(self.measure(path))
-                if backend.exited():
-                    raise backend.fail("exited during the run")
+        backend = start_backend(self.children, self.tools.nginx, [self.ports.backend])
+        run_rounds(self.args, self.measure, self.results, backend)
 
 
 # --------------------------------------------------------------------------- report
@@ -730,7 +618,7 @@ def format_ratio_row(r: dict[str, Any]) -> str:
         target, result = "-", "-"
     else:
         target = f"{r['comparison']} {r['target']:.1f}x"
-        result = {None: "n/a", True: "PASS", False: "MISS"}[r["pass"]]
+        result = pass_mark(r["pass"])
     return f"{r['label']:<48} {value:>7} {target:>8}  {result}"
 
 
@@ -755,13 +643,12 @@ def print_report(
     rounds_data: dict[str, list[dict[str, Any]]],
     certs: Certs,
 ) -> None:
-    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     print(
         f"\nTLS benchmark: ECDSA P-256 certificate ({certs.made_with}); full handshakes: "
         f"{args.handshake_clients} x {s_time_command(args)}"
         f"{' (handshake only, no request)' if args.handshake_only else ''}; "
         f"keep-alive: wrk -t{args.threads} -c{args.connections} -d{args.duration}s https; "
-        f"GET / answered by an nginx backend with a 3-byte body{rounds}",
+        f"GET / answered by an nginx backend with a 3-byte body{rounds_note(args)}",
         file=out,
     )
     print(
@@ -778,12 +665,11 @@ def print_report(
             what = [v or f"{p} not negotiated" for p, v in negotiation[path].items()]
             print(f"  {path:<11} {'; '.join(what)}", file=out)
     print("", file=out)
-    header = (
+    print_header(
+        out,
         f"{'path':<11} {'TLS1.3 hs/s':>11} {'cpu%':>5} {'TLS1.2 hs/s':>11} {'cpu%':>5} "
-        f"{'requests/s':>11} {'p99 ms':>7} {'cpu%':>5} {'errors':>7} {'busy%':>6}"
+        f"{'requests/s':>11} {'p99 ms':>7} {'cpu%':>5} {'errors':>7} {'busy%':>6}",
     )
-    print(header, file=out)
-    print("-" * len(header), file=out)
     for path in PATHS:
         if path not in summary:
             continue
@@ -800,9 +686,7 @@ def print_report(
             file=out,
         )
     print("\nTLS server CPU time per operation (user + system, all its processes)", file=out)
-    header = f"{'path':<11} {'µs/TLS1.3 hs':>13} {'µs/TLS1.2 hs':>13} {'µs/request':>11}"
-    print(header, file=out)
-    print("-" * len(header), file=out)
+    print_header(out, f"{'path':<11} {'µs/TLS1.3 hs':>13} {'µs/TLS1.2 hs':>13} {'µs/request':>11}")
     for path in PATHS:
         if path in summary:
             row = summary[path]
@@ -813,9 +697,7 @@ def print_report(
                 file=out,
             )
     print("", file=out)
-    header = f"{'ratio':<48} {'value':>7} {'target':>8}  result"
-    print(header, file=out)
-    print("-" * len(header), file=out)
+    print_header(out, f"{'ratio':<48} {'value':>7} {'target':>8}  result")
     for r in ratio_rows:
         print(format_ratio_row(r), file=out)
     if args.rounds > 1:
@@ -833,16 +715,7 @@ def print_report(
                 if values:
                     parts.append(f"{label} {min(values):,.0f} - {max(values):,.0f}")
             print(f"  {path:<11} " + ", ".join(parts), file=out)
-    busy = max(
-        (r["background_cpu_percent"] for rs in rounds_data.values() for r in rs), default=0.0
-    )
-    if busy > BUSY_PERCENT:
-        print(
-            f"\nwarning: other processes used up to {busy:.0f}% of the CPUs just before a "
-            "measurement; the figures are noisy. Use --rounds 3 or more, or rerun when the "
-            "machine is idle.",
-            file=out,
-        )
+    print_busy_warning(out, rounds_data)
     nginx_cpu = summary.get("nginx", {}).get("tls13_server_cpu_percent")
     if nginx_cpu is not None and nginx_cpu < CLIENT_BOUND_PERCENT:
         print(
@@ -852,18 +725,7 @@ def print_report(
             "CPU cost per handshake.",
             file=out,
         )
-    errors = {
-        p: (int(s["non_2xx"]), int(s["socket_errors"]))
-        for p, s in summary.items()
-        if s["non_2xx"] or s["socket_errors"]
-    }
-    if errors:
-        print(
-            "\nwarning: wrk saw non-2xx responses or socket errors (those paths' figures are "
-            "not comparable): "
-            + ", ".join(f"{p} {n} non-2xx, {e} socket errors" for p, (n, e) in errors.items()),
-            file=out,
-        )
+    print_wrk_errors_warning(out, summary)
     resumed = {
         f"{p} {proto}": int(s[f"{key}_resumed"])
         for p, s in summary.items()
@@ -903,15 +765,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exit_on_signals()
-    tmp = Path(tempfile.mkdtemp(prefix="tls-bench-"))
-    children = Children(tmp)
-    failed = True
-    try:
+
+    def body(tmp: Path, children: Children) -> list[dict[str, Any]]:
         tools = ensure_tools(install=not args.no_install)
-        versions = tool_versions(tools)
-        if "twisted-lb" in args.paths and versions["twisted_lb"] == "?":
-            raise BenchError(f"twisted_lb is not importable by {sys.executable}")
+        versions = versions_of(tools)
+        require_twisted_lb(args.paths, versions)
         certs = make_certs(tmp / "certs", tools.openssl)
         log(f"certificate: ECDSA P-256 for {SERVER_NAME}/{LOOPBACK} ({certs.made_with})")
         ports = free_ports(1 + len(PATHS))
@@ -937,40 +795,22 @@ def main(argv: list[str] | None = None) -> int:
             certs,
         )
         if args.json:
-            document = {
-                "settings": {
-                    "duration_s": args.duration,
-                    "connections": args.connections,
-                    "threads": args.threads,
-                    "handshake_clients": args.handshake_clients,
-                    "handshake_only": args.handshake_only,
-                    "warmup_s": args.warmup,
-                    "rounds": args.rounds,
-                    "certificate": f"ECDSA P-256 ({certs.made_with})",
-                },
-                "versions": versions,
-                "negotiated": bench.negotiation,
-                "results": summary,
-                "rounds": bench.results,
-                "ratios": ratio_rows,
-            }
-            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-            log(f"wrote {args.json}")
-        failed = False
-        missed = any(r["pass"] is False for r in ratio_rows)
-        return 3 if (missed and args.fail_on_miss) else 0
-    except BenchError as e:
-        print(f"tls_bench: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tls_bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        children.stop_all()
-        if args.keep_tmp or failed:
-            log(f"logs and configs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_json(
+                args.json,
+                json_settings(
+                    args,
+                    ("handshake_clients", "handshake_only"),
+                    certificate=f"ECDSA P-256 ({certs.made_with})",
+                ),
+                versions,
+                negotiated=bench.negotiation,
+                results=summary,
+                rounds=bench.results,
+                ratios=ratio_rows,
+            )
+        return ratio_rows
+
+    return run_bench(args, body)
 
 
 if __name__ == "__main__":
