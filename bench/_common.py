@@ -298,11 +298,11 @@ class Children:
         return self.start(name, argv, prefix)
 
     def start_twisted_lb(self, name: str, workdir: Path, config: str) -> Child:
-        """``twistd --reactor=epoll -n --pidfile= lb --config lb.toml`` in ``workdir``."""
+        """``twistd --reactor=lb -n --pidfile= lb --config lb.toml`` in ``workdir``."""
         workdir.mkdir(exist_ok=True)
         conf = workdir / "lb.toml"
         conf.write_text(config)
-        argv = [*twistd_argv(), "--reactor=epoll", "-n", "--pidfile=", "lb", "--config", str(conf)]
+        argv = [*twistd_argv(), "--reactor=lb", "-n", "--pidfile=", "lb", "--config", str(conf)]
         return self.start(name, argv, workdir)
 
     def stop(self, child: Child) -> None:

@@ -15,7 +15,7 @@ ports), all on 127.0.0.1:
     ``twisted.web.proxy.ReverseProxyResource`` on the epoll reactor (backend 1 only: it takes
     one host and port);
 ``twisted-lb``
-    ``twistd --reactor=epoll -n --pidfile= lb --config cfg.toml`` with ``mode = "http"``.
+    ``twistd --reactor=lb -n --pidfile= lb --config cfg.toml`` with ``mode = "http"``.
 
 For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections). With
 twisted-lb in the run it also streams 1 GiB up and 1 GiB down through a second twisted-lb to a

@@ -10,7 +10,7 @@ and ``127.0.0.1``, made for the run:
     ``ssl_session_cache shared:SSL:10m``, ``proxy_pass`` to the backend with ``keepalive 32``,
     one worker process (the anchor);
 ``twisted-lb``
-    ``twistd --reactor=epoll -n --pidfile= lb --config lb.toml`` with a ``mode = "http"``
+    ``twistd --reactor=lb -n --pidfile= lb --config lb.toml`` with a ``mode = "http"``
     frontend and ``[frontends.NAME.tls]``.
 
 For each path it measures full TLS handshakes/s, TLS 1.3 and TLS 1.2, with parallel

@@ -32,6 +32,8 @@ def _script(name: str) -> str:
 
 TWISTD = _script("twistd")
 TWISTED_LB = _script("twisted-lb")
+# twisted_lb.reactor, which docs/ recommend on Linux; elsewhere twistd's default.
+LB_REACTOR = "lb" if sys.platform.startswith("linux") else None
 
 
 class Process:
@@ -182,9 +184,15 @@ def http_lb_config(
     return "\n".join(lines) + "\n"
 
 
-def start_lb(config_path: str, env: dict[str, str] | None = None) -> tuple[Process, int]:
-    """Start ``twistd -n lb --config config_path``; return it and its frontend's port."""
-    process = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", config_path], env=env)
+def start_lb(
+    config_path: str, env: dict[str, str] | None = None, reactor: str | None = LB_REACTOR
+) -> tuple[Process, int]:
+    """
+    Start ``twistd --reactor=REACTOR -n lb --config config_path`` (the command docs/ give
+    operators; ``reactor=None``: twistd's default reactor); return it and its frontend's port.
+    """
+    flags = [f"--reactor={reactor}"] if reactor else []
+    process = Process([TWISTD, *flags, "-n", "--pidfile=", "lb", "--config", config_path], env=env)
     port = int(process.wait_for(r"frontend web listening on 127\.0\.0\.1:(\d+)").group(1))
     process.wait_for(r"twisted-lb running")
     return process, port

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._backend import pattern
 from tests._harness import (
+    LB_REACTOR,
     Process,
     environ_with,
     free_port,
@@ -49,10 +50,12 @@ class HTTPIntegrationCase(SynchronousTestCase):
         self.addCleanup(process.kill)
         return process, port
 
-    def start_lb(self, config: str, env: dict[str, str] | None = None) -> tuple[Process, int]:
+    def start_lb(
+        self, config: str, env: dict[str, str] | None = None, reactor: str | None = LB_REACTOR
+    ) -> tuple[Process, int]:
         path = Path(self.mktemp() + ".toml")
         path.write_text(config)
-        process, port = start_lb(str(path), env=env)
+        process, port = start_lb(str(path), env=env, reactor=reactor)
         self.addCleanup(process.kill)
         self.addCleanup(self.stop_and_check_log, process)
         return process, port
@@ -213,6 +216,40 @@ class ExchangeTests(HTTPIntegrationCase):
         self.assertEqual(echo["body_length"], 11)
         self.assertEqual(echo["body_sha256"], hashlib.sha256(b"hello world").hexdigest())
         self.assertEqual(header_values(echo, "Expect"), ["100-continue"])
+
+
+class ReactorTests(HTTPIntegrationCase):
+    """
+    The integration tests run ``twistd --reactor=lb`` on Linux (twisted_lb.reactor), as docs/
+    recommend; twistd's default reactor must serve the same exchanges.
+    """
+
+    def exchanges(self, reactor: str | None) -> tuple[Process, list[int]]:
+        _backend, backend_port = self.start_backend("echo", "app1")
+        lb, port = self.start_lb(http_lb_config({"app": [backend_port]}), reactor=reactor)
+        sock = self.connect(port)
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        reader = sock.makefile("rb")
+        targets = [echoed(read_response(reader).body)["target"] for _ in range(2)]
+        self.assertEqual(targets, ["/a", "/b"])
+        connection = self.client(port)
+        statuses = [request(connection, "POST", "/c", body=b"x" * 70000)[0].status]
+        statuses += [request(connection, "GET", "/d")[0].status for _ in range(3)]
+        return lb, statuses
+
+    def test_default_reactor(self) -> None:
+        """Pipelined and keep-alive requests through twistd's default reactor."""
+        lb, statuses = self.exchanges(None)
+        self.assertEqual(statuses, [200] * 4)
+        self.assertNotIn("twisted_lb.reactor", lb.output())
+
+    def test_lb_reactor(self) -> None:
+        """The same through ``--reactor=lb``, whose class twistd names at start."""
+        if LB_REACTOR is None:
+            raise SkipTest("twisted_lb.reactor is Linux only")
+        lb, statuses = self.exchanges(LB_REACTOR)
+        self.assertEqual(statuses, [200] * 4)
+        lb.wait_for(r"reactor class: twisted_lb\.reactor\.EPollReactor")
 
 
 class KeepAliveTests(HTTPIntegrationCase):

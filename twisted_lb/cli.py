@@ -135,6 +135,11 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
     Returns:
         The process exit status.
     """
+    if sys.platform.startswith("linux") and "twisted.internet.reactor" not in sys.modules:
+        # The reactor docs/ recommend for twistd (``--reactor=lb``).
+        from twisted_lb.reactor import install
+
+        install()
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
