@@ -11,6 +11,7 @@ certificate reload on SIGHUP with an old connection kept.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -18,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,15 @@ from typing import Any
 import trustme
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._harness import Process, environ_with, read_response, start_backend, start_lb
-from tests.test_integration_http import LOG_ERRORS, TIMEOUT, echoed, header_values
+from tests._harness import (
+    Process,
+    environ_with,
+    read_response,
+    rss_bytes,
+    start_backend,
+    start_lb,
+)
+from tests.test_integration_http import LOG_ERRORS, MB, TIMEOUT, echoed, header_values
 
 
 def write_pair(directory: Path, name: str, cert: trustme.LeafCert) -> tuple[str, str]:
@@ -187,6 +196,39 @@ class TerminationTests(TLSCase):
             self.addCleanup(raw.close)
             raw.settimeout(TIMEOUT)
             self.assertEqual(raw.recv(1), b"")
+
+    def test_download_by_slow_client(self) -> None:
+        """
+        64 MB down over TLS to a client that reads slowly arrive whole, and grow the
+        balancer's resident memory by less than 32 MB: records go out as the socket takes
+        them, and the backend's reading is paused once they have to be queued.
+        """
+        total = 64 * MB
+        _, backend = self.start_backend("echo", "app1")
+        lb, port = self.start_lb(self.frontend_config(backend, self.two_sites()))
+        tls = self.handshake(port, "a.example")
+        tls.settimeout(60)
+        baseline = rss_bytes(lb.pid)
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{lb.pid}/clear_refs").write_text("5")
+        tls.sendall(f"GET /_bytes?n={total}&fill=d HTTP/1.1\r\nHost: a.example\r\n\r\n".encode())
+        buffered = b""
+        while b"\r\n\r\n" not in buffered:
+            data = tls.recv(65536)
+            self.assertTrue(data, "closed in the response head")
+            buffered += data
+        head, _, body = buffered.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        received, wrong = len(body), len(body) - body.count(b"d")
+        while received < total:
+            data = tls.recv(32 * 1024)
+            self.assertTrue(data, f"closed after {received} of {total} bytes")
+            received += len(data)
+            wrong += len(data) - data.count(b"d")
+            time.sleep(0.0005)
+        self.assertEqual((received, wrong), (total, 0))
+        self.assertEqual(self.get(tls).status, 200)  # the connection is still in service
+        self.assertLess(rss_bytes(lb.pid, "VmHWM") - baseline, 32 * MB)
 
     def test_websocket_tunnel_closed_when_the_backend_goes(self) -> None:
         """

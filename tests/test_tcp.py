@@ -4,6 +4,8 @@ Unit tests of the L4 relay, with a memory reactor and string transports: no sock
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -463,6 +465,116 @@ class SenderTests(SynchronousTestCase):
         send(b"more")  # behind queued bytes
         self.assertEqual(len(calls), 2)
         self.assertGreater(calls[1], 0)
+
+
+class TLSSenderTests(SynchronousTestCase):
+    """
+    ``_sender`` on Twisted's TLS transport over a real TCP connection object (a socketpair, no
+    reactor loop), after a real handshake with a pyOpenSSL client on the other end: records go
+    out at once, and ``on_backlog`` comes just before one has to be queued.
+    """
+
+    def setUp(self) -> None:
+        import socket
+        import tempfile
+
+        import trustme
+        from OpenSSL import SSL
+        from twisted.internet import tcp
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from twisted_lb.tls import ServerTLS
+
+        leaf = trustme.CA().issue_cert("localhost")
+        directory = tempfile.mkdtemp(prefix="twisted_lb_tls_sender_")
+        self.addCleanup(shutil.rmtree, directory)
+        cert, key = os.path.join(directory, "leaf.pem"), os.path.join(directory, "leaf.key")
+        leaf.cert_chain_pems[0].write_to_path(cert)
+        leaf.private_key_pem.write_to_path(key)
+        options = ServerTLS([(cert, key)])
+        self.reactor = MemoryReactorClock()
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        ours.setblocking(False)
+        peer.setblocking(False)
+        factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol))
+        self.tls: Any = factory.buildProtocol(None)
+        self.connection = tcp.Connection(ours, self.tls, self.reactor)
+        self.connection.connected = True
+        self.tls.makeConnection(self.connection)
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), peer)
+        self.client.set_connect_state()
+        for _ in range(20):
+            try:
+                self.client.do_handshake()
+            except SSL.WantReadError:
+                pass
+            else:
+                if self.tls._handshakeDone:
+                    break
+            self.connection.doRead()
+            while self.connection.dataBuffer or self.connection._tempDataLen:
+                self.connection.doWrite()
+        self.assertTrue(self.tls._handshakeDone)
+
+    def read_all(self) -> bytes:
+        from OpenSSL import SSL
+
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.client.recv(1 << 16))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def test_records_sent_at_once(self) -> None:
+        """A small write reaches the peer now; nothing waits for writability or a backlog."""
+        calls: list[None] = []
+        send = _sender(self.tls, lambda: calls.append(None))
+        self.assertTrue(sends_at_once(self.tls))
+        send(b"hello")
+        self.assertEqual(self.read_all(), b"hello")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(calls, [])
+
+    def test_on_backlog(self) -> None:
+        """
+        A write larger than the socket takes calls ``on_backlog`` before its first record is
+        queued: the producer it registers on the TLS transport is paused by that very write,
+        and everything arrives, in order, once the queue drains.
+        """
+        producer = StringTransport()
+        calls: list[int] = []
+
+        def on_backlog() -> None:
+            calls.append(len(self.connection.dataBuffer) + self.connection._tempDataLen)
+            if self.tls._producer is None:
+                self.tls.registerProducer(producer, True)
+
+        send = _sender(self.tls, on_backlog)
+        data = bytes(range(256)) * (32 << 10)  # 8 MiB
+        send(data)
+        self.assertEqual(calls[0], 0)
+        self.assertEqual(producer.producerState, "paused")
+        self.assertEqual(self.reactor.getWriters(), [self.connection])
+        received = self.read_all()
+        for _ in range(10_000):
+            if not (self.connection._tempDataLen or self.connection.dataBuffer):
+                break
+            self.connection.doWrite()
+            received += self.read_all()
+        self.assertEqual(received, data)
+        self.assertEqual(producer.producerState, "producing")
+
+    def test_sender_twice(self) -> None:
+        """A second sender for the same TLS transport replaces the first; bytes go out once."""
+        first: list[None] = []
+        _sender(self.tls, lambda: first.append(None))
+        send = _sender(self.tls)
+        send(b"once")
+        self.assertEqual(self.read_all(), b"once")
+        self.assertEqual(first, [])
 
 
 class UnwrapTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import types
 from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
@@ -66,9 +67,12 @@ class RelayTransport(TypingProtocol):
 def sends_at_once(transport: object) -> bool:
     """
     Whether :func:`sender` gives ``transport`` a write that sends at once and calls its
-    ``on_backlog`` before queueing (Twisted's own TCP and UNIX connections); for any other
-    transport it gives ``transport.write``, which never calls ``on_backlog``.
+    ``on_backlog`` before queueing: Twisted's own TCP and UNIX connections, and Twisted's TLS
+    transport (``TLSMemoryBIOProtocol``) over one of them. For any other transport it gives
+    ``transport.write``, which never calls ``on_backlog``.
     """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = getattr(transport, "transport", None)
     return isinstance(transport, tcp.Connection)
 
 
@@ -86,39 +90,31 @@ def sender(
     waits for writability and pauses the producer when the queue is full, so byte order and
     flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
     ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
-    the previous one. Any other transport (test fakes) gets its ``write``. A TLS one gets
-    ``TLSMemoryBIOProtocol.write`` without Twisted's next-turn aggregation of small writes,
-    and ``TCP_NODELAY`` on the TCP connection under it.
+    the previous one. Any other transport (test fakes) gets its ``write``.
 
-    ``on_backlog``, when given, is called before each write that queues bytes (for a
-    ``tcp.Connection``; see :func:`sends_at_once`): a producer that only matters once bytes are
-    queued can be registered then, rather than for every exchange (the usual small exchange
-    never queues a byte). It is called before ``write``, so a producer it registers is paused
-    by that very write when the queue is full.
+    A TLS transport (``TLSMemoryBIOProtocol``) gets its ``write`` without Twisted's next-turn
+    aggregation of small writes (the data paths already hand it whole responses and relayed
+    chunks). When it runs over a ``tcp.Connection``, that connection gets ``TCP_NODELAY``, and
+    its ``write``, which TLS calls with each record it produces, becomes the sending write
+    above, ``on_backlog`` included: so the records go out at once too, and ``on_backlog`` is
+    called just before a record has to be queued. It is also called before a write while TLS
+    itself holds application bytes back (mid-handshake).
+
+    ``on_backlog``, when given, is called before each write that queues bytes (see
+    :func:`sends_at_once`): a producer that only matters once bytes are queued can be
+    registered then, rather than for every exchange (the usual small exchange never queues a
+    byte). It is called before the queueing ``write``, so a producer it registers is paused by
+    that very write when the queue is full.
     """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return _tls_sender(transport, on_backlog)
     if not sends_at_once(transport):
-        # A TLS transport (TLSMemoryBIOProtocol) over a TCP connection: the records it writes
-        # need TCP_NODELAY as much, or the last one of a response (close_notify, say) waits
-        # for the ACK of the one before, which the peer delays (40 ms on Linux).
-        lower = getattr(transport, "transport", None)
-        if isinstance(lower, tcp.Connection) and lower.socket.family in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        ):
-            lower.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if isinstance(transport, TLSMemoryBIOProtocol):
-            # Twisted's TLS transport (BufferingTLSTransport) holds small writes until the
-            # next reactor turn, a callLater(0) per write: the data paths already hand it
-            # whole responses and relayed chunks, so write each as a record now.
-            aggregator = getattr(transport, "_aggregator", None)
-            if aggregator is not None:
-                aggregator.flush()
-            return functools.partial(TLSMemoryBIOProtocol.write, transport)
         return transport.write
     connection: Any = transport
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
         connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    write = connection.write
+    # The class's write: this connection's own attribute may be a sender already (under TLS).
+    write = types.MethodType(type(connection).write, connection)
     socket_send = connection.socket.send
 
     def send(data: bytes) -> None:
@@ -146,6 +142,35 @@ def sender(
             if on_backlog is not None:
                 on_backlog()
             write(data[sent:])
+
+    return send
+
+
+def _tls_sender(
+    transport: TLSMemoryBIOProtocol, on_backlog: Callable[[], None] | None
+) -> Callable[[bytes], None]:
+    """:func:`sender` for Twisted's TLS transport."""
+    # Private to Twisted: if a release renames it, nothing is flushed (it is a next-turn timer).
+    aggregator = getattr(transport, "_aggregator", None)
+    if aggregator is not None:
+        aggregator.flush()
+    write = functools.partial(TLSMemoryBIOProtocol.write, transport)
+    lower = getattr(transport, "transport", None)
+    if not isinstance(lower, tcp.Connection):
+        return write
+    # TLS hands each record to lower.write: that becomes a sending write with the backlog hook.
+    # This must be an attribute of this one connection, which TLS owns (Twisted's
+    # TLSMemoryBIOProtocol offers no other way to choose how its records are written).
+    lower.write = sender(lower, on_backlog)  # type: ignore[method-assign]
+    if on_backlog is None:
+        return write
+    backlog_hook = on_backlog
+
+    def send(data: bytes) -> None:
+        # Private to Twisted: if a release renames it, pace at every write (the safe side).
+        if getattr(transport, "_appSendBuffer", True):
+            backlog_hook()
+        write(data)
 
     return send
 
