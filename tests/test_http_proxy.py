@@ -734,3 +734,89 @@ class FuzzTests(ProxyCase):
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
+
+
+class LingeringCloseTests(ProxyCase):
+    """
+    A request refused before its body is read, on a real TCP connection object (a socketpair;
+    the clock is the memory reactor's): the answer is followed by a half-close, and the
+    client's further bytes are read and discarded until it closes, ``lingering_timeout``
+    passes without a byte, or ``lingering_time`` is up (nginx's lingering close).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        import socket
+
+        from twisted.internet import tcp
+
+        self.factory.lingering_time = 30.0
+        self.factory.lingering_timeout = 5.0
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.protocol = self.factory.buildProtocol(CLIENT)
+        self.connection = tcp.Connection(ours, self.protocol, self.reactor)
+        self.connection.connected = True
+        self.protocol.makeConnection(self.connection)
+        self.addCleanup(self.protocol.connectionLost, Failure(ConnectionDone()))
+
+    def refuse(self) -> bytes:
+        """Send a head whose Content-Length is over max_body_bytes; return the answer."""
+        self.protocol.dataReceived(
+            b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n" + b"u" * 100
+        )
+        while self.connection.dataBuffer or self.connection._tempDataLen:
+            self.connection.doWrite()
+        if self.connection._writeDisconnecting and not self.connection._writeDisconnected:
+            self.connection.doWrite()  # the half-close itself happens in doWrite
+        return self.peer.recv(65536)
+
+    def assert_closed(self) -> None:
+        """The socket is closed (connectionLost: the write side was already shut)."""
+        self.assertTrue(self.protocol.lost)
+        self.assertFalse(self.connection.connected)
+        self.assertNotIn(self.connection, self.reactor.getReaders())
+
+    def test_half_close_then_discard(self) -> None:
+        """The 413 is written, then a FIN; later bytes are read and dropped, not parsed."""
+        answer = self.refuse()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertEqual(self.peer.recv(1), b"")  # the FIN: the client reads its EOF
+        self.assertTrue(self.connection._writeDisconnected)
+        self.assertFalse(self.protocol.lost)
+        self.assertIn(self.connection, self.reactor.getReaders())
+        self.protocol.dataReceived(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_closed_after_lingering_timeout(self) -> None:
+        """Bytes keep it open; lingering_timeout without one closes it."""
+        self.refuse()
+        self.reactor.advance(4.0)
+        self.protocol.dataReceived(b"u" * 100)
+        self.reactor.advance(4.0)
+        self.assertFalse(self.protocol.lost)
+        self.reactor.advance(1.1)
+        self.assert_closed()
+
+    def test_closed_after_lingering_time(self) -> None:
+        """A client that never stops sending is closed after lingering_time in all."""
+        self.refuse()
+        for _ in range(29):
+            self.reactor.advance(1.0)
+            self.protocol.dataReceived(b"u" * 100)
+        self.assertFalse(self.protocol.lost)
+        self.reactor.advance(1.1)
+        self.assert_closed()
+
+    def test_string_transport_closes_at_once(self) -> None:
+        """A transport that cannot half-close (here a test fake; TLS too) is closed at once."""
+        protocol, transport = self.connect_client()
+        protocol.dataReceived(
+            b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))

@@ -603,6 +603,43 @@ class SmugglingTests(HTTPIntegrationCase):
         self.assertEqual(lines_matching(backend, r"^REQUEST "), ["REQUEST 1 GET /control"])
 
 
+class LingeringCloseTests(HTTPIntegrationCase):
+    def test_413_reaches_a_client_still_sending(self) -> None:
+        """
+        A 4 MB upload refused with 413 at its head: the client, still sending, finishes its
+        upload without a reset, reads the whole 413 and then the end of the stream. The
+        balancer half-closes and reads on, as nginx's lingering close, instead of closing a
+        socket with unread bytes (which makes the kernel send a reset that can destroy the
+        response before the client reads it).
+        """
+        _backend, lb, port = self.echo_lb(frontend_extra="max_body_bytes = 1024")
+        total = 4 * MB
+        for attempt in range(3):
+            sock = self.connect(port, timeout=30)
+            sock.sendall(
+                f"POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: {total}\r\n\r\n".encode()
+            )
+            errors: list[OSError] = []
+
+            def upload(sock: socket.socket = sock, errors: list[OSError] = errors) -> None:
+                try:
+                    sock.sendall(b"u" * total)
+                except OSError as e:
+                    errors.append(e)
+
+            thread = threading.Thread(target=upload, daemon=True)
+            thread.start()
+            thread.join(30)
+            self.assertFalse(thread.is_alive(), "upload stuck")
+            self.assertEqual(errors, [], f"attempt {attempt}")
+            response = read_response(sock.makefile("rb"), "POST")
+            self.assertEqual(response.status, 413)
+            self.assertEqual(response.body, b"413 Content Too Large\n")
+            self.assertEqual(sock.recv(1), b"")
+            sock.close()
+        lb.wait_for(r'"POST /up" 413 ')
+
+
 class ErrorTests(HTTPIntegrationCase):
     def assert_error_responses(self, port: int, status: int, target: str) -> None:
         """

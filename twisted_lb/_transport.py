@@ -76,6 +76,15 @@ def sends_at_once(transport: object) -> bool:
     return isinstance(transport, tcp.Connection)
 
 
+def half_closes(transport: object) -> bool:
+    """
+    Whether ``transport`` can close its writing side alone and read on
+    (``loseWriteConnection``): Twisted's own TCP and UNIX connections. Twisted's TLS
+    transport cannot, nor can test fakes.
+    """
+    return isinstance(transport, tcp.Connection)
+
+
 def sender(
     transport: RelayTransport, on_backlog: Callable[[], None] | None = None
 ) -> Callable[[bytes], None]:

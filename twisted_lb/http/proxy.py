@@ -50,6 +50,7 @@ from twisted_lb._transport import (
     ReadGate,
     RelayTransport,
     describe_error,
+    half_closes,
     lose_connection,
     sender,
     sends_at_once,
@@ -167,6 +168,8 @@ class HTTPProxyProtocol(Protocol):
         self.active: _Request | None = None
         self.parser_dead = False
         self.pending_reject = 0
+        self.lingering = False  # half-closed after a refusal, reading and discarding
+        self.linger_until = 0.0
         # Tunnel (after a 101).
         self.tunnel = False
         self.tunnel_early: list[bytes] = []
@@ -233,6 +236,9 @@ class HTTPProxyProtocol(Protocol):
                 self.upstream.send(data)
             return
         if self.parser_dead:
+            if self.lingering:
+                self.last_activity = self.seconds()
+                return
             if self.active is not None and self.active.upgrade:
                 self.tunnel_early.append(data)
             return
@@ -944,7 +950,35 @@ class HTTPProxyProtocol(Protocol):
             self._send_client(error_response(status))
             self._log_rejected(status)
         self._flush_batch()
+        if (self.parser_dead or self.parsing is not None) and self._linger():
+            return
         lose_connection(self.client_transport)
+
+    def _linger(self) -> bool:
+        """
+        Close as nginx's ``lingering_close``, when the client may still be sending (a request
+        refused or answered before all of it was read): half-close once the response is
+        written (FIN), then read and discard what the client sends until it closes, or for
+        ``lingering_timeout`` without a byte, or ``lingering_time`` in all; then close.
+        Closing a socket with unread bytes makes the kernel send a reset, which may reach
+        the client before it reads the response, and lose it (RFC 9112 §9.6). Only over
+        Twisted's TCP and UNIX connections, which can half-close; TLS closes as before.
+
+        Returns whether the connection lingers (else the caller closes it).
+        """
+        transport = self.client_transport
+        if self.lingering or not half_closes(transport):
+            return False
+        self.lingering = True
+        self.parser_dead = True
+        now = self.seconds()
+        self.last_activity = now
+        self.linger_until = now + self.factory.lingering_time
+        cast(Any, transport).loseWriteConnection()
+        for why in list(self.gate.reasons):
+            self.gate.resume(why)
+        self._set_timer("linger", min(self.factory.lingering_timeout, self.factory.lingering_time))
+        return True
 
     def _log_rejected(self, status: int) -> None:
         """The access event of a request refused before it had an exchange."""
@@ -1042,7 +1076,8 @@ class HTTPProxyProtocol(Protocol):
         """
         Arm the connection's one deadline: ``header`` (408), ``idle`` (close quietly),
         ``response`` (504), ``transfer`` (no byte either way for ``client_timeout`` while a
-        body streams: 408 or a cut) or ``tunnel`` (close).
+        body streams: 408 or a cut), ``tunnel`` (close) or ``linger`` (close; see
+        :meth:`_linger`).
 
         The timer is lazy: changing the deadline does not cancel and re-create a DelayedCall
         (a heap operation per request); the timer fires, finds the deadline later, and
@@ -1080,6 +1115,10 @@ class HTTPProxyProtocol(Protocol):
             self.deadline = self.last_activity + self.factory.tunnel_timeout
         elif kind == "transfer":
             self.deadline = self.last_activity + self.factory.client_timeout
+        elif kind == "linger":
+            self.deadline = min(
+                self.last_activity + self.factory.lingering_timeout, self.linger_until
+            )
         left = self.deadline - self.seconds()
         if left > 1e-6:
             self.timer = self.factory.reactor.callLater(left, self._timer_fired)
@@ -1092,6 +1131,8 @@ class HTTPProxyProtocol(Protocol):
             self._transfer_stalled()
         elif kind == "tunnel":
             self.close("tunnel timeout")
+        elif kind == "linger":
+            self.client_transport.loseConnection()
         elif kind == "header" and self.parsing is not None:
             self._reject(408)
         else:
@@ -1150,6 +1191,11 @@ class HTTPProxyFactory(FrontendFactory):
         frontend: the frontend's name, for logs.
         proto: ``"http"`` or ``"https"``, for ``X-Forwarded-Proto`` and ``Forwarded``.
         access_log: whether to log one access event per request.
+        lingering_time: seconds, at most, that a connection closed while its client may
+            still be sending (a refused request) reads and discards before it is closed
+            (nginx ``lingering_time``, same default).
+        lingering_timeout: seconds without a byte from such a client after which it is
+            closed sooner (nginx ``lingering_timeout``, same default).
 
     Raises:
         ValueError: a timeout is not > 0 or a limit is out of range.
@@ -1171,11 +1217,15 @@ class HTTPProxyFactory(FrontendFactory):
         frontend: str = "http",
         proto: str = "http",
         access_log: bool = True,
+        lingering_time: float = 30.0,
+        lingering_timeout: float = 5.0,
     ) -> None:
         for key, seconds in (
             ("client_timeout", client_timeout),
             ("header_timeout", header_timeout),
             ("tunnel_timeout", tunnel_timeout),
+            ("lingering_time", lingering_time),
+            ("lingering_timeout", lingering_timeout),
         ):
             if not seconds > 0:
                 raise ValueError(f"{key} must be > 0 s, not {seconds}")
@@ -1193,6 +1243,8 @@ class HTTPProxyFactory(FrontendFactory):
         self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.tunnel_timeout = tunnel_timeout
         self.proto = proto
+        self.lingering_time = lingering_time
+        self.lingering_timeout = lingering_timeout
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.frontend}>"
