@@ -167,6 +167,75 @@ class DispatchTests(SynchronousTestCase):
         [reason] = reader.lost
         self.assertIsInstance(reason.value, ConnectionDone)
 
+    def test_nested_contexts(self) -> None:
+        """
+        Run from inside other contexts, the handler sees the log context in force (from
+        anywhere down the stack) with its own system, and the other keys, as in Twisted's.
+        """
+        seen = {}
+        for reactor_type in (EPollReactor, epollreactor.EPollReactor):
+            reactor = reactor_type()
+            reader, peer = self._reader(reactor, "Nested,1")
+            peer.sendall(b"n")
+            observed: list[tuple[dict[str, Any], Any]] = []
+            original = reader.doRead
+
+            def do_read(
+                original: Any = original, observed: list[tuple[dict[str, Any], Any]] = observed
+            ) -> Any:
+                observed.append((dict(context.get(log.ILogContext)), context.get("other")))
+                return original()
+
+            reader.doRead = do_read  # type: ignore[method-assign]
+            log.callWithContext({"request": 5}, context.call, {"other": 1}, reactor.doPoll, 1.0)
+            seen[reactor_type] = observed
+        self.assertEqual(seen[EPollReactor], [({"system": "Nested,1", "request": 5}, 1)])
+        self.assertEqual(seen[EPollReactor], seen[epollreactor.EPollReactor])
+
+    def test_error_past_the_handler(self) -> None:
+        """
+        An exception that escapes Twisted's own handling (here from ``connectionLost``, after
+        a failed read) is logged with the descriptor's system, as ``callWithLogger`` does, and
+        the poll goes on.
+        """
+        reactor = EPollReactor()
+        bad, bad_peer = self._reader(reactor, "Worse,1")
+        good, good_peer = self._reader(reactor, "Fine,2")
+        bad.fail_with = ValueError("read")
+
+        def lost(reason: Failure) -> None:
+            raise KeyError("lost")
+
+        bad.connectionLost = lost  # type: ignore[method-assign]
+        bad_peer.sendall(b"x")
+        good_peer.sendall(b"y")
+        reactor.doPoll(1.0)
+        self.assertEqual(good.data, b"y")
+        self.assertEqual(
+            sorted(e["system"] for e in self.errors), ["Worse,1", "Worse,1"]
+        )  # the read error (Twisted's handler) and the escaped one (doPoll's)
+        self.flushLoggedErrors(ValueError, KeyError)
+
+    def test_descriptor_removed_by_an_earlier_handler(self) -> None:
+        """A descriptor that an earlier handler of the same poll removed is not handled."""
+        reactor = EPollReactor()
+        first, first_peer = self._reader(reactor, "First,1")
+        second, second_peer = self._reader(reactor, "Second,2")
+        original = first.doRead
+
+        def do_read() -> Any:
+            reactor.removeReader(second)
+            reactor.removeReader(first)
+            return original()
+
+        first.doRead = do_read  # type: ignore[method-assign]
+        second.doRead = do_read  # type: ignore[method-assign]
+        first_peer.sendall(b"1")
+        second_peer.sendall(b"2")
+        reactor.doPoll(1.0)
+        # Whichever ran first removed both: exactly one handler ran.
+        self.assertEqual(len(first.systems) + len(second.systems), 1)
+
     def test_timeout(self) -> None:
         """A poll with nothing ready returns after its timeout and dispatches nothing."""
         reactor = EPollReactor()

@@ -6,11 +6,10 @@ descriptor for its ``logPrefix()``, copies the logging context, merges the prefi
 pushes it through two more layers of context calls and pops it again: about a quarter of the
 reactor's own Python work for each socket event, and 10-15% of twisted-lb's CPU time per
 proxied request. Twisted's own ticket (twisted/twisted#2534, "investigate event dispatch
-optimization") measured the same 15% and suggests keeping the context without the overhead,
-"avoiding the context copy since the reactor is guaranteed to be at the top of the context
-stack". :class:`EPollReactor` does that: it reads the context at the top of the stack once per
-poll and pushes, for each event, one dict holding the descriptor's ``logPrefix()`` as the log
-``system``, exactly what ``callWithLogger`` would have pushed. Legacy log events emitted while a
+optimization") measured the same 15% and suggests keeping the context without the overhead.
+:class:`EPollReactor` does that: it looks up the log context in force once per poll, and
+pushes for each event the frame ``callWithLogger`` would have pushed: the log context with the
+descriptor's ``logPrefix()`` as its ``system``. Legacy log events emitted while a
 descriptor is handled (``Unhandled Error`` tracebacks, ``log.msg``) keep their ``[system]``,
 and an exception that escapes is logged with it, as ``callWithLogger`` does.
 
@@ -59,9 +58,11 @@ class EPollReactor(epollreactor.EPollReactor):
             return
         if not events:
             return
-        contexts: list[dict[Any, Any]] = tracker.currentContext().contexts
-        top = contexts[-1]
-        top_log = top.get(log.ILogContext) or {}
+        current = tracker.currentContext()
+        contexts: list[dict[Any, Any]] = current.contexts
+        # What callWithLogger's callWithContext reads for each event: the log context in
+        # force, found anywhere down the stack (it cannot change between two events).
+        top_log = current.getContext(log.ILogContext) or {}
         selectables = self._selectables
         do_read_or_write: Callable[[Any, int, int], None] = self._doReadOrWrite
         push = contexts.append
@@ -77,9 +78,7 @@ class EPollReactor(epollreactor.EPollReactor):
             except BaseException:
                 prefix = "(buggy logPrefix method)"
                 log.err(system=prefix)
-            frame = top.copy()
-            frame[log.ILogContext] = {**top_log, "system": prefix}
-            push(frame)
+            push({log.ILogContext: {**top_log, "system": prefix}})
             try:
                 do_read_or_write(selectable, fd, event)
             except KeyboardInterrupt:
