@@ -190,6 +190,51 @@ class ExchangeTests(ProxyCase):
         self.close_client(client)
         self.drain_idle()
 
+    def test_pipelined_before_a_bad_request(self) -> None:
+        """
+        Requests pipelined before a malformed one, in the same read, are answered in order;
+        then the 400, and the connection closes.
+        """
+        self.pool.set_backends(self.backends[:1])
+        client, client_transport = self.connect_client()
+        client.dataReceived(GET + GET.replace(b"/x", b"/y") + b"GET /z HTTP/1.1\r\nHost h\r\n\r\n")
+        upstream, upstream_transport = self.accept_upstream()
+        self.assertTrue(upstream_transport.value().startswith(b"GET /x HTTP/1.1"))
+        upstream_transport.clear()
+        upstream.dataReceived(OK)
+        self.assertTrue(upstream_transport.value().startswith(b"GET /y HTTP/1.1"))
+        self.assertFalse(client_transport.disconnecting)
+        upstream.dataReceived(OK.replace(b"ok", b"OK"))
+        answers = client_transport.value()
+        self.assertTrue(answers.startswith(OK + OK.replace(b"ok", b"OK") + b"HTTP/1.1 400 "))
+        self.assertTrue(client_transport.disconnecting)
+        self.close_client(client)
+        self.drain_idle()
+
+    def test_error_before_a_bad_request(self) -> None:
+        """
+        A request pipelined before a malformed one whose backend refuses gets its 502 without
+        ``Connection: close``; the next one its response; then the 400, which closes.
+        """
+        self.pool.set_backends(self.backends[:1])
+        self.pool.retries = 0
+        client, client_transport = self.connect_client()
+        client.dataReceived(GET + GET.replace(b"/x", b"/y") + b"GET /z HTTP/1.1\r\nHost h\r\n\r\n")
+        self.reactor.tcpClients[0][2].clientConnectionFailed(
+            None, Failure(ConnectionRefusedError())
+        )
+        first = client_transport.value()
+        self.assertTrue(first.startswith(b"HTTP/1.1 502 "), first)
+        self.assertNotIn(b"onnection: close", first)
+        upstream, _ = self.accept_upstream()
+        upstream.dataReceived(OK)
+        answers = client_transport.value()[len(first) :]
+        self.assertTrue(answers.startswith(OK + b"HTTP/1.1 400 "), answers)
+        self.assertIn(b"Connection: close", answers)
+        self.assertTrue(client_transport.disconnecting)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_connection_close(self) -> None:
         """``Connection: close`` from the client: the response says so and the client closes."""
         client, client_transport = self.connect_client()
@@ -775,7 +820,8 @@ class LingeringCloseTests(ProxyCase):
         return self.peer.recv(65536)
 
     def assert_closed(self) -> None:
-        """The socket is closed (connectionLost: the write side was already shut)."""
+        """The socket is closed (aborted: whatever is still queued is dropped)."""
+        self.reactor.advance(0)
         self.assertTrue(self.protocol.lost)
         self.assertFalse(self.connection.connected)
         self.assertNotIn(self.connection, self.reactor.getReaders())
@@ -810,6 +856,33 @@ class LingeringCloseTests(ProxyCase):
         self.assertFalse(self.protocol.lost)
         self.reactor.advance(1.1)
         self.assert_closed()
+
+    def test_client_not_reading(self) -> None:
+        """
+        A client that neither reads nor stops sending: the response stays queued (no FIN
+        yet), and the connection is still closed after lingering_time.
+        """
+        try:  # the client's receive buffer is full
+            for _ in range(10_000):
+                self.connection.socket.send(b"\0" * 65536)
+        except BlockingIOError:
+            pass
+        self.protocol.dataReceived(
+            b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n"
+        )
+        self.assertTrue(self.connection.dataBuffer or self.connection._tempDataLen)
+        for _ in range(29):
+            self.reactor.advance(1.0)
+            self.protocol.dataReceived(b"u" * 100)
+        self.reactor.advance(1.1)
+        self.assert_closed()
+
+    def test_no_lingering_when_shutting_down(self) -> None:
+        """A refusal during a graceful shutdown closes at once: nothing holds the stop up."""
+        self.protocol.close("shutdown")
+        self.refuse()
+        self.assertTrue(self.connection.disconnecting)
+        self.assertFalse(self.protocol.lingering)
 
     def test_string_transport_closes_at_once(self) -> None:
         """A transport that cannot half-close (here a test fake; TLS too) is closed at once."""

@@ -638,9 +638,13 @@ class HTTPProxyProtocol(Protocol):
             headers.append((b"Transfer-Encoding", b"chunked"))
         else:
             framing = "close"
-        if framing == "close" or not request.complete or self.parser_dead:
+        if framing == "close" or not request.complete:
+            # The connection ends with this response: a refusal still owed cannot follow it.
             self.closing = True
-        if self.closing:
+            self.pending_reject = 0
+        elif self.parser_dead and not self.pending_reject:
+            self.closing = True
+        if self.closing and not self.pending_reject:
             headers.append((b"Connection", b"close"))
         elif request.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
@@ -843,7 +847,7 @@ class HTTPProxyProtocol(Protocol):
         reusable = request.complete and self.body_sent == request.body_bytes
         self._detach_upstream(reuse=reusable)
         self._finish_exchange()
-        if self.closing or self.lost:
+        if self.lost or (self.closing and not self.pending_reject):
             self._close_client()
             return
         self._next_request()
@@ -903,13 +907,17 @@ class HTTPProxyProtocol(Protocol):
             return
         self.status = status
         self._detach_upstream(reuse=False)
-        close = not request.complete or self.closing or self.parser_dead
+        # A request pipelined before a refused one is answered without closing: the refusal,
+        # still owed, comes next and closes.
+        owed = bool(self.pending_reject) and request.complete
+        close = not request.complete or ((self.closing or self.parser_dead) and not owed)
         if close:
             self.closing = True
+            self.pending_reject = 0
         self._send_client(error_response(status, close=close, head=request.method == b"HEAD"))
         self.responded = True
         self._finish_exchange()
-        if self.closing:
+        if close:
             self._close_client()
         else:
             self.gate.resume("upstream")
@@ -936,9 +944,14 @@ class HTTPProxyProtocol(Protocol):
         if bad is not None and bad in self.queue:
             self.queue.remove(bad)
         self.pending_reject = status
-        if self.active is None and not self.queue:
-            self._cancel_timer()
-            self._close_client()
+        if self.active is None:
+            if self.queue:
+                # Requests pipelined before the refused one, in the same read: answer them
+                # first (RFC 9112 §9.3.2); the refusal follows the last of them.
+                self._next_request()
+            else:
+                self._cancel_timer()
+                self._close_client()
 
     def _close_client(self) -> None:
         """Close the client connection, after the error response still owed, if any."""
@@ -967,8 +980,8 @@ class HTTPProxyProtocol(Protocol):
         Returns whether the connection lingers (else the caller closes it).
         """
         transport = self.client_transport
-        if self.lingering or not half_closes(transport):
-            return False
+        if self.lingering or self.close_reason or not half_closes(transport):
+            return False  # (a balancer shutting down does not linger)
         self.lingering = True
         self.parser_dead = True
         now = self.seconds()
@@ -1132,7 +1145,8 @@ class HTTPProxyProtocol(Protocol):
         elif kind == "tunnel":
             self.close("tunnel timeout")
         elif kind == "linger":
-            self.client_transport.loseConnection()
+            # At once: the response may still be queued behind a client that does not read.
+            self.client_transport.abortConnection()
         elif kind == "header" and self.parsing is not None:
             self._reject(408)
         else:
@@ -1144,6 +1158,7 @@ class HTTPProxyProtocol(Protocol):
     def close(self, ended: str) -> None:
         """Close after the active response (at once when idle)."""
         self.closing = True
+        self.close_reason = ended
         if self.active is None or self.tunnel:
             if self.tunnel:
                 self._detach_upstream(reuse=False)
