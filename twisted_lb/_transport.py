@@ -107,7 +107,9 @@ def sender(
     its ``write``, which TLS calls with each record it produces, becomes the sending write
     above, ``on_backlog`` included: so the records go out at once too, and ``on_backlog`` is
     called just before a record has to be queued. It is also called before a write while TLS
-    itself holds application bytes back (mid-handshake).
+    itself holds application bytes back (mid-handshake). The write of the TCP connection is
+    one per connection: a second ``sender`` for the same TLS transport replaces the first
+    one's ``on_backlog`` (the data paths make one sender per transport).
 
     ``on_backlog``, when given, is called before each write that queues bytes (see
     :func:`sends_at_once`): a producer that only matters once bytes are queued can be
