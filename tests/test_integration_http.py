@@ -119,6 +119,29 @@ def lines_matching(process: Process, pattern_: str, settle: float = 0.2) -> list
     return [line for line in process.output(settle).splitlines() if regex.search(line)]
 
 
+def read_slowly(test: SynchronousTestCase, sock: Any, total: int, pause: float) -> None:
+    """
+    Read a 200 response to ``GET /_bytes?n=TOTAL&fill=d`` from ``sock`` in 32 KiB reads with
+    ``pause`` seconds between them, as a slow client; check its Content-Length and every byte.
+    """
+    buffered = b""
+    while b"\r\n\r\n" not in buffered:
+        data = sock.recv(65536)
+        test.assertTrue(data, "closed in the response head")
+        buffered += data
+    head, _, body = buffered.partition(b"\r\n\r\n")
+    test.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+    test.assertIn(f"\r\ncontent-length: {total}".encode(), head.lower())
+    received, wrong = len(body), len(body) - body.count(b"d")
+    while received < total:
+        data = sock.recv(32 * 1024)
+        test.assertTrue(data, f"closed after {received} of {total} bytes")
+        received += len(data)
+        wrong += len(data) - data.count(b"d")
+        time.sleep(pause)
+    test.assertEqual((received, wrong), (total, 0))
+
+
 class ExchangeTests(HTTPIntegrationCase):
     def test_get(self) -> None:
         """
@@ -508,24 +531,8 @@ class MemoryTests(HTTPIntegrationCase):
         sock = self.connect(port, timeout=60)
         started = time.monotonic()
         sock.sendall(f"GET /_bytes?n={total}&fill=d HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        buffered = b""
-        while b"\r\n\r\n" not in buffered:
-            data = sock.recv(65536)
-            self.assertTrue(data, "closed in the response head")
-            buffered += data
-        head, _, body = buffered.partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
-        self.assertIn(f"\r\ncontent-length: {total}".encode(), head.lower())
-        received = len(body)
-        wrong = len(body) - body.count(b"d")
-        while received < total:
-            data = sock.recv(32 * 1024)
-            self.assertTrue(data, f"closed after {received} of {total} bytes")
-            received += len(data)
-            wrong += len(data) - data.count(b"d")
-            time.sleep(0.001)
+        read_slowly(self, sock, total, pause=0.001)
         elapsed = time.monotonic() - started
-        self.assertEqual((received, wrong), (total, 0))
         growth = rss_bytes(lb.pid, "VmHWM") - baseline
         sys.stderr.write(f"\n100 MB down in {elapsed:.1f} s, RSS growth {growth / MB:.1f} MB\n")
         self.assertLess(growth, 32 * MB)

@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,14 @@ from tests._harness import (
     start_backend,
     start_lb,
 )
-from tests.test_integration_http import LOG_ERRORS, MB, TIMEOUT, echoed, header_values
+from tests.test_integration_http import (
+    LOG_ERRORS,
+    MB,
+    TIMEOUT,
+    echoed,
+    header_values,
+    read_slowly,
+)
 
 
 def write_pair(directory: Path, name: str, cert: trustme.LeafCert) -> tuple[str, str]:
@@ -212,21 +218,7 @@ class TerminationTests(TLSCase):
         with contextlib.suppress(OSError):
             Path(f"/proc/{lb.pid}/clear_refs").write_text("5")
         tls.sendall(f"GET /_bytes?n={total}&fill=d HTTP/1.1\r\nHost: a.example\r\n\r\n".encode())
-        buffered = b""
-        while b"\r\n\r\n" not in buffered:
-            data = tls.recv(65536)
-            self.assertTrue(data, "closed in the response head")
-            buffered += data
-        head, _, body = buffered.partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
-        received, wrong = len(body), len(body) - body.count(b"d")
-        while received < total:
-            data = tls.recv(32 * 1024)
-            self.assertTrue(data, f"closed after {received} of {total} bytes")
-            received += len(data)
-            wrong += len(data) - data.count(b"d")
-            time.sleep(0.0005)
-        self.assertEqual((received, wrong), (total, 0))
+        read_slowly(self, tls, total, pause=0.0005)
         self.assertEqual(self.get(tls).status, 200)  # the connection is still in service
         self.assertLess(rss_bytes(lb.pid, "VmHWM") - baseline, 32 * MB)
 
