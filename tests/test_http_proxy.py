@@ -211,6 +211,28 @@ class ExchangeTests(ProxyCase):
         self.close_client(client)
         self.drain_idle()
 
+    def test_bad_request_after_connection_close(self) -> None:
+        """
+        After a request that asked to close, the requests pipelined behind it, a malformed one
+        included, get nothing (RFC 9112 §9.6): its response says close, and the connection ends.
+        """
+        self.pool.set_backends(self.backends[:1])
+        client, client_transport = self.connect_client()
+        client.dataReceived(
+            b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            + GET.replace(b"/x", b"/y")
+            + b"GET /z HTTP/1.1\r\nHost h\r\n\r\n"
+        )
+        upstream, upstream_transport = self.accept_upstream()
+        upstream.dataReceived(OK)
+        head, body = head_and_body(client_transport.value())
+        self.assertIn(b"Connection: close", head.split(b"\r\n"))
+        self.assertEqual(body, b"ok")
+        self.assertNotIn(b"/y", upstream_transport.value())
+        self.assertTrue(client_transport.disconnecting)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_error_before_a_bad_request(self) -> None:
         """
         A request pipelined before a malformed one whose backend refuses gets its 502 without
@@ -878,11 +900,22 @@ class LingeringCloseTests(ProxyCase):
         self.assert_closed()
 
     def test_no_lingering_when_shutting_down(self) -> None:
-        """A refusal during a graceful shutdown closes at once: nothing holds the stop up."""
+        """
+        A refusal during a graceful shutdown (here behind a request in flight) does not
+        linger: the connection closes once the response in flight is written.
+        """
+        self.pool.set_backends(self.backends[:1])
+        self.protocol.dataReceived(GET)
         self.protocol.close("shutdown")
-        self.refuse()
-        self.assertTrue(self.connection.disconnecting)
+        self.protocol.dataReceived(
+            b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n"
+        )
+        upstream, _ = self.accept_upstream()
+        upstream.dataReceived(OK)
         self.assertFalse(self.protocol.lingering)
+        self.assertTrue(self.connection.disconnecting)
+        self.assertTrue(self.peer.recv(65536).startswith(b"HTTP/1.1 200 "))
+        self.drain_idle()
 
     def test_string_transport_closes_at_once(self) -> None:
         """A transport that cannot half-close (here a test fake; TLS too) is closed at once."""

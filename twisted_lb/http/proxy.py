@@ -926,8 +926,10 @@ class HTTPProxyProtocol(Protocol):
     def _reject(self, status: int) -> None:
         """
         Answer a request the parser refused (400, 413, 431) and close: at once, or after the
-        responses to the requests before it.
+        responses to the requests before it. After a request that asked to close, nothing more
+        is answered (RFC 9112 §9.6): the connection closes after that request's response.
         """
+        already_closing = self.closing
         self.parser_dead = True
         self.closing = True
         self.gate.pause("closing")
@@ -943,7 +945,8 @@ class HTTPProxyProtocol(Protocol):
             return
         if bad is not None and bad in self.queue:
             self.queue.remove(bad)
-        self.pending_reject = status
+        if not already_closing:
+            self.pending_reject = status
         if self.active is None:
             if self.queue:
                 # Requests pipelined before the refused one, in the same read: answer them
