@@ -918,7 +918,7 @@ class LingeringCloseTests(ProxyCase):
         self.drain_idle()
 
     def test_string_transport_closes_at_once(self) -> None:
-        """A transport that cannot half-close (here a test fake; TLS too) is closed at once."""
+        """A transport that can neither half-close nor send close_notify closes at once."""
         protocol, transport = self.connect_client()
         protocol.dataReceived(
             b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n"

@@ -222,6 +222,30 @@ class TerminationTests(TLSCase):
         self.assertEqual(self.get(tls).status, 200)  # the connection is still in service
         self.assertLess(rss_bytes(lb.pid, "VmHWM") - baseline, 32 * MB)
 
+    def test_413_reaches_a_client_still_sending(self) -> None:
+        """
+        Lingering close over TLS: a 4 MB upload refused with 413 at its head completes without
+        a reset (the balancer sends close_notify and reads on, discarding), and the client
+        then reads the whole 413 and the close.
+        """
+        _, backend = self.start_backend("echo", "app1")
+        config = self.frontend_config(backend, self.two_sites()).replace(
+            'pool = "app"\n', 'pool = "app"\nmax_body_bytes = 1024\n', 1
+        )
+        lb, port = self.start_lb(config)
+        total = 4 * MB
+        tls = self.handshake(port, "a.example")
+        tls.settimeout(30)
+        tls.sendall(
+            f"POST /up HTTP/1.1\r\nHost: a.example\r\nContent-Length: {total}\r\n\r\n".encode()
+        )
+        tls.sendall(b"u" * total)
+        response = read_response(tls.makefile("rb"), "POST")
+        self.assertEqual(response.status, 413)
+        self.assertEqual(response.body, b"413 Content Too Large\n")
+        self.assertEqual(tls.recv(1), b"")
+        lb.wait_for(r'"POST /up" 413 ')
+
     def test_websocket_tunnel_closed_when_the_backend_goes(self) -> None:
         """
         A WebSocket tunnel over TLS echoes both ways, and when the backend goes away the

@@ -76,13 +76,41 @@ def sends_at_once(transport: object) -> bool:
     return isinstance(transport, tcp.Connection)
 
 
-def half_closes(transport: object) -> bool:
+def close_writing(transport: RelayTransport) -> bool:
     """
-    Whether ``transport`` can close its writing side alone and read on
-    (``loseWriteConnection``): Twisted's own TCP and UNIX connections. Twisted's TLS
-    transport cannot, nor can test fakes.
+    End ``transport``'s writing side after what is written, and keep reading: for a lingering
+    close. Returns whether it could; if not, nothing was done.
+
+    - Twisted's own TCP and UNIX connections half-close (``loseWriteConnection``: a FIN once
+      the queue is written).
+    - Twisted's TLS transport (``TLSMemoryBIOProtocol``) sends close_notify once the queue is
+      written, and the TCP connection under it half-closes after it, as nginx's lingering
+      close does over TLS. Waiting for the peer's close_notify, TLS keeps reading and
+      delivering what the peer still sends (RFC 8446 §6.1 lets the peer send until it sends
+      its own); the TCP connection stays open until the peer closes or the caller aborts.
+    - Anything else (test fakes) cannot.
     """
-    return isinstance(transport, tcp.Connection)
+    if isinstance(transport, tcp.Connection):
+        transport.loseWriteConnection()
+        return True
+    lower = getattr(transport, "transport", None)
+    if isinstance(transport, TLSMemoryBIOProtocol) and isinstance(lower, tcp.Connection):
+        transport.loseConnection()
+        if not _tls_waiting(transport):
+            lower.loseWriteConnection()  # after the close_notify just written
+        return True
+    return False
+
+
+def _tls_waiting(transport: TLSMemoryBIOProtocol) -> bool:
+    """
+    Whether ``transport`` still holds writes back (a registered producer, bytes queued before
+    the handshake), so that its close_notify is not written yet.
+    """
+    # Private to Twisted: if a release renames them, count it as waiting (the safe side).
+    return getattr(transport, "_producer", True) is not None or bool(
+        getattr(transport, "_appSendBuffer", True)
+    )
 
 
 def sender(
@@ -201,11 +229,8 @@ def lose_connection(transport: RelayTransport) -> None:
     transport.loseConnection()
     if isinstance(transport, TLSMemoryBIOProtocol):
         lower = transport.transport
-        # Private to Twisted: if a release renames them, TLS is left to close on its own.
-        waiting = getattr(transport, "_producer", True) is not None or getattr(
-            transport, "_appSendBuffer", True
-        )
-        if lower is not None and not waiting:
+        # If TLS still waits to send, it is left to close on its own.
+        if lower is not None and not _tls_waiting(transport):
             lower.loseConnection()
 
 

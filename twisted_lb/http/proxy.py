@@ -49,8 +49,8 @@ from twisted_lb._frontend import FrontendFactory
 from twisted_lb._transport import (
     ReadGate,
     RelayTransport,
+    close_writing,
     describe_error,
-    half_closes,
     lose_connection,
     sender,
     sends_at_once,
@@ -977,20 +977,21 @@ class HTTPProxyProtocol(Protocol):
         written (FIN), then read and discard what the client sends until it closes, or for
         ``lingering_timeout`` without a byte, or ``lingering_time`` in all; then close.
         Closing a socket with unread bytes makes the kernel send a reset, which may reach
-        the client before it reads the response, and lose it (RFC 9112 §9.6). Only over
-        Twisted's TCP and UNIX connections, which can half-close; TLS closes as before.
+        the client before it reads the response, and lose it (RFC 9112 §9.6). Over TLS the
+        FIN is a close_notify, and the TCP connection stays open while the client's bytes are
+        discarded (see :func:`~twisted_lb._transport.close_writing`).
 
         Returns whether the connection lingers (else the caller closes it).
         """
-        transport = self.client_transport
-        if self.lingering or self.close_reason or not half_closes(transport):
+        if self.lingering or self.close_reason:
             return False  # (a balancer shutting down does not linger)
+        if not close_writing(self.client_transport):
+            return False
         self.lingering = True
         self.parser_dead = True
         now = self.seconds()
         self.last_activity = now
         self.linger_until = now + self.factory.lingering_time
-        cast(Any, transport).loseWriteConnection()
         for why in list(self.gate.reasons):
             self.gate.resume(why)
         self._set_timer("linger", min(self.factory.lingering_timeout, self.factory.lingering_time))
