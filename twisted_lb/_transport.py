@@ -4,6 +4,7 @@ Writing to Twisted transports from the data paths (the L4 relay and the L7 proxy
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import types
@@ -84,10 +85,11 @@ def close_writing(transport: RelayTransport) -> bool:
     - Twisted's own TCP and UNIX connections half-close (``loseWriteConnection``: a FIN once
       the queue is written).
     - Twisted's TLS transport (``TLSMemoryBIOProtocol``) sends close_notify once the queue is
-      written, and the TCP connection under it half-closes after it, as nginx's lingering
-      close does over TLS. Waiting for the peer's close_notify, TLS keeps reading and
-      delivering what the peer still sends (RFC 8446 §6.1 lets the peer send until it sends
-      its own); the TCP connection stays open until the peer closes or the caller aborts.
+      written, and the TCP connection under it half-closes after it when it went out at once,
+      as nginx's lingering close does over TLS. Waiting for the peer's close_notify, TLS keeps
+      reading and delivering what the peer still sends (RFC 8446 §6.1 lets the peer send
+      until it sends its own); the TCP connection stays open until the peer closes or the
+      caller aborts.
     - Anything else (test fakes) cannot.
     """
     if isinstance(transport, tcp.Connection):
@@ -96,10 +98,23 @@ def close_writing(transport: RelayTransport) -> bool:
     lower = getattr(transport, "transport", None)
     if isinstance(transport, TLSMemoryBIOProtocol) and isinstance(lower, tcp.Connection):
         transport.loseConnection()
-        if not _tls_waiting(transport):
-            lower.loseWriteConnection()  # after the close_notify just written
+        if not _tls_waiting(transport) and not _queued(lower):
+            # The close_notify is with the kernel: FIN after it. Not with loseWriteConnection:
+            # once Twisted marks the write side shut, the TLS transport's own close (when the
+            # peer's close_notify arrives) ends the TCP connection synchronously, inside TLS's
+            # handling of that close_notify, which then reads from the TLS state it has just
+            # dropped (an AttributeError). Unmarked, that close takes its usual next turn; a
+            # later TLS write meets EPIPE, which ends the connection the usual way.
+            with contextlib.suppress(OSError):
+                lower.socket.shutdown(socket.SHUT_WR)
         return True
     return False
+
+
+def _queued(connection: Any) -> bool:
+    """Whether ``connection`` (a ``tcp.Connection``) has bytes queued, not yet sent."""
+    # Private to Twisted, as in sender().
+    return bool(connection._tempDataLen or connection.offset != len(connection.dataBuffer))
 
 
 def _tls_waiting(transport: TLSMemoryBIOProtocol) -> bool:
