@@ -211,6 +211,36 @@ class ExchangeTests(ProxyCase):
         self.close_client(client)
         self.drain_idle()
 
+    def test_pipelined_connection_close(self) -> None:
+        """
+        ``Connection: close`` on the second of two pipelined requests takes effect after the
+        second response (RFC 9112 §9.6): the first is answered keep-alive, the second with
+        close, and a third behind it is never sent on.
+        """
+        self.pool.set_backends(self.backends[:1])
+        client, client_transport = self.connect_client()
+        client.dataReceived(
+            GET
+            + b"GET /y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            + GET.replace(b"/x", b"/z")
+        )
+        upstream, upstream_transport = self.accept_upstream()
+        upstream_transport.clear()
+        upstream.dataReceived(OK)
+        first = client_transport.value()
+        self.assertEqual(first, OK)
+        self.assertTrue(upstream_transport.value().startswith(b"GET /y HTTP/1.1"))
+        self.assertFalse(client_transport.disconnecting)
+        upstream_transport.clear()
+        upstream.dataReceived(OK)
+        head, body = head_and_body(client_transport.value()[len(first) :])
+        self.assertIn(b"Connection: close", head.split(b"\r\n"))
+        self.assertEqual(body, b"ok")
+        self.assertEqual(upstream_transport.value(), b"")
+        self.assertTrue(client_transport.disconnecting)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_bad_request_after_connection_close(self) -> None:
         """
         After a request that asked to close, the requests pipelined behind it, a malformed one

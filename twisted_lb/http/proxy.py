@@ -155,6 +155,10 @@ class HTTPProxyProtocol(Protocol):
         self.counted = False
         self.lost = False
         self.closing = False  # no further requests: close after the active response
+        # A parsed request asked to close (Connection: close, HTTP/1.0 without keep-alive):
+        # nothing after it is read or answered; the connection closes after its response
+        # (RFC 9112 §9.6), once it is the active one.
+        self.close_requested = False
         self.close_reason = ""
         self.timer: IDelayedCall | None = None
         self.timer_at = 0.0  # when the timer fires (kept here: getTime() is a call)
@@ -262,12 +266,13 @@ class HTTPProxyProtocol(Protocol):
             else:
                 self._internal_error(Failure(error or e))
         except httptools.HttpParserError as e:
-            _log.info(
-                "frontend {frontend}: malformed request from {client}: {error}",
-                frontend=self.factory.frontend,
-                client=self.client_ip or "-",
-                error=str(e),
-            )
+            if not self.close_requested:  # (llhttp refuses any byte after such a request)
+                _log.info(
+                    "frontend {frontend}: malformed request from {client}: {error}",
+                    frontend=self.factory.frontend,
+                    client=self.client_ip or "-",
+                    error=str(e),
+                )
             self._reject(400)
         except Exception:
             self._internal_error(Failure())
@@ -346,8 +351,10 @@ class HTTPProxyProtocol(Protocol):
         if limit and request.content_length is not None and request.content_length > limit:
             raise _RequestError(413)
         self._cancel_timer("header")
+        if self.close_requested:
+            return  # pipelined after a request that asked to close: never answered
         if not request.keep_alive:
-            self.closing = True
+            self.close_requested = True
         # Activated once feed_data returns (never from inside the parser), so that what
         # follows in the same bytes (the body, a smuggling error) is parsed first.
         self.queue.append(request)
@@ -375,13 +382,15 @@ class HTTPProxyProtocol(Protocol):
             if request.chunked:
                 self._send_upstream(b"0\r\n\r\n")
             self._request_sent()
-        if self.closing:
+        if self.closing or self.close_requested:
             self.gate.pause("closing")
 
     # The active exchange: routing, picking, connecting.
 
     def _activate(self, request: _Request) -> None:
         self.active = request
+        if not request.keep_alive:
+            self.closing = True
         self._reset_exchange()
         factory = self.factory
         router = factory.router
@@ -642,7 +651,7 @@ class HTTPProxyProtocol(Protocol):
             # The connection ends with this response: a refusal still owed cannot follow it.
             self.closing = True
             self.pending_reject = 0
-        elif self.parser_dead and not self.pending_reject:
+        elif self.parser_dead and not self._answers_follow(request):
             self.closing = True
         if self.closing and not self.pending_reject:
             headers.append((b"Connection", b"close"))
@@ -909,7 +918,7 @@ class HTTPProxyProtocol(Protocol):
         self._detach_upstream(reuse=False)
         # A request pipelined before a refused one is answered without closing: the refusal,
         # still owed, comes next and closes.
-        owed = bool(self.pending_reject) and request.complete
+        owed = self._answers_follow(request) and request.complete
         close = not request.complete or ((self.closing or self.parser_dead) and not owed)
         if close:
             self.closing = True
@@ -923,6 +932,13 @@ class HTTPProxyProtocol(Protocol):
             self.gate.resume("upstream")
             self._next_request()
 
+    def _answers_follow(self, request: _Request) -> bool:
+        """
+        Whether more responses follow ``request``'s on this connection although the parser is
+        done: a refusal still owed, or the queued requests up to one that asked to close.
+        """
+        return bool(self.pending_reject) or (self.close_requested and request.keep_alive)
+
     def _reject(self, status: int) -> None:
         """
         Answer a request the parser refused (400, 413, 431) and close: at once, or after the
@@ -931,8 +947,14 @@ class HTTPProxyProtocol(Protocol):
         """
         already_closing = self.closing
         self.parser_dead = True
-        self.closing = True
         self.gate.pause("closing")
+        if self.close_requested:
+            # What follows a request that asked to close is never answered; that request
+            # closes the connection once it is answered (closing is set when it is active).
+            if self.active is None and self.queue:
+                self._next_request()
+            return
+        self.closing = True
         bad = self.parsing
         _log.info(
             "frontend {frontend}: answered {status} to {client}",
