@@ -211,6 +211,30 @@ class ExchangeTests(ProxyCase):
         self.close_client(client)
         self.drain_idle()
 
+    def test_internal_error_closes(self) -> None:
+        """
+        An unexpected exception (here from a strategy) answers the active request 500 with
+        ``Connection: close``, is logged, and nothing pipelined behind it is answered.
+        """
+
+        class Broken:
+            def pick(self, backends: Any, info: Any) -> Any:
+                raise RuntimeError("broken strategy")
+
+        self.pool.strategy = Broken()
+        client, client_transport = self.connect_client()
+        with capturedLogs() as events:
+            client.dataReceived(GET + GET.replace(b"/x", b"/y"))
+        head, _body = head_and_body(client_transport.value())
+        self.assertTrue(head.startswith(b"HTTP/1.1 500 "), head)
+        self.assertIn(b"Connection: close", head.split(b"\r\n"))
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 "), 1)
+        self.assertTrue(client_transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(any("internal error" in str(e.get("log_format")) for e in events))
+        self.close_client(client)
+
     def test_pipelined_connection_close(self) -> None:
         """
         ``Connection: close`` on the second of two pipelined requests takes effect after the

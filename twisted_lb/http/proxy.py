@@ -1104,6 +1104,10 @@ class HTTPProxyProtocol(Protocol):
         )
         self.parser_dead = True
         self.closing = True
+        # Nothing more is answered on this connection: the 500 closes it.
+        self.pending_reject = 0
+        self.close_requested = False
+        self.queue.clear()
         if self.active is not None and not (self.response_started and self.status >= 200):
             self._respond_error(500, "internal error")
         else:
