@@ -889,6 +889,7 @@ class LingeringCloseTests(ProxyCase):
         self.protocol.dataReceived(
             b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n" + b"u" * 100
         )
+        self.reactor.advance(0)  # the end of the reactor turn
         while self.connection.dataBuffer or self.connection._tempDataLen:
             self.connection.doWrite()
         if self.connection._writeDisconnecting and not self.connection._writeDisconnected:
@@ -966,8 +967,10 @@ class LingeringCloseTests(ProxyCase):
         )
         upstream, _ = self.accept_upstream()
         upstream.dataReceived(OK)
+        self.reactor.advance(0)  # the end of the reactor turn
         self.assertFalse(self.protocol.lingering)
         self.assertTrue(self.connection.disconnecting)
+        self.assertIsInstance(self.connection.doWrite(), ConnectionDone)  # written, then closed
         self.assertTrue(self.peer.recv(65536).startswith(b"HTTP/1.1 200 "))
         self.drain_idle()
 

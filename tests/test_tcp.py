@@ -16,7 +16,15 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb._transport import RELAY_BUFFER_BYTES, ReadGate, read_more, sends_at_once, unwrap
+from twisted_lb._transport import (
+    RELAY_BUFFER_BYTES,
+    ReadGate,
+    close_writing,
+    flush_sends,
+    read_more,
+    sends_at_once,
+    unwrap,
+)
 from twisted_lb._transport import sender as _sender
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.pool import Pool
@@ -328,11 +336,27 @@ class RelayTests(SynchronousTestCase):
         front.connectionLost(Failure(ConnectionDone()))
 
 
+class _CountingSocket:
+    """A socket whose ``send`` calls are counted; everything else is the socket's."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        sent: int = self._sock.send(data)
+        self.sends.append(sent)
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class SenderTests(SynchronousTestCase):
     """
-    ``_sender`` on a real TCP connection object over a socketpair (no reactor loop): it sends
-    at once when nothing is queued, and otherwise leaves ordering and flow control to
-    ``write``.
+    ``_sender`` on a real TCP connection object over a socketpair (the reactor's turns run by
+    hand): it sends at the end of the reactor turn when nothing is queued, and otherwise
+    leaves ordering, closing and flow control to Twisted's ``write``.
     """
 
     def setUp(self) -> None:
@@ -345,7 +369,8 @@ class SenderTests(SynchronousTestCase):
         self.addCleanup(ours.close)
         self.addCleanup(self.peer.close)
         self.peer.setblocking(False)
-        self.connection = tcp.Connection(ours, Protocol(), self.reactor)
+        self.socket = _CountingSocket(ours)
+        self.connection = tcp.Connection(self.socket, Protocol(), self.reactor)
         self.connection.connected = True
 
     def read_all(self) -> bytes:
@@ -355,7 +380,13 @@ class SenderTests(SynchronousTestCase):
                 chunk = self.peer.recv(1 << 20)
             except BlockingIOError:
                 return b"".join(chunks)
+            if not chunk:  # closed
+                return b"".join(chunks)
             chunks.append(chunk)
+
+    def end_turn(self) -> None:
+        """Run what the reactor runs before its next poll (``callLater(0)`` calls)."""
+        self.reactor.advance(0)
 
     def test_sends_at_once_when_idle(self) -> None:
         """With nothing queued, the bytes are sent now and nothing waits for writability."""
@@ -363,6 +394,92 @@ class SenderTests(SynchronousTestCase):
         send(b"hello")
         self.assertEqual(self.read_all(), b"hello")
         self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_sends_at_turn_end(self) -> None:
+        """
+        With ``at_turn_end``, the writes of one reactor turn are sent when it ends, together
+        in one ``send``, and nothing waits for writability.
+        """
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"hello")
+        send(b", world")
+        self.assertEqual(self.read_all(), b"")
+        self.end_turn()
+        self.assertEqual(self.read_all(), b"hello, world")
+        self.assertEqual(self.socket.sends, [12])
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        send(b"again")  # the next turn
+        self.end_turn()
+        self.assertEqual(self.read_all(), b"again")
+
+    def test_flush_sends(self) -> None:
+        """``flush_sends`` sends what waits for the end of the turn now, and only once."""
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"now")
+        flush_sends(self.connection)
+        self.assertEqual(self.read_all(), b"now")
+        self.end_turn()
+        self.assertEqual(self.socket.sends, [3])
+        flush_sends(StringTransport())  # nothing held for it: nothing to do
+
+    def test_lose_connection_sends_held_bytes(self) -> None:
+        """``loseConnection`` after a write: the bytes go out first, then the close."""
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"bye")
+        self.connection.loseConnection()
+        self.end_turn()
+        self.assertEqual(self.reactor.getWriters(), [self.connection])
+        self.assertIsInstance(self.connection.doWrite(), ConnectionDone)
+        self.assertEqual(self.read_all(), b"bye")
+
+    def test_abort_drops_held_bytes(self) -> None:
+        """``abortConnection`` drops what waits for the end of the turn, as its queue."""
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"dropped")
+        self.connection.abortConnection()
+        self.end_turn()
+        self.assertEqual(self.read_all(), b"")
+        self.assertEqual(self.socket.sends, [])
+
+    def test_write_in_between_keeps_order(self) -> None:
+        """A ``write`` of the transport's own between two sends keeps its place."""
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"a")
+        self.connection.write(b"b")
+        send(b"c")
+        self.end_turn()
+        self.assertEqual(self.read_all(), b"abc")
+        self.assertIsNone(self.connection.doWrite())  # nothing left: it stops waiting
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_failing_backlog_hook_spares_other_connections(self) -> None:
+        """
+        An error raised while one connection's bytes are sent at the end of the turn is
+        logged, and the other connections' bytes still go out.
+        """
+        import socket
+
+        from twisted.internet import tcp
+
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        other = tcp.Connection(ours, Protocol(), self.reactor)
+        other.connected = True
+
+        def broken() -> None:
+            raise RuntimeError("hook failed")
+
+        _sender(other, broken, at_turn_end=True)(b"x" * (8 << 20))  # more than the socket takes
+        send = _sender(self.connection, at_turn_end=True)
+        send(b"still sent")
+        with capturedLogs() as events:
+            self.end_turn()
+        self.assertEqual(self.read_all(), b"still sent")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("end of the reactor turn", events[0].get("log_format"))
 
     def test_tls_over_tcp_gets_nodelay(self) -> None:
         """
@@ -404,9 +521,16 @@ class SenderTests(SynchronousTestCase):
 
     def test_queues_behind_queued_data(self) -> None:
         """With bytes already queued, new bytes queue behind them: order is kept."""
-        send = _sender(self.connection)
+        self.queues_behind_queued_data(at_turn_end=False)
+
+    def test_queues_behind_queued_data_at_turn_end(self) -> None:
+        self.queues_behind_queued_data(at_turn_end=True)
+
+    def queues_behind_queued_data(self, at_turn_end: bool) -> None:
+        send = _sender(self.connection, at_turn_end=at_turn_end)
         self.connection.write(b"first ")
         send(b"second")
+        self.end_turn()
         self.assertEqual(self.read_all(), b"")
         self.assertEqual(self.reactor.getWriters(), [self.connection])
         self.connection.doWrite()
@@ -417,11 +541,18 @@ class SenderTests(SynchronousTestCase):
         What the socket does not take at once is queued, and a full queue pauses the
         registered producer, as ``write`` does.
         """
+        self.remainder_queued_and_producer_paused(at_turn_end=False)
+
+    def test_remainder_queued_and_producer_paused_at_turn_end(self) -> None:
+        self.remainder_queued_and_producer_paused(at_turn_end=True)
+
+    def remainder_queued_and_producer_paused(self, at_turn_end: bool) -> None:
         producer = StringTransport()
         self.connection.registerProducer(producer, True)
-        send = _sender(self.connection)
+        send = _sender(self.connection, at_turn_end=at_turn_end)
         data = b"x" * (8 << 20)
         send(data)
+        self.end_turn()
         queued = self.connection._tempDataLen
         self.assertGreater(queued, 0)
         self.assertLess(queued, len(data))
@@ -447,6 +578,13 @@ class SenderTests(SynchronousTestCase):
         ``on_backlog`` is called before each write that queues bytes, not when all are sent:
         a producer it registers then is paused by that very write.
         """
+        self.on_backlog(at_turn_end=False)
+
+    def test_on_backlog_at_turn_end(self) -> None:
+        """With ``at_turn_end``, it is called when the turn's bytes are sent and some remain."""
+        self.on_backlog(at_turn_end=True)
+
+    def on_backlog(self, at_turn_end: bool) -> None:
         producer = StringTransport()
         calls: list[int] = []
 
@@ -455,11 +593,15 @@ class SenderTests(SynchronousTestCase):
             if self.connection.producer is None:
                 self.connection.registerProducer(producer, True)
 
-        send = _sender(self.connection, on_backlog)
+        send = _sender(self.connection, on_backlog, at_turn_end=at_turn_end)
         send(b"small")
+        self.end_turn()
         self.assertEqual(calls, [])
         self.assertEqual(self.read_all(), b"small")
         send(b"x" * (8 << 20))  # more than the socket takes: the rest is queued
+        if at_turn_end:
+            self.assertEqual(calls, [])  # not before the turn ends
+            self.end_turn()
         self.assertEqual(calls, [0])
         self.assertEqual(producer.producerState, "paused")
         send(b"more")  # behind queued bytes
@@ -503,6 +645,7 @@ class TLSSenderTests(SynchronousTestCase):
         self.connection = tcp.Connection(ours, self.tls, self.reactor)
         self.connection.connected = True
         self.tls.makeConnection(self.connection)
+        self.peer = peer
         self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), peer)
         self.client.set_connect_state()
         for _ in range(20):
@@ -529,11 +672,24 @@ class TLSSenderTests(SynchronousTestCase):
                 return b"".join(chunks)
 
     def test_records_sent_at_once(self) -> None:
-        """A small write reaches the peer now; nothing waits for writability or a backlog."""
+        """Without ``at_turn_end``, a small write reaches the peer now."""
+        send = _sender(self.tls)
+        send(b"hello")
+        self.assertEqual(self.read_all(), b"hello")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_records_sent_at_turn_end(self) -> None:
+        """
+        A small write reaches the peer when the reactor turn ends; nothing waits for
+        writability or a backlog.
+        """
         calls: list[None] = []
-        send = _sender(self.tls, lambda: calls.append(None))
+        send = _sender(self.tls, lambda: calls.append(None), at_turn_end=True)
         self.assertTrue(sends_at_once(self.tls))
         send(b"hello")
+        self.assertEqual(self.read_all(), b"")
+        self.reactor.advance(0)
         self.assertEqual(self.read_all(), b"hello")
         self.assertEqual(self.reactor.getWriters(), [])
         self.assertEqual(calls, [])
@@ -552,9 +708,10 @@ class TLSSenderTests(SynchronousTestCase):
             if self.tls._producer is None:
                 self.tls.registerProducer(producer, True)
 
-        send = _sender(self.tls, on_backlog)
+        send = _sender(self.tls, on_backlog, at_turn_end=True)
         data = bytes(range(256)) * (32 << 10)  # 8 MiB
         send(data)
+        self.reactor.advance(0)
         self.assertEqual(calls[0], 0)
         self.assertEqual(producer.producerState, "paused")
         self.assertEqual(self.reactor.getWriters(), [self.connection])
@@ -567,12 +724,27 @@ class TLSSenderTests(SynchronousTestCase):
         self.assertEqual(received, data)
         self.assertEqual(producer.producerState, "producing")
 
+    def test_close_writing_sends_held_records(self) -> None:
+        """
+        ``close_writing`` sends the records held for the end of the turn, then close_notify,
+        then the FIN: the peer reads the data, the TLS close and its EOF without another turn.
+        """
+        from OpenSSL import SSL
+
+        send = _sender(self.tls, at_turn_end=True)
+        send(b"last")
+        self.assertTrue(close_writing(self.tls))
+        self.assertEqual(self.client.recv(1 << 16), b"last")
+        self.assertRaises(SSL.ZeroReturnError, self.client.recv, 1)
+        self.assertEqual(self.peer.recv(1), b"")
+
     def test_sender_twice(self) -> None:
         """A second sender for the same TLS transport replaces the first; bytes go out once."""
         first: list[None] = []
         _sender(self.tls, lambda: first.append(None))
         send = _sender(self.tls)
         send(b"once")
+        self.reactor.advance(0)
         self.assertEqual(self.read_all(), b"once")
         self.assertEqual(first, [])
 

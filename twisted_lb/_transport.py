@@ -8,6 +8,7 @@ import contextlib
 import functools
 import socket
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -98,6 +100,7 @@ def close_writing(transport: RelayTransport) -> bool:
     lower = getattr(transport, "transport", None)
     if isinstance(transport, TLSMemoryBIOProtocol) and isinstance(lower, tcp.Connection):
         transport.loseConnection()
+        flush_sends(lower)  # the close_notify, if it waits for the end of the turn
         if not _tls_waiting(transport) and not _queued(lower):
             # The close_notify is with the kernel: FIN after it. Not with loseWriteConnection:
             # once Twisted marks the write side shut, the TLS transport's own close (when the
@@ -128,40 +131,126 @@ def _tls_waiting(transport: TLSMemoryBIOProtocol) -> bool:
     )
 
 
+class _SendQueue:
+    """
+    The sends waiting for the end of the current reactor turn, one queue per reactor.
+
+    A data path's write appends to its connection's write buffer and queues that connection
+    here, once per turn; a single ``callLater(0)`` then sends each queued connection's buffer,
+    after every event of the turn is handled (Twisted runs it before it polls again). What one
+    turn writes to a peer goes out together, and the peers are woken together: a sleeping
+    process, and the CPU it sleeps on, are woken once per turn instead of once per response.
+    This is Netty's ``FlushConsolidationHandler``, and what Twisted's own TLS transport does
+    for small writes (``BufferingTLSTransport``).
+    """
+
+    __slots__ = ("call", "pending", "reactor")
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.pending: dict[object, Callable[[], None]] = {}
+        self.call: Any = None
+
+    def add(self, connection: object, flush: Callable[[], None]) -> None:
+        """Call ``flush`` at the end of this turn, once, for ``connection``."""
+        self.pending[connection] = flush
+        if self.call is None:
+            self.call = self.reactor.callLater(0, self.run)
+
+    def flush(self, connection: object) -> None:
+        """Send what ``connection`` has waiting now, instead of at the end of the turn."""
+        flush = self.pending.pop(connection, None)
+        if flush is not None:
+            flush()
+
+    def run(self) -> None:
+        self.call = None
+        # Emptied in place: senders hold this dict.
+        flushes = list(self.pending.values())
+        self.pending.clear()
+        for flush in flushes:
+            try:
+                flush()
+            except Exception:
+                # One connection's failure (a bug in a backlog hook) must not keep the others'
+                # bytes from going out.
+                _log.failure("sending at the end of the reactor turn")
+
+
+_log = Logger()
+_send_queues: weakref.WeakKeyDictionary[Any, _SendQueue] = weakref.WeakKeyDictionary()
+
+
+def _send_queue(reactor: Any) -> _SendQueue:
+    queue = _send_queues.get(reactor)
+    if queue is None:
+        queue = _send_queues[reactor] = _SendQueue(reactor)
+    return queue
+
+
+def flush_sends(transport: object) -> None:
+    """
+    Send now what :func:`sender` holds for ``transport`` (a TCP connection, or the one under a
+    TLS transport) until the end of the reactor turn. Nothing happens for other transports,
+    or when nothing is held.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        transport = getattr(transport, "transport", None)
+    if isinstance(transport, tcp.Connection):
+        queue = _send_queues.get(transport.reactor)
+        if queue is not None:
+            queue.flush(transport)
+
+
 def sender(
-    transport: RelayTransport, on_backlog: Callable[[], None] | None = None
+    transport: RelayTransport,
+    on_backlog: Callable[[], None] | None = None,
+    *,
+    at_turn_end: bool = False,
 ) -> Callable[[bytes], None]:
     """
-    The function the relay writes to ``transport`` with.
+    The function a data path writes to ``transport`` with.
 
-    For Twisted's own TCP and UNIX connections (``tcp.Connection``), a write that sends at once
-    when nothing is queued, instead of queueing and waiting for the next reactor turn: this
-    saves a reactor iteration and two ``epoll_ctl`` calls per relayed chunk, as nginx and
-    HAProxy send before waiting for writability. It calls the socket's ``send`` as
-    ``FileDescriptor.doWrite`` would; whatever is not sent goes through ``write``, which queues it,
-    waits for writability and pauses the producer when the queue is full, so byte order and
-    flow control are unchanged. TCP ones get ``TCP_NODELAY`` (as nginx's
-    ``tcp_nodelay`` and HAProxy do), so a small write is not held back waiting for the ACK of
-    the previous one. Any other transport (test fakes) gets its ``write``.
+    For Twisted's own TCP and UNIX connections (``tcp.Connection``), a write that does not wait
+    for writability when nothing is queued: Twisted's ``write`` would register for it and send
+    on the next reactor turn, two ``epoll_ctl`` calls and a loop iteration more per write, where
+    nginx and HAProxy send before waiting. It calls the socket's ``send`` as
+    ``FileDescriptor.doWrite`` would; whatever is not sent goes through ``write``, which queues
+    it, waits for writability and pauses the producer when the queue is full, so byte order and
+    flow control are unchanged. When:
+
+    - ``at_turn_end`` is false (the L4 relay), the bytes are sent at once;
+    - ``at_turn_end`` is true (the L7 proxy), they join the connection's write buffer and are
+      sent once every event of the current reactor turn is handled (one ``callLater(0)`` per
+      turn for all connections; see :class:`_SendQueue`). What one turn writes to a connection
+      goes out in one ``send``, and what it writes to all connections goes out together, so a
+      process waiting at the other end (a client, a backend) is woken once per turn instead of
+      once per response. As the bytes are in Twisted's buffer, ``loseConnection`` sends them
+      before it closes and ``abortConnection`` drops them; :func:`flush_sends` sends them now.
+
+    TCP ones get ``TCP_NODELAY`` (as nginx's ``tcp_nodelay`` and HAProxy do), so a small write
+    is not held back waiting for the ACK of the previous one. Any other transport (test fakes)
+    gets its ``write``.
 
     A TLS transport (``TLSMemoryBIOProtocol``) gets its ``write`` without Twisted's next-turn
     aggregation of small writes (the data paths already hand it whole responses and relayed
     chunks). When it runs over a ``tcp.Connection``, that connection gets ``TCP_NODELAY``, and
     its ``write``, which TLS calls with each record it produces, becomes the sending write
-    above, ``on_backlog`` included: so the records go out at once too, and ``on_backlog`` is
-    called just before a record has to be queued. It is also called before a write while TLS
-    itself holds application bytes back (mid-handshake). The write of the TCP connection is
-    one per connection: a second ``sender`` for the same TLS transport replaces the first
-    one's ``on_backlog`` (the data paths make one sender per transport).
+    above, ``on_backlog`` and ``at_turn_end`` included: so the records go out at once or at
+    the end of the turn too, and ``on_backlog`` is called just before a record has to be
+    queued. It is also called before a write while TLS itself holds application bytes back
+    (mid-handshake). The write of the TCP connection is one per connection: a second
+    ``sender`` for the same TLS transport replaces the first one's (the data paths make one
+    sender per transport).
 
-    ``on_backlog``, when given, is called before each write that queues bytes (see
-    :func:`sends_at_once`): a producer that only matters once bytes are queued can be
-    registered then, rather than for every exchange (the usual small exchange never queues a
-    byte). It is called before the queueing ``write``, so a producer it registers is paused by
-    that very write when the queue is full.
+    ``on_backlog``, when given, is called before each write that queues bytes for
+    writability (see :func:`sends_at_once`): a producer that only matters once bytes are
+    queued can be registered then, rather than for every exchange (the usual small exchange
+    never queues a byte). It is called before the queueing ``write``, so a producer it
+    registers is paused by that very write when the queue is full.
     """
     if isinstance(transport, TLSMemoryBIOProtocol):
-        return _tls_sender(transport, on_backlog)
+        return _tls_sender(transport, on_backlog, at_turn_end)
     if not sends_at_once(transport):
         return transport.write
     connection: Any = transport
@@ -171,18 +260,8 @@ def sender(
     write = types.MethodType(type(connection).write, connection)
     socket_send = connection.socket.send
 
-    def send(data: bytes) -> None:
-        if (
-            connection._tempDataLen
-            or connection.offset != len(connection.dataBuffer)
-            or connection.disconnecting
-            or connection._writeDisconnected
-            or not connection.connected
-        ):
-            if on_backlog is not None:
-                on_backlog()
-            write(data)
-            return
+    def send_now(data: bytes) -> None:
+        # With nothing queued and no close under way: the socket's send, as doWrite would.
         try:
             sent = socket_send(data)
         except (BlockingIOError, InterruptedError):
@@ -197,11 +276,76 @@ def sender(
                 on_backlog()
             write(data[sent:])
 
-    return send
+    # Private to Twisted below: the write buffer and the close flags that FileDescriptor.write,
+    # doWrite and abortConnection keep.
+    if not at_turn_end:
+
+        def send(data: bytes) -> None:
+            if (
+                connection._tempDataLen
+                or connection.offset != len(connection.dataBuffer)
+                or connection.disconnecting
+                or connection._writeDisconnected
+                or not connection.connected
+            ):
+                # Queued already, or closing: Twisted's write keeps the order and the close.
+                if on_backlog is not None:
+                    on_backlog()
+                write(data)
+                return
+            send_now(data)
+
+        return send
+
+    queue = _send_queue(connection.reactor)
+    pending = queue.pending
+
+    def closing() -> bool:
+        return bool(
+            connection.disconnecting
+            or connection._writeDisconnecting
+            or connection._writeDisconnected
+            or not connection.connected
+            or connection._aborting
+        )
+
+    def send_at_turn_end(data: bytes) -> None:
+        if connection in pending:
+            if closing():
+                write(data)  # as Twisted's write would (it drops it after a half-close)
+            else:
+                connection._tempDataBuffer.append(data)
+                connection._tempDataLen += len(data)
+            return
+        if connection._tempDataLen or connection.offset != len(connection.dataBuffer) or closing():
+            # Queued already, or closing: Twisted's write keeps the order and the close.
+            if on_backlog is not None:
+                on_backlog()
+            write(data)
+            return
+        connection._tempDataBuffer.append(data)
+        connection._tempDataLen += len(data)
+        queue.add(connection, flush)
+
+    def flush() -> None:
+        if (
+            not connection._tempDataLen
+            or connection.offset != len(connection.dataBuffer)
+            or closing()
+        ):
+            # Sent already (by doWrite, or another sender's flush), or Twisted has it: queued
+            # behind older bytes or closing, it waits for writability; aborted, it is dropped.
+            return
+        buffered = connection._tempDataBuffer
+        connection._tempDataBuffer = []
+        connection._tempDataLen = 0
+        send_now(buffered[0] if len(buffered) == 1 else b"".join(buffered))
+
+    return send_at_turn_end
 
 
 def _tls_sender(
-    transport: TLSMemoryBIOProtocol, on_backlog: Callable[[], None] | None
+    transport: TLSMemoryBIOProtocol, on_backlog: Callable[[], None] | None, at_turn_end: bool
 ) -> Callable[[bytes], None]:
     """:func:`sender` for Twisted's TLS transport."""
     # Private to Twisted: if a release renames it, nothing is flushed (it is a next-turn timer).
@@ -215,7 +359,7 @@ def _tls_sender(
     # TLS hands each record to lower.write: that becomes a sending write with the backlog hook.
     # This must be an attribute of this one connection, which TLS owns (Twisted's
     # TLSMemoryBIOProtocol offers no other way to choose how its records are written).
-    lower.write = sender(lower, on_backlog)  # type: ignore[method-assign]
+    lower.write = sender(lower, on_backlog, at_turn_end=at_turn_end)  # type: ignore[method-assign]
     if on_backlog is None:
         return write
     backlog_hook = on_backlog

@@ -227,7 +227,9 @@ class HTTPProxyProtocol(Protocol):
             lose_connection(self.client_transport)
             return
         self.counted = True
-        self.send = sender(self.client_transport, self._pace_upstream)
+        # Responses go out at the end of the reactor turn: the turn's responses to all clients
+        # together, which wakes each waiting client once per turn (see _transport.sender).
+        self.send = sender(self.client_transport, self._pace_upstream, at_turn_end=True)
         self.paces_lazily = sends_at_once(self.client_transport)
         self.gate = ReadGate(self.client_transport)
         self._set_timer("header", factory.header_timeout)

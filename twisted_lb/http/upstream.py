@@ -104,7 +104,8 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         self.relay_transport = cast(RelayTransport, self.transport)
         unwrap(self)
-        self.send = sender(self.relay_transport, self.pace_handler)
+        # Requests go out at the end of the reactor turn, like responses (see the proxy).
+        self.send = sender(self.relay_transport, self.pace_handler, at_turn_end=True)
         self.paces_lazily = sends_at_once(self.relay_transport)
         self.gate = ReadGate(self.relay_transport)
 
