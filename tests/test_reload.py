@@ -440,6 +440,26 @@ class DrainTests(ReloadCase):
         self.reactor.advance(10.0)
         self.assertTrue(client.disconnected)
 
+    def test_removed_frontend_and_backend_close_once(self) -> None:
+        """
+        A connection of a removed frontend that also uses a removed backend is closed once
+        at drain_timeout, and counted once.
+        """
+        front, client, _ = self.tcp_client()
+        used = front.backend  # type: ignore[attr-defined]
+        text = BASE.split("[frontends.db]")[0] + "[pools.app]" + BASE.split("[pools.app]")[1]
+        text = "\n".join(line for line in text.splitlines() if str(used.address) not in line)
+        self.apply(text + "\n")
+        with capturedLogs() as events:
+            self.reactor.advance(10.0)
+        self.assertTrue(client.disconnected)
+        [line] = [t for t in texts(events) if t.startswith("drain_timeout")]
+        self.assertEqual(
+            line,
+            f"drain_timeout: closed 1 connections of backend app/{used.name}, "
+            "frontend db (1 connections) still open after 10 s",
+        )
+
     def test_idle_upstreams_of_removed_backend_close(self) -> None:
         """Idle keep-alive connections to a removed backend are closed by the reload."""
         upstreams = self.service.upstreams
