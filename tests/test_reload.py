@@ -199,12 +199,15 @@ class DiffTests(ReloadCase):
         self.assertEqual((monitor.interval, monitor.rise), (7.0, 4))
         self.assertEqual(len(self.reactor.tcpClients), probes + 1)
         self.assertEqual(self.reactor.tcpClients[-1][:2], ("127.0.0.1", 9004))
-        # Without a health_check table the monitor stops.
+        # Without a health_check table the monitor stops, and no backend stays DOWN.
+        app1 = self.backend("app", "app1")
+        self.service.pools["app"].set_healthy(app1, False)
         result, _ = self.apply(
             BASE.replace('[pools.app.health_check]\nkind = "tcp"\ninterval = 5\n', "")
         )
         self.assertEqual(self.service.monitors, {})
         self.assertFalse(monitor.running)
+        self.assertIs(app1.state, BackendState.UP)
 
     def test_strategy(self) -> None:
         """The strategy is kept while its name and options are; else a new one is made."""

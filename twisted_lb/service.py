@@ -826,6 +826,10 @@ class LoadBalancerService(MultiService):
             if monitor is not None:
                 del self.monitors[name]
                 monitor.disownServiceParent()  # type: ignore[no-untyped-call]
+                # Without checks a backend is UP (as at start): none is left DOWN for good.
+                for backend in plan_pool.pool.backends:
+                    if not backend.healthy:
+                        plan_pool.pool.set_healthy(backend, True)
             return
         if monitor is None:
             monitor = HealthMonitor(
