@@ -105,7 +105,14 @@ def makeService(options: Options) -> IService:
 
     A config problem is printed to stderr exactly as ``twisted-lb check`` prints it, and the
     process exits with status 1 before anything listens.
+
+    On Linux, when ``--reactor`` chose none, this installs :mod:`twisted_lb.reactor` first
+    (see :func:`twisted_lb.reactor.install_default`), so the plain ``twistd -n lb`` command
+    runs on the cheaper reactor.
     """
+    from twisted_lb.reactor import install_default
+
+    install_default()
     from twisted.internet import reactor
 
     try:
