@@ -7,15 +7,15 @@ ports), all on 127.0.0.1:
 ``direct``
     straight to backend 1, the ceiling for everything else;
 ``nginx``
-    nginx ``proxy_pass`` to an ``upstream`` of both backends with ``keepalive 32``, one worker
-    process (the anchor);
+    nginx ``proxy_pass`` to an ``upstream`` of both backends, one worker process, with upstream
+    ``keepalive`` at twice wrk's connections (the anchor; see ``nginx_upstream_keepalive``);
 ``haproxy``
     HAProxy ``mode http``, ``nbthread 1``, ``http-reuse always``, both backends;
 ``twisted-web``
     ``twisted.web.proxy.ReverseProxyResource`` on the epoll reactor (backend 1 only: it takes
     one host and port);
 ``twisted-lb``
-    ``twistd --reactor=lb -n --pidfile= lb --config cfg.toml`` with ``mode = "http"``.
+    ``twistd -n lb --config cfg.toml`` with ``mode = "http"``.
 
 For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections). With
 twisted-lb in the run it also streams 1 GiB up and 1 GiB down through a second twisted-lb to a
@@ -53,6 +53,7 @@ from _common import (
     log_wrk_result,
     nginx_http_common,
     nginx_main_context,
+    nginx_upstream_keepalive,
     pass_mark,
     print_busy_warning,
     print_header,
@@ -204,15 +205,14 @@ def versions_of(tools: Tools) -> dict[str, str]:
 # --------------------------------------------------------------------------- configs
 
 
-def nginx_proxy_config(tmp: Path, listen: int, backends: list[int]) -> str:
+def nginx_proxy_config(tmp: Path, listen: int, backends: list[int], connections: int) -> str:
     servers = "".join(f"        server {LOOPBACK}:{port};\n" for port in backends)
     return (
         nginx_main_context(tmp, "proxy", None)
         + nginx_http_common(tmp, "proxy")
         + "    upstream app {\n"
         + servers
-        + "        keepalive 32;\n"
-        + "        keepalive_requests 100000;\n"
+        + nginx_upstream_keepalive(connections)
         + "    }\n"
         + "    server {\n"
         + f"        listen {LOOPBACK}:{listen};\n"
@@ -397,7 +397,7 @@ class Bench:
     def start_nginx(self) -> tuple[Child | None, int]:
         port = self.ports.relays["nginx"]
         prefix = self.tmp / "nginx-proxy"
-        config = nginx_proxy_config(prefix, port, self.ports.backends)
+        config = nginx_proxy_config(prefix, port, self.ports.backends, self.args.connections)
         return self.children.start_nginx("nginx proxy", self.tools.nginx, prefix, config), port
 
     def start_haproxy(self) -> tuple[Child | None, int]:
