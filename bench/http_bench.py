@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import socket
 import statistics
 import sys
@@ -93,6 +94,7 @@ CONTEXT_RATIOS = (
     ("requests/s", "twisted-lb", "twisted-web"),
 )
 RSS_TARGET_MIB = 64.0  # peak RSS growth while streaming 1 GiB each way
+IDLE_TARGET_MIB = 300.0  # RSS holding 10,000 idle keep-alive client connections
 TRANSFERS = ("upload", "download")
 
 TOOL_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "curl": "curl"}
@@ -335,6 +337,32 @@ def reset_peak_rss(pid: int) -> None:
         ) from e
 
 
+def raise_fd_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``wanted`` for us and the children started after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise BenchError(
+            f"idle: need {wanted} file descriptors, the hard limit is {hard}; "
+            "raise it (ulimit -Hn) or lower --idle-connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _still_open(s: socket.socket) -> bool:
+    """Whether the peer has not closed ``s`` (a non-blocking peek finds no EOF)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(True)
+
+
 def curl_transfer(
     tools: Tools, kind: str, port: int, size: int, upload_file: Path, answer_file: Path
 ) -> None:
@@ -377,6 +405,7 @@ class Ports:
     bulk_backend: int  # the Python backend of the streaming test
     relays: dict[str, int]  # path -> listening port
     bulk_relay: int  # the twisted-lb of the streaming test
+    idle_relay: int  # the twisted-lb of the idle-connections test
 
 
 @dataclass
@@ -388,6 +417,7 @@ class Bench:
     ports: Ports
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rss: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    idle: list[dict[str, float]] = field(default_factory=list)
 
     # Each starter returns the relay's child (None for direct) and the port to measure.
 
@@ -512,6 +542,59 @@ class Bench:
             self.children.stop(relay)
         return figures
 
+    def measure_idle(self) -> dict[str, float]:
+        """
+        RSS of a fresh twisted-lb holding ``--idle-connections`` idle keep-alive clients.
+
+        Each client connection sends one ``GET /``, reads the answer and then stays open and
+        idle, as a browser's keep-alive connection does between page loads; the RSS is read once
+        all of them are open (and again after the same number of seconds they took to open, to
+        see it settle). The file descriptor limit of this process and its children is raised
+        first, as an operator raises ``LimitNOFILE``.
+        """
+        count = self.args.idle_connections
+        raise_fd_limit(count + 1024)  # each process holds one end of each connection
+        relay, port = self.start_twisted_lb("idle", self.ports.idle_relay, self.ports.backends)
+        assert relay is not None
+        pid = relay.proc.pid
+        clients: list[socket.socket] = []
+        try:
+            wait_http_ok(relay, port)
+            before = proc_status_kib(pid, "VmRSS")
+            start = time.monotonic()
+            request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+            for n in range(count):
+                s = socket.create_connection((LOOPBACK, port), timeout=10)
+                clients.append(s)
+                s.sendall(request)
+                answer = s.recv(4096)
+                if not answer.startswith(b"HTTP/1.1 200"):
+                    raise BenchError(f"idle: client {n} got {answer[:40]!r} instead of a 200")
+            opened = time.monotonic() - start
+            held = proc_status_kib(pid, "VmRSS")
+            time.sleep(min(opened, 5.0))
+            settled = proc_status_kib(pid, "VmRSS")
+            if relay.exited():
+                raise relay.fail("died holding the idle connections")
+            alive = sum(1 for s in clients if _still_open(s))
+            log(
+                f"idle: {count} keep-alive clients opened in {opened:.1f} s, {alive} still open; "
+                f"RSS {before / 1024:.1f} MiB before, {held / 1024:.1f} MiB with them, "
+                f"{settled / 1024:.1f} MiB after {min(opened, 5.0):.1f} s"
+            )
+            if alive != count:
+                raise BenchError(f"idle: twisted-lb closed {count - alive} of {count} clients")
+            return {
+                "connections": float(count),
+                "rss_before_mib": before / 1024,
+                "rss_mib": max(held, settled) / 1024,
+                "open_seconds": opened,
+            }
+        finally:
+            for s in clients:
+                s.close()
+            self.children.stop(relay)
+
     def run(self) -> None:
         backend = start_backend(self.children, self.tools.nginx, self.ports.backends, tag=True)
         bulk: Child | None = None
@@ -537,6 +620,8 @@ class Bench:
             )
 
         def stream() -> None:
+            if self.idle_connections:
+                self.idle.append(self.measure_idle())
             if bulk is not None:
                 for kind, figures in self.measure_rss(upload_file).items():
                     self.rss.setdefault(kind, []).append(figures)
@@ -544,6 +629,10 @@ class Bench:
                     raise bulk.fail("exited during the run")
 
         run_rounds(self.args, self.measure, self.results, backend, stream)
+
+    @property
+    def idle_connections(self) -> bool:
+        return "twisted-lb" in self.args.paths and self.args.idle_connections > 0
 
     @property
     def streaming(self) -> bool:
@@ -576,11 +665,17 @@ def summarize_rss(rss: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     }
 
 
+def summarize_idle(idle: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in idle) for key in idle[0]} if idle else {}
+
+
 MEASURE_KEYS = {"requests/s": "requests_per_s", "p99": "latency_p99_ms"}
 
 
 def ratios(
-    summary: dict[str, dict[str, Any]], rss_summary: dict[str, dict[str, float]]
+    summary: dict[str, dict[str, Any]],
+    rss_summary: dict[str, dict[str, float]],
+    idle_summary: dict[str, float],
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for measure, num, den, comparison, target in TARGETS:
@@ -608,6 +703,18 @@ def ratios(
                 "comparison": "<=",
                 "target": RSS_TARGET_MIB,
                 "pass": None if growth is None else growth <= RSS_TARGET_MIB,
+            }
+        )
+    if idle_summary:
+        rss = idle_summary["rss_mib"]
+        rows.append(
+            {
+                "label": f"twisted-lb RSS, {idle_summary['connections']:,.0f} idle clients",
+                "value": rss,
+                "unit": " MiB",
+                "comparison": "<=",
+                "target": IDLE_TARGET_MIB,
+                "pass": rss <= IDLE_TARGET_MIB,
             }
         )
     for measure, num, den in CONTEXT_RATIOS:
@@ -655,6 +762,7 @@ def print_report(
     versions: dict[str, str],
     rounds_data: dict[str, list[dict[str, Any]]],
     rss_rounds: dict[str, list[dict[str, float]]],
+    idle_summary: dict[str, float],
 ) -> None:
     print(
         f"\nL7 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
@@ -701,6 +809,14 @@ def print_report(
                     f"{r['mib_per_s']:>8,.0f}",
                     file=out,
                 )
+    if idle_summary:
+        print(
+            f"\ntwisted-lb holding {idle_summary['connections']:,.0f} idle keep-alive clients "
+            f"(one GET each, then idle): RSS {idle_summary['rss_before_mib']:.1f} MiB before, "
+            f"{idle_summary['rss_mib']:.1f} MiB with them "
+            f"(opened in {idle_summary['open_seconds']:.1f} s)",
+            file=out,
+        )
     print("", file=out)
     print_header(out, f"{'ratio':<38} {'value':>9} {'target':>10}  result")
     for r in ratio_rows:
@@ -757,8 +873,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1024,
         help="MiB streamed each way through twisted-lb for the RSS figure (0: skip; default 1024)",
     )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=10000,
+        help="idle keep-alive clients a fresh twisted-lb holds for the RSS figure (0: skip)",
+    )
     args = parser.parse_args(argv)
     check_bench_args(parser, args, PATHS)
+    if args.idle_connections < 0:
+        parser.error("--idle-connections must not be negative")
     if args.transfer_mib < 0:
         parser.error("--transfer-mib must not be negative")
     return args
@@ -771,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = ensure_tools(install=not args.no_install)
         versions = versions_of(tools)
         require_twisted_lb(args.paths, versions)
-        ports = free_ports(3 + len(RELAYS) + 1)
+        ports = free_ports(3 + len(RELAYS) + 2)
         bench = Bench(
             args,
             tools,
@@ -781,24 +905,37 @@ def main(argv: list[str] | None = None) -> int:
                 backends=ports[0:2],
                 bulk_backend=ports[2],
                 relays=dict(zip(RELAYS, ports[3 : 3 + len(RELAYS)], strict=True)),
-                bulk_relay=ports[-1],
+                bulk_relay=ports[-2],
+                idle_relay=ports[-1],
             ),
         )
         bench.run()
         summary = summarize(bench.results)
         rss_summary = summarize_rss(bench.rss)
-        ratio_rows = ratios(summary, rss_summary)
+        idle_summary = summarize_idle(bench.idle)
+        ratio_rows = ratios(summary, rss_summary, idle_summary)
         print_report(
-            sys.stdout, args, summary, rss_summary, ratio_rows, versions, bench.results, bench.rss
+            sys.stdout,
+            args,
+            summary,
+            rss_summary,
+            ratio_rows,
+            versions,
+            bench.results,
+            bench.rss,
+            idle_summary,
         )
         if args.json:
             write_json(
                 args.json,
-                json_settings(args, transfer_mib=args.transfer_mib),
+                json_settings(
+                    args, transfer_mib=args.transfer_mib, idle_connections=args.idle_connections
+                ),
                 versions,
                 results=summary,
                 rounds=bench.results,
                 streaming={"results": rss_summary, "rounds": bench.rss},
+                idle={"results": idle_summary, "rounds": bench.idle},
                 ratios=ratio_rows,
             )
         return ratio_rows
