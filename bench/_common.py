@@ -592,11 +592,18 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, port: int, duration: int, connections: int, threads: int, scheme: str = "http"
+    wrk: str,
+    port: int,
+    duration: int,
+    connections: int,
+    threads: int,
+    scheme: str = "http",
+    script: Path | None = None,
 ) -> WrkResult:
     """``wrk -tT -cC -dDs --latency http://127.0.0.1:port/``, bounded by duration + 60 s.
 
-    ``scheme="https"`` measures over TLS (wrk does not verify the certificate).
+    ``scheme="https"`` measures over TLS (wrk does not verify the certificate); ``script`` is
+    a Lua script for ``-s``.
     """
     argv = [
         wrk,
@@ -604,6 +611,7 @@ def run_wrk(
         f"-c{connections}",
         f"-d{duration}s",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         f"{scheme}://{LOOPBACK}:{port}/",
     ]
     proc = run_tool(argv, timeout=duration + 60, what="wrk")

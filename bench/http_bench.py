@@ -94,6 +94,9 @@ CONTEXT_RATIOS = (
     ("requests/s", "twisted-lb", "twisted-web"),
 )
 RSS_TARGET_MIB = 64.0  # peak RSS growth while streaming 1 GiB each way
+FIXED_RATE_SHARE = 0.5  # the fixed-rate load, as a share of twisted-lb's maximum requests/s
+FIXED_RATE_P99_TARGET = 2.0  # twisted-lb's p99 / nginx's at that rate
+FIXED_RATE_PATHS = ("nginx", "twisted-lb")
 IDLE_TARGET_MIB = 300.0  # RSS holding 10,000 idle keep-alive client connections
 TRANSFERS = ("upload", "download")
 
@@ -418,6 +421,7 @@ class Bench:
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rss: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     idle: list[dict[str, float]] = field(default_factory=list)
+    fixed_rate: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     # Each starter returns the relay's child (None for direct) and the port to measure.
 
@@ -542,6 +546,40 @@ class Bench:
             self.children.stop(relay)
         return figures
 
+    def measure_fixed_rate(self, path: str, rate: float) -> dict[str, float]:
+        """
+        p99 latency of ``path`` under a paced load of ``rate`` requests/s in all.
+
+        wrk has no open-loop mode (wrk2 is not packaged), so each of the ``--connections``
+        connections waits ``connections / rate`` seconds after each response before it sends
+        the next request (wrk's Lua ``delay()``): a fixed offered rate as long as responses are
+        much faster than the interval, which they are at half load. The achieved rate is
+        recorded next to the p99.
+        """
+        args = self.args
+        interval_ms = 1000.0 * args.connections / rate
+        script = self.tmp / "fixed-rate.lua"
+        script.write_text(f"function delay()\n  return {interval_ms:.3f}\nend\n")
+        relay, port = self.starter(path)()
+        try:
+            wait_http_ok(relay, port)
+            warm_up_wrk(self.tools.wrk, port, args, f"{path} at {rate:,.0f} requests/s")
+            wrk = run_wrk(
+                self.tools.wrk,
+                port,
+                args.duration,
+                args.connections,
+                args.threads,
+                script=script,
+            )
+            log_wrk_result(f"{path} at {rate:,.0f} requests/s", wrk)
+            if relay is not None and relay.exited():
+                raise relay.fail("died during the fixed-rate run")
+        finally:
+            if relay is not None:
+                self.children.stop(relay)
+        return {"offered_per_s": rate, **wrk.figures()}
+
     def measure_idle(self) -> dict[str, float]:
         """
         RSS of a fresh twisted-lb holding ``--idle-connections`` idle keep-alive clients.
@@ -620,6 +658,11 @@ class Bench:
             )
 
         def stream() -> None:
+            if self.fixed_rate_paths and self.results.get("twisted-lb"):
+                rate = FIXED_RATE_SHARE * self.results["twisted-lb"][-1]["requests_per_s"]
+                for path in FIXED_RATE_PATHS:
+                    figures = self.measure_fixed_rate(path, rate)
+                    self.fixed_rate.setdefault(path, []).append(figures)
             if self.idle_connections:
                 self.idle.append(self.measure_idle())
             if bulk is not None:
@@ -629,6 +672,10 @@ class Bench:
                     raise bulk.fail("exited during the run")
 
         run_rounds(self.args, self.measure, self.results, backend, stream)
+
+    @property
+    def fixed_rate_paths(self) -> bool:
+        return self.args.fixed_rate and all(p in self.args.paths for p in FIXED_RATE_PATHS)
 
     @property
     def idle_connections(self) -> bool:
@@ -676,6 +723,7 @@ def ratios(
     summary: dict[str, dict[str, Any]],
     rss_summary: dict[str, dict[str, float]],
     idle_summary: dict[str, float],
+    fixed_summary: dict[str, dict[str, float]],
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for measure, num, den, comparison, target in TARGETS:
@@ -703,6 +751,18 @@ def ratios(
                 "comparison": "<=",
                 "target": RSS_TARGET_MIB,
                 "pass": None if growth is None else growth <= RSS_TARGET_MIB,
+            }
+        )
+    if all(p in fixed_summary for p in FIXED_RATE_PATHS):
+        value = ratio_of(fixed_summary, "twisted-lb", "nginx", "latency_p99_ms")
+        rows.append(
+            {
+                "label": f"twisted-lb / nginx p99 at {FIXED_RATE_SHARE:.0%} load",
+                "value": value,
+                "unit": "x",
+                "comparison": "<=",
+                "target": FIXED_RATE_P99_TARGET,
+                "pass": None if value is None else value <= FIXED_RATE_P99_TARGET,
             }
         )
     if idle_summary:
@@ -763,6 +823,7 @@ def print_report(
     rounds_data: dict[str, list[dict[str, Any]]],
     rss_rounds: dict[str, list[dict[str, float]]],
     idle_summary: dict[str, float],
+    fixed_summary: dict[str, dict[str, float]],
 ) -> None:
     print(
         f"\nL7 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
@@ -809,6 +870,19 @@ def print_report(
                     f"{r['mib_per_s']:>8,.0f}",
                     file=out,
                 )
+    if fixed_summary:
+        print(
+            f"\nat a fixed rate of {FIXED_RATE_SHARE:.0%} of twisted-lb's requests/s "
+            "(wrk, each connection paced with delay())",
+            file=out,
+        )
+        print_header(out, f"{'path':<13} {'offered/s':>11} {'achieved/s':>11} {'p99 ms':>8}")
+        for path, row in fixed_summary.items():
+            print(
+                f"{path:<13} {row['offered_per_s']:>11,.0f} {row['requests_per_s']:>11,.0f} "
+                f"{row['latency_p99_ms']:>8.2f}",
+                file=out,
+            )
     if idle_summary:
         print(
             f"\ntwisted-lb holding {idle_summary['connections']:,.0f} idle keep-alive clients "
@@ -874,6 +948,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MiB streamed each way through twisted-lb for the RSS figure (0: skip; default 1024)",
     )
     parser.add_argument(
+        "--no-fixed-rate",
+        dest="fixed_rate",
+        action="store_false",
+        help="skip the p99 at a fixed rate of half twisted-lb's maximum",
+    )
+    parser.add_argument(
         "--idle-connections",
         type=int,
         default=10000,
@@ -913,7 +993,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(bench.results)
         rss_summary = summarize_rss(bench.rss)
         idle_summary = summarize_idle(bench.idle)
-        ratio_rows = ratios(summary, rss_summary, idle_summary)
+        fixed_summary = {
+            path: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            for path, rounds in bench.fixed_rate.items()
+        }
+        ratio_rows = ratios(summary, rss_summary, idle_summary, fixed_summary)
         print_report(
             sys.stdout,
             args,
@@ -924,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.results,
             bench.rss,
             idle_summary,
+            fixed_summary,
         )
         if args.json:
             write_json(
@@ -936,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=bench.results,
                 streaming={"results": rss_summary, "rounds": bench.rss},
                 idle={"results": idle_summary, "rounds": bench.idle},
+                fixed_rate={"results": fixed_summary, "rounds": bench.fixed_rate},
                 ratios=ratio_rows,
             )
         return ratio_rows
