@@ -12,9 +12,11 @@ https://www.haproxy.org/download/3.2/doc/proxy-protocol.txt); unit tests use Twi
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
 import ssl
 import struct
+import time
 from pathlib import Path
 
 import trustme
@@ -25,9 +27,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests._harness import Process, environ_with, read_response, start_backend, start_lb
+from tests._harness import (
+    Process,
+    environ_with,
+    free_port,
+    read_response,
+    start_backend,
+    start_lb,
+)
 from tests.test_integration_http import LOG_ERRORS, TIMEOUT, echoed, header_values
 from tests.test_integration_tls import write_pair
 from twisted_lb._address import proxy_listener
@@ -413,6 +422,87 @@ class TLSTests(ProxyProtocolCase):
         response = read_response(sock.makefile("rb"))
         self.assertEqual(header_values(echoed(response.body), "X-Forwarded-For"), [CLIENT])
         lb.wait_for(rf'twisted_lb\.access#info\] web {CLIENT} "GET /who" 200 ')
+
+
+class HAProxyInFrontTests(ProxyProtocolCase):
+    """
+    A real HAProxy in ``mode tcp`` in front, with ``send-proxy`` (v1) or ``send-proxy-v2``,
+    and over TLS to a frontend with ``[frontends.web.tls]`` (``ssl`` on HAProxy's server
+    line: the header, then the handshake). The client connects to HAProxy from 127.0.0.5, so
+    the balancer's peer (HAProxy, 127.0.0.1) and the client differ.
+    """
+
+    def setUp(self) -> None:
+        self.haproxy = shutil.which("haproxy")
+        if self.haproxy is None:
+            raise SkipTest("haproxy is not installed")
+
+    def start_haproxy(self, lb_port: int, server_options: str) -> int:
+        port = free_port()
+        config = Path(self.mktemp() + ".cfg")
+        config.write_text(
+            "global\n  maxconn 100\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n"
+            "  timeout server 10s\n"
+            f"listen front\n  bind 127.0.0.1:{port}\n"
+            f"  server lb 127.0.0.1:{lb_port} {server_options}\n"
+        )
+        assert self.haproxy is not None
+        process = Process([self.haproxy, "-db", "-f", str(config)])
+        self.addCleanup(process.kill)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                return port
+            except OSError:
+                if time.monotonic() > deadline or process.popen.poll() is not None:
+                    raise AssertionError("haproxy did not start:\n" + process.output()) from None
+                time.sleep(0.05)
+
+    def get_via_haproxy(self, port: int) -> dict[str, object]:
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.settimeout(TIMEOUT)
+        sock.bind(("127.0.0.5", 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /who HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        response = read_response(sock.makefile("rb"))
+        self.assertEqual(response.status, 200)
+        return echoed(response.body)
+
+    def test_send_proxy_v1_and_v2(self) -> None:
+        """
+        Through HAProxy's ``send-proxy`` and ``send-proxy-v2``, the backend sees
+        ``X-Forwarded-For: 127.0.0.5``, the client's address, and the access log names it;
+        HAProxy, at 127.0.0.1, is the peer that ``proxy_protocol_from`` allows.
+        """
+        _backend, backend_port = self.start_backend("echo", "app1")
+        lb, lb_port = self.start_lb(
+            self.http_config(backend_port, extra='proxy_protocol_from = ["127.0.0.1"]')
+        )
+        for options in ("send-proxy", "send-proxy-v2"):
+            echo = self.get_via_haproxy(self.start_haproxy(lb_port, options))
+            self.assertEqual(header_values(echo, "X-Forwarded-For"), ["127.0.0.5"], options)
+        lb.wait_for(r'twisted_lb\.access#info\] web 127\.0\.0\.5 "GET /who" 200 ')
+
+    def test_send_proxy_v2_then_tls(self) -> None:
+        """
+        HAProxy's ``send-proxy-v2 ssl`` to a frontend that terminates TLS on a ``haproxy:tcp:``
+        listener: the header in clear, then TLS; the backend sees the client's address and
+        ``X-Forwarded-Proto: https``.
+        """
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        cert, key = write_pair(directory, "site", trustme.CA().issue_cert("site.test"))
+        _backend, backend_port = self.start_backend("echo", "app1")
+        tls = f'[frontends.web.tls]\ncertificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+        config = self.http_config(backend_port).replace("[pools.app]", tls + "[pools.app]")
+        _lb, lb_port = self.start_lb(config)
+        port = self.start_haproxy(lb_port, "send-proxy-v2 ssl verify none sni str(site.test)")
+        echo = self.get_via_haproxy(port)
+        self.assertEqual(header_values(echo, "X-Forwarded-For"), ["127.0.0.5"])
+        self.assertEqual(header_values(echo, "X-Forwarded-Proto"), ["https"])
 
 
 # -- unit tests, with fakes ---------------------------------------------------------------------
