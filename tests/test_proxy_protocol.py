@@ -43,6 +43,7 @@ from twisted_lb._address import proxy_listener
 from twisted_lb._frontend import ProxyHeaderFactory
 from twisted_lb.backend import Backend
 from twisted_lb.config import ConfigError, parse_config
+from twisted_lb.http.proxy import HTTPProxyFactory, HTTPProxyProtocol
 from twisted_lb.pool import Pool
 from twisted_lb.service import LoadBalancerService
 from twisted_lb.strategies import get_strategy
@@ -662,6 +663,26 @@ class ProxyHeaderFactoryTests(SynchronousTestCase):
             self.assertEqual(len(warnings), count)
             factory.doStop()
             factory.doStop()
+
+
+class HTTPProxyBehindHeaderTests(SynchronousTestCase):
+    def test_http_protocol_built_for_the_header_address(self) -> None:
+        """
+        In front of the HTTP proxy, the protocol is built for the header's address (its
+        ``client_ip``, which X-Forwarded-For, Forwarded and the access log use), and a
+        request in the same read as the header is parsed: it is routed to a backend.
+        """
+        reactor = MemoryReactorClock()
+        pool = Pool("p", [Backend.from_address("10.0.0.5:8080")], get_strategy("round_robin"))
+        http = HTTPProxyFactory(reactor, pool, frontend="web")
+        protocol = ProxyHeaderFactory(http, http).buildProtocol(PEER)
+        protocol.makeConnection(StringTransport(peerAddress=PEER))
+        protocol.dataReceived(v2_header(CLIENT) + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        [front] = http.connections
+        assert isinstance(front, HTTPProxyProtocol)
+        self.assertEqual(front.client_ip, CLIENT)
+        [(host, port, *_rest)] = reactor.tcpClients
+        self.assertEqual((host, port), ("10.0.0.5", 8080))
 
 
 class ProxyListenerTests(SynchronousTestCase):
