@@ -143,7 +143,7 @@ class ProxyHeaderFactory(Factory):
     the one ``buildProtocol`` got. The header is parsed by Twisted's own parsers.
 
     - A peer (the connection's own address) outside ``allowed`` is refused at once: its
-      connection is aborted and a warning names it, before any byte is read and before any
+      connection is closed and a warning names it, before any byte is read and before any
       backend is contacted (HAProxy's ``tcp-request connection reject`` on ``src``, which
       sees the real address). An empty ``allowed`` accepts any peer, with one warning when
       the factory starts.
