@@ -34,7 +34,7 @@ import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from twisted_lb._address import Address, parse_address
+from twisted_lb._address import Address, parse_address, proxy_listener
 
 __all__ = [
     "BackendConfig",
@@ -408,6 +408,11 @@ class FrontendConfig:
             ``client_timeout`` once the tunnel is open.
         tls: TLS termination on every listener, in either mode, or ``None`` for plain
             connections.
+        proxy_protocol_from: addresses and networks, as written and parsed as
+            ``trusted_proxies``, of the peers whose PROXY protocol header a ``haproxy:``
+            listener believes; from any other peer a connection is refused. Empty (the
+            default) means ``trusted_proxies``, and any peer when that is empty too. Set
+            only on a frontend with a ``haproxy:`` listener; in either mode.
     """
 
     name: str
@@ -423,6 +428,7 @@ class FrontendConfig:
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
     tunnel_timeout: float = 3600.0
     tls: FrontendTLSConfig | None = None
+    proxy_protocol_from: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
 
 @attrs.frozen
@@ -625,6 +631,7 @@ _FRONTEND_KEYS = (
     "client_timeout",
     "max_connections",
     "tls",
+    "proxy_protocol_from",
     *_HTTP_FRONTEND_KEYS,
 )
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
@@ -1059,6 +1066,18 @@ class _Validator:
         max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
         http = self.http_settings(raw, where, mode)
         tls = self.frontend_tls(raw, where)
+        proxy_protocol_from = self.trusted_proxies(raw, where, "proxy_protocol_from")
+        if (
+            proxy_protocol_from
+            and listen is not None
+            and not any(proxy_listener(item) is not None for item in listen)
+        ):
+            self.problem(
+                join_key(where, "proxy_protocol_from"),
+                "is for a frontend that takes the PROXY protocol, and none of its listeners "
+                'does; prefix the listener with haproxy:, as in listen = ["haproxy:'
+                f'{listen[0]}"], or remove proxy_protocol_from',
+            )
 
         if (
             len(self.problems) > before
@@ -1068,6 +1087,7 @@ class _Validator:
             or client_timeout is None
             or max_connections is None
             or http is None
+            or proxy_protocol_from is None
         ):
             return None
         return FrontendConfig(
@@ -1078,6 +1098,7 @@ class _Validator:
             client_timeout=client_timeout,
             max_connections=max_connections,
             tls=tls,
+            proxy_protocol_from=proxy_protocol_from,
             **http,
         )
 
@@ -1131,19 +1152,22 @@ class _Validator:
             "tunnel_timeout": tunnel_timeout,
         }
 
-    def trusted_proxies(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+    def trusted_proxies(
+        self, raw: Mapping[str, object], where: str, name: str = "trusted_proxies"
+    ) -> tuple[str, ...] | None:
         """
-        ``trusted_proxies``: an array of addresses and networks, each accepted by
-        :func:`ipaddress.ip_network` with ``strict=False``. They are kept as written.
+        ``trusted_proxies`` (or ``name``, such as ``proxy_protocol_from``): an array of
+        addresses and networks, each accepted by :func:`ipaddress.ip_network` with
+        ``strict=False``. They are kept as written.
         """
-        if "trusted_proxies" not in raw:
+        if name not in raw:
             return ()
-        key = join_key(where, "trusted_proxies")
-        value = raw["trusted_proxies"]
+        key = join_key(where, name)
+        value = raw[name]
         if not isinstance(value, list | tuple):
             self.problem(
                 key,
-                'must be an array of strings, as in trusted_proxies = ["10.0.0.0/8"], '
+                f'must be an array of strings, as in {name} = ["10.0.0.0/8"], '
                 f"not {_describe(value)}",
             )
             return None

@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from twisted_lb._frontend import FrontendFactory
+from twisted_lb._address import proxy_listener
+from twisted_lb._frontend import FrontendFactory, ProxyHeaderFactory
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import (
     Config,
@@ -150,6 +151,30 @@ def _describe(address: IAddress) -> str:
         return f"unix:{getattr(address, 'name', '?')!s}"
     port = getattr(address, "port", "?")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _proxy_header_factory(
+    frontend: FrontendConfig, factory: FrontendFactory, listen_factory: IProtocolFactory
+) -> ProxyHeaderFactory:
+    """
+    What a frontend's ``haproxy:`` listeners listen with: the PROXY header is read first, then
+    the connection goes to ``listen_factory``. With ``[frontends.NAME.tls]`` that is the TLS
+    factory, so the header comes before the TLS handshake (HAProxy's ``send-proxy`` on an
+    ``ssl`` server); on ``haproxy:ssl:`` the endpoint's TLS is outside, so the header comes
+    first inside TLS (Twisted's order). Peers allowed to send it: ``proxy_protocol_from``,
+    else ``trusted_proxies``, else any.
+    """
+    if frontend.proxy_protocol_from:
+        allowed, key = frontend.proxy_protocol_from, "proxy_protocol_from"
+    else:
+        allowed, key = frontend.trusted_proxies, "trusted_proxies"
+    return ProxyHeaderFactory(
+        listen_factory,
+        factory,
+        allowed=allowed,
+        allowed_key=key,
+        timeout=frontend.client_timeout,
+    )
 
 
 class LoadBalancerService(MultiService):
@@ -297,9 +322,11 @@ class LoadBalancerService(MultiService):
                     continue
                 service.server_tls[name] = server_tls
                 listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
+            proxied: ProxyHeaderFactory | None = None
             for index, description in enumerate(frontend.listen):
+                under_proxy = proxy_listener(description)
                 try:
-                    endpoint = serverFromString(reactor, description)
+                    endpoint = serverFromString(reactor, under_proxy or description)
                 except Exception as e:
                     problems.append(
                         Problem(
@@ -309,7 +336,14 @@ class LoadBalancerService(MultiService):
                         )
                     )
                     continue
-                listener = Listener(endpoint, listen_factory, name, description)
+                endpoint_factory = listen_factory
+                if under_proxy is not None:
+                    # haproxy:: the PROXY header is read around what the endpoint under it
+                    # delivers (see _proxy_header_factory).
+                    if proxied is None:
+                        proxied = _proxy_header_factory(frontend, factory, listen_factory)
+                    endpoint_factory = proxied
+                listener = Listener(endpoint, endpoint_factory, name, description)
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
         if problems:
