@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 from twisted.internet.task import Clock
@@ -16,7 +21,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests._harness import http_get, lb_config, start_backend, start_lb
+from tests._harness import (
+    TWISTD,
+    Process,
+    environ_with,
+    http_get,
+    http_lb_config,
+    lb_config,
+    read_response,
+    start_backend,
+    start_lb,
+)
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.interfaces import IAccessLog
 from twisted_lb.logs import (
@@ -517,3 +532,149 @@ class AccessLogServiceTests(SynchronousTestCase):
         service.stopService()
         self.assertEqual(len(path.read_text().splitlines()), 1)
         self.assertEqual(service.reactor.getDelayedCalls(), [])
+
+
+def keep_alive_requests(port: int, count: int, connections: int, name: str) -> list[str]:
+    """
+    ``count`` GETs of distinct targets (``/NAME/CONNECTION/N``) over ``connections`` keep-alive
+    connections at once, each answered 200; returns the targets. Fails after 60 s.
+    """
+    per_connection = count // connections
+    errors: list[BaseException] = []
+    targets = [f"/{name}/{c}/{n}" for c in range(connections) for n in range(per_connection)]
+
+    def client(c: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                rfile = sock.makefile("rb")
+                for n in range(per_connection):
+                    sock.sendall(f"GET /{name}/{c}/{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    response = read_response(rfile)
+                    if response.status != 200:
+                        raise AssertionError(f"/{name}/{c}/{n}: status {response.status}")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(connections)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        raise AssertionError(f"{count} requests not done within 60 s")
+    if errors:
+        raise errors[0]
+    return targets
+
+
+ACCESS_LINE = re.compile(r'\[twisted_lb\.access#info\] web 127\.0\.0\.1 "GET (\S+)" 200 ')
+
+
+def logged_targets(*paths: Path) -> list[str]:
+    """The request targets of the HTTP access lines in ``paths``, in order."""
+    targets = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            match = re.search(
+                r'\[twisted_lb\.access#info\] web 127\.0\.0\.1 "GET (\S+)" 200 ', line
+            )
+            if match is None:
+                raise AssertionError(f"{path}: not an access line: {line!r}")
+            targets.append(match.group(1))
+    return targets
+
+
+class TwistdAccessLogTests(SynchronousTestCase):
+    """``[global] access_log`` under a real ``twistd -n lb``."""
+
+    def start(self, global_lines: str) -> tuple[Process, int, Path]:
+        self.backend, port = start_backend(
+            "idle-close", "app1", env=environ_with(IDLE_TIMEOUT="120")
+        )
+        self.addCleanup(self.backend.kill)
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        config = directory / "lb.toml"
+        config.write_text("[global]\n" + global_lines + http_lb_config({"app": [port]}))
+        lb, lb_port = start_lb(str(config))
+        self.addCleanup(lb.kill)
+        return lb, lb_port, directory
+
+    def test_rotation(self) -> None:
+        """
+        10,000 requests on several keep-alive connections; midway the file is renamed and
+        SIGUSR1 sent, as logrotate does; after a clean stop (SIGTERM), the renamed file and
+        the new one hold one line per request, none lost or written twice. The flush timer
+        is an hour, so the lines reach the files only when the buffer fills, on SIGUSR1 and
+        at the stop.
+        """
+        lb, port, directory = self.start('access_log = "access.log"\naccess_log_flush = 3600\n')
+        path, rotated = directory / "access.log", directory / "access.log.1"
+        first = keep_alive_requests(port, 5000, 5, "before")
+        traffic: list[list[str]] = []
+        during = threading.Thread(
+            target=lambda: traffic.append(keep_alive_requests(port, 5000, 5, "during")),
+            daemon=True,
+        )
+        during.start()
+        # Rotate while the second half is in flight: once the backend has had a few hundred.
+        self.backend.wait_for(r"REQUEST \d+ GET /during/\d+/100$")
+        path.rename(rotated)
+        lb.signal(signal.SIGUSR1)
+        during.join(70)
+        self.assertFalse(during.is_alive())
+        [second] = traffic
+        lb.wait_for(r"SIGUSR1: reopening the access log")
+        self.assertEqual(lb.stop(), -signal.SIGTERM)  # twistd's clean stop on SIGTERM
+        old, new = logged_targets(rotated), logged_targets(path)
+        self.assertEqual(len(old) + len(new), 10_000)
+        self.assertEqual(sorted(old + new), sorted(first + second))
+        self.assertTrue(set(first) <= set(old), "lines before the rotation are in the old file")
+        self.assertGreater(len(new), 0)
+        self.assertNotIn("twisted_lb.access", lb.output())
+
+    def test_stop_loses_nothing(self) -> None:
+        """
+        Lines still in the buffer when SIGTERM comes are written before the process exits
+        (the flush timer is an hour and the buffer large); the path is relative to the
+        config file's directory.
+        """
+        lb, port, directory = self.start(
+            'access_log = "access.log"\naccess_log_flush = 3600\naccess_log_buffer = 10000000\n'
+        )
+        targets = keep_alive_requests(port, 500, 2, "stop")
+        path = directory / "access.log"
+        self.assertEqual(path.read_text(), "")
+        self.assertEqual(lb.stop(), -signal.SIGTERM)  # twistd's clean stop on SIGTERM
+        self.assertEqual(sorted(logged_targets(path)), sorted(targets))
+
+    def test_stdout(self) -> None:
+        """``access_log = "stdout"`` writes the lines to standard output, within the flush."""
+        lb, port, _ = self.start('access_log = "stdout"\naccess_log_flush = 0.2\n')
+        [target] = keep_alive_requests(port, 1, 1, "out")
+        lb.wait_for(rf'\[twisted_lb\.access#info\] web 127\.0\.0\.1 "GET {target}" 200 ', 10)
+
+    def test_off(self) -> None:
+        """``access_log = false``: no access line, the other events still logged."""
+        lb, port, _ = self.start("access_log = false\n")
+        keep_alive_requests(port, 10, 1, "off")
+        self.assertEqual(lb.stop(), -signal.SIGTERM)  # twistd's clean stop on SIGTERM
+        output = lb.output()
+        self.assertNotIn("twisted_lb.access", output)
+        self.assertIn("twisted-lb running", output)
+
+    def test_cannot_open(self) -> None:
+        """A file that cannot be opened stops start-up, before anything listens, with why."""
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        config = directory / "lb.toml"
+        config.write_text('[global]\naccess_log = "missing/access.log"\n' + lb_config([1]))
+        lb = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", str(config)])
+        self.addCleanup(lb.kill)
+        lb.wait_for(
+            rf"global\.access_log: cannot open {re.escape(str(directory))}/missing/access\.log: "
+            "No such file or directory; stopping"
+        )
+        self.assertEqual(lb.popen.wait(20), 1)
+        self.assertNotIn("listening", lb.output())
