@@ -42,7 +42,7 @@ from twisted_lb.logs import (
     text_lines_observer,
 )
 from twisted_lb.service import ListenError, LoadBalancerService
-from twisted_lb.tap import Options, _log_output
+from twisted_lb.tap import Options, _log_output, _TwistdService
 
 
 class JSONEventTests(SynchronousTestCase):
@@ -583,6 +583,37 @@ def logged_targets(*paths: Path) -> list[str]:
                 raise AssertionError(f"{path}: not an access line: {line!r}")
             targets.append(match.group(1))
     return targets
+
+
+class SIGUSR1Tests(SynchronousTestCase):
+    def test_handler(self) -> None:
+        """
+        Under twistd, SIGUSR1 reopens the access log from the reactor thread; stopping puts
+        the previous handler back.
+        """
+        path = Path(self.mktemp()).absolute()
+        config = parse_config(
+            f"[global]\naccess_log = {json.dumps(str(path))}\n" + GLOBAL_FRONTEND, "lb.toml"
+        )
+        reactor = MemoryReactorClock()
+        calls: list[object] = []
+        reactor.callFromThread = lambda f, *a, **kw: calls.append(f)  # type: ignore[method-assign]
+        service = _TwistdService.from_config(config, reactor)
+        previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        service.privilegedStartService()
+        service.startService()
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert callable(handler)
+        handler(signal.SIGUSR1, None)
+        [reopen] = calls
+        path.rename(str(path) + ".1")
+        with capturedLogs() as captured:
+            reopen()  # type: ignore[operator]
+        self.assertTrue(path.exists(), "reopened by its path")
+        self.assertIn("SIGUSR1: reopening the access log", [e["log_format"] for e in captured])
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGUSR1), signal.SIG_IGN)
 
 
 class TwistdAccessLogTests(SynchronousTestCase):
