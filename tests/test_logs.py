@@ -394,6 +394,26 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual((self.out.getvalue(), reopened), (HTTP_LINE, [True]))
         log.close()
 
+    def test_twistd_logfile(self) -> None:
+        """
+        With twistd's ``--logfile`` (a ``LogFile``), the lines go into it, and a reopen after a
+        rename writes the later ones to a new file of that name.
+        """
+        from twisted.python.logfile import LogFile
+
+        path = Path(self.mktemp()).absolute()
+        logfile = LogFile.fromFullPath(str(path))
+        self.addCleanup(logfile.close)
+        log = self.access_log(logfile)
+        log.http(**HTTP_FIELDS)
+        path.rename(str(path) + ".old")
+        log.reopen()
+        log.http(**HTTP_FIELDS)
+        log.close()
+        self.assertEqual(
+            (Path(str(path) + ".old").read_text(), path.read_text()), (HTTP_LINE, HTTP_LINE)
+        )
+
     def test_write_error(self) -> None:
         """
         A failed write loses the buffered lines, counts them and says so in the event log;
@@ -478,6 +498,21 @@ class AccessLogConfigTests(SynchronousTestCase):
         self.assertEqual(
             self.problem("access_log_flush = 0\n"),
             "/etc/lb/lb.toml: global.access_log_flush: must be more than 0 seconds, not 0",
+        )
+
+    def test_summary(self) -> None:
+        """``twisted-lb check`` shows where the access lines go, unless it is the default."""
+        from twisted_lb.config import format_summary
+
+        def summary(text: str) -> list[str]:
+            config = parse_config("[global]\n" + text + GLOBAL_FRONTEND, "/etc/lb/lb.toml")
+            return [line for line in format_summary(config).splitlines() if "access_log" in line]
+
+        self.assertEqual(summary(""), [])
+        self.assertEqual(summary("access_log = false\n"), ["global: access_log off"])
+        self.assertEqual(summary('access_log = "stdout"\n'), ["global: access_log stdout"])
+        self.assertEqual(
+            summary('access_log = "access.log"\n'), ["global: access_log /etc/lb/access.log"]
         )
 
 
