@@ -27,6 +27,9 @@ from twisted_lb.http.headers import TrustedProxies
 
 _log = Logger()
 
+from twisted_lb.interfaces import IAccessLog
+from twisted_lb.logs import EventAccessLog
+
 
 class FrontendConnection(TypingProtocol):
     """A client connection of a frontend, as its factory sees it."""
@@ -48,9 +51,14 @@ class FrontendFactory(Factory):
         max_connections: concurrent client connections; past it a new client is closed at once
             and counted in ``refused_connections``.
         frontend: the frontend's name, for logs.
-        access_log: whether to log one access event per connection (L4) or request (L7).
+        access_log: where the access line of each connection (L4) or request (L7) goes:
+            ``True`` (the default) for ``twisted.logger`` events
+            (:class:`~twisted_lb.logs.EventAccessLog`), ``False`` or ``None`` for none, or an
+            :class:`~twisted_lb.interfaces.IAccessLog` such as
+            :class:`~twisted_lb.logs.AccessLog`.
 
     Attributes:
+        access_log: the access log, or ``None`` when off.
         active_connections: client connections open now.
         refused_connections: clients closed at once because of ``max_connections``.
         connections: the open client connections.
@@ -62,12 +70,21 @@ class FrontendFactory(Factory):
     noisy = False
 
     def __init__(
-        self, reactor: Any, *, max_connections: int, frontend: str, access_log: bool = True
+        self,
+        reactor: Any,
+        *,
+        max_connections: int,
+        frontend: str,
+        access_log: bool | IAccessLog | None = True,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.reactor = reactor
-        self.access_log = access_log
+        self.access_log: IAccessLog | None = (
+            (EventAccessLog() if access_log else None)
+            if isinstance(access_log, bool)
+            else access_log
+        )
         self.max_connections = max_connections
         self.frontend = frontend
         self.active_connections = 0

@@ -439,12 +439,20 @@ class GlobalConfig:
     Attributes:
         log_format: ``"text"``, one line of text per log event, or ``"json"``, one JSON
             object per line.
-        access_log: whether an access event is logged per HTTP request and per relayed TCP
-            connection (nginx ``access_log off`` when false).
+        access_log: where the access line of each HTTP request and relayed TCP connection
+            goes: ``True`` for the default destination (under twistd, where twistd writes its
+            log), ``"stdout"``, an absolute file path, or ``False`` for none (nginx
+            ``access_log off``).
+        access_log_buffer: bytes of access lines held before they are written (nginx
+            ``access_log ... buffer=``); 0 writes each line at once.
+        access_log_flush: seconds an access line may wait in the buffer (nginx
+            ``access_log ... flush=``).
     """
 
     log_format: str = "text"
-    access_log: bool = True
+    access_log: bool | str = True
+    access_log_buffer: int = 65536
+    access_log_flush: float = 1.0
 
 
 @attrs.frozen
@@ -614,7 +622,7 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 _TOP_KEYS = ("frontends", "pools", "global")
 _TOP_LATER = ("admin", "metrics")
-_GLOBAL_KEYS = ("log_format", "access_log")
+_GLOBAL_KEYS = ("log_format", "access_log", "access_log_buffer", "access_log_flush")
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
     "header_timeout",
@@ -914,12 +922,48 @@ class _Validator:
                     + _suggest(log_format, _LOG_FORMATS, "valid formats"),
                 )
                 log_format = None
-        access_log = raw.get("access_log", True)
-        if not isinstance(access_log, bool):
-            self.problem("global.access_log", f"must be true or false, not {_describe(access_log)}")
-        if len(self.problems) > before or log_format is None:
+        access_log = self.access_log(raw.get("access_log", True))
+        buffer = self.integer(raw, "access_log_buffer", "global", 65536, 0)
+        flush = self.seconds(raw, "access_log_flush", "global", 1.0)
+        if (
+            len(self.problems) > before
+            or log_format is None
+            or access_log is None
+            or buffer is None
+            or flush is None
+        ):
             return None
-        return GlobalConfig(log_format=log_format, access_log=bool(access_log))
+        return GlobalConfig(
+            log_format=log_format,
+            access_log=access_log,
+            access_log_buffer=buffer,
+            access_log_flush=flush,
+        )
+
+    def access_log(self, value: object) -> bool | str | None:
+        """
+        ``[global] access_log``: true, false, ``"stdout"``, or a file path, returned absolute
+        (a relative path is resolved against the directory of the config file).
+        """
+        where = "global.access_log"
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            self.problem(
+                where,
+                f'must be true, false, "stdout" or a file path, not {_describe(value)}',
+            )
+            return None
+        if value == "stdout":
+            return value
+        if not value or "\0" in value or value.endswith(os.sep):
+            self.problem(
+                where,
+                f'{value!r} is not a file path; write one, as in access_log = "access.log", '
+                'or true, false or "stdout"',
+            )
+            return None
+        return os.path.abspath(os.path.join(self.directory, value))
 
     def check_keys(
         self,
@@ -2461,8 +2505,11 @@ def format_summary(config: Config) -> str:
     lines = [f"{config.path}: OK"]
     if config.global_config.log_format != "text":
         lines.append(f"global: log_format {config.global_config.log_format}")
-    if not config.global_config.access_log:
+    access_log = config.global_config.access_log
+    if access_log is False:
         lines.append("global: access_log off")
+    elif isinstance(access_log, str):
+        lines.append(f"global: access_log {access_log}")
     shown: set[str] = set()
     for frontend in config.frontends.values():
         lines.append(

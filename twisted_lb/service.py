@@ -4,7 +4,8 @@ The balancer as a Twisted service: the one place where config becomes live objec
 
 from __future__ import annotations
 
-from typing import Any, Self
+import sys
+from typing import IO, Any, Self
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -26,6 +27,7 @@ from twisted_lb.config import (
     Config,
     ConfigError,
     FrontendConfig,
+    GlobalConfig,
     HealthCheckConfig,
     Problem,
     join_key,
@@ -34,7 +36,8 @@ from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.http.upstream import Upstreams
-from twisted_lb.interfaces import IHealthCheck
+from twisted_lb.interfaces import IAccessLog, IHealthCheck
+from twisted_lb.logs import AccessLog, EventAccessLog
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
@@ -54,7 +57,10 @@ _ADMIN_STATES = {
 
 
 class ListenError(Exception):
-    """A frontend could not listen on one of its ``listen`` endpoints."""
+    """
+    Start-up could not take what it serves with: a frontend could not listen on one of its
+    ``listen`` endpoints, or the access log file could not be opened.
+    """
 
 
 class Listener(Service):
@@ -124,6 +130,31 @@ class Listener(Service):
         else:
             stopped.callback(None)
         return stopped
+
+
+def _access_log(
+    config: GlobalConfig, reactor: Any, log_output: IO[str] | None
+) -> IAccessLog | None:
+    """The access log ``[global]`` asks for (see :meth:`LoadBalancerService.from_config`)."""
+    destination = config.access_log
+    if destination is False:
+        return None
+    out: IO[str] | str
+    if destination is True:
+        if log_output is None:
+            return EventAccessLog()
+        out = log_output
+    elif destination == "stdout":
+        out = sys.stdout
+    else:
+        out = destination
+    return AccessLog(
+        reactor,
+        out,
+        log_format=config.log_format,
+        buffer_bytes=config.access_log_buffer,
+        flush_interval=config.access_log_flush,
+    )
 
 
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
@@ -203,24 +234,29 @@ class LoadBalancerService(MultiService):
         self.server_tls: dict[str, ServerTLS] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
-        self.access_log = True
+        self.access_log: IAccessLog | None = EventAccessLog()
         self.listeners: list[Listener] = []
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any) -> Self:
+    def from_config(
+        cls, config: Config, reactor: Any, *, log_output: IO[str] | None = None
+    ) -> Self:
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
         Args:
             config: from :func:`twisted_lb.config.load_config`.
             reactor: the reactor to run on.
+            log_output: where ``[global] access_log = true`` (the default) writes the access
+                lines, buffered (twistd's log output, under twistd); ``None``: they are
+                ``twisted.logger`` events (:class:`~twisted_lb.logs.EventAccessLog`).
 
         Raises:
             ConfigError: a strategy rejected its ``strategy_options``, or a listen endpoint
                 could not be built; problems are reported the way ``check`` reports them.
         """
         service = cls(reactor)
-        service.access_log = config.global_config.access_log
+        service.access_log = _access_log(config.global_config, reactor, log_output)
         problems: list[Problem] = []
         for name, pool_config in config.pools.items():
             try:
@@ -400,7 +436,25 @@ class LoadBalancerService(MultiService):
                     "anyone on the path can impersonate them",
                     pool=name,
                 )
+        access_log = self.access_log
+        if isinstance(access_log, AccessLog):
+            try:
+                access_log.open()
+            except OSError as e:
+                raise ListenError(
+                    f"global.access_log: cannot open {access_log.path}: {e.strerror or e}"
+                ) from None
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def reopen_access_log(self) -> None:
+        """
+        Write the access lines buffered so far, then open the access log file again by its
+        path (on SIGUSR1 under twistd, after log rotation renamed it; as nginx reopens its
+        logs on USR1). With ``access_log = true`` under twistd with ``--logfile``, that file
+        is reopened.
+        """
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.reopen()
 
     def reload_certificates(self) -> None:
         """
@@ -447,8 +501,15 @@ class LoadBalancerService(MultiService):
         stopped: Deferred[object] = Deferred()
         listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
         listeners_stopped.addCallback(lambda _: self._close_connections())
+        # Last, once every connection has written its access line.
+        listeners_stopped.addBoth(self._close_access_log)
         listeners_stopped.addBoth(stopped.callback)
         return stopped
+
+    def _close_access_log(self, result: object) -> object:
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.close()
+        return result
 
     def _close_connections(self) -> Deferred[Any]:
         for pool in self.pools.values():
