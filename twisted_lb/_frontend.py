@@ -24,11 +24,10 @@ from twisted.python.failure import Failure
 
 from twisted_lb._transport import lose_connection
 from twisted_lb.http.headers import TrustedProxies
-
-_log = Logger()
-
 from twisted_lb.interfaces import IAccessLog
 from twisted_lb.logs import EventAccessLog
+
+_log = Logger()
 
 
 class FrontendConnection(TypingProtocol):
