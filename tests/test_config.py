@@ -77,8 +77,9 @@ backends = [
 
 
 FRONTEND_KEYS = (
-    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'tls', 'header_timeout', "
-    "'max_header_bytes', 'max_body_bytes', 'trusted_proxies', 'routes', 'tunnel_timeout'"
+    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'tls', "
+    "'proxy_protocol_from', 'header_timeout', 'max_header_bytes', 'max_body_bytes', "
+    "'trusted_proxies', 'routes', 'tunnel_timeout'"
 )
 
 HTTP_FRONTEND = FRONTEND.replace('mode = "tcp"', 'mode = "http"')

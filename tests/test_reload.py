@@ -15,9 +15,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_lb._frontend import ProxyHeaderFactory
 from twisted_lb.backend import BackendState
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.logs import AccessLog
 from twisted_lb.service import (
     InvalidChange,
     LoadBalancerService,
@@ -310,6 +312,77 @@ class DiffTests(ReloadCase):
         self.assertEqual(
             [listener.description for listener in self.service.listeners][1], "tcp:8081"
         )
+
+
+class ProxyListenerTests(ReloadCase):
+    def test_haproxy_listener_kept_with_new_settings(self) -> None:
+        """
+        A ``haproxy:`` listener keeps its port; the PROXY header factory it listens with is
+        new, with the new ``proxy_protocol_from``, and started in place of the old one.
+        """
+        text = BASE.replace('"tcp:5432"', '"haproxy:tcp:5432"')
+        self.apply(text)
+        [listener] = [x for x in self.service.listeners if x.frontend == "db"]
+        self.assertEqual(listener.description, "haproxy:tcp:5432")
+        port = listener.port
+        old = listener.factory
+        assert isinstance(old, ProxyHeaderFactory)
+        listener._entry.doStart()  # as a real port does when it listens
+        self.assertEqual(old.numPorts, 1)
+        result, _ = self.apply(
+            text.replace(
+                'listen = ["haproxy:tcp:5432"]',
+                'listen = ["haproxy:tcp:5432"]\nproxy_protocol_from = ["10.0.0.1"]',
+            )
+        )
+        self.assertEqual(result.changed, ("frontend db",))
+        self.assertIs(listener.port, port)
+        new = listener.factory
+        assert isinstance(new, ProxyHeaderFactory)
+        self.assertIsNot(new, old)
+        self.assertIs(new.frontend, self.service.factories["db"])
+        self.assertEqual(str(new.allowed.networks[0]), "10.0.0.1/32")
+        self.assertEqual((new.numPorts, old.numPorts), (1, 0))
+
+
+class AccessLogReloadTests(ReloadCase):
+    def test_destination_changes(self) -> None:
+        """
+        A new ``access_log`` destination is opened by the reload; every frontend writes
+        there from then on, and the old log is closed, its lines written.
+        """
+        first, second = Path(self.mktemp()).absolute(), Path(self.mktemp()).absolute()
+        self.apply(f'[global]\naccess_log = "{first}"\n' + BASE.replace("[global]\n", ""))
+        log = self.service.access_log
+        assert isinstance(log, AccessLog)
+        self.assertTrue(first.exists())  # opened by the reload
+        self.assertIs(self.service.factories["web"].access_log, log)
+        result, _ = self.apply(
+            f'[global]\naccess_log = "{second}"\n' + BASE.replace("[global]\n", "")
+        )
+        self.assertIn("global access_log", result.changed)
+        new = self.service.access_log
+        assert isinstance(new, AccessLog)
+        self.assertEqual(new.path, str(second))
+        self.assertTrue(second.exists())
+        for factory in self.service.factories.values():
+            self.assertIs(factory.access_log, new)
+        self.assertIsNone(log._file)  # closed
+        # Unchanged keys keep the same log.
+        self.apply(f'[global]\naccess_log = "{second}"\n' + BASE.replace("[global]\n", ""))
+        self.assertIs(self.service.access_log, new)
+
+    def test_cannot_open(self) -> None:
+        """A destination that cannot be opened fails the reload; the old log stays."""
+        log = self.service.access_log
+        result, _ = self.apply(
+            '[global]\naccess_log = "/nonexistent/dir/access.log"\n'
+            + BASE.replace("[global]\n", "")
+        )
+        self.assertFalse(result.ok)
+        [problem] = result.problems
+        self.assertIn("global.access_log: cannot open /nonexistent/dir/access.log", problem)
+        self.assertIs(self.service.access_log, log)
 
 
 class TLSReloadTests(SynchronousTestCase):

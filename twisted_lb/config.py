@@ -34,7 +34,7 @@ import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from twisted_lb._address import Address, parse_address
+from twisted_lb._address import Address, parse_address, proxy_listener
 
 __all__ = [
     "BackendConfig",
@@ -408,6 +408,11 @@ class FrontendConfig:
             ``client_timeout`` once the tunnel is open.
         tls: TLS termination on every listener, in either mode, or ``None`` for plain
             connections.
+        proxy_protocol_from: addresses and networks, as written and parsed as
+            ``trusted_proxies``, of the peers whose PROXY protocol header a ``haproxy:``
+            listener believes; from any other peer a connection is refused. Empty (the
+            default) means ``trusted_proxies``, and any peer when that is empty too. Set
+            only on a frontend with a ``haproxy:`` listener; in either mode.
     """
 
     name: str
@@ -423,6 +428,7 @@ class FrontendConfig:
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
     tunnel_timeout: float = 3600.0
     tls: FrontendTLSConfig | None = None
+    proxy_protocol_from: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
 
 @attrs.frozen
@@ -433,14 +439,22 @@ class GlobalConfig:
     Attributes:
         log_format: ``"text"``, one line of text per log event, or ``"json"``, one JSON
             object per line.
-        access_log: whether an access event is logged per HTTP request and per relayed TCP
-            connection (nginx ``access_log off`` when false).
+        access_log: where the access line of each HTTP request and relayed TCP connection
+            goes: ``True`` for the default destination (under twistd, where twistd writes its
+            log), ``"stdout"``, an absolute file path, or ``False`` for none (nginx
+            ``access_log off``).
+        access_log_buffer: bytes of access lines held before they are written (nginx
+            ``access_log ... buffer=``); 0 writes each line at once.
+        access_log_flush: seconds an access line may wait in the buffer (nginx
+            ``access_log ... flush=``).
         drain_timeout: seconds a reload (or a runtime removal) lets the connections and
             requests of a removed backend, pool or frontend finish before closing the rest.
     """
 
     log_format: str = "text"
-    access_log: bool = True
+    access_log: bool | str = True
+    access_log_buffer: int = 65536
+    access_log_flush: float = 1.0
     drain_timeout: float = 30.0
 
 
@@ -611,7 +625,13 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 _TOP_KEYS = ("frontends", "pools", "global")
 _TOP_LATER = ("admin", "metrics")
-_GLOBAL_KEYS = ("log_format", "access_log", "drain_timeout")
+_GLOBAL_KEYS = (
+    "log_format",
+    "access_log",
+    "access_log_buffer",
+    "access_log_flush",
+    "drain_timeout",
+)
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
     "header_timeout",
@@ -628,6 +648,7 @@ _FRONTEND_KEYS = (
     "client_timeout",
     "max_connections",
     "tls",
+    "proxy_protocol_from",
     *_HTTP_FRONTEND_KEYS,
 )
 _ROUTE_KEYS = ("host", "path_prefix", "pool")
@@ -910,15 +931,51 @@ class _Validator:
                     + _suggest(log_format, _LOG_FORMATS, "valid formats"),
                 )
                 log_format = None
-        access_log = raw.get("access_log", True)
-        if not isinstance(access_log, bool):
-            self.problem("global.access_log", f"must be true or false, not {_describe(access_log)}")
+        access_log = self.access_log(raw.get("access_log", True))
+        buffer = self.integer(raw, "access_log_buffer", "global", 65536, 0)
+        flush = self.seconds(raw, "access_log_flush", "global", 1.0)
         drain_timeout = self.seconds(raw, "drain_timeout", "global", 30.0)
-        if len(self.problems) > before or log_format is None or drain_timeout is None:
+        if (
+            len(self.problems) > before
+            or log_format is None
+            or access_log is None
+            or buffer is None
+            or flush is None
+            or drain_timeout is None
+        ):
             return None
         return GlobalConfig(
-            log_format=log_format, access_log=bool(access_log), drain_timeout=drain_timeout
+            log_format=log_format,
+            access_log=access_log,
+            access_log_buffer=buffer,
+            access_log_flush=flush,
+            drain_timeout=drain_timeout,
         )
+
+    def access_log(self, value: object) -> bool | str | None:
+        """
+        ``[global] access_log``: true, false, ``"stdout"``, or a file path, returned absolute
+        (a relative path is resolved against the directory of the config file).
+        """
+        where = "global.access_log"
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str):
+            self.problem(
+                where,
+                f'must be true, false, "stdout" or a file path, not {_describe(value)}',
+            )
+            return None
+        if value == "stdout":
+            return value
+        if not value or "\0" in value or value.endswith(os.sep):
+            self.problem(
+                where,
+                f'{value!r} is not a file path; write one, as in access_log = "access.log", '
+                'or true, false or "stdout"',
+            )
+            return None
+        return os.path.abspath(os.path.join(self.directory, value))
 
     def check_keys(
         self,
@@ -1065,6 +1122,18 @@ class _Validator:
         max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
         http = self.http_settings(raw, where, mode)
         tls = self.frontend_tls(raw, where)
+        proxy_protocol_from = self.trusted_proxies(raw, where, "proxy_protocol_from")
+        if (
+            proxy_protocol_from
+            and listen is not None
+            and not any(proxy_listener(item) is not None for item in listen)
+        ):
+            self.problem(
+                join_key(where, "proxy_protocol_from"),
+                "is for a frontend that takes the PROXY protocol, and none of its listeners "
+                'does; prefix the listener with haproxy:, as in listen = ["haproxy:'
+                f'{listen[0]}"], or remove proxy_protocol_from',
+            )
 
         if (
             len(self.problems) > before
@@ -1074,6 +1143,7 @@ class _Validator:
             or client_timeout is None
             or max_connections is None
             or http is None
+            or proxy_protocol_from is None
         ):
             return None
         return FrontendConfig(
@@ -1084,6 +1154,7 @@ class _Validator:
             client_timeout=client_timeout,
             max_connections=max_connections,
             tls=tls,
+            proxy_protocol_from=proxy_protocol_from,
             **http,
         )
 
@@ -1137,19 +1208,22 @@ class _Validator:
             "tunnel_timeout": tunnel_timeout,
         }
 
-    def trusted_proxies(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+    def trusted_proxies(
+        self, raw: Mapping[str, object], where: str, name: str = "trusted_proxies"
+    ) -> tuple[str, ...] | None:
         """
-        ``trusted_proxies``: an array of addresses and networks, each accepted by
-        :func:`ipaddress.ip_network` with ``strict=False``. They are kept as written.
+        ``trusted_proxies`` (or ``name``, such as ``proxy_protocol_from``): an array of
+        addresses and networks, each accepted by :func:`ipaddress.ip_network` with
+        ``strict=False``. They are kept as written.
         """
-        if "trusted_proxies" not in raw:
+        if name not in raw:
             return ()
-        key = join_key(where, "trusted_proxies")
-        value = raw["trusted_proxies"]
+        key = join_key(where, name)
+        value = raw[name]
         if not isinstance(value, list | tuple):
             self.problem(
                 key,
-                'must be an array of strings, as in trusted_proxies = ["10.0.0.0/8"], '
+                f'must be an array of strings, as in {name} = ["10.0.0.0/8"], '
                 f"not {_describe(value)}",
             )
             return None
@@ -2443,8 +2517,11 @@ def format_summary(config: Config) -> str:
     lines = [f"{config.path}: OK"]
     if config.global_config.log_format != "text":
         lines.append(f"global: log_format {config.global_config.log_format}")
-    if not config.global_config.access_log:
+    access_log = config.global_config.access_log
+    if access_log is False:
         lines.append("global: access_log off")
+    elif isinstance(access_log, str):
+        lines.append(f"global: access_log {access_log}")
     shown: set[str] = set()
     for frontend in config.frontends.values():
         lines.append(

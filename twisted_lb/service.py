@@ -9,8 +9,9 @@ docs/design.rst, "Reloading the config".
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import IO, Any, Self
 
 import attrs
 from twisted.application.service import MultiService, Service
@@ -30,14 +31,15 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from twisted_lb._address import parse_address
-from twisted_lb._frontend import FrontendFactory
+from twisted_lb._address import parse_address, proxy_listener
+from twisted_lb._frontend import FrontendFactory, ProxyHeaderFactory
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import (
     BackendConfig,
     Config,
     ConfigError,
     FrontendConfig,
+    GlobalConfig,
     HealthCheckConfig,
     PoolConfig,
     Problem,
@@ -48,7 +50,8 @@ from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.http.upstream import Upstreams
-from twisted_lb.interfaces import IBalancingStrategy, IHealthCheck
+from twisted_lb.interfaces import IAccessLog, IBalancingStrategy, IHealthCheck
+from twisted_lb.logs import AccessLog, EventAccessLog
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
@@ -72,7 +75,10 @@ _STATE_NAMES = {state: name for name, state in _ADMIN_STATES.items()}
 
 
 class ListenError(Exception):
-    """A frontend could not listen on one of its ``listen`` endpoints."""
+    """
+    Start-up could not take what it serves with: a frontend could not listen on one of its
+    ``listen`` endpoints, or the access log file could not be opened.
+    """
 
 
 class UnknownPool(LookupError):  # noqa: N818 (the name the admin API contract uses)
@@ -128,10 +134,32 @@ class _ListenerFactory(Factory):
     noisy = False
 
     def __init__(self, factory: IProtocolFactory) -> None:
-        self.factory = factory
+        self._factory = factory
+
+    @property
+    def factory(self) -> IProtocolFactory:
+        """The factory connections go to now."""
+        return self._factory
+
+    @factory.setter
+    def factory(self, factory: IProtocolFactory) -> None:
+        # The port started this one (doStart) and will stop it: the factory it hands to
+        # is started and stopped in its place, as if the port listened with it.
+        old, self._factory = self._factory, factory
+        if factory is not old and self.numPorts:
+            factory.doStart()
+            old.doStop()
+
+    def doStart(self) -> None:
+        super().doStart()  # type: ignore[no-untyped-call]
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+        super().doStop()  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
-        return self.factory.buildProtocol(addr)
+        return self._factory.buildProtocol(addr)
 
 
 class Listener(Service):
@@ -213,6 +241,31 @@ class Listener(Service):
         return stopped
 
 
+def _access_log(
+    config: GlobalConfig, reactor: Any, log_output: IO[str] | None
+) -> IAccessLog | None:
+    """The access log ``[global]`` asks for (see :meth:`LoadBalancerService.from_config`)."""
+    destination = config.access_log
+    if destination is False:
+        return None
+    out: IO[str] | str
+    if destination is True:
+        if log_output is None:
+            return EventAccessLog()
+        out = log_output
+    elif destination == "stdout":
+        out = sys.stdout
+    else:
+        out = destination
+    return AccessLog(
+        reactor,
+        out,
+        log_format=config.log_format,
+        buffer_bytes=config.access_log_buffer,
+        flush_interval=config.access_log_flush,
+    )
+
+
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
@@ -238,6 +291,40 @@ def _describe(address: IAddress) -> str:
         return f"unix:{getattr(address, 'name', '?')!s}"
     port = getattr(address, "port", "?")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _proxy_header_factory(
+    frontend: FrontendConfig, factory: FrontendFactory, listen_factory: IProtocolFactory
+) -> ProxyHeaderFactory:
+    """
+    What a frontend's ``haproxy:`` listeners listen with: the PROXY header is read first, then
+    the connection goes to ``listen_factory``. With ``[frontends.NAME.tls]`` that is the TLS
+    factory, so the header comes before the TLS handshake (HAProxy's ``send-proxy`` on an
+    ``ssl`` server); on ``haproxy:ssl:`` the endpoint's TLS is outside, so the header comes
+    first inside TLS (Twisted's order). Peers allowed to send it: ``proxy_protocol_from``,
+    else ``trusted_proxies``, else any.
+    """
+    if frontend.proxy_protocol_from:
+        allowed, key = frontend.proxy_protocol_from, "proxy_protocol_from"
+    else:
+        allowed, key = frontend.trusted_proxies, "trusted_proxies"
+    return ProxyHeaderFactory(
+        listen_factory,
+        factory,
+        allowed=allowed,
+        allowed_key=key,
+        timeout=frontend.client_timeout,
+    )
+
+
+def _access_settings(config: GlobalConfig) -> tuple[object, ...]:
+    """The ``[global]`` keys the access log is built from."""
+    return (
+        config.access_log,
+        config.access_log_buffer,
+        config.access_log_flush,
+        config.log_format,
+    )
 
 
 def _pool_settings(config: PoolConfig) -> PoolConfig:
@@ -277,6 +364,9 @@ class _Plan:
     server_tls: dict[str, ServerTLS]
     # New listen descriptions: (frontend, index, description) -> endpoint.
     endpoints: dict[str, tuple[str, int, IStreamServerEndpoint]]
+    # The access log, and whether it is a new one (its [global] keys changed).
+    access_log: IAccessLog | None
+    access_log_changed: bool
 
 
 class _Drain:
@@ -407,7 +497,8 @@ class LoadBalancerService(MultiService):
         self.server_tls: dict[str, ServerTLS] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
-        self.access_log = True
+        self.access_log: IAccessLog | None = EventAccessLog()
+        self._log_output: IO[str] | None = None
         self.listeners: list[Listener] = []
         self.drains: list[_Drain] = []
         # Runtime changes in force, by (pool, backend): "state", "weight", "added" (the
@@ -415,13 +506,18 @@ class LoadBalancerService(MultiService):
         self._runtime: dict[tuple[str, str], dict[str, Any]] = {}
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any) -> Self:
+    def from_config(
+        cls, config: Config, reactor: Any, *, log_output: IO[str] | None = None
+    ) -> Self:
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
         Args:
             config: from :func:`twisted_lb.config.load_config`.
             reactor: the reactor to run on.
+            log_output: where ``[global] access_log = true`` (the default) writes the access
+                lines, buffered (twistd's log output, under twistd); ``None``: they are
+                ``twisted.logger`` events (:class:`~twisted_lb.logs.EventAccessLog`).
 
         Raises:
             ConfigError: a strategy rejected its ``strategy_options``, a TLS file is
@@ -429,16 +525,21 @@ class LoadBalancerService(MultiService):
                 way ``check`` reports them.
         """
         service = cls(reactor)
-        plan = service._prepare(config)
+        service._log_output = log_output
+        plan = service._prepare(config, initial=True)
         listeners, _ = service._listen_new(plan)  # not running: nothing listens yet
         service._commit(plan, listeners)
         return service
 
     # -- building
 
-    def _prepare(self, config: Config) -> _Plan:
+    def _prepare(self, config: Config, initial: bool = False) -> _Plan:
         """
         Build every new object ``config`` needs, changing nothing live.
+
+        Args:
+            config: the config to apply.
+            initial: whether this is the service's first config (from :meth:`from_config`).
 
         Raises:
             ConfigError: with every problem found.
@@ -547,7 +648,15 @@ class LoadBalancerService(MultiService):
         server_tls: dict[str, ServerTLS] = {}
         endpoints: dict[str, tuple[str, int, IStreamServerEndpoint]] = {}
         live_descriptions = {listener.description for listener in self.listeners}
-        access_log = config.global_config.access_log
+        access_log = self.access_log
+        access_log_changed = initial or _access_settings(
+            self.config.global_config
+        ) != _access_settings(config.global_config)
+        if access_log_changed:
+            try:
+                access_log = _access_log(config.global_config, reactor, self._log_output)
+            except ValueError as e:
+                problems.append(Problem(config.path, "global.access_log", str(e)))
         for name, frontend in config.frontends.items():
             where = join_key("frontends", name)
             factory = self._frontend_factory(name, frontend, pools, access_log)
@@ -570,24 +679,51 @@ class LoadBalancerService(MultiService):
             for index, description in enumerate(frontend.listen):
                 if description in live_descriptions:
                     continue
+                under_proxy = proxy_listener(description)
                 try:
-                    endpoint = serverFromString(reactor, description)
+                    endpoint = serverFromString(reactor, under_proxy or description)
                 except Exception as e:
                     problems.append(
                         Problem(config.path, f"{join_key(where, 'listen')}[{index}]", str(e))
                     )
                     continue
                 endpoints[description] = (name, index, endpoint)
+        if (
+            not problems
+            and access_log_changed
+            and not initial
+            and self.running
+            and isinstance(access_log, AccessLog)
+        ):
+            # Opened now, so that a file that cannot be opened fails the reload.
+            try:
+                access_log.open()
+            except OSError as e:
+                problems.append(
+                    Problem(
+                        config.path,
+                        "global.access_log",
+                        f"cannot open {access_log.path}: {e.strerror or e}",
+                    )
+                )
         if problems:
             raise ConfigError(problems)
-        return _Plan(config, pools, factories, server_tls, endpoints)
+        return _Plan(
+            config,
+            pools,
+            factories,
+            server_tls,
+            endpoints,
+            access_log,
+            access_log_changed and not initial,
+        )
 
     def _frontend_factory(
         self,
         name: str,
         frontend: FrontendConfig,
         pools: Mapping[str, _PoolPlan],
-        access_log: bool,
+        access_log: IAccessLog | None,
     ) -> FrontendFactory | None:
         """The protocol factory of one frontend: the tcp relay or the http proxy."""
         default = pools.get(frontend.pool)
@@ -782,6 +918,23 @@ class LoadBalancerService(MultiService):
             for name, frontend in config.frontends.items()
             for description in frontend.listen
         }
+        proxied: dict[str, ProxyHeaderFactory] = {}
+
+        def endpoint_factory(frontend_name: str, description: str) -> IProtocolFactory:
+            """What the listener of ``description`` hands its connections to."""
+            if proxy_listener(description) is None:
+                return listen_factories[frontend_name]
+            # haproxy:: the PROXY header is read around what the endpoint under it
+            # delivers (see _proxy_header_factory); one per frontend and reload.
+            header = proxied.get(frontend_name)
+            if header is None:
+                header = proxied[frontend_name] = _proxy_header_factory(
+                    config.frontends[frontend_name],
+                    self.factories[frontend_name],
+                    listen_factories[frontend_name],
+                )
+            return header
+
         by_description = {listener.description: listener for listener in self.listeners}
         for description, listener in by_description.items():
             if description not in wanted:
@@ -792,9 +945,9 @@ class LoadBalancerService(MultiService):
             if listener.frontend != frontend_name:
                 changed.append(f"listener {frontend_name} {description}")
                 listener.frontend = frontend_name
-            listener.factory = listen_factories[frontend_name]
+            listener.factory = endpoint_factory(frontend_name, description)
         for description, listener in new_listeners.items():
-            listener.factory = listen_factories[listener.frontend]
+            listener.factory = endpoint_factory(listener.frontend, description)
             by_description[description] = listener
             added.append(f"listener {listener.frontend} {description}")
             listener.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -802,10 +955,19 @@ class LoadBalancerService(MultiService):
 
         if old.frontends and old.global_config.log_format != config.global_config.log_format:
             _log.warn(
-                "global.log_format: the log stays {old} until the next start",
+                "global.log_format: the event log stays {old} until the next start "
+                "(the access lines follow the new format now)",
                 old=old.global_config.log_format,
             )
-        self.access_log = config.global_config.access_log
+        if plan.access_log_changed:
+            previous, self.access_log = self.access_log, plan.access_log
+            changed.append("global access_log")
+            for factory in [*self.all_factories(), *drained_factories]:
+                factory.access_log = plan.access_log
+            if isinstance(previous, AccessLog):
+                previous.close()  # its lines are written; later ones would go straight out
+        elif plan.access_log is not self.access_log:
+            self.access_log = plan.access_log  # the first config's
         self.config = config
         if drained_backends or drained_factories:
             _Drain(
@@ -903,6 +1065,8 @@ class LoadBalancerService(MultiService):
             return self._failed(e.problems)
         listeners, problems = self._listen_new(plan)
         if problems:
+            if plan.access_log_changed and isinstance(plan.access_log, AccessLog):
+                plan.access_log.close()
             return self._failed(problems)
         added, changed, removed, overridden = self._commit(plan, listeners)
         self.generation += 1
@@ -1249,7 +1413,25 @@ class LoadBalancerService(MultiService):
                     "anyone on the path can impersonate them",
                     pool=name,
                 )
+        access_log = self.access_log
+        if isinstance(access_log, AccessLog):
+            try:
+                access_log.open()
+            except OSError as e:
+                raise ListenError(
+                    f"global.access_log: cannot open {access_log.path}: {e.strerror or e}"
+                ) from None
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def reopen_access_log(self) -> None:
+        """
+        Write the access lines buffered so far, then open the access log file again by its
+        path (on SIGUSR1 under twistd, after log rotation renamed it; as nginx reopens its
+        logs on USR1). With ``access_log = true`` under twistd with ``--logfile``, that file
+        is reopened.
+        """
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.reopen()
 
     def reload_certificates(self) -> None:
         """
@@ -1297,8 +1479,15 @@ class LoadBalancerService(MultiService):
         stopped: Deferred[object] = Deferred()
         listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
         listeners_stopped.addCallback(lambda _: self._close_connections())
+        # Last, once every connection has written its access line.
+        listeners_stopped.addBoth(self._close_access_log)
         listeners_stopped.addBoth(stopped.callback)
         return stopped
+
+    def _close_access_log(self, result: object) -> object:
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.close()
+        return result
 
     def _close_connections(self) -> Deferred[Any]:
         factories = self.all_factories()
