@@ -467,3 +467,23 @@ class ReconfigureTests(SynchronousTestCase):
         self.assertEqual(picks, {self.b1.name: 10, self.b2.name: 30})
         with self.assertRaises(ValueError):
             self.pool.set_weight(self.b2, 0)
+
+    def test_weight_reaches_a_ring(self) -> None:
+        """A weight change rebuilds a consistent-hash ring (``backends_changed``)."""
+        b1, b2 = backends(2)
+        pool = Pool("p", [b1, b2], get_strategy("source_hash"), reactor=self.clock)
+
+        def share() -> float:
+            picks = Counter()
+            for n in range(2000):
+                info = ConnectionInfo(IPv4Address("TCP", f"10.{n // 250}.{n % 250}.1", 1))
+                lease = pool.pick(info)
+                assert lease is not None
+                picks[lease.backend.name] += 1
+                lease.release()
+            return picks[b2.name] / 2000
+
+        before = share()
+        pool.set_weight(b2, 9)
+        self.assertLess(abs(before - 0.5), 0.1)
+        self.assertLess(abs(share() - 0.9), 0.05)
