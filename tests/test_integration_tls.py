@@ -481,5 +481,5 @@ class ReloadTests(TLSCase):
         Path(live[0]).write_text("not a certificate\n")
         lb.signal(signal.SIGHUP)
         lb.wait_for(r"frontends\.web\.tls\.certificates\[0\]\.cert: .*live\.pem")
-        lb.wait_for(r"reload failed with 1 problems; generation 2 stays in force")
+        lb.wait_for(r"reload failed with 1 problem; generation 2 stays in force")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))

@@ -1105,8 +1105,9 @@ class LoadBalancerService(MultiService):
         for line in lines:
             _log.warn("{problem}", problem=line)
         _log.warn(
-            "reload failed with {count} problems; generation {generation} stays in force",
+            "reload failed with {count} {noun}; generation {generation} stays in force",
             count=len(lines),
+            noun="problem" if len(lines) == 1 else "problems",
             generation=self.generation,
         )
         result = ReloadResult(
