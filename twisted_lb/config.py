@@ -406,6 +406,9 @@ class FrontendConfig:
         tunnel_timeout: seconds an upgraded connection (a WebSocket tunnel after a 101
             response) may stay idle before both sides are closed; it replaces
             ``client_timeout`` once the tunnel is open.
+        underscores_in_headers: whether request header fields whose names contain ``_`` are
+            forwarded; when false (the default) they are dropped, as nginx's
+            ``underscores_in_headers off`` does.
         tls: TLS termination on every listener, in either mode, or ``None`` for plain
             connections.
     """
@@ -422,6 +425,7 @@ class FrontendConfig:
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
     tunnel_timeout: float = 3600.0
+    underscores_in_headers: bool = False
     tls: FrontendTLSConfig | None = None
 
 
@@ -617,6 +621,7 @@ _HTTP_FRONTEND_KEYS = (
     "trusted_proxies",
     "routes",
     "tunnel_timeout",
+    "underscores_in_headers",
 )
 _FRONTEND_KEYS = (
     "mode",
@@ -824,6 +829,7 @@ class _HTTPSettings(TypedDict, total=False):
     trusted_proxies: tuple[str, ...]
     routes: tuple[RouteConfig, ...]
     tunnel_timeout: float
+    underscores_in_headers: bool
 
 
 class _Validator:
@@ -1113,6 +1119,7 @@ class _Validator:
         trusted_proxies = self.trusted_proxies(raw, where)
         routes = self.routes(raw, where)
         tunnel_timeout = self.seconds(raw, "tunnel_timeout", where, 3600.0)
+        underscores = self.boolean(raw, "underscores_in_headers", where, False)
         if (
             header_timeout is None
             or max_header_bytes is None
@@ -1120,6 +1127,7 @@ class _Validator:
             or trusted_proxies is None
             or routes is None
             or tunnel_timeout is None
+            or underscores is None
         ):
             return None
         return {
@@ -1129,6 +1137,7 @@ class _Validator:
             "trusted_proxies": trusted_proxies,
             "routes": routes,
             "tunnel_timeout": tunnel_timeout,
+            "underscores_in_headers": underscores,
         }
 
     def trusted_proxies(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:

@@ -345,6 +345,7 @@ class LoadBalancerService(MultiService):
             max_body_bytes=frontend.max_body_bytes,
             trusted_proxies=frontend.trusted_proxies,
             tunnel_timeout=frontend.tunnel_timeout,
+            underscores_in_headers=frontend.underscores_in_headers,
             proto="https" if frontend.tls is not None else "http",
             max_connections=frontend.max_connections,
             frontend=name,
