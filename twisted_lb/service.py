@@ -287,6 +287,7 @@ class LoadBalancerService(MultiService):
                         [(pair.cert, pair.key) for pair in tls.certificates],
                         min_version=tls.min_version,
                         ciphers=tls.ciphers,
+                        curves=tls.curves,
                         alpn=[b"http/1.1"] if frontend.mode == "http" else (),
                         client_ca=tls.client_ca,
                         verify_client=tls.verify_client,
