@@ -9,6 +9,7 @@ from typing import Any, Self
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -53,7 +54,11 @@ _ADMIN_STATES = {
 
 
 class ListenError(Exception):
-    """A frontend could not listen on one of its ``listen`` endpoints."""
+    """
+    A frontend could not listen on one of its ``listen`` endpoints. The message names the
+    config file and the key path, as a config problem does:
+    ``lb.toml: frontends.web.listen[0]: cannot listen on tcp:8080: Address already in use``.
+    """
 
 
 class Listener(Service):
@@ -69,6 +74,9 @@ class Listener(Service):
             the frontend terminates TLS.
         frontend: the frontend's name, for logs.
         description: the endpoint description from the config, for logs.
+        where: what a :class:`ListenError` starts with: the config file and the key path of
+            the description, as ``"lb.toml: frontends.web.listen[0]"``; by default
+            ``"frontend NAME"``.
     """
 
     def __init__(
@@ -77,11 +85,13 @@ class Listener(Service):
         factory: IProtocolFactory,
         frontend: str,
         description: str,
+        where: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.frontend = frontend
         self.description = description
+        self.where = f"frontend {frontend}" if where is None else where
         self.port: IListeningPort | None = None
         self.name = f"{frontend} {description}"
 
@@ -92,12 +102,11 @@ class Listener(Service):
         outcome: list[IListeningPort | Failure] = []
         self.endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise ListenError(f"frontend {self.frontend}: {self.description} did not listen")
+            raise ListenError(f"{self.where}: {self.description} did not listen")
         result = outcome[0]
         if isinstance(result, Failure):
             raise ListenError(
-                f"frontend {self.frontend}: cannot listen on {self.description}: "
-                f"{result.getErrorMessage()}"
+                f"{self.where}: cannot listen on {self.description}: {_listen_error(result)}"
             )
         self.port = result
         _log.info(
@@ -142,6 +151,18 @@ def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None
         expect_body=config.expect_body,
         endpoint=endpoint,
     )
+
+
+def _listen_error(failure: Failure) -> str:
+    """
+    Why listening failed, in a few words: the OS's for a socket error (``"Address already in
+    use"``, not Twisted's ``"Couldn't listen on 127.0.0.1:8080: [Errno 98] ..."``).
+    """
+    error = failure.value
+    cause = error.socketError if isinstance(error, CannotListenError) else error
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return failure.getErrorMessage()
 
 
 def _describe(address: IAddress) -> str:
@@ -310,7 +331,13 @@ class LoadBalancerService(MultiService):
                         )
                     )
                     continue
-                listener = Listener(endpoint, listen_factory, name, description)
+                listener = Listener(
+                    endpoint,
+                    listen_factory,
+                    name,
+                    description,
+                    where=f"{config.path}: {join_key('frontends', name)}.listen[{index}]",
+                )
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
         if problems:
