@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.backend import Backend, BackendState
+from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory, HTTPProxyProtocol
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.pool import Pool
@@ -897,6 +898,43 @@ class StrictRequestTests(ProxyCase):
             [e["name"] for e in events if "underscores_in_headers" in e.get("log_format", "")],
             ["Transfer_Encoding", "X_Real_IP"],
         )
+
+    def test_request_line_spaces_normalised(self) -> None:
+        """
+        llhttp, like nginx, reads ``GET  /x HTTP/1.1`` (more than one SP) as ``GET /x``
+        (RFC 9112 §3 allows it); the backend always gets a request line with single spaces.
+        """
+        for line in [b"GET  /x HTTP/1.1", b"GET /x  HTTP/1.1", b"GET   /x   HTTP/1.1"]:
+            sent = self.forwarded(line + b"\r\nHost: h\r\n\r\n")
+            self.assertTrue(sent.startswith(b"GET /x HTTP/1.1\r\n"), sent)
+
+    def test_underscores_in_headers_config(self) -> None:
+        """``underscores_in_headers``: false by default, a boolean, for http frontends only."""
+        text = (
+            '[frontends.web]\nmode = "http"\nlisten = ["tcp:8080"]\npool = "app"\n{extra}\n'
+            '[pools.app]\nbackends = [{{ address = "127.0.0.1:9001" }}]\n'
+        )
+        config = parse_config(text.format(extra=""))
+        self.assertFalse(config.frontends["web"].underscores_in_headers)
+        config = parse_config(text.format(extra="underscores_in_headers = true"))
+        self.assertTrue(config.frontends["web"].underscores_in_headers)
+        for extra, message in [
+            (
+                'underscores_in_headers = "on"',
+                "lb.toml: frontends.web.underscores_in_headers: must be true or false, "
+                "not a string",
+            ),
+            (
+                'underscores_in_headers = true\nmode = "tcp"',
+                "lb.toml: frontends.web.underscores_in_headers: only for mode",
+            ),
+        ]:
+            source = text.format(extra=extra)
+            if 'mode = "tcp"' in extra:
+                source = source.replace('mode = "http"\n', "", 1)
+            with self.assertRaises(ConfigError) as raised:
+                parse_config(source, "lb.toml")
+            self.assertIn(message, str(raised.exception))
 
     def test_underscores_in_headers_kept(self) -> None:
         """With ``underscores_in_headers`` they are forwarded as received."""

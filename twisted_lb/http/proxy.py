@@ -433,7 +433,7 @@ class HTTPProxyProtocol(Protocol):
         if request.host is None:
             if version != "1.0":
                 raise _RequestError(400)
-        elif not valid_host(request.host):
+        elif request.host not in _valid_hosts and not valid_host(request.host):
             raise _RequestError(400)
         if request.chunked:
             self.chunked_body = True
