@@ -16,6 +16,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted_lb
 from tests._backend import send_all, slow_read
 from tests._harness import (
     TWISTD,
@@ -200,6 +201,55 @@ class CheckCommandTests(SynchronousTestCase):
         output = lb.output()
         self.assertIn(f"{path}: frontends.web.listen[0]: 'tcp:nope:interface", output)
         self.assertNotIn("listening on", output)
+
+
+class CommandLineTests(IntegrationCase):
+    def test_version(self) -> None:
+        """``twisted-lb --version`` prints the package's version and exits 0."""
+        result = subprocess.run(
+            [TWISTED_LB, "--version"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"twisted-lb {twisted_lb.__version__}\n")
+
+    def start_in(self, directory: Path, config: Path, *pidfile: str) -> Process:
+        """``twistd -n [--pidfile=...] lb --config CONFIG``, run in ``directory``."""
+        lb = Process([TWISTD, "-n", *pidfile, "lb", "--config", str(config)], cwd=str(directory))
+        self.addCleanup(lb.kill)
+        lb.wait_for(r"twisted-lb running")
+        return lb
+
+    def test_two_instances_in_one_directory(self) -> None:
+        """
+        ``twistd -n lb`` writes no ``twistd.pid``, so a second balancer starts in the same
+        directory; ``--pidfile=PATH`` still writes one.
+        """
+        _, ports = self.start_backends(1)
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        config = directory / "lb.toml"
+        config.write_text(lb_config(ports))
+        first = self.start_in(directory, config)
+        second = self.start_in(directory, config)
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["lb.toml"])
+        self.assertIsNone(first.popen.poll())
+        self.assertIsNone(second.popen.poll())
+        third = self.start_in(directory, config, "--pidfile=lb.pid")
+        self.assertEqual((directory / "lb.pid").read_text().strip(), str(third.pid))
+        self.assertEqual(third.stop(), -signal.SIGTERM)
+        self.assertFalse((directory / "lb.pid").exists())
+
+    def test_startup_line_and_sighup_without_tls(self) -> None:
+        """
+        The startup line counts in words that agree with the numbers ("1 frontend, 1
+        pool"); SIGHUP without TLS says that there was nothing to reload.
+        """
+        _, ports = self.start_backends(1)
+        lb, _port = self.start_lb(lb_config(ports))
+        lb.wait_for(r"twisted-lb running: 1 frontend, 1 pool$")
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"SIGHUP: no TLS certificates to reload")
+        self.assertNotIn("reloaded", lb.output())
 
 
 class DemoTests(SynchronousTestCase):
