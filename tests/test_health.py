@@ -710,6 +710,24 @@ class HTTPCheckTests(SynchronousTestCase):
             self.assertIn(expected, self.request_head(transport))
             transport.loseConnection()
 
+    def test_host_of_a_tls_pool(self) -> None:
+        """
+        Over TLS (``https``) the default ``Host`` is the pool's ``server_name``, with the
+        backend's port unless it is 443, as the check's certificate and SNI name it; without
+        ``server_name``, the backend's address without ``:443``. ``host`` still wins.
+        """
+        for address, kwargs, expected in [
+            ("10.0.0.5:8443", {"server_name": "app.internal"}, b"Host: app.internal:8443"),
+            ("10.0.0.5:443", {"server_name": "app.internal"}, b"Host: app.internal"),
+            ("10.0.0.5:443", {}, b"Host: 10.0.0.5"),
+            ("10.0.0.5:80", {}, b"Host: 10.0.0.5:80"),
+            ("10.0.0.5:443", {"server_name": "2001:db8::1"}, b"Host: [2001:db8::1]"),
+            ("10.0.0.5:443", {"server_name": "app.internal", "host": "x.test"}, b"Host: x.test"),
+        ]:
+            _protocol, transport = self.probe(Backend.from_address(address), https=True, **kwargs)
+            self.assertIn(expected, self.request_head(transport))
+            transport.loseConnection()
+
     def test_unix_backend_host(self) -> None:
         check = HTTPCheck(self.reactor)
         probing = check.probe(Backend.from_address("unix:/run/app.sock"))

@@ -440,6 +440,26 @@ class UpstreamTests(TLSCase):
         checked.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
         self.assertEqual(self.request(checked_port)[0], 503)
 
+    def test_health_check_host_is_the_server_name(self) -> None:
+        """
+        An HTTP health check of a TLS pool asks for the pool's ``server_name`` in ``Host``
+        (with the backend's port, not 443), as its SNI and verification name it.
+        """
+        backend_cert = self.ca.issue_cert("backend.internal")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        backend, port = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        lb, _ = self.start_lb(
+            self.plain_frontend(
+                port,
+                f'ca = "{self.ca_path}"\nserver_name = "backend.internal"',
+                '[pools.app.health_check]\nkind = "http"\npath = "/healthz"\ninterval = 5.0\n',
+            )
+        )
+        [connection] = backend.wait_for(r"^REQUEST (\d+) GET /healthz$").groups()
+        host = backend.wait_for(rf"^HOST {connection} (.*)$").group(1)
+        self.assertEqual(host, f"backend.internal:{port}")
+        self.assertNotIn("DOWN", lb.output())
+
     def test_wrong_name_is_502(self) -> None:
         """A certificate for another name does not verify either."""
         backend = self.start_tls_backend()

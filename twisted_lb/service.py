@@ -129,7 +129,8 @@ class Listener(Service):
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
-    pool's traffic is, when the pool has ``tls``.
+    pool's traffic is, when the pool has ``tls``, and then asking for the pool's
+    ``server_name`` in ``Host`` unless the check sets its own.
     """
     endpoint = tls.endpoint if tls is not None else None
     if config.kind == "tcp":
@@ -142,6 +143,8 @@ def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None
         expect_status=config.expect_status,
         expect_body=config.expect_body,
         endpoint=endpoint,
+        server_name=tls.server_name if tls is not None else None,
+        https=tls is not None,
     )
 
 
