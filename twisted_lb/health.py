@@ -533,6 +533,11 @@ class HealthMonitor(Service):
       seconds while the backend is UP, ``down_interval`` while it is DOWN, each multiplied by
       a factor drawn uniformly from ``[1 - jitter, 1 + jitter]``, so that the probes of many
       backends and balancers do not fall into step.
+    - A passing probe of a backend that is UP by its checks, and ejected by outlier
+      detection, is reported with :meth:`Pool.report_passing_check
+      <twisted_lb.pool.Pool.report_passing_check>`, which ends the ejection unless
+      ``uneject_on_passing_check`` is off (Envoy's
+      ``successful_active_health_check_uneject_host``).
     - A verdict change is applied with :meth:`Pool.set_healthy
       <twisted_lb.pool.Pool.set_healthy>` and logged with its reason:
       ``pool app: backend app2 DOWN after 3 failed checks (last: HTTP 503 in 12 ms)`` (a
@@ -688,6 +693,8 @@ class HealthMonitor(Service):
         self._schedule(watch)
         if watch.healthy != was_healthy:
             self._apply(watch, first, result)
+        if result.ok and watch.healthy and backend.ejected:
+            self.pool.report_passing_check(backend, result.detail)
 
     def _schedule(self, watch: _Watch) -> None:
         seconds = self.interval if watch.healthy else self.down_interval

@@ -257,6 +257,7 @@ class LoadBalancerService(MultiService):
                     max_ejection_time=outlier.max_ejection_time,
                     max_ejection_percent=outlier.max_ejection_percent,
                     count_5xx=outlier.count_5xx,
+                    uneject_on_passing_check=outlier.uneject_on_passing_check,
                 ),
                 reactor=reactor,
                 tls=pool_tls,
