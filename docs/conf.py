@@ -18,13 +18,14 @@ release = twisted_lb.__version__
 version = ".".join(release.split(".")[:2])
 
 # docs/_ext holds zope_interfaces, the autointerface directive (autodoc cannot read zope
-# Interfaces).
+# Interfaces), and strategy_list, the installed-strategies directive (the strategy plugins).
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "_ext")))
 
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "zope_interfaces",
+    "strategy_list",
 ]
 
 exclude_patterns = ["_build", "_ext"]
