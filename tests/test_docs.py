@@ -10,8 +10,10 @@ from pathlib import Path
 
 from sphinx.application import Sphinx
 from sphinx.util.docutils import docutils_namespace
+from sphinx.util.inventory import InventoryFile
 from twisted.trial.unittest import SynchronousTestCase
 
+import twisted
 import twisted_lb.plugins
 from twisted_lb.strategies import installed_strategies
 
@@ -94,3 +96,52 @@ class InstalledStrategiesTests(SynchronousTestCase):
             '* "always_first": Always the first backend offered: a plugin of the test.', output
         )
         self.assertNotIn("More text", output)
+
+
+class TwistedInventoryTests(SynchronousTestCase):
+    def test_inventory_of_the_installed_twisted(self) -> None:
+        """
+        docs/_ext/twisted_inventory.py writes an inventory that intersphinx reads, with
+        pydoctor's links: classes on pages of their own, functions and re-exports (from
+        private modules, by ``__all__``) on their module's page, no test modules.
+        """
+        sys.path.insert(0, str(EXT))
+        self.addCleanup(sys.path.remove, str(EXT))
+        from twisted_inventory import TWISTED_API, write_inventory
+
+        path = Path(self.mktemp()) / "twisted.inv"
+        write_inventory(path, Path(twisted.__file__).parent, twisted.__version__)
+        with path.open("rb") as f:
+            inventory = InventoryFile.load(f, TWISTED_API, lambda base, uri: base + uri)
+
+        def uri(role: str, name: str) -> str:
+            entry = inventory[role][name]
+            return str(entry[2] if isinstance(entry, tuple) else entry.uri)
+
+        api = TWISTED_API
+        self.assertEqual(
+            uri("py:class", "twisted.internet.defer.Deferred"),
+            f"{api}twisted.internet.defer.Deferred.html",
+        )
+        self.assertEqual(
+            uri("py:method", "twisted.internet.defer.Deferred.addCallback"),
+            f"{api}twisted.internet.defer.Deferred.html#addCallback",
+        )
+        self.assertEqual(
+            uri("py:function", "twisted.internet.endpoints.serverFromString"),
+            f"{api}twisted.internet.endpoints.html#serverFromString",
+        )
+        self.assertEqual(
+            uri("py:function", "twisted.internet.ssl.optionsForClientTLS"),
+            f"{api}twisted.internet.ssl.html#optionsForClientTLS",
+        )
+        self.assertEqual(
+            uri("py:class", "twisted.internet.ssl.CertificateOptions"),
+            f"{api}twisted.internet.ssl.CertificateOptions.html",
+        )
+        self.assertEqual(
+            uri("py:module", "twisted.internet.interfaces"),
+            f"{api}twisted.internet.interfaces.html",
+        )
+        self.assertIn("twisted.internet.error.ConnectionRefusedError", inventory["py:exception"])
+        self.assertFalse([n for n in inventory["py:module"] if ".test." in n + "."])

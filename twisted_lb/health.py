@@ -70,7 +70,7 @@ MAX_BODY_BYTES = 64 * 1024
 #: in their access logs.
 USER_AGENT = b"twisted-lb-health-check"
 
-#: What connects a check to a backend: ``endpoint(reactor, backend)``.
+#: What connects a check to a backend, called as ``endpoint(reactor, backend)``.
 EndpointFactory = Callable[[Any, Backend], IStreamClientEndpoint]
 
 

@@ -273,7 +273,7 @@ class Pool:
 
         - Available backends: ``UP`` and not ejected. Primaries while any primary is
           available, else backups (HAProxy's ``backup``).
-        - If none is available and :attr:`panic` is on: every backend whose ``admin_state``
+        - If none is available and ``panic`` is on: every backend whose ``admin_state``
           is ready (not ``DRAINING`` or ``MAINT``), primaries and backups, whatever its
           health (Envoy's panic mode).
         - Backends in ``exclude`` (already tried for this client) are left out, but they still
@@ -330,7 +330,7 @@ class Pool:
         is the caller's (the health monitor knows the reason).
 
         Args:
-            backend: one of :attr:`backends`.
+            backend: one of the pool's ``backends``.
             healthy: the verdict.
 
         Returns:
@@ -352,7 +352,7 @@ class Pool:
         its health checks, and begins its slow start if ``UP``.
 
         Args:
-            backend: one of :attr:`backends`.
+            backend: one of the pool's ``backends``.
             state: the new administrative state.
 
         Returns:
@@ -441,7 +441,7 @@ class Pool:
         The data path's report of a failure of ``backend``: a connect failure, a reset before
         the response, a response timeout or, with ``count_5xx``, a 5xx. With outlier
         detection on, enough failures in a row eject the backend (see
-        :class:`OutlierDetector`).
+        :class:`~twisted_lb.pool.OutlierDetector`).
 
         Args:
             backend: the backend that failed.
@@ -500,10 +500,11 @@ class Pool:
         The active health checks' report that ``backend`` passed a check and is UP by them.
         With outlier detection's ``uneject_on_passing_check`` on, an ejected backend comes
         back now instead of at the end of its ejection time (Envoy's
-        ``successful_active_health_check_uneject_host``; see :class:`OutlierDetector`).
+        ``successful_active_health_check_uneject_host``; see
+        :class:`~twisted_lb.pool.OutlierDetector`).
 
         Args:
-            backend: one of :attr:`backends`.
+            backend: one of the pool's ``backends``.
             reason: what the check saw, for the log, such as ``"HTTP 200 in 3 ms"``.
 
         Returns:
