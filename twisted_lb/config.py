@@ -198,6 +198,8 @@ class OutlierDetectionConfig:
         max_ejection_percent: the largest share of the pool's backends, 0 to 100, that may
             be ejected at once; never exceeded.
         count_5xx: HTTP only: also count 5xx responses as failures.
+        uneject_on_passing_check: a passing active health check ends an ejection early
+            (Envoy's ``successful_active_health_check_uneject_host``).
     """
 
     consecutive_failures: int = 5
@@ -205,6 +207,7 @@ class OutlierDetectionConfig:
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 50
     count_5xx: bool = False
+    uneject_on_passing_check: bool = True
 
 
 @attrs.frozen
@@ -691,6 +694,7 @@ _OUTLIER_KEYS = (
     "max_ejection_time",
     "max_ejection_percent",
     "count_5xx",
+    "uneject_on_passing_check",
 )
 _FRONTEND_TLS_KEYS = (
     "certificates",
@@ -2045,6 +2049,7 @@ class _Validator:
         cap = self.seconds(table, "max_ejection_time", where, 300.0)
         percent = self.integer(table, "max_ejection_percent", where, 50, minimum=0, maximum=100)
         count_5xx = self.boolean(table, "count_5xx", where, False)
+        uneject = self.boolean(table, "uneject_on_passing_check", where, True)
         if base is not None and cap is not None and cap < base:
             base_written = table.get("base_ejection_time", base)
             if "max_ejection_time" in table:
@@ -2066,6 +2071,7 @@ class _Validator:
             or cap is None
             or percent is None
             or count_5xx is None
+            or uneject is None
         ):
             return None
         return OutlierDetectionConfig(
@@ -2074,6 +2080,7 @@ class _Validator:
             max_ejection_time=cap,
             max_ejection_percent=percent,
             count_5xx=count_5xx,
+            uneject_on_passing_check=uneject,
         )
 
     def strategy(self, raw: Mapping[str, object], where: str) -> str | None:
