@@ -79,7 +79,7 @@ backends = [
 FRONTEND_KEYS = (
     "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'tls', "
     "'proxy_protocol_from', 'header_timeout', 'max_header_bytes', 'max_body_bytes', "
-    "'trusted_proxies', 'routes', 'tunnel_timeout'"
+    "'trusted_proxies', 'routes', 'tunnel_timeout', 'underscores_in_headers'"
 )
 
 HTTP_FRONTEND = FRONTEND.replace('mode = "tcp"', 'mode = "http"')
@@ -2738,7 +2738,7 @@ verify_client = "optional"
                 "frontends.web.tls.min_verison: unknown key (did you mean 'min_version'?)",
                 "frontends.web.tls.ssl_protocols: unknown key (did you mean 'min_version'?)",
                 "frontends.web.tls.zzz: unknown key; valid keys are: 'certificates', "
-                "'min_version', 'ciphers', 'client_ca', 'verify_client'",
+                "'min_version', 'ciphers', 'client_ca', 'verify_client', 'curves'",
             ],
         )
 

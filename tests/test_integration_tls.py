@@ -6,7 +6,7 @@ and ``openssl s_client`` where those tools are installed.
 Covered: SNI picks the certificate (default, exact, wildcard), ALPN, ``X-Forwarded-Proto`` and
 ``Forwarded``, old protocol versions refused, ``min_version``, mutual TLS required, upstream
 verification (wrong CA: 502 and a log event; right CA: 200; health checks over TLS), and
-certificate reload on SIGHUP with an old connection kept.
+reload on SIGHUP: frontend certificates with an old connection kept, a pool's CA bundle.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def write_pair(directory: Path, name: str, cert: trustme.LeafCert) -> tuple[str,
 def der(cert: trustme.LeafCert) -> bytes:
     """The DER bytes of a leaf certificate, as ``getpeercert(binary_form=True)`` gives them."""
     return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+
+
+RSA = trustme.KeyType.RSA
 
 
 class TLSCase(SynchronousTestCase):
@@ -134,6 +137,14 @@ class TLSCase(SynchronousTestCase):
         tls = context.wrap_socket(raw, server_hostname=server_name)
         self.addCleanup(tls.close)
         return tls
+
+    def request(self, port: int) -> tuple[int, bytes]:
+        """One plain HTTP GET / to the balancer: the status and body."""
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read()
 
     def get(self, tls: ssl.SSLSocket, host: str = "a.example", target: str = "/") -> Any:
         tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -370,6 +381,57 @@ class ToolTests(TLSCase):
             pem = site.cert_chain_pems[0].bytes().decode().strip()
             self.assertIn(pem, shown.stdout)
 
+    def probe(self, port: int, group: str, version: str) -> str:
+        """
+        ``openssl s_client -groups GROUP -tls1_2|-tls1_3``: the key exchange it got
+        (``"X25519"``, ``"secp384r1"``, ...), or ``""`` when the handshake failed.
+        """
+        openssl = shutil.which("openssl")
+        assert openssl is not None
+        shown = subprocess.run(
+            [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "a.example",
+             "-CAfile", self.ca_path, "-groups", group, f"-{version}"],
+            input="", capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        for line in shown.stdout.splitlines():
+            if line.startswith("Server Temp Key: "):
+                self.assertIn("Verify return code: 0 (ok)", shown.stdout)
+                words = line.removeprefix("Server Temp Key: ").split(", ")
+                return words[1] if words[0] == "ECDH" else words[0]
+        self.assertIn("Cipher is (NONE)", shown.stdout, shown.stderr)
+        self.assertIn("handshake failure", shown.stderr)
+        return ""
+
+    def test_openssl_groups_probe(self) -> None:
+        """
+        With only ``certificates`` set, an ``openssl s_client -groups`` probe (the check an
+        sslyze scan makes) finds Mozilla's intermediate groups, X25519, prime256v1 and
+        secp384r1, over TLS 1.2 and 1.3; X448 and secp521r1 fail the handshake. With
+        ``curves = ["X448"]`` only X448 is served.
+        """
+        if shutil.which("openssl") is None:
+            self.skipTest("openssl is not installed")
+        # An RSA certificate: in TLS 1.2 the groups a client offers also bound the curve of
+        # an ECDSA certificate (RFC 8422 §5.1), which would fail probes for other reasons.
+        rsa = write_pair(self.dir, "rsa", self.ca.issue_cert("a.example", key_type=RSA))
+        certificates = f'certificates = [{{ cert = "{rsa[0]}", key = "{rsa[1]}" }}]'
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, certificates))
+        for version in ("tls1_2", "tls1_3"):
+            found = {group: self.probe(port, group, version) for group in
+                     ("X25519", "prime256v1", "secp384r1", "X448", "secp521r1")}  # fmt: skip
+            self.assertEqual(
+                found,
+                {"X25519": "X25519", "prime256v1": "prime256v1", "secp384r1": "secp384r1",
+                 "X448": "", "secp521r1": ""},
+                version,
+            )  # fmt: skip
+        _, x448 = self.start_lb(
+            self.frontend_config(backend, certificates + '\ncurves = ["X448"]'), "x448"
+        )
+        self.assertEqual(self.probe(x448, "X448", "tls1_3"), "X448")
+        self.assertEqual(self.probe(x448, "X25519", "tls1_3"), "")
+
 
 class UpstreamTests(TLSCase):
     def start_tls_backend(self) -> int:
@@ -391,13 +453,6 @@ class UpstreamTests(TLSCase):
             f"{pool_tls}\n"
             f"{extra}"
         )
-
-    def request(self, port: int) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        self.addCleanup(connection.close)
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        return response.status, response.read()
 
     def test_verified_backend(self) -> None:
         """With the right CA and name the backend is reached over TLS, verified."""
@@ -438,6 +493,26 @@ class UpstreamTests(TLSCase):
         )
         checked.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
         self.assertEqual(self.request(checked_port)[0], 503)
+
+    def test_health_check_host_is_the_server_name(self) -> None:
+        """
+        An HTTP health check of a TLS pool asks for the pool's ``server_name`` in ``Host``
+        (with the backend's port, not 443), as its SNI and verification name it.
+        """
+        backend_cert = self.ca.issue_cert("backend.internal")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        backend, port = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        lb, _ = self.start_lb(
+            self.plain_frontend(
+                port,
+                f'ca = "{self.ca_path}"\nserver_name = "backend.internal"',
+                '[pools.app.health_check]\nkind = "http"\npath = "/healthz"\ninterval = 5.0\n',
+            )
+        )
+        [connection] = backend.wait_for(r"^REQUEST (\d+) GET /healthz$").groups()
+        host = backend.wait_for(rf"^HOST {connection} (.*)$").group(1)
+        self.assertEqual(host, f"backend.internal:{port}")
+        self.assertNotIn("DOWN", lb.output())
 
     def test_wrong_name_is_502(self) -> None:
         """A certificate for another name does not verify either."""
@@ -483,3 +558,53 @@ class ReloadTests(TLSCase):
         lb.wait_for(r"frontends\.web\.tls\.certificates\[0\]\.cert: .*live\.pem")
         lb.wait_for(r"reload failed with 1 problem; generation 2 stays in force")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
+
+    def test_sighup_reloads_the_pools_ca(self) -> None:
+        """
+        SIGHUP (a reload) reads a pool's ``ca`` again: a backend whose certificate the old
+        bundle did not verify (502; its TLS health check DOWN) is verified by the new one, and
+        its health check brings it UP; a broken bundle afterwards fails the reload, which
+        keeps the working one, and says why.
+        """
+        renewed_ca = trustme.CA()
+        backend_cert = renewed_ca.issue_cert("backend.internal")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        _, backend = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        live_ca = self.dir / "live-ca.pem"
+        self.ca.cert_pem.write_to_path(str(live_ca))
+        config = (
+            "[frontends.web]\n"
+            'mode = "http"\n'
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            'pool = "app"\n'
+            "[pools.app]\n"
+            "retries = 0\n"
+            "max_idle_per_backend = 0\n"  # every request verifies a new connection
+            "panic = true\n"  # a DOWN backend still gets requests: the 502 shows why
+            f'backends = [{{ address = "127.0.0.1:{backend}" }}]\n'
+            "[pools.app.tls]\n"
+            f'ca = "{live_ca}"\n'
+            'server_name = "backend.internal"\n'
+            "[pools.app.health_check]\n"
+            'kind = "http"\n'
+            'path = "/healthz"\n'
+            "interval = 0.2\n"
+            "rise = 1\n"
+        )
+        lb, port = self.start_lb(config)
+        lb.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
+        self.assertEqual(self.request(port)[0], 502)
+
+        renewed_ca.cert_pem.write_to_path(str(live_ca))
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"reload: generation 2 from ")
+        lb.wait_for(r"backend app1 UP after 1 passed check")
+        self.assertEqual(self.request(port)[0], 200)
+
+        live_ca.write_text("not a certificate\n")
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"pools\.app\.tls\.ca: .*live-ca\.pem: .*no PEM certificate found")
+        lb.wait_for(r"reload failed with 1 problem; generation 2 stays in force")
+        for _ in range(3):
+            self.assertEqual(self.request(port)[0], 200)
+        self.assertNotIn("backend app1 DOWN after", lb.output().split("reload failed")[1])

@@ -385,6 +385,58 @@ class AccessLogReloadTests(ReloadCase):
         self.assertIs(self.service.access_log, log)
 
 
+class SettingsListTests(SynchronousTestCase):
+    """
+    ``FrontendFactory.settings`` names every setting of the factories, so that a reload
+    changes each one: a constructor argument added without it fails here.
+    """
+
+    #: Not settings: what the factory is, serves with, or counts.
+    LIVE = {"reactor", "upstreams", "frontend"}
+
+    def different(self, name: str, default: object) -> object:
+        if name == "trusted_proxies":
+            return ["10.0.0.0/8"]
+        if name == "proto":
+            return "https"
+        if name == "access_log":
+            return False
+        if isinstance(default, bool):
+            return not default
+        if isinstance(default, int | float):
+            return default * 2 + 1
+        raise AssertionError(f"no other value known for {name}={default!r}: add one here")
+
+    def check(self, cls: type, pool: object) -> None:
+        import inspect
+
+        reactor = MemoryReactorClock()
+        changed = {
+            name: self.different(name, parameter.default)
+            for name, parameter in inspect.signature(cls).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY and name not in self.LIVE
+        }
+        live = cls(reactor, pool)
+        fresh = cls(reactor, pool, **changed)
+        live.update_settings(fresh)
+        for name, value in vars(fresh).items():
+            if name in self.LIVE or name in ("connections", "_idle_waiters"):
+                continue
+            self.assertEqual(getattr(live, name), value, f"{cls.__name__}.{name}")
+
+    def test_http(self) -> None:
+        from twisted_lb.pool import Pool
+        from twisted_lb.strategies import get_strategy
+
+        self.check(HTTPProxyFactory, Pool("p", [], get_strategy("round_robin")))
+
+    def test_tcp(self) -> None:
+        from twisted_lb.pool import Pool
+        from twisted_lb.strategies import get_strategy
+
+        self.check(TCPRelayFactory, Pool("p", [], get_strategy("round_robin")))
+
+
 class TLSReloadTests(SynchronousTestCase):
     def test_tls_files_read_again(self) -> None:
         """

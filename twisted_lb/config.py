@@ -198,6 +198,8 @@ class OutlierDetectionConfig:
         max_ejection_percent: the largest share of the pool's backends, 0 to 100, that may
             be ejected at once; never exceeded.
         count_5xx: HTTP only: also count 5xx responses as failures.
+        uneject_on_passing_check: a passing active health check ends an ejection early
+            (Envoy's ``successful_active_health_check_uneject_host``).
     """
 
     consecutive_failures: int = 5
@@ -205,6 +207,7 @@ class OutlierDetectionConfig:
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 50
     count_5xx: bool = False
+    uneject_on_passing_check: bool = True
 
 
 @attrs.frozen
@@ -365,6 +368,10 @@ class FrontendTLSConfig:
             is asked for and verified when sent) or ``"required"`` (a client without a valid
             one is refused): nginx ``ssl_verify_client``, HAProxy ``verify``. The last two
             need ``client_ca``.
+        curves: the groups (curves) of the key exchange, TLS 1.2 and 1.3, most preferred
+            first, in OpenSSL's names (nginx ``ssl_ecdh_curve``, HAProxy ``curves``); each
+            known to OpenSSL (:func:`twisted_lb.tls.group_problem`). The default is Mozilla's
+            "intermediate" profile, :data:`twisted_lb.tls.INTERMEDIATE_GROUPS`.
     """
 
     certificates: tuple[CertificateConfig, ...] = attrs.field(converter=_certificates)
@@ -372,6 +379,9 @@ class FrontendTLSConfig:
     ciphers: str | None = None
     client_ca: str | None = None
     verify_client: str = "none"
+    curves: tuple[str, ...] = attrs.field(
+        default=("X25519", "prime256v1", "secp384r1"), converter=_strings
+    )
 
 
 @attrs.frozen
@@ -406,6 +416,9 @@ class FrontendConfig:
         tunnel_timeout: seconds an upgraded connection (a WebSocket tunnel after a 101
             response) may stay idle before both sides are closed; it replaces
             ``client_timeout`` once the tunnel is open.
+        underscores_in_headers: whether request header fields whose names contain ``_`` are
+            forwarded; when false (the default) they are dropped, as nginx's
+            ``underscores_in_headers off`` does.
         tls: TLS termination on every listener, in either mode, or ``None`` for plain
             connections.
         proxy_protocol_from: addresses and networks, as written and parsed as
@@ -427,6 +440,7 @@ class FrontendConfig:
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
     tunnel_timeout: float = 3600.0
+    underscores_in_headers: bool = False
     tls: FrontendTLSConfig | None = None
     proxy_protocol_from: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
@@ -640,6 +654,7 @@ _HTTP_FRONTEND_KEYS = (
     "trusted_proxies",
     "routes",
     "tunnel_timeout",
+    "underscores_in_headers",
 )
 _FRONTEND_KEYS = (
     "mode",
@@ -688,8 +703,16 @@ _OUTLIER_KEYS = (
     "max_ejection_time",
     "max_ejection_percent",
     "count_5xx",
+    "uneject_on_passing_check",
 )
-_FRONTEND_TLS_KEYS = ("certificates", "min_version", "ciphers", "client_ca", "verify_client")
+_FRONTEND_TLS_KEYS = (
+    "certificates",
+    "min_version",
+    "ciphers",
+    "client_ca",
+    "verify_client",
+    "curves",
+)
 _CERTIFICATE_KEYS = ("cert", "key")
 _VERIFY_CLIENT = ("none", "optional", "required")
 _OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
@@ -848,6 +871,7 @@ class _HTTPSettings(TypedDict, total=False):
     trusted_proxies: tuple[str, ...]
     routes: tuple[RouteConfig, ...]
     tunnel_timeout: float
+    underscores_in_headers: bool
 
 
 class _Validator:
@@ -1190,6 +1214,7 @@ class _Validator:
         trusted_proxies = self.trusted_proxies(raw, where)
         routes = self.routes(raw, where)
         tunnel_timeout = self.seconds(raw, "tunnel_timeout", where, 3600.0)
+        underscores = self.boolean(raw, "underscores_in_headers", where, False)
         if (
             header_timeout is None
             or max_header_bytes is None
@@ -1197,6 +1222,7 @@ class _Validator:
             or trusted_proxies is None
             or routes is None
             or tunnel_timeout is None
+            or underscores is None
         ):
             return None
         return {
@@ -1206,6 +1232,7 @@ class _Validator:
             "trusted_proxies": trusted_proxies,
             "routes": routes,
             "tunnel_timeout": tunnel_timeout,
+            "underscores_in_headers": underscores,
         }
 
     def trusted_proxies(
@@ -1457,12 +1484,14 @@ class _Validator:
 
                 self.file_problem(join_key(where, "client_ca"), ca_problem(client_ca))
         verify_client = self.verify_client(table, where)
+        curves = self.curves(table, where)
 
         if (
             len(self.problems) > before
             or certificates is None
             or min_version is None
             or verify_client is None
+            or curves is None
         ):
             return None
         return FrontendTLSConfig(
@@ -1471,7 +1500,40 @@ class _Validator:
             ciphers=ciphers,
             client_ca=client_ca,
             verify_client=verify_client,
+            curves=curves,
         )
+
+    def curves(self, table: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+        """
+        ``curves``: a non-empty array of TLS group names that OpenSSL knows; a problem per
+        unknown one, at its index.
+        """
+        from twisted_lb.tls import INTERMEDIATE_GROUPS, group_problem
+
+        if "curves" not in table:
+            return INTERMEDIATE_GROUPS
+        key = join_key(where, "curves")
+        value = table["curves"]
+        example = "curves = [" + ", ".join(_toml_string(g) for g in INTERMEDIATE_GROUPS) + "]"
+        if not isinstance(value, list) or not value:
+            self.problem(
+                key,
+                f"must be a non-empty array of TLS group names, as in {example} (Mozilla's "
+                f"intermediate profile, the default), not {_describe(value)}",
+            )
+            return None
+        before = len(self.problems)
+        for index, name in enumerate(value):
+            item = f"{key}[{index}]"
+            if not isinstance(name, str):
+                self.problem(item, f"must be a string, as in {example}, not {_describe(name)}")
+                continue
+            problem = group_problem(name)
+            if problem is not None:
+                self.problem(item, problem)
+        if len(self.problems) > before:
+            return None
+        return tuple(value)
 
     def certificates(
         self, table: Mapping[str, object], where: str, report_missing: bool
@@ -1999,6 +2061,7 @@ class _Validator:
         cap = self.seconds(table, "max_ejection_time", where, 300.0)
         percent = self.integer(table, "max_ejection_percent", where, 50, minimum=0, maximum=100)
         count_5xx = self.boolean(table, "count_5xx", where, False)
+        uneject = self.boolean(table, "uneject_on_passing_check", where, True)
         if base is not None and cap is not None and cap < base:
             base_written = table.get("base_ejection_time", base)
             if "max_ejection_time" in table:
@@ -2020,6 +2083,7 @@ class _Validator:
             or cap is None
             or percent is None
             or count_5xx is None
+            or uneject is None
         ):
             return None
         return OutlierDetectionConfig(
@@ -2028,6 +2092,7 @@ class _Validator:
             max_ejection_time=cap,
             max_ejection_percent=percent,
             count_5xx=count_5xx,
+            uneject_on_passing_check=uneject,
         )
 
     def strategy(self, raw: Mapping[str, object], where: str) -> str | None:

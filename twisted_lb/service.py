@@ -10,13 +10,14 @@ docs/design.rst, "Reloading the config".
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, Self
 
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -77,7 +78,9 @@ _STATE_NAMES = {state: name for name, state in _ADMIN_STATES.items()}
 class ListenError(Exception):
     """
     Start-up could not take what it serves with: a frontend could not listen on one of its
-    ``listen`` endpoints, or the access log file could not be opened.
+    ``listen`` endpoints, or the access log file could not be opened. The message names the
+    config file and the key path, as a config problem does:
+    ``lb.toml: frontends.web.listen[0]: cannot listen on tcp:8080: Address already in use``.
     """
 
 
@@ -176,6 +179,9 @@ class Listener(Service):
             port stays open.
         frontend: the frontend's name, for logs.
         description: the endpoint description from the config, for logs.
+        where: what a :class:`ListenError` starts with: the config file and the key path of
+            the description, as ``"lb.toml: frontends.web.listen[0]"``; by default
+            ``"frontend NAME"``.
     """
 
     def __init__(
@@ -184,11 +190,13 @@ class Listener(Service):
         factory: IProtocolFactory,
         frontend: str,
         description: str,
+        where: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._entry = _ListenerFactory(factory)
         self.frontend = frontend
         self.description = description
+        self.where = f"frontend {frontend}" if where is None else where
         self.port: IListeningPort | None = None
         self.name = f"{frontend} {description}"
 
@@ -208,12 +216,11 @@ class Listener(Service):
         outcome: list[IListeningPort | Failure] = []
         self.endpoint.listen(self._entry).addBoth(outcome.append)
         if not outcome:
-            raise ListenError(f"frontend {self.frontend}: {self.description} did not listen")
+            raise ListenError(f"{self.where}: {self.description} did not listen")
         result = outcome[0]
         if isinstance(result, Failure):
             raise ListenError(
-                f"frontend {self.frontend}: cannot listen on {self.description}: "
-                f"{result.getErrorMessage()}"
+                f"{self.where}: cannot listen on {self.description}: {_listen_error(result)}"
             )
         self.port = result
         _log.info(
@@ -269,7 +276,8 @@ def _access_log(
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
-    pool's traffic is, when the pool has ``tls``.
+    pool's traffic is, when the pool has ``tls``, and then asking for the pool's
+    ``server_name`` in ``Host`` unless the check sets its own.
     """
     endpoint = tls.endpoint if tls is not None else None
     if config.kind == "tcp":
@@ -282,7 +290,21 @@ def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None
         expect_status=config.expect_status,
         expect_body=config.expect_body,
         endpoint=endpoint,
+        server_name=tls.server_name if tls is not None else None,
+        https=tls is not None,
     )
+
+
+def _listen_error(failure: Failure) -> str:
+    """
+    Why listening failed, in a few words: the OS's for a socket error (``"Address already in
+    use"``, not Twisted's ``"Couldn't listen on 127.0.0.1:8080: [Errno 98] ..."``).
+    """
+    error = failure.value
+    cause = error.socketError if isinstance(error, CannotListenError) else error
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return failure.getErrorMessage()
 
 
 def _describe(address: IAddress) -> str:
@@ -594,6 +616,7 @@ class LoadBalancerService(MultiService):
                         max_ejection_time=outlier.max_ejection_time,
                         max_ejection_percent=outlier.max_ejection_percent,
                         count_5xx=outlier.count_5xx,
+                        uneject_on_passing_check=outlier.uneject_on_passing_check,
                     )
                 )
             by_name = {b.name: b for b in live.backends} if live is not None else {}
@@ -670,6 +693,7 @@ class LoadBalancerService(MultiService):
                         [(pair.cert, pair.key) for pair in tls.certificates],
                         min_version=tls.min_version,
                         ciphers=tls.ciphers,
+                        curves=tls.curves,
                         alpn=[b"http/1.1"] if frontend.mode == "http" else (),
                         client_ca=tls.client_ca,
                         verify_client=tls.verify_client,
@@ -754,6 +778,7 @@ class LoadBalancerService(MultiService):
             max_body_bytes=frontend.max_body_bytes,
             trusted_proxies=frontend.trusted_proxies,
             tunnel_timeout=frontend.tunnel_timeout,
+            underscores_in_headers=frontend.underscores_in_headers,
             proto="https" if frontend.tls is not None else "http",
             max_connections=frontend.max_connections,
             frontend=name,
@@ -768,15 +793,17 @@ class LoadBalancerService(MultiService):
         made: dict[str, Listener] = {}
         problems: list[Problem] = []
         for description, (name, index, endpoint) in plan.endpoints.items():
-            listener = Listener(endpoint, plan.factories[name], name, description)
+            key = f"{join_key(join_key('frontends', name), 'listen')}[{index}]"
+            where = f"{plan.config.path}: {key}"
+            listener = Listener(endpoint, plan.factories[name], name, description, where=where)
             made[description] = listener
             if not self.running:
                 continue
             try:
                 listener.privilegedStartService()
             except ListenError as e:
-                where = f"{join_key(join_key('frontends', name), 'listen')}[{index}]"
-                problems.append(Problem(plan.config.path, where, str(e)))
+                message = str(e).removeprefix(f"{where}: ")
+                problems.append(Problem(plan.config.path, key, message))
         if problems:
             for listener in made.values():
                 listener.stopService()
@@ -1434,31 +1461,44 @@ class LoadBalancerService(MultiService):
         if isinstance(self.access_log, AccessLog):
             self.access_log.reopen()
 
-    def reload_certificates(self) -> None:
+    def reload_certificates(self) -> list[str]:
         """
-        Read every frontend's certificate files again. New TLS handshakes use the new
-        certificates; established connections are untouched. A frontend whose new files are
-        unusable keeps its old certificates, and the reason is logged. (:meth:`reload`
-        re-reads them too, with the rest of the config.)
+        Read every frontend's certificate files again, and every pool's ``ca``,
+        ``client_cert`` and ``client_key`` (on SIGHUP under twistd). New TLS handshakes use
+        the new files, the health checks' included; established connections are untouched. A
+        frontend or pool whose new files are unusable keeps its old ones, and the reason is
+        logged.
+
+        Returns:
+            What has TLS files to read, as ``"frontend web"`` and ``"pool app"``, in config
+            order, whether or not each reload succeeded; empty when there is none.
         """
+        tried: list[str] = []
         for name, server_tls in self.server_tls.items():
-            try:
-                problems = server_tls.reload()
-            except Exception:
-                _log.failure(
-                    "frontend {frontend}: certificates not reloaded, keeping the old ones",
-                    frontend=name,
-                )
-                continue
-            if problems:
-                _log.warn(
-                    "frontend {frontend}: certificates not reloaded, keeping the old ones: "
-                    "{problems}",
-                    frontend=name,
-                    problems="; ".join(problems),
-                )
-            else:
-                _log.info("frontend {frontend}: certificates reloaded", frontend=name)
+            tried.append(f"frontend {name}")
+            self._reload_tls("frontend", name, "certificates", server_tls.reload)
+        for name, pool in self.pools.items():
+            if pool.tls is not None and pool.tls.has_files:
+                tried.append(f"pool {name}")
+                self._reload_tls("pool", name, "TLS files", pool.tls.reload)
+        return tried
+
+    def _reload_tls(self, kind: str, name: str, what: str, reload: Callable[[], list[str]]) -> None:
+        # The event carries ``frontend=`` or ``pool=`` too, as the other events about them do.
+        fields: dict[str, Any] = {"kind": kind, "name": name, "what": what, kind: name}
+        try:
+            problems = reload()
+        except Exception:
+            _log.failure("{kind} {name}: {what} not reloaded, keeping the old ones", **fields)
+            return
+        if problems:
+            _log.warn(
+                "{kind} {name}: {what} not reloaded, keeping the old ones: {problems}",
+                problems="; ".join(problems),
+                **fields,
+            )
+        else:
+            _log.info("{kind} {name}: {what} reloaded", **fields)
 
     def startService(self) -> None:
         self.started = self.reactor.seconds()
@@ -1470,10 +1510,13 @@ class LoadBalancerService(MultiService):
 
     def _log_running(self) -> None:
         if self.running:
+            frontends, pools = len(self.factories), len(self.pools)
             _log.info(
-                "twisted-lb running: {frontends} frontends, {pools} pools",
-                frontends=len(self.factories),
-                pools=len(self.pools),
+                "twisted-lb running: {frontends} {frontend_noun}, {pools} {pool_noun}",
+                frontends=frontends,
+                frontend_noun="frontend" if frontends == 1 else "frontends",
+                pools=pools,
+                pool_noun="pool" if pools == 1 else "pools",
             )
 
     def stopService(self) -> Deferred[object]:

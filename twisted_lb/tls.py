@@ -10,9 +10,10 @@ reads files and configures contexts.
 
 Server defaults follow Mozilla's "intermediate" server-side TLS configuration
 (https://ssl-config.mozilla.org/guidelines/5.7.json): TLS 1.2 and 1.3, the intermediate
-TLS 1.2 cipher list, the client's cipher preference. Certificate selection by SNI
-(RFC 6066 §3) works as txsni's and HAProxy's ``crt-list``: the servername callback swaps the
-connection's context for the one whose certificate names the requested host.
+TLS 1.2 cipher list and groups (curves), the client's cipher preference. Certificate
+selection by SNI (RFC 6066 §3) works as txsni's and HAProxy's ``crt-list``: the servername
+callback swaps the connection's context for the one whose certificate names the requested
+host.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from OpenSSL.crypto import X509
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import wrapClientTLS
@@ -54,12 +56,14 @@ _log = Logger()
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
+    "INTERMEDIATE_GROUPS",
     "TLS_VERSIONS",
     "ClientTLS",
     "ServerTLS",
     "TLSConfigError",
     "ca_problem",
     "certificate_problem",
+    "group_problem",
 ]
 
 
@@ -84,6 +88,23 @@ INTERMEDIATE_CIPHERS = ":".join(
         "DHE-RSA-AES256-GCM-SHA384",
         "DHE-RSA-CHACHA20-POLY1305",
     ]
+)
+
+#: Mozilla's "intermediate" groups (the curves of the key exchange, TLS 1.2 ECDHE and TLS 1.3),
+#: guidelines version 5.7 ``tls_curves``, most preferred first, in OpenSSL's names. OpenSSL's
+#: own default adds X448, secp521r1 and the ffdhe groups.
+INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
+
+#: Group names offered in the message about an unknown one (those OpenSSL knows).
+_GROUP_EXAMPLES = (
+    "X25519",
+    "X448",
+    "prime256v1",
+    "secp384r1",
+    "secp521r1",
+    "ffdhe2048",
+    "ffdhe3072",
+    "ffdhe4096",
 )
 
 #: The values ``min_version`` may take, lowest first.
@@ -184,6 +205,41 @@ def _openssl_reason(error: SSL.Error) -> str:
     if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
         return str(queue[-1][-1])
     return str(error) or type(error).__name__
+
+
+def _set_groups(context: SSL.Context, groups: Sequence[str]) -> bool:
+    """
+    Set the groups ``context`` offers and accepts (``SSL_CTX_set1_groups_list``, which
+    pyOpenSSL does not wrap: its ``set_tmp_ecdh`` sets one curve). Returns whether OpenSSL took
+    them all; it takes none when it does not know one.
+    """
+    try:
+        encoded = ":".join(groups).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    if not groups or not all(groups) or b"\0" in encoded:
+        return False
+    # SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (a macro
+    # for the same control), the one the cryptography bindings export.
+    if _openssl.SSL_CTX_set1_curves_list(context._context, encoded) == 1:
+        return True
+    _openssl.ERR_clear_error()  # (pyOpenSSL would raise it at its next check)
+    return False
+
+
+def group_problem(name: str) -> str | None:
+    """
+    What is wrong with ``name`` as a TLS group (a ``curves`` entry), or ``None`` when OpenSSL
+    knows it (``"X25519"``, ``"prime256v1"``, ``"P-256"``, ``"ffdhe2048"``, ...).
+    """
+    if name and ":" not in name and _set_groups(SSL.Context(SSL.TLS_METHOD), [name]):
+        return None
+    scratch = SSL.Context(SSL.TLS_METHOD)
+    known = [group for group in _GROUP_EXAMPLES if _set_groups(scratch, [group])]
+    return (
+        f"unknown TLS group {name!r}; OpenSSL knows {', '.join(known)} and others "
+        f"(Mozilla's intermediate profile: {', '.join(INTERMEDIATE_GROUPS)})"
+    )
 
 
 def _use_pair(
@@ -357,6 +413,9 @@ class ServerTLS:
             Mozilla's intermediate configuration is ``"TLSv1.2"``.
         ciphers: the TLS 1.2 cipher list in OpenSSL's syntax; default
             :data:`INTERMEDIATE_CIPHERS`. TLS 1.3 suites are OpenSSL's defaults.
+        curves: the groups (curves) of the key exchange, TLS 1.2 and 1.3, most preferred
+            first, in OpenSSL's names; default :data:`INTERMEDIATE_GROUPS`. A client that
+            offers none of them fails the handshake.
         alpn: the protocols to offer over ALPN (RFC 7301), most preferred first, such as
             ``[b"http/1.1"]`` in http mode; ``()`` for no ALPN. When the client offers none of
             them the handshake proceeds without ALPN rather than failing, as nginx does.
@@ -380,12 +439,21 @@ class ServerTLS:
         *,
         min_version: str = "TLSv1.2",
         ciphers: str | None = None,
+        curves: Sequence[str] = INTERMEDIATE_GROUPS,
         alpn: Sequence[bytes] = (),
         client_ca: str | None = None,
         verify_client: str = "none",
     ) -> None:
         if not certificates:
             raise TLSConfigError("TLS needs at least one (certificate, key) pair")
+        if isinstance(curves, str) or not curves:
+            raise TLSConfigError(
+                f"curves must be a non-empty list of group names, as {list(INTERMEDIATE_GROUPS)}"
+            )
+        for name in curves:
+            problem = group_problem(name)
+            if problem is not None:
+                raise TLSConfigError(f"curves: {problem}")
         if min_version not in TLS_VERSIONS:
             raise TLSConfigError(
                 f"min_version must be one of {', '.join(TLS_VERSIONS)}, not {min_version!r}"
@@ -407,6 +475,7 @@ class ServerTLS:
         self._certificates = [(str(cert), str(key)) for cert, key in certificates]
         self._min_version = min_version
         self._ciphers = INTERMEDIATE_CIPHERS if ciphers is None else ciphers
+        self._curves = tuple(curves)
         self._alpn = tuple(alpn)
         self._client_ca = client_ca
         self._verify_client = verify_client
@@ -500,6 +569,8 @@ class ServerTLS:
             raise _UnusableError(
                 f"ciphers {self._ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
             ) from None
+        if not _set_groups(context, self._curves):
+            raise _UnusableError(f"curves {list(self._curves)!r}: OpenSSL refuses them")
         _use_pair(context, chain, key, cert)
         context.set_session_id(_SESSION_ID_CONTEXT)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
@@ -558,7 +629,8 @@ class ClientTLS:
     any data, with ``connectionLost`` given an ``OpenSSL.SSL.Error`` whose message includes
     ``"certificate verify failed"`` for an untrusted chain, or a
     ``service_identity.VerificationError`` naming the mismatched name. TLS 1.2 is the
-    lowest version offered, as in Mozilla's intermediate configuration.
+    lowest version offered, as in Mozilla's intermediate configuration. :meth:`reload` reads
+    the files again (on SIGHUP under twistd).
 
     Args:
         server_name: the name to verify and send as SNI, for all backends of the pool;
@@ -590,33 +662,73 @@ class ClientTLS:
             )
         if server_name is not None and not server_name.strip():
             raise TLSConfigError("server_name must not be empty")
+        self.server_name = server_name
+        self.verify = verify
+        self._ca = ca
+        self._client_cert = client_cert
+        self._client_key = client_key
+        loaded, problems = self._load()
+        if loaded is None:
+            raise TLSConfigError("; ".join(problems))
+        #: The trust root from ``ca``, or ``None`` for the platform's; and CertificateOptions'
+        #: ``privateKey``/``certificate``/``extraCertChain`` for mutual TLS, as cryptography
+        #: objects (pyOpenSSL deprecates its own X509 and PKey here).
+        self._trust, self._client_options = loaded
+        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def _load(
+        self,
+    ) -> tuple[tuple[IOpenSSLTrustRoot | None, dict[str, Any]] | None, list[str]]:
+        """Read ``ca``, ``client_cert`` and ``client_key``: what they give, or the problems."""
         problems: list[str] = []
         trust: IOpenSSLTrustRoot | None = None
-        if ca is not None:
+        if self._ca is not None:
             try:
                 trust = trustRootFromCertificates(
-                    [Certificate(X509.from_cryptography(c)) for c in _load_cas(ca)]
+                    [Certificate(X509.from_cryptography(c)) for c in _load_cas(self._ca)]
                 )
             except _UnusableError as e:
                 problems.append(str(e))
-        #: CertificateOptions' ``privateKey``/``certificate``/``extraCertChain`` for mutual
-        #: TLS, as cryptography objects (pyOpenSSL deprecates its own X509 and PKey here).
-        self._client_options: dict[str, Any] = {}
-        if client_cert is not None and client_key is not None:
+        client_options: dict[str, Any] = {}
+        if self._client_cert is not None and self._client_key is not None:
             try:
-                chain, key = _load_pair(client_cert, client_key)
+                chain, key = _load_pair(self._client_cert, self._client_key)
             except _UnusableError as e:
                 problems.append(str(e))
             else:
-                self._client_options = {"privateKey": key, "certificate": chain[0]}
+                client_options = {"privateKey": key, "certificate": chain[0]}
                 if chain[1:]:
-                    self._client_options["extraCertChain"] = chain[1:]
+                    client_options["extraCertChain"] = chain[1:]
         if problems:
-            raise TLSConfigError("; ".join(problems))
-        self.server_name = server_name
-        self.verify = verify
-        self._trust = trust
-        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+            return None, problems
+        return (trust, client_options), []
+
+    def reload(self) -> list[str]:
+        """
+        Read the ``ca``, ``client_cert`` and ``client_key`` files again, as
+        :meth:`ServerTLS.reload` does for a frontend.
+
+        New connections to the backends, health checks' included, verify against the new CA
+        bundle and present the new client certificate; established connections keep what
+        they were made with. A pool without these files has nothing to read, and the call
+        changes nothing.
+
+        Returns:
+            The problems, one line each (the messages of :func:`certificate_problem` and
+            :func:`ca_problem`), in which case the old CA bundle and client certificate are
+            ALL kept; an empty list when the new ones are in use.
+        """
+        loaded, problems = self._load()
+        if loaded is None:
+            return problems
+        self._trust, self._client_options = loaded
+        self._creators = {}
+        return []
+
+    @property
+    def has_files(self) -> bool:
+        """Whether the pool's TLS reads files (``ca``, or a client certificate) to reload."""
+        return self._ca is not None or self._client_cert is not None
 
     def __repr__(self) -> str:
         return f"<ClientTLS server_name={self.server_name!r} verify={self.verify}>"
