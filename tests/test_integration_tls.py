@@ -534,8 +534,9 @@ class UpstreamTests(TLSCase):
 class ReloadTests(TLSCase):
     def test_sighup_reloads_certificates(self) -> None:
         """
-        After SIGHUP new handshakes get the new certificate while a connection made before
-        keeps working; a bad new file keeps the current certificate and says why.
+        After SIGHUP (a reload of the config) new handshakes get the new certificate while a
+        connection made before keeps working; a bad new file fails the reload, which keeps
+        the current certificate and says why.
         """
         _, backend = self.start_backend("echo", "app1")
         live = write_pair(self.dir, "live", self.site_a)
@@ -547,21 +548,23 @@ class ReloadTests(TLSCase):
         renewed = self.ca.issue_cert("a.example")
         write_pair(self.dir, "live", renewed)
         lb.signal(signal.SIGHUP)
-        lb.wait_for(r"frontend web: certificates reloaded")
+        lb.wait_for(r"reload: generation 2 from ")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
         self.assertEqual(self.get(old).status, 200)
         self.assertEqual(old.getpeercert(True), der(self.site_a))
 
         Path(live[0]).write_text("not a certificate\n")
         lb.signal(signal.SIGHUP)
-        lb.wait_for(r"frontend web: certificates not reloaded, keeping the old ones: .*live\.pem")
+        lb.wait_for(r"frontends\.web\.tls\.certificates\[0\]\.cert: .*live\.pem")
+        lb.wait_for(r"reload failed with 1 problem; generation 2 stays in force")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
 
     def test_sighup_reloads_the_pools_ca(self) -> None:
         """
-        SIGHUP reads a pool's ``ca`` again: a backend whose certificate the old bundle did not
-        verify (502; its TLS health check DOWN) is verified by the new one, and its health
-        check brings it UP; a broken bundle afterwards keeps the working one, and says why.
+        SIGHUP (a reload) reads a pool's ``ca`` again: a backend whose certificate the old
+        bundle did not verify (502; its TLS health check DOWN) is verified by the new one, and
+        its health check brings it UP; a broken bundle afterwards fails the reload, which
+        keeps the working one, and says why.
         """
         renewed_ca = trustme.CA()
         backend_cert = renewed_ca.issue_cert("backend.internal")
@@ -594,16 +597,14 @@ class ReloadTests(TLSCase):
 
         renewed_ca.cert_pem.write_to_path(str(live_ca))
         lb.signal(signal.SIGHUP)
-        lb.wait_for(r"pool app: TLS files reloaded")
+        lb.wait_for(r"reload: generation 2 from ")
         lb.wait_for(r"backend app1 UP after 1 passed check")
         self.assertEqual(self.request(port)[0], 200)
 
         live_ca.write_text("not a certificate\n")
         lb.signal(signal.SIGHUP)
-        lb.wait_for(
-            r"pool app: TLS files not reloaded, keeping the old ones: .*live-ca\.pem: "
-            r"no PEM certificate found"
-        )
+        lb.wait_for(r"pools\.app\.tls\.ca: .*live-ca\.pem: .*no PEM certificate found")
+        lb.wait_for(r"reload failed with 1 problem; generation 2 stays in force")
         for _ in range(3):
             self.assertEqual(self.request(port)[0], 200)
-        self.assertNotIn("backend app1 DOWN after", lb.output().split("TLS files not reloaded")[1])
+        self.assertNotIn("backend app1 DOWN after", lb.output().split("reload failed")[1])

@@ -461,12 +461,15 @@ class GlobalConfig:
             ``access_log ... buffer=``); 0 writes each line at once.
         access_log_flush: seconds an access line may wait in the buffer (nginx
             ``access_log ... flush=``).
+        drain_timeout: seconds a reload (or a runtime removal) lets the connections and
+            requests of a removed backend, pool or frontend finish before closing the rest.
     """
 
     log_format: str = "text"
     access_log: bool | str = True
     access_log_buffer: int = 65536
     access_log_flush: float = 1.0
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -636,7 +639,13 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 _TOP_KEYS = ("frontends", "pools", "global")
 _TOP_LATER = ("admin", "metrics")
-_GLOBAL_KEYS = ("log_format", "access_log", "access_log_buffer", "access_log_flush")
+_GLOBAL_KEYS = (
+    "log_format",
+    "access_log",
+    "access_log_buffer",
+    "access_log_flush",
+    "drain_timeout",
+)
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
     "header_timeout",
@@ -949,12 +958,14 @@ class _Validator:
         access_log = self.access_log(raw.get("access_log", True))
         buffer = self.integer(raw, "access_log_buffer", "global", 65536, 0)
         flush = self.seconds(raw, "access_log_flush", "global", 1.0)
+        drain_timeout = self.seconds(raw, "drain_timeout", "global", 30.0)
         if (
             len(self.problems) > before
             or log_format is None
             or access_log is None
             or buffer is None
             or flush is None
+            or drain_timeout is None
         ):
             return None
         return GlobalConfig(
@@ -962,6 +973,7 @@ class _Validator:
             access_log=access_log,
             access_log_buffer=buffer,
             access_log_flush=flush,
+            drain_timeout=drain_timeout,
         )
 
     def access_log(self, value: object) -> bool | str | None:

@@ -24,9 +24,9 @@ class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
     line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
-    SIGHUP reloads the TLS files of the frontends and pools (as nginx reloads on SIGHUP), and
-    SIGUSR1 reopens the access log file (as nginx reopens its logs on USR1, which logrotate's
-    ``postrotate`` sends).
+    SIGHUP reloads the config file in place (:meth:`LoadBalancerService.reload`; nginx and
+    HAProxy reload on SIGHUP too), TLS files included, and SIGUSR1 reopens the access log
+    file (as nginx reopens its logs on USR1, which logrotate's ``postrotate`` sends).
     """
 
     log_observer: ILogObserver | None = None
@@ -65,8 +65,8 @@ class _TwistdService(LoadBalancerService):
         self.reopen_access_log()
 
     def _sighup(self) -> None:
-        if not self.reload_certificates():
-            _log.info("SIGHUP: no TLS certificates to reload")
+        _log.info("SIGHUP: reloading {path}", path=self.config.path)
+        self.reload()
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:

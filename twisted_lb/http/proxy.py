@@ -1326,6 +1326,11 @@ class HTTPProxyProtocol(Protocol):
         self._finish_exchange()
         self.client_transport.abortConnection()
 
+    def drain(self) -> None:
+        """Close after the active response (at once when idle); a tunnel runs on."""
+        if not self.tunnel:
+            self.close("drain")
+
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
@@ -1419,6 +1424,21 @@ class HTTPProxyFactory(FrontendFactory):
         self.lingering_time = lingering_time
         self.lingering_timeout = lingering_timeout
         self.underscores_in_headers = underscores_in_headers
+
+    settings = (
+        *FrontendFactory.settings,
+        "router",
+        "client_timeout",
+        "header_timeout",
+        "max_header_bytes",
+        "max_body_bytes",
+        "trusted_proxies",
+        "tunnel_timeout",
+        "underscores_in_headers",
+        "proto",
+        "lingering_time",
+        "lingering_timeout",
+    )
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.frontend}>"
