@@ -235,6 +235,7 @@ class APIResource(Resource):
         token: the bearer token mutating calls need, or ``None``.
         saved: called after each accepted mutating call (the admin service writes the state
             file); returns a warning to add to the response, or ``None``.
+        reloaded: called after a reload was applied.
     """
 
     isLeaf = True
@@ -244,11 +245,13 @@ class APIResource(Resource):
         service: Balancer,
         token: str | None,
         saved: Callable[[], str | None] | None = None,
+        reloaded: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.service = service
         self.token = token
         self.saved = saved
+        self.reloaded = reloaded
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -386,11 +389,10 @@ class APIResource(Resource):
             raise APIError(400, f"the body must be a JSON object, not {type(value).__name__}")
         unknown = sorted(set(value) - set(allowed))
         if unknown:
-            raise APIError(
-                400,
-                f"unknown field {unknown[0]!r}; accepted fields: {', '.join(allowed)}",
-                accepted=dict(allowed),
+            accepted = (
+                f"accepted fields: {', '.join(allowed)}" if allowed else "this call takes no fields"
             )
+            raise APIError(400, f"unknown field {unknown[0]!r}; {accepted}", accepted=dict(allowed))
         return value
 
     # -- reads
@@ -606,6 +608,8 @@ class APIResource(Resource):
         """
         self._body(request, {})
         result = self.service.reload()
+        if result.ok and self.reloaded is not None:
+            self.reloaded()
         _log.info(
             "admin API: reload requested by {client}: {outcome}",
             client=_client(request),
@@ -691,6 +695,7 @@ def admin_resource(
     service: Balancer,
     token: str | None,
     saved: Callable[[], str | None] | None = None,
+    reloaded: Callable[[], None] | None = None,
 ) -> Resource:
     """
     The admin site's root: ``/api/v1/`` is :class:`APIResource`. Other children (``metrics``,
@@ -700,11 +705,12 @@ def admin_resource(
         service: the running balancer.
         token: the bearer token mutating calls need, or ``None`` for none.
         saved: called after each accepted mutating call; see :class:`APIResource`.
+        reloaded: called after a reload through the API was applied.
     """
     root = _Directory()
     api = _Directory()
     root.putChild(b"api", api)
-    api.putChild(b"v1", APIResource(service, token, saved))
+    api.putChild(b"v1", APIResource(service, token, saved, reloaded))
     return root
 
 
@@ -891,7 +897,7 @@ class AdminService(MultiService):
                     Problem(path, "admin.token_file", f"cannot use {config.token_file}: {message}")
                 )
         self.token = token
-        self.root = admin_resource(service, token, self.save_state)
+        self.root = admin_resource(service, token, self.save_state, self._reloaded)
         self.site = AdminSite(self.root)  # type: ignore[no-untyped-call]
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
@@ -962,6 +968,24 @@ class AdminService(MultiService):
             reason = e.strerror or str(e)
             return f"the change is in force, but state_file {path} could not be written: {reason}"
         return None
+
+    def _reloaded(self) -> None:
+        """After a reload: warn when ``[admin]`` changed, which takes a restart."""
+        if self.balancer.config.admin != self.config:
+            _log.warn(
+                "admin: the [admin] table of {path} changed; the admin API keeps its old "
+                "settings until the balancer restarts",
+                path=self.balancer.config.path,
+            )
+
+    def reloaded(self) -> None:
+        """
+        After a reload by SIGHUP: write the state file again (the reload overrode the
+        runtime changes), and warn when ``[admin]`` changed, which takes a restart. (A
+        reload through the API does both itself.)
+        """
+        self.save_state()
+        self._reloaded()
 
     def addresses(self) -> list[str]:
         """Where the running listeners listen, as ``host:port`` or ``unix:/path``."""
