@@ -286,7 +286,7 @@ class _Drain:
     """
     Removed backends and frontends finishing their work: no new connections or requests
     go to them, in-flight work completes, and after ``timeout`` seconds what is left is
-    closed, with a log event.
+    closed, with a log event. It is in ``service.drains`` until it is over.
 
     Args:
         service: the balancer, whose connections are looked through.
@@ -315,6 +315,7 @@ class _Drain:
             for connection in list(factory.connections):
                 connection.drain()
         self.timer: IDelayedCall | None = service.reactor.callLater(timeout, self._expire)
+        service.drains.append(self)
         self.loop = LoopingCall(self._check)
         self.loop.clock = service.reactor
         self.loop.start(min(DRAIN_CHECK_INTERVAL, timeout), now=True)
@@ -807,14 +808,12 @@ class LoadBalancerService(MultiService):
         self.access_log = config.global_config.access_log
         self.config = config
         if drained_backends or drained_factories:
-            self.drains.append(
-                _Drain(
-                    self,
-                    drained_what,
-                    drained_backends,
-                    drained_factories,
-                    config.global_config.drain_timeout,
-                )
+            _Drain(
+                self,
+                drained_what,
+                drained_backends,
+                drained_factories,
+                config.global_config.drain_timeout,
             )
         return added, changed, removed, overridden
 
@@ -1154,14 +1153,12 @@ class LoadBalancerService(MultiService):
             pool=pool,
             backend=backend,
         )
-        self.drains.append(
-            _Drain(
-                self,
-                [f"backend {pool}/{backend}"],
-                [target],
-                [],
-                self.config.global_config.drain_timeout,
-            )
+        _Drain(
+            self,
+            [f"backend {pool}/{backend}"],
+            [target],
+            [],
+            self.config.global_config.drain_timeout,
         )
 
     def runtime_state(self) -> dict[str, object]:
