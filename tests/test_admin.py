@@ -307,7 +307,8 @@ def exchange(site: Any, raw: bytes) -> Any:
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(raw)
-    response = read_response(io.BytesIO(transport.value()))
+    response = read_response(io.BytesIO(transport.value()), raw.partition(b" ")[0].decode())
+    response.closed = transport.disconnecting  # type: ignore[attr-defined]
     protocol.connectionLost(None)
     return response
 
@@ -412,6 +413,12 @@ class APIReadTests(SynchronousTestCase):
         )
         self.assertEqual(frontend["listeners"][0]["endpoint"], "tcp:0:interface=127.0.0.1")
 
+    def test_head(self) -> None:
+        """HEAD is GET without the body."""
+        response = exchange(self.site, b"HEAD /api/v1/pools HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((response.status, response.body), (200, b""))
+        self.assertEqual(response.header("content-type"), "application/json")
+
     def test_not_found(self) -> None:
         """Unknown endpoints, pools and backends are 404, naming what exists."""
         status, _, body = request(self.site, "GET", "/api/v1/nope")
@@ -462,6 +469,7 @@ class APIReadTests(SynchronousTestCase):
             self.site, "PATCH", "/api/v1/pools/app/backends/app1", raw_body=big
         )
         self.assertEqual((status, response.header("connection")), (413, "close"))
+        self.assertTrue(response.closed)
         self.assertIn(str(MAX_BODY_BYTES), body["error"])
         self.assertEqual(self.service.pools["app"].backends[0].admin_state.value, "UP")
         chunked = exchange(
@@ -470,7 +478,9 @@ class APIReadTests(SynchronousTestCase):
             + (b"8000\r\n" + b" " * 0x8000 + b"\r\n") * 3
             + b"0\r\n\r\n",
         )
-        self.assertEqual(chunked.status, 413)
+        self.assertEqual((chunked.status, chunked.closed), (413, True))
+        ok = exchange(self.site, b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(ok.closed)
 
     def test_invalid_changes(self) -> None:
         """An invalid state or weight is 400 with the accepted values; nothing half-applies."""

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
@@ -93,6 +94,9 @@ class Balancer(Protocol):
 
 #: The largest request body the API reads, in bytes; a larger one is answered 413.
 MAX_BODY_BYTES = 65536
+
+#: Seconds an admin connection may stay idle, or take to send its request.
+ADMIN_TIMEOUT = 60.0
 
 #: The admin states a backend may be given, as HAProxy's ``set server state``.
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -167,7 +171,8 @@ class APIError(Exception):
 class AdminRequest(Request):
     """
     A twisted.web request that keeps at most :data:`MAX_BODY_BYTES` of its body: the rest is
-    read and dropped, and :attr:`too_large` is set, so that the API answers 413.
+    read and dropped, and :attr:`too_large` is set, so that the API answers 413 and closes
+    the connection after the answer.
     """
 
     too_large = False
@@ -175,7 +180,7 @@ class AdminRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY_BYTES:
-            self.too_large = True
+            self._refuse_body()
             length = 0
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
@@ -184,16 +189,16 @@ class AdminRequest(Request):
             return
         self._body_bytes += len(data)
         if self._body_bytes > MAX_BODY_BYTES:
-            self.too_large = True
-            self.content = _empty_content()
+            self._refuse_body()
+            self.content = io.BytesIO()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
-
-def _empty_content() -> IO[bytes]:
-    import io
-
-    return io.BytesIO()
+    def _refuse_body(self) -> None:
+        self.too_large = True
+        # The channel closes after this response (HTTPChannel.requestDone), and says so.
+        self.channel.persistent = False
+        self.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
 
 class AdminSite(Site):
@@ -268,11 +273,7 @@ class APIResource(Resource):
             _log.failure("admin API: {method} {path} failed", method=method, path=request.path)
             status, body = 500, {"error": "internal error; see the balancer's log", "status": 500}
         request.setResponseCode(status)
-        if getattr(request, "too_large", False):
-            request.setHeader(b"connection", b"close")
-        if method == b"HEAD":
-            return b""
-        return _json(body)
+        return _json(body)  # twisted.web sends no body in answer to HEAD
 
     # -- dispatch
 
@@ -898,7 +899,7 @@ class AdminService(MultiService):
                 )
         self.token = token
         self.root = admin_resource(service, token, self.save_state, self._reloaded)
-        self.site = AdminSite(self.root)  # type: ignore[no-untyped-call]
+        self.site = AdminSite(self.root, timeout=ADMIN_TIMEOUT, reactor=reactor)  # type: ignore[no-untyped-call]
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
             try:
