@@ -9,6 +9,7 @@ the traffic split follows each generation.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import signal
 import socket
@@ -145,6 +146,23 @@ class ReloadUnderLoadTests(TestCase):
         finally:
             connection.close()
 
+    def new_connections(self, stop: threading.Event, seen: Recorder, made: list[int]) -> None:
+        """A new connection per request, until ``stop``: the listener never refuses one."""
+        try:
+            for number in range(100_000):
+                if stop.is_set():
+                    break
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                connection.request("GET", "/", headers={"Connection": "close"})
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                if response.status != 200:
+                    raise AssertionError(f"connection {number}: {response.status}")
+                made.append(number)
+        except Exception as e:
+            seen.failure(f"new connections: {e!r}")
+
     def tunnel(self, stop: threading.Event, seen: Recorder, echoed: list[int]) -> None:
         """An upgraded tunnel that echoes a message every 50 ms until ``stop``."""
         try:
@@ -214,8 +232,9 @@ class ReloadUnderLoadTests(TestCase):
         """
         While 50 keep-alive clients, a tunnel and a slow 50 MB download are busy, 20
         SIGHUP reloads alternate between two configs: no request fails, no connection is
-        reset or closed, the tunnel and the download complete, and in each generation the
-        split is the config's (b1:b2 1:1, or b1:b2:b3 3:1:1 with /v1/ on pool alt).
+        reset or closed, new connections are accepted throughout, the tunnel and the download
+        complete, and in each generation the split is the config's (b1:b2 1:1, or b1:b2:b3
+        3:1:1 with /v1/ on pool alt).
         """
         seen = Recorder()
         stop = threading.Event()
@@ -227,6 +246,8 @@ class ReloadUnderLoadTests(TestCase):
             for n in range(CLIENTS)
         ]
         threads.append(threading.Thread(target=self.tunnel, args=(stop, seen, echoed)))
+        made: list[int] = []
+        threads.append(threading.Thread(target=self.new_connections, args=(stop, seen, made)))
         downloader = threading.Thread(target=self.download, args=(progress, reloads, seen))
         for thread in [*threads, downloader]:
             thread.daemon = True
@@ -255,6 +276,7 @@ class ReloadUnderLoadTests(TestCase):
         self.assertLess(elapsed, 60)
         self.assertEqual(progress[0], DOWNLOAD_BYTES)
         self.assertGreater(len(echoed), RELOADS)  # the tunnel was in use throughout
+        self.assertGreater(len(made), RELOADS)  # and new connections were made throughout
 
         for generation_b, begin, end in windows:
             inside = [r for r in seen.responses if r[0] >= begin and r[1] <= end]
@@ -272,6 +294,7 @@ class ReloadUnderLoadTests(TestCase):
                 shares = {"b1": 0.5, "b2": 0.5}
             # The root requests are a contiguous share of one smooth weighted round robin,
             # with the /v1/ requests of the same pool interleaved in A.
+            # (The new-connection client's requests to / are in these counts too.)
             for backend, share in shares.items():
                 self.assertLess(abs(root[backend] / total - share), 0.12, root)
 
@@ -331,3 +354,89 @@ class InvalidReloadTests(TestCase):
         connection.request("GET", "/v1/")
         self.assertEqual(connection.getresponse().getheader("X-Backend"), "b4")
         connection.close()
+
+
+def tcp_config(ws_port: int, name: str, drain_timeout: float) -> str:
+    return f"""
+[global]
+drain_timeout = {drain_timeout}
+
+[frontends.web]
+mode = "tcp"
+listen = ["tcp:0:interface=127.0.0.1"]
+pool = "t"
+
+[pools.t]
+connect_timeout = 2.0
+backends = [{{ address = "127.0.0.1:{ws_port}", name = "{name}" }}]
+"""
+
+
+class TCPDrainTests(TestCase):
+    timeout = 60
+
+    def echo_relay(self, port: int) -> socket.socket:
+        """A relayed connection to an ``upgrade`` backend, past its 101: an echo."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(4096)
+            if not data:
+                raise ConnectionError("closed before the 101")
+            head += data
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        return sock
+
+    def echo(self, sock: socket.socket, message: bytes) -> bytes:
+        sock.sendall(message)
+        got = b""
+        while len(got) < len(message):
+            data = sock.recv(4096)
+            if not data:
+                break
+            got += data
+        return got
+
+    def test_relay_keeps_its_backend_then_drain_timeout(self) -> None:
+        """
+        A relayed TCP connection keeps its backend when a reload replaces it, and new
+        connections go to the new one; the old backend's drain ends with its last
+        connection. A relay still open at drain_timeout is closed, with a log event.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        one, one_port = start_backend("upgrade", "one")
+        self.addCleanup(one.stop)
+        two, two_port = start_backend("upgrade", "two")
+        self.addCleanup(two.stop)
+        path = directory / "lb.toml"
+        path.write_text(tcp_config(one_port, "one", 30))
+        lb, port = start_lb(str(path))
+        self.addCleanup(lb.stop)
+        first = self.echo_relay(port)
+        self.addCleanup(first.close)
+        one.wait_for(r"^CONNECTION 1")
+
+        path.write_text(tcp_config(two_port, "two", 30))
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"reload: generation 2 from .*: added backend t/two; removed backend t/one")
+        self.assertEqual(self.echo(first, b"still one\n"), b"still one\n")
+        second = self.echo_relay(port)
+        self.addCleanup(second.close)
+        two.wait_for(r"^CONNECTION 1")
+        self.assertNotIn("CONNECTION 2", one.output())
+        first.close()
+        lb.wait_for(r"drained backend t/one in ")
+
+        path.write_text(tcp_config(one_port, "one", 1))
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"reload: generation 3 from ")
+        self.assertEqual(self.echo(second, b"still two\n"), b"still two\n")
+        lb.wait_for(
+            r"drain_timeout: closed 1 connections of backend t/two still open after 1 s",
+            timeout=10,
+        )
+        # Aborted: the drain is bounded even if the peer reads nothing (a reset, or EOF).
+        with contextlib.suppress(ConnectionResetError):
+            self.assertEqual(second.recv(4096), b"")

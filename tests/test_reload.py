@@ -444,22 +444,61 @@ class DrainTests(ReloadCase):
         """Idle keep-alive connections to a removed backend are closed by the reload."""
         upstreams = self.service.upstreams
         app3 = self.backend("app", "app3")
-
-        class Idle:
-            lost = False
-            reusable = True
-            idle_call = None
-            backend = app3
-            closed = False
-
-            def close(self) -> None:
-                self.closed = True
-
-        idle = Idle()
+        idle = FakeIdle(app3)
         upstreams.idle[app3] = [idle]  # type: ignore[list-item]
         self.apply(BASE.replace('  { address = "127.0.0.1:9003", name = "app3" },\n', ""))
         self.assertTrue(idle.closed)
         self.assertNotIn(app3, upstreams.idle)
+
+    def test_pool_tls_change_closes_idle_upstreams(self) -> None:
+        """
+        Idle keep-alive connections of a pool whose TLS settings changed are closed, so that
+        none is reused with the old settings; the backends themselves are kept.
+        """
+        upstreams = self.service.upstreams
+        app1 = self.backend("app", "app1")
+        idle = FakeIdle(app1)
+        upstreams.idle[app1] = [idle]  # type: ignore[list-item]
+        self.apply(BASE)
+        self.assertFalse(idle.closed)
+        result, _ = self.apply(
+            BASE.replace("[pools.api]", "[pools.app.tls]\nverify = false\n[pools.api]")
+        )
+        self.assertEqual(result.changed, ("pool app",))
+        self.assertTrue(idle.closed)
+        self.assertIs(self.backend("app", "app1"), app1)
+        self.assertIsNotNone(self.service.pools["app"].tls)
+        upstreams.idle.clear()
+
+    def test_removed_http_frontend_closes_idle_clients(self) -> None:
+        """
+        A removed HTTP frontend's idle keep-alive clients are closed at once; the others
+        after their response.
+        """
+        factory = self.service.factories["web"]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5555))
+        client = StringTransport()
+        protocol.makeConnection(client)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        text = BASE.replace(BASE[BASE.index("[frontends.web]") : BASE.index("[frontends.db]")], "")
+        result, _ = self.apply(text)
+        self.assertIn("frontend web", result.removed)
+        self.assertTrue(client.disconnecting)
+
+
+class FakeIdle:
+    """An idle upstream connection, as :class:`Upstreams` sees one."""
+
+    lost = False
+    reusable = True
+    idle_call = None
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class RuntimeTests(ReloadCase):

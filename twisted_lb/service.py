@@ -387,7 +387,7 @@ class LoadBalancerService(MultiService):
     Attributes:
         config: the config in force.
         generation: 1 at start, +1 per applied reload.
-        started: ``reactor.seconds()`` when the service was made.
+        started: ``reactor.seconds()`` when the service started (or was made, before).
         last_reload: the last reload attempt's result; ``None`` before any.
         pools: live pools by name.
         monitors: the health monitor of each pool that has ``health_check``, by pool name.
@@ -726,6 +726,9 @@ class LoadBalancerService(MultiService):
                     tls=plan_pool.tls,
                 )
                 pool.set_backends(plan_pool.backends)
+                if old_config.tls != pool_config.tls:
+                    # Reused connections would keep the old TLS settings (or none).
+                    self.upstreams.close_idle(pool.backends)
             self._apply_health(name, pool_config.health_check, plan_pool)
         for name in [n for n in self.pools if n not in plan.pools]:
             pool = self.pools.pop(name)
@@ -805,6 +808,11 @@ class LoadBalancerService(MultiService):
             listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners = [by_description[description] for description in wanted]
 
+        if old.frontends and old.global_config.log_format != config.global_config.log_format:
+            _log.warn(
+                "global.log_format: the log stays {old} until the next start",
+                old=old.global_config.log_format,
+            )
         self.access_log = config.global_config.access_log
         self.config = config
         if drained_backends or drained_factories:
@@ -1274,6 +1282,7 @@ class LoadBalancerService(MultiService):
                 _log.info("frontend {frontend}: certificates reloaded", frontend=name)
 
     def startService(self) -> None:
+        self.started = self.reactor.seconds()
         for pool in self.pools.values():
             pool.start()
         super().startService()  # type: ignore[no-untyped-call]
