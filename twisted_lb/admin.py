@@ -913,9 +913,28 @@ class AdminService(MultiService):
         if problems:
             raise ConfigError(problems)
 
+    _restored = False
+
     def privilegedStartService(self) -> None:
-        self.restore_state()
+        self._before_listening()
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def startService(self) -> None:
+        self._before_listening()  # when started without privilegedStartService (embedded)
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def _before_listening(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        path = self.config.token_file
+        with contextlib.suppress(OSError):
+            if path is not None and os.stat(path).st_mode & 0o077:
+                _log.warn(
+                    "admin: token_file {path} can be read by other users; chmod 600 it",
+                    path=path,
+                )
+        self.restore_state()
 
     def restore_state(self) -> None:
         """Re-apply the runtime changes of ``state_file``; a bad file is logged and skipped."""
