@@ -747,6 +747,10 @@ class AdminListenerTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             service.admin.privilegedStartService()
         self.assertIn(f"admin: cannot listen on unix:{path}", str(caught.exception))
+        self.assertEqual(service.admin.site.numPorts, 0)
+        self.assertEqual(
+            [c for c in reactor.getDelayedCalls() if "_updateLogDateTime" in repr(c)], []
+        )
         self.assertEqual(Path(path).read_text(), "not a socket")
 
 

@@ -810,6 +810,7 @@ class AdminListener(Service):
             _remove_stale_socket(path)
             mask = os.umask(0o777 & ~self.socket_mode)
         outcome: list[IListeningPort | Failure] = []
+        started = self.site.numPorts
         try:
             self.endpoint.listen(self.site).addBoth(outcome.append)
         finally:
@@ -817,6 +818,10 @@ class AdminListener(Service):
                 os.umask(mask)
         result = outcome[0] if outcome else None
         if result is None or isinstance(result, Failure):
+            if self.site.numPorts > started:
+                # A UNIX port starts its factory before it binds, and does not stop it when
+                # the bind fails; stop it here, or its timer (the log's date) is left behind.
+                self.site.doStop()
             reason = "did not listen" if result is None else result.getErrorMessage()
             raise ListenError(f"admin: cannot listen on {self.description}: {reason}")
         self.port = result
