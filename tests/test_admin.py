@@ -1077,7 +1077,7 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         self.assertEqual(as_json.returncode, 1)
         self.assertEqual(json.loads(as_json.stdout)["ok"], False)
         status = admin.ctl("status")
-        self.assertIn("FAILED (1 problems)", status.stdout)
+        self.assertIn("FAILED (1 problem) at ", status.stdout)
 
     def test_error_statuses_over_the_socket(self) -> None:
         """Every error status, from the real balancer, over its real sockets."""
