@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import attrs
 from twisted.application.service import MultiService, Service
@@ -57,6 +57,9 @@ from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
 from twisted_lb.tls import ClientTLS, ServerTLS, TLSConfigError
+
+if TYPE_CHECKING:
+    from twisted_lb.admin import AdminService
 
 _log = Logger()
 
@@ -526,6 +529,7 @@ class LoadBalancerService(MultiService):
         # Runtime changes in force, by (pool, backend): "state", "weight", "added" (the
         # address, weight and backup of a backend added at runtime), "removed".
         self._runtime: dict[tuple[str, str], dict[str, Any]] = {}
+        self.admin: AdminService | None = None
 
     @classmethod
     def from_config(
@@ -551,6 +555,11 @@ class LoadBalancerService(MultiService):
         plan = service._prepare(config, initial=True)
         listeners, _ = service._listen_new(plan)  # not running: nothing listens yet
         service._commit(plan, listeners)
+        if config.admin is not None:
+            from twisted_lb.admin import AdminService  # admin imports this module
+
+            service.admin = AdminService(service, config.admin, reactor)
+            service.admin.setServiceParent(service)  # type: ignore[no-untyped-call]
         return service
 
     # -- building

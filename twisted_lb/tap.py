@@ -67,6 +67,8 @@ class _TwistdService(LoadBalancerService):
     def _sighup(self) -> None:
         _log.info("SIGHUP: reloading {path}", path=self.config.path)
         self.reload()
+        if self.admin is not None:
+            self.admin.reloaded()
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:
