@@ -16,7 +16,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
@@ -296,7 +295,7 @@ class LoadBalancerService(MultiService):
                     problems.append(Problem(config.path, where, str(e)))
                     continue
                 service.server_tls[name] = server_tls
-                listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
+                listen_factory = server_tls.wrap(factory)
             for index, description in enumerate(frontend.listen):
                 try:
                     endpoint = serverFromString(reactor, description)
