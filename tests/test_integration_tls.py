@@ -459,8 +459,9 @@ class UpstreamTests(TLSCase):
 class ReloadTests(TLSCase):
     def test_sighup_reloads_certificates(self) -> None:
         """
-        After SIGHUP new handshakes get the new certificate while a connection made before
-        keeps working; a bad new file keeps the current certificate and says why.
+        After SIGHUP (a reload of the config) new handshakes get the new certificate while a
+        connection made before keeps working; a bad new file fails the reload, which keeps
+        the current certificate and says why.
         """
         _, backend = self.start_backend("echo", "app1")
         live = write_pair(self.dir, "live", self.site_a)
@@ -472,12 +473,13 @@ class ReloadTests(TLSCase):
         renewed = self.ca.issue_cert("a.example")
         write_pair(self.dir, "live", renewed)
         lb.signal(signal.SIGHUP)
-        lb.wait_for(r"frontend web: certificates reloaded")
+        lb.wait_for(r"reload: generation 2 from ")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
         self.assertEqual(self.get(old).status, 200)
         self.assertEqual(old.getpeercert(True), der(self.site_a))
 
         Path(live[0]).write_text("not a certificate\n")
         lb.signal(signal.SIGHUP)
-        lb.wait_for(r"frontend web: certificates not reloaded, keeping the old ones: .*live\.pem")
+        lb.wait_for(r"frontends\.web\.tls\.certificates\[0\]\.cert: .*live\.pem")
+        lb.wait_for(r"reload failed with 1 problems; generation 2 stays in force")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))

@@ -21,6 +21,12 @@ class FrontendConnection(TypingProtocol):
     def abort(self, ended: str) -> None:
         """Close it at once, dropping what is buffered."""
 
+    def drain(self) -> None:
+        """
+        Its frontend was removed by a reload: finish what is under way (an HTTP response,
+        a relayed TCP stream, a tunnel), then close, taking nothing new.
+        """
+
 
 class FrontendFactory(Factory):
     """
@@ -53,6 +59,10 @@ class FrontendFactory(Factory):
 
     noisy = False
 
+    #: The attributes :meth:`update_settings` copies: what the config sets, not live state.
+    #: A subclass adds its own; a new setting must be listed to follow a reload.
+    settings: tuple[str, ...] = ("max_connections", "access_log")
+
     def __init__(
         self, reactor: Any, *, max_connections: int, frontend: str, access_log: bool = True
     ) -> None:
@@ -70,6 +80,19 @@ class FrontendFactory(Factory):
         self.responses = [0] * 5
         self.connections: set[Any] = set()
         self._idle_waiters: list[Deferred[None]] = []
+
+    def update_settings(self, other: FrontendFactory) -> None:
+        """
+        Take ``other``'s settings (:attr:`settings`), keeping this factory's connections
+        and counters: how a reload changes a frontend in place. New connections, and the
+        next request or timer of open ones, use the new settings; the exchange in flight
+        keeps its pool and backend.
+
+        Args:
+            other: a factory of the same class, built from the new config.
+        """
+        for name in self.settings:
+            setattr(self, name, getattr(other, name))
 
     def admit(self, connection: FrontendConnection) -> bool:
         """

@@ -435,10 +435,13 @@ class GlobalConfig:
             object per line.
         access_log: whether an access event is logged per HTTP request and per relayed TCP
             connection (nginx ``access_log off`` when false).
+        drain_timeout: seconds a reload (or a runtime removal) lets the connections and
+            requests of a removed backend, pool or frontend finish before closing the rest.
     """
 
     log_format: str = "text"
     access_log: bool = True
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -608,7 +611,7 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 _TOP_KEYS = ("frontends", "pools", "global")
 _TOP_LATER = ("admin", "metrics")
-_GLOBAL_KEYS = ("log_format", "access_log")
+_GLOBAL_KEYS = ("log_format", "access_log", "drain_timeout")
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
     "header_timeout",
@@ -910,9 +913,12 @@ class _Validator:
         access_log = raw.get("access_log", True)
         if not isinstance(access_log, bool):
             self.problem("global.access_log", f"must be true or false, not {_describe(access_log)}")
-        if len(self.problems) > before or log_format is None:
+        drain_timeout = self.seconds(raw, "drain_timeout", "global", 30.0)
+        if len(self.problems) > before or log_format is None or drain_timeout is None:
             return None
-        return GlobalConfig(log_format=log_format, access_log=bool(access_log))
+        return GlobalConfig(
+            log_format=log_format, access_log=bool(access_log), drain_timeout=drain_timeout
+        )
 
     def check_keys(
         self,

@@ -605,6 +605,65 @@ class HealthMonitor(Service):
         """
         return self._last.get(backend)
 
+    def reconfigure(
+        self,
+        check: IHealthCheck,
+        *,
+        interval: float,
+        rise: int,
+        fall: int,
+        down_interval: float | None = None,
+        jitter: float = 0.1,
+    ) -> None:
+        """
+        Apply a reload's settings (the constructor's arguments) without losing what is
+        known: each backend keeps its verdict and its counts of passes and failures. Probes
+        in flight finish with the old check; the next probe of each backend uses the new one,
+        and is scheduled with the new intervals.
+
+        Raises:
+            ValueError: as the constructor; nothing is changed then.
+        """
+        HealthMonitor(
+            self._reactor,
+            self.pool,
+            check,
+            interval=interval,
+            rise=rise,
+            fall=fall,
+            down_interval=down_interval,
+            jitter=jitter,
+        )
+        self.check = check
+        self.interval = interval
+        self.down_interval = interval if down_interval is None else down_interval
+        self.rise = rise
+        self.fall = fall
+        self.jitter = jitter
+
+    def backends_changed(self) -> None:
+        """
+        Follow a change of the pool's membership while running: probe added backends now,
+        and stop probing removed ones (their pending probe is cancelled).
+        """
+        if not self.running:
+            return
+        backends = list(self.pool.backends)
+        members = set(backends)
+        for backend in [b for b in self._watches if b not in members]:
+            watch = self._watches.pop(backend)
+            self._last.pop(backend, None)
+            timer, watch.timer = watch.timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
+            probing, watch.probing = watch.probing, None
+            if probing is not None:
+                probing.cancel()
+        for backend in backends:
+            if backend not in self._watches:
+                watch = self._watches[backend] = _Watch(backend, healthy=backend.healthy)
+                self._probe(watch)
+
     def startService(self) -> None:
         """Probe every backend of the pool now, and keep probing each on its schedule."""
         super().startService()  # type: ignore[no-untyped-call]

@@ -324,6 +324,88 @@ class Pool:
                 call = timers.pop(backend)
                 if call.active():
                     call.cancel()
+        for times in (self._warming_since, self._returned_at):
+            for backend in [b for b in times if b not in members]:
+                del times[backend]
+        self._weights_changed()
+
+    def reconfigure(
+        self,
+        *,
+        strategy: IBalancingStrategy,
+        connect_timeout: float,
+        retries: int,
+        response_timeout: float,
+        upstream_idle_timeout: float,
+        max_idle_per_backend: int,
+        panic: bool,
+        slow_start: float,
+        outlier_detector: OutlierDetector | None,
+        tls: Any,
+    ) -> None:
+        """
+        Apply a reload's settings to this live pool, keeping its backends and their state.
+
+        The arguments are those of the constructor. Exchanges in flight keep what they
+        already have (their backend, their upstream connection); new picks, connects and
+        timers use the new settings. A changed ``strategy`` is told the backends
+        (``backends_changed``). Without ``slow_start``, warming backends go to full weight;
+        without an ``outlier_detector``, ejected backends are back at once. Ejections in
+        force keep their end time.
+
+        Raises:
+            ValueError: a value is out of range; nothing is changed then.
+        """
+        for key, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("response_timeout", response_timeout),
+            ("upstream_idle_timeout", upstream_idle_timeout),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"pool {self.name}: {key} must be > 0 s, not {seconds}")
+        if retries < 0 or max_idle_per_backend < 0 or not slow_start >= 0:
+            raise ValueError(
+                f"pool {self.name}: retries, max_idle_per_backend and slow_start must be >= 0"
+            )
+        if slow_start and self.reactor is None:
+            raise ValueError(f"pool {self.name}: slow_start needs a reactor")
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.response_timeout = response_timeout
+        self.upstream_idle_timeout = upstream_idle_timeout
+        self.max_idle_per_backend = max_idle_per_backend
+        self.panic = panic
+        self.tls = tls
+        if not slow_start:
+            for backend in list(self._warmups) + list(self._warming_since):
+                self._end_slow_start(backend)
+        self.slow_start = slow_start
+        self.outlier_detector = outlier_detector
+        if outlier_detector is None:
+            for backend in list(self._unejections):
+                call = self._unejections.pop(backend)
+                if call.active():
+                    call.cancel()
+                self._uneject(backend)
+            self._returned_at.clear()
+        if strategy is not self.strategy:
+            self.strategy = strategy
+            self._weights_changed()
+
+    def set_weight(self, backend: Backend, weight: int) -> None:
+        """
+        Change a backend's weight (HAProxy's ``set server weight``): new picks follow it at
+        once, and the strategy is told (``backends_changed``). A backend in slow start keeps
+        ramping, towards the new weight.
+
+        Raises:
+            ValueError: ``weight`` is below 1.
+        """
+        if weight < 1:
+            raise ValueError(f"backend {backend.name}: weight must be >= 1, not {weight}")
+        backend.weight = weight
+        if backend not in self._warming_since:
+            backend.effective_weight = float(weight)
         self._weights_changed()
 
     def _weights_changed(self) -> None:

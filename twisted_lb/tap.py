@@ -24,7 +24,8 @@ class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
     line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
-    SIGHUP reloads the frontends' TLS certificates (as nginx reloads on SIGHUP).
+    SIGHUP reloads the config file in place (:meth:`LoadBalancerService.reload`; nginx and
+    HAProxy reload on SIGHUP too), TLS files included.
     """
 
     log_observer: ILogObserver | None = None
@@ -54,8 +55,8 @@ class _TwistdService(LoadBalancerService):
         )
 
     def _sighup(self) -> None:
-        _log.info("SIGHUP: reloading certificates")
-        self.reload_certificates()
+        _log.info("SIGHUP: reloading {path}", path=self.config.path)
+        self.reload()
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:

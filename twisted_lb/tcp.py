@@ -140,6 +140,9 @@ class _ClientSide(Protocol):
 
     def __init__(self, factory: TCPRelayFactory, address: IAddress | None) -> None:
         self.factory = factory
+        # The pool this connection's picks and retries use, even if a reload gives the
+        # frontend another one meanwhile.
+        self.pool = factory.pool
         self.client_address = address
         self.seconds = factory.reactor.seconds
         self.started = 0.0
@@ -242,7 +245,7 @@ class _ClientSide(Protocol):
 
     def _connect_next(self) -> None:
         factory = self.factory
-        pool = factory.pool
+        pool = self.pool
         lease = pool.pick(factory.info(self.client_address), self.tried)
         if lease is None:
             self.ended = ENDED_CONNECT_FAILED if self.tried else ENDED_NO_BACKEND
@@ -271,7 +274,7 @@ class _ClientSide(Protocol):
         assert backend_transport is not None
         self.backend_side = side
         self.backend_transport = backend_transport
-        self.factory.pool.report_success(self.backend)
+        self.pool.report_success(self.backend)
         self.backend_send = side.send
         client_transport = self.client_transport
         # Each transport is the other's producer: a full write buffer on one side pauses
@@ -299,15 +302,15 @@ class _ClientSide(Protocol):
         backend.connect_failures += 1
         backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
-        factory.pool.report_failure(backend, reason)
-        attempts_left = factory.pool.retries + 1 - len(self.tried)
+        self.pool.report_failure(backend, reason)
+        attempts_left = self.pool.retries + 1 - len(self.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
             "failed: {reason}; {left} attempts left",
             frontend=factory.frontend,
             backend=backend.name,
             address=str(backend.address),
-            pool=factory.pool.name,
+            pool=self.pool.name,
             reason=reason,
             left=attempts_left,
         )
@@ -350,6 +353,9 @@ class _ClientSide(Protocol):
             self.backend_transport.abortConnection()
         if not self.client_lost:
             self.client_transport.abortConnection()
+
+    def drain(self) -> None:
+        """A relayed stream has no request boundary to close at: it runs until it ends."""
 
     def backend_connection_lost(self) -> None:
         """The backend connection is gone: close the client once it has its data."""
@@ -444,6 +450,8 @@ class TCPRelayFactory(FrontendFactory):
         )
         self.pool = pool
         self.client_timeout = client_timeout
+
+    settings = (*FrontendFactory.settings, "pool", "client_timeout")
 
     def __repr__(self) -> str:
         return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"

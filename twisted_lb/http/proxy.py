@@ -1232,6 +1232,11 @@ class HTTPProxyProtocol(Protocol):
         self._finish_exchange()
         self.client_transport.abortConnection()
 
+    def drain(self) -> None:
+        """Close after the active response (at once when idle); a tunnel runs on."""
+        if not self.tunnel:
+            self.close("drain")
+
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
@@ -1320,6 +1325,20 @@ class HTTPProxyFactory(FrontendFactory):
         self.proto = proto
         self.lingering_time = lingering_time
         self.lingering_timeout = lingering_timeout
+
+    settings = (
+        *FrontendFactory.settings,
+        "router",
+        "client_timeout",
+        "header_timeout",
+        "max_header_bytes",
+        "max_body_bytes",
+        "trusted_proxies",
+        "tunnel_timeout",
+        "proto",
+        "lingering_time",
+        "lingering_timeout",
+    )
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.frontend}>"

@@ -10,6 +10,7 @@ balancer closes first), and at most ``max_idle_per_backend`` are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
@@ -239,6 +240,9 @@ class Upstreams:
         self.reactor = reactor
         self.idle: dict[Backend, list[UpstreamConnection]] = {}
         self.connections_made = 0
+        #: Backends being drained (removed by a reload or at runtime): their connections
+        #: close after their exchange instead of going back to the idle stack.
+        self.retired: set[Backend] = set()
 
     def take_idle(self, backend: Backend) -> UpstreamConnection | None:
         """
@@ -282,7 +286,11 @@ class Upstreams:
         pool = connection.pool
         if connection.lost:
             return
-        if not connection.reusable or pool.max_idle_per_backend == 0:
+        if (
+            not connection.reusable
+            or pool.max_idle_per_backend == 0
+            or (self.retired and connection.backend in self.retired)
+        ):
             connection.close()
             return
         stack = self.idle.setdefault(connection.backend, [])
@@ -325,3 +333,18 @@ class Upstreams:
                 self.discard(connection)
                 connection.close()
         self.idle.clear()
+
+    def retire(self, backends: Iterable[Backend]) -> None:
+        """
+        Drain ``backends``: close their idle connections now, and each busy one after its
+        exchange (instead of keeping it idle), until :meth:`forget_retired`.
+        """
+        for backend in backends:
+            self.retired.add(backend)
+            for connection in list(self.idle.pop(backend, ())):
+                self.discard(connection)
+                connection.close()
+
+    def forget_retired(self, backends: Iterable[Backend]) -> None:
+        """Stop tracking drained backends (their drain is over)."""
+        self.retired.difference_update(backends)
