@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.test_tls import SITE_A, Files
 from twisted_lb.backend import CONNECT_ERROR_REASONS, RETRY_REASONS, Backend, BackendState
 from twisted_lb.config import parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory
@@ -22,6 +23,7 @@ from twisted_lb.metrics import MetricsResource, backend_badge, metrics_registry
 from twisted_lb.pool import DURATION_BUCKETS, DurationHistogram
 from twisted_lb.service import LoadBalancerService
 from twisted_lb.tcp import TCPRelayFactory
+from twisted_lb.tls import ServerTLS
 
 CLIENT = IPv4Address("TCP", "192.0.2.1", 5555)
 GET = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -261,7 +263,10 @@ class CollectorTests(CountersCase):
     def test_tls_handshakes(self) -> None:
         """A frontend that terminates TLS has its handshake counters, by reason."""
         service = LoadBalancerService(self.reactor)
-        service.server_tls["secure"] = _FakeServerTLS()
+        server_tls = ServerTLS([Files(self.mktemp()).pair("a", SITE_A)])
+        server_tls.handshake_counts.completed = 7
+        server_tls.handshake_counts.failed["http_request"] = 2
+        service.server_tls["secure"] = server_tls
         scraped = samples(metrics_registry(service))
         self.assertEqual(scraped[key("twisted_lb_tls_handshakes_total", frontend="secure")], 7)
         self.assertEqual(
@@ -275,16 +280,35 @@ class CollectorTests(CountersCase):
             2,
         )
 
+    def test_reloads(self) -> None:
+        """
+        The config generation and the reload counter follow applied reloads; a refused
+        reload shows as last_successful 0, with its time.
+        """
+        scraped = samples(self.registry)
+        self.assertEqual(scraped[key("twisted_lb_config_generation")], 1)
+        self.assertEqual(scraped[key("twisted_lb_reloads_total")], 0)
+        self.assertEqual(scraped[key("twisted_lb_reload_last_successful")], 1)
+        self.reactor.advance(5)
+        self.assertTrue(self.service.apply_config(parse_config(CONFIG)).ok)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[pools.app]\nbackends = 3\n")
+        self.reactor.advance(5)
+        self.assertFalse(self.service.reload(path).ok)
+        scraped = samples(self.registry)
+        self.assertEqual(scraped[key("twisted_lb_config_generation")], 2)
+        self.assertEqual(scraped[key("twisted_lb_reloads_total")], 1)
+        self.assertEqual(scraped[key("twisted_lb_reload_last_successful")], 0)
+        self.assertEqual(scraped[key("twisted_lb_reload_last_timestamp_seconds")], 10)
+        self.assertEqual(scraped[key("twisted_lb_start_time_seconds")], 0)
+        self.reactor.advance(60)
+
     def test_registries_are_separate(self) -> None:
         """Each service has its own registry: two in one process do not collide."""
         other = metrics_registry(LoadBalancerService(self.reactor))
         self.assertNotIn(key("twisted_lb_pool_backends", pool="app"), samples(other))
         self.assertIn(key("twisted_lb_pool_backends", pool="app"), samples(self.registry))
-
-
-class _FakeServerTLS:
-    handshakes = 7
-    handshake_failures = {"http_request": 2}
 
 
 class BadgeTests(SynchronousTestCase):
@@ -331,3 +355,58 @@ class ResourceTests(SynchronousTestCase):
         )
         self.assertTrue(content_type.startswith("application/openmetrics-text"), content_type)
         self.assertTrue(body.endswith(b"# EOF\n"))
+
+
+class DashboardTests(CountersCase):
+    def render(self, resource: Any, path: bytes) -> tuple[bytes, str]:
+        from twisted.web.resource import getChildForRequest
+
+        request = DummyRequest(path.split(b"/"))
+        child = getChildForRequest(resource, request)
+        body = child.render(request)
+        [content_type] = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+        return body, content_type.decode()
+
+    def test_stats(self) -> None:
+        """stats.json carries the live counters, badges and last health-check failure."""
+        import json
+
+        from twisted_lb.dashboard import DashboardResource
+
+        self.exchange(OK, wait=0.003)
+        self.pool.set_healthy(self.b, False)
+        self.b.last_check_failure = "connection refused in 0 ms"
+        self.b.last_check_failure_at = 2.5
+        resource = DashboardResource(self.service, token_required=True)
+        body, content_type = self.render(resource, b"stats.json")
+        self.assertEqual(content_type, "application/json")
+        data = json.loads(body)
+        self.assertTrue(data["token_required"])
+        [web] = [f for f in data["frontends"] if f["name"] == "web"]
+        self.assertEqual(
+            (web["mode"], web["accepted"], web["requests"]), ("http", 1, [0, 1, 0, 0, 0])
+        )
+        [pool] = data["pools"]
+        self.assertEqual(pool["bounds"], list(DURATION_BUCKETS))
+        self.assertEqual(sum(pool["duration"]), 1)
+        a, b = pool["backends"]
+        self.assertEqual((a["name"], a["badge"], a["requests"][1]), ("a", "UP", 1))
+        self.assertEqual(
+            (b["badge"], b["last_check_failure"], b["last_check_failure_at"]),
+            ("DOWN", "connection refused in 0 ms", 2.5),
+        )
+
+    def test_assets(self) -> None:
+        """The page, its script and its style sheet are served from the package."""
+        from twisted_lb.dashboard import DashboardResource, dashboard_page
+
+        page, page_type = self.render(dashboard_page(), b"")
+        self.assertEqual(page_type, "text/html; charset=utf-8")
+        self.assertIn(b'<script src="/dashboard/dashboard.js">', page)
+        resource = DashboardResource(self.service, token_required=False)
+        script, script_type = self.render(resource, b"dashboard.js")
+        self.assertIn(b"/dashboard/stats.json", script)
+        self.assertEqual(script_type, "text/javascript; charset=utf-8")
+        css, css_type = self.render(resource, b"dashboard.css")
+        self.assertIn(b".badge.DOWN", css)
+        self.assertEqual(css_type, "text/css; charset=utf-8")

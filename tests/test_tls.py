@@ -832,8 +832,8 @@ class HandshakeCountTests(SynchronousTestCase):
         self.assertEqual(server.handshakes, 1)
         client.transport.write(b"more")  # type: ignore[union-attr]
         client.transport.loseConnection()  # type: ignore[union-attr]
-        self.assertEqual(self.server_tls.handshakes, 1)
-        self.assertEqual(self.server_tls.handshake_failures, {})
+        self.assertEqual(self.server_tls.handshake_counts.completed, 1)
+        self.assertEqual(self.server_tls.handshake_counts.failed, {})
 
     def test_failed_by_reason(self) -> None:
         """A refused protocol version counts as a failure with OpenSSL's reason."""
@@ -842,8 +842,8 @@ class HandshakeCountTests(SynchronousTestCase):
         )
         self.assertEqual(server.handshakes, 0)
         assert server.lost is not None
-        self.assertEqual(self.server_tls.handshakes, 0)
-        self.assertEqual(self.server_tls.handshake_failures, {"unsupported_protocol": 1})
+        self.assertEqual(self.server_tls.handshake_counts.completed, 0)
+        self.assertEqual(self.server_tls.handshake_counts.failed, {"unsupported_protocol": 1})
 
     def test_plain_http_and_early_close(self) -> None:
         """
@@ -860,5 +860,5 @@ class HandshakeCountTests(SynchronousTestCase):
         assert quiet is not None
         quiet.makeConnection(StringTransport())
         quiet.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(self.server_tls.handshake_failures, {"http_request": 1, "closed": 1})
+        self.assertEqual(self.server_tls.handshake_counts.failed, {"http_request": 1, "closed": 1})
         self.assertEqual(handshake_failure_reason(ConnectionDone()), "closed")

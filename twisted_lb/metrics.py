@@ -112,6 +112,7 @@ class LoadBalancerCollector:
     def collect(self) -> Iterator[Metric]:
         """Every series of the balancer (not the process ones), read now."""
         yield from self._info()
+        yield from self._reloads()
         yield from self._frontends()
         yield from self._pools()
         yield from self._backends()
@@ -122,6 +123,38 @@ class LoadBalancerCollector:
         )
         info.add_metric([__version__], 1)
         yield info
+
+    def _reloads(self) -> Iterator[Metric]:
+        service = self.service
+        last = service.last_reload
+        started = GaugeMetricFamily(
+            _PREFIX + "start_time_seconds",
+            "When the balancer started, in seconds since the epoch.",
+            value=service.started,
+        )
+        generation = GaugeMetricFamily(
+            _PREFIX + "config_generation",
+            "The config generation in force: 1 at start, +1 per applied reload.",
+            value=service.generation,
+        )
+        reloads = CounterMetricFamily(
+            _PREFIX + "reloads",
+            "Reloads applied since the start (a refused one changes nothing and is not counted; "
+            "see twisted_lb_reload_last_successful).",
+            value=service.generation - 1,
+        )
+        successful = GaugeMetricFamily(
+            _PREFIX + "reload_last_successful",
+            "0 if the last reload attempt was refused (its file is invalid), else 1.",
+            value=1 if last is None or last.ok else 0,
+        )
+        at = GaugeMetricFamily(
+            _PREFIX + "reload_last_timestamp_seconds",
+            "When the last reload was attempted, in seconds since the epoch; the start time "
+            "before any.",
+            value=service.started if last is None else last.at,
+        )
+        yield from (started, generation, reloads, successful, at)
 
     def _frontends(self) -> Iterator[Metric]:
         service = self.service
@@ -184,8 +217,9 @@ class LoadBalancerCollector:
             labels=["frontend", "reason"],
         )
         for name, server_tls in service.server_tls.items():
-            handshakes.add_metric([name], server_tls.handshakes)
-            for reason, count in sorted(server_tls.handshake_failures.items()):
+            counts = server_tls.handshake_counts
+            handshakes.add_metric([name], counts.completed)
+            for reason, count in sorted(counts.failed.items()):
                 failures.add_metric([name, reason], count)
         yield from (accepted, refused, active, limit, received, sent, requests)
         yield from (handshakes, failures)

@@ -758,6 +758,9 @@ class LoadBalancerService(MultiService):
                 self.factories[name] = factory
             server_tls = plan.server_tls.get(name)
             if server_tls is not None:
+                previous = self.server_tls.get(name)
+                if previous is not None:
+                    server_tls.handshake_counts = previous.handshake_counts
                 self.server_tls[name] = server_tls
                 listen_factories[name] = server_tls.wrap(factory)
             else:

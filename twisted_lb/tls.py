@@ -60,6 +60,7 @@ __all__ = [
     "INTERMEDIATE_CIPHERS",
     "TLS_VERSIONS",
     "ClientTLS",
+    "HandshakeCounts",
     "ServerTLS",
     "TLSConfigError",
     "ca_problem",
@@ -130,11 +131,28 @@ def handshake_failure_reason(reason: BaseException | None) -> str:
     return "closed"
 
 
+class HandshakeCounts:
+    """
+    The TLS handshakes of one frontend, for the metrics. A reload that builds a new
+    :class:`ServerTLS` for the frontend hands it the old one's counts, so they keep adding up.
+
+    Attributes:
+        completed: handshakes completed.
+        failed: handshakes that failed, by :func:`handshake_failure_reason`.
+    """
+
+    __slots__ = ("completed", "failed")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed: dict[str, int] = {}
+
+
 class _CountingTLSProtocol(BufferingTLSTransport):
     """
-    Twisted's TLS transport, counting its server handshake on the frontend's
-    :class:`ServerTLS`: a completed one in ``handshakes``, a failed one (or a connection
-    closed before it completed) in ``handshake_failures``. It reads two attributes Twisted
+    Twisted's TLS transport, counting its server handshake in the frontend's
+    :class:`HandshakeCounts`: a completed one, or a failed one (or a connection closed
+    before it completed) by reason. It reads two attributes Twisted
     documents on ``TLSMemoryBIOProtocol``: ``_handshakeDone`` and ``_reason``.
     """
 
@@ -145,14 +163,14 @@ class _CountingTLSProtocol(BufferingTLSTransport):
         super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
         if self._handshakeDone and not self._counted:
             self._counted = True
-            self.factory.server_tls.handshakes += 1
+            self.factory.server_tls.handshake_counts.completed += 1
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._counted:
             self._counted = True
             why = handshake_failure_reason((self._reason or reason).value)
-            failures = self.factory.server_tls.handshake_failures
-            failures[why] = failures.get(why, 0) + 1
+            failed = self.factory.server_tls.handshake_counts.failed
+            failed[why] = failed.get(why, 0) + 1
         super().connectionLost(reason)
 
 
@@ -431,9 +449,8 @@ class ServerTLS:
             ``client_ca``.
 
     Attributes:
-        handshakes: handshakes completed on connections of :meth:`wrap`.
-        handshake_failures: handshakes that failed on them, by
-            :func:`handshake_failure_reason`.
+        handshake_counts: the handshakes of the connections of :meth:`wrap`; a reload
+            assigns the previous :class:`ServerTLS`'s counts here to keep them.
 
     Raises:
         TLSConfigError: a setting is invalid or a file is unusable (the messages of
@@ -480,8 +497,7 @@ class ServerTLS:
         if contexts is None:
             raise TLSConfigError("; ".join(problems))
         self._contexts = contexts
-        self.handshakes = 0
-        self.handshake_failures: dict[str, int] = {}
+        self.handshake_counts = HandshakeCounts()
 
     def __repr__(self) -> str:
         return f"<ServerTLS {self.names!r}>"
@@ -491,8 +507,7 @@ class ServerTLS:
     ) -> TLSMemoryBIOFactory:
         """
         A ``TLSMemoryBIOFactory`` that terminates TLS with these contexts in front of
-        ``factory``, and counts each connection's handshake in :attr:`handshakes` or
-        :attr:`handshake_failures`.
+        ``factory``, and counts each connection's handshake in :attr:`handshake_counts`.
 
         Args:
             factory: the protocol factory of the plain side.
