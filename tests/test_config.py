@@ -473,7 +473,7 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
                 + "[nothing]\n"
             ),
             [
-                "nothing: unknown key; valid keys are: 'frontends', 'pools', 'global'",
+                "nothing: unknown key; valid keys are: 'frontends', 'pools', 'global', 'admin'",
                 "frontends.web.colour: unknown key; valid keys are: " + FRONTEND_KEYS,
                 "pools.app.zzz: unknown key; valid keys are: "
                 "'strategy', 'strategy_options', 'connect_timeout', 'retries', "
@@ -490,8 +490,8 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
         """
         later = "not yet supported in this version; remove it"
         self.assertEqual(
-            self.problems("[admin]\n[metrics]\n" + FRONTEND + POOL),
-            [f"admin: {later}", f"metrics: {later}"],
+            self.problems("[metrics]\n" + FRONTEND + POOL),
+            [f"metrics: {later}"],
         )
 
     def test_quoted_names(self) -> None:

@@ -1,13 +1,19 @@
 """
-The ``twisted-lb`` command: ``check`` a config file, or run the ``demo``.
+The ``twisted-lb`` command: ``check`` a config file, run the ``demo``, or ``ctl`` a running
+balancer through its admin API.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -176,6 +182,337 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
     return 0
 
 
+#: Where ``twisted-lb ctl`` looks for the admin API without ``--socket`` or ``--url``.
+DEFAULT_ADMIN_SOCKET = "/run/twisted-lb/admin.sock"
+
+#: Exit statuses of ``twisted-lb ctl`` (docs/operations.rst).
+CTL_OK = 0
+CTL_REFUSED = 1
+CTL_USAGE = 2
+CTL_UNREACHABLE = 3
+
+
+class CtlError(Exception):
+    """``twisted-lb ctl`` could not talk to the admin API; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = CTL_UNREACHABLE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 client connection over a UNIX socket (``curl --unix-socket``)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AdminClient:
+    """
+    A blocking client of the admin API (see :mod:`twisted_lb.admin`), for ``twisted-lb ctl``.
+
+    Args:
+        socket_path: the admin API's UNIX socket, or ``None`` to use ``url``.
+        url: ``http://host:port`` of a TCP admin listener.
+        token: the bearer token for mutating calls, or ``None``.
+        timeout: seconds to wait for the connection and for each response.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+
+    def where(self) -> str:
+        return self.url if self.url is not None else f"unix:{self.socket_path}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.url is None:
+            return _UnixHTTPConnection(self.socket_path or DEFAULT_ADMIN_SOCKET, self.timeout)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.netloc, timeout=self.timeout)
+        if parts.scheme != "http" or not parts.netloc:
+            raise CtlError(f"--url {self.url!r}: write it as http://127.0.0.1:9901", CTL_USAGE)
+        return http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+
+    def call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None
+    ) -> tuple[int, Any]:
+        """
+        One API call; ``path`` is under ``/api/v1/``.
+
+        Returns:
+            The status and the decoded JSON body.
+
+        Raises:
+            CtlError: the API could not be reached, or its answer is not JSON.
+        """
+        prefix = ""
+        if self.url is not None:
+            prefix = urllib.parse.urlsplit(self.url).path.rstrip("/")
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        connection = self._connection()
+        target = (
+            prefix
+            + "/api/v1/"
+            + "/".join(urllib.parse.quote(part, safe="") for part in path.split("/"))
+        )
+        try:
+            connection.request(method, target, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise CtlError(f"cannot reach the admin API at {self.where()}: {e}") from None
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            raise CtlError(
+                f"{self.where()} answered {response.status} with something that is not JSON; "
+                "is it twisted-lb's admin API?"
+            ) from None
+
+
+def _table(rows: Sequence[Sequence[object]]) -> str:
+    """Rows as left-aligned columns, two spaces apart; the first row is the heading."""
+    texts = [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in texts) for i in range(len(texts[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in texts
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    text = f"{hours}h{minutes:02d}m{seconds:02d}s" if hours or days else f"{minutes}m{seconds:02d}s"
+    return f"{days}d{text}" if days else text
+
+
+def _format_reload(result: Mapping[str, Any]) -> str:
+    lines = []
+    if result.get("ok"):
+        lines.append(f"reload applied: generation {result.get('generation')}")
+    else:
+        lines.append(
+            f"reload refused: the config is invalid; generation {result.get('generation')} stays"
+        )
+    for key in ("added", "changed", "removed", "overridden"):
+        items = result.get(key) or []
+        if items:
+            lines.append(f"  {key}: {', '.join(items)}")
+    lines.extend(f"  {problem}" for problem in result.get("problems") or [])
+    return "\n".join(lines)
+
+
+def _format_status(status: Mapping[str, Any]) -> str:
+    last = status.get("last_reload")
+    if last is None:
+        reload_line = "none since start"
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
+        outcome = "ok" if last.get("ok") else f"FAILED ({len(last.get('problems') or [])} problems)"
+        reload_line = f"{outcome} at {when}"
+    return _table(
+        [
+            ["twisted-lb", status.get("version")],
+            ["pid", status.get("pid")],
+            ["uptime", _duration(float(status.get("uptime") or 0))],
+            ["config", status.get("config")],
+            ["generation", status.get("generation")],
+            ["last reload", reload_line],
+        ]
+    )
+
+
+def _format_pools(pools: Sequence[Mapping[str, Any]]) -> str:
+    rows: list[list[object]] = [
+        [
+            "POOL",
+            "BACKEND",
+            "ADDRESS",
+            "STATE",
+            "ADMIN",
+            "HEALTH",
+            "WEIGHT",
+            "EFFECTIVE",
+            "CONNS",
+            "IN-FLIGHT",
+            "REQUESTS",
+            "EWMA-MS",
+        ]
+    ]
+    for pool in pools:
+        for b in pool.get("backends", []):
+            state = b["state"] + (" ejected" if b.get("ejected") else "")
+            if b.get("ejection_remaining") is not None:
+                state += f" ({b['ejection_remaining']:.0f}s)"
+            rows.append(
+                [
+                    pool["name"],
+                    b["name"],
+                    b["address"] + (" (backup)" if b.get("backup") else ""),
+                    state,
+                    b["admin_state"],
+                    b["health"],
+                    b["weight"],
+                    f"{b['effective_weight']:g}",
+                    b["active_connections"],
+                    b["in_flight_requests"],
+                    b["requests_total"],
+                    f"{b['response_time_ewma'] * 1000:.1f}",
+                ]
+            )
+    return _table(rows)
+
+
+def _format_backend(pool: str, backend: Mapping[str, Any], verb: str) -> str:
+    return (
+        f"pool {pool}: backend {backend['name']} ({backend['address']}) {verb}: "
+        f"state {backend['state']}, admin {backend['admin_state']}, weight {backend['weight']}"
+    )
+
+
+def ctl(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """
+    Run one ``twisted-lb ctl`` command against the admin API.
+
+    Returns:
+        :data:`CTL_OK` (0) when the call succeeded; :data:`CTL_REFUSED` (1) when the API
+        refused it (an unknown pool, an invalid state, a bad token) or the reload found the
+        file invalid, after printing why; :data:`CTL_USAGE` (2) for a bad command line;
+        :data:`CTL_UNREACHABLE` (3) when the API could not be reached.
+    """
+    token = None
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, "rb") as f:
+                token = f.read(4096).partition(b"\n")[0].strip().decode("ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            err.write(f"twisted-lb ctl: cannot read --token-file {args.token_file}: {e}\n")
+            return CTL_USAGE
+    client = AdminClient(args.socket, args.url, token, args.timeout)
+    command = args.ctl_command
+    method, path, body = "GET", command, None
+    if command in ("drain", "ready", "maint"):
+        method, path = "PATCH", f"pools/{args.pool}/backends/{args.backend}"
+        body = {"state": command}
+    elif command == "weight":
+        method, path = "PATCH", f"pools/{args.pool}/backends/{args.backend}"
+        body = {"weight": args.weight}
+    elif command == "add":
+        method, path = "POST", f"pools/{args.pool}/backends"
+        body = {"address": args.address, "weight": args.weight, "backup": args.backup}
+        if args.name is not None:
+            body["name"] = args.name
+    elif command == "remove":
+        method, path = "DELETE", f"pools/{args.pool}/backends/{args.backend}"
+    elif command == "reload":
+        method = "POST"
+    try:
+        status, answer = client.call(method, path, body)
+    except CtlError as e:
+        err.write(f"twisted-lb ctl: {e}\n")
+        return e.status
+    ok = 200 <= status < 300
+    if args.json:
+        out.write(json.dumps(answer, indent=2) + "\n")
+    elif command == "reload" and isinstance(answer, dict) and "ok" in answer:
+        (out if ok else err).write(_format_reload(answer) + "\n")
+    elif not ok:
+        message = answer.get("error") if isinstance(answer, dict) else answer
+        err.write(f"twisted-lb ctl: {status}: {message}\n")
+    elif command == "status":
+        out.write(_format_status(answer) + "\n")
+    elif command == "pools":
+        out.write(_format_pools(answer["pools"]) + "\n")
+    elif command == "remove":
+        out.write(f"pool {args.pool}: backend {args.backend} is draining, then removed\n")
+    else:
+        verb = "added" if command == "add" else "changed"
+        out.write(_format_backend(args.pool, answer, verb) + "\n")
+    if ok and isinstance(answer, dict) and answer.get("warning"):
+        err.write(f"twisted-lb ctl: warning: {answer['warning']}\n")
+    return CTL_OK if ok else CTL_REFUSED
+
+
+def _ctl_parser(commands: Any) -> None:
+    """The ``ctl`` subcommand and its commands."""
+    parser = commands.add_parser(
+        "ctl",
+        help="talk to a running balancer's admin API",
+        description="Show and change a running balancer through its admin API ([admin] in the "
+        "config). Exit status: 0 done, 1 refused by the balancer (or an invalid reload), "
+        "2 usage, 3 cannot reach the admin API.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"the admin API's UNIX socket (default {DEFAULT_ADMIN_SOCKET})",
+    )
+    where.add_argument("--url", help="a TCP admin listener, as http://127.0.0.1:9901")
+    parser.add_argument(
+        "--token-file", metavar="FILE", help="file whose first line is the admin bearer token"
+    )
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)"
+    )
+    sub = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="version, uptime, config, generation, last reload")
+    sub.add_parser("pools", help="every pool's backends, their state and counters")
+    for name, about in (
+        ("drain", "take no new requests; those in flight finish (HAProxy state drain)"),
+        ("ready", "back in rotation (HAProxy state ready)"),
+        ("maint", "out of rotation (HAProxy state maint)"),
+        ("remove", "drain a backend, then remove it"),
+    ):
+        command = sub.add_parser(name, help=about)
+        command.add_argument("pool")
+        command.add_argument("backend")
+    weight = sub.add_parser("weight", help="set a backend's weight (HAProxy set weight)")
+    weight.add_argument("pool")
+    weight.add_argument("backend")
+    weight.add_argument("weight", type=int)
+    add = sub.add_parser("add", help="add a backend to a pool")
+    add.add_argument("pool")
+    add.add_argument("address", help="host:port, [v6]:port or unix:/path")
+    add.add_argument("--name", help="the backend's name (default: the address)")
+    add.add_argument("--weight", type=int, default=1, help="its weight (default 1)")
+    add.add_argument("--backup", action="store_true", help="a backup backend")
+    sub.add_parser("reload", help="read the config file again and apply it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twisted-lb`` console script."""
     parser = argparse.ArgumentParser(prog="twisted-lb", description="The twisted-lb load balancer.")
@@ -204,7 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=9001,
         help="first backend port, the others follow (default 9001; 0 lets the system choose)",
     )
+    _ctl_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "ctl":
+        return ctl(args)
     if args.command == "check":
         return check(args.config)
     if args.backends < 1:

@@ -13,8 +13,8 @@ The model is plain data. This module imports nothing from the data paths; it ask
 Turning a :class:`Config` into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
 
 The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
-that the design names but this version does not implement yet (``admin``, ``metrics``) are
-errors that say so, rather than being silently ignored.
+that the design names but this version does not implement yet (``metrics``) are errors that
+say so, rather than being silently ignored.
 """
 
 from __future__ import annotations
@@ -445,6 +445,28 @@ class GlobalConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """
+    The ``[admin]`` table: the admin API's listeners (see docs/operations.rst).
+
+    Attributes:
+        listen: Twisted server endpoint descriptions, as a frontend's ``listen``.
+        socket_mode: the file mode given to each ``unix:`` listener's socket, such as
+            ``0o600`` (written ``"0600"`` in the file).
+        token_file: the absolute path of a file holding the bearer token that mutating
+            calls must carry, or ``None`` for no token. Required when a TCP listener is not
+            on a loopback address.
+        state_file: the absolute path of the file where runtime changes are kept across
+            restarts (HAProxy's ``server-state-file``), or ``None``.
+    """
+
+    listen: tuple[str, ...] = attrs.field(converter=_strings)
+    socket_mode: int = 0o600
+    token_file: str | None = None
+    state_file: str | None = None
+
+
+@attrs.frozen
 class Config:
     """
     A whole, valid config file.
@@ -460,12 +482,14 @@ class Config:
         pools: pool name to pool, in file order (read-only). Every pool a frontend or a route
             names is here; pools that nothing uses are kept too.
         global_config: the ``[global]`` table, or its defaults when the file has none.
+        admin: the ``[admin]`` table, or ``None`` when the file has none (no admin API).
     """
 
     path: str
     frontends: Mapping[str, FrontendConfig] = attrs.field(converter=_frontends)
     pools: Mapping[str, PoolConfig] = attrs.field(converter=_pools)
     global_config: GlobalConfig = attrs.field(factory=GlobalConfig)
+    admin: AdminConfig | None = None
 
 
 @attrs.frozen
@@ -609,8 +633,10 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
 # -- validation --------------------------------------------------------------------------------
 
-_TOP_KEYS = ("frontends", "pools", "global")
-_TOP_LATER = ("admin", "metrics")
+_TOP_KEYS = ("frontends", "pools", "global", "admin")
+_TOP_LATER = ("metrics",)
+_ADMIN_KEYS = ("listen", "socket_mode", "token_file", "state_file")
+_ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
 _GLOBAL_KEYS = ("log_format", "access_log", "drain_timeout")
 _LOG_FORMATS = ("text", "json")
 _HTTP_FRONTEND_KEYS = (
@@ -724,6 +750,8 @@ _FILE_EXAMPLES = {
     "ca": '"ca.pem"',
     "client_cert": '"client.pem"',
     "client_key": '"client.key"',
+    "token_file": '"admin.token"',
+    "state_file": '"/var/lib/twisted-lb/state.json"',
 }
 
 
@@ -816,6 +844,50 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
+def _exposed_endpoint(text: str) -> str | None:
+    """
+    Where a valid server endpoint description listens when other hosts can reach it: a TCP
+    (or TLS) endpoint on an address that is not loopback, or one this module cannot place
+    (``systemd:``, plugins).
+
+    Returns:
+        A description such as ``"all interfaces"`` or ``"192.0.2.7"``, or ``None`` for a
+        ``unix:`` socket or a loopback address.
+    """
+    from twisted.internet.endpoints import UNIXServerEndpoint
+
+    endpoint = serverFromString(MemoryReactor(), text)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return None
+    interface = getattr(endpoint, "_interface", None)
+    if not isinstance(interface, str):
+        return f"an address this check cannot see ({text.partition(':')[0]}:)"
+    if interface in ("", "::", "0.0.0.0"):
+        return "all interfaces"
+    try:
+        if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return interface
+
+
+def _token_file_problem(path: str) -> str | None:
+    """What is wrong with a bearer token file: unreadable, or no token on its first line."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(4096).partition(b"\n")[0].strip()
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror or e}"
+    if not first:
+        return f"{path} is empty; write the token on its first line"
+    try:
+        first.decode("ascii")
+    except UnicodeDecodeError:
+        return f"{path}: the token must be ASCII text"
+    return None
+
+
 class _HTTPSettings(TypedDict, total=False):
     """
     The http-only keyword arguments of :class:`FrontendConfig`.
@@ -883,10 +955,96 @@ class _Validator:
             pool = self.pool(str(name), raw)
             if pool is not None:
                 pools[pool.name] = pool
+        admin = self.admin(data)
 
         if self.problems or global_config is None:
             raise ConfigError(self.problems)
-        return Config(path=self.path, frontends=frontends, pools=pools, global_config=global_config)
+        return Config(
+            path=self.path,
+            frontends=frontends,
+            pools=pools,
+            global_config=global_config,
+            admin=admin,
+        )
+
+    def admin(self, data: Mapping[str, object]) -> AdminConfig | None:
+        """
+        The ``[admin]`` table, or ``None`` when absent (or on a problem). A TCP listener that
+        is not on a loopback address needs ``token_file``.
+        """
+        if "admin" not in data:
+            return None
+        raw = data["admin"]
+        if not isinstance(raw, Mapping):
+            self.problem(
+                "admin",
+                f'must be a table, as in [admin] listen = ["{_ADMIN_LISTEN_EXAMPLE}"], '
+                f"not {_describe(raw)}",
+            )
+            return None
+        before = len(self.problems)
+        self.check_keys(raw, "admin", _ADMIN_KEYS, ())
+        listen = self.listen(raw, "admin", example=_ADMIN_LISTEN_EXAMPLE)
+        socket_mode = self.socket_mode(raw)
+        token_file = state_file = None
+        if "token_file" in raw:
+            token_file = self.file_path(raw, "token_file", "admin")
+            if token_file is not None:
+                problem = _token_file_problem(token_file)
+                if problem is not None:
+                    self.problem("admin.token_file", problem)
+        if "state_file" in raw:
+            state_file = self.file_path(raw, "state_file", "admin")
+        if listen is not None and "token_file" not in raw:
+            value = raw["listen"]
+            keys = ["admin.listen"] if isinstance(value, str) else None
+            for index, item in enumerate(listen):
+                exposed = _exposed_endpoint(item)
+                if exposed is not None:
+                    key = keys[0] if keys else f"admin.listen[{index}]"
+                    self.problem(
+                        key,
+                        f"{item!r} listens on {exposed}, which other hosts can reach: set "
+                        "admin.token_file (a file holding a bearer token), as in token_file = "
+                        '"admin.token", or listen on loopback only, as in '
+                        "'tcp:9901:interface=127.0.0.1'",
+                    )
+        if len(self.problems) > before or listen is None or socket_mode is None:
+            return None
+        return AdminConfig(
+            listen=listen, socket_mode=socket_mode, token_file=token_file, state_file=state_file
+        )
+
+    def socket_mode(self, raw: Mapping[str, object]) -> int | None:
+        """
+        ``socket_mode``: a file mode in octal, from ``"0000"`` to ``"0777"``: a string of
+        octal digits (``"0600"``, ``"600"``) or a TOML octal integer (``0o600``).
+        """
+        if "socket_mode" not in raw:
+            return 0o600
+        value = raw["socket_mode"]
+        hint = 'write it in octal as a string, as in socket_mode = "0600"'
+        if isinstance(value, str):
+            if re.fullmatch(r"0?[0-7]{3}", value):
+                return int(value, 8)
+            self.problem(
+                "admin.socket_mode", f"{value!r} is not a file mode from '0000' to '0777'; {hint}"
+            )
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            if 0 <= value <= 0o777:
+                return value
+            self.problem(
+                "admin.socket_mode",
+                f"{value} is not a file mode from 0o000 to 0o777 (a decimal 600 is not "
+                f"0o600); {hint}",
+            )
+            return None
+        self.problem(
+            "admin.socket_mode",
+            f'must be a string, as in socket_mode = "0600", not {_describe(value)}',
+        )
+        return None
 
     def global_config(self, data: Mapping[str, object]) -> GlobalConfig | None:
         """
@@ -1261,14 +1419,16 @@ class _Validator:
             return None
         return prefix
 
-    def listen(self, raw: Mapping[str, object], where: str) -> tuple[str, ...] | None:
+    def listen(
+        self, raw: Mapping[str, object], where: str, example: str = _LISTEN_EXAMPLE
+    ) -> tuple[str, ...] | None:
         """
         ``listen``: one endpoint description or an array of them, each parsed by Twisted and
         used by no other listener in the file.
         """
         key = join_key(where, "listen")
         if "listen" not in raw:
-            self.problem(key, _MISSING + f'listen = ["{_LISTEN_EXAMPLE}"]')
+            self.problem(key, _MISSING + f'listen = ["{example}"]')
             return None
         value = raw["listen"]
         items: list[tuple[str, object]]
@@ -1276,9 +1436,7 @@ class _Validator:
             items = [(key, value)]
         elif isinstance(value, list | tuple):
             if not value:
-                self.problem(
-                    key, f'must list at least one endpoint, as in listen = ["{_LISTEN_EXAMPLE}"]'
-                )
+                self.problem(key, f'must list at least one endpoint, as in listen = ["{example}"]')
                 return None
             items = [(f"{key}[{index}]", item) for index, item in enumerate(value)]
         else:
@@ -1306,7 +1464,7 @@ class _Validator:
                 self.problem(
                     item_key,
                     f"{item!r} is not a valid server endpoint ({error}); "
-                    f"write one as in {_LISTEN_EXAMPLE!r}",
+                    f"write one as in {example!r}",
                 )
                 ok = False
                 continue

@@ -654,6 +654,17 @@ class Pool:
         )
         self._availability_changed(backend, False)
 
+    def ejection_remaining(self, backend: Backend) -> float | None:
+        """
+        Seconds until an ejected backend is back in rotation, or ``None`` when it is not
+        ejected (for the admin API).
+        """
+        call = self._unejections.get(backend)
+        if call is None or not call.active():
+            return None
+        left: float = call.getTime() - self.reactor.seconds()
+        return max(left, 0.0)
+
     def stop(self) -> None:
         """
         Cancel the pool's timers (ejections, slow start) and start no more until

@@ -10,7 +10,7 @@ docs/design.rst, "Reloading the config".
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 from twisted.application.service import MultiService, Service
@@ -52,6 +52,9 @@ from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
 from twisted_lb.tls import ClientTLS, ServerTLS, TLSConfigError
+
+if TYPE_CHECKING:
+    from twisted_lb.admin import AdminService
 
 _log = Logger()
 
@@ -410,6 +413,7 @@ class LoadBalancerService(MultiService):
         # Runtime changes in force, by (pool, backend): "state", "weight", "added" (the
         # address, weight and backup of a backend added at runtime), "removed".
         self._runtime: dict[tuple[str, str], dict[str, Any]] = {}
+        self.admin: AdminService | None = None
 
     @classmethod
     def from_config(cls, config: Config, reactor: Any) -> Self:
@@ -429,6 +433,11 @@ class LoadBalancerService(MultiService):
         plan = service._prepare(config)
         listeners, _ = service._listen_new(plan)  # not running: nothing listens yet
         service._commit(plan, listeners)
+        if config.admin is not None:
+            from twisted_lb.admin import AdminService  # admin imports this module
+
+            service.admin = AdminService(service, config.admin, reactor)
+            service.admin.setServiceParent(service)  # type: ignore[no-untyped-call]
         return service
 
     # -- building

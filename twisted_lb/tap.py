@@ -57,6 +57,8 @@ class _TwistdService(LoadBalancerService):
     def _sighup(self) -> None:
         _log.info("SIGHUP: reloading {path}", path=self.config.path)
         self.reload()
+        if self.admin is not None:
+            self.admin.save_state()  # the reload overrode the runtime changes
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:
