@@ -45,7 +45,10 @@ from twisted.web.server import Request, Site
 from twisted_lb import __version__
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import AdminConfig, Config, ConfigError, Problem
+from twisted_lb.dashboard import DashboardResource, dashboard_page
+from twisted_lb.metrics import MetricsResource, metrics_registry
 from twisted_lb.pool import Pool
+from twisted_lb.tls import ServerTLS
 
 _log = Logger()
 
@@ -73,6 +76,8 @@ class Balancer(Protocol):
     def monitors(self) -> Mapping[str, Any]: ...
     @property
     def factories(self) -> Mapping[str, Any]: ...
+    @property
+    def server_tls(self) -> Mapping[str, ServerTLS]: ...
     @property
     def listeners(self) -> Sequence[Any]: ...
     def reload(self, path: str | None = None) -> Any: ...
@@ -705,6 +710,9 @@ def admin_resource(
     api = _Directory()
     root.putChild(b"api", api)
     api.putChild(b"v1", APIResource(service, token, saved))
+    root.putChild(b"metrics", MetricsResource(metrics_registry(service)))
+    root.putChild(b"", dashboard_page())
+    root.putChild(b"dashboard", DashboardResource(service, token_required=token is not None))
     return root
 
 

@@ -18,8 +18,8 @@ series is bounded by the config.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -36,15 +36,14 @@ from twisted.web.server import Request
 from twisted_lb import __version__
 from twisted_lb.backend import CONNECT_ERROR_REASONS, RETRY_REASONS, Backend, BackendState
 from twisted_lb.http.proxy import HTTPProxyFactory
-from twisted_lb.pool import DurationHistogram
-
-if TYPE_CHECKING:
-    from twisted_lb.service import LoadBalancerService
+from twisted_lb.pool import DurationHistogram, Pool
+from twisted_lb.tls import ServerTLS
 
 __all__ = [
     "STATUS_CLASSES",
     "LoadBalancerCollector",
     "MetricsResource",
+    "Observed",
     "backend_badge",
     "metrics_registry",
 ]
@@ -60,6 +59,29 @@ ADMIN_STATES = {
 }
 
 _PREFIX = "twisted_lb_"
+
+
+class Observed(Protocol):
+    """
+    What the metrics and the dashboard read of a
+    :class:`~twisted_lb.service.LoadBalancerService`: its live objects, by name, and its
+    reload state.
+    """
+
+    @property
+    def reactor(self) -> Any: ...
+    @property
+    def factories(self) -> Mapping[str, Any]: ...
+    @property
+    def server_tls(self) -> Mapping[str, ServerTLS]: ...
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def last_reload(self) -> Any: ...
 
 
 def backend_badge(backend: Backend) -> str:
@@ -98,7 +120,8 @@ def _histogram(
 
 class LoadBalancerCollector:
     """
-    A ``prometheus_client`` collector of one :class:`~twisted_lb.service.LoadBalancerService`:
+    A ``prometheus_client`` collector of one
+    :class:`~twisted_lb.service.LoadBalancerService`:
     each :meth:`collect` reads the service's frontends, TLS terminations, pools and backends
     as they are at that moment.
 
@@ -106,7 +129,7 @@ class LoadBalancerCollector:
         service: the balancer whose live objects are read.
     """
 
-    def __init__(self, service: LoadBalancerService) -> None:
+    def __init__(self, service: Observed) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
@@ -347,14 +370,14 @@ class LoadBalancerCollector:
         yield from (weight, effective, sent, received, connect_errors, retries, ejections, checks)
 
 
-def metrics_registry(service: LoadBalancerService) -> CollectorRegistry:
+def metrics_registry(service: Observed) -> CollectorRegistry:
     """
     A registry of its own for one balancer (not ``prometheus_client``'s global one): the
     balancer's :class:`LoadBalancerCollector`, and ``prometheus_client``'s process collector
     (CPU seconds, memory, open files, start time: ``process_*``) and platform collector
     (``python_info``).
     """
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry()
     registry.register(LoadBalancerCollector(service))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from twisted_lb import __version__
 from twisted_lb.http.proxy import HTTPProxyFactory
-from twisted_lb.metrics import backend_badge
-
-if TYPE_CHECKING:
-    from twisted_lb.service import LoadBalancerService
+from twisted_lb.metrics import Observed, backend_badge
 
 __all__ = ["DashboardResource", "dashboard_page", "stats"]
 
@@ -60,7 +58,7 @@ def dashboard_page() -> Resource:
     return _Asset("index.html", "text/html; charset=utf-8")
 
 
-def stats(service: LoadBalancerService, *, token_required: bool) -> dict[str, Any]:
+def stats(service: Observed, *, token_required: bool) -> dict[str, Any]:
     """
     What the dashboard shows, read from the live objects now (JSON-able).
 
@@ -130,7 +128,7 @@ def stats(service: LoadBalancerService, *, token_required: bool) -> dict[str, An
 class _Stats(Resource):
     isLeaf = True
 
-    def __init__(self, service: LoadBalancerService, token_required: bool) -> None:
+    def __init__(self, service: Observed, token_required: bool) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.service = service
         self.token_required = token_required
@@ -153,8 +151,11 @@ class DashboardResource(Resource):
             page then shows its drain/ready buttons only once a token is entered.
     """
 
-    def __init__(self, service: LoadBalancerService, *, token_required: bool) -> None:
+    def __init__(self, service: Observed, *, token_required: bool) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         for name, content_type in _ASSETS.items():
             self.putChild(name, _Asset(name.decode(), content_type))
         self.putChild(b"stats.json", _Stats(service, token_required))
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
