@@ -7,6 +7,8 @@ and checked with ``promtool`` (Debian's ``prometheus`` package).
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import shutil
 import subprocess
 import threading
@@ -17,6 +19,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests._harness import Process
 from tests.test_integration_health import health_config
@@ -207,3 +210,68 @@ class PromtoolTests(MetricsCase):
         body, _ = self.scrape(admin)
         checked = self.promtool_run("check", "metrics", stdin=body)
         self.assertEqual((checked.returncode, checked.stdout, checked.stderr), (0, "", ""))
+
+
+class ExampleFilesTests(SynchronousTestCase):
+    """examples/prometheus-alerts.yml and examples/grafana-dashboard.json."""
+
+    def series_names(self) -> set[str]:
+        """Every series name a scrape of a balancer can have, from the collector itself."""
+        from prometheus_client.exposition import generate_latest
+        from twisted.internet.testing import MemoryReactorClock
+
+        from twisted_lb.config import load_config
+        from twisted_lb.metrics import metrics_registry
+        from twisted_lb.service import LoadBalancerService
+
+        service = LoadBalancerService.from_config(
+            load_config(EXAMPLES / "metrics.toml"), MemoryReactorClock()
+        )
+        names = set()
+        for family in text_string_to_metric_families(
+            generate_latest(metrics_registry(service)).decode()
+        ):
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            elif family.type == "histogram":
+                names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(family.name)
+        return names
+
+    def referenced(self, text: str) -> set[str]:
+        return set(re.findall(r"\b((?:twisted_lb|process)_[a-z_]+)\b", text))
+
+    def test_examples_use_real_series(self) -> None:
+        """Every series the alert rules and the Grafana dashboard query exists."""
+        names = self.series_names()
+        rules = (EXAMPLES / "prometheus-alerts.yml").read_text()
+        dashboard = json.loads((EXAMPLES / "grafana-dashboard.json").read_text())
+        exprs = [
+            target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+        ]
+        self.assertGreater(len(exprs), 20)
+        self.assertIn("twisted_lb_tls_handshake_failures_total", names)
+        self.assertNotIn("twisted_lb_backend_up_total", names)
+        for where, text in [("alerts", rules), *(("dashboard", e) for e in exprs)]:
+            self.assertLessEqual(self.referenced(text), names, where)
+
+    def test_promtool_checks_and_tests_the_rules(self) -> None:
+        """``promtool check rules`` passes, and the rules' unit tests pass."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            self.skipTest("promtool not found (Debian package prometheus)")
+        for args in (
+            ["check", "rules", "prometheus-alerts.yml"],
+            ["test", "rules", "prometheus-alerts.test.yml"],
+        ):
+            result = subprocess.run(
+                [promtool, *args],
+                cwd=EXAMPLES,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn("SUCCESS", result.stdout)
