@@ -256,6 +256,16 @@ class ExampleFilesTests(SynchronousTestCase):
         for where, text in [("alerts", rules), *(("dashboard", e) for e in exprs)]:
             self.assertLessEqual(self.referenced(text), names, where)
 
+    def test_docs_list_every_series(self) -> None:
+        """docs/metrics.rst names every series a scrape has."""
+        documented = (HERE.parent / "docs" / "metrics.rst").read_text()
+        missing = sorted(
+            name
+            for name in self.series_names()
+            if not name.endswith(("_bucket", "_sum", "_count")) and f"``{name}``" not in documented
+        )
+        self.assertEqual(missing, [])
+
     def test_promtool_checks_and_tests_the_rules(self) -> None:
         """``promtool check rules`` passes, and the rules' unit tests pass."""
         promtool = shutil.which("promtool")

@@ -298,7 +298,8 @@ class LoadBalancerCollector:
             "backend_available", "1 if the backend may be picked now: UP and not ejected."
         )
         active = gauge(
-            "backend_connections_active", "Client connections (tcp) leased to the backend now."
+            "backend_connections_active",
+            "Leases held on the backend now: client connections (tcp), requests (http).",
         )
         leases = counter(
             "backend_connections",
