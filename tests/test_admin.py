@@ -307,7 +307,8 @@ def exchange(site: Any, raw: bytes) -> Any:
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(raw)
-    response = read_response(io.BytesIO(transport.value()))
+    response = read_response(io.BytesIO(transport.value()), raw.partition(b" ")[0].decode())
+    response.closed = transport.disconnecting  # type: ignore[attr-defined]
     protocol.connectionLost(None)
     return response
 
@@ -412,6 +413,12 @@ class APIReadTests(SynchronousTestCase):
         )
         self.assertEqual(frontend["listeners"][0]["endpoint"], "tcp:0:interface=127.0.0.1")
 
+    def test_head(self) -> None:
+        """HEAD is GET without the body."""
+        response = exchange(self.site, b"HEAD /api/v1/pools HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((response.status, response.body), (200, b""))
+        self.assertEqual(response.header("content-type"), "application/json")
+
     def test_not_found(self) -> None:
         """Unknown endpoints, pools and backends are 404, naming what exists."""
         status, _, body = request(self.site, "GET", "/api/v1/nope")
@@ -462,6 +469,7 @@ class APIReadTests(SynchronousTestCase):
             self.site, "PATCH", "/api/v1/pools/app/backends/app1", raw_body=big
         )
         self.assertEqual((status, response.header("connection")), (413, "close"))
+        self.assertTrue(response.closed)
         self.assertIn(str(MAX_BODY_BYTES), body["error"])
         self.assertEqual(self.service.pools["app"].backends[0].admin_state.value, "UP")
         chunked = exchange(
@@ -470,7 +478,9 @@ class APIReadTests(SynchronousTestCase):
             + (b"8000\r\n" + b" " * 0x8000 + b"\r\n") * 3
             + b"0\r\n\r\n",
         )
-        self.assertEqual(chunked.status, 413)
+        self.assertEqual((chunked.status, chunked.closed), (413, True))
+        ok = exchange(self.site, b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(ok.closed)
 
     def test_invalid_changes(self) -> None:
         """An invalid state or weight is 400 with the accepted values; nothing half-applies."""
@@ -492,6 +502,106 @@ class APIReadTests(SynchronousTestCase):
             self.assertIn("accepted: an integer >= 1", body["error"])
         backend = self.service.pools["app"].backends[0]
         self.assertEqual((backend.admin_state.value, backend.weight), ("UP", 1))
+
+
+class APIChangeTests(SynchronousTestCase):
+    """The mutating calls in memory: each applies, answers the new state, saves the state."""
+
+    def setUp(self) -> None:
+        self.directory = short_directory(self)
+        self.state_path = os.path.join(self.directory, "state.json")
+        self.service, self.site = memory_site(self, extra=f"state_file = '{self.state_path}'\n")
+
+    def saved(self) -> dict[str, Any]:
+        return dict(json.loads(Path(self.state_path).read_text()))
+
+    def test_patch(self) -> None:
+        """PATCH sets state and weight together; the state file holds them."""
+        status, _, body = request(
+            self.site, "PATCH", "/api/v1/pools/app/backends/app2", {"state": "maint", "weight": 7}
+        )
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            (body["admin_state"], body["state"], body["weight"]), ("maint", "MAINT", 7)
+        )
+        backend = self.service.pools["app"].backends[1]
+        self.assertEqual((backend.admin_state.value, backend.weight), ("MAINT", 7))
+        saved = self.saved()
+        self.assertEqual((saved["format"], saved["config"]), (1, self.service.config.path))
+        self.assertEqual(saved["runtime"], self.service.runtime_state())
+        self.assertTrue(saved["runtime"]["backends"])
+
+    def test_add_and_remove(self) -> None:
+        """POST adds a backend (201, Location); DELETE drains and removes it (202)."""
+        status, response, body = request(
+            self.site,
+            "POST",
+            "/api/v1/pools/app/backends",
+            {"address": "127.0.0.1:9003", "name": "app3", "weight": 2},
+        )
+        self.assertEqual(
+            (status, response.header("location")), (201, "/api/v1/pools/app/backends/app3")
+        )
+        self.assertEqual(
+            (body["name"], body["address"], body["weight"]), ("app3", "127.0.0.1:9003", 2)
+        )
+        self.assertEqual(
+            [b.name for b in self.service.pools["app"].backends], ["app1", "app2", "app3"]
+        )
+        status, _, body = request(
+            self.site, "POST", "/api/v1/pools/app/backends", {"address": "127.0.0.1:9003"}
+        )
+        self.assertEqual(status, 400)
+        self.assertIn("already backend app3", body["error"])
+        status, _, body = request(self.site, "POST", "/api/v1/pools/app/backends", {"name": "x"})
+        self.assertEqual(status, 400)
+        self.assertIn("address is required", body["error"])
+        status, _, body = request(self.site, "DELETE", "/api/v1/pools/app/backends/app1")
+        self.assertEqual((status, body["removed"]), (202, "app1"))
+        self.assertEqual([b.name for b in self.service.pools["app"].backends], ["app2", "app3"])
+        self.assertEqual(self.saved()["runtime"], self.service.runtime_state())
+        for drain in list(self.service.drains):
+            drain.cancel()
+
+    def test_unwritable_state_file(self) -> None:
+        """The change is in force; the answer and the log say the file was not written."""
+        shutil.rmtree(self.directory)
+        status, _, body = request(
+            self.site, "PATCH", "/api/v1/pools/app/backends/app1", {"state": "drain"}
+        )
+        self.assertEqual(status, 200)
+        self.assertIn("could not be written", body["warning"])
+        self.assertEqual(self.service.pools["app"].backends[0].admin_state.value, "DRAINING")
+
+    def test_reload(self) -> None:
+        """POST reload: 200 with the result when valid; 422 with the problems when not."""
+        path = self.service.config.path
+        text = Path(path).read_text() if os.path.exists(path) else None
+        self.assertIsNone(text)  # memory_site's config has no file yet: write it
+        Path(path).write_text(
+            FRONTEND
+            + POOL.replace("weight = 2", "weight = 4")
+            + "[admin]\nlisten = ['unix:"
+            + self.directory
+            + "/a.sock']\n"
+            + f"state_file = '{self.state_path}'\n"
+        )
+        status, _, body = request(self.site, "POST", "/api/v1/reload")
+        self.assertEqual((status, body["ok"], body["generation"]), (200, True, 2), body)
+        self.assertEqual(self.service.pools["app"].backends[1].weight, 4)
+        Path(path).write_text(FRONTEND + POOL.replace("weight = 2", "wieght = 2"))
+        status, _, body = request(self.site, "POST", "/api/v1/reload")
+        self.assertEqual((status, body["ok"], body["generation"]), (422, False, 2))
+        self.assertEqual(body["error"], "the config file is invalid; nothing changed")
+        self.assertEqual(len(body["problems"]), 1)
+        self.assertIn("pools.app.backends[1].wieght: unknown key", body["problems"][0])
+        _, _, status_body = request(self.site, "GET", "/api/v1/status")
+        self.assertEqual(status_body["last_reload"]["ok"], False)
+        self.assertEqual(status_body["generation"], 2)
+        status, _, body = request(self.site, "POST", "/api/v1/reload", {"path": "/etc/passwd"})
+        self.assertEqual(
+            (status, body["error"]), (400, "unknown field 'path'; this call takes no fields")
+        )
 
 
 class APITokenTests(SynchronousTestCase):
@@ -659,6 +769,16 @@ class AdminIntegrationCase(SynchronousTestCase):
         lb.wait_for(r"admin API listening on unix:.*\(mode 0600\)")
         return AdminProcess(lb, port, f"{directory}/admin.sock", admin_port, "s3cret")
 
+    def backend_of(self, port: int) -> str:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+            return str(response.getheader("X-Backend"))
+        finally:
+            connection.close()
+
 
 class AdminIntegrationTests(AdminIntegrationCase):
     def test_twistd(self) -> None:
@@ -819,16 +939,6 @@ class DrainTests(AdminIntegrationCase):
         self.assertEqual(ready.returncode, 0, ready.stderr)
         self.assertIn("app1", {self.backend_of(admin.port) for _ in range(4)})
 
-    def backend_of(self, port: int) -> str:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        try:
-            connection.request("GET", "/")
-            response = connection.getresponse()
-            response.read()
-            return str(response.getheader("X-Backend"))
-        finally:
-            connection.close()
-
 
 class StateFileIntegrationTests(AdminIntegrationCase):
     def test_state_survives_restart(self) -> None:
@@ -851,3 +961,82 @@ class StateFileIntegrationTests(AdminIntegrationCase):
         backends = {b["name"]: b for b in body["backends"]}
         self.assertEqual(backends["app1"]["admin_state"], "drain")
         self.assertEqual(backends["app2"]["weight"], 5)
+
+
+class ChangeIntegrationTests(AdminIntegrationCase):
+    def test_add_remove_reload_through_ctl(self) -> None:
+        """
+        ``ctl add`` puts a backend in rotation, ``ctl remove`` takes it out; ``ctl reload``
+        applies a valid file (exit 0) and refuses an invalid one with its problems (exit 1).
+        """
+        _, port1 = self.start_backend("app1")
+        _, port2 = self.start_backend("app2")
+        directory = short_directory(self)
+        path = self.write_config([port1], directory)
+        admin = self.start_admin_lb(path)
+        token = ("--token-file", f"{directory}/admin.token")
+
+        added = admin.ctl(*token, "add", "app", f"127.0.0.1:{port2}", "--name", "extra")
+        self.assertEqual(added.returncode, 0, added.stderr)
+        self.assertIn(f"pool app: backend extra (127.0.0.1:{port2}) added", added.stdout)
+        seen = {self.backend_of(admin.port) for _ in range(4)}
+        self.assertEqual(seen, {"app1", "app2"})
+        self.assertEqual(admin.ctl(*token, "add", "app", "nonsense").returncode, 1)
+
+        removed = admin.ctl(*token, "remove", "app", "extra")
+        self.assertEqual(removed.returncode, 0, removed.stderr)
+        self.assertIn("backend extra is draining, then removed", removed.stdout)
+        self.assertEqual({self.backend_of(admin.port) for _ in range(4)}, {"app1"})
+
+        Path(path).write_text(
+            Path(path).read_text().replace("connect_timeout = 2.0", "retries = 1")
+        )
+        reloaded = admin.ctl(*token, "reload")
+        self.assertEqual(reloaded.returncode, 0, reloaded.stderr)
+        self.assertIn("reload applied: generation 2", reloaded.stdout)
+        self.assertIn("  changed: pool app", reloaded.stdout)
+
+        Path(path).write_text(Path(path).read_text().replace("retries = 1", "retries = -1"))
+        refused = admin.ctl(*token, "reload")
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("reload refused: the config is invalid; generation 2 stays", refused.stderr)
+        self.assertIn(f"{path}: pools.app.retries: must be an integer >= 0, not -1", refused.stderr)
+        as_json = admin.ctl(*token, "--json", "reload")
+        self.assertEqual(as_json.returncode, 1)
+        self.assertEqual(json.loads(as_json.stdout)["ok"], False)
+        status = admin.ctl("status")
+        self.assertIn("FAILED (1 problems)", status.stdout)
+
+    def test_error_statuses_over_the_socket(self) -> None:
+        """Every error status, from the real balancer, over its real sockets."""
+        _, port1 = self.start_backend("app1")
+        directory = short_directory(self)
+        admin = self.start_admin_lb(self.write_config([port1], directory))
+        backend = "pools/app/backends/app1"
+        cases: list[tuple[str, str, object, str | None, int]] = [
+            ("PATCH", backend, {"state": "drain"}, None, 401),
+            ("PATCH", backend, {"state": "drain"}, "wrong", 401),
+            ("PATCH", backend, {"state": "gone"}, "s3cret", 400),
+            ("PATCH", backend, {"colour": "red"}, "s3cret", 400),
+            ("PATCH", backend, {"weight": 0}, "s3cret", 400),
+            ("PATCH", "pools/nope/backends/app1", {"state": "drain"}, "s3cret", 404),
+            ("PATCH", "pools/app/backends/nope", {"state": "drain"}, "s3cret", 404),
+            ("GET", "nope", None, None, 404),
+            ("POST", "pools", {}, "s3cret", 405),
+        ]
+        for method, path, body, token, expected in cases:
+            for tcp in (False, True):
+                status, answer = admin.call(method, path, body, token, tcp=tcp)
+                self.assertEqual(status, expected, (method, path, body, token, answer))
+                self.assertEqual(answer["status"], expected)
+        for raw, expected in [(b'{"state": "dr', 400), (b"x" * (MAX_BODY_BYTES + 1), 413)]:
+            connection = UnixHTTPConnection(admin.socket_path)
+            connection.request(
+                "PATCH", f"/api/v1/{backend}", body=raw, headers={"Authorization": "Bearer s3cret"}
+            )
+            response = connection.getresponse()
+            self.assertEqual(response.status, expected)
+            self.assertEqual(json.loads(response.read())["status"], expected)
+            connection.close()
+        _, body = admin.call("GET", backend)
+        self.assertEqual((body["admin_state"], body["weight"]), ("ready", 1))

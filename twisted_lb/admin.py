@@ -19,19 +19,21 @@ mutating call the runtime changes in force are written to ``state_file`` (write 
 file, then rename), and they are restored when the balancer starts again, as HAProxy's
 ``server-state-file``.
 
-The root resource leaves ``/metrics``, ``/`` and ``/dashboard/`` to :mod:`twisted_lb.metrics`.
+The root also serves ``/metrics`` (:mod:`twisted_lb.metrics`), and ``/`` and ``/dashboard/``
+(:mod:`twisted_lb.dashboard`), which need no token either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
@@ -98,6 +100,9 @@ class Balancer(Protocol):
 
 #: The largest request body the API reads, in bytes; a larger one is answered 413.
 MAX_BODY_BYTES = 65536
+
+#: Seconds an admin connection may stay idle, or take to send its request.
+ADMIN_TIMEOUT = 60.0
 
 #: The admin states a backend may be given, as HAProxy's ``set server state``.
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -172,7 +177,8 @@ class APIError(Exception):
 class AdminRequest(Request):
     """
     A twisted.web request that keeps at most :data:`MAX_BODY_BYTES` of its body: the rest is
-    read and dropped, and :attr:`too_large` is set, so that the API answers 413.
+    read and dropped, and :attr:`too_large` is set, so that the API answers 413 and closes
+    the connection after the answer.
     """
 
     too_large = False
@@ -180,7 +186,7 @@ class AdminRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY_BYTES:
-            self.too_large = True
+            self._refuse_body()
             length = 0
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
@@ -189,16 +195,16 @@ class AdminRequest(Request):
             return
         self._body_bytes += len(data)
         if self._body_bytes > MAX_BODY_BYTES:
-            self.too_large = True
-            self.content = _empty_content()
+            self._refuse_body()
+            self.content = io.BytesIO()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
-
-def _empty_content() -> IO[bytes]:
-    import io
-
-    return io.BytesIO()
+    def _refuse_body(self) -> None:
+        self.too_large = True
+        # The channel closes after this response (HTTPChannel.requestDone), and says so.
+        self.channel.persistent = False
+        self.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
 
 class AdminSite(Site):
@@ -240,6 +246,7 @@ class APIResource(Resource):
         token: the bearer token mutating calls need, or ``None``.
         saved: called after each accepted mutating call (the admin service writes the state
             file); returns a warning to add to the response, or ``None``.
+        reloaded: called after a reload was applied.
     """
 
     isLeaf = True
@@ -249,11 +256,13 @@ class APIResource(Resource):
         service: Balancer,
         token: str | None,
         saved: Callable[[], str | None] | None = None,
+        reloaded: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.service = service
         self.token = token
         self.saved = saved
+        self.reloaded = reloaded
 
     def render(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -270,11 +279,7 @@ class APIResource(Resource):
             _log.failure("admin API: {method} {path} failed", method=method, path=request.path)
             status, body = 500, {"error": "internal error; see the balancer's log", "status": 500}
         request.setResponseCode(status)
-        if getattr(request, "too_large", False):
-            request.setHeader(b"connection", b"close")
-        if method == b"HEAD":
-            return b""
-        return _json(body)
+        return _json(body)  # twisted.web sends no body in answer to HEAD
 
     # -- dispatch
 
@@ -391,11 +396,10 @@ class APIResource(Resource):
             raise APIError(400, f"the body must be a JSON object, not {type(value).__name__}")
         unknown = sorted(set(value) - set(allowed))
         if unknown:
-            raise APIError(
-                400,
-                f"unknown field {unknown[0]!r}; accepted fields: {', '.join(allowed)}",
-                accepted=dict(allowed),
+            accepted = (
+                f"accepted fields: {', '.join(allowed)}" if allowed else "this call takes no fields"
             )
+            raise APIError(400, f"unknown field {unknown[0]!r}; {accepted}", accepted=dict(allowed))
         return value
 
     # -- reads
@@ -611,6 +615,8 @@ class APIResource(Resource):
         """
         self._body(request, {})
         result = self.service.reload()
+        if result.ok and self.reloaded is not None:
+            self.reloaded()
         _log.info(
             "admin API: reload requested by {client}: {outcome}",
             client=_client(request),
@@ -696,20 +702,23 @@ def admin_resource(
     service: Balancer,
     token: str | None,
     saved: Callable[[], str | None] | None = None,
+    reloaded: Callable[[], None] | None = None,
 ) -> Resource:
     """
-    The admin site's root: ``/api/v1/`` is :class:`APIResource`. Other children (``metrics``,
-    the dashboard) are added with ``putChild`` by their owners.
+    The admin site's root: ``/api/v1/`` is :class:`APIResource`; ``/metrics`` is
+    :class:`~twisted_lb.metrics.MetricsResource`, ``/`` the dashboard's page and
+    ``/dashboard/`` its assets and ``stats.json`` (:mod:`twisted_lb.dashboard`).
 
     Args:
         service: the running balancer.
         token: the bearer token mutating calls need, or ``None`` for none.
         saved: called after each accepted mutating call; see :class:`APIResource`.
+        reloaded: called after a reload through the API was applied.
     """
     root = _Directory()
     api = _Directory()
     root.putChild(b"api", api)
-    api.putChild(b"v1", APIResource(service, token, saved))
+    api.putChild(b"v1", APIResource(service, token, saved, reloaded))
     root.putChild(b"metrics", MetricsResource(metrics_registry(service)))
     root.putChild(b"", dashboard_page())
     root.putChild(b"dashboard", DashboardResource(service, token_required=token is not None))
@@ -899,8 +908,8 @@ class AdminService(MultiService):
                     Problem(path, "admin.token_file", f"cannot use {config.token_file}: {message}")
                 )
         self.token = token
-        self.root = admin_resource(service, token, self.save_state)
-        self.site = AdminSite(self.root)  # type: ignore[no-untyped-call]
+        self.root = admin_resource(service, token, self.save_state, self._reloaded)
+        self.site = AdminSite(self.root, timeout=ADMIN_TIMEOUT, reactor=reactor)  # type: ignore[no-untyped-call]
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
             try:
@@ -970,6 +979,24 @@ class AdminService(MultiService):
             reason = e.strerror or str(e)
             return f"the change is in force, but state_file {path} could not be written: {reason}"
         return None
+
+    def _reloaded(self) -> None:
+        """After a reload: warn when ``[admin]`` changed, which takes a restart."""
+        if self.balancer.config.admin != self.config:
+            _log.warn(
+                "admin: the [admin] table of {path} changed; the admin API keeps its old "
+                "settings until the balancer restarts",
+                path=self.balancer.config.path,
+            )
+
+    def reloaded(self) -> None:
+        """
+        After a reload by SIGHUP: write the state file again (the reload overrode the
+        runtime changes), and warn when ``[admin]`` changed, which takes a restart. (A
+        reload through the API does both itself.)
+        """
+        self.save_state()
+        self._reloaded()
 
     def addresses(self) -> list[str]:
         """Where the running listeners listen, as ``host:port`` or ``unix:/path``."""

@@ -501,8 +501,9 @@ class HealthMonitor(Service):
     (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/health_checking).
 
     - :meth:`startService` probes every backend of ``pool.backends`` at once. Backends added
-      to the pool later are probed from the next start; a result for a backend that has left
-      the pool is ignored, and its loop ends.
+      to the pool later are probed when :meth:`backends_changed` is called (a reload and the
+      runtime changes call it), else from the next start; a result for a backend that has
+      left the pool is ignored, and its loop ends.
     - A backend starts from its recorded verdict (:attr:`Backend.healthy
       <twisted_lb.backend.Backend.healthy>`, true for a new backend), so it counts as UP until
       its first probe completes. A first failed probe marks an UP backend DOWN at once

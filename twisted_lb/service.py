@@ -285,7 +285,7 @@ class _Drain:
     """
     Removed backends and frontends finishing their work: no new connections or requests
     go to them, in-flight work completes, and after ``timeout`` seconds what is left is
-    closed, with a log event.
+    closed, with a log event. It is in ``service.drains`` until it is over.
 
     Args:
         service: the balancer, whose connections are looked through.
@@ -314,6 +314,7 @@ class _Drain:
             for connection in list(factory.connections):
                 connection.drain()
         self.timer: IDelayedCall | None = service.reactor.callLater(timeout, self._expire)
+        service.drains.append(self)
         self.loop = LoopingCall(self._check)
         self.loop.clock = service.reactor
         self.loop.start(min(DRAIN_CHECK_INTERVAL, timeout), now=True)
@@ -385,7 +386,7 @@ class LoadBalancerService(MultiService):
     Attributes:
         config: the config in force.
         generation: 1 at start, +1 per applied reload.
-        started: ``reactor.seconds()`` when the service was made.
+        started: ``reactor.seconds()`` when the service started (or was made, before).
         last_reload: the last reload attempt's result; ``None`` before any.
         pools: live pools by name.
         monitors: the health monitor of each pool that has ``health_check``, by pool name.
@@ -724,6 +725,9 @@ class LoadBalancerService(MultiService):
                     tls=plan_pool.tls,
                 )
                 pool.set_backends(plan_pool.backends)
+                if old_config.tls != pool_config.tls:
+                    # Reused connections would keep the old TLS settings (or none).
+                    self.upstreams.close_idle(pool.backends)
             self._apply_health(name, pool_config.health_check, plan_pool)
         for name in [n for n in self.pools if n not in plan.pools]:
             pool = self.pools.pop(name)
@@ -806,17 +810,20 @@ class LoadBalancerService(MultiService):
             listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.listeners = [by_description[description] for description in wanted]
 
+        if old.frontends and old.global_config.log_format != config.global_config.log_format:
+            _log.warn(
+                "global.log_format: the log stays {old} until the next start",
+                old=old.global_config.log_format,
+            )
         self.access_log = config.global_config.access_log
         self.config = config
         if drained_backends or drained_factories:
-            self.drains.append(
-                _Drain(
-                    self,
-                    drained_what,
-                    drained_backends,
-                    drained_factories,
-                    config.global_config.drain_timeout,
-                )
+            _Drain(
+                self,
+                drained_what,
+                drained_backends,
+                drained_factories,
+                config.global_config.drain_timeout,
             )
         return added, changed, removed, overridden
 
@@ -1156,14 +1163,12 @@ class LoadBalancerService(MultiService):
             pool=pool,
             backend=backend,
         )
-        self.drains.append(
-            _Drain(
-                self,
-                [f"backend {pool}/{backend}"],
-                [target],
-                [],
-                self.config.global_config.drain_timeout,
-            )
+        _Drain(
+            self,
+            [f"backend {pool}/{backend}"],
+            [target],
+            [],
+            self.config.global_config.drain_timeout,
         )
 
     def runtime_state(self) -> dict[str, object]:
@@ -1279,6 +1284,7 @@ class LoadBalancerService(MultiService):
                 _log.info("frontend {frontend}: certificates reloaded", frontend=name)
 
     def startService(self) -> None:
+        self.started = self.reactor.seconds()
         for pool in self.pools.values():
             pool.start()
         super().startService()  # type: ignore[no-untyped-call]

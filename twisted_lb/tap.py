@@ -58,7 +58,7 @@ class _TwistdService(LoadBalancerService):
         _log.info("SIGHUP: reloading {path}", path=self.config.path)
         self.reload()
         if self.admin is not None:
-            self.admin.save_state()  # the reload overrode the runtime changes
+            self.admin.reloaded()
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:

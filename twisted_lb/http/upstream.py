@@ -326,8 +326,17 @@ class Upstreams:
         if stack and connection in stack:
             stack.remove(connection)
 
-    def close_idle(self) -> None:
-        """Close every idle connection and cancel their timers."""
+    def close_idle(self, backends: Iterable[Backend] | None = None) -> None:
+        """
+        Close idle connections and cancel their timers: every one, or those to ``backends``
+        (a reload changed how their pool connects, such as its TLS settings).
+        """
+        if backends is not None:
+            for backend in backends:
+                for connection in list(self.idle.pop(backend, ())):
+                    self.discard(connection)
+                    connection.close()
+            return
         for stack in list(self.idle.values()):
             for connection in list(stack):
                 self.discard(connection)
@@ -339,11 +348,9 @@ class Upstreams:
         Drain ``backends``: close their idle connections now, and each busy one after its
         exchange (instead of keeping it idle), until :meth:`forget_retired`.
         """
-        for backend in backends:
-            self.retired.add(backend)
-            for connection in list(self.idle.pop(backend, ())):
-                self.discard(connection)
-                connection.close()
+        backends = list(backends)
+        self.retired.update(backends)
+        self.close_idle(backends)
 
     def forget_retired(self, backends: Iterable[Backend]) -> None:
         """Stop tracking drained backends (their drain is over)."""

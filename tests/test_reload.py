@@ -1,0 +1,638 @@
+"""
+Reloading a config in place and the runtime changes, on a memory reactor: what is diffed,
+what keeps its identity, how removed backends and frontends drain, and the errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_lb.backend import BackendState
+from twisted_lb.config import ConfigError, parse_config
+from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.service import (
+    InvalidChange,
+    LoadBalancerService,
+    ReloadResult,
+    UnknownBackend,
+    UnknownPool,
+)
+from twisted_lb.tcp import TCPRelayFactory
+
+BASE = """
+[global]
+drain_timeout = 10
+
+[frontends.web]
+mode = "http"
+listen = ["tcp:8080:interface=127.0.0.1", "tcp:8081"]
+pool = "app"
+client_timeout = 30
+
+[[frontends.web.routes]]
+path_prefix = "/api/"
+pool = "api"
+
+[frontends.db]
+mode = "tcp"
+listen = ["tcp:5432"]
+pool = "app"
+
+[pools.app]
+strategy = "round_robin"
+slow_start = 20
+backends = [
+  { address = "127.0.0.1:9001", name = "app1" },
+  { address = "127.0.0.1:9002", name = "app2", weight = 3 },
+  { address = "127.0.0.1:9003", name = "app3" },
+]
+[pools.app.health_check]
+kind = "tcp"
+interval = 5
+
+[pools.api]
+backends = [{ address = "127.0.0.1:9101" }]
+"""
+
+
+def texts(events: list[LogEvent]) -> list[str]:
+    return [formatEvent(event) for event in events]
+
+
+class HalfCloseTransport(StringTransport):
+    def loseWriteConnection(self) -> None:
+        pass
+
+
+class ReloadCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1000.0)
+        self.service = LoadBalancerService.from_config(parse_config(BASE, "lb.toml"), self.reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.stop)
+
+    def stop(self) -> None:
+        stopped = self.service.stopService()
+        self.reactor.advance(10.0)
+        self.successResultOf(stopped)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def apply(self, text: str) -> tuple[ReloadResult, list[str]]:
+        with capturedLogs() as events:
+            result = self.service.apply_config(parse_config(text, "lb.toml"))
+        return result, texts(events)
+
+    def backend(self, pool: str, name: str):  # type: ignore[no-untyped-def]
+        [backend] = [b for b in self.service.pools[pool].backends if b.name == name]
+        return backend
+
+    def tcp_client(self) -> tuple[object, HalfCloseTransport, HalfCloseTransport]:
+        """A client of frontend ``db`` connected through to its backend."""
+        factory = self.service.factories["db"]
+        front = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5555))
+        client = HalfCloseTransport()
+        front.makeConnection(client)
+        backend_protocol = self.reactor.tcpClients[-1][2].buildProtocol(None)
+        backend = HalfCloseTransport()
+        backend_protocol.makeConnection(backend)
+        self.addCleanup(backend_protocol.connectionLost, Failure(ConnectionDone()))
+        self.addCleanup(front.connectionLost, Failure(ConnectionDone()))
+        return front, client, backend
+
+
+class DiffTests(ReloadCase):
+    def test_no_change(self) -> None:
+        """Reloading the same config changes nothing, and says so; the generation goes up."""
+        pool = self.service.pools["app"]
+        factory = self.service.factories["web"]
+        ports = [listener.port for listener in self.service.listeners]
+        result, logs = self.apply(BASE)
+        self.assertEqual(
+            (result.ok, result.generation, result.added, result.changed, result.removed),
+            (True, 2, (), (), ()),
+        )
+        self.assertEqual(self.service.generation, 2)
+        self.assertIs(self.service.last_reload, result)
+        self.assertIs(self.service.pools["app"], pool)
+        self.assertIs(self.service.factories["web"], factory)
+        self.assertEqual([listener.port for listener in self.service.listeners], ports)
+        self.assertEqual(len(self.reactor.tcpServers), 3)
+        self.assertIn("reload: generation 2 from lb.toml: no change", logs)
+
+    def test_backend_keeps_its_state(self) -> None:
+        """
+        A backend that keeps its name and address is the same object: health, ejection,
+        counters, EWMA and slow start are kept; its weight follows the config.
+        """
+        app1 = self.backend("app", "app1")
+        app1.total_connections = 7
+        app1.requests_total = 9
+        app1.response_time.observe(0.25, self.reactor.seconds())
+        self.service.pools["app"].set_healthy(app1, False)
+        self.service.pools["app"].set_healthy(app1, True)  # begins its slow start
+        self.assertEqual(app1.effective_weight, 0.1)
+        result, _ = self.apply(BASE.replace('name = "app1" }', 'name = "app1", weight = 2 }'))
+        self.assertEqual(result.changed, ("backend app/app1",))
+        self.assertIs(self.backend("app", "app1"), app1)
+        self.assertEqual((app1.weight, app1.total_connections, app1.requests_total), (2, 7, 9))
+        self.assertGreater(app1.response_time.value(self.reactor.seconds()), 0.2)
+        self.assertEqual(app1.effective_weight, 0.1)  # still warming, now towards 2
+        self.reactor.advance(20.0)
+        self.assertEqual(app1.effective_weight, 2.0)
+
+    def test_backends_added_removed_and_moved(self) -> None:
+        """
+        A new backend is added, a missing one removed (and drained), and one whose address
+        changed under the same name is a new object.
+        """
+        old_app3 = self.backend("app", "app3")
+        text = BASE.replace(
+            """  { address = "127.0.0.1:9002", name = "app2", weight = 3 },
+  { address = "127.0.0.1:9003", name = "app3" },""",
+            """  { address = "127.0.0.1:9013", name = "app3" },
+  { address = "127.0.0.1:9004", name = "app4" },""",
+        )
+        result, logs = self.apply(text)
+        self.assertTrue(result.ok)
+        self.assertEqual(result.added, ("backend app/app4",))
+        self.assertEqual(result.changed, ("backend app/app3",))
+        self.assertEqual(result.removed, ("backend app/app2",))
+        self.assertEqual(
+            [(b.name, str(b.address)) for b in self.service.pools["app"].backends],
+            [("app1", "127.0.0.1:9001"), ("app3", "127.0.0.1:9013"), ("app4", "127.0.0.1:9004")],
+        )
+        self.assertIsNot(self.backend("app", "app3"), old_app3)
+        [summary] = [line for line in logs if line.startswith("reload:")]
+        self.assertEqual(
+            summary,
+            "reload: generation 2 from lb.toml: added backend app/app4; changed backend app/app3;"
+            " removed backend app/app2",
+        )
+        # Nothing used them: the drain is over at its first look.
+        self.assertEqual(self.service.drains, [])
+        self.assertIn("drained backend app/app2, backend app/app3 in 0.0 s", logs)
+
+    def test_health_monitor_follows(self) -> None:
+        """
+        The pool's monitor is kept, takes the new settings, probes the added backend at
+        once and stops probing the removed one.
+        """
+        monitor = self.service.monitors["app"]
+        probes = len(self.reactor.tcpClients)
+        text = BASE.replace("interval = 5", "interval = 7\nrise = 4").replace(
+            '{ address = "127.0.0.1:9003", name = "app3" },',
+            '{ address = "127.0.0.1:9004", name = "app4" },',
+        )
+        result, _ = self.apply(text)
+        self.assertEqual(result.changed, ("pool app",))
+        self.assertIs(self.service.monitors["app"], monitor)
+        self.assertEqual((monitor.interval, monitor.rise), (7.0, 4))
+        self.assertEqual(len(self.reactor.tcpClients), probes + 1)
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("127.0.0.1", 9004))
+        # Without a health_check table the monitor stops.
+        result, _ = self.apply(
+            BASE.replace('[pools.app.health_check]\nkind = "tcp"\ninterval = 5\n', "")
+        )
+        self.assertEqual(self.service.monitors, {})
+        self.assertFalse(monitor.running)
+
+    def test_strategy(self) -> None:
+        """The strategy is kept while its name and options are; else a new one is made."""
+        strategy = self.service.pools["app"].strategy
+        self.apply(BASE.replace("slow_start = 20", "slow_start = 5"))
+        self.assertIs(self.service.pools["app"].strategy, strategy)
+        self.assertEqual(self.service.pools["app"].slow_start, 5.0)
+        result, _ = self.apply(BASE.replace('"round_robin"', '"least_connections"'))
+        self.assertEqual(result.changed, ("pool app",))
+        self.assertEqual(type(self.service.pools["app"].strategy).__name__, "LeastConnections")
+
+    def test_frontend_changed_in_place(self) -> None:
+        """
+        A frontend keeps its factory (and its connections): timeouts and routes change in
+        place, and routes are reported by index.
+        """
+        factory = self.service.factories["web"]
+        assert isinstance(factory, HTTPProxyFactory)
+        text = BASE.replace("client_timeout = 30", "client_timeout = 45").replace(
+            'path_prefix = "/api/"', 'path_prefix = "/v2/"'
+        )
+        result, _ = self.apply(text)
+        self.assertEqual(result.changed, ("frontend web", "route web[0]"))
+        self.assertIs(self.service.factories["web"], factory)
+        self.assertEqual(factory.client_timeout, 45.0)
+        self.assertIs(factory.router.route(b"x", b"/v2/a"), self.service.pools["api"])
+        self.assertIs(factory.router.route(b"x", b"/api/a"), self.service.pools["app"])
+
+    def test_pool_added_and_removed(self) -> None:
+        """A new pool and a route to it; a pool nothing names any more is removed."""
+        text = BASE.replace('pool = "api"', 'pool = "v2"').replace("[pools.api]", "[pools.v2]")
+        api = self.service.pools["api"]
+        result, _ = self.apply(text)
+        self.assertEqual(result.added, ("pool v2",))
+        self.assertEqual(result.removed, ("pool api",))
+        self.assertEqual(result.changed, ("route web[0]",))
+        self.assertNotIn("api", self.service.pools)
+        self.assertEqual(api.backends, [])
+        factory = self.service.factories["web"]
+        assert isinstance(factory, HTTPProxyFactory)
+        self.assertIs(factory.router.route(b"x", b"/api/"), self.service.pools["v2"])
+
+    def test_listeners(self) -> None:
+        """
+        An unchanged endpoint keeps its port; a new one listens at once; a removed one stops
+        listening.
+        """
+        [kept, dropped, db] = self.service.listeners
+        kept_port, _dropped_port = kept.port, dropped.port
+        text = BASE.replace('"tcp:8081"', '"tcp:8082"')
+        result, _ = self.apply(text)
+        self.assertEqual(result.added, ("listener web tcp:8082",))
+        self.assertEqual(result.removed, ("listener web tcp:8081",))
+        self.assertIs(self.service.listeners[0], kept)
+        self.assertIs(kept.port, kept_port)
+        self.assertIs(self.service.listeners[2], db)
+        self.assertEqual(self.reactor.tcpServers[-1][0], 8082)
+        self.assertIsNotNone(self.service.listeners[1].port)
+        self.assertIsNone(dropped.port)
+        self.assertEqual(self.service.addresses("web")[0].port, 8080)
+
+    def test_mode_change_keeps_the_port(self) -> None:
+        """
+        A frontend that changes mode gets a new factory; its port stays open and hands new
+        connections to the new factory, and the old factory's connections drain.
+        """
+        [_, _, db] = self.service.listeners
+        port = db.port
+        old = self.service.factories["db"]
+        text = BASE.replace('[frontends.db]\nmode = "tcp"', '[frontends.db]\nmode = "http"')
+        result, _ = self.apply(text)
+        self.assertEqual(result.changed, ("frontend db",))
+        self.assertIs(db.port, port)
+        new = self.service.factories["db"]
+        self.assertIsInstance(new, HTTPProxyFactory)
+        self.assertIs(db.factory, new)
+        [(_, entry, _, _)] = [s for s in self.reactor.tcpServers if s[0] == 5432]
+        protocol = entry.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        self.assertIs(protocol.factory, new)
+        self.assertIsInstance(old, TCPRelayFactory)
+
+    def test_port_taken(self) -> None:
+        """A new endpoint that cannot listen fails the reload; nothing changed."""
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise OSError("Address already in use")
+
+        pool = self.service.pools["app"]
+        self.reactor.listenTCP = refuse  # type: ignore[method-assign]
+        text = BASE.replace('"tcp:8081"', '"tcp:8082"').replace("weight = 3", "weight = 4")
+        result, logs = self.apply(text)
+        self.assertFalse(result.ok)
+        self.assertEqual(result.generation, 1)
+        [problem] = result.problems
+        self.assertTrue(problem.startswith("lb.toml: frontends.web.listen[1]: "), problem)
+        self.assertIn("cannot listen on tcp:8082: Address already in use", problem)
+        self.assertIn(problem, logs)
+        self.assertEqual(self.backend("app", "app2").weight, 3)
+        self.assertIs(self.service.pools["app"], pool)
+        self.assertEqual(
+            [listener.description for listener in self.service.listeners][1], "tcp:8081"
+        )
+
+
+class TLSReloadTests(SynchronousTestCase):
+    def test_tls_files_read_again(self) -> None:
+        """
+        A reload reads the TLS files again: a frontend gets a new server context, and its
+        port a new TLS wrapper; a file that went bad fails the reload with its problem.
+        """
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("a.example")
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        cert.private_key_and_cert_chain_pem.write_to_path(str(directory / "site.pem"))
+        cert.private_key_pem.write_to_path(str(directory / "site.key"))
+        pem, key = directory / "site.pem", directory / "site.key"
+        text = BASE + (
+            f'[frontends.web.tls]\ncertificates = [{{ cert = "{pem}", key = "{key}" }}]\n'
+        )
+        reactor = MemoryReactorClock()
+        service = LoadBalancerService.from_config(parse_config(text, "lb.toml"), reactor)
+        service.startService()
+        old_tls = service.server_tls["web"]
+        result = service.apply_config(parse_config(text, "lb.toml"))
+        self.assertTrue(result.ok)
+        self.assertIsNot(service.server_tls["web"], old_tls)
+        wrapper = service.listeners[0].factory
+        assert isinstance(wrapper, TLSMemoryBIOFactory)
+        self.assertIs(wrapper.wrappedFactory, service.factories["web"])
+        (directory / "site.pem").write_text("not a certificate\n")
+        with capturedLogs():
+            result = service.reload(str(directory / "missing.toml"))
+        self.assertFalse(result.ok)
+        self.assertIn("cannot read", result.problems[0])
+        self.assertIs(service.listeners[0].factory, wrapper)
+        self.successResultOf(service.stopService())
+
+
+class InvalidReloadTests(ReloadCase):
+    def test_every_problem_nothing_changes(self) -> None:
+        """
+        An invalid file changes nothing: every problem is in the result and in the log, as
+        ``twisted-lb check`` prints it, and the generation stays.
+        """
+        path = Path(self.mktemp())
+        path.write_text(
+            BASE.replace("weight = 3", "weight = 0").replace('"round_robin"', '"round_robn"')
+        )
+        with self.assertRaises(ConfigError) as raised:
+            parse_config(path.read_text(), str(path))
+        expected = tuple(str(problem) for problem in raised.exception.problems)
+        self.assertEqual(len(expected), 2)
+        app2 = self.backend("app", "app2")
+        with capturedLogs() as events:
+            result = self.service.reload(str(path))
+        logs = texts(events)
+        self.assertEqual((result.ok, result.generation, result.problems), (False, 1, expected))
+        for line in expected:
+            self.assertIn(line, logs)
+        self.assertIn("reload failed with 2 problems; generation 1 stays in force", logs)
+        self.assertIs(self.service.last_reload, result)
+        self.assertEqual(app2.weight, 3)
+        self.assertEqual(self.service.config.path, "lb.toml")
+
+    def test_reload_default_path(self) -> None:
+        """Without a path, the file the config in force came from is read again."""
+        path = Path(self.mktemp())
+        path.write_text(BASE.replace("weight = 3", "weight = 5"))
+        self.service.apply_config(parse_config(BASE, str(path)))
+        with capturedLogs():
+            result = self.service.reload()
+        self.assertEqual((result.ok, result.generation), (True, 3))
+        self.assertEqual(self.backend("app", "app2").weight, 5)
+
+
+class DrainTests(ReloadCase):
+    def test_removed_backend_drains_then_closes(self) -> None:
+        """
+        A removed backend with a relayed connection takes no new one, and its connection
+        runs on; after drain_timeout it is closed, with a log event, and no timer is left.
+        """
+        pool = self.service.pools["app"]
+        front, client, backend = self.tcp_client()
+        used = front.backend  # type: ignore[attr-defined]
+        names = [b.name for b in pool.backends if b is not used]
+        keep = "\n".join(line for line in BASE.splitlines() if str(used.address) not in line)
+        result, _ = self.apply(keep + "\n")
+        self.assertEqual(result.removed, (f"backend app/{used.name}",))
+        self.assertEqual([b.name for b in pool.backends], names)
+        [drain] = self.service.drains
+        front.dataReceived(b"still relayed")  # type: ignore[attr-defined]
+        self.assertEqual(backend.value(), b"still relayed")
+        self.reactor.advance(9.0)
+        self.assertFalse(client.disconnected)
+        with capturedLogs() as events:
+            self.reactor.advance(1.0)
+        self.assertTrue(client.disconnected)
+        self.assertTrue(backend.disconnected)
+        self.assertIn(
+            f"drain_timeout: closed 1 connections of backend app/{used.name} still open after 10 s",
+            texts(events),
+        )
+        self.assertEqual(self.service.drains, [])
+        self.assertFalse(drain.loop.running)
+
+    def test_drain_ends_when_the_work_does(self) -> None:
+        """A drain whose last connection ends is over at its next look; its timers go."""
+        front, _client, _ = self.tcp_client()
+        used = front.backend  # type: ignore[attr-defined]
+        self.service.remove_backend("app", used.name)
+        self.assertEqual(len(self.service.drains), 1)
+        front.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        front.backend_connection_lost()  # type: ignore[attr-defined]
+        with capturedLogs() as events:
+            self.reactor.advance(1.0)
+        self.assertIn(f"drained backend app/{used.name} in 1.0 s", texts(events))
+        self.assertEqual(self.service.drains, [])
+
+    def test_removed_frontend_drains(self) -> None:
+        """
+        A removed frontend stops listening; its relayed connections run until they end or
+        drain_timeout closes them.
+        """
+        _front, client, _ = self.tcp_client()
+        text = BASE.split("[frontends.db]")[0] + "[pools.app]" + BASE.split("[pools.app]")[1]
+        result, _ = self.apply(text)
+        self.assertEqual(result.removed, ("frontend db", "listener db tcp:5432"))
+        self.assertNotIn("db", self.service.factories)
+        self.assertFalse(client.disconnecting)
+        self.reactor.advance(10.0)
+        self.assertTrue(client.disconnected)
+
+    def test_idle_upstreams_of_removed_backend_close(self) -> None:
+        """Idle keep-alive connections to a removed backend are closed by the reload."""
+        upstreams = self.service.upstreams
+        app3 = self.backend("app", "app3")
+        idle = FakeIdle(app3)
+        upstreams.idle[app3] = [idle]  # type: ignore[list-item]
+        self.apply(BASE.replace('  { address = "127.0.0.1:9003", name = "app3" },\n', ""))
+        self.assertTrue(idle.closed)
+        self.assertNotIn(app3, upstreams.idle)
+
+    def test_pool_tls_change_closes_idle_upstreams(self) -> None:
+        """
+        Idle keep-alive connections of a pool whose TLS settings changed are closed, so that
+        none is reused with the old settings; the backends themselves are kept.
+        """
+        upstreams = self.service.upstreams
+        app1 = self.backend("app", "app1")
+        idle = FakeIdle(app1)
+        upstreams.idle[app1] = [idle]  # type: ignore[list-item]
+        self.apply(BASE)
+        self.assertFalse(idle.closed)
+        result, _ = self.apply(
+            BASE.replace("[pools.api]", "[pools.app.tls]\nverify = false\n[pools.api]")
+        )
+        self.assertEqual(result.changed, ("pool app",))
+        self.assertTrue(idle.closed)
+        self.assertIs(self.backend("app", "app1"), app1)
+        self.assertIsNotNone(self.service.pools["app"].tls)
+        upstreams.idle.clear()
+
+    def test_removed_http_frontend_closes_idle_clients(self) -> None:
+        """
+        A removed HTTP frontend's idle keep-alive clients are closed at once; the others
+        after their response.
+        """
+        factory = self.service.factories["web"]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 5555))
+        client = StringTransport()
+        protocol.makeConnection(client)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        text = BASE.replace(BASE[BASE.index("[frontends.web]") : BASE.index("[frontends.db]")], "")
+        result, _ = self.apply(text)
+        self.assertIn("frontend web", result.removed)
+        self.assertTrue(client.disconnecting)
+
+
+class FakeIdle:
+    """An idle upstream connection, as :class:`Upstreams` sees one."""
+
+    lost = False
+    reusable = True
+    idle_call = None
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RuntimeTests(ReloadCase):
+    def test_state_and_weight(self) -> None:
+        """Drain, maint, ready and weight change the live backend; the strategy follows."""
+        self.service.monitors["app"].stopService()
+        app2 = self.backend("app", "app2")
+        self.service.set_backend_state("app", "app2", "drain")
+        self.assertIs(app2.state, BackendState.DRAINING)
+        self.service.set_backend_state("app", "app2", "maint")
+        self.assertIs(app2.state, BackendState.MAINT)
+        self.service.set_backend_state("app", "app2", "ready")
+        self.assertIs(app2.state, BackendState.UP)
+        self.reactor.advance(20.0)  # its slow start
+        self.service.set_backend_weight("app", "app2", 7)
+        self.assertEqual((app2.weight, app2.effective_weight), (7, 7.0))
+        pool = self.service.pools["app"]
+        picks = [pool.pick(object()).backend.name for _ in range(9)]  # type: ignore[arg-type, union-attr]
+        self.assertEqual(picks.count("app2"), 7)
+
+    def test_errors(self) -> None:
+        """Unknown names are LookupErrors, bad values InvalidChange naming what is accepted."""
+        with self.assertRaises(UnknownPool):
+            self.service.set_backend_state("nope", "app1", "drain")
+        with self.assertRaises(UnknownBackend) as raised:
+            self.service.set_backend_weight("app", "nope", 2)
+        self.assertIn("backends: app1, app2, app3", str(raised.exception))
+        with self.assertRaises(InvalidChange) as invalid:
+            self.service.set_backend_state("app", "app1", "down")
+        self.assertIn("'ready', 'drain' or 'maint'", str(invalid.exception))
+        for weight in (0, True, 2.5):
+            with self.assertRaises(InvalidChange):
+                self.service.set_backend_weight("app", "app1", weight)  # type: ignore[arg-type]
+        with self.assertRaises(InvalidChange):
+            self.service.add_backend("app", "nowhere")
+        with self.assertRaises(InvalidChange):
+            self.service.add_backend("app", "127.0.0.1:9001")
+        with self.assertRaises(InvalidChange):
+            self.service.add_backend("app", "127.0.0.1:9009", name="app1")
+        with self.assertRaises(UnknownBackend):
+            self.service.remove_backend("app", "nope")
+        self.assertEqual(self.service.runtime_state()["backends"], [])
+
+    def test_add_and_remove(self) -> None:
+        """An added backend is picked and probed; a removed one drains."""
+        probes = len(self.reactor.tcpClients)
+        backend = self.service.add_backend("app", "127.0.0.1:9009", weight=2)
+        self.assertEqual(backend.name, "app4")
+        self.assertIn(backend, self.service.pools["app"].backends)
+        self.assertEqual(self.reactor.tcpClients[probes][:2], ("127.0.0.1", 9009))
+        self.service.remove_backend("app", "app1")
+        self.assertEqual(
+            [b.name for b in self.service.pools["app"].backends], ["app2", "app3", "app4"]
+        )
+        self.assertEqual(
+            self.service.runtime_state(),
+            {
+                "generation": 1,
+                "backends": [
+                    {
+                        "pool": "app",
+                        "backend": "app4",
+                        "added": {"address": "127.0.0.1:9009", "weight": 2, "backup": False},
+                    },
+                    {"pool": "app", "backend": "app1", "removed": True},
+                ],
+            },
+        )
+
+    def test_restore(self) -> None:
+        """The runtime state applies again on a fresh service; bad entries are skipped."""
+        self.service.set_backend_state("app", "app2", "drain")
+        self.service.set_backend_weight("app", "app2", 5)
+        self.service.add_backend("api", "127.0.0.1:9102", name="api2")
+        state = self.service.runtime_state()
+        state["backends"].append({"pool": "gone", "backend": "x", "state": "drain"})  # type: ignore[attr-defined]
+        state["backends"].append({"pool": "app", "backend": "app1", "weight": -1})  # type: ignore[attr-defined]
+        fresh = LoadBalancerService.from_config(parse_config(BASE, "lb.toml"), self.reactor)
+        problems = fresh.restore_runtime_state(state)
+        self.assertEqual(len(problems), 2)
+        self.assertIn("runtime state backends[2] (gone/x): no pool 'gone'", problems[0])
+        self.assertIn("weight must be an integer >= 1", problems[1])
+        [app2] = [b for b in fresh.pools["app"].backends if b.name == "app2"]
+        self.assertEqual((app2.state, app2.weight), (BackendState.DRAINING, 5))
+        self.assertEqual([b.name for b in fresh.pools["api"].backends], ["api1", "api2"])
+        self.assertEqual(
+            fresh.runtime_state()["backends"], self.service.runtime_state()["backends"]
+        )
+
+    def test_reload_overrides(self) -> None:
+        """
+        A reload replaces the runtime changes with the config, and logs the ones that
+        differ from it; one the config agrees with is not overridden.
+        """
+        self.service.set_backend_state("app", "app2", "drain")
+        self.service.set_backend_weight("app", "app1", 4)
+        self.service.add_backend("app", "127.0.0.1:9009", name="extra")
+        self.service.add_backend("api", "127.0.0.1:9102", name="api2")
+        text = BASE.replace(
+            '[{ address = "127.0.0.1:9101" }]',
+            '[{ address = "127.0.0.1:9101" }, { address = "127.0.0.1:9102", name = "api2" }]',
+        )
+        api2 = self.backend("api", "api2")
+        result, logs = self.apply(text)
+        self.assertEqual(
+            result.overridden,
+            (
+                "backend app/app2 state drain (the config says ready)",
+                "backend app/app1 weight 4 (the config says 1)",
+                "backend app/extra added at 127.0.0.1:9009 (not in the config)",
+            ),
+        )
+        self.assertIs(self.backend("api", "api2"), api2)  # the config has it now: kept
+        self.assertIs(self.backend("app", "app2").state, BackendState.UP)
+        self.assertEqual(self.backend("app", "app1").weight, 1)
+        self.assertNotIn("extra", [b.name for b in self.service.pools["app"].backends])
+        self.assertEqual(self.service.runtime_state()["backends"], [])
+        [summary] = [line for line in logs if line.startswith("reload:")]
+        self.assertIn("overrode the runtime changes backend app/app2 state drain", summary)
+
+
+class DrainTimeoutConfigTests(SynchronousTestCase):
+    def test_default_and_errors(self) -> None:
+        """``[global] drain_timeout``: 30 s by default; a positive number of seconds."""
+        config = parse_config(BASE.replace("drain_timeout = 10", ""), "lb.toml")
+        self.assertEqual(config.global_config.drain_timeout, 30.0)
+        for value, message in (
+            ("0", "must be more than 0 seconds, not 0"),
+            ('"30s"', "must be a number (seconds), not a string"),
+        ):
+            with self.assertRaises(ConfigError) as raised:
+                parse_config(
+                    BASE.replace("drain_timeout = 10", f"drain_timeout = {value}"), "lb.toml"
+                )
+            [problem] = raised.exception.problems
+            self.assertEqual(problem.key, "global.drain_timeout")
+            self.assertIn(message, problem.message)
