@@ -193,6 +193,23 @@ class AdminConfigTests(SynchronousTestCase):
             ],
         )
 
+    def test_summary(self) -> None:
+        """``twisted-lb check`` shows the admin listeners last."""
+        from twisted_lb.config import format_summary
+
+        config = parse_config(
+            FRONTEND
+            + POOL
+            + "[admin]\nlisten = ['unix:/run/a.sock', 'tcp:9901:interface=127.0.0.1']\n"
+            "state_file = '/var/lib/lb/state.json'\n",
+            "/etc/lb/lb.toml",
+        )
+        self.assertEqual(
+            format_summary(config).splitlines()[-1],
+            "admin listen unix:/run/a.sock, tcp:9901:interface=127.0.0.1 "
+            "(socket_mode 0600, no token, state_file /var/lib/lb/state.json)",
+        )
+
     def test_token_file_problems(self) -> None:
         """A token file that is missing or empty is a config error on admin.token_file."""
         directory = short_directory(self)
@@ -645,6 +662,59 @@ class APITokenTests(SynchronousTestCase):
 class AdminListenerTests(SynchronousTestCase):
     """The listeners, on the real reactor's sockets."""
 
+    def stop(self, service: Any) -> None:
+        """Stop a started admin service; its ports close in the reactor's next iterations."""
+        from twisted.internet import reactor
+
+        stopped: list[object] = []
+        service.stopService().addBoth(stopped.append)
+        for _ in range(50):
+            if stopped:
+                break
+            reactor.iterate(0.01)
+        self.assertEqual(len(stopped), 1)
+
+    def test_embedded_start_restores_state(self) -> None:
+        """
+        Started with startService alone (embedded, no privilegedStartService), the admin
+        service restores the state file before it listens.
+        """
+        from twisted.internet import reactor
+
+        directory = short_directory(self)
+        state = os.path.join(directory, "state.json")
+        write_state_file(
+            state,
+            {
+                "format": 1,
+                "runtime": {
+                    "backends": [
+                        {"pool": "app", "backend": "app2", "state": "drain", "weight": 3},
+                        {"pool": "gone", "backend": "x", "state": "drain"},
+                    ]
+                },
+            },
+        )
+        config = parse_config(
+            FRONTEND
+            + POOL
+            + f"[admin]\nlisten = ['unix:{directory}/a.sock']\nstate_file = '{state}'\n"
+        )
+        service = LoadBalancerService.from_config(config, reactor)
+        assert service.admin is not None
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service.admin.startService()
+        backend = service.pools["app"].backends[1]
+        self.assertEqual((backend.admin_state.value, backend.weight), ("DRAINING", 3))
+        skipped = [e["problem"] for e in events if "skipped" in e.get("log_format", "")]
+        self.assertEqual(len(skipped), 1)
+        self.assertIn("gone", skipped[0])
+        self.stop(service.admin)
+
     def test_socket_mode(self) -> None:
         """A UNIX admin socket gets socket_mode; a stale socket file is replaced."""
         from twisted.internet import reactor
@@ -665,13 +735,7 @@ class AdminListenerTests(SynchronousTestCase):
             self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(path)
-            stopped: list[object] = []
-            service.admin.stopService().addBoth(stopped.append)
-            for _ in range(50):  # the port closes in the reactor's next iteration
-                if stopped:
-                    break
-                reactor.iterate(0.01)
-            self.assertEqual(len(stopped), 1)
+            self.stop(service.admin)
             self.assertFalse(os.path.exists(path))
         with open(path, "w") as f:
             f.write("not a socket")
@@ -683,6 +747,10 @@ class AdminListenerTests(SynchronousTestCase):
         with self.assertRaises(ListenError) as caught:
             service.admin.privilegedStartService()
         self.assertIn(f"admin: cannot listen on unix:{path}", str(caught.exception))
+        self.assertEqual(service.admin.site.numPorts, 0)
+        self.assertEqual(
+            [c for c in reactor.getDelayedCalls() if "_updateLogDateTime" in repr(c)], []
+        )
         self.assertEqual(Path(path).read_text(), "not a socket")
 
 
@@ -751,6 +819,7 @@ class AdminIntegrationCase(SynchronousTestCase):
 
     def write_config(self, ports: list[int], directory: str, extra: str = "") -> str:
         Path(directory, "admin.token").write_text("s3cret\n")
+        os.chmod(os.path.join(directory, "admin.token"), 0o600)
         config = http_lb_config({"app": ports}) + (
             "[admin]\n"
             f'listen = ["unix:{directory}/admin.sock", "tcp:0:interface=127.0.0.1:backlog=20"]\n'
@@ -789,8 +858,11 @@ class AdminIntegrationTests(AdminIntegrationCase):
         _, port1 = self.start_backend("app1")
         _, port2 = self.start_backend("app2")
         directory = short_directory(self)
-        admin = self.start_admin_lb(self.write_config([port1, port2], directory))
+        path = self.write_config([port1, port2], directory)
+        os.chmod(os.path.join(directory, "admin.token"), 0o644)
+        admin = self.start_admin_lb(path)
         self.assertEqual(stat.S_IMODE(os.stat(admin.socket_path).st_mode), 0o600)
+        admin.lb.wait_for(r"admin: token_file .*admin\.token can be read by other users")
 
         status, body = admin.call("GET", "status")
         self.assertEqual((status, body["generation"]), (200, 1))

@@ -820,6 +820,7 @@ class AdminListener(Service):
             _remove_stale_socket(path)
             mask = os.umask(0o777 & ~self.socket_mode)
         outcome: list[IListeningPort | Failure] = []
+        started = self.site.numPorts
         try:
             self.endpoint.listen(self.site).addBoth(outcome.append)
         finally:
@@ -827,6 +828,10 @@ class AdminListener(Service):
                 os.umask(mask)
         result = outcome[0] if outcome else None
         if result is None or isinstance(result, Failure):
+            if self.site.numPorts > started:
+                # A UNIX port starts its factory before it binds, and does not stop it when
+                # the bind fails; stop it here, or its timer (the log's date) is left behind.
+                self.site.doStop()
             reason = "did not listen" if result is None else result.getErrorMessage()
             raise ListenError(f"admin: cannot listen on {self.description}: {reason}")
         self.port = result
@@ -923,9 +928,28 @@ class AdminService(MultiService):
         if problems:
             raise ConfigError(problems)
 
+    _restored = False
+
     def privilegedStartService(self) -> None:
-        self.restore_state()
+        self._before_listening()
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def startService(self) -> None:
+        self._before_listening()  # when started without privilegedStartService (embedded)
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def _before_listening(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        path = self.config.token_file
+        with contextlib.suppress(OSError):
+            if path is not None and os.stat(path).st_mode & 0o077:
+                _log.warn(
+                    "admin: token_file {path} can be read by other users; chmod 600 it",
+                    path=path,
+                )
+        self.restore_state()
 
     def restore_state(self) -> None:
         """Re-apply the runtime changes of ``state_file``; a bad file is logged and skipped."""

@@ -2630,6 +2630,13 @@ def format_summary(config: Config) -> str:
         lines.append("unused:")
         for pool in unused:
             lines.extend(_pool_summary(pool))
+    admin = config.admin
+    if admin is not None:
+        settings = [f"socket_mode {admin.socket_mode:04o}"]
+        settings.append(f"token {admin.token_file}" if admin.token_file else "no token")
+        if admin.state_file:
+            settings.append(f"state_file {admin.state_file}")
+        lines.append(f"admin listen {', '.join(admin.listen)} ({', '.join(settings)})")
     return "\n".join(lines)
 
 
