@@ -13,10 +13,12 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1077,7 +1079,7 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         self.assertEqual(as_json.returncode, 1)
         self.assertEqual(json.loads(as_json.stdout)["ok"], False)
         status = admin.ctl("status")
-        self.assertIn("FAILED (1 problems)", status.stdout)
+        self.assertIn("FAILED (1 problem) at ", status.stdout)
 
     def test_error_statuses_over_the_socket(self) -> None:
         """Every error status, from the real balancer, over its real sockets."""
@@ -1112,3 +1114,28 @@ class ChangeIntegrationTests(AdminIntegrationCase):
             connection.close()
         _, body = admin.call("GET", backend)
         self.assertEqual((body["admin_state"], body["weight"]), ("ready", 1))
+
+    def test_sighup_reload_rewrites_the_state_file(self) -> None:
+        """
+        A SIGHUP reload overrides the runtime changes, and the state file says so: after a
+        restart the config's values are in force, not the overridden change.
+        """
+        _, port1 = self.start_backend("app1")
+        directory = short_directory(self)
+        path = self.write_config([port1], directory, 'state_file = "state.json"\n')
+        admin = self.start_admin_lb(path)
+        token = ("--token-file", f"{directory}/admin.token")
+        self.assertEqual(admin.ctl(*token, "drain", "app", "app1").returncode, 0)
+        state = Path(directory, "state.json")
+        self.assertEqual(len(json.loads(state.read_text())["runtime"]["backends"]), 1)
+        admin.lb.signal(signal.SIGHUP)
+        admin.lb.wait_for(r"reload: generation 2")
+        deadline = time.monotonic() + TIMEOUT
+        while json.loads(state.read_text())["generation"] != 2:
+            self.assertLess(time.monotonic(), deadline, state.read_text())
+            time.sleep(0.05)
+        self.assertEqual(json.loads(state.read_text())["runtime"]["backends"], [])
+        admin.lb.stop()
+        again = self.start_admin_lb(path)
+        _, body = again.call("GET", "pools/app/backends/app1")
+        self.assertEqual(body["admin_state"], "ready")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import signal
 import socket
 import subprocess
@@ -33,16 +34,18 @@ WINDOW = 0.4
 def config(ports: dict[str, int], generation_b: bool) -> str:
     """
     The two configs the test alternates between. B adds backend b3 to pool app, gives b1
-    weight 3, and sends ``/v1/`` to pool alt instead of app.
+    weight 3, sends ``/v1/`` to pool alt instead of app, and replaces pool dl's backend dl
+    (where the download starts) by dl2.
     """
     weight = 3 if generation_b else 1
+    dl = "dl2" if generation_b else "dl"
     app = [f'{{ address = "127.0.0.1:{ports["b1"]}", name = "b1", weight = {weight} }}']
     app.append(f'{{ address = "127.0.0.1:{ports["b2"]}", name = "b2" }}')
     if generation_b:
         app.append(f'{{ address = "127.0.0.1:{ports["b3"]}", name = "b3" }}')
     return f"""
 [global]
-drain_timeout = 20
+drain_timeout = 60
 
 [frontends.web]
 mode = "http"
@@ -77,7 +80,7 @@ backends = [{{ address = "127.0.0.1:{ports["ws"]}", name = "ws" }}]
 
 [pools.dl]
 connect_timeout = 2.0
-backends = [{{ address = "127.0.0.1:{ports["dl"]}", name = "dl" }}]
+backends = [{{ address = "127.0.0.1:{ports[dl]}", name = "{dl}" }}]
 """
 
 
@@ -106,7 +109,7 @@ class ReloadUnderLoadTests(TestCase):
         self.dir.mkdir(parents=True)
         self.processes: list[Process] = []
         self.ports: dict[str, int] = {}
-        for name in ("b1", "b2", "b3", "b4", "dl"):
+        for name in ("b1", "b2", "b3", "b4", "dl", "dl2"):
             process, port = start_backend("echo", name)
             self.processes.append(process)
             self.ports[name] = port
@@ -233,8 +236,9 @@ class ReloadUnderLoadTests(TestCase):
         While 50 keep-alive clients, a tunnel and a slow 50 MB download are busy, 20
         SIGHUP reloads alternate between two configs: no request fails, no connection is
         reset or closed, new connections are accepted throughout, the tunnel and the download
-        complete, and in each generation the split is the config's (b1:b2 1:1, or b1:b2:b3
-        3:1:1 with /v1/ on pool alt).
+        complete (the download's backend drains from the first reload to its end), and in
+        each generation the split is the config's (b1:b2 1:1, or b1:b2:b3 3:1:1 with /v1/ on
+        pool alt).
         """
         seen = Recorder()
         stop = threading.Event()
@@ -303,7 +307,11 @@ class ReloadUnderLoadTests(TestCase):
         self.assertIn("added backend app/b3", output)
         self.assertIn("removed backend app/b3", output)
         self.assertIn("changed backend app/b1, route web[2]", output)
-        self.assertIn("drained backend app/b3 in ", output)
+        self.assertIn("drained backend app/b3, backend dl/dl2 in ", output)
+        # The download's backend was removed by the first reload, and drained only when the
+        # download was over, after the last one.
+        drained = re.findall(r"drained backend dl/dl in ([0-9.]+) s", output)
+        self.assertGreater(max(float(seconds) for seconds in drained), 3.0, drained)
         self.assertNotIn("drain_timeout", output)
         self.assertEqual(output.count("listening on"), 1)
 
@@ -319,7 +327,7 @@ class InvalidReloadTests(TestCase):
         directory = Path(self.mktemp())
         directory.mkdir(parents=True)
         backends = {}
-        for name in ("b1", "b2", "b3", "b4", "dl", "ws"):
+        for name in ("b1", "b2", "b3", "b4", "dl", "dl2", "ws"):
             process, backends[name] = start_backend("echo", name)
             self.addCleanup(process.stop)
         path = directory / "lb.toml"

@@ -401,3 +401,69 @@ class OutlierTests(SynchronousTestCase):
         ):
             self.assertRaises(ValueError, OutlierDetector, self.clock, **kwargs)
         self.assertRaises(ValueError, Pool, "p", backends(1), RoundRobin(), slow_start=5.0)
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """:meth:`Pool.reconfigure` and :meth:`Pool.set_weight`, as a reload uses them."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.b1, self.b2 = backends(2, weight=10)
+        self.pool = Pool(
+            "p",
+            [self.b1, self.b2],
+            RoundRobin(),
+            slow_start=40.0,
+            outlier_detector=OutlierDetector(self.clock, consecutive_failures=1),
+            reactor=self.clock,
+        )
+
+    def settings(self, **changes: object) -> dict[str, object]:
+        pool = self.pool
+        settings: dict[str, object] = {
+            "strategy": pool.strategy,
+            "connect_timeout": pool.connect_timeout,
+            "retries": pool.retries,
+            "response_timeout": pool.response_timeout,
+            "upstream_idle_timeout": pool.upstream_idle_timeout,
+            "max_idle_per_backend": pool.max_idle_per_backend,
+            "panic": pool.panic,
+            "slow_start": pool.slow_start,
+            "outlier_detector": pool.outlier_detector,
+            "tls": pool.tls,
+        }
+        settings.update(changes)
+        return settings
+
+    def test_off_ends_ejections_and_slow_starts(self) -> None:
+        """
+        Without an outlier detector ejected backends are back at once; without slow start
+        warming backends are at full weight; no timer is left.
+        """
+        self.pool.report_failure(self.b1, "refused")
+        self.assertTrue(self.b1.ejected)
+        self.pool.set_healthy(self.b2, False)
+        self.pool.set_healthy(self.b2, True)
+        self.assertEqual(self.b2.effective_weight, 1.0)
+        self.pool.reconfigure(**self.settings(outlier_detector=None, slow_start=0.0))  # type: ignore[arg-type]
+        self.assertFalse(self.b1.ejected)
+        self.assertEqual((self.b1.effective_weight, self.b2.effective_weight), (10.0, 10.0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_values_checked_first(self) -> None:
+        """An out-of-range value raises ValueError and changes nothing."""
+        with self.assertRaises(ValueError):
+            self.pool.reconfigure(**self.settings(retries=3, connect_timeout=0.0))  # type: ignore[arg-type]
+        self.assertEqual(self.pool.retries, 2)
+
+    def test_new_strategy_and_weight(self) -> None:
+        """A new strategy is told the backends; a weight change reaches the strategy."""
+        strategy = RoundRobin()
+        self.pool.reconfigure(**self.settings(strategy=strategy))  # type: ignore[arg-type]
+        self.assertIs(self.pool.strategy, strategy)
+        self.pool.set_weight(self.b2, 30)
+        info = ConnectionInfo()
+        picks = Counter(self.pool.pick(info).backend.name for _ in range(40))  # type: ignore[union-attr]
+        self.assertEqual(picks, {self.b1.name: 10, self.b2.name: 30})
+        with self.assertRaises(ValueError):
+            self.pool.set_weight(self.b2, 0)

@@ -199,12 +199,15 @@ class DiffTests(ReloadCase):
         self.assertEqual((monitor.interval, monitor.rise), (7.0, 4))
         self.assertEqual(len(self.reactor.tcpClients), probes + 1)
         self.assertEqual(self.reactor.tcpClients[-1][:2], ("127.0.0.1", 9004))
-        # Without a health_check table the monitor stops.
+        # Without a health_check table the monitor stops, and no backend stays DOWN.
+        app1 = self.backend("app", "app1")
+        self.service.pools["app"].set_healthy(app1, False)
         result, _ = self.apply(
             BASE.replace('[pools.app.health_check]\nkind = "tcp"\ninterval = 5\n', "")
         )
         self.assertEqual(self.service.monitors, {})
         self.assertFalse(monitor.running)
+        self.assertIs(app1.state, BackendState.UP)
 
     def test_strategy(self) -> None:
         """The strategy is kept while its name and options are; else a new one is made."""
@@ -439,6 +442,26 @@ class DrainTests(ReloadCase):
         self.assertFalse(client.disconnecting)
         self.reactor.advance(10.0)
         self.assertTrue(client.disconnected)
+
+    def test_removed_frontend_and_backend_close_once(self) -> None:
+        """
+        A connection of a removed frontend that also uses a removed backend is closed once
+        at drain_timeout, and counted once.
+        """
+        front, client, _ = self.tcp_client()
+        used = front.backend  # type: ignore[attr-defined]
+        text = BASE.split("[frontends.db]")[0] + "[pools.app]" + BASE.split("[pools.app]")[1]
+        text = "\n".join(line for line in text.splitlines() if str(used.address) not in line)
+        self.apply(text + "\n")
+        with capturedLogs() as events:
+            self.reactor.advance(10.0)
+        self.assertTrue(client.disconnected)
+        [line] = [t for t in texts(events) if t.startswith("drain_timeout")]
+        self.assertEqual(
+            line,
+            f"drain_timeout: closed 1 connections of backend app/{used.name}, "
+            "frontend db (1 connections) still open after 10 s",
+        )
 
     def test_idle_upstreams_of_removed_backend_close(self) -> None:
         """Idle keep-alive connections to a removed backend are closed by the reload."""

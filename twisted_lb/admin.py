@@ -288,13 +288,12 @@ class APIResource(Resource):
         if segments and segments[-1] == b"":
             segments.pop()
         path = [_path_segment(s) for s in segments]
-        route = self._route(path)
-        if route is None:
+        handlers = self._route(path)
+        if handlers is None:
             raise APIError(
                 404,
                 f"no such endpoint /api/v1/{'/'.join(path)}; see docs/operations.rst",
             )
-        handlers = route
         allowed = tuple(handlers)
         name = method.decode("latin-1")
         if name == "HEAD" and "GET" in handlers:

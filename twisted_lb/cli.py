@@ -340,7 +340,8 @@ def _format_status(status: Mapping[str, Any]) -> str:
         reload_line = "none since start"
     else:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.get("at", 0)))
-        outcome = "ok" if last.get("ok") else f"FAILED ({len(last.get('problems') or [])} problems)"
+        count = len(last.get("problems") or [])
+        outcome = "ok" if last.get("ok") else f"FAILED ({count} problem{'s' * (count != 1)})"
         reload_line = f"{outcome} at {when}"
     return _table(
         [

@@ -337,20 +337,21 @@ class _Drain:
 
     def _expire(self) -> None:
         self.timer = None
-        aborted = 0
+        # Each connection once: one of a removed frontend may also use a removed backend.
+        left: dict[Any, None] = {}
         for factory in self.factories:
-            aborted += len(factory.connections)
-            factory.abort_connections()
+            left.update(dict.fromkeys(factory.connections))
         if self.backends:
             for factory in self.service.all_factories():
-                for connection in list(factory.connections):
+                for connection in factory.connections:
                     lease = getattr(connection, "lease", None)
                     if lease is not None and not lease.released and lease.backend in self.backends:
-                        aborted += 1
-                        connection.abort("drain")
+                        left[connection] = None
+        for connection in left:
+            connection.abort("drain")
         _log.warn(
             "drain_timeout: closed {count} connections of {what} still open after {timeout:g} s",
-            count=aborted,
+            count=len(left),
             what=", ".join(self.what),
             timeout=self.timeout,
         )
@@ -836,6 +837,10 @@ class LoadBalancerService(MultiService):
             if monitor is not None:
                 del self.monitors[name]
                 monitor.disownServiceParent()  # type: ignore[no-untyped-call]
+                # Without checks a backend is UP (as at start): none is left DOWN for good.
+                for backend in plan_pool.pool.backends:
+                    if not backend.healthy:
+                        plan_pool.pool.set_healthy(backend, True)
             return
         if monitor is None:
             monitor = HealthMonitor(
