@@ -215,6 +215,28 @@ class MonitorTests(SynchronousTestCase):
         self.assertIsNone(monitor.last_result(self.app1))
         monitor.stopService()
 
+    def test_counts_results_and_keeps_last_failure(self) -> None:
+        """
+        Each result is counted on its backend as passed or failed, and the last failure's
+        detail and time stay on the backend after it passes again.
+        """
+        monitor = self.monitor(interval=2.0, rise=1)
+        monitor.startService()
+        self.assertEqual(self.app1.last_check_failure, "")
+        self.clock.advance(1.0)
+        self.check.answer(self.app1, FAIL)
+        self.check.answer(self.app2, PASS)
+        self.assertEqual(self.app1.last_check_failure, FAIL.detail)
+        self.assertEqual(self.app1.last_check_failure_at, 1.0)
+        self.clock.advance(2.0)
+        self.check.answer(self.app1, PASS)
+        self.check.answer(self.app2, PASS)
+        self.assertEqual((self.app1.health_checks_passed, self.app1.health_checks_failed), (1, 1))
+        self.assertEqual((self.app2.health_checks_passed, self.app2.health_checks_failed), (2, 0))
+        self.assertEqual(self.app1.last_check_failure, FAIL.detail)
+        self.assertEqual(self.app2.last_check_failure, "")
+        monitor.stopService()
+
     def test_first_failure_marks_down_at_once(self) -> None:
         """A first failed probe takes the backend DOWN at once, whatever ``fall`` is."""
         monitor = self.monitor(fall=3)

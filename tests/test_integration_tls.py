@@ -19,6 +19,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -608,3 +609,61 @@ class ReloadTests(TLSCase):
         for _ in range(3):
             self.assertEqual(self.request(port)[0], 200)
         self.assertNotIn("backend app1 DOWN after", lb.output().split("reload failed")[1])
+
+
+class HandshakeMetricsTests(TLSCase):
+    def test_handshakes_counted_in_metrics(self) -> None:
+        """
+        ``/metrics`` counts a frontend's completed TLS handshakes, and failed ones by reason:
+        plain HTTP sent to the TLS port, a TLS 1.2 client against ``min_version =
+        "TLSv1.3"``.
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, backend = self.start_backend("echo", "app1")
+        config = (
+            self.frontend_config(
+                backend,
+                f'certificates = [{{ cert = "{self.a[0]}", key = "{self.a[1]}" }}]\n'
+                'min_version = "TLSv1.3"',
+            )
+            + '[admin]\nlisten = ["tcp:0:interface=127.0.0.1:backlog=20"]\n'
+        )
+        lb, port = self.start_lb(config)
+        admin = int(lb.wait_for(r"admin API listening on 127\.0\.0\.1:(\d+)").group(1))
+        for _ in range(2):
+            self.assertEqual(self.get(self.handshake(port, "a.example")).status, 200)
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+            plain.recv(1024)
+        old = self.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+        with self.assertRaises(ssl.SSLError):
+            self.handshake(port, "a.example", old)
+
+        def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+            connection = http.client.HTTPConnection("127.0.0.1", admin, timeout=TIMEOUT)
+            try:
+                connection.request("GET", "/metrics")
+                text = connection.getresponse().read().decode()
+            finally:
+                connection.close()
+            return {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        failures = "twisted_lb_tls_handshake_failures_total"
+        expected = {
+            ("twisted_lb_tls_handshakes_total", frozenset({("frontend", "web")})): 2.0,
+            (failures, frozenset({("frontend", "web"), ("reason", "http_request")})): 1.0,
+            (failures, frozenset({("frontend", "web"), ("reason", "unsupported_protocol")})): 1.0,
+        }
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            scraped = scrape()
+            seen = {k: scraped.get(k) for k in expected}
+            if seen == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(seen, expected)

@@ -15,6 +15,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 from service_identity import VerificationError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -23,7 +24,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test.iosim import (
@@ -49,6 +50,7 @@ from twisted_lb.tls import (
     ca_problem,
     certificate_problem,
     group_problem,
+    handshake_failure_reason,
 )
 
 CA = trustme.CA()
@@ -953,3 +955,63 @@ class ClientReloadTests(SynchronousTestCase):
         self.assertTrue(ClientTLS(ca=self.ca).has_files)
         self.assertTrue(ClientTLS(client_cert=cert, client_key=key).has_files)
         self.assertEqual(ClientTLS().reload(), [])
+
+
+def counted_handshake(server_tls: ServerTLS, client: Any) -> tuple[Peer, Peer]:
+    """:func:`handshake`, with the server side wrapped by ``server_tls.wrap`` as frontends are."""
+    clock = Clock()
+    servers, clients = PeerFactory(), PeerFactory()
+    server_factory = server_tls.wrap(servers, clock=clock)
+    client_factory = TLSMemoryBIOFactory(client, True, clients, clock=clock)
+    _client, _server, pump = connectedServerAndClient(
+        lambda: server_factory.buildProtocol(None),
+        lambda: client_factory.buildProtocol(None),
+        clock=clock,
+    )
+    pump.flush()
+    [client_peer], [server_peer] = clients.built, servers.built
+    return client_peer, server_peer
+
+
+class HandshakeCountTests(SynchronousTestCase):
+    """``ServerTLS.wrap`` counts handshakes and failed handshakes by reason."""
+
+    def setUp(self) -> None:
+        self.server_tls = ServerTLS([Files(self.mktemp()).pair("a", SITE_A)], min_version="TLSv1.3")
+
+    def test_completed(self) -> None:
+        """A completed handshake counts once, however much is sent after it."""
+        client, server = counted_handshake(self.server_tls, RawClient())
+        self.assertEqual(server.handshakes, 1)
+        client.transport.write(b"more")  # type: ignore[union-attr]
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        self.assertEqual(self.server_tls.handshake_counts.completed, 1)
+        self.assertEqual(self.server_tls.handshake_counts.failed, {})
+
+    def test_failed_by_reason(self) -> None:
+        """A refused protocol version counts as a failure with OpenSSL's reason."""
+        _client, server = counted_handshake(
+            self.server_tls, RawClient(max_version=SSL.TLS1_2_VERSION)
+        )
+        self.assertEqual(server.handshakes, 0)
+        assert server.lost is not None
+        self.assertEqual(self.server_tls.handshake_counts.completed, 0)
+        self.assertEqual(self.server_tls.handshake_counts.failed, {"unsupported_protocol": 1})
+
+    def test_plain_http_and_early_close(self) -> None:
+        """
+        Plain HTTP sent to a TLS listener, and a client gone before the handshake ended,
+        count under their own reasons.
+        """
+        factory = self.server_tls.wrap(PeerFactory(), clock=Clock())
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        quiet = factory.buildProtocol(None)
+        assert quiet is not None
+        quiet.makeConnection(StringTransport())
+        quiet.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.server_tls.handshake_counts.failed, {"http_request": 1, "closed": 1})
+        self.assertEqual(handshake_failure_reason(ConnectionDone()), "closed")

@@ -65,8 +65,16 @@ class FrontendFactory(Factory):
     Attributes:
         access_log: the access log, or ``None`` when off.
         active_connections: client connections open now.
+        accepted_connections: client connections admitted, ever.
         refused_connections: clients closed at once because of ``max_connections``.
         connections: the open client connections.
+        bytes_in: bytes received from clients, counted when a connection (L4) or an
+            exchange (L7: request head and body, tunnel bytes) ends.
+        bytes_out: bytes sent to clients, counted likewise.
+        responses: HTTP responses sent by status class, ``responses[0]`` the 1xx, ...,
+            ``responses[4]`` the 5xx, the balancer's own errors (400, 502, 503, ...)
+            included; requests whose client left before the response (499) are not
+            counted. Always zeros in L4.
 
     Raises:
         ValueError: ``max_connections`` is not >= 1.
@@ -97,7 +105,11 @@ class FrontendFactory(Factory):
         self.max_connections = max_connections
         self.frontend = frontend
         self.active_connections = 0
+        self.accepted_connections = 0
         self.refused_connections = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.responses = [0] * 5
         self.connections: set[Any] = set()
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -123,6 +135,7 @@ class FrontendFactory(Factory):
             self.refused_connections += 1
             return False
         self.active_connections += 1
+        self.accepted_connections += 1
         self.connections.add(connection)
         return True
 

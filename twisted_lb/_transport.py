@@ -14,6 +14,7 @@ from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import endpoints, error, tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
@@ -503,6 +504,24 @@ def describe_error(reason: BaseException | None) -> str:
     if reason is None:
         return "unknown error"
     return str(reason).strip().rstrip(".") or type(reason).__name__
+
+
+def connect_error_reason(reason: BaseException | None) -> int:
+    """
+    Why a connection attempt to a backend failed, as an index into
+    :data:`twisted_lb.backend.CONNECT_ERROR_REASONS`: ``refused``, ``timeout``
+    (``connect_timeout`` or the kernel's), ``tls`` (handshake or verification), ``dns`` (a
+    failed name lookup) or ``other``. Bounded, for the metrics' ``reason`` label.
+    """
+    if isinstance(reason, error.ConnectionRefusedError | ConnectionRefusedError):
+        return 0
+    if isinstance(reason, ConnectTimeoutError | error.TCPTimedOutError | TimeoutError):
+        return 1
+    if isinstance(reason, SSL.Error | VerificationError):
+        return 2
+    if isinstance(reason, error.DNSLookupError):
+        return 3
+    return 4
 
 
 def _connect_timed_out(result: object, timeout: float) -> Failure:

@@ -19,7 +19,8 @@ mutating call the runtime changes in force are written to ``state_file`` (write 
 file, then rename), and they are restored when the balancer starts again, as HAProxy's
 ``server-state-file``.
 
-The root resource leaves ``/metrics``, ``/`` and ``/dashboard/`` to :mod:`twisted_lb.metrics`.
+The root also serves ``/metrics`` (:mod:`twisted_lb.metrics`), and ``/`` and ``/dashboard/``
+(:mod:`twisted_lb.dashboard`), which need no token either.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ from twisted.web.server import Request, Site
 from twisted_lb import __version__
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import AdminConfig, Config, ConfigError, Problem
+from twisted_lb.dashboard import DashboardResource, dashboard_page
+from twisted_lb.metrics import MetricsResource, metrics_registry
 from twisted_lb.pool import Pool
+from twisted_lb.tls import ServerTLS
 
 _log = Logger()
 
@@ -74,6 +78,8 @@ class Balancer(Protocol):
     def monitors(self) -> Mapping[str, Any]: ...
     @property
     def factories(self) -> Mapping[str, Any]: ...
+    @property
+    def server_tls(self) -> Mapping[str, ServerTLS]: ...
     @property
     def listeners(self) -> Sequence[Any]: ...
     def reload(self, path: str | None = None) -> Any: ...
@@ -698,8 +704,9 @@ def admin_resource(
     reloaded: Callable[[], None] | None = None,
 ) -> Resource:
     """
-    The admin site's root: ``/api/v1/`` is :class:`APIResource`. Other children (``metrics``,
-    the dashboard) are added with ``putChild`` by their owners.
+    The admin site's root: ``/api/v1/`` is :class:`APIResource`; ``/metrics`` is
+    :class:`~twisted_lb.metrics.MetricsResource`, ``/`` the dashboard's page and
+    ``/dashboard/`` its assets and ``stats.json`` (:mod:`twisted_lb.dashboard`).
 
     Args:
         service: the running balancer.
@@ -711,6 +718,9 @@ def admin_resource(
     api = _Directory()
     root.putChild(b"api", api)
     api.putChild(b"v1", APIResource(service, token, saved, reloaded))
+    root.putChild(b"metrics", MetricsResource(metrics_registry(service)))
+    root.putChild(b"", dashboard_page())
+    root.putChild(b"dashboard", DashboardResource(service, token_required=token is not None))
     return root
 
 

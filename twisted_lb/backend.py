@@ -37,6 +37,24 @@ class BackendState(enum.Enum):
     MAINT = "MAINT"
 
 
+#: Why a connection attempt to a backend failed, as counted in
+#: :attr:`Backend.connect_errors`: refused, timed out (``connect_timeout``), a TLS failure
+#: (handshake or verification), a failed name lookup, anything else.
+CONNECT_ERROR_REASONS = ("refused", "timeout", "tls", "dns", "other")
+
+#: Why a request or connection was tried again, as counted in :attr:`Backend.retries`
+#: (counted on the backend that failed): its connection attempt failed and the next backend
+#: is tried (L4 and L7); a reused keep-alive connection closed before any response byte and
+#: the request is sent again on a fresh one (L7); the backend closed or reset the
+#: connection before any response byte and an idempotent request goes to the next backend
+#: (L7).
+RETRY_REASONS = ("connect_failed", "stale_connection", "reset")
+
+RETRY_CONNECT_FAILED = 0
+RETRY_STALE_CONNECTION = 1
+RETRY_RESET = 2
+
+
 class PeakEWMA:
     """
     A peak-sensitive exponentially weighted moving average of response time: the "peak EWMA"
@@ -222,6 +240,16 @@ class Backend:
             counts the 1xx, ..., ``responses[4]`` the 5xx. See :meth:`count_response`.
         response_time: a :class:`PeakEWMA` of this backend's HTTP response times, in
             seconds, fed by the HTTP mode with its injected clock; ``least_time`` reads it.
+        connect_errors: failed connection attempts by reason, indexed as
+            :data:`CONNECT_ERROR_REASONS`; they sum to :attr:`connect_failures`.
+        retries: retries after a failure of this backend, indexed as :data:`RETRY_REASONS`.
+        ejections_total: times passive outlier detection ejected it, ever.
+        health_checks_passed: active health check probes it passed.
+        health_checks_failed: active health check probes it failed.
+        last_check_failure: what the last failed probe found (such as ``"connection
+            refused in 0 ms"``), ``""`` before any failure; kept after it is UP again.
+        last_check_failure_at: when that was, in seconds of the health monitor's clock
+            (``reactor.seconds()``, POSIX time under a real reactor); 0.0 before any.
     """
 
     address: Address
@@ -244,6 +272,13 @@ class Backend:
     ejections: int = 0
     consecutive_failures: int = 0
     effective_weight: float = 0.0
+    connect_errors: list[int] = attrs.field(factory=lambda: [0] * len(CONNECT_ERROR_REASONS))
+    retries: list[int] = attrs.field(factory=lambda: [0] * len(RETRY_REASONS))
+    ejections_total: int = 0
+    health_checks_passed: int = 0
+    health_checks_failed: int = 0
+    last_check_failure: str = ""
+    last_check_failure_at: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

@@ -546,6 +546,10 @@ class HealthMonitor(Service):
       ``reason``), ``pool app: backend app2 UP after 2 passed checks (last: HTTP 200 in 3
       ms)``, ``pool app: backend app2 DOWN after its first check failed (last: connection
       refused in 0 ms)``.
+    - Each result is counted on the :class:`~twisted_lb.backend.Backend`
+      (``health_checks_passed``, ``health_checks_failed``), and a failure's detail is kept in
+      its ``last_check_failure``, with the time in ``last_check_failure_at``, for the metrics
+      and the dashboard.
     - :meth:`stopService` cancels every pending probe and timer; no result that arrives later
       changes anything. The service can be started again.
 
@@ -737,6 +741,12 @@ class HealthMonitor(Service):
             )
             result = ProbeResult(False, _describe(result))
         self._last[backend] = result
+        if result.ok:
+            backend.health_checks_passed += 1
+        else:
+            backend.health_checks_failed += 1
+            backend.last_check_failure = result.detail
+            backend.last_check_failure_at = self._reactor.seconds()
         first = not watch.checked
         watch.checked = True
         was_healthy = watch.healthy

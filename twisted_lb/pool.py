@@ -6,7 +6,9 @@ passive outlier ejection, panic mode and slow start.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Collection, Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -20,6 +22,68 @@ _log = Logger()
 #: The share of its weight a backend gets when its slow start begins (HAProxy and the issue's
 #: "from 10% to 100%").
 SLOW_START_FLOOR = 0.1
+
+
+#: The upper bounds, in seconds, of the buckets of a pool's request duration histograms:
+#: Prometheus client libraries' default buckets, with finer ones below 5 ms (a balancer on a
+#: LAN answers in a millisecond or two) and longer ones up to the default ``response_timeout``.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class DurationHistogram:
+    """
+    A histogram of durations with fixed buckets: what the data path records per request
+    (one bisect and two additions), read whole by the metrics at scrape time.
+
+    A value ``v`` is counted in the first bucket whose upper bound is ``>= v`` (Prometheus'
+    ``le``), or in the last, unbounded one. The counts are per bucket, not cumulative.
+
+    Args:
+        bounds: the buckets' upper bounds in seconds, increasing.
+
+    Attributes:
+        bounds: the upper bounds, in seconds.
+        counts: ``len(bounds) + 1`` counts; the last is for values above every bound.
+        sum: the sum of every observed value, in seconds.
+
+    Raises:
+        ValueError: ``bounds`` is empty or not strictly increasing.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = DURATION_BUCKETS) -> None:
+        bounds = tuple(float(b) for b in bounds)
+        if not bounds or any(a >= b for a, b in pairwise(bounds)):
+            raise ValueError(f"bucket bounds must be increasing, not {bounds!r}")
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def __repr__(self) -> str:
+        return f"<DurationHistogram {sum(self.counts)} values, {self.sum:.6f} s>"
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration, in seconds."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
 
 
 class Lease:
@@ -173,6 +237,13 @@ class Pool:
         reactor: provides ``IReactorTime``; required for ``slow_start``. Defaults to the
             outlier detector's.
 
+    Attributes:
+        request_seconds: HTTP only: a :class:`DurationHistogram` of the time from a request's
+            first byte to the end of its response (or error), in seconds, over every request
+            routed to this pool.
+        first_byte_seconds: HTTP only: the time from a request's first byte to its backend's
+            first response byte, for the requests that got one.
+
     Raises:
         ValueError: two backends share a name, a timeout or count is out of range, or
             ``slow_start`` is set without a reactor.
@@ -225,6 +296,8 @@ class Pool:
         self.tls = tls
         self.reactor: Any = reactor
         self.backends: list[Backend] = []
+        self.request_seconds = DurationHistogram()
+        self.first_byte_seconds = DurationHistogram()
         # Timers by backend: the end of an ejection, the next slow-start step.
         self._unejections: dict[Backend, IDelayedCall] = {}
         self._warmups: dict[Backend, IDelayedCall] = {}
@@ -561,6 +634,7 @@ class Pool:
             served = int(max(now - returned, 0.0) // detector.base_ejection_time)
             backend.ejections = max(backend.ejections - served, 0)
         backend.ejections += 1
+        backend.ejections_total += 1
         seconds = detector.ejection_time(backend.ejections)
         was_available = backend.available
         backend.ejected = True

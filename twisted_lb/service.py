@@ -29,7 +29,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from twisted_lb._address import parse_address, proxy_listener
@@ -936,8 +935,11 @@ class LoadBalancerService(MultiService):
                 self.factories[name] = factory
             server_tls = plan.server_tls.get(name)
             if server_tls is not None:
+                previous = self.server_tls.get(name)
+                if previous is not None:
+                    server_tls.handshake_counts = previous.handshake_counts
                 self.server_tls[name] = server_tls
-                listen_factories[name] = TLSMemoryBIOFactory(server_tls, False, factory)
+                listen_factories[name] = server_tls.wrap(factory)
             else:
                 self.server_tls.pop(name, None)
                 listen_factories[name] = factory
@@ -996,12 +998,12 @@ class LoadBalancerService(MultiService):
                 old=old.global_config.log_format,
             )
         if plan.access_log_changed:
-            previous, self.access_log = self.access_log, plan.access_log
+            previous_log, self.access_log = self.access_log, plan.access_log
             changed.append("global access_log")
             for factory in [*self.all_factories(), *drained_factories]:
                 factory.access_log = plan.access_log
-            if isinstance(previous, AccessLog):
-                previous.close()  # its lines are written; later ones would go straight out
+            if isinstance(previous_log, AccessLog):
+                previous_log.close()  # its lines are written; later ones would go straight out
         elif plan.access_log is not self.access_log:
             self.access_log = plan.access_log  # the first config's
         self.config = config

@@ -37,12 +37,13 @@ from twisted_lb._transport import (
     FULL_READ_BYTES,
     RelayTransport,
     connect,
+    connect_error_reason,
     describe_error,
     lose_connection,
     read_more,
     sender,
 )
-from twisted_lb.backend import Backend, ConnectionInfo
+from twisted_lb.backend import RETRY_CONNECT_FAILED, Backend, ConnectionInfo
 from twisted_lb.interfaces import IAccessLog
 from twisted_lb.pool import Lease, Pool
 
@@ -298,6 +299,7 @@ class _ClientSide(Protocol):
             self._finish()
             return
         backend.connect_failures += 1
+        backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
         self.pool.report_failure(backend, reason)
         attempts_left = self.pool.retries + 1 - len(self.tried)
@@ -312,6 +314,7 @@ class _ClientSide(Protocol):
             left=attempts_left,
         )
         if attempts_left > 0:
+            backend.retries[RETRY_CONNECT_FAILED] += 1
             self._connect_next()
         else:
             self.ended = ENDED_CONNECT_FAILED
@@ -373,6 +376,8 @@ class _ClientSide(Protocol):
         if self.lease is not None:
             self.lease.release()
         factory = self.factory
+        factory.bytes_in += self.bytes_in
+        factory.bytes_out += self.bytes_out
         access_log = factory.access_log
         if access_log is not None:
             lease = self.lease

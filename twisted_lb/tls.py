@@ -37,8 +37,11 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -47,7 +50,8 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_lb.backend import Backend
@@ -59,6 +63,7 @@ __all__ = [
     "INTERMEDIATE_GROUPS",
     "TLS_VERSIONS",
     "ClientTLS",
+    "HandshakeCounts",
     "ServerTLS",
     "TLSConfigError",
     "ca_problem",
@@ -126,6 +131,80 @@ _VERIFY_CLIENT = {
 _SESSION_ID_CONTEXT = b"twisted-lb"
 
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def handshake_failure_reason(reason: BaseException | None) -> str:
+    """
+    Why a TLS handshake with a client failed, as a short bounded label for the metrics:
+    OpenSSL's reason for the last error in its queue, in snake case (``wrong_version_number``,
+    ``http_request``, ``no_shared_cipher``, ``unsupported_protocol``,
+    ``peer_did_not_return_a_certificate``, ``certificate_verify_failed``,
+    ``tlsv1_alert_unknown_ca`` when the client refused our certificate, ...: a fixed set,
+    OpenSSL's), or ``closed`` when the connection ended before the handshake did.
+    """
+    if isinstance(reason, SSL.Error):
+        queue = reason.args[0] if reason.args else None
+        if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
+            text = str(queue[-1][-1]).lower()
+            label = "".join(c if c.isalnum() else "_" for c in text).strip("_")[:64]
+            return label or "other"
+        return "other"
+    return "closed"
+
+
+class HandshakeCounts:
+    """
+    The TLS handshakes of one frontend, for the metrics. A reload that builds a new
+    :class:`ServerTLS` for the frontend hands it the old one's counts, so they keep adding up.
+
+    Attributes:
+        completed: handshakes completed.
+        failed: handshakes that failed, by :func:`handshake_failure_reason`.
+    """
+
+    __slots__ = ("completed", "failed")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed: dict[str, int] = {}
+
+
+class _CountingTLSProtocol(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, counting its server handshake in the frontend's
+    :class:`HandshakeCounts`: a completed one, or a failed one (or a connection closed
+    before it completed) by reason. It reads two attributes Twisted
+    documents on ``TLSMemoryBIOProtocol``: ``_handshakeDone`` and ``_reason``.
+    """
+
+    factory: _CountingTLSFactory
+    _counted = False
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
+        if self._handshakeDone and not self._counted:
+            self._counted = True
+            self.factory.server_tls.handshake_counts.completed += 1
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._counted:
+            self._counted = True
+            why = handshake_failure_reason((self._reason or reason).value)
+            failed = self.factory.server_tls.handshake_counts.failed
+            failed[why] = failed.get(why, 0) + 1
+        super().connectionLost(reason)
+
+
+class _CountingTLSFactory(TLSMemoryBIOFactory):
+    """A server ``TLSMemoryBIOFactory`` whose connections count their handshakes."""
+
+    protocol = _CountingTLSProtocol
+
+    def __init__(
+        self, server_tls: ServerTLS, wrapped: IProtocolFactory, clock: IReactorTime | None
+    ) -> None:
+        super().__init__(server_tls, False, wrapped, clock=clock)
+        self.server_tls = server_tls
 
 
 class _UnusableError(Exception):
@@ -428,6 +507,10 @@ class ServerTLS:
             but fails the handshake on a certificate that does not verify. Both need
             ``client_ca``.
 
+    Attributes:
+        handshake_counts: the handshakes of the connections of :meth:`wrap`; a reload
+            assigns the previous :class:`ServerTLS`'s counts here to keep them.
+
     Raises:
         TLSConfigError: a setting is invalid or a file is unusable (the messages of
             :func:`certificate_problem` and :func:`ca_problem`, joined by ``"; "``).
@@ -483,9 +566,24 @@ class ServerTLS:
         if contexts is None:
             raise TLSConfigError("; ".join(problems))
         self._contexts = contexts
+        self.handshake_counts = HandshakeCounts()
 
     def __repr__(self) -> str:
         return f"<ServerTLS {self.names!r}>"
+
+    def wrap(
+        self, factory: IProtocolFactory, clock: IReactorTime | None = None
+    ) -> TLSMemoryBIOFactory:
+        """
+        A ``TLSMemoryBIOFactory`` that terminates TLS with these contexts in front of
+        ``factory``, and counts each connection's handshake in :attr:`handshake_counts`.
+
+        Args:
+            factory: the protocol factory of the plain side.
+            clock: the clock of Twisted's write buffering (``TLSMemoryBIOFactory``'s);
+                by default the global reactor, as Twisted's.
+        """
+        return _CountingTLSFactory(self, factory, clock)
 
     @property
     def names(self) -> list[list[str]]:

@@ -50,12 +50,19 @@ from twisted_lb._transport import (
     ReadGate,
     RelayTransport,
     close_writing,
+    connect_error_reason,
     describe_error,
     lose_connection,
     sender,
     sends_at_once,
 )
-from twisted_lb.backend import Backend, ConnectionInfo
+from twisted_lb.backend import (
+    RETRY_CONNECT_FAILED,
+    RETRY_RESET,
+    RETRY_STALE_CONNECTION,
+    Backend,
+    ConnectionInfo,
+)
 from twisted_lb.http.errors import error_response, reason
 from twisted_lb.http.headers import (
     TrustedProxies,
@@ -402,7 +409,7 @@ class HTTPProxyProtocol(Protocol):
         request.upgrade = parser.should_upgrade()
         request.target = b"".join(self.url_parts)
         # The request line (method, target, version, separators) and the closing CRLF too.
-        request.head_bytes = self.header_bytes + len(request.method) + 13
+        request.head_bytes = self.header_bytes + len(request.method) + 14
         for name, value in request.headers:
             lowered = name.lower()
             if lowered == b"host":
@@ -617,6 +624,7 @@ class HTTPProxyProtocol(Protocol):
         if self.lost:
             return
         backend.connect_failures += 1
+        backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
         pool.report_failure(backend, reason)
         left = pool.retries + 1 - len(self.tried)
@@ -631,6 +639,7 @@ class HTTPProxyProtocol(Protocol):
             left=left,
         )
         if left > 0:
+            backend.retries[RETRY_CONNECT_FAILED] += 1
             self._pick(pool)
         else:
             self._respond_error(502, "backend connect failed")
@@ -927,6 +936,7 @@ class HTTPProxyProtocol(Protocol):
         if reused and not self.reuse_retried and replayable:
             # The keep-alive race: the backend closed an idle connection as we reused it.
             self.reuse_retried = True
+            backend.retries[RETRY_STALE_CONNECTION] += 1
             self._connect(backend, pool)
             return
         self._release_backend()
@@ -940,6 +950,7 @@ class HTTPProxyProtocol(Protocol):
             reason=reason.getErrorMessage(),
         )
         if idempotent and replayable and len(self.tried) <= pool.retries:
+            backend.retries[RETRY_RESET] += 1
             self._pick(pool)
         else:
             self._respond_error(502, "backend closed the connection")
@@ -1052,24 +1063,41 @@ class HTTPProxyProtocol(Protocol):
         self._cancel_timer("response", "transfer")
         backend = self.lease.backend if self.lease is not None else None
         self._release_backend()
-        if backend is not None and self.status >= 100 and self.status != CLIENT_CLOSED:
-            backend.count_response(self.status)
-        access_log = self.factory.access_log
+        # The metrics' counters: a few additions per request.
+        factory = self.factory
+        status = self.status
+        bytes_in = request.head_bytes + request.body_bytes + self.tunnel_in
+        factory.bytes_in += bytes_in
+        factory.bytes_out += self.bytes_out
+        if 100 <= status <= 599 and status != CLIENT_CLOSED:
+            factory.responses[status // 100 - 1] += 1
+            if backend is not None:
+                backend.responses[status // 100 - 1] += 1
+        if backend is not None:
+            backend.bytes_in += bytes_in
+            backend.bytes_out += self.bytes_out
+        now = self.seconds()
+        started = request.started
+        pool = self.pool
+        if pool is not None:
+            pool.request_seconds.observe(now - started)
+            if self.t_first_byte:
+                pool.first_byte_seconds.observe(self.t_first_byte - started)
+        access_log = factory.access_log
         if access_log is None:
             return
-        started = request.started
         access_log.http(
-            self.factory.frontend,
+            factory.frontend,
             self.client_ip or "-",
             request.method,
             request.target,
-            self.status,
-            request.head_bytes + request.body_bytes + self.tunnel_in,
+            status,
+            bytes_in,
             self.bytes_out,
             backend.name if backend is not None else "-",
             _ms(self.t_connected - started) if self.t_connected else 0,
             _ms(self.t_first_byte - started) if self.t_first_byte else None,
-            _ms(self.seconds() - started),
+            _ms(now - started),
         )
 
     def _respond_error(self, status: int, why: str) -> None:
@@ -1151,6 +1179,7 @@ class HTTPProxyProtocol(Protocol):
         if self.pending_reject:
             status, self.pending_reject = self.pending_reject, 0
             self.status = status
+            self.factory.responses[status // 100 - 1] += 1
             self._send_client(error_response(status))
             self._log_rejected(status)
         self._flush_batch()
