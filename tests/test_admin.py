@@ -27,7 +27,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._harness import (
-    LB_REACTOR,
     TWISTD,
     TWISTED_LB,
     Process,
@@ -950,9 +949,8 @@ class AdminIntegrationTests(AdminIntegrationCase):
         Path(path).write_text(
             http_lb_config({"app": [9]}) + "[admin]\nlisten = ['tcp:0:interface=0.0.0.0']\n"
         )
-        flags = [f"--reactor={LB_REACTOR}"] if LB_REACTOR else []
         done = subprocess.run(
-            [TWISTD, *flags, "-n", "--pidfile=", "lb", "--config", path],
+            [TWISTD, "-n", "lb", "--config", path],
             capture_output=True,
             text=True,
             timeout=60,

@@ -2,7 +2,7 @@
 Prometheus metrics of a running balancer, served as ``GET /metrics`` on the admin listener.
 
 The data paths only add to plain integer attributes of the live objects (frontend factories,
-pools, backends, TLS terminations; see :mod:`twisted_lb.backend`, :mod:`twisted_lb.pool`).
+pools, backends, TLS terminations; see :class:`~twisted_lb.Backend` and :class:`~twisted_lb.Pool`).
 :class:`LoadBalancerCollector` reads them when Prometheus scrapes, so a scrape costs the data
 path nothing, and a reload that replaces objects is seen at the next scrape. Rendering is
 ``prometheus_client``'s: the Prometheus text format, or OpenMetrics when the ``Accept``
