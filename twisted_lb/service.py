@@ -21,14 +21,7 @@ from twisted.python.failure import Failure
 
 from twisted_lb._frontend import FrontendFactory
 from twisted_lb.backend import Backend, BackendState
-from twisted_lb.config import (
-    Config,
-    ConfigError,
-    FrontendConfig,
-    HealthCheckConfig,
-    Problem,
-    join_key,
-)
+from twisted_lb.config import Config, FrontendConfig, HealthCheckConfig
 from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
@@ -37,7 +30,7 @@ from twisted_lb.interfaces import IHealthCheck
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
-from twisted_lb.tls import ClientTLS, ServerTLS, TLSConfigError
+from twisted_lb.tls import ClientTLS, ServerTLS
 
 _log = Logger()
 
@@ -186,42 +179,27 @@ class LoadBalancerService(MultiService):
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
+        The config is trusted as it is: :func:`twisted_lb.config.config_from_dict` has checked
+        everything, strategy options, endpoints and TLS files included.
+
         Args:
             config: from :func:`twisted_lb.config.load_config`.
             reactor: the reactor to run on.
-
-        Raises:
-            ConfigError: a strategy rejected its ``strategy_options``, or a listen endpoint
-                could not be built; problems are reported the way ``check`` reports them.
         """
         service = cls(reactor)
         service.access_log = config.global_config.access_log
-        problems: list[Problem] = []
         for name, pool_config in config.pools.items():
-            try:
-                strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
-            except ValueError as e:
-                problems.append(
-                    Problem(
-                        config.path, join_key(join_key("pools", name), "strategy_options"), str(e)
-                    )
-                )
-                continue
+            strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
             pool_tls = None
             if pool_config.tls is not None:
                 tls_config = pool_config.tls
-                try:
-                    pool_tls = ClientTLS(
-                        server_name=tls_config.server_name,
-                        ca=tls_config.ca,
-                        client_cert=tls_config.client_cert,
-                        client_key=tls_config.client_key,
-                        verify=tls_config.verify,
-                    )
-                except TLSConfigError as e:
-                    where = join_key(join_key("pools", name), "tls")
-                    problems.append(Problem(config.path, where, str(e)))
-                    continue
+                pool_tls = ClientTLS(
+                    server_name=tls_config.server_name,
+                    ca=tls_config.ca,
+                    client_cert=tls_config.client_cert,
+                    client_key=tls_config.client_key,
+                    verify=tls_config.verify,
+                )
             backends = [
                 Backend.from_address(
                     b.address,
@@ -272,53 +250,29 @@ class LoadBalancerService(MultiService):
                 monitor.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.monitors[name] = monitor
         for name, frontend in config.frontends.items():
-            frontend_pool = service.pools.get(frontend.pool)
-            if frontend_pool is None:
-                continue  # its pool's problem is already reported
-            factory = service._frontend_factory(name, frontend, frontend_pool)
-            if factory is None:
-                continue  # a route's pool is missing; its problem is already reported
+            factory = service._frontend_factory(name, frontend, service.pools[frontend.pool])
             service.factories[name] = factory
             listen_factory: IProtocolFactory = factory
             if frontend.tls is not None:
                 tls = frontend.tls
-                try:
-                    server_tls = ServerTLS(
-                        [(pair.cert, pair.key) for pair in tls.certificates],
-                        min_version=tls.min_version,
-                        ciphers=tls.ciphers,
-                        alpn=[b"http/1.1"] if frontend.mode == "http" else (),
-                        client_ca=tls.client_ca,
-                        verify_client=tls.verify_client,
-                    )
-                except TLSConfigError as e:
-                    where = join_key(join_key("frontends", name), "tls")
-                    problems.append(Problem(config.path, where, str(e)))
-                    continue
+                server_tls = ServerTLS(
+                    [(pair.cert, pair.key) for pair in tls.certificates],
+                    min_version=tls.min_version,
+                    ciphers=tls.ciphers,
+                    alpn=[b"http/1.1"] if frontend.mode == "http" else (),
+                    client_ca=tls.client_ca,
+                    verify_client=tls.verify_client,
+                )
                 service.server_tls[name] = server_tls
                 listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
-            for index, description in enumerate(frontend.listen):
-                try:
-                    endpoint = serverFromString(reactor, description)
-                except Exception as e:
-                    problems.append(
-                        Problem(
-                            config.path,
-                            f"{join_key(join_key('frontends', name), 'listen')}[{index}]",
-                            str(e),
-                        )
-                    )
-                    continue
+            for description in frontend.listen:
+                endpoint = serverFromString(reactor, description)
                 listener = Listener(endpoint, listen_factory, name, description)
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
-        if problems:
-            raise ConfigError(problems)
         return service
 
-    def _frontend_factory(
-        self, name: str, frontend: FrontendConfig, pool: Pool
-    ) -> FrontendFactory | None:
+    def _frontend_factory(self, name: str, frontend: FrontendConfig, pool: Pool) -> FrontendFactory:
         """The protocol factory of one frontend: the tcp relay or the http proxy."""
         if frontend.mode == "tcp":
             return TCPRelayFactory(
@@ -329,12 +283,10 @@ class LoadBalancerService(MultiService):
                 frontend=name,
                 access_log=self.access_log,
             )
-        routes = []
-        for route in frontend.routes:
-            route_pool = self.pools.get(route.pool)
-            if route_pool is None:
-                return None
-            routes.append(Route(route_pool, host=route.host, path_prefix=route.path_prefix))
+        routes = [
+            Route(self.pools[route.pool], host=route.host, path_prefix=route.path_prefix)
+            for route in frontend.routes
+        ]
         return HTTPProxyFactory(
             self.reactor,
             Router(routes, pool) if routes else pool,

@@ -54,12 +54,14 @@ _log = Logger()
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
+    "TLS_CURVES",
     "TLS_VERSIONS",
     "ClientTLS",
     "ServerTLS",
     "TLSConfigError",
     "ca_problem",
     "certificate_problem",
+    "ciphers_problem",
 ]
 
 
@@ -88,6 +90,22 @@ INTERMEDIATE_CIPHERS = ":".join(
 
 #: The values ``min_version`` may take, lowest first.
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+#: The key exchange groups (curves) a frontend's ``tls.curves`` may name, in OpenSSL's names
+#: (``openssl list -tls-groups``): the elliptic curves and finite-field groups of RFC 8446
+#: §4.2.7 that OpenSSL 3 supports by default.
+TLS_CURVES = (
+    "X25519",
+    "X448",
+    "prime256v1",
+    "secp384r1",
+    "secp521r1",
+    "ffdhe2048",
+    "ffdhe3072",
+    "ffdhe4096",
+    "ffdhe6144",
+    "ffdhe8192",
+)
 
 _PROTOCOL_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 
@@ -236,6 +254,20 @@ def certificate_problem(cert: str, key: str, now: datetime | None = None) -> str
         _use_pair(SSL.Context(SSL.TLS_METHOD), chain, private_key, cert)
     except _UnusableError as e:
         return str(e)
+    return None
+
+
+def ciphers_problem(ciphers: str) -> str | None:
+    """
+    Check an OpenSSL cipher string for TLS 1.2, as :class:`ServerTLS` would set it.
+
+    Returns:
+        ``None`` when OpenSSL knows at least one of the ciphers; else one line.
+    """
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return f"ciphers {ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
     return None
 
 
