@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -39,6 +40,8 @@ from twisted_lb.config import (
     RouteConfig,
     config_from_dict,
     format_summary,
+    json_schema,
+    json_schema_text,
     load_config,
     parse_config,
 )
@@ -3359,3 +3362,233 @@ class PropertyTests(ConfigTestCase):
                 if route.path_prefix is not None:
                     parts.append(f"path_prefix={route.path_prefix}")
                 self.assertIn(" ".join(parts) + f" -> pool {route.pool}\n", summary + "\n")
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    The JSON Schema made from the models: what ``twisted-lb schema`` prints and the package
+    ships, and what the key reference in docs/config.rst is made from.
+    """
+
+    def leaf_keys(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(table, key, schema) of every key of every table, from the JSON Schema."""
+        schema = json_schema()
+        tables = {"Config": schema, **schema["$defs"]}
+        return [
+            (table, key, property_schema)
+            for table, table_schema in tables.items()
+            for key, property_schema in table_schema["properties"].items()
+        ]
+
+    def test_every_key_described(self) -> None:
+        """Every key of every table has a description, and every table a docstring."""
+        keys = self.leaf_keys()
+        self.assertGreater(len(keys), 60)
+        self.assertEqual([(t, k) for t, k, s in keys if not s.get("description")], [])
+        for table, table_schema in json_schema()["$defs"].items():
+            self.assertTrue(table_schema.get("description"), table)
+
+    def test_units(self) -> None:
+        """
+        Every duration says ``"unit": "s"``, every size ``"bytes"``; and every key that has a
+        unit is a number (a duration string too).
+        """
+        duration = re.compile(r"(timeout|interval|_time|slow_start)$")
+        for table, key, schema in self.leaf_keys():
+            if duration.search(key):
+                self.assertEqual(schema.get("unit"), "s", f"{table}.{key}")
+            if key.endswith("_bytes"):
+                self.assertEqual(schema.get("unit"), "bytes", f"{table}.{key}")
+            if "unit" in schema and schema["unit"] != "path":
+                types = {schema.get("type")} | {s.get("type") for s in schema.get("anyOf", [])}
+                self.assertTrue(types & {"number", "integer"}, f"{table}.{key}: {schema}")
+
+    def test_defaults_in_one_place(self) -> None:
+        """
+        The schema's defaults are the library classes' keyword defaults
+        (:mod:`twisted_lb._defaults`), so a key left out and an argument left out agree.
+        """
+        import inspect
+
+        from twisted_lb.health import HealthMonitor, HTTPCheck
+        from twisted_lb.http.proxy import HTTPProxyFactory
+        from twisted_lb.pool import OutlierDetector, Pool
+        from twisted_lb.tcp import TCPRelayFactory
+
+        pairs = [
+            (FrontendConfig, TCPRelayFactory),
+            (FrontendConfig, HTTPProxyFactory),
+            (PoolConfig, Pool),
+            (HealthCheckConfig, HealthMonitor),
+            (HealthCheckConfig, HTTPCheck),
+            (OutlierDetectionConfig, OutlierDetector),
+        ]
+        compared = 0
+        for model, cls in pairs:
+            for name, parameter in inspect.signature(cls).parameters.items():
+                field = model.model_fields.get(name)
+                if field is None or parameter.default is inspect.Parameter.empty:
+                    continue
+                default = field.get_default(call_default_factory=True)
+                self.assertEqual(parameter.default, default, f"{cls.__name__}({name})")
+                compared += 1
+        self.assertGreater(compared, 20)
+
+    def test_shipped_file(self) -> None:
+        """``twisted_lb/lb.schema.json`` is the schema the models make today."""
+        import twisted_lb
+
+        shipped = os.path.join(os.path.dirname(twisted_lb.__file__), "lb.schema.json")
+        with open(shipped, encoding="utf-8") as f:
+            self.assertEqual(
+                f.read(),
+                json_schema_text(),
+                "regenerate it: twisted-lb schema > twisted_lb/lb.schema.json",
+            )
+
+    def test_command(self) -> None:
+        """``twisted-lb schema`` prints it."""
+        result = subprocess.run(
+            [TWISTED_LB, "schema"], capture_output=True, text=True, timeout=60, check=True
+        )
+        self.assertEqual(json.loads(result.stdout), json_schema())
+        schema = json.loads(result.stdout)
+        frontend = schema["$defs"]["FrontendConfig"]
+        self.assertEqual(frontend["additionalProperties"], False)
+        self.assertEqual(frontend["required"], ["mode", "listen", "pool"])
+        self.assertEqual(schema["$defs"]["BackendConfig"]["required"], ["address"])
+        self.assertNotIn("name", frontend["properties"])  # the table's name, not a key
+        self.assertIn("global", schema["properties"])
+
+
+class ValueTests(ConfigTestCase):
+    """
+    What operators write, as the models read it: durations with units, bare backend
+    addresses, the keys of this round.
+    """
+
+    def test_durations(self) -> None:
+        """Durations are numbers of seconds, or strings with a unit: ms, s, m or h."""
+        for written, seconds in [
+            ("2", 2.0),
+            ("2.5", 2.5),
+            ('"500ms"', 0.5),
+            ('"30s"', 30.0),
+            ('"2m"', 120.0),
+            ('"1h"', 3600.0),
+            ('"1.5s"', 1.5),
+        ]:
+            config = self.load(FRONTEND + f"client_timeout = {written}\n" + POOL)
+            self.assertEqual(config.frontends["web"].client_timeout, seconds, written)
+            self.assertIsInstance(config.frontends["web"].client_timeout, float)
+        check = self.load(FRONTEND + POOL + 'health_check = { down_interval = "10s" }\n')
+        assert check.pools["app"].health_check is not None
+        self.assertEqual(check.pools["app"].health_check.down_interval, 10.0)
+        self.assertEqual(
+            self.load(FRONTEND + POOL + 'slow_start = "0s"\n').pools["app"].slow_start, 0.0
+        )
+
+    def test_bare_backends(self) -> None:
+        """A backend may be its address alone, mixed with tables; names default as ever."""
+        pool = self.load(
+            FRONTEND + '[pools.app]\nbackends = ["127.0.0.1:9001", { address = "127.0.0.1:9002", '
+            'weight = 2 }, "unix:/run/app.sock"]\n'
+        ).pools["app"]
+        self.assertEqual(
+            pool.backends,
+            (
+                BackendConfig("127.0.0.1:9001", "app1"),
+                BackendConfig("127.0.0.1:9002", "app2", 2),
+                BackendConfig("unix:/run/app.sock", "app3"),
+            ),
+        )
+
+    def test_round_keys(self) -> None:
+        """
+        ``proxy_protocol_from`` (both modes) and ``underscores_in_headers`` (http): their
+        defaults, and what a file writes.
+        """
+        tcp = self.load(FRONTEND + POOL).frontends["web"]
+        self.assertEqual((tcp.proxy_protocol_from, tcp.underscores_in_headers), ((), False))
+        http = self.load(
+            HTTP_FRONTEND
+            + 'proxy_protocol_from = ["10.0.0.1/8", "::1"]\nunderscores_in_headers = true\n'
+            + POOL
+        ).frontends["web"]
+        self.assertEqual(http.proxy_protocol_from, ("10.0.0.1/8", "::1"))
+        self.assertTrue(http.underscores_in_headers)
+
+    def test_compare_by_value(self) -> None:
+        """
+        Two loads of one file are equal, a change anywhere makes them differ, and frontends,
+        pools and backends are keyed by their names, their identity for a reload's diff.
+        """
+        one, two = parse_config(EXAMPLE), parse_config(EXAMPLE)
+        self.assertEqual(one, two)
+        self.assertIsNot(one, two)
+        changed = parse_config(EXAMPLE.replace("weight = 3", "weight = 4"))
+        self.assertNotEqual(one, changed)
+        self.assertEqual(one.frontends, changed.frontends)
+        self.assertNotEqual(one.pools["app"].backends[1], changed.pools["app"].backends[1])
+        self.assertEqual(
+            [b.name for b in one.pools["app"].backends],
+            [b.name for b in changed.pools["app"].backends],
+        )
+        self.assertEqual(list(one.frontends), [f.name for f in one.frontends.values()])
+        self.assertEqual(list(one.pools), [p.name for p in one.pools.values()])
+
+
+class LineTests(ConfigTestCase):
+    """Problems of a TOML text name the line of their key, where it can be found."""
+
+    def test_lines(self) -> None:
+        text = (
+            FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', 'listen = ["tcp:99999"]')
+            + "client_timeout = -1\n"
+            + "[pools.app]\n"
+            + 'backends = [\n  { address = "127.0.0.1:9001", wieght = 2 },\n]\n'
+            + "[pools.app.health_check]\nrise = 0\n"
+        )
+        error = self.assertRaises(ConfigError, parse_config, text, "lb.toml")
+        self.assertEqual(
+            [(p.key, p.line) for p in error.problems],
+            [
+                ("frontends.web.listen[0]", 3),
+                ("frontends.web.client_timeout", 5),
+                ("pools.app.backends[0].wieght", 7),  # the line of backends = [
+                ("pools.app.health_check.rise", 11),
+            ],
+        )
+        self.assertEqual(
+            str(error.problems[0]).split(": ")[:2], ["lb.toml", "frontends.web.listen[0]"]
+        )
+
+    def test_no_text(self) -> None:
+        """:func:`config_from_dict` has no text, so no lines."""
+        error = self.assertRaises(ConfigError, config_from_dict, {"frontends": {}}, "x")
+        self.assertEqual([p.line for p in error.problems], [None, None])
+
+    def test_check_needs_no_reactor(self) -> None:
+        """
+        ``check`` validates with the schema alone: it never imports the global reactor, and
+        a listen endpoint that serverFromString would refuse (port 99999) is a problem with
+        its key path (issue 11).
+        """
+        path = self.write(
+            FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', 'listen = ["tcp:99999"]')
+            + POOL
+        )
+        script = (
+            "import sys\nfrom twisted_lb.cli import check\ncode = check(sys.argv[1])\n"
+            "assert 'twisted.internet.reactor' not in sys.modules\nsys.exit(code)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"{path}: frontends.web.listen[0]: 'tcp:99999' is not a valid server endpoint "
+            "(port 99999 is not from 0 to 65535); write one as in "
+            "'tcp:8080:interface=127.0.0.1' (line 3)\n",
+        )
