@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "zope_interfaces",
+    "config_schema",
 ]
 
 exclude_patterns = ["_build", "_ext"]
