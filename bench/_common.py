@@ -298,11 +298,11 @@ class Children:
         return self.start(name, argv, prefix)
 
     def start_twisted_lb(self, name: str, workdir: Path, config: str) -> Child:
-        """``twistd --reactor=lb -n --pidfile= lb --config lb.toml`` in ``workdir``."""
+        """``twistd -n lb --config lb.toml`` in ``workdir``: the command users run, as it is."""
         workdir.mkdir(exist_ok=True)
         conf = workdir / "lb.toml"
         conf.write_text(config)
-        argv = [*twistd_argv(), "--reactor=lb", "-n", "--pidfile=", "lb", "--config", str(conf)]
+        argv = [*twistd_argv(), "-n", "lb", "--config", str(conf)]
         return self.start(name, argv, workdir)
 
     def stop(self, child: Child) -> None:
@@ -460,8 +460,26 @@ def nginx_http_common(tmp: Path, name: str) -> str:
         "http {\n"
         "    access_log off;\n"
         f"{temp_paths}"
-        "    keepalive_requests 100000;\n"
+        "    keepalive_requests 1000000;\n"
         "    keepalive_timeout 120s;\n"
+    )
+
+
+def nginx_upstream_keepalive(connections: int) -> str:
+    """
+    The keep-alive lines of an nginx ``upstream {}`` block, tuned as an operator would for
+    ``connections`` concurrent clients.
+
+    nginx's ``keepalive N`` is the number of idle upstream connections one worker caches, for
+    all the upstream's servers together; with fewer than the clients in flight, nginx closes a
+    backend connection after most responses and opens a new one for the next request. So the
+    cache holds at least twice the load's concurrency (and 64 at least), each connection serves
+    up to a million requests, and idle ones live as long as the client side's.
+    """
+    return (
+        f"        keepalive {max(64, 2 * connections)};\n"
+        "        keepalive_requests 1000000;\n"
+        "        keepalive_timeout 120s;\n"
     )
 
 
@@ -574,11 +592,18 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, port: int, duration: int, connections: int, threads: int, scheme: str = "http"
+    wrk: str,
+    port: int,
+    duration: int,
+    connections: int,
+    threads: int,
+    scheme: str = "http",
+    script: Path | None = None,
 ) -> WrkResult:
     """``wrk -tT -cC -dDs --latency http://127.0.0.1:port/``, bounded by duration + 60 s.
 
-    ``scheme="https"`` measures over TLS (wrk does not verify the certificate).
+    ``scheme="https"`` measures over TLS (wrk does not verify the certificate); ``script`` is
+    a Lua script for ``-s``.
     """
     argv = [
         wrk,
@@ -586,6 +611,7 @@ def run_wrk(
         f"-c{connections}",
         f"-d{duration}s",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         f"{scheme}://{LOOPBACK}:{port}/",
     ]
     proc = run_tool(argv, timeout=duration + 60, what="wrk")

@@ -7,15 +7,15 @@ ports), all on 127.0.0.1:
 ``direct``
     straight to backend 1, the ceiling for everything else;
 ``nginx``
-    nginx ``proxy_pass`` to an ``upstream`` of both backends with ``keepalive 32``, one worker
-    process (the anchor);
+    nginx ``proxy_pass`` to an ``upstream`` of both backends, one worker process, with upstream
+    ``keepalive`` at twice wrk's connections (the anchor; see ``nginx_upstream_keepalive``);
 ``haproxy``
     HAProxy ``mode http``, ``nbthread 1``, ``http-reuse always``, both backends;
 ``twisted-web``
     ``twisted.web.proxy.ReverseProxyResource`` on the epoll reactor (backend 1 only: it takes
     one host and port);
 ``twisted-lb``
-    ``twistd --reactor=lb -n --pidfile= lb --config cfg.toml`` with ``mode = "http"``.
+    ``twistd -n lb --config cfg.toml`` with ``mode = "http"``.
 
 For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections). With
 twisted-lb in the run it also streams 1 GiB up and 1 GiB down through a second twisted-lb to a
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import socket
 import statistics
 import sys
@@ -53,6 +54,7 @@ from _common import (
     log_wrk_result,
     nginx_http_common,
     nginx_main_context,
+    nginx_upstream_keepalive,
     pass_mark,
     print_busy_warning,
     print_header,
@@ -92,6 +94,10 @@ CONTEXT_RATIOS = (
     ("requests/s", "twisted-lb", "twisted-web"),
 )
 RSS_TARGET_MIB = 64.0  # peak RSS growth while streaming 1 GiB each way
+FIXED_RATE_SHARE = 0.5  # the fixed-rate load, as a share of twisted-lb's maximum requests/s
+FIXED_RATE_P99_TARGET = 2.0  # twisted-lb's p99 / nginx's at that rate
+FIXED_RATE_PATHS = ("nginx", "twisted-lb")
+IDLE_TARGET_MIB = 300.0  # RSS holding 10,000 idle keep-alive client connections
 TRANSFERS = ("upload", "download")
 
 TOOL_PACKAGES = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "curl": "curl"}
@@ -204,15 +210,14 @@ def versions_of(tools: Tools) -> dict[str, str]:
 # --------------------------------------------------------------------------- configs
 
 
-def nginx_proxy_config(tmp: Path, listen: int, backends: list[int]) -> str:
+def nginx_proxy_config(tmp: Path, listen: int, backends: list[int], connections: int) -> str:
     servers = "".join(f"        server {LOOPBACK}:{port};\n" for port in backends)
     return (
         nginx_main_context(tmp, "proxy", None)
         + nginx_http_common(tmp, "proxy")
         + "    upstream app {\n"
         + servers
-        + "        keepalive 32;\n"
-        + "        keepalive_requests 100000;\n"
+        + nginx_upstream_keepalive(connections)
         + "    }\n"
         + "    server {\n"
         + f"        listen {LOOPBACK}:{listen};\n"
@@ -335,6 +340,32 @@ def reset_peak_rss(pid: int) -> None:
         ) from e
 
 
+def raise_fd_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``wanted`` for us and the children started after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise BenchError(
+            f"idle: need {wanted} file descriptors, the hard limit is {hard}; "
+            "raise it (ulimit -Hn) or lower --idle-connections"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _still_open(s: socket.socket) -> bool:
+    """Whether the peer has not closed ``s`` (a non-blocking peek finds no EOF)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(True)
+
+
 def curl_transfer(
     tools: Tools, kind: str, port: int, size: int, upload_file: Path, answer_file: Path
 ) -> None:
@@ -377,6 +408,7 @@ class Ports:
     bulk_backend: int  # the Python backend of the streaming test
     relays: dict[str, int]  # path -> listening port
     bulk_relay: int  # the twisted-lb of the streaming test
+    idle_relay: int  # the twisted-lb of the idle-connections test
 
 
 @dataclass
@@ -388,6 +420,8 @@ class Bench:
     ports: Ports
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rss: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    idle: list[dict[str, float]] = field(default_factory=list)
+    fixed_rate: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     # Each starter returns the relay's child (None for direct) and the port to measure.
 
@@ -397,7 +431,7 @@ class Bench:
     def start_nginx(self) -> tuple[Child | None, int]:
         port = self.ports.relays["nginx"]
         prefix = self.tmp / "nginx-proxy"
-        config = nginx_proxy_config(prefix, port, self.ports.backends)
+        config = nginx_proxy_config(prefix, port, self.ports.backends, self.args.connections)
         return self.children.start_nginx("nginx proxy", self.tools.nginx, prefix, config), port
 
     def start_haproxy(self) -> tuple[Child | None, int]:
@@ -512,6 +546,93 @@ class Bench:
             self.children.stop(relay)
         return figures
 
+    def measure_fixed_rate(self, path: str, rate: float) -> dict[str, float]:
+        """
+        p99 latency of ``path`` under a paced load of ``rate`` requests/s in all.
+
+        wrk has no open-loop mode (wrk2 is not packaged), so each of the ``--connections``
+        connections waits ``connections / rate`` seconds after each response before it sends
+        the next request (wrk's Lua ``delay()``): a fixed offered rate as long as responses are
+        much faster than the interval, which they are at half load. The achieved rate is
+        recorded next to the p99.
+        """
+        args = self.args
+        interval_ms = 1000.0 * args.connections / rate
+        script = self.tmp / "fixed-rate.lua"
+        script.write_text(f"function delay()\n  return {interval_ms:.3f}\nend\n")
+        relay, port = self.starter(path)()
+        try:
+            wait_http_ok(relay, port)
+            warm_up_wrk(self.tools.wrk, port, args, f"{path} at {rate:,.0f} requests/s")
+            wrk = run_wrk(
+                self.tools.wrk,
+                port,
+                args.duration,
+                args.connections,
+                args.threads,
+                script=script,
+            )
+            log_wrk_result(f"{path} at {rate:,.0f} requests/s", wrk)
+            if relay is not None and relay.exited():
+                raise relay.fail("died during the fixed-rate run")
+        finally:
+            if relay is not None:
+                self.children.stop(relay)
+        return {"offered_per_s": rate, **wrk.figures()}
+
+    def measure_idle(self) -> dict[str, float]:
+        """
+        RSS of a fresh twisted-lb holding ``--idle-connections`` idle keep-alive clients.
+
+        Each client connection sends one ``GET /``, reads the answer and then stays open and
+        idle, as a browser's keep-alive connection does between page loads; the RSS is read once
+        all of them are open (and again after the same number of seconds they took to open, to
+        see it settle). The file descriptor limit of this process and its children is raised
+        first, as an operator raises ``LimitNOFILE``.
+        """
+        count = self.args.idle_connections
+        raise_fd_limit(count + 1024)  # each process holds one end of each connection
+        relay, port = self.start_twisted_lb("idle", self.ports.idle_relay, self.ports.backends)
+        assert relay is not None
+        pid = relay.proc.pid
+        clients: list[socket.socket] = []
+        try:
+            wait_http_ok(relay, port)
+            before = proc_status_kib(pid, "VmRSS")
+            start = time.monotonic()
+            request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+            for n in range(count):
+                s = socket.create_connection((LOOPBACK, port), timeout=10)
+                clients.append(s)
+                s.sendall(request)
+                answer = s.recv(4096)
+                if not answer.startswith(b"HTTP/1.1 200"):
+                    raise BenchError(f"idle: client {n} got {answer[:40]!r} instead of a 200")
+            opened = time.monotonic() - start
+            held = proc_status_kib(pid, "VmRSS")
+            time.sleep(min(opened, 5.0))
+            settled = proc_status_kib(pid, "VmRSS")
+            if relay.exited():
+                raise relay.fail("died holding the idle connections")
+            alive = sum(1 for s in clients if _still_open(s))
+            log(
+                f"idle: {count} keep-alive clients opened in {opened:.1f} s, {alive} still open; "
+                f"RSS {before / 1024:.1f} MiB before, {held / 1024:.1f} MiB with them, "
+                f"{settled / 1024:.1f} MiB after {min(opened, 5.0):.1f} s"
+            )
+            if alive != count:
+                raise BenchError(f"idle: twisted-lb closed {count - alive} of {count} clients")
+            return {
+                "connections": float(count),
+                "rss_before_mib": before / 1024,
+                "rss_mib": max(held, settled) / 1024,
+                "open_seconds": opened,
+            }
+        finally:
+            for s in clients:
+                s.close()
+            self.children.stop(relay)
+
     def run(self) -> None:
         backend = start_backend(self.children, self.tools.nginx, self.ports.backends, tag=True)
         bulk: Child | None = None
@@ -537,6 +658,13 @@ class Bench:
             )
 
         def stream() -> None:
+            if self.fixed_rate_paths and self.results.get("twisted-lb"):
+                rate = FIXED_RATE_SHARE * self.results["twisted-lb"][-1]["requests_per_s"]
+                for path in FIXED_RATE_PATHS:
+                    figures = self.measure_fixed_rate(path, rate)
+                    self.fixed_rate.setdefault(path, []).append(figures)
+            if self.idle_connections:
+                self.idle.append(self.measure_idle())
             if bulk is not None:
                 for kind, figures in self.measure_rss(upload_file).items():
                     self.rss.setdefault(kind, []).append(figures)
@@ -544,6 +672,14 @@ class Bench:
                     raise bulk.fail("exited during the run")
 
         run_rounds(self.args, self.measure, self.results, backend, stream)
+
+    @property
+    def fixed_rate_paths(self) -> bool:
+        return self.args.fixed_rate and all(p in self.args.paths for p in FIXED_RATE_PATHS)
+
+    @property
+    def idle_connections(self) -> bool:
+        return "twisted-lb" in self.args.paths and self.args.idle_connections > 0
 
     @property
     def streaming(self) -> bool:
@@ -576,11 +712,18 @@ def summarize_rss(rss: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     }
 
 
+def summarize_idle(idle: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in idle) for key in idle[0]} if idle else {}
+
+
 MEASURE_KEYS = {"requests/s": "requests_per_s", "p99": "latency_p99_ms"}
 
 
 def ratios(
-    summary: dict[str, dict[str, Any]], rss_summary: dict[str, dict[str, float]]
+    summary: dict[str, dict[str, Any]],
+    rss_summary: dict[str, dict[str, float]],
+    idle_summary: dict[str, float],
+    fixed_summary: dict[str, dict[str, float]],
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for measure, num, den, comparison, target in TARGETS:
@@ -608,6 +751,30 @@ def ratios(
                 "comparison": "<=",
                 "target": RSS_TARGET_MIB,
                 "pass": None if growth is None else growth <= RSS_TARGET_MIB,
+            }
+        )
+    if all(p in fixed_summary for p in FIXED_RATE_PATHS):
+        value = ratio_of(fixed_summary, "twisted-lb", "nginx", "latency_p99_ms")
+        rows.append(
+            {
+                "label": f"twisted-lb / nginx p99 at {FIXED_RATE_SHARE:.0%} load",
+                "value": value,
+                "unit": "x",
+                "comparison": "<=",
+                "target": FIXED_RATE_P99_TARGET,
+                "pass": None if value is None else value <= FIXED_RATE_P99_TARGET,
+            }
+        )
+    if idle_summary:
+        rss = idle_summary["rss_mib"]
+        rows.append(
+            {
+                "label": f"twisted-lb RSS, {idle_summary['connections']:,.0f} idle clients",
+                "value": rss,
+                "unit": " MiB",
+                "comparison": "<=",
+                "target": IDLE_TARGET_MIB,
+                "pass": rss <= IDLE_TARGET_MIB,
             }
         )
     for measure, num, den in CONTEXT_RATIOS:
@@ -655,6 +822,8 @@ def print_report(
     versions: dict[str, str],
     rounds_data: dict[str, list[dict[str, Any]]],
     rss_rounds: dict[str, list[dict[str, float]]],
+    idle_summary: dict[str, float],
+    fixed_summary: dict[str, dict[str, float]],
 ) -> None:
     print(
         f"\nL7 benchmark: wrk -t{args.threads} -c{args.connections} -d{args.duration}s "
@@ -701,6 +870,27 @@ def print_report(
                     f"{r['mib_per_s']:>8,.0f}",
                     file=out,
                 )
+    if fixed_summary:
+        print(
+            f"\nat a fixed rate of {FIXED_RATE_SHARE:.0%} of twisted-lb's requests/s "
+            "(wrk, each connection paced with delay())",
+            file=out,
+        )
+        print_header(out, f"{'path':<13} {'offered/s':>11} {'achieved/s':>11} {'p99 ms':>8}")
+        for path, row in fixed_summary.items():
+            print(
+                f"{path:<13} {row['offered_per_s']:>11,.0f} {row['requests_per_s']:>11,.0f} "
+                f"{row['latency_p99_ms']:>8.2f}",
+                file=out,
+            )
+    if idle_summary:
+        print(
+            f"\ntwisted-lb holding {idle_summary['connections']:,.0f} idle keep-alive clients "
+            f"(one GET each, then idle): RSS {idle_summary['rss_before_mib']:.1f} MiB before, "
+            f"{idle_summary['rss_mib']:.1f} MiB with them "
+            f"(opened in {idle_summary['open_seconds']:.1f} s)",
+            file=out,
+        )
     print("", file=out)
     print_header(out, f"{'ratio':<38} {'value':>9} {'target':>10}  result")
     for r in ratio_rows:
@@ -757,8 +947,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1024,
         help="MiB streamed each way through twisted-lb for the RSS figure (0: skip; default 1024)",
     )
+    parser.add_argument(
+        "--no-fixed-rate",
+        dest="fixed_rate",
+        action="store_false",
+        help="skip the p99 at a fixed rate of half twisted-lb's maximum",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=10000,
+        help="idle keep-alive clients a fresh twisted-lb holds for the RSS figure (0: skip)",
+    )
     args = parser.parse_args(argv)
     check_bench_args(parser, args, PATHS)
+    if args.idle_connections < 0:
+        parser.error("--idle-connections must not be negative")
     if args.transfer_mib < 0:
         parser.error("--transfer-mib must not be negative")
     return args
@@ -771,7 +975,7 @@ def main(argv: list[str] | None = None) -> int:
         tools = ensure_tools(install=not args.no_install)
         versions = versions_of(tools)
         require_twisted_lb(args.paths, versions)
-        ports = free_ports(3 + len(RELAYS) + 1)
+        ports = free_ports(3 + len(RELAYS) + 2)
         bench = Bench(
             args,
             tools,
@@ -781,24 +985,43 @@ def main(argv: list[str] | None = None) -> int:
                 backends=ports[0:2],
                 bulk_backend=ports[2],
                 relays=dict(zip(RELAYS, ports[3 : 3 + len(RELAYS)], strict=True)),
-                bulk_relay=ports[-1],
+                bulk_relay=ports[-2],
+                idle_relay=ports[-1],
             ),
         )
         bench.run()
         summary = summarize(bench.results)
         rss_summary = summarize_rss(bench.rss)
-        ratio_rows = ratios(summary, rss_summary)
+        idle_summary = summarize_idle(bench.idle)
+        fixed_summary = {
+            path: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            for path, rounds in bench.fixed_rate.items()
+        }
+        ratio_rows = ratios(summary, rss_summary, idle_summary, fixed_summary)
         print_report(
-            sys.stdout, args, summary, rss_summary, ratio_rows, versions, bench.results, bench.rss
+            sys.stdout,
+            args,
+            summary,
+            rss_summary,
+            ratio_rows,
+            versions,
+            bench.results,
+            bench.rss,
+            idle_summary,
+            fixed_summary,
         )
         if args.json:
             write_json(
                 args.json,
-                json_settings(args, transfer_mib=args.transfer_mib),
+                json_settings(
+                    args, transfer_mib=args.transfer_mib, idle_connections=args.idle_connections
+                ),
                 versions,
                 results=summary,
                 rounds=bench.results,
                 streaming={"results": rss_summary, "rounds": bench.rss},
+                idle={"results": idle_summary, "rounds": bench.idle},
+                fixed_rate={"results": fixed_summary, "rounds": bench.fixed_rate},
                 ratios=ratio_rows,
             )
         return ratio_rows

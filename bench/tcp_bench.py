@@ -10,7 +10,7 @@ One run measures four paths to the same backends, all on 127.0.0.1:
 ``portforward``
     ``twisted.protocols.portforward.ProxyFactory`` on the epoll reactor;
 ``twisted-lb``
-    ``twistd --reactor=lb -n --pidfile= lb --config cfg.toml`` with ``mode = "tcp"``.
+    ``twistd -n lb --config cfg.toml`` with ``mode = "tcp"``.
 
 For each path it measures requests/s and p99 latency with wrk (50 keep-alive connections against
 an nginx that answers ``ok``) and Gbit/s with iperf3 (one stream), then prints the ratios that

@@ -32,8 +32,9 @@ def _script(name: str) -> str:
 
 TWISTD = _script("twistd")
 TWISTED_LB = _script("twisted-lb")
-# twisted_lb.reactor, which docs/ recommend on Linux; elsewhere twistd's default.
-LB_REACTOR = "lb" if sys.platform.startswith("linux") else None
+# twistd's own epoll reactor, which ``--reactor`` picks instead of the one ``twistd lb`` installs
+# by default on Linux (twisted_lb.reactor); elsewhere twistd's default either way.
+TWISTED_REACTOR = "epoll" if sys.platform.startswith("linux") else None
 
 
 class Process:
@@ -185,11 +186,12 @@ def http_lb_config(
 
 
 def start_lb(
-    config_path: str, env: dict[str, str] | None = None, reactor: str | None = LB_REACTOR
+    config_path: str, env: dict[str, str] | None = None, reactor: str | None = None
 ) -> tuple[Process, int]:
     """
-    Start ``twistd --reactor=REACTOR -n lb --config config_path`` (the command docs/ give
-    operators; ``reactor=None``: twistd's default reactor); return it and its frontend's port.
+    Start ``twistd -n lb --config config_path`` (the command docs/ give operators), with
+    ``--reactor=REACTOR`` before ``-n`` when ``reactor`` is given; return it and its frontend's
+    port.
     """
     flags = [f"--reactor={reactor}"] if reactor else []
     process = Process([TWISTD, *flags, "-n", "--pidfile=", "lb", "--config", config_path], env=env)

@@ -3511,7 +3511,7 @@ class ValueTests(ConfigTestCase):
         tcp = self.load(FRONTEND + POOL).frontends["web"]
         self.assertEqual((tcp.proxy_protocol_from, tcp.underscores_in_headers), ((), False))
         http = self.load(
-            HTTP_FRONTEND
+            HTTP_FRONTEND.replace('"tcp:8080', '"haproxy:tcp:8080')
             + 'proxy_protocol_from = ["10.0.0.1/8", "::1"]\nunderscores_in_headers = true\n'
             + POOL
         ).frontends["web"]

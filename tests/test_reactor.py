@@ -18,7 +18,7 @@ from twisted.python import context, log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb.reactor import EPollReactor
+from twisted_lb.reactor import EPollReactor, install_default
 
 if not sys.platform.startswith("linux"):
     skip = "epoll is Linux only"
@@ -247,3 +247,15 @@ class DispatchTests(SynchronousTestCase):
         """``twistd --reactor=lb`` finds it through the reactor plugin."""
         [lb] = [r for r in getReactorTypes() if r.shortName == "lb"]
         self.assertEqual(lb.moduleName, "twisted_lb.reactor")
+
+
+class InstallDefaultTests(SynchronousTestCase):
+    def test_keeps_an_installed_reactor(self) -> None:
+        """
+        ``install_default`` leaves a reactor that is already installed (as ``twistd --reactor``
+        installs one while parsing options) in place, and says it did nothing.
+        """
+        from twisted.internet import reactor
+
+        self.assertFalse(install_default())
+        self.assertIs(sys.modules["twisted.internet.reactor"], reactor)

@@ -1,8 +1,10 @@
 """
-Backend address strings: ``host:port``, ``[v6]:port`` and ``unix:/path``.
+Backend address strings: ``host:port``, ``[v6]:port`` and ``unix:/path``; and which listener
+descriptions take the PROXY protocol (``haproxy:...``).
 
-Shared by :mod:`twisted_lb.config` (validation) and :mod:`twisted_lb.backend` (endpoints), so
-that the two can never disagree about what an address means.
+Shared by :mod:`twisted_lb.config` (validation) and :mod:`twisted_lb.backend` and
+:mod:`twisted_lb.service` (endpoints), so that they can never disagree about what an address
+or a listener means.
 """
 
 from __future__ import annotations
@@ -84,3 +86,24 @@ def parse_address(text: str) -> Address:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} in {text!r} is not a number from 1 to 65535")
     return Address("tcp", host=host, port=int(port_text))
+
+
+#: The endpoint prefix of listeners that take the PROXY protocol (Twisted's ``haproxy:``).
+PROXY_PREFIX = "haproxy"
+
+
+def proxy_listener(description: str) -> str | None:
+    """
+    The endpoint under a ``haproxy:`` listener, or ``None`` for any other listener.
+
+    Args:
+        description: a server endpoint description from a frontend's ``listen``.
+
+    Returns:
+        ``"tcp:8080:interface=127.0.0.1"`` for ``"haproxy:tcp:8080:interface=127.0.0.1"``
+        (the prefix is matched without case, as Twisted matches endpoint plugins).
+    """
+    prefix, colon, rest = description.partition(":")
+    if colon and prefix.lower() == PROXY_PREFIX:
+        return rest
+    return None

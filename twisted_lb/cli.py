@@ -155,11 +155,9 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
     Returns:
         The process exit status.
     """
-    if sys.platform.startswith("linux") and "twisted.internet.reactor" not in sys.modules:
-        # The reactor docs/ recommend for twistd (``--reactor=lb``).
-        from twisted_lb.reactor import install
+    from twisted_lb.reactor import install_default
 
-        install()
+    install_default()  # the reactor ``twistd lb`` runs on, unless one is installed already
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)

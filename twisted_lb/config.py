@@ -49,7 +49,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from twisted_lb import _defaults as defaults
-from twisted_lb._address import parse_address
+from twisted_lb._address import parse_address, proxy_listener
 
 __all__ = [
     "BackendConfig",
@@ -650,6 +650,20 @@ def _verify_client(value: object) -> str:
             f"(nginx's ssl_verify_client {verify.lower()})"
         )
     _fail(f"unknown value {verify!r}" + _suggest(verify, _VERIFY_CLIENT, "valid values"))
+
+
+def _access_log(value: object, info: ValidationInfo) -> bool | str:
+    """``true``, ``false``, ``"stdout"``, or a file path, made absolute like a tls file."""
+    if isinstance(value, bool) or value == "stdout":
+        return value
+    if not isinstance(value, str):
+        _fail(f'must be true, false, "stdout" or a file path, not {_describe(value)}')
+    if not value or "\0" in value or value.endswith(os.sep):
+        _fail(
+            f'{value!r} is not a file path; write one, as in access_log = "access.log", '
+            'or true, false or "stdout"'
+        )
+    return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
 
 
 def _table_of(noun: str, example: str) -> Callable[[object], Any]:
@@ -1409,8 +1423,10 @@ class FrontendConfig(_Model):
     tls: FrontendTLSConfig | None = Field(None, description="TLS termination.")
     proxy_protocol_from: _Networks = Field(
         (),
-        description="Addresses and networks (as ``trusted_proxies``) allowed to send a PROXY "
-        "protocol header on ``haproxy:`` listeners.",
+        description="The peers (addresses and networks, as ``trusted_proxies``) whose PROXY "
+        "protocol header a ``haproxy:`` listener believes; others are refused. Empty: "
+        "``trusted_proxies``, or any peer when that is empty too. Only with a ``haproxy:`` "
+        "listener.",
     )
     underscores_in_headers: _Bool = Field(
         False,
@@ -1426,6 +1442,19 @@ class FrontendConfig(_Model):
                 if key in data:
                     data[key] = _Refused(_ONLY_HTTP)
         _require_pool(data, info)
+        listen = data.get("listen")
+        listen = [listen] if isinstance(listen, str) else listen
+        if (
+            data.get("proxy_protocol_from")
+            and isinstance(listen, list)
+            and listen
+            and all(isinstance(item, str) and proxy_listener(item) is None for item in listen)
+        ):
+            data["proxy_protocol_from"] = _Refused(
+                "is for a frontend that takes the PROXY protocol, and none of its listeners "
+                'does; prefix the listener with haproxy:, as in listen = ["haproxy:'
+                f'{listen[0]}"], or remove proxy_protocol_from'
+            )
         routes = data.get("routes")
         if isinstance(routes, list):
             data["routes"] = routes = list(routes)
@@ -1458,10 +1487,21 @@ class GlobalConfig(_Model):
         description='``"text"``: one line of text per log event; ``"json"``: one JSON object '
         "per line.",
     )
-    access_log: _Bool = Field(
+    access_log: Annotated[bool | str, _v(_access_log, bool | str)] = Field(
         True,
-        description="An access event per HTTP request and per relayed TCP connection (nginx "
-        "``access_log off`` when false).",
+        description="Where the access line of each HTTP request and relayed TCP connection "
+        'goes: ``true``, the default destination (under twistd, its log); ``"stdout"``; a file '
+        "path, relative to the config file; or ``false``, none (nginx ``access_log off``).",
+    )
+    access_log_buffer: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+        defaults.ACCESS_LOG_BUFFER,
+        description="Access lines held before they are written (nginx ``access_log ... "
+        "buffer=``); 0 writes each line at once.",
+    )
+    access_log_flush: _Seconds = Field(
+        defaults.ACCESS_LOG_FLUSH,
+        description="An access line waits in the buffer this long at most (nginx "
+        "``access_log ... flush=``).",
     )
 
 
@@ -2061,8 +2101,11 @@ def format_summary(config: Config) -> str:
     lines = [f"{config.path}: OK"]
     if config.global_config.log_format != "text":
         lines.append(f"global: log_format {config.global_config.log_format}")
-    if not config.global_config.access_log:
+    access_log = config.global_config.access_log
+    if access_log is False:
         lines.append("global: access_log off")
+    elif isinstance(access_log, str):
+        lines.append(f"global: access_log {access_log}")
     shown: set[str] = set()
     for frontend in config.frontends.values():
         lines.append(

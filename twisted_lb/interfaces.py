@@ -1,6 +1,6 @@
 """
-The zope interfaces of twisted-lb: balancing strategies, their plugin factories, and health
-checks.
+The zope interfaces of twisted-lb: balancing strategies, their plugin factories, health
+checks, and the access log.
 
 Interface methods take no ``self`` (zope convention), so that ``verifyObject`` works.
 """
@@ -85,4 +85,68 @@ class IHealthCheck(Interface):
             fails: a failed check, an error or a timeout is ``ok=False``. It is cancellable:
             cancelling aborts the check's connection and leaves no timer behind, and the
             Deferred then fails with ``CancelledError``.
+        """
+
+
+class IAccessLog(Interface):
+    """
+    Where the access lines go: one call per HTTP request answered (or refused) and one per
+    relayed TCP connection, when it ends. Implementations: :class:`twisted_lb.logs.AccessLog`
+    (a buffered file or stream, as nginx's ``access_log path buffer= flush=``) and
+    :class:`twisted_lb.logs.EventAccessLog` (``twisted.logger`` events in the
+    ``twisted_lb.access`` namespace). Both are called on the data path: they must be cheap and
+    must not raise.
+    """
+
+    def http(
+        frontend: str,
+        client: str,
+        method: bytes,
+        target: bytes,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        backend: str,
+        connect_ms: int,
+        first_byte_ms: int | None,
+        total_ms: int,
+    ) -> None:
+        """
+        One HTTP request's line.
+
+        Args:
+            frontend: the frontend's name.
+            client: the client's IP address (after ``trusted_proxies``), or ``"-"``.
+            method: the request method as received, or ``b"-"``.
+            target: the request target as received, or ``b"-"``.
+            status: the status sent to the client (499 when the client left first).
+            bytes_in: bytes received from the client for this request (head, body, tunnel).
+            bytes_out: bytes sent to the client for this request.
+            backend: the backend's name, or ``"-"``.
+            connect_ms: milliseconds from the request to the backend connection (0: none
+                made, or a kept-alive one reused).
+            first_byte_ms: milliseconds to the response's first byte, or ``None`` (none).
+            total_ms: milliseconds from the request to the end of its exchange.
+        """
+
+    def tcp(
+        frontend: str,
+        client: str,
+        backend: str,
+        bytes_in: int,
+        bytes_out: int,
+        duration_ms: int,
+        ended: str,
+    ) -> None:
+        """
+        One relayed TCP connection's line.
+
+        Args:
+            frontend: the frontend's name.
+            client: the client's address (``host:port``), or ``"-"``.
+            backend: the backend's name, or ``"-"``.
+            bytes_in: bytes received from the client.
+            bytes_out: bytes sent to the client.
+            duration_ms: milliseconds the connection lasted.
+            ended: why it ended (``"client closed"``, ``"backend closed"``, ...).
         """

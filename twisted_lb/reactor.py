@@ -1,5 +1,5 @@
 """
-An epoll reactor with cheaper event dispatch, for ``twistd --reactor=lb``.
+An epoll reactor with cheaper event dispatch: the one ``twistd lb`` runs on (Linux).
 
 Twisted's epoll reactor hands every ready descriptor to ``log.callWithLogger``, which asks the
 descriptor for its ``logPrefix()``, copies the logging context, merges the prefix into it,
@@ -14,13 +14,15 @@ descriptor is handled (``Unhandled Error`` tracebacks, ``log.msg``) keep their `
 and an exception that escapes is logged with it, as ``callWithLogger`` does.
 
 Everything else is Twisted's :class:`twisted.internet.epollreactor.EPollReactor`. twisted-lb
-itself works on any reactor; this one only makes it cheaper to run. Use it with
-``twistd --reactor=lb -n lb --config lb.toml``, or call :func:`install` before anything imports
-``twisted.internet.reactor``.
+itself works on any reactor; this one only makes it cheaper to run. ``twistd -n lb --config
+lb.toml`` and ``twisted-lb demo`` install it on Linux when no reactor was chosen
+(:func:`install_default`); ``twistd --reactor=NAME`` still picks any other. An embedding program
+calls :func:`install` before anything imports ``twisted.internet.reactor``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ from twisted.internet import epollreactor
 from twisted.internet.main import installReactor
 from twisted.python import context, log
 
-__all__ = ["EPollReactor", "install"]
+__all__ = ["EPollReactor", "install", "install_default"]
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -101,3 +103,21 @@ def install() -> EPollReactor:
     reactor = EPollReactor()  # type: ignore[no-untyped-call]
     installReactor(reactor)
     return reactor
+
+
+def install_default() -> bool:
+    """
+    Install :class:`EPollReactor` as the global reactor when none is installed yet, on Linux.
+
+    ``twistd lb`` calls this in ``makeService``, which twistd runs before anything imports
+    ``twisted.internet.reactor`` unless ``--reactor`` installed one while the options were
+    parsed; so the shipped command gets the cheaper reactor, and ``--reactor`` still wins.
+
+    Returns:
+        Whether this call installed it: ``False`` off Linux (no epoll) or when a reactor was
+        already installed.
+    """
+    if not sys.platform.startswith("linux") or "twisted.internet.reactor" in sys.modules:
+        return False
+    install()
+    return True

@@ -4,7 +4,8 @@ The balancer as a Twisted service: the one place where config becomes live objec
 
 from __future__ import annotations
 
-from typing import Any, Self
+import sys
+from typing import IO, Any, Self
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -19,14 +20,16 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from twisted_lb._frontend import FrontendFactory
+from twisted_lb._address import proxy_listener
+from twisted_lb._frontend import FrontendFactory, ProxyHeaderFactory
 from twisted_lb.backend import Backend, BackendState
-from twisted_lb.config import Config, FrontendConfig, HealthCheckConfig
+from twisted_lb.config import Config, FrontendConfig, GlobalConfig, HealthCheckConfig
 from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.http.upstream import Upstreams
-from twisted_lb.interfaces import IHealthCheck
+from twisted_lb.interfaces import IAccessLog, IHealthCheck
+from twisted_lb.logs import AccessLog, EventAccessLog
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 from twisted_lb.tcp import TCPRelayFactory
@@ -46,7 +49,10 @@ _ADMIN_STATES = {
 
 
 class ListenError(Exception):
-    """A frontend could not listen on one of its ``listen`` endpoints."""
+    """
+    Start-up could not take what it serves with: a frontend could not listen on one of its
+    ``listen`` endpoints, or the access log file could not be opened.
+    """
 
 
 class Listener(Service):
@@ -118,6 +124,31 @@ class Listener(Service):
         return stopped
 
 
+def _access_log(
+    config: GlobalConfig, reactor: Any, log_output: IO[str] | None
+) -> IAccessLog | None:
+    """The access log ``[global]`` asks for (see :meth:`LoadBalancerService.from_config`)."""
+    destination = config.access_log
+    if destination is False:
+        return None
+    out: IO[str] | str
+    if destination is True:
+        if log_output is None:
+            return EventAccessLog()
+        out = log_output
+    elif destination == "stdout":
+        out = sys.stdout
+    else:
+        out = destination
+    return AccessLog(
+        reactor,
+        out,
+        log_format=config.log_format,
+        buffer_bytes=config.access_log_buffer,
+        flush_interval=config.access_log_flush,
+    )
+
+
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
@@ -143,6 +174,30 @@ def _describe(address: IAddress) -> str:
         return f"unix:{getattr(address, 'name', '?')!s}"
     port = getattr(address, "port", "?")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _proxy_header_factory(
+    frontend: FrontendConfig, factory: FrontendFactory, listen_factory: IProtocolFactory
+) -> ProxyHeaderFactory:
+    """
+    What a frontend's ``haproxy:`` listeners listen with: the PROXY header is read first, then
+    the connection goes to ``listen_factory``. With ``[frontends.NAME.tls]`` that is the TLS
+    factory, so the header comes before the TLS handshake (HAProxy's ``send-proxy`` on an
+    ``ssl`` server); on ``haproxy:ssl:`` the endpoint's TLS is outside, so the header comes
+    first inside TLS (Twisted's order). Peers allowed to send it: ``proxy_protocol_from``,
+    else ``trusted_proxies``, else any.
+    """
+    if frontend.proxy_protocol_from:
+        allowed, key = frontend.proxy_protocol_from, "proxy_protocol_from"
+    else:
+        allowed, key = frontend.trusted_proxies, "trusted_proxies"
+    return ProxyHeaderFactory(
+        listen_factory,
+        factory,
+        allowed=allowed,
+        allowed_key=key,
+        timeout=frontend.client_timeout,
+    )
 
 
 class LoadBalancerService(MultiService):
@@ -171,11 +226,13 @@ class LoadBalancerService(MultiService):
         self.server_tls: dict[str, ServerTLS] = {}
         self.factories: dict[str, FrontendFactory] = {}
         self.upstreams = Upstreams(reactor)
-        self.access_log = True
+        self.access_log: IAccessLog | None = EventAccessLog()
         self.listeners: list[Listener] = []
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any) -> Self:
+    def from_config(
+        cls, config: Config, reactor: Any, *, log_output: IO[str] | None = None
+    ) -> Self:
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
@@ -185,9 +242,12 @@ class LoadBalancerService(MultiService):
         Args:
             config: from :func:`twisted_lb.config.load_config`.
             reactor: the reactor to run on.
+            log_output: where ``[global] access_log = true`` (the default) writes the access
+                lines, buffered (twistd's log output, under twistd); ``None``: they are
+                ``twisted.logger`` events (:class:`~twisted_lb.logs.EventAccessLog`).
         """
         service = cls(reactor)
-        service.access_log = config.global_config.access_log
+        service.access_log = _access_log(config.global_config, reactor, log_output)
         for name, pool_config in config.pools.items():
             strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
             pool_tls = None
@@ -265,9 +325,18 @@ class LoadBalancerService(MultiService):
                 )
                 service.server_tls[name] = server_tls
                 listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
+            proxied: ProxyHeaderFactory | None = None
             for description in frontend.listen:
-                endpoint = serverFromString(reactor, description)
-                listener = Listener(endpoint, listen_factory, name, description)
+                under_proxy = proxy_listener(description)
+                endpoint = serverFromString(reactor, under_proxy or description)
+                endpoint_factory = listen_factory
+                if under_proxy is not None:
+                    # haproxy:: the PROXY header is read around what the endpoint under it
+                    # delivers (see _proxy_header_factory).
+                    if proxied is None:
+                        proxied = _proxy_header_factory(frontend, factory, listen_factory)
+                    endpoint_factory = proxied
+                listener = Listener(endpoint, endpoint_factory, name, description)
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
         return service
@@ -318,7 +387,25 @@ class LoadBalancerService(MultiService):
                     "anyone on the path can impersonate them",
                     pool=name,
                 )
+        access_log = self.access_log
+        if isinstance(access_log, AccessLog):
+            try:
+                access_log.open()
+            except OSError as e:
+                raise ListenError(
+                    f"global.access_log: cannot open {access_log.path}: {e.strerror or e}"
+                ) from None
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def reopen_access_log(self) -> None:
+        """
+        Write the access lines buffered so far, then open the access log file again by its
+        path (on SIGUSR1 under twistd, after log rotation renamed it; as nginx reopens its
+        logs on USR1). With ``access_log = true`` under twistd with ``--logfile``, that file
+        is reopened.
+        """
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.reopen()
 
     def reload_certificates(self) -> None:
         """
@@ -365,8 +452,15 @@ class LoadBalancerService(MultiService):
         stopped: Deferred[object] = Deferred()
         listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
         listeners_stopped.addCallback(lambda _: self._close_connections())
+        # Last, once every connection has written its access line.
+        listeners_stopped.addBoth(self._close_access_log)
         listeners_stopped.addBoth(stopped.callback)
         return stopped
+
+    def _close_access_log(self, result: object) -> object:
+        if isinstance(self.access_log, AccessLog):
+            self.access_log.close()
+        return result
 
     def _close_connections(self) -> Deferred[Any]:
         for pool in self.pools.values():

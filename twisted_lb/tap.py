@@ -24,11 +24,14 @@ class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
     line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
-    SIGHUP reloads the frontends' TLS certificates (as nginx reloads on SIGHUP).
+    SIGHUP reloads the frontends' TLS certificates (as nginx reloads on SIGHUP), and SIGUSR1
+    reopens the access log file (as nginx reopens its logs on USR1, which logrotate's
+    ``postrotate`` sends).
     """
 
     log_observer: ILogObserver | None = None
     _previous_sighup: Any = None
+    _previous_sigusr1: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd attaches the service to its Application, then asks the Application for an
@@ -52,6 +55,14 @@ class _TwistdService(LoadBalancerService):
             signal.SIGHUP,
             lambda signum, frame: self.reactor.callFromThread(self._sighup),
         )
+        self._previous_sigusr1 = signal.signal(
+            signal.SIGUSR1,
+            lambda signum, frame: self.reactor.callFromThread(self._sigusr1),
+        )
+
+    def _sigusr1(self) -> None:
+        _log.info("SIGUSR1: reopening the access log")
+        self.reopen_access_log()
 
     def _sighup(self) -> None:
         _log.info("SIGHUP: reloading certificates")
@@ -61,6 +72,9 @@ class _TwistdService(LoadBalancerService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None
         return super().stopService()
 
 
@@ -105,13 +119,21 @@ def makeService(options: Options) -> IService:
 
     A config problem is printed to stderr exactly as ``twisted-lb check`` prints it, and the
     process exits with status 1 before anything listens.
+
+    On Linux, when ``--reactor`` chose none, this installs :mod:`twisted_lb.reactor` first
+    (see :func:`twisted_lb.reactor.install_default`), so the plain ``twistd -n lb`` command
+    runs on the cheaper reactor.
     """
+    from twisted_lb.reactor import install_default
+
+    install_default()
     from twisted.internet import reactor
 
     try:
         config = load_config(options["config"])
-        service = _TwistdService.from_config(config, reactor)
         out = _log_output(options)
+        # Access lines go where the other events go, unless [global] access_log says otherwise.
+        service = _TwistdService.from_config(config, reactor, log_output=out)
         if config.global_config.log_format == "json":
             service.log_observer = json_lines_observer(out)
         else:

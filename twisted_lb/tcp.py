@@ -44,6 +44,7 @@ from twisted_lb._transport import (
     sender,
 )
 from twisted_lb.backend import Backend, ConnectionInfo
+from twisted_lb.interfaces import IAccessLog
 from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
@@ -63,8 +64,6 @@ def _end_writes(transport: RelayTransport) -> None:
     else:
         transport.loseWriteConnection()
 
-
-_access_log = Logger(namespace="twisted_lb.access")
 
 # How a relayed connection ended, as written in its access event.
 ENDED_CLIENT = "client closed"
@@ -369,25 +368,19 @@ class _ClientSide(Protocol):
         if self.lease is not None:
             self.lease.release()
         factory = self.factory
-        if factory.access_log:
-            self._log_access()
+        access_log = factory.access_log
+        if access_log is not None:
+            lease = self.lease
+            access_log.tcp(
+                factory.frontend,
+                _format_address(self.client_address),
+                lease.backend.name if lease is not None and self.backend_transport else "-",
+                self.bytes_in,
+                self.bytes_out,
+                round((self.seconds() - self.started) * 1000),
+                self.ended or "-",
+            )
         factory.connection_finished()
-
-    def _log_access(self) -> None:
-        factory = self.factory
-        lease = self.lease
-        backend = lease.backend.name if lease is not None and self.backend_transport else "-"
-        _access_log.info(
-            "{frontend} {client} -> {backend} in={bytes_in} out={bytes_out} "
-            "duration_ms={duration_ms} ended={ended}",
-            frontend=factory.frontend,
-            client=_format_address(self.client_address),
-            backend=backend,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration_ms=round((self.seconds() - self.started) * 1000),
-            ended=self.ended,
-        )
 
 
 def _format_address(address: IAddress | None) -> str:
@@ -413,7 +406,7 @@ class TCPRelayFactory(FrontendFactory):
         max_connections: concurrent client connections; past it a new client is closed at once
             and counted in ``refused_connections``.
         frontend: the frontend's name, for logs.
-        access_log: whether to log one access event per connection.
+        access_log: the access log (see :class:`~twisted_lb._frontend.FrontendFactory`).
 
     Attributes:
         active_connections: client connections open now.
@@ -431,7 +424,7 @@ class TCPRelayFactory(FrontendFactory):
         client_timeout: float = defaults.CLIENT_TIMEOUT,
         max_connections: int = defaults.MAX_CONNECTIONS,
         frontend: str = "tcp",
-        access_log: bool = True,
+        access_log: bool | IAccessLog | None = True,
     ) -> None:
         if client_timeout <= 0:
             raise ValueError("client_timeout must be > 0 s")

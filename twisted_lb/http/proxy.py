@@ -34,7 +34,6 @@ Semantics follow RFC 9110 and RFC 9112; where they leave a choice, the behaviour
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -42,7 +41,7 @@ import httptools
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_lb import _defaults as defaults
@@ -66,11 +65,10 @@ from twisted_lb.http.headers import (
 )
 from twisted_lb.http.routing import Router
 from twisted_lb.http.upstream import UpstreamConnection, Upstreams
+from twisted_lb.interfaces import IAccessLog
 from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
-_ACCESS_NAMESPACE = "twisted_lb.access"
-_access_log = Logger(namespace=_ACCESS_NAMESPACE)
 
 #: Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -84,11 +82,6 @@ REPLAY_LIMIT = 64 * 1024
 CLIENT_CLOSED = 499
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-
-_ACCESS_FORMAT = (
-    '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
-    "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} total_ms={total_ms}"
-)
 
 
 class _RequestError(Exception):
@@ -893,20 +886,22 @@ class HTTPProxyProtocol(Protocol):
         self._release_backend()
         if backend is not None and self.status >= 100 and self.status != CLIENT_CLOSED:
             backend.count_response(self.status)
-        if not self.factory.access_log:
+        access_log = self.factory.access_log
+        if access_log is None:
             return
-        now = self.seconds()
         started = request.started
-        self._log_access(
-            method=request.method.decode("latin-1"),
-            target=request.target.decode("latin-1"),
-            status=self.status,
-            bytes_in=request.head_bytes + request.body_bytes + self.tunnel_in,
-            bytes_out=self.bytes_out,
-            backend=backend.name if backend is not None else "-",
-            connect_ms=_ms(self.t_connected - started) if self.t_connected else 0,
-            first_byte_ms=_ms(self.t_first_byte - started) if self.t_first_byte else None,
-            total_ms=_ms(now - started),
+        access_log.http(
+            self.factory.frontend,
+            self.client_ip or "-",
+            request.method,
+            request.target,
+            self.status,
+            request.head_bytes + request.body_bytes + self.tunnel_in,
+            self.bytes_out,
+            backend.name if backend is not None else "-",
+            _ms(self.t_connected - started) if self.t_connected else 0,
+            _ms(self.t_first_byte - started) if self.t_first_byte else None,
+            _ms(self.seconds() - started),
         )
 
     def _respond_error(self, status: int, why: str) -> None:
@@ -1023,65 +1018,23 @@ class HTTPProxyProtocol(Protocol):
         return True
 
     def _log_rejected(self, status: int) -> None:
-        """The access event of a request refused before it had an exchange."""
-        if not self.factory.access_log:
+        """The access line of a request refused before it had an exchange."""
+        access_log = self.factory.access_log
+        if access_log is None:
             return
         request = self.parsing
-        target = b"".join(self.url_parts) if request is not None else b""
-        self._log_access(
-            method=(self.parser.get_method() or b"-").decode("latin-1")
-            if request is not None and request.method
-            else "-",
-            target=target.decode("latin-1") or "-",
-            status=status,
-            bytes_in=self.header_bytes,
-            bytes_out=len(error_response(status)),
-            backend="-",
-            connect_ms=0,
-            first_byte_ms=None,
-            total_ms=_ms(self.seconds() - request.started) if request is not None else 0,
-        )
-
-    def _log_access(
-        self,
-        method: str,
-        target: str,
-        status: int,
-        bytes_in: int,
-        bytes_out: int,
-        backend: str,
-        connect_ms: int,
-        first_byte_ms: int | None,
-        total_ms: int,
-    ) -> None:
-        """
-        One access event: method, target, status, bytes each way, backend, timings (ms).
-
-        The event is the one ``_access_log.info(_ACCESS_FORMAT, ...)`` would emit, with the same
-        keys, built in one go and handed to the logger's observer: ``Logger.emit`` costs
-        several microseconds more (it checks the level against every ``LogLevel`` and merges
-        keyword dicts), once per request.
-        """
-        _access_log.observer(
-            {
-                "log_logger": _access_log,
-                "log_level": LogLevel.info,
-                "log_namespace": _ACCESS_NAMESPACE,
-                "log_source": None,
-                "log_format": _ACCESS_FORMAT,
-                "log_time": time.time(),
-                "frontend": self.factory.frontend,
-                "client": self.client_ip or "-",
-                "method": method,
-                "target": target,
-                "status": status,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "backend": backend,
-                "connect_ms": connect_ms,
-                "first_byte_ms": first_byte_ms,
-                "total_ms": total_ms,
-            }
+        access_log.http(
+            self.factory.frontend,
+            self.client_ip or "-",
+            (self.parser.get_method() or b"-") if request is not None and request.method else b"-",
+            (b"".join(self.url_parts) if request is not None else b"") or b"-",
+            status,
+            self.header_bytes,
+            len(error_response(status)),
+            "-",
+            0,
+            None,
+            _ms(self.seconds() - request.started) if request is not None else 0,
         )
 
     def _abort_client(self) -> None:
@@ -1238,7 +1191,7 @@ class HTTPProxyFactory(FrontendFactory):
         max_connections: concurrent client connections; past it new ones are closed at once.
         frontend: the frontend's name, for logs.
         proto: ``"http"`` or ``"https"``, for ``X-Forwarded-Proto`` and ``Forwarded``.
-        access_log: whether to log one access event per request.
+        access_log: the access log (see :class:`~twisted_lb._frontend.FrontendFactory`).
         lingering_time: seconds, at most, that a connection closed while its client may
             still be sending (a refused request) reads and discards before it is closed
             (nginx ``lingering_time``, same default).
@@ -1264,7 +1217,7 @@ class HTTPProxyFactory(FrontendFactory):
         max_connections: int = defaults.MAX_CONNECTIONS,
         frontend: str = "http",
         proto: str = "http",
-        access_log: bool = True,
+        access_log: bool | IAccessLog | None = True,
         lingering_time: float = 30.0,
         lingering_timeout: float = 5.0,
     ) -> None:
