@@ -3433,6 +3433,9 @@ class SchemaTests(SynchronousTestCase):
                 self.assertEqual(parameter.default, default, f"{cls.__name__}({name})")
                 compared += 1
         self.assertGreater(compared, 20)
+        from twisted_lb import _defaults, tls
+
+        self.assertEqual(_defaults.TLS_CURVES, tls.INTERMEDIATE_GROUPS)
 
     def test_shipped_file(self) -> None:
         """``twisted_lb/lb.schema.json`` is the schema the models make today."""

@@ -623,15 +623,29 @@ def _ciphers(value: object) -> str:
 
 
 def _curve(value: object) -> str:
-    from twisted_lb.tls import TLS_CURVES
+    """A TLS group (curve) name that OpenSSL knows (:func:`twisted_lb.tls.group_problem`)."""
+    from twisted_lb.tls import group_problem
 
-    curve = _string(value)
-    if curve not in TLS_CURVES:
+    if not isinstance(value, str):
+        _fail(f"must be a string, as in {_CURVES_EXAMPLE}, not {_describe(value)}")
+    problem = group_problem(value)
+    if problem is not None:
+        _fail(problem)
+    return value
+
+
+def _curves(value: object) -> tuple[object, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list) or not value:
         _fail(
-            f"unknown curve {curve!r}"
-            + _suggest(curve, TLS_CURVES, "supported curves", any_case=True)
+            f"must be a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's "
+            f"intermediate profile, the default), not {_describe(value)}"
         )
-    return curve
+    return tuple(value)
+
+
+_CURVES_EXAMPLE = 'curves = ["X25519", "prime256v1", "secp384r1"]'
 
 
 def _verify_client(value: object) -> str:
@@ -1261,7 +1275,7 @@ class FrontendTLSConfig(_Model):
     )
     curves: Annotated[
         tuple[Annotated[str, _v(_curve)], ...],
-        _v(_array('curves = ["X25519", "prime256v1"]'), list[str]),
+        _v(_curves, list[str]),
     ] = Field(
         defaults.TLS_CURVES,
         description="The key exchange groups offered, in order of preference (nginx "

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from OpenSSL._util import lib as _openssl
 from OpenSSL.crypto import X509
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import wrapClientTLS
@@ -54,7 +55,7 @@ _log = Logger()
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
-    "TLS_CURVES",
+    "INTERMEDIATE_GROUPS",
     "TLS_VERSIONS",
     "ClientTLS",
     "ServerTLS",
@@ -62,6 +63,7 @@ __all__ = [
     "ca_problem",
     "certificate_problem",
     "ciphers_problem",
+    "group_problem",
 ]
 
 
@@ -88,13 +90,13 @@ INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 
-#: The values ``min_version`` may take, lowest first.
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+#: Mozilla's "intermediate" groups (the curves of the key exchange, TLS 1.2 ECDHE and TLS 1.3),
+#: guidelines version 5.7 ``tls_curves``, most preferred first, in OpenSSL's names. OpenSSL's
+#: own default adds X448, secp521r1 and the ffdhe groups.
+INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
 
-#: The key exchange groups (curves) a frontend's ``tls.curves`` may name, in OpenSSL's names
-#: (``openssl list -tls-groups``): the elliptic curves and finite-field groups of RFC 8446
-#: §4.2.7 that OpenSSL 3 supports by default.
-TLS_CURVES = (
+#: Group names offered in the message about an unknown one (those OpenSSL knows).
+_GROUP_EXAMPLES = (
     "X25519",
     "X448",
     "prime256v1",
@@ -103,9 +105,10 @@ TLS_CURVES = (
     "ffdhe2048",
     "ffdhe3072",
     "ffdhe4096",
-    "ffdhe6144",
-    "ffdhe8192",
 )
+
+#: The values ``min_version`` may take, lowest first.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 _PROTOCOL_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 
@@ -202,6 +205,41 @@ def _openssl_reason(error: SSL.Error) -> str:
     if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
         return str(queue[-1][-1])
     return str(error) or type(error).__name__
+
+
+def _set_groups(context: SSL.Context, groups: Sequence[str]) -> bool:
+    """
+    Set the groups ``context`` offers and accepts (``SSL_CTX_set1_groups_list``, which
+    pyOpenSSL does not wrap: its ``set_tmp_ecdh`` sets one curve). Returns whether OpenSSL took
+    them all; it takes none when it does not know one.
+    """
+    try:
+        encoded = ":".join(groups).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    if not groups or not all(groups) or b"\0" in encoded:
+        return False
+    # SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (a macro
+    # for the same control), the one the cryptography bindings export.
+    if _openssl.SSL_CTX_set1_curves_list(context._context, encoded) == 1:
+        return True
+    _openssl.ERR_clear_error()  # (pyOpenSSL would raise it at its next check)
+    return False
+
+
+def group_problem(name: str) -> str | None:
+    """
+    What is wrong with ``name`` as a TLS group (a ``curves`` entry), or ``None`` when OpenSSL
+    knows it (``"X25519"``, ``"prime256v1"``, ``"P-256"``, ``"ffdhe2048"``, ...).
+    """
+    if name and ":" not in name and _set_groups(SSL.Context(SSL.TLS_METHOD), [name]):
+        return None
+    scratch = SSL.Context(SSL.TLS_METHOD)
+    known = [group for group in _GROUP_EXAMPLES if _set_groups(scratch, [group])]
+    return (
+        f"unknown TLS group {name!r}; OpenSSL knows {', '.join(known)} and others "
+        f"(Mozilla's intermediate profile: {', '.join(INTERMEDIATE_GROUPS)})"
+    )
 
 
 def _use_pair(
