@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.http.errors import CONTINUE_RESPONSE, REASONS, error_response, reason
 
-SENT = [100, 400, 408, 413, 417, 431, 500, 502, 503, 504]
+SENT = [100, 400, 408, 413, 417, 431, 500, 501, 502, 503, 504, 505]
 
 
 class _Response:
@@ -60,6 +60,7 @@ class ReasonTests(SynchronousTestCase):
         self.assertEqual(reason(413), b"Content Too Large")
         self.assertEqual(reason(431), b"Request Header Fields Too Large")
         self.assertEqual(reason(502), b"Bad Gateway")
+        self.assertEqual(reason(505), b"HTTP Version Not Supported")
 
     def test_fallbacks(self) -> None:
         """Other statuses use :class:`http.HTTPStatus`, else ``Unknown``."""

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.backend import Backend, BackendState
+from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory, HTTPProxyProtocol
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.pool import Pool
@@ -716,6 +717,246 @@ class ErrorTests(ProxyCase):
         self.assertEqual(self.backends[0].connect_failures, 0)
 
 
+class StrictRequestTests(ProxyCase):
+    """
+    What llhttp lets through and RFC 9112 or nginx refuse (issue 11, from a request-smuggling
+    corpus): Host rules, HTTP versions, chunk sizes, header names with an underscore.
+    """
+
+    def refused(self, data: bytes, status: bytes, factory: HTTPProxyFactory | None = None) -> None:
+        """``data`` is answered ``status`` and the connection closed; no backend is used."""
+        if factory is not None:
+            self.factory = factory
+        client, client_transport = self.connect_client()
+        with capturedLogs():
+            client.dataReceived(data)
+        self.assertTrue(
+            client_transport.value().startswith(b"HTTP/1.1 " + status + b" "),
+            (data, client_transport.value()),
+        )
+        self.assertTrue(client_transport.disconnecting, data)
+        self.assertEqual(self.reactor.tcpClients, [], data)
+        self.close_client(client)
+
+    def forwarded(self, data: bytes, factory: HTTPProxyFactory | None = None) -> bytes:
+        """``data`` reaches a backend; returns what the backend got. The exchange is closed."""
+        if factory is not None:
+            self.factory = factory
+        client, client_transport = self.connect_client()
+        with capturedLogs():
+            client.dataReceived(data)
+        self.assertEqual(client_transport.value(), b"", data)
+        upstream, upstream_transport = self.accept_upstream()
+        sent = upstream_transport.value()
+        upstream.dataReceived(OK)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.close_client(client)
+        upstream.connectionLost(Failure(ConnectionDone()))
+        self.drain_idle()
+        self.reactor.tcpClients.clear()
+        return sent
+
+    def unlimited(self, **options: Any) -> HTTPProxyFactory:
+        """A factory like setUp's, with ``max_body_bytes = 0`` (no limit)."""
+        return HTTPProxyFactory(self.reactor, self.pool, max_header_bytes=2048, **options)
+
+    def test_duplicate_host(self) -> None:
+        """Two Host field lines: 400 (RFC 9112 §3.2), in any case and with the same value."""
+        self.refused(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", b"400")
+        self.refused(b"GET / HTTP/1.1\r\nHost: a.test\r\nhost: a.test\r\n\r\n", b"400")
+        self.refused(b"GET / HTTP/1.0\r\nHost: a.test\r\nHOST: b.test\r\n\r\n", b"400")
+
+    def test_http11_without_host(self) -> None:
+        """HTTP/1.1 without Host: 400 (RFC 9112 §3.2); HTTP/1.0 without Host is forwarded."""
+        self.refused(b"GET / HTTP/1.1\r\n\r\n", b"400")
+        self.refused(b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", b"400")
+        sent = self.forwarded(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertIn(b"\r\nHost: 10.0.0.5:8080\r\n", sent)
+
+    def test_invalid_host(self) -> None:
+        """A Host that is not ``uri-host [":" port]`` is 400 (RFC 9110 §7.2, RFC 9112 §3.2)."""
+        for host in [b"a b", b"a/b", b"a\\b", b"user@a", b"a:80x", b"[::1", b"a?b", b"a#b"]:
+            self.refused(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", b"400")
+        for host in [
+            b"example.com",
+            b"example.com:8080",
+            b"10.0.0.1:80",
+            b"[2001:db8::1]:443",
+            b"my_host.test",
+            b"",
+            b"xn--bcher-kva.test",
+            b"a%2Db",
+        ]:
+            sent = self.forwarded(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            self.assertIn(b"\r\nHost: " + host + b"\r\n", sent)
+
+    def test_http_versions(self) -> None:
+        """
+        As nginx answers them: HTTP/2.0 and later 505, a version 0.x 400; HTTP/1.2 to 1.9 are
+        served as HTTP/1.1 (RFC 9110 §2.5), keep-alive included.
+        """
+        for version in [b"2.0", b"3.0", b"9.9"]:
+            self.refused(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n", b"505")
+        for version in [b"0.9", b"0.0"]:
+            self.refused(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n", b"400")
+        client, client_transport = self.connect_client()
+        client.dataReceived(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n")
+        upstream, upstream_transport = self.accept_upstream()
+        self.assertTrue(upstream_transport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        upstream.dataReceived(OK)
+        self.assertEqual(client_transport.value(), OK)
+        self.assertFalse(client_transport.disconnecting)
+        self.close_client(client)
+        self.drain_idle()
+
+    def test_absurd_chunk_size(self) -> None:
+        """
+        A chunk size over 2^52 - 1 (HAProxy's limit) is 400 before any backend is used,
+        without max_body_bytes too; 2^52 - 1 itself is taken.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for size in [b"FFFFFFFFFFFFFFFF", b"10000000000000", b"000010000000000000;a=b"]:
+            self.refused(head + size + b"\r\nabc", b"400", self.unlimited())
+        sent = self.forwarded(head + b"FFFFFFFFFFFFF\r\nabc", self.unlimited())
+        self.assertTrue(sent.endswith(b"\r\n\r\n3\r\nabc\r\n"), sent)
+
+    def test_chunk_size_over_max_body_bytes(self) -> None:
+        """A chunk size that would take the body past max_body_bytes is 413 before its data."""
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        self.refused(head + b"3e9\r\n", b"413")
+        self.refused(head + b"3e8\r\n" + b"x" * 1000 + b"\r\n1\r\n", b"413")
+
+    def test_absurd_chunk_size_split_over_reads(self) -> None:
+        """The size line in one-byte reads, or after a good chunk, is still checked."""
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        self.factory = self.unlimited()
+        client, client_transport = self.connect_client()
+        client.dataReceived(head + b"3\r\nabc\r\nF")
+        upstream, upstream_transport = self.accept_upstream()
+        for byte in b"FFFFFFFFFFFFFFF\r\nxyz":
+            client.dataReceived(bytes([byte]))
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertTrue(upstream_transport.disconnected)
+        self.assertNotIn(b"x", upstream_transport.value().partition(b"\r\n\r\n")[2])
+        self.close_client(client)
+        upstream.connectionLost(Failure(ConnectionLost()))
+
+    def test_absurd_chunk_size_mid_body(self) -> None:
+        """After good chunks were streamed, an absurd one is refused before its data is sent."""
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        self.factory = self.unlimited()
+        client, client_transport = self.connect_client()
+        client.dataReceived(head)
+        upstream, upstream_transport = self.accept_upstream()
+        client.dataReceived(b"3\r\nabc\r\n")
+        client.dataReceived(b"2\r\nde\r\nFFFFFFFFFFFFFFFF\r\nsecret")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertTrue(upstream_transport.disconnected)
+        body = upstream_transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(body, b"3\r\nabc\r\n")
+        self.close_client(client)
+        upstream.connectionLost(Failure(ConnectionLost()))
+
+    def test_chunked_body_in_small_reads(self) -> None:
+        """
+        A chunked body in reads of every size, extensions included, reaches the backend
+        whole and in order (its data is held only while a chunk size is checked).
+        """
+        body = b"3;ext=1\r\nabc\r\n0000A\r\n0123456789\r\n1\r\nz\r\n0\r\nT: t\r\n\r\n"
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for step in [1, 2, 3, 5, 7, len(body)]:
+            client, client_transport = self.connect_client()
+            client.dataReceived(head)
+            upstream, upstream_transport = self.accept_upstream()
+            for at in range(0, len(body), step):
+                client.dataReceived(body[at : at + step])
+            sent = upstream_transport.value().partition(b"\r\n\r\n")[2]
+            data = _dechunk(sent)
+            self.assertEqual(data, b"abc0123456789z", (step, sent))
+            self.assertTrue(sent.endswith(b"0\r\n\r\n"), (step, sent))
+            upstream.dataReceived(OK)
+            self.assertEqual(client_transport.value(), OK)
+            self.close_client(client)
+            self.drain_idle()
+            self.reactor.tcpClients.clear()
+
+    def test_underscore_header_dropped(self) -> None:
+        """
+        A header name with ``_`` is dropped and logged (nginx ``underscores_in_headers off``):
+        ``Transfer_Encoding`` beside Content-Length never reaches the backend.
+        """
+        with capturedLogs() as events:
+            sent = self.forwarded(
+                b"POST / HTTP/1.1\r\nHost: h\r\nTransfer_Encoding: chunked\r\nX_Real_IP: 1.2.3.4"
+                b"\r\nX-Ok: 1\r\nContent-Length: 3\r\n\r\nabc"
+            )
+        head, body = head_and_body(sent)
+        self.assertNotIn(b"_", head)
+        self.assertIn(b"\r\nX-Ok: 1\r\n", head)
+        self.assertEqual(body, b"abc")
+        self.assertEqual(
+            [e["name"] for e in events if "underscores_in_headers" in e.get("log_format", "")],
+            ["Transfer_Encoding", "X_Real_IP"],
+        )
+
+    def test_request_line_spaces_normalised(self) -> None:
+        """
+        llhttp, like nginx, reads ``GET  /x HTTP/1.1`` (more than one SP) as ``GET /x``
+        (RFC 9112 §3 allows it); the backend always gets a request line with single spaces.
+        """
+        for line in [b"GET  /x HTTP/1.1", b"GET /x  HTTP/1.1", b"GET   /x   HTTP/1.1"]:
+            sent = self.forwarded(line + b"\r\nHost: h\r\n\r\n")
+            self.assertTrue(sent.startswith(b"GET /x HTTP/1.1\r\n"), sent)
+
+    def test_underscores_in_headers_config(self) -> None:
+        """``underscores_in_headers``: false by default, a boolean, for http frontends only."""
+        text = (
+            '[frontends.web]\nmode = "http"\nlisten = ["tcp:8080"]\npool = "app"\n{extra}\n'
+            '[pools.app]\nbackends = [{{ address = "127.0.0.1:9001" }}]\n'
+        )
+        config = parse_config(text.format(extra=""))
+        self.assertFalse(config.frontends["web"].underscores_in_headers)
+        config = parse_config(text.format(extra="underscores_in_headers = true"))
+        self.assertTrue(config.frontends["web"].underscores_in_headers)
+        for extra, message in [
+            (
+                'underscores_in_headers = "on"',
+                "lb.toml: frontends.web.underscores_in_headers: must be true or false, "
+                "not a string",
+            ),
+            (
+                'underscores_in_headers = true\nmode = "tcp"',
+                "lb.toml: frontends.web.underscores_in_headers: only for mode",
+            ),
+        ]:
+            source = text.format(extra=extra)
+            if 'mode = "tcp"' in extra:
+                source = source.replace('mode = "http"\n', "", 1)
+            with self.assertRaises(ConfigError) as raised:
+                parse_config(source, "lb.toml")
+            self.assertIn(message, str(raised.exception))
+
+    def test_underscores_in_headers_kept(self) -> None:
+        """With ``underscores_in_headers`` they are forwarded as received."""
+        sent = self.forwarded(
+            b"GET / HTTP/1.1\r\nHost: h\r\nX_Real_IP: 1.2.3.4\r\n\r\n",
+            self.unlimited(underscores_in_headers=True),
+        )
+        self.assertIn(b"\r\nX_Real_IP: 1.2.3.4\r\n", sent)
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The data of a chunked body (trailers ignored)."""
+    out = []
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[:size])
+        data = data[size + 2 :]
+
+
 class UpgradeTests(ProxyCase):
     def test_websocket_tunnel(self) -> None:
         """A 101 turns the pair into a byte tunnel with its own idle timeout."""
@@ -790,12 +1031,16 @@ class FuzzTests(ProxyCase):
                     [
                         GET,
                         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
-                        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+                        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"1\r\na\r\n0\r\n\r\n",
+                        b"FFFFFFFFFFFFFFFF\r\n",
+                        b"Host: a\r\n",
                         b"HEAD / HTTP/1.0\r\n\r\n",
                         b"Content-Length: 5\r\n",
                         b"Transfer-Encoding: chunked\r\n",
                         b"\r\n",
-                        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                        b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                        b"Connection: upgrade\r\n\r\n",
                     ]
                 ),
             ),

@@ -614,6 +614,113 @@ class SmugglingTests(HTTPIntegrationCase):
         self.assertEqual(lines_matching(backend, r"^REQUEST "), ["REQUEST 1 GET /control"])
 
 
+_CHUNKED = _HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+
+#: What an external request-smuggling corpus found let through (issue 11): each payload, with
+#: the status it must get before the connection closes, without reaching the backend.
+STRICT = {
+    "duplicate Host": (
+        b"GET /smuggle HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        400,
+    ),
+    "HTTP/1.1 without Host": (b"GET /smuggle HTTP/1.1\r\nX: 1\r\n\r\n", 400),
+    "invalid Host": (b"GET /smuggle HTTP/1.1\r\nHost: a.test/b\r\n\r\n", 400),
+    "HTTP/2.0 on the HTTP/1 parser": (b"GET /smuggle HTTP/2.0\r\nHost: test\r\n\r\n", 505),
+    "HTTP/3.0": (b"GET /smuggle HTTP/3.0\r\nHost: test\r\n\r\n", 505),
+    "HTTP/0.9 with a version": (b"GET /smuggle HTTP/0.9\r\nHost: test\r\n\r\n", 400),
+    "chunk size FFFFFFFFFFFFFFFF": (_CHUNKED + b"FFFFFFFFFFFFFFFF\r\nabc", 400),
+    "chunk size 2^52": (_CHUNKED + b"10000000000000\r\nabc", 400),
+}
+
+
+class StrictRequestTests(HTTPIntegrationCase):
+    def answer(self, port: int, payload: bytes) -> bytes:
+        """Send ``payload`` on a new connection; everything received until the close."""
+        sock = self.connect(port)
+        sock.sendall(payload)
+        chunks = []
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except ConnectionResetError:
+            pass  # closed with unread bytes: a reset may follow the answer
+        sock.close()
+        return b"".join(chunks)
+
+    def test_refused_and_closed(self) -> None:
+        """
+        Each case of :data:`STRICT`, on its own connection of a frontend without
+        ``max_body_bytes``, gets its status and a close; the backend sees none of them.
+        """
+        backend, _lb, port = self.echo_lb()
+        failures = []
+        for name, (payload, status) in STRICT.items():
+            try:
+                answer = self.answer(port, payload)
+            except TimeoutError:
+                failures.append(f"{name}: not closed within {TIMEOUT} s")
+                continue
+            if not answer.startswith(b"HTTP/1.1 %d " % status):
+                failures.append(f"{name}: answered {answer[:200]!r}, not {status}")
+            elif answer.count(b"HTTP/1.1 ") != 1:
+                failures.append(f"{name}: more than one response: {answer!r}")
+        _, data = request(self.client(port), "GET", "/control")
+        if failures:
+            self.fail("\n".join(failures))
+        self.assertEqual(lines_matching(backend, r"^REQUEST "), ["REQUEST 1 GET /control"])
+        self.assertEqual(echoed(data)["connections"], 1)
+
+    def test_chunk_size_over_max_body_bytes(self) -> None:
+        """With max_body_bytes, a chunk size that would pass it is 413 before its data."""
+        _backend, _lb, port = self.echo_lb(frontend_extra="max_body_bytes = 1000")
+        answer = self.answer(port, _CHUNKED + b"3e9\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+
+    def test_still_served(self) -> None:
+        """HTTP/1.0 without Host, and HTTP/1.2 (as 1.1, RFC 9110 §2.5), are served."""
+        _backend, _lb, port = self.echo_lb()
+        sock = self.connect(port)
+        sock.sendall(b"GET /old HTTP/1.0\r\n\r\n")
+        response = read_response(sock.makefile("rb"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(echoed(response.body)["target"], "/old")
+        sock = self.connect(port)
+        rfile = sock.makefile("rb")
+        for _ in range(2):  # keep-alive, as HTTP/1.1
+            sock.sendall(b"GET /minor HTTP/1.2\r\nHost: test\r\n\r\n")
+            response = read_response(rfile)
+            self.assertEqual(response.status, 200)
+            self.assertEqual(echoed(response.body)["target"], "/minor")
+
+    def test_underscore_headers_dropped(self) -> None:
+        """
+        ``Transfer_Encoding: chunked`` beside Content-Length, and ``X_Forwarded_For``, never
+        reach the backend (nginx ``underscores_in_headers off``); the request is served by its
+        Content-Length, and the drop is logged.
+        """
+        _backend, lb, port = self.echo_lb()
+        sock = self.connect(port)
+        sock.sendall(
+            b"POST /u HTTP/1.1\r\nHost: test\r\nTransfer_Encoding: chunked\r\n"
+            b"X_Forwarded_For: 203.0.113.9\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        response = read_response(sock.makefile("rb"))
+        self.assertEqual(response.status, 200)
+        echo = echoed(response.body)
+        self.assertEqual([name for name, _ in echo["headers"] if "_" in name], [])
+        self.assertEqual(header_values(echo, "X-Forwarded-For"), ["127.0.0.1"])
+        lb.wait_for(r"dropped header 'Transfer_Encoding' .*underscores_in_headers")
+
+    def test_underscores_in_headers_kept(self) -> None:
+        """With ``underscores_in_headers = true`` they are forwarded as received."""
+        _backend, _lb, port = self.echo_lb(frontend_extra="underscores_in_headers = true")
+        _, data = request(self.client(port), "GET", "/u", headers={"X_Real_IP": "1.2.3.4"})
+        self.assertEqual(header_values(echoed(data), "X_Real_IP"), ["1.2.3.4"])
+
+
 class LingeringCloseTests(HTTPIntegrationCase):
     def test_413_reaches_a_client_still_sending(self) -> None:
         """

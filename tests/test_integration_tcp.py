@@ -201,6 +201,45 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertIn(f"{path}: frontends.web.listen[0]: 'tcp:nope:interface", output)
         self.assertNotIn("listening on", output)
 
+    def test_twistd_names_the_listener_it_cannot_bind(self) -> None:
+        """
+        A port already held (here by the test): ``twistd lb`` exits 1 with one line naming the
+        file, the key path and the OS's reason.
+        """
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        path = Path(self.mktemp() + ".toml")
+        path.write_text(
+            lb_config([9001]).replace(
+                'listen = ["tcp:0:interface=127.0.0.1"]',
+                f'listen = ["tcp:0:interface=127.0.0.1", "tcp:{port}:interface=127.0.0.1"]',
+            )
+        )
+        lb = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", str(path)])
+        self.addCleanup(lb.kill)
+        self.assertEqual(lb.popen.wait(60), 1)
+        output = lb.output()
+        self.assertIn(
+            f"{path}: frontends.web.listen[1]: cannot listen on tcp:{port}:interface=127.0.0.1: "
+            "Address already in use; stopping",
+            output,
+        )
+        self.assertNotIn("twisted-lb running", output)
+
+    def test_twistd_names_a_bad_port(self) -> None:
+        """A port out of range: exit 1 with the file and key path, whoever finds it first."""
+        path = Path(self.mktemp() + ".toml")
+        path.write_text(lb_config([9001]).replace("tcp:0:", "tcp:99999:"))
+        lb = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", str(path)])
+        self.addCleanup(lb.kill)
+        self.assertEqual(lb.popen.wait(60), 1)
+        output = lb.output()
+        self.assertIn(f"{path}: frontends.web.listen[0]: ", output)
+        self.assertNotIn("twisted-lb running", output)
+
 
 class DemoTests(SynchronousTestCase):
     def run_demo(self, *args: str) -> tuple[Process, int]:

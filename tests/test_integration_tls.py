@@ -60,6 +60,9 @@ def der(cert: trustme.LeafCert) -> bytes:
     return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
 
 
+RSA = trustme.KeyType.RSA
+
+
 class TLSCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(self.mktemp()).resolve()
@@ -369,6 +372,57 @@ class ToolTests(TLSCase):
             self.assertIn("Verify return code: 0 (ok)", shown.stdout)
             pem = site.cert_chain_pems[0].bytes().decode().strip()
             self.assertIn(pem, shown.stdout)
+
+    def probe(self, port: int, group: str, version: str) -> str:
+        """
+        ``openssl s_client -groups GROUP -tls1_2|-tls1_3``: the key exchange it got
+        (``"X25519"``, ``"secp384r1"``, ...), or ``""`` when the handshake failed.
+        """
+        openssl = shutil.which("openssl")
+        assert openssl is not None
+        shown = subprocess.run(
+            [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "a.example",
+             "-CAfile", self.ca_path, "-groups", group, f"-{version}"],
+            input="", capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        for line in shown.stdout.splitlines():
+            if line.startswith("Server Temp Key: "):
+                self.assertIn("Verify return code: 0 (ok)", shown.stdout)
+                words = line.removeprefix("Server Temp Key: ").split(", ")
+                return words[1] if words[0] == "ECDH" else words[0]
+        self.assertIn("Cipher is (NONE)", shown.stdout, shown.stderr)
+        self.assertIn("handshake failure", shown.stderr)
+        return ""
+
+    def test_openssl_groups_probe(self) -> None:
+        """
+        With only ``certificates`` set, an ``openssl s_client -groups`` probe (the check an
+        sslyze scan makes) finds Mozilla's intermediate groups, X25519, prime256v1 and
+        secp384r1, over TLS 1.2 and 1.3; X448 and secp521r1 fail the handshake. With
+        ``curves = ["X448"]`` only X448 is served.
+        """
+        if shutil.which("openssl") is None:
+            self.skipTest("openssl is not installed")
+        # An RSA certificate: in TLS 1.2 the groups a client offers also bound the curve of
+        # an ECDSA certificate (RFC 8422 §5.1), which would fail probes for other reasons.
+        rsa = write_pair(self.dir, "rsa", self.ca.issue_cert("a.example", key_type=RSA))
+        certificates = f'certificates = [{{ cert = "{rsa[0]}", key = "{rsa[1]}" }}]'
+        _, backend = self.start_backend("echo", "app1")
+        _, port = self.start_lb(self.frontend_config(backend, certificates))
+        for version in ("tls1_2", "tls1_3"):
+            found = {group: self.probe(port, group, version) for group in
+                     ("X25519", "prime256v1", "secp384r1", "X448", "secp521r1")}  # fmt: skip
+            self.assertEqual(
+                found,
+                {"X25519": "X25519", "prime256v1": "prime256v1", "secp384r1": "secp384r1",
+                 "X448": "", "secp521r1": ""},
+                version,
+            )  # fmt: skip
+        _, x448 = self.start_lb(
+            self.frontend_config(backend, certificates + '\ncurves = ["X448"]'), "x448"
+        )
+        self.assertEqual(self.probe(x448, "X448", "tls1_3"), "X448")
+        self.assertEqual(self.probe(x448, "X25519", "tls1_3"), "")
 
 
 class UpstreamTests(TLSCase):

@@ -4,8 +4,10 @@ LoadBalancerService on a memory reactor: config to live objects, listening, stop
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -108,13 +110,39 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual([listener.port for listener in self.service.listeners], [None, None])
 
     def test_listen_failure(self) -> None:
-        """A frontend that cannot listen raises ListenError naming it and the endpoint."""
-        config = parse_config(CONFIG.replace('"tcp:8081"', '"unix:/nonexistent/dir/lb.sock"'))
+        """
+        A frontend that cannot listen raises ListenError naming the config file, the key path
+        of the endpoint and why, as a config problem would.
+        """
+        config = parse_config(
+            CONFIG.replace('"tcp:8081"', '"unix:/nonexistent/dir/lb.sock"'), "lb.toml"
+        )
         service = LoadBalancerService.from_config(config, self.reactor)
         self.reactor.listenUNIX = self.refuse  # type: ignore[method-assign]
         with self.assertRaises(ListenError) as raised:
             service.privilegedStartService()
-        self.assertIn("frontend web: cannot listen on unix:/nonexistent", str(raised.exception))
+        self.assertEqual(
+            str(raised.exception),
+            "lb.toml: frontends.web.listen[1]: cannot listen on unix:/nonexistent/dir/lb.sock: "
+            "No such file or directory",
+        )
+
+    def test_port_in_use(self) -> None:
+        """A port in use: the OS's reason, without Twisted's wrapping of it."""
+        config = parse_config(CONFIG, "/etc/lb.toml")
+        service = LoadBalancerService.from_config(config, self.reactor)
+
+        def in_use(port: int, *args: object, **kwargs: object) -> None:
+            raise CannotListenError("127.0.0.1", port, OSError(errno.EADDRINUSE, "Address in use"))
+
+        self.reactor.listenTCP = in_use  # type: ignore[method-assign,assignment]
+        with self.assertRaises(ListenError) as raised:
+            service.privilegedStartService()
+        self.assertEqual(
+            str(raised.exception),
+            "/etc/lb.toml: frontends.web.listen[0]: cannot listen on "
+            "tcp:8080:interface=127.0.0.1: Address in use",
+        )
 
     def refuse(self, *args: object, **kwargs: object) -> None:
         raise OSError("No such file or directory")

@@ -13,6 +13,7 @@ from typing import Any
 import trustme
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import lib as openssl_lib
 from service_identity import VerificationError
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -37,14 +38,17 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_lb.backend import Backend
+from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.tls import (
     INTERMEDIATE_CIPHERS,
+    INTERMEDIATE_GROUPS,
     TLS_VERSIONS,
     ClientTLS,
     ServerTLS,
     TLSConfigError,
     ca_problem,
     certificate_problem,
+    group_problem,
 )
 
 CA = trustme.CA()
@@ -85,7 +89,8 @@ class Peer(Protocol):
 class RawClient:
     """
     A TLS client as a browser or curl would be, with the knobs the tests turn: SNI, ALPN,
-    protocol versions, a client certificate, a session to resume. It verifies nothing.
+    protocol versions, a client certificate, a session to resume, the groups (curves) it
+    offers. It verifies nothing.
     """
 
     def __init__(
@@ -99,8 +104,11 @@ class RawClient:
         cert: str | None = None,
         key: str | None = None,
         session: SSL.Session | None = None,
+        groups: bytes | None = None,
     ) -> None:
         self.context = SSL.Context(SSL.TLS_METHOD)
+        if groups is not None:  # (pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list)
+            assert openssl_lib.SSL_CTX_set1_curves_list(self.context._context, groups) == 1
         if min_version is not None:
             self.context.set_min_proto_version(min_version)
         if max_version is not None:
@@ -367,6 +375,9 @@ class ServerConfigTests(SynchronousTestCase):
             ({"verify_client": "required"}, "client_ca"),
             ({"alpn": [b""]}, "ALPN"),
             ({"ciphers": "NOT-A-CIPHER"}, "ciphers"),
+            ({"curves": ["X25519", "X447"]}, "unknown TLS group 'X447'"),
+            ({"curves": []}, "curves"),
+            ({"curves": "X25519"}, "curves"),
         ]
         for kwargs, word in cases:
             with self.assertRaises(TLSConfigError) as raised:
@@ -401,6 +412,76 @@ class ServerConfigTests(SynchronousTestCase):
         with self.assertRaises(TLSConfigError) as raised:
             ServerTLS([(cert, key)])
         self.assertIn("expired on 2020-01-01", str(raised.exception))
+
+
+class GroupTests(SynchronousTestCase):
+    """The groups (curves) of the key exchange: Mozilla's intermediate profile by default."""
+
+    def setUp(self) -> None:
+        self.files = Files(self.mktemp())
+        self.pair = self.files.pair("a", SITE_A)
+
+    def test_default_is_intermediate(self) -> None:
+        """X25519, prime256v1 and secp384r1 (Mozilla guidelines 5.7 ``tls_curves``)."""
+        self.assertEqual(INTERMEDIATE_GROUPS, ("X25519", "prime256v1", "secp384r1"))
+
+    def test_group_problem(self) -> None:
+        """OpenSSL's names (and aliases) are known; anything else, or a list, is a problem."""
+        for name in ["X25519", "X448", "prime256v1", "P-256", "secp384r1", "ffdhe2048"]:
+            self.assertIsNone(group_problem(name), name)
+        for name in ["X447", "", "X25519:X448", "secp256k2", "x\u00e9"]:
+            problem = group_problem(name)
+            assert problem is not None, name
+            self.assertIn(f"unknown TLS group {name!r}", problem)
+            self.assertIn("X25519, prime256v1, secp384r1", problem)
+
+    def test_config_key(self) -> None:
+        """``[frontends.NAME.tls] curves``: default, set, and each bad entry at its index."""
+        cert, key = self.pair
+
+        def config(curves: str) -> str:
+            return (
+                '[frontends.web]\nmode = "http"\nlisten = ["tcp:8443"]\npool = "app"\n'
+                f'[frontends.web.tls]\ncertificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+                f'{curves}\n[pools.app]\nbackends = [{{ address = "127.0.0.1:8080" }}]\n'
+            )
+
+        tls = parse_config(config("")).frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.curves, ("X25519", "prime256v1", "secp384r1"))
+        tls = parse_config(config('curves = ["X448", "P-521"]')).frontends["web"].tls
+        assert tls is not None
+        self.assertEqual(tls.curves, ("X448", "P-521"))
+        cases = {
+            'curves = ["X25519", "X447", 7]': [
+                ("frontends.web.tls.curves[1]", "unknown TLS group 'X447'; OpenSSL knows"),
+                ("frontends.web.tls.curves[2]", "must be a string"),
+            ],
+            "curves = []": [("frontends.web.tls.curves", "must be a non-empty array")],
+            'curves = "X25519"': [("frontends.web.tls.curves", "must be a non-empty array")],
+        }
+        for text, expected in cases.items():
+            with self.assertRaises(ConfigError) as raised:
+                parse_config(config(text), "lb.toml")
+            problems = raised.exception.problems
+            self.assertEqual([p.key for p in problems], [key for key, _ in expected], text)
+            for problem, (_, words) in zip(problems, expected, strict=True):
+                self.assertIn(words, problem.message)
+                self.assertIn("lb.toml", str(problem))
+
+    def test_client_outside_the_groups_fails(self) -> None:
+        """A client offering only X448 fails the handshake; X25519 gets through."""
+        server_tls = ServerTLS([self.pair])
+        client, server, _pump = handshake(server_tls, RawClient(groups=b"X448"))
+        self.assertEqual((client.handshakes, server.handshakes), (0, 0))
+        assert server.lost is not None
+        self.assertIsInstance(server.lost.value, SSL.Error)
+        client, server, _pump = handshake(server_tls, RawClient(groups=b"X25519"))
+        self.assertEqual((client.handshakes, server.handshakes), (1, 1))
+        client, server, _pump = handshake(
+            ServerTLS([self.pair], curves=["X448"]), RawClient(groups=b"X448")
+        )
+        self.assertEqual((client.handshakes, server.handshakes), (1, 1))
 
 
 class SNITests(SynchronousTestCase):

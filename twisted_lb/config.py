@@ -1444,8 +1444,8 @@ class FrontendConfig(_Model):
     )
     underscores_in_headers: _Bool = Field(
         False,
-        description="http only: accept request header names with underscores, which are "
-        "otherwise refused with 400 (nginx ``underscores_in_headers``).",
+        description="http only: forward request header fields whose names contain ``_``; "
+        "when false they are dropped, as nginx's ``underscores_in_headers off`` does.",
         json_schema_extra={"mode": "http"},
     )
 

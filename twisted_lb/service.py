@@ -10,6 +10,7 @@ from typing import IO, Any, Self
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted_lb._address import proxy_listener
 from twisted_lb._frontend import FrontendFactory, ProxyHeaderFactory
 from twisted_lb.backend import Backend, BackendState
-from twisted_lb.config import Config, FrontendConfig, GlobalConfig, HealthCheckConfig
+from twisted_lb.config import Config, FrontendConfig, GlobalConfig, HealthCheckConfig, join_key
 from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
@@ -51,7 +52,9 @@ _ADMIN_STATES = {
 class ListenError(Exception):
     """
     Start-up could not take what it serves with: a frontend could not listen on one of its
-    ``listen`` endpoints, or the access log file could not be opened.
+    ``listen`` endpoints, or the access log file could not be opened. The message names the
+    config file and the key path, as a config problem does:
+    ``lb.toml: frontends.web.listen[0]: cannot listen on tcp:8080: Address already in use``.
     """
 
 
@@ -68,6 +71,9 @@ class Listener(Service):
             the frontend terminates TLS.
         frontend: the frontend's name, for logs.
         description: the endpoint description from the config, for logs.
+        where: what a :class:`ListenError` starts with: the config file and the key path of
+            the description, as ``"lb.toml: frontends.web.listen[0]"``; by default
+            ``"frontend NAME"``.
     """
 
     def __init__(
@@ -76,11 +82,13 @@ class Listener(Service):
         factory: IProtocolFactory,
         frontend: str,
         description: str,
+        where: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.frontend = frontend
         self.description = description
+        self.where = f"frontend {frontend}" if where is None else where
         self.port: IListeningPort | None = None
         self.name = f"{frontend} {description}"
 
@@ -91,12 +99,11 @@ class Listener(Service):
         outcome: list[IListeningPort | Failure] = []
         self.endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise ListenError(f"frontend {self.frontend}: {self.description} did not listen")
+            raise ListenError(f"{self.where}: {self.description} did not listen")
         result = outcome[0]
         if isinstance(result, Failure):
             raise ListenError(
-                f"frontend {self.frontend}: cannot listen on {self.description}: "
-                f"{result.getErrorMessage()}"
+                f"{self.where}: cannot listen on {self.description}: {_listen_error(result)}"
             )
         self.port = result
         _log.info(
@@ -166,6 +173,18 @@ def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None
         expect_body=config.expect_body,
         endpoint=endpoint,
     )
+
+
+def _listen_error(failure: Failure) -> str:
+    """
+    Why listening failed, in a few words: the OS's for a socket error (``"Address already in
+    use"``, not Twisted's ``"Couldn't listen on 127.0.0.1:8080: [Errno 98] ..."``).
+    """
+    error = failure.value
+    cause = error.socketError if isinstance(error, CannotListenError) else error
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return failure.getErrorMessage()
 
 
 def _describe(address: IAddress) -> str:
@@ -319,6 +338,7 @@ class LoadBalancerService(MultiService):
                     [(pair.cert, pair.key) for pair in tls.certificates],
                     min_version=tls.min_version,
                     ciphers=tls.ciphers,
+                    curves=tls.curves,
                     alpn=[b"http/1.1"] if frontend.mode == "http" else (),
                     client_ca=tls.client_ca,
                     verify_client=tls.verify_client,
@@ -326,7 +346,7 @@ class LoadBalancerService(MultiService):
                 service.server_tls[name] = server_tls
                 listen_factory = TLSMemoryBIOFactory(server_tls, False, factory)
             proxied: ProxyHeaderFactory | None = None
-            for description in frontend.listen:
+            for index, description in enumerate(frontend.listen):
                 under_proxy = proxy_listener(description)
                 endpoint = serverFromString(reactor, under_proxy or description)
                 endpoint_factory = listen_factory
@@ -336,7 +356,13 @@ class LoadBalancerService(MultiService):
                     if proxied is None:
                         proxied = _proxy_header_factory(frontend, factory, listen_factory)
                     endpoint_factory = proxied
-                listener = Listener(endpoint, endpoint_factory, name, description)
+                listener = Listener(
+                    endpoint,
+                    endpoint_factory,
+                    name,
+                    description,
+                    where=f"{config.path}: {join_key('frontends', name)}.listen[{index}]",
+                )
                 listener.setServiceParent(service)  # type: ignore[no-untyped-call]
                 service.listeners.append(listener)
         return service
@@ -366,6 +392,7 @@ class LoadBalancerService(MultiService):
             max_body_bytes=frontend.max_body_bytes,
             trusted_proxies=frontend.trusted_proxies,
             tunnel_timeout=frontend.tunnel_timeout,
+            underscores_in_headers=frontend.underscores_in_headers,
             proto="https" if frontend.tls is not None else "http",
             max_connections=frontend.max_connections,
             frontend=name,

@@ -10,9 +10,10 @@ reads files and configures contexts.
 
 Server defaults follow Mozilla's "intermediate" server-side TLS configuration
 (https://ssl-config.mozilla.org/guidelines/5.7.json): TLS 1.2 and 1.3, the intermediate
-TLS 1.2 cipher list, the client's cipher preference. Certificate selection by SNI
-(RFC 6066 §3) works as txsni's and HAProxy's ``crt-list``: the servername callback swaps the
-connection's context for the one whose certificate names the requested host.
+TLS 1.2 cipher list and groups (curves), the client's cipher preference. Certificate
+selection by SNI (RFC 6066 §3) works as txsni's and HAProxy's ``crt-list``: the servername
+callback swaps the connection's context for the one whose certificate names the requested
+host.
 """
 
 from __future__ import annotations
@@ -427,6 +428,9 @@ class ServerTLS:
             Mozilla's intermediate configuration is ``"TLSv1.2"``.
         ciphers: the TLS 1.2 cipher list in OpenSSL's syntax; default
             :data:`INTERMEDIATE_CIPHERS`. TLS 1.3 suites are OpenSSL's defaults.
+        curves: the groups (curves) of the key exchange, TLS 1.2 and 1.3, most preferred
+            first, in OpenSSL's names; default :data:`INTERMEDIATE_GROUPS`. A client that
+            offers none of them fails the handshake.
         alpn: the protocols to offer over ALPN (RFC 7301), most preferred first, such as
             ``[b"http/1.1"]`` in http mode; ``()`` for no ALPN. When the client offers none of
             them the handshake proceeds without ALPN rather than failing, as nginx does.
@@ -450,12 +454,21 @@ class ServerTLS:
         *,
         min_version: str = "TLSv1.2",
         ciphers: str | None = None,
+        curves: Sequence[str] = INTERMEDIATE_GROUPS,
         alpn: Sequence[bytes] = (),
         client_ca: str | None = None,
         verify_client: str = "none",
     ) -> None:
         if not certificates:
             raise TLSConfigError("TLS needs at least one (certificate, key) pair")
+        if isinstance(curves, str) or not curves:
+            raise TLSConfigError(
+                f"curves must be a non-empty list of group names, as {list(INTERMEDIATE_GROUPS)}"
+            )
+        for name in curves:
+            problem = group_problem(name)
+            if problem is not None:
+                raise TLSConfigError(f"curves: {problem}")
         if min_version not in TLS_VERSIONS:
             raise TLSConfigError(
                 f"min_version must be one of {', '.join(TLS_VERSIONS)}, not {min_version!r}"
@@ -477,6 +490,7 @@ class ServerTLS:
         self._certificates = [(str(cert), str(key)) for cert, key in certificates]
         self._min_version = min_version
         self._ciphers = INTERMEDIATE_CIPHERS if ciphers is None else ciphers
+        self._curves = tuple(curves)
         self._alpn = tuple(alpn)
         self._client_ca = client_ca
         self._verify_client = verify_client
@@ -570,6 +584,8 @@ class ServerTLS:
             raise _UnusableError(
                 f"ciphers {self._ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
             ) from None
+        if not _set_groups(context, self._curves):
+            raise _UnusableError(f"curves {list(self._curves)!r}: OpenSSL refuses them")
         _use_pair(context, chain, key, cert)
         context.set_session_id(_SESSION_ID_CONTEXT)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)

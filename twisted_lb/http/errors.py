@@ -1,5 +1,6 @@
 """
-The short responses the L7 proxy writes itself: 400, 408, 413, 417, 431, 500, 502, 503, 504.
+The short responses the L7 proxy writes itself: 400, 408, 413, 417, 431, 500, 501, 502, 503,
+504, 505.
 
 Status codes and their meaning are RFC 9110 §15 (431 is RFC 6585 §5). Each response is a few
 lines of ``text/plain`` saying the status, with ``Cache-Control: no-store`` so that no cache
@@ -21,9 +22,11 @@ REASONS: dict[int, bytes] = {
     417: b"Expectation Failed",  # RFC 9110 §15.5.18
     431: b"Request Header Fields Too Large",  # RFC 6585 §5
     500: b"Internal Server Error",  # RFC 9110 §15.6.1
+    501: b"Not Implemented",  # RFC 9110 §15.6.2
     502: b"Bad Gateway",  # RFC 9110 §15.6.3
     503: b"Service Unavailable",  # RFC 9110 §15.6.4
     504: b"Gateway Timeout",  # RFC 9110 §15.6.5
+    505: b"HTTP Version Not Supported",  # RFC 9110 §15.6.6
 }
 """Reason phrases of the statuses the proxy sends, as RFC 9110 §15 and RFC 6585 §5 name them."""
 

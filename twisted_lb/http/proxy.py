@@ -34,6 +34,7 @@ Semantics follow RFC 9110 and RFC 9112; where they leave a choice, the behaviour
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -82,6 +83,46 @@ REPLAY_LIMIT = 64 * 1024
 CLIENT_CLOSED = 499
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+#: The largest chunk size accepted, in bytes: 2^52 - 1, HAProxy's limit (13 hex digits, "to
+#: never feed possibly bogus values from languages that use floats for their integers",
+#: ``h1_parse_chunk_size`` in haproxy/include/haproxy/h1.h). nginx refuses a size that
+#: overflows ``off_t`` (2^63). A larger size is answered 400, even with no ``max_body_bytes``.
+MAX_CHUNK_SIZE = 2**52 - 1
+
+#: The longest chunk-size line (size and extensions) checked across reads, in bytes; a longer
+#: one split over reads is answered 400.
+_MAX_CHUNK_LINE = 4096
+
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)(?:;[^\r\n]*)?\r\n")
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host as RFC 3986 §3.2.2 (an IP-literal in
+# brackets, with an RFC 6874 zone, or a reg-name, which covers IPv4 addresses); empty allowed.
+_HOST = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+(?:%25[0-9A-Za-z._~-]+)?|[vV][0-9A-Fa-f]+\.[0-9A-Za-z._~!$&'()*+,;=:-]+)\]"
+    rb"|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+_OWS = b" \t"
+
+# Host values already found valid: the same few come back on every request, and a set lookup
+# costs less than a regular expression. Cleared when full.
+_valid_hosts: set[bytes] = set()
+_VALID_HOSTS_MAX = 1024
+
+
+def valid_host(value: bytes) -> bool:
+    """
+    Whether ``value`` (a ``Host`` field value, OWS around it allowed) is valid by RFC 9110 §7.2:
+    ``uri-host [ ":" port ]``, empty allowed; an invalid one is answered 400 (RFC 9112 §3.2).
+    """
+    if value in _valid_hosts:
+        return True
+    if _HOST.fullmatch(value.strip(_OWS)) is None:
+        return False
+    if len(_valid_hosts) >= _VALID_HOSTS_MAX:
+        _valid_hosts.clear()
+    _valid_hosts.add(value)
+    return True
 
 
 class _RequestError(Exception):
@@ -145,7 +186,11 @@ class HTTPProxyProtocol(Protocol):
         self.client_address = address
         self.client_ip = _client_ip(address)
         self.seconds = factory.reactor.seconds
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = parser = httptools.HttpRequestParser(self)
+        # Any single-digit version parses, and on_headers_complete answers it as nginx does:
+        # 1.x as 1.1, 0.x 400, 2.0 and up 505 (llhttp alone refuses 1.2 with a 400 and takes
+        # HTTP/2.0 on an HTTP/1 connection).
+        parser.set_dangerous_leniencies(lenient_version=True)
         self.counted = False
         self.lost = False
         self.closing = False  # no further requests: close after the active response
@@ -162,6 +207,13 @@ class HTTPProxyProtocol(Protocol):
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
         self.in_head = False
+        # A chunked request body being parsed: the bytes of chunk data since the last chunk
+        # header of this read (-1: no unchecked chunk header), and what follows the last LF
+        # of the earlier reads (the start of a chunk-size line split over reads).
+        self.chunked_body = False
+        self.chunk_open = -1
+        self.chunk_tail = b""
+        self.chunk_tail_cut = False
         self.queue: collections.deque[_Request] = collections.deque()
         self.active: _Request | None = None
         self.parser_dead = False
@@ -245,6 +297,8 @@ class HTTPProxyProtocol(Protocol):
         self.last_activity = self.seconds()
         try:
             self.parser.feed_data(data)
+            if self.chunked_body:
+                self._chunked_read(data)
             if self.active is None and self.queue:
                 self._next_request()
         except httptools.HttpParserUpgrade as upgrade:
@@ -261,6 +315,8 @@ class HTTPProxyProtocol(Protocol):
                 self._reject(error.status)
             else:
                 self._internal_error(Failure(error or e))
+        except _RequestError as e:
+            self._reject(e.status)
         except httptools.HttpParserError as e:
             if not self.close_requested:  # (llhttp refuses any byte after such a request)
                 _log.info(
@@ -311,6 +367,18 @@ class HTTPProxyProtocol(Protocol):
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.factory.max_header_bytes:
             raise _RequestError(431)
+        if b"_" in name and not self.factory.underscores_in_headers:
+            # Some backends (CGI-style gateways) read "_" as "-": X_Forwarded_For would pass
+            # for X-Forwarded-For, Transfer_Encoding for Transfer-Encoding. Dropped, as nginx
+            # does with underscores_in_headers off.
+            _log.info(
+                "frontend {frontend}: dropped header {name!r} from {client}: an underscore "
+                "in its name (underscores_in_headers)",
+                frontend=self.factory.frontend,
+                name=name.decode("latin-1"),
+                client=self.client_ip or "-",
+            )
+            return
         request = self.parsing
         assert request is not None
         request.headers.append((name, value))
@@ -321,7 +389,16 @@ class HTTPProxyProtocol(Protocol):
         self.in_head = False
         parser = self.parser
         request.method = parser.get_method()
-        request.version = parser.get_http_version()
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # Any other single-digit version (llhttp is lenient about it, see __init__):
+            # HTTP/1.2 to 1.9 as 1.1 (RFC 9110 §2.5); HTTP/2.0 and up 505, and 0.x 400, as
+            # nginx answers them.
+            if version[0] == "1":
+                version = "1.1"
+            else:
+                raise _RequestError(400 if version[0] == "0" else 505)
+        request.version = version
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         request.target = b"".join(self.url_parts)
@@ -330,6 +407,8 @@ class HTTPProxyProtocol(Protocol):
         for name, value in request.headers:
             lowered = name.lower()
             if lowered == b"host":
+                if request.host is not None:
+                    raise _RequestError(400)  # more than one Host (RFC 9112 §3.2)
                 request.host = value
             elif lowered == b"content-length":
                 request.content_length = int(value)
@@ -343,6 +422,14 @@ class HTTPProxyProtocol(Protocol):
                 if len(codings) > 1 or request.chunked:
                     raise _RequestError(501)
                 request.chunked = True
+        # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, or with an invalid one.
+        if request.host is None:
+            if version != "1.0":
+                raise _RequestError(400)
+        elif request.host not in _valid_hosts and not valid_host(request.host):
+            raise _RequestError(400)
+        if request.chunked:
+            self.chunked_body = True
         limit = self.factory.max_body_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise _RequestError(413)
@@ -364,22 +451,104 @@ class HTTPProxyProtocol(Protocol):
         limit = self.factory.max_body_bytes
         if limit and request.body_bytes > limit:
             raise _RequestError(413)
-        if request is self.active and self.head_sent:
+        if self.chunk_open >= 0:
+            # Data of a chunk whose size is not checked yet (see _chunked_read): held.
+            self.chunk_open += len(data)
+            request.body.append(data)
+        elif request is self.active and self.head_sent:
             self._send_body(data, request.chunked)
         else:
             request.body.append(data)
+
+    # on_chunk_header and on_chunk_complete run for chunked bodies only.
+
+    def on_chunk_header(self) -> None:
+        self.chunk_open = 0
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_open = -1  # (its size was at most this read's length)
 
     def on_message_complete(self) -> None:
         request = self.parsing
         assert request is not None
         self.parsing = None
         request.complete = True
+        if self.chunked_body:
+            self.chunked_body = False
+            self.chunk_open = -1
+            self.chunk_tail = b""
+            self.chunk_tail_cut = False
         if request is self.active and self.head_sent:
             if request.chunked:
+                if request.body:
+                    self._send_held(request)
                 self._send_upstream(b"0\r\n\r\n")
             self._request_sent()
         if self.closing or self.close_requested:
             self.gate.pause("closing")
+
+    def _chunked_read(self, data: bytes) -> None:
+        """
+        After a read of a chunked request body: check the size of the chunk still open at
+        the end of ``data`` if its header was in ``data``, then send what was held back.
+
+        llhttp takes any size up to 2^64 - 1 and does not say which; only a chunk still open
+        at the end of a read can be larger than the read, so only its size line needs to be
+        found, and it ends ``chunk_open`` bytes before the end of ``data`` (every byte after
+        it is the chunk's data). A size over :data:`MAX_CHUNK_SIZE` is 400, a body that would
+        grow past ``max_body_bytes`` 413, before any of the chunk reaches the backend.
+
+        Raises:
+            _RequestError: the chunk size is refused.
+        """
+        request = self.parsing
+        assert request is not None
+        held = self.chunk_open
+        if held >= 0:
+            self.chunk_open = -1
+            size = self._open_chunk_size(data, len(data) - held)
+            if size is not None:
+                limit = self.factory.max_body_bytes
+                if limit and request.body_bytes - held + size > limit:
+                    raise _RequestError(413)
+                if size > MAX_CHUNK_SIZE:
+                    raise _RequestError(400)
+        if request.body and request is self.active and self.head_sent:
+            self._send_held(request)
+        # What follows the last LF: the start of a chunk-size line, should this read end in one.
+        lf = data.rfind(b"\n", max(0, len(data) - _MAX_CHUNK_LINE))
+        if lf >= 0:
+            self.chunk_tail, self.chunk_tail_cut = data[lf + 1 :], False
+        elif len(data) >= _MAX_CHUNK_LINE:
+            self.chunk_tail, self.chunk_tail_cut = data[-_MAX_CHUNK_LINE:], True
+        else:
+            tail = self.chunk_tail + data
+            self.chunk_tail = tail[-_MAX_CHUNK_LINE:]
+            self.chunk_tail_cut = self.chunk_tail_cut or len(tail) > _MAX_CHUNK_LINE
+
+    def _open_chunk_size(self, data: bytes, end: int) -> int | None:
+        """
+        The size of the chunk whose size line ends (after its LF) at ``data[end]``, or
+        ``None`` when no size line ends there (the chunk's data is all here and its CRLF is
+        not, so the chunk is no larger than this read; or the trailer section has begun).
+
+        Raises:
+            _RequestError: 400, the size line is longer than ``_MAX_CHUNK_LINE`` bytes.
+        """
+        start = data.rfind(b"\n", max(0, end - 1 - _MAX_CHUNK_LINE), max(0, end - 1)) + 1
+        if start:
+            line = data[start:end]
+        elif end - 1 >= _MAX_CHUNK_LINE or self.chunk_tail_cut:
+            raise _RequestError(400)
+        else:
+            line = self.chunk_tail + data[:end]  # begun in an earlier read
+        match = _CHUNK_SIZE.fullmatch(line)
+        return None if match is None else int(match.group(1), 16)
+
+    def _send_held(self, request: _Request) -> None:
+        """Send the request body held in ``request.body`` while its chunk size was checked."""
+        body, request.body = request.body, []
+        self._send_upstream(b"".join([self._frame_body(piece, True) for piece in body]))
 
     # The active exchange: routing, picking, connecting.
 
@@ -1197,6 +1366,9 @@ class HTTPProxyFactory(FrontendFactory):
             (nginx ``lingering_time``, same default).
         lingering_timeout: seconds without a byte from such a client after which it is
             closed sooner (nginx ``lingering_timeout``, same default).
+        underscores_in_headers: forward request header fields whose names contain ``_``;
+            when false (the default) they are dropped and logged, as nginx's
+            ``underscores_in_headers off`` does.
 
     Raises:
         ValueError: a timeout is not > 0 or a limit is out of range.
@@ -1220,6 +1392,7 @@ class HTTPProxyFactory(FrontendFactory):
         access_log: bool | IAccessLog | None = True,
         lingering_time: float = 30.0,
         lingering_timeout: float = 5.0,
+        underscores_in_headers: bool = False,
     ) -> None:
         for key, seconds in (
             ("client_timeout", client_timeout),
@@ -1246,6 +1419,7 @@ class HTTPProxyFactory(FrontendFactory):
         self.proto = proto
         self.lingering_time = lingering_time
         self.lingering_timeout = lingering_timeout
+        self.underscores_in_headers = underscores_in_headers
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.frontend}>"
