@@ -1,7 +1,8 @@
 """
 Sphinx configuration for the twisted-lb documentation.
 
-Build with ``sphinx-build -W -b html docs docs/_build/html``.
+Build with ``sphinx-build -n -W -b html docs docs/_build/html`` (as ``.ci/run`` does); no network
+is needed.
 """
 
 import os
@@ -18,14 +19,52 @@ release = twisted_lb.__version__
 version = ".".join(release.split(".")[:2])
 
 # docs/_ext holds zope_interfaces, the autointerface directive (autodoc cannot read zope
-# Interfaces).
+# Interfaces), and strategy_list, the installed-strategies directive (the strategy plugins).
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "_ext")))
 
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
     "zope_interfaces",
     "config_schema",
+    "strategy_list",
+]
+
+# Links to Python's and Twisted's documentation, from inventories that need no network (the
+# build runs where only the package registries are reachable):
+# - Python's: docs/_inventories/python.inv, the objects.inv of Debian's python3.11-doc
+#   package (3.11.2; /usr/share/doc/python3.11/html/objects.inv), as docs.python.org has it.
+# - Twisted's: made from the installed Twisted's source by _ext/twisted_inventory.py, once per
+#   Twisted version, into _build/ (not committed).
+from twisted_inventory import TWISTED_API, write_inventory  # noqa: E402
+
+import twisted  # noqa: E402
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_twisted_inventory = os.path.join(
+    _here, "_build", "inventories", f"twisted-{twisted.__version__}.inv"
+)
+if not os.path.exists(_twisted_inventory):
+    from pathlib import Path
+
+    write_inventory(
+        Path(_twisted_inventory), Path(os.path.dirname(twisted.__file__)), twisted.__version__
+    )
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3.11/", os.path.join(_here, "_inventories", "python.inv")),
+    "twisted": (TWISTED_API, _twisted_inventory),
+}
+
+# sphinx-build -n (nitpicky) reports every reference that does not resolve. Names of the
+# libraries without an inventory here (attrs, zope.interface, pyOpenSSL, cryptography,
+# service_identity, httptools: their docs are on their own sites, out of reach of the build)
+# are not reported; everything else must resolve.
+nitpicky = True
+# Private modules (twisted_lb._address, ...) are not in the API reference either.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(attr|attrs|zope|OpenSSL|cryptography|service_identity|httptools)(\..*)?"),
+    (r"py:.*", r"twisted_lb(\.\w+)*\._\w+(\..*)?"),
 ]
 
 exclude_patterns = ["_build", "_ext"]
@@ -34,18 +73,30 @@ root_doc = "index"
 html_theme = "alabaster"
 html_static_path: list[str] = []
 
-# Google-style docstrings (STYLE.md); types come from the annotations.
+# Docstrings are Google style, read by napoleon; types come from the annotations. Attributes
+# sections become attribute entries (napoleon_use_ivar off), so :attr: references find them.
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-napoleon_use_ivar = True
+napoleon_use_ivar = False
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
 # zope Interfaces used in annotations: keep their names instead of the InterfaceClass repr.
 autodoc_type_aliases = {
     "IAddress": "twisted.internet.interfaces.IAddress",
     "IStreamClientEndpoint": "twisted.internet.interfaces.IStreamClientEndpoint",
+    "IStreamServerEndpoint": "twisted.internet.interfaces.IStreamServerEndpoint",
+    "IProtocolFactory": "twisted.internet.interfaces.IProtocolFactory",
     "IBalancingStrategy": "twisted_lb.interfaces.IBalancingStrategy",
     "IStrategyFactory": "twisted_lb.interfaces.IStrategyFactory",
+}
+# Names that annotations (strings, with ``from __future__ import annotations``) leave
+# unqualified where autodoc does not apply the aliases above (attribute types): the full
+# name each stands for, so that they link.
+_SHORT_NAMES = {
+    **autodoc_type_aliases,
+    "Clock": "twisted.internet.task.Clock",
+    "PeakEWMA": "twisted_lb.backend.PeakEWMA",
+    "EndpointFactory": "twisted_lb.health.EndpointFactory",
 }
 autodoc_member_order = "bysource"
 autodoc_class_signature = "mixed"
@@ -73,5 +124,21 @@ def _resolve_reexport(app, env, node, contnode):
     )
 
 
+def _qualify_short_name(app, env, node, contnode):
+    """
+    Give an unqualified annotation name its full name (:data:`_SHORT_NAMES`) and let the
+    handlers after this one (intersphinx, :func:`_resolve_reexport`) resolve it.
+    """
+    full = _SHORT_NAMES.get(node.get("reftarget", ""))
+    if node.get("refdomain") == "py" and full is not None:
+        node["reftarget"] = full
+        domain = env.get_domain("py")
+        return domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], full, node, contnode
+        )
+    return None
+
+
 def setup(app):
+    app.connect("missing-reference", _qualify_short_name, priority=400)
     app.connect("missing-reference", _resolve_reexport)

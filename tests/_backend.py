@@ -25,7 +25,8 @@ Modes:
         (env, PEM paths).
 
 The HTTP modes print, each on one line: ``CONNECTION <id>`` when a connection is accepted,
-``REQUEST <id> <method> <target>`` for each request and ``CLOSED <id> <how>`` when the peer
+``REQUEST <id> <method> <target>`` for each request (``echo`` and ``tls-echo`` follow it
+with ``HOST <id> <Host header>``) and ``CLOSED <id> <how>`` when the peer
 closed (``eof``) or reset it (the exception's name), or when the server closed it itself.
 """
 
@@ -147,6 +148,7 @@ class Echo(http.server.BaseHTTPRequestHandler):
             Echo.requests += 1
             requests = Echo.requests
         say(f"REQUEST {self.connection_id} {self.command} {self.path}")
+        say(f"HOST {self.connection_id} {self.headers.get('Host')}")
         slow = self.path.startswith("/_slow")
         length, digest, chunks = self.read_body(slow)
         target = urlsplit(self.path)

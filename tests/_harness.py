@@ -40,7 +40,9 @@ TWISTED_REACTOR = "epoll" if sys.platform.startswith("linux") else None
 class Process:
     """A child process whose output lines are collected by a thread, for bounded waits."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> None:
         self.args = args
         self.popen = subprocess.Popen(
             args,
@@ -49,6 +51,7 @@ class Process:
             stdin=subprocess.DEVNULL,
             text=True,
             env=env,
+            cwd=cwd,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

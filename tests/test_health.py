@@ -36,7 +36,7 @@ from twisted_lb.health import (
     TCPCheck,
 )
 from twisted_lb.interfaces import IHealthCheck
-from twisted_lb.pool import Pool
+from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
 
 PASS = ProbeResult(True, "HTTP 200 in 3 ms")
@@ -159,6 +159,48 @@ class MonitorTests(SynchronousTestCase):
             with self.assertRaises(ValueError, msg=str(kwargs)) as raised:
                 HealthMonitor(self.clock, self.pool, self.check, **kwargs)
             self.assertIn("pool app: health check", str(raised.exception))
+
+    def test_passing_check_ends_an_ejection(self) -> None:
+        """
+        A backend ejected by outlier detection comes back at its next passing check, long
+        before its ejection time is up, when it is UP by its checks; one that is DOWN comes
+        back when its checks bring it UP (rise), not at its first passing check.
+        """
+        detector = OutlierDetector(self.clock, consecutive_failures=1, max_ejection_percent=100)
+        self.pool = Pool(
+            "app", [self.app1, self.app2], get_strategy("round_robin"), outlier_detector=detector
+        )
+        monitor = self.monitor(interval=2.0, rise=2, fall=1)
+        monitor.startService()
+        self.check.answer(self.app2, PASS)
+        self.check.answer(self.app1, PASS)
+        self.pool.report_failure(self.app1, "HTTP 500")
+        self.assertTrue(self.app1.ejected)
+        self.clock.advance(2.0)  # app1 and app2 are probed again
+        with capturedLogs() as events:
+            self.check.answer(self.app1, PASS)
+        self.assertFalse(self.app1.ejected)
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "pool app: backend app1 back from ejection: passed its health check "
+                "(HTTP 200 in 3 ms)"
+            ],
+        )
+        # DOWN and ejected: the first pass leaves it ejected, the second (rise) ends both.
+        self.check.answer(self.app2, FAIL)
+        self.assertEqual(self.app2.state, BackendState.DOWN)
+        self.pool.report_failure(self.app2, "HTTP 500")
+        self.assertTrue(self.app2.ejected)
+        self.clock.advance(2.0)
+        self.check.answer(self.app2, PASS)
+        self.assertTrue(self.app2.ejected)
+        self.clock.advance(2.0)
+        self.check.answer(self.app2, PASS)
+        self.assertEqual(self.app2.state, BackendState.UP)
+        self.assertFalse(self.app2.ejected)
+        monitor.stopService()
+        self.pool.stop()
 
     def test_start_probes_every_backend_at_once(self) -> None:
         """
@@ -707,6 +749,24 @@ class HTTPCheckTests(SynchronousTestCase):
             ("[::1]:80", None, b"Host: [::1]"),
         ]:
             _protocol, transport = self.probe(Backend.from_address(address), host=host)
+            self.assertIn(expected, self.request_head(transport))
+            transport.loseConnection()
+
+    def test_host_of_a_tls_pool(self) -> None:
+        """
+        Over TLS (``https``) the default ``Host`` is the pool's ``server_name``, with the
+        backend's port unless it is 443, as the check's certificate and SNI name it; without
+        ``server_name``, the backend's address without ``:443``. ``host`` still wins.
+        """
+        for address, kwargs, expected in [
+            ("10.0.0.5:8443", {"server_name": "app.internal"}, b"Host: app.internal:8443"),
+            ("10.0.0.5:443", {"server_name": "app.internal"}, b"Host: app.internal"),
+            ("10.0.0.5:443", {}, b"Host: 10.0.0.5"),
+            ("10.0.0.5:80", {}, b"Host: 10.0.0.5:80"),
+            ("10.0.0.5:443", {"server_name": "2001:db8::1"}, b"Host: [2001:db8::1]"),
+            ("10.0.0.5:443", {"server_name": "app.internal", "host": "x.test"}, b"Host: x.test"),
+        ]:
+            _protocol, transport = self.probe(Backend.from_address(address), https=True, **kwargs)
             self.assertIn(expected, self.request_head(transport))
             transport.loseConnection()
 

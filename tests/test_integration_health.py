@@ -224,6 +224,36 @@ class OutlierTests(HealthCase):
             request(client, "GET", "/")
         lb.wait_for(r"backend app1 ejected for 2 s after 3 consecutive failures", timeout=5)
 
+    def test_passing_check_ends_the_ejection(self) -> None:
+        """
+        A backend ejected for 30 s by failing traffic is back at its next passing active
+        check (Envoy's default); with ``uneject_on_passing_check = false`` it stays out.
+        """
+        app1, app2 = self.echo_backends(2)
+        set_backend(app1, "status=500")  # real requests fail; /healthz still answers 200
+        outliers = "consecutive_failures = 2\nbase_ejection_time = 30.0\ncount_5xx = true"
+        check = 'kind = "http"\npath = "/healthz"\ninterval = 0.3\nrise = 1'
+        for uneject, line in (
+            ("", r"backend app1 back from ejection: passed its health check \(HTTP 200 in"),
+            ("\nuneject_on_passing_check = false", None),
+        ):
+            lb, port = self.start_lb(
+                health_config(
+                    [app1, app2], health_check=check, outlier_detection=outliers + uneject
+                )
+            )
+            client = self.client(port)
+            for _ in range(4):
+                request(client, "GET", "/")
+            lb.wait_for(r"backend app1 ejected for 30 s after 2 consecutive failures")
+            if line is not None:
+                lb.wait_for(line, timeout=5)
+            else:
+                time.sleep(1.0)  # three checks' worth, which pass
+                self.assertNotIn("back from ejection", lb.output())
+                self.assertEqual(set(self.served_by(client, 4)), {"app2"})
+            lb.stop()
+
     def test_connect_failures_eject(self) -> None:
         """
         Refused connections count as failures: with a dead backend and no active checks,

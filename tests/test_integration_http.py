@@ -349,7 +349,9 @@ class KeepAliveTests(HTTPIntegrationCase):
 
 class KeepAliveRaceTests(HTTPIntegrationCase):
     LANES = 3
-    ROUNDS = 8
+    ROUNDS = 12
+    #: The backends' keep-alive idle time, in seconds; requests are spaced around it.
+    IDLE = 0.5
 
     def test_reused_connection_closed_before_response_is_retried(self) -> None:
         """
@@ -372,18 +374,20 @@ class KeepAliveRaceTests(HTTPIntegrationCase):
 
     def test_backend_closing_idle_connections_gives_no_502(self) -> None:
         """
-        Backends close connections idle for 4 s, a little late (50 ms), dropping a request
+        Backends close connections idle for 0.5 s, a little late (50 ms), dropping a request
         that arrives meanwhile; the balancer keeps idle connections for 10 s, so it does reuse
-        connections the backend is closing. Requests spaced 3.9 to 4.1 s apart, 24 of them in
+        connections the backend is closing. Requests spaced 0.4 to 0.6 s apart, 36 of them in
         three lanes at once (one client connection and one backend each), all get a 200:
-        a request that meets the race is sent again on a fresh connection. (About 33 s.)
+        a request that meets the race is sent again on a fresh connection. (About 6 s: the
+        backends' idle time is short, as the race only needs the request to land in the 50 ms
+        between the backend's timeout and its close; a quarter of the spacings do.)
         """
         lanes, rounds = self.LANES, self.ROUNDS
         names = ["a", "b", "c"][:lanes]
         backends, ports = [], []
         for name in names:
             backend, backend_port = self.start_backend(
-                "idle-close", name, IDLE_TIMEOUT="4.0", CLOSE_LAG="0.05"
+                "idle-close", name, IDLE_TIMEOUT=str(self.IDLE), CLOSE_LAG="0.05"
             )
             backends.append(backend)
             ports.append(backend_port)
@@ -398,7 +402,7 @@ class KeepAliveRaceTests(HTTPIntegrationCase):
         errors: list[str] = []
 
         def spacing(lane: int, round_: int) -> float:
-            return 3.9 + 0.2 * (round_ * lanes + lane) / (probes - 1)
+            return self.IDLE - 0.1 + 0.2 * (round_ * lanes + lane) / (probes - 1)
 
         def run(lane: int) -> None:
             client = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
@@ -419,7 +423,7 @@ class KeepAliveRaceTests(HTTPIntegrationCase):
         threads = [threading.Thread(target=run, args=(lane,), daemon=True) for lane in range(lanes)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + rounds * 4.1 + 30
+        deadline = time.monotonic() + rounds * (self.IDLE + 0.1) + 30
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.assertFalse(any(t.is_alive() for t in threads), "lanes did not finish in time")

@@ -5,23 +5,29 @@ Integration tests: a real ``twistd -n lb`` in tcp mode, real backends, real clie
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+import twisted_lb
 from tests._backend import send_all, slow_read
 from tests._harness import (
     TWISTD,
     TWISTED_LB,
     Process,
     environ_with,
+    free_port,
     http_get,
     lb_config,
     rss_bytes,
@@ -239,6 +245,124 @@ class CheckCommandTests(SynchronousTestCase):
         output = lb.output()
         self.assertIn(f"{path}: frontends.web.listen[0]: ", output)
         self.assertNotIn("twisted-lb running", output)
+
+
+class CommandLineTests(IntegrationCase):
+    def test_version(self) -> None:
+        """``twisted-lb --version`` prints the package's version and exits 0."""
+        result = subprocess.run(
+            [TWISTED_LB, "--version"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"twisted-lb {twisted_lb.__version__}\n")
+
+    def start_in(self, directory: Path, config: Path, *pidfile: str) -> Process:
+        """``twistd -n [--pidfile=...] lb --config CONFIG``, run in ``directory``."""
+        lb = Process([TWISTD, "-n", *pidfile, "lb", "--config", str(config)], cwd=str(directory))
+        self.addCleanup(lb.kill)
+        lb.wait_for(r"twisted-lb running")
+        return lb
+
+    def test_two_instances_in_one_directory(self) -> None:
+        """
+        ``twistd -n lb`` writes no ``twistd.pid``, so a second balancer starts in the same
+        directory; ``--pidfile=PATH`` still writes one.
+        """
+        _, ports = self.start_backends(1)
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        config = directory / "lb.toml"
+        config.write_text(lb_config(ports))
+        first = self.start_in(directory, config)
+        second = self.start_in(directory, config)
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["lb.toml"])
+        self.assertIsNone(first.popen.poll())
+        self.assertIsNone(second.popen.poll())
+        third = self.start_in(directory, config, "--pidfile=lb.pid")
+        self.assertEqual((directory / "lb.pid").read_text().strip(), str(third.pid))
+        self.assertEqual(third.stop(), -signal.SIGTERM)
+        self.assertFalse((directory / "lb.pid").exists())
+
+    def test_startup_line_and_sighup_without_tls(self) -> None:
+        """
+        The startup line counts in words that agree with the numbers ("1 frontend, 1
+        pool"); SIGHUP without TLS says that there was nothing to reload.
+        """
+        _, ports = self.start_backends(1)
+        lb, _port = self.start_lb(lb_config(ports))
+        lb.wait_for(r"twisted-lb running: 1 frontend, 1 pool$")
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"SIGHUP: no TLS certificates to reload")
+        self.assertNotIn("reloaded", lb.output())
+
+
+class DeploymentTests(IntegrationCase):
+    """The commands of docs/deployment.rst, where this machine can run them."""
+
+    def test_listens_before_dropping_privileges(self) -> None:
+        """
+        As root, ``--uid/--gid`` listen first and drop privileges after: a UNIX socket in a
+        directory only root may write to is listened on, then the process runs as
+        ``nobody`` and relays through it.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("needs root")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise SkipTest("no user nobody") from None
+        _, ports = self.start_backends(1)
+        directory = Path(tempfile.mkdtemp(prefix="lb-"))  # mode 0700; short, for AF_UNIX
+        self.addCleanup(shutil.rmtree, directory, True)
+        socket_path = directory / "lb.sock"
+        config = Path(self.mktemp() + ".toml")
+        config.write_text(
+            lb_config(ports).replace("tcp:0:interface=127.0.0.1", f"unix:{socket_path}")
+        )
+        config.chmod(0o644)
+        lb = Process(
+            [
+                TWISTD, "-n", "--pidfile=", "--logfile=-", f"--uid={nobody.pw_uid}",
+                f"--gid={nobody.pw_gid}", "lb", "--config", str(config),
+            ]
+        )  # fmt: skip
+        self.addCleanup(lb.kill)
+        lb.wait_for(r"frontend web listening on unix:")
+        lb.wait_for(rf"set uid/gid {nobody.pw_uid}/{nobody.pw_gid}")
+        lb.wait_for(r"twisted-lb running")
+        status = Path(f"/proc/{lb.pid}/status").read_text()
+        [uids] = [line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")]
+        self.assertEqual(set(uids), {str(nobody.pw_uid)})
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(socket_path))
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            self.assertIn(b"Hello from backend1", b"".join(iter(lambda: sock.recv(4096), b"")))
+
+    def test_socket_activation(self) -> None:
+        """
+        A ``systemd:domain=INET:index=0`` listener serves the socket that systemd (here
+        ``systemd-socket-activate``, which starts twistd at the first connection) passes in.
+        """
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("no systemd-socket-activate")
+        _, ports = self.start_backends(1)
+        port = free_port()
+        config = Path(self.mktemp() + ".toml")
+        config.write_text(
+            lb_config(ports).replace("tcp:0:interface=127.0.0.1", "systemd:domain=INET:index=0")
+        )
+        lb = Process(
+            [
+                activate, "-l", f"127.0.0.1:{port}", "--fdname=web", TWISTD, "-n", "--pidfile=",
+                "lb", "--config", str(config),
+            ]
+        )  # fmt: skip
+        self.addCleanup(lb.kill)
+        lb.wait_for(rf"Listening on 127\.0\.0\.1:{port}")
+        self.assertEqual(http_get(port, timeout=20).strip(), "Hello from backend1")
+        lb.wait_for(rf"frontend web listening on 127\.0\.0\.1:{port}")
 
 
 class DemoTests(SynchronousTestCase):

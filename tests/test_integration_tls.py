@@ -6,7 +6,7 @@ and ``openssl s_client`` where those tools are installed.
 Covered: SNI picks the certificate (default, exact, wildcard), ALPN, ``X-Forwarded-Proto`` and
 ``Forwarded``, old protocol versions refused, ``min_version``, mutual TLS required, upstream
 verification (wrong CA: 502 and a log event; right CA: 200; health checks over TLS), and
-certificate reload on SIGHUP with an old connection kept.
+reload on SIGHUP: frontend certificates with an old connection kept, a pool's CA bundle.
 """
 
 from __future__ import annotations
@@ -137,6 +137,14 @@ class TLSCase(SynchronousTestCase):
         tls = context.wrap_socket(raw, server_hostname=server_name)
         self.addCleanup(tls.close)
         return tls
+
+    def request(self, port: int) -> tuple[int, bytes]:
+        """One plain HTTP GET / to the balancer: the status and body."""
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read()
 
     def get(self, tls: ssl.SSLSocket, host: str = "a.example", target: str = "/") -> Any:
         tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -446,13 +454,6 @@ class UpstreamTests(TLSCase):
             f"{extra}"
         )
 
-    def request(self, port: int) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        self.addCleanup(connection.close)
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        return response.status, response.read()
-
     def test_verified_backend(self) -> None:
         """With the right CA and name the backend is reached over TLS, verified."""
         backend = self.start_tls_backend()
@@ -492,6 +493,26 @@ class UpstreamTests(TLSCase):
         )
         checked.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
         self.assertEqual(self.request(checked_port)[0], 503)
+
+    def test_health_check_host_is_the_server_name(self) -> None:
+        """
+        An HTTP health check of a TLS pool asks for the pool's ``server_name`` in ``Host``
+        (with the backend's port, not 443), as its SNI and verification name it.
+        """
+        backend_cert = self.ca.issue_cert("backend.internal")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        backend, port = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        lb, _ = self.start_lb(
+            self.plain_frontend(
+                port,
+                f'ca = "{self.ca_path}"\nserver_name = "backend.internal"',
+                '[pools.app.health_check]\nkind = "http"\npath = "/healthz"\ninterval = 5.0\n',
+            )
+        )
+        [connection] = backend.wait_for(r"^REQUEST (\d+) GET /healthz$").groups()
+        host = backend.wait_for(rf"^HOST {connection} (.*)$").group(1)
+        self.assertEqual(host, f"backend.internal:{port}")
+        self.assertNotIn("DOWN", lb.output())
 
     def test_wrong_name_is_502(self) -> None:
         """A certificate for another name does not verify either."""
@@ -535,3 +556,54 @@ class ReloadTests(TLSCase):
         lb.signal(signal.SIGHUP)
         lb.wait_for(r"frontend web: certificates not reloaded, keeping the old ones: .*live\.pem")
         self.assertEqual(self.handshake(port, "a.example").getpeercert(True), der(renewed))
+
+    def test_sighup_reloads_the_pools_ca(self) -> None:
+        """
+        SIGHUP reads a pool's ``ca`` again: a backend whose certificate the old bundle did not
+        verify (502; its TLS health check DOWN) is verified by the new one, and its health
+        check brings it UP; a broken bundle afterwards keeps the working one, and says why.
+        """
+        renewed_ca = trustme.CA()
+        backend_cert = renewed_ca.issue_cert("backend.internal")
+        cert, key = write_pair(self.dir, "backend", backend_cert)
+        _, backend = self.start_backend("tls-echo", "app1", TLS_CERT=cert, TLS_KEY=key)
+        live_ca = self.dir / "live-ca.pem"
+        self.ca.cert_pem.write_to_path(str(live_ca))
+        config = (
+            "[frontends.web]\n"
+            'mode = "http"\n'
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            'pool = "app"\n'
+            "[pools.app]\n"
+            "retries = 0\n"
+            "max_idle_per_backend = 0\n"  # every request verifies a new connection
+            "panic = true\n"  # a DOWN backend still gets requests: the 502 shows why
+            f'backends = [{{ address = "127.0.0.1:{backend}" }}]\n'
+            "[pools.app.tls]\n"
+            f'ca = "{live_ca}"\n'
+            'server_name = "backend.internal"\n'
+            "[pools.app.health_check]\n"
+            'kind = "http"\n'
+            'path = "/healthz"\n'
+            "interval = 0.2\n"
+            "rise = 1\n"
+        )
+        lb, port = self.start_lb(config)
+        lb.wait_for(r"backend app1 DOWN after its first check failed \(last: .*verify failed")
+        self.assertEqual(self.request(port)[0], 502)
+
+        renewed_ca.cert_pem.write_to_path(str(live_ca))
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(r"pool app: TLS files reloaded")
+        lb.wait_for(r"backend app1 UP after 1 passed check")
+        self.assertEqual(self.request(port)[0], 200)
+
+        live_ca.write_text("not a certificate\n")
+        lb.signal(signal.SIGHUP)
+        lb.wait_for(
+            r"pool app: TLS files not reloaded, keeping the old ones: .*live-ca\.pem: "
+            r"no PEM certificate found"
+        )
+        for _ in range(3):
+            self.assertEqual(self.request(port)[0], 200)
+        self.assertNotIn("backend app1 DOWN after", lb.output().split("TLS files not reloaded")[1])

@@ -13,7 +13,9 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.backend import Backend, BackendState, ConnectionInfo
+from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.pool import OutlierDetector, Pool
+from twisted_lb.service import LoadBalancerService
 from twisted_lb.strategies import RoundRobin, get_strategy
 
 NO_CLIENT = ConnectionInfo()
@@ -260,6 +262,76 @@ class OutlierTests(SynchronousTestCase):
     def fail(self, pool: Pool, backend: Backend, times: int) -> None:
         for _ in range(times):
             pool.report_failure(backend, "connection refused")
+
+    def test_passing_check_ends_the_ejection(self) -> None:
+        """
+        A passing active check ends an ejection at once (Envoy's
+        ``successful_active_health_check_uneject_host``): the timer is gone, the backend is
+        picked again, its failure count is reset, and the count of ejections in a row is
+        kept, so the next ejection lasts twice as long.
+        """
+        pool = self.pool(2)
+        b1, b2 = pool.backends
+        self.fail(pool, b1, 3)
+        self.assertTrue(b1.ejected)
+        self.clock.advance(1.0)
+        with LogCapture() as log:
+            self.assertTrue(pool.report_passing_check(b1, "HTTP 200 in 3 ms"))
+        self.assertEqual(
+            log.lines,
+            ["pool p: backend b1 back from ejection: passed its health check (HTTP 200 in 3 ms)"],
+        )
+        self.assertFalse(b1.ejected)
+        self.assertEqual(b1.consecutive_failures, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(set(picked(pool, 4)), {b1, b2})
+        self.assertFalse(pool.report_passing_check(b1, "HTTP 200 in 3 ms"))  # not ejected
+        self.fail(pool, b1, 3)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), 20.0)
+        self.assertEqual(b1.ejections, 2)
+
+    def test_passing_check_when_turned_off(self) -> None:
+        """With ``uneject_on_passing_check=False`` an ejection lasts its whole time."""
+        pool = self.pool(2, uneject_on_passing_check=False)
+        b1, b2 = pool.backends
+        self.fail(pool, b1, 3)
+        self.assertFalse(pool.report_passing_check(b1, "HTTP 200 in 3 ms"))
+        self.assertTrue(b1.ejected)
+        self.assertEqual(set(picked(pool, 4)), {b2})
+        self.clock.advance(10.0)
+        self.assertFalse(b1.ejected)
+
+    def test_passing_check_without_outlier_detection(self) -> None:
+        pool = Pool("p", backends(1), RoundRobin())
+        self.assertFalse(pool.report_passing_check(pool.backends[0], "HTTP 200 in 3 ms"))
+
+    def test_uneject_on_passing_check_key(self) -> None:
+        """
+        ``[pools.NAME.outlier_detection] uneject_on_passing_check`` is true by default, may
+        be false, and must be a boolean.
+        """
+        text = (
+            '[frontends.web]\nmode = "http"\nlisten = ["tcp:0"]\npool = "app"\n'
+            '[pools.app]\nbackends = [{ address = "127.0.0.1:9001" }]\n'
+            "[pools.app.outlier_detection]\n"
+        )
+        default = parse_config(text, "lb.toml").pools["app"].outlier_detection
+        assert default is not None
+        self.assertTrue(default.uneject_on_passing_check)
+        service = LoadBalancerService.from_config(
+            parse_config(text + "uneject_on_passing_check = false\n", "lb.toml"), Clock()
+        )
+        detector = service.pools["app"].outlier_detector
+        assert detector is not None
+        self.assertFalse(detector.uneject_on_passing_check)
+        with self.assertRaises(ConfigError) as raised:
+            parse_config(text + 'uneject_on_passing_check = "yes"\n', "lb.toml")
+        self.assertEqual(
+            str(raised.exception),
+            "lb.toml: pools.app.outlier_detection.uneject_on_passing_check: "
+            "must be true or false, not a string",
+        )
 
     def test_ejection_time_sequence(self) -> None:
         """

@@ -9,7 +9,7 @@ import errno
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -108,6 +108,28 @@ class ServiceTests(SynchronousTestCase):
         stopped = self.service.stopService()
         self.successResultOf(stopped)
         self.assertEqual([listener.port for listener in self.service.listeners], [None, None])
+
+    def test_running_line_counts(self) -> None:
+        """
+        The line that says the balancer runs counts frontends and pools in words that agree
+        with the numbers: "1 frontend, 1 pool", "2 frontends, 2 pools".
+        """
+        second = CONFIG.replace("[frontends.web]", "[frontends.admin]", 1).replace(
+            "[pools.app]", "[pools.other]"
+        )
+        second = second.replace('pool = "app"', 'pool = "other"').replace("808", "909")
+        for text, line in (
+            (CONFIG, "twisted-lb running: 1 frontend, 1 pool"),
+            (CONFIG + second, "twisted-lb running: 2 frontends, 2 pools"),
+        ):
+            reactor = MemoryReactorClock()
+            service = LoadBalancerService.from_config(parse_config(text, "lb.toml"), reactor)
+            with capturedLogs() as events:
+                service.privilegedStartService()
+                service.startService()
+                reactor.run()
+            self.assertIn(line, [formatEvent(e) for e in events])
+            self.successResultOf(service.stopService())
 
     def test_listen_failure(self) -> None:
         """

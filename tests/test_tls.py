@@ -881,3 +881,75 @@ class ClientTLSTests(SynchronousTestCase):
         assert isinstance(peer, Peer)
         self.assertEqual(peer.handshakes, 1)
         self.assertIsNone(peer.lost)
+
+
+class ClientReloadTests(SynchronousTestCase):
+    """:meth:`ClientTLS.reload`: the pool's ``ca``, ``client_cert`` and ``client_key`` again."""
+
+    def setUp(self) -> None:
+        self.files = Files(self.mktemp())
+        self.ca = self.files.ca("ca", CA)
+        self.backend = Backend.from_address("a.example:443", name="app1")
+        self.server = ServerTLS([self.files.pair("a", SITE_A)])
+        self.other_server = ServerTLS([self.files.pair("other", OTHER_CA.issue_cert("a.example"))])
+
+    def test_new_ca_for_new_connections(self) -> None:
+        """After a reload, new connections verify against the new CA bundle."""
+        tls = ClientTLS(ca=self.ca)
+        self.assertEqual(handshake(self.server, tls.creator(self.backend))[0].handshakes, 1)
+        self.files.ca("ca", OTHER_CA)
+        # Nothing changes before the reload: the bundle was read once.
+        self.assertEqual(handshake(self.server, tls.creator(self.backend))[0].handshakes, 1)
+        self.assertEqual(tls.reload(), [])
+        old_backend, _server, _pump = handshake(self.server, tls.creator(self.backend))
+        self.assertEqual(old_backend.handshakes, 0)
+        self.assertIn("certificate verify failed", str(old_backend.lost))
+        self.assertEqual(handshake(self.other_server, tls.creator(self.backend))[0].handshakes, 1)
+
+    def test_bad_file_keeps_old(self) -> None:
+        """An unusable new file keeps the old CA and client certificate; the problem is returned."""
+        cert, key = self.files.pair("client", CLIENT)
+        tls = ClientTLS(ca=self.ca, client_cert=cert, client_key=key)
+        self.files.write("ca.pem", b"not a certificate\n")
+        self.files.write("client.key", b"not a key")
+        self.assertEqual(
+            tls.reload(),
+            [f"{self.ca}: no PEM certificate found", f"{key}: not a PEM private key"],
+        )
+        # The backend trusts CA's client certificates (a copy: ca.pem is broken now).
+        backend_tls = ServerTLS(
+            [self.files.pair("a", SITE_A)],
+            client_ca=self.files.ca("ca-copy", CA),
+            verify_client="required",
+        )
+        client, server, pump = handshake(backend_tls, tls.creator(self.backend))
+        pump.flush()
+        self.assertEqual((client.handshakes, server.handshakes), (1, 1))
+        peer = server.tls.getPeerCertificate()
+        assert peer is not None
+        self.assertEqual(peer.to_cryptography(), leaf(CLIENT))
+
+    def test_new_client_certificate(self) -> None:
+        """A renewed client certificate is presented from the reload on."""
+        cert, key = self.files.pair("client", CLIENT)
+        tls = ClientTLS(ca=self.ca, client_cert=cert, client_key=key)
+        renewed = CA.issue_cert("renewed.example")
+        self.files.pair("client", renewed)
+        self.assertEqual(tls.reload(), [])
+        backend_tls = ServerTLS(
+            [self.files.pair("a", SITE_A)], client_ca=self.ca, verify_client="required"
+        )
+        _client, server, pump = handshake(backend_tls, tls.creator(self.backend))
+        pump.flush()
+        peer = server.tls.getPeerCertificate()
+        assert peer is not None
+        self.assertEqual(peer.to_cryptography(), leaf(renewed))
+
+    def test_has_files(self) -> None:
+        """Only a pool with ``ca`` or a client certificate has files to reload."""
+        cert, key = self.files.pair("client", CLIENT)
+        self.assertFalse(ClientTLS().has_files)
+        self.assertFalse(ClientTLS(verify=False).has_files)
+        self.assertTrue(ClientTLS(ca=self.ca).has_files)
+        self.assertTrue(ClientTLS(client_cert=cert, client_key=key).has_files)
+        self.assertEqual(ClientTLS().reload(), [])

@@ -262,7 +262,7 @@ class Backend:
 
     @property
     def available(self) -> bool:
-        """Whether a strategy may be offered this backend: ``UP`` and not ejected."""
+        """Whether a strategy may be offered this backend (``UP`` and not ejected)."""
         return self.state is BackendState.UP and not self.ejected
 
     def refresh_state(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from twisted_lb import __version__
 from twisted_lb.config import (
     ConfigError,
     format_summary,
@@ -197,6 +198,9 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twisted-lb`` console script."""
     parser = argparse.ArgumentParser(prog="twisted-lb", description="The twisted-lb load balancer.")
+    parser.add_argument(
+        "--version", action="version", version=f"twisted-lb {__version__}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="validate a config file and summarise it")
     check_parser.add_argument("config", help="path of the TOML config file")

@@ -1,8 +1,8 @@
 """
 The config file: TOML in, frozen data out, with every problem reported at once.
 
-The schema is declared once, as :mod:`pydantic` v2 models (strict types, ``extra="forbid"``,
-:class:`~pydantic.Field` constraints and descriptions). The same models are the frozen data
+The schema is declared once, as pydantic v2 models (strict types, ``extra="forbid"``,
+``Field`` constraints and descriptions). The same models are the frozen data
 that :mod:`twisted_lb.service` builds from, the source of the key reference in
 ``docs/config.rst`` and of the JSON Schema that ``twisted-lb schema`` prints. They are the only
 validator: a :class:`Config` that :func:`config_from_dict` returns is usable as it is.
@@ -932,6 +932,12 @@ class OutlierDetectionConfig(_Model):
         description="The largest share of the pool's backends that may be ejected at once.",
     )
     count_5xx: _Bool = Field(False, description="HTTP: also count 5xx responses as failures.")
+    uneject_on_passing_check: _Bool = Field(
+        True,
+        description="A passing active health check of an ejected backend that is UP by its "
+        "checks ends the ejection at once (Envoy's "
+        "``successful_active_health_check_uneject_host``).",
+    )
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:

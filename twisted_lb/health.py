@@ -71,7 +71,7 @@ MAX_BODY_BYTES = 64 * 1024
 #: in their access logs.
 USER_AGENT = b"twisted-lb-health-check"
 
-#: What connects a check to a backend: ``endpoint(reactor, backend)``.
+#: What connects a check to a backend, called as ``endpoint(reactor, backend)``.
 EndpointFactory = Callable[[Any, Backend], IStreamClientEndpoint]
 
 
@@ -350,12 +350,16 @@ class _QuietFactory(Factory):
         return self._factory.buildProtocol(addr)
 
 
-def _default_host(address: Address) -> str:
-    """The ``Host`` of a check: the backend's ``host:port``, without ``:80``."""
+def _default_host(address: Address, server_name: str | None = None, https: bool = False) -> str:
+    """
+    The ``Host`` of a check (RFC 9110 §7.2): ``server_name`` or else the backend's host, then
+    the backend's port unless it is the scheme's default (443 with ``https``, else 80).
+    """
     if address.kind == "unix":
-        return "localhost"
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return host if address.port == 80 else f"{host}:{address.port}"
+        return server_name or "localhost"
+    name = server_name or address.host
+    host = f"[{name}]" if ":" in name else name
+    return host if address.port == (443 if https else 80) else f"{host}:{address.port}"
 
 
 def _printable(text: str) -> bool:
@@ -382,13 +386,19 @@ class HTTPCheck:
         timeout: seconds for the whole check (connect, response, body), else it fails with
             ``"timed out after N ms"`` and its connection is aborted.
         path: the request target, from ``/``, query included (``"/healthz?full=1"``).
-        host: the ``Host`` header; by default the backend's ``host:port`` (``host`` alone for
-            port 80, ``localhost`` for UNIX sockets).
+        host: the ``Host`` header; by default ``server_name``, else the backend's host,
+            followed by ``:port`` unless the backend's port is the scheme's default (80, or
+            443 with ``https``); ``localhost`` for UNIX sockets without ``server_name``.
         expect_status: the passing status codes, inclusive: ``(200, 399)``.
         expect_body: a regular expression (:func:`re.search`) the body must match.
         endpoint: ``endpoint(reactor, backend)`` makes the client endpoint the check connects
             through; by default :meth:`Backend.endpoint <twisted_lb.backend.Backend.endpoint>`.
             A TLS-wrapping endpoint makes this an HTTPS check.
+        server_name: the host of the default ``Host``: a TLS pool's ``server_name``, so that
+            the check asks for the virtual host that the backend's certificate is verified
+            for and the pool's requests go to, as the SNI names it.
+        https: whether ``endpoint`` speaks TLS; the default ``Host`` then leaves out port 443
+            instead of port 80, and the request's URI is ``https://``.
 
     Raises:
         ValueError: ``timeout`` is not positive, ``path`` does not start with ``/`` or has
@@ -406,6 +416,8 @@ class HTTPCheck:
         expect_status: tuple[int, int] = defaults.CHECK_EXPECT_STATUS,
         expect_body: str | None = None,
         endpoint: EndpointFactory | None = None,
+        server_name: str | None = None,
+        https: bool = False,
     ) -> None:
         _check_timeout(timeout)
         if not path.startswith("/") or not _printable(path):
@@ -432,8 +444,12 @@ class HTTPCheck:
         self.timeout = timeout
         #: The request target.
         self.path = path
-        #: The ``Host`` header, or ``None`` for the backend's address.
+        #: The ``Host`` header, or ``None`` for ``server_name`` or the backend's address.
         self.host = host
+        #: The host of the default ``Host``, or ``None`` for the backend's host.
+        self.server_name = server_name
+        #: Whether the check speaks TLS.
+        self.https = https
         #: The passing status codes, inclusive.
         self.expect_status = expect_status
         #: The regular expression the body must match, or ``None``.
@@ -454,13 +470,16 @@ class HTTPCheck:
             cancelled; cancelling aborts the connection.
         """
         timed = _TimedProbe(self._reactor, self.timeout)
-        host = (self.host or _default_host(backend.address)).encode("ascii")
-        headers = Headers({b"Host": [host], b"User-Agent": [USER_AGENT]})
         requesting: Deferred[IResponse]
         try:
+            host = (
+                self.host or _default_host(backend.address, self.server_name, self.https)
+            ).encode("ascii")
+            headers = Headers({b"Host": [host], b"User-Agent": [USER_AGENT]})
             endpoint = _QuietEndpoint(self._endpoint(self._reactor, backend))
             agent = Agent.usingEndpointFactory(self._reactor, endpoint, pool=self._pool)
-            requesting = agent.request(b"GET", b"http://" + host + self.path.encode(), headers)
+            scheme = b"https://" if self.https else b"http://"
+            requesting = agent.request(b"GET", scheme + host + self.path.encode(), headers)
         except Exception:
             requesting = fail()
         return timed.run(requesting.addCallback(self._read, timed))
@@ -518,6 +537,11 @@ class HealthMonitor(Service):
       seconds while the backend is UP, ``down_interval`` while it is DOWN, each multiplied by
       a factor drawn uniformly from ``[1 - jitter, 1 + jitter]``, so that the probes of many
       backends and balancers do not fall into step.
+    - A passing probe of a backend that is UP by its checks, and ejected by outlier
+      detection, is reported with :meth:`Pool.report_passing_check
+      <twisted_lb.pool.Pool.report_passing_check>`, which ends the ejection unless
+      ``uneject_on_passing_check`` is off (Envoy's
+      ``successful_active_health_check_uneject_host``).
     - A verdict change is applied with :meth:`Pool.set_healthy
       <twisted_lb.pool.Pool.set_healthy>` and logged with its reason:
       ``pool app: backend app2 DOWN after 3 failed checks (last: HTTP 503 in 12 ms)`` (a
@@ -673,6 +697,8 @@ class HealthMonitor(Service):
         self._schedule(watch)
         if watch.healthy != was_healthy:
             self._apply(watch, first, result)
+        if result.ok and watch.healthy and backend.ejected:
+            self.pool.report_passing_check(backend, result.detail)
 
     def _schedule(self, watch: _Watch) -> None:
         seconds = self.interval if watch.healthy else self.down_interval

@@ -72,8 +72,14 @@ class OutlierDetector:
       ejected; with 1 backend, none);
     - an ejected backend comes back on its own when its time is up. Active health checks keep
       running meanwhile: a backend is picked only when it is UP by its checks *and* not
-      ejected. Unlike Envoy's default, a passing active check does not end an ejection, since
-      a backend that answers its check can still fail real requests.
+      ejected;
+    - with ``uneject_on_passing_check`` (the default), a passing active check of a backend
+      that is UP by its checks ends its ejection at once (:meth:`Pool.report_passing_check`),
+      as Envoy's ``successful_active_health_check_uneject_host`` (default true) does, and as
+      HAProxy brings a server that ``observe``/``on-error mark-down`` took down back by its
+      checks. Like the end of its time, this resets the failure count and keeps the count of
+      ejections in a row. Turn it off when the check does not exercise what real requests
+      do: a backend that answers its check can still fail them.
 
     Args:
         reactor: provides ``IReactorTime``; ejections are timed on it.
@@ -83,6 +89,7 @@ class OutlierDetector:
         max_ejection_percent: the largest share of the pool's backends ejected at once, in
             percent, 0..100.
         count_5xx: whether a 5xx response counts as a failure (HTTP mode).
+        uneject_on_passing_check: whether a passing active health check ends an ejection.
 
     Raises:
         ValueError: a value is out of range.
@@ -97,6 +104,7 @@ class OutlierDetector:
         max_ejection_time: float = defaults.MAX_EJECTION_TIME,
         max_ejection_percent: int = defaults.MAX_EJECTION_PERCENT,
         count_5xx: bool = False,
+        uneject_on_passing_check: bool = True,
     ) -> None:
         if consecutive_failures < 1:
             raise ValueError("consecutive_failures must be >= 1")
@@ -112,6 +120,7 @@ class OutlierDetector:
         self.max_ejection_time = max_ejection_time
         self.max_ejection_percent = max_ejection_percent
         self.count_5xx = count_5xx
+        self.uneject_on_passing_check = uneject_on_passing_check
 
     def __repr__(self) -> str:
         return (
@@ -265,7 +274,7 @@ class Pool:
 
         - Available backends: ``UP`` and not ejected. Primaries while any primary is
           available, else backups (HAProxy's ``backup``).
-        - If none is available and :attr:`panic` is on: every backend whose ``admin_state``
+        - If none is available and ``panic`` is on: every backend whose ``admin_state``
           is ready (not ``DRAINING`` or ``MAINT``), primaries and backups, whatever its
           health (Envoy's panic mode).
         - Backends in ``exclude`` (already tried for this client) are left out, but they still
@@ -322,7 +331,7 @@ class Pool:
         is the caller's (the health monitor knows the reason).
 
         Args:
-            backend: one of :attr:`backends`.
+            backend: one of the pool's ``backends``.
             healthy: the verdict.
 
         Returns:
@@ -344,7 +353,7 @@ class Pool:
         its health checks, and begins its slow start if ``UP``.
 
         Args:
-            backend: one of :attr:`backends`.
+            backend: one of the pool's ``backends``.
             state: the new administrative state.
 
         Returns:
@@ -433,7 +442,7 @@ class Pool:
         The data path's report of a failure of ``backend``: a connect failure, a reset before
         the response, a response timeout or, with ``count_5xx``, a 5xx. With outlier
         detection on, enough failures in a row eject the backend (see
-        :class:`OutlierDetector`).
+        :class:`~twisted_lb.pool.OutlierDetector`).
 
         Args:
             backend: the backend that failed.
@@ -487,15 +496,44 @@ class Pool:
             ejections=backend.ejections,
         )
 
-    def _uneject(self, backend: Backend) -> None:
+    def report_passing_check(self, backend: Backend, reason: str) -> bool:
+        """
+        The active health checks' report that ``backend`` passed a check and is UP by them.
+        With outlier detection's ``uneject_on_passing_check`` on, an ejected backend comes
+        back now instead of at the end of its ejection time (Envoy's
+        ``successful_active_health_check_uneject_host``; see
+        :class:`~twisted_lb.pool.OutlierDetector`).
+
+        Args:
+            backend: one of the pool's ``backends``.
+            reason: what the check saw, for the log, such as ``"HTTP 200 in 3 ms"``.
+
+        Returns:
+            Whether this ended an ejection.
+        """
+        detector = self.outlier_detector
+        if (
+            detector is None
+            or not detector.uneject_on_passing_check
+            or backend not in self._unejections
+        ):
+            return False
+        call = self._unejections.pop(backend)
+        if call.active():
+            call.cancel()
+        self._uneject(backend, f": passed its health check ({reason})")
+        return True
+
+    def _uneject(self, backend: Backend, why: str = "") -> None:
         self._unejections.pop(backend, None)
         backend.ejected = False
         backend.consecutive_failures = 0
         self._returned_at[backend] = self.reactor.seconds()
         _log.info(
-            "pool {pool}: backend {backend} back from ejection",
+            "pool {pool}: backend {backend} back from ejection{why}",
             pool=self.name,
             backend=backend.name,
+            why=why,
         )
         self._availability_changed(backend, False)
 

@@ -5,6 +5,7 @@ The balancer as a Twisted service: the one place where config becomes live objec
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import IO, Any, Self
 
 from twisted.application.service import MultiService, Service
@@ -159,7 +160,8 @@ def _access_log(
 def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
-    pool's traffic is, when the pool has ``tls``.
+    pool's traffic is, when the pool has ``tls``, and then asking for the pool's
+    ``server_name`` in ``Host`` unless the check sets its own.
     """
     endpoint = tls.endpoint if tls is not None else None
     if config.kind == "tcp":
@@ -172,6 +174,8 @@ def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None
         expect_status=config.expect_status,
         expect_body=config.expect_body,
         endpoint=endpoint,
+        server_name=tls.server_name if tls is not None else None,
+        https=tls is not None,
     )
 
 
@@ -310,6 +314,7 @@ class LoadBalancerService(MultiService):
                     max_ejection_time=outlier.max_ejection_time,
                     max_ejection_percent=outlier.max_ejection_percent,
                     count_5xx=outlier.count_5xx,
+                    uneject_on_passing_check=outlier.uneject_on_passing_check,
                 ),
                 reactor=reactor,
                 tls=pool_tls,
@@ -434,31 +439,44 @@ class LoadBalancerService(MultiService):
         if isinstance(self.access_log, AccessLog):
             self.access_log.reopen()
 
-    def reload_certificates(self) -> None:
+    def reload_certificates(self) -> list[str]:
         """
-        Read every frontend's certificate files again (on SIGHUP under twistd). New TLS
-        handshakes use the new certificates; established connections are untouched. A
-        frontend whose new files are unusable keeps its old certificates, and the reason is
+        Read every frontend's certificate files again, and every pool's ``ca``,
+        ``client_cert`` and ``client_key`` (on SIGHUP under twistd). New TLS handshakes use
+        the new files, the health checks' included; established connections are untouched. A
+        frontend or pool whose new files are unusable keeps its old ones, and the reason is
         logged.
+
+        Returns:
+            What has TLS files to read, as ``"frontend web"`` and ``"pool app"``, in config
+            order, whether or not each reload succeeded; empty when there is none.
         """
+        tried: list[str] = []
         for name, server_tls in self.server_tls.items():
-            try:
-                problems = server_tls.reload()
-            except Exception:
-                _log.failure(
-                    "frontend {frontend}: certificates not reloaded, keeping the old ones",
-                    frontend=name,
-                )
-                continue
-            if problems:
-                _log.warn(
-                    "frontend {frontend}: certificates not reloaded, keeping the old ones: "
-                    "{problems}",
-                    frontend=name,
-                    problems="; ".join(problems),
-                )
-            else:
-                _log.info("frontend {frontend}: certificates reloaded", frontend=name)
+            tried.append(f"frontend {name}")
+            self._reload_tls("frontend", name, "certificates", server_tls.reload)
+        for name, pool in self.pools.items():
+            if pool.tls is not None and pool.tls.has_files:
+                tried.append(f"pool {name}")
+                self._reload_tls("pool", name, "TLS files", pool.tls.reload)
+        return tried
+
+    def _reload_tls(self, kind: str, name: str, what: str, reload: Callable[[], list[str]]) -> None:
+        # The event carries ``frontend=`` or ``pool=`` too, as the other events about them do.
+        fields: dict[str, Any] = {"kind": kind, "name": name, "what": what, kind: name}
+        try:
+            problems = reload()
+        except Exception:
+            _log.failure("{kind} {name}: {what} not reloaded, keeping the old ones", **fields)
+            return
+        if problems:
+            _log.warn(
+                "{kind} {name}: {what} not reloaded, keeping the old ones: {problems}",
+                problems="; ".join(problems),
+                **fields,
+            )
+        else:
+            _log.info("{kind} {name}: {what} reloaded", **fields)
 
     def startService(self) -> None:
         for pool in self.pools.values():
@@ -469,10 +487,13 @@ class LoadBalancerService(MultiService):
 
     def _log_running(self) -> None:
         if self.running:
+            frontends, pools = len(self.factories), len(self.pools)
             _log.info(
-                "twisted-lb running: {frontends} frontends, {pools} pools",
-                frontends=len(self.factories),
-                pools=len(self.pools),
+                "twisted-lb running: {frontends} {frontend_noun}, {pools} {pool_noun}",
+                frontends=frontends,
+                frontend_noun="frontend" if frontends == 1 else "frontends",
+                pools=pools,
+                pool_noun="pool" if pools == 1 else "pools",
             )
 
     def stopService(self) -> Deferred[object]:

@@ -24,8 +24,8 @@ class _TwistdService(LoadBalancerService):
     """
     The balancer under twistd: a frontend that cannot listen ends the process with one clear
     line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
-    SIGHUP reloads the frontends' TLS certificates (as nginx reloads on SIGHUP), and SIGUSR1
-    reopens the access log file (as nginx reopens its logs on USR1, which logrotate's
+    SIGHUP reloads the TLS files of the frontends and pools (as nginx reloads on SIGHUP), and
+    SIGUSR1 reopens the access log file (as nginx reopens its logs on USR1, which logrotate's
     ``postrotate`` sends).
     """
 
@@ -65,8 +65,8 @@ class _TwistdService(LoadBalancerService):
         self.reopen_access_log()
 
     def _sighup(self) -> None:
-        _log.info("SIGHUP: reloading certificates")
-        self.reload_certificates()
+        if not self.reload_certificates():
+            _log.info("SIGHUP: no TLS certificates to reload")
 
     def stopService(self) -> Any:
         if self._previous_sighup is not None:
@@ -82,7 +82,8 @@ class Options(usage.Options):
     """
     Options of ``twistd lb``.
 
-    ``--config`` (``-c``) is required: the TOML file described in docs/config.rst.
+    ``--config`` (``-c``) is required: the TOML file described in docs/config.rst. Under
+    ``twistd --nodaemon`` without ``--pidfile``, no pidfile is written.
     """
 
     synopsis = "--config lb.toml"
@@ -95,6 +96,32 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required, as in: twistd -n lb --config lb.toml")
+        _no_pidfile_in_foreground(getattr(self, "parent", None))
+
+
+#: twistd's default ``--pidfile`` (``twisted.scripts._twistd_unix.ServerOptions``).
+_TWISTD_PIDFILE = "twistd.pid"
+
+
+def _no_pidfile_in_foreground(twistd_options: Any) -> None:
+    """
+    With ``--nodaemon`` and no ``--pidfile``, write no pidfile: a process in the foreground
+    is stopped by whoever started it (a terminal, systemd, a container runtime), and twistd's
+    default ``./twistd.pid`` would stop a second balancer started in the same directory.
+    ``--pidfile=PATH`` still writes one (``--pidfile=./twistd.pid`` for twistd's own file).
+
+    twistd parses its subcommand's options, and so runs this, before its own ``postOptions``
+    and long before it reads ``pidfile``.
+    """
+    if twistd_options is None:
+        return
+    try:
+        nodaemon = twistd_options["nodaemon"]
+        pidfile = twistd_options["pidfile"]
+    except KeyError:
+        return  # no pidfile option (twistd on Windows)
+    if nodaemon and pidfile == _TWISTD_PIDFILE:
+        twistd_options["pidfile"] = ""
 
 
 def _log_output(options: Options) -> Any:

@@ -644,7 +644,8 @@ class ClientTLS:
     any data, with ``connectionLost`` given an ``OpenSSL.SSL.Error`` whose message includes
     ``"certificate verify failed"`` for an untrusted chain, or a
     ``service_identity.VerificationError`` naming the mismatched name. TLS 1.2 is the
-    lowest version offered, as in Mozilla's intermediate configuration.
+    lowest version offered, as in Mozilla's intermediate configuration. :meth:`reload` reads
+    the files again (on SIGHUP under twistd).
 
     Args:
         server_name: the name to verify and send as SNI, for all backends of the pool;
@@ -676,33 +677,73 @@ class ClientTLS:
             )
         if server_name is not None and not server_name.strip():
             raise TLSConfigError("server_name must not be empty")
+        self.server_name = server_name
+        self.verify = verify
+        self._ca = ca
+        self._client_cert = client_cert
+        self._client_key = client_key
+        loaded, problems = self._load()
+        if loaded is None:
+            raise TLSConfigError("; ".join(problems))
+        #: The trust root from ``ca``, or ``None`` for the platform's; and CertificateOptions'
+        #: ``privateKey``/``certificate``/``extraCertChain`` for mutual TLS, as cryptography
+        #: objects (pyOpenSSL deprecates its own X509 and PKey here).
+        self._trust, self._client_options = loaded
+        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+
+    def _load(
+        self,
+    ) -> tuple[tuple[IOpenSSLTrustRoot | None, dict[str, Any]] | None, list[str]]:
+        """Read ``ca``, ``client_cert`` and ``client_key``: what they give, or the problems."""
         problems: list[str] = []
         trust: IOpenSSLTrustRoot | None = None
-        if ca is not None:
+        if self._ca is not None:
             try:
                 trust = trustRootFromCertificates(
-                    [Certificate(X509.from_cryptography(c)) for c in _load_cas(ca)]
+                    [Certificate(X509.from_cryptography(c)) for c in _load_cas(self._ca)]
                 )
             except _UnusableError as e:
                 problems.append(str(e))
-        #: CertificateOptions' ``privateKey``/``certificate``/``extraCertChain`` for mutual
-        #: TLS, as cryptography objects (pyOpenSSL deprecates its own X509 and PKey here).
-        self._client_options: dict[str, Any] = {}
-        if client_cert is not None and client_key is not None:
+        client_options: dict[str, Any] = {}
+        if self._client_cert is not None and self._client_key is not None:
             try:
-                chain, key = _load_pair(client_cert, client_key)
+                chain, key = _load_pair(self._client_cert, self._client_key)
             except _UnusableError as e:
                 problems.append(str(e))
             else:
-                self._client_options = {"privateKey": key, "certificate": chain[0]}
+                client_options = {"privateKey": key, "certificate": chain[0]}
                 if chain[1:]:
-                    self._client_options["extraCertChain"] = chain[1:]
+                    client_options["extraCertChain"] = chain[1:]
         if problems:
-            raise TLSConfigError("; ".join(problems))
-        self.server_name = server_name
-        self.verify = verify
-        self._trust = trust
-        self._creators: dict[str, IOpenSSLClientConnectionCreator] = {}
+            return None, problems
+        return (trust, client_options), []
+
+    def reload(self) -> list[str]:
+        """
+        Read the ``ca``, ``client_cert`` and ``client_key`` files again, as
+        :meth:`ServerTLS.reload` does for a frontend.
+
+        New connections to the backends, health checks' included, verify against the new CA
+        bundle and present the new client certificate; established connections keep what
+        they were made with. A pool without these files has nothing to read, and the call
+        changes nothing.
+
+        Returns:
+            The problems, one line each (the messages of :func:`certificate_problem` and
+            :func:`ca_problem`), in which case the old CA bundle and client certificate are
+            ALL kept; an empty list when the new ones are in use.
+        """
+        loaded, problems = self._load()
+        if loaded is None:
+            return problems
+        self._trust, self._client_options = loaded
+        self._creators = {}
+        return []
+
+    @property
+    def has_files(self) -> bool:
+        """Whether the pool's TLS reads files (``ca``, or a client certificate) to reload."""
+        return self._ca is not None or self._client_cert is not None
 
     def __repr__(self) -> str:
         return f"<ClientTLS server_name={self.server_name!r} verify={self.verify}>"

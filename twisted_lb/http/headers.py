@@ -190,7 +190,7 @@ class TrustedProxies:
 
     @property
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        """The trusted networks: the IPv4 ones, then the IPv6 ones."""
+        """The trusted networks, the IPv4 ones first, then the IPv6 ones."""
         return (*self._v4, *self._v6)
 
     def __repr__(self) -> str:
