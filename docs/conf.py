@@ -86,6 +86,10 @@ autodoc_type_aliases = {
     "IStreamClientEndpoint": "twisted.internet.interfaces.IStreamClientEndpoint",
     "IStreamServerEndpoint": "twisted.internet.interfaces.IStreamServerEndpoint",
     "IProtocolFactory": "twisted.internet.interfaces.IProtocolFactory",
+    "IReactorTime": "twisted.internet.interfaces.IReactorTime",
+    "IReactorTCP": "twisted.internet.interfaces.IReactorTCP",
+    "IReactorCore": "twisted.internet.interfaces.IReactorCore",
+    "IDelayedCall": "twisted.internet.interfaces.IDelayedCall",
     "IBalancingStrategy": "twisted_lb.interfaces.IBalancingStrategy",
     "IStrategyFactory": "twisted_lb.interfaces.IStrategyFactory",
 }
@@ -95,6 +99,8 @@ autodoc_type_aliases = {
 _SHORT_NAMES = {
     **autodoc_type_aliases,
     "Clock": "twisted.internet.task.Clock",
+    # Twisted's API pages document Logger where it is defined.
+    "Logger": "twisted.logger._logger.Logger",
     "PeakEWMA": "twisted_lb.backend.PeakEWMA",
     "EndpointFactory": "twisted_lb.health.EndpointFactory",
 }

@@ -114,8 +114,8 @@ def install_default() -> bool:
     parsed; so the shipped command gets the cheaper reactor, and ``--reactor`` still wins.
 
     Returns:
-        Whether this call installed it: ``False`` off Linux (no epoll) or when a reactor was
-        already installed.
+        ``True`` when this call installed it; ``False`` off Linux (no epoll) or when a reactor
+        was already installed.
     """
     if not sys.platform.startswith("linux") or "twisted.internet.reactor" in sys.modules:
         return False
