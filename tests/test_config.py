@@ -3449,6 +3449,44 @@ class SchemaTests(SynchronousTestCase):
                 "regenerate it: twisted-lb schema > twisted_lb/lb.schema.json",
             )
 
+    def test_editor_schema_accepts_examples(self) -> None:
+        """
+        What an editor checks with the shipped schema (a JSON Schema validator, as taplo's):
+        every file of examples/ passes, durations and bare addresses too; an unknown key and a
+        wrong type fail at their path.
+        """
+        import glob
+        import tomllib
+
+        import jsonschema
+
+        import twisted_lb
+
+        shipped = os.path.join(os.path.dirname(twisted_lb.__file__), "lb.schema.json")
+        with open(shipped, encoding="utf-8") as f:
+            schema = json.load(f)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        validator = jsonschema.Draft202012Validator(schema)
+        examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+        paths = sorted(glob.glob(os.path.join(examples, "*.toml")))
+        self.assertTrue(paths)
+        for path in paths:
+            with open(path, "rb") as f:
+                errors = [e.message for e in validator.iter_errors(tomllib.load(f))]
+            self.assertEqual(errors, [], path)
+        document = tomllib.loads(
+            FRONTEND + 'client_timeout = "30s"\n[pools.app]\nbackends = ["127.0.0.1:9001"]\n'
+        )
+        self.assertEqual(list(validator.iter_errors(document)), [])
+        bad = tomllib.loads(FRONTEND + "max_connections = true\n" + POOL + "wieght = 2\n")
+        self.assertEqual(
+            sorted((list(e.absolute_path), e.validator) for e in validator.iter_errors(bad)),
+            [
+                (["frontends", "web", "max_connections"], "type"),
+                (["pools", "app"], "additionalProperties"),
+            ],
+        )
+
     def test_command(self) -> None:
         """``twisted-lb schema`` prints it."""
         result = subprocess.run(

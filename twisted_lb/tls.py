@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from twisted_lb import _defaults as defaults
 from twisted_lb.backend import Backend
 
 _log = Logger()
@@ -94,7 +95,7 @@ INTERMEDIATE_CIPHERS = ":".join(
 #: Mozilla's "intermediate" groups (the curves of the key exchange, TLS 1.2 ECDHE and TLS 1.3),
 #: guidelines version 5.7 ``tls_curves``, most preferred first, in OpenSSL's names. OpenSSL's
 #: own default adds X448, secp521r1 and the ffdhe groups.
-INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
+INTERMEDIATE_GROUPS = defaults.TLS_CURVES  # ("X25519", "prime256v1", "secp384r1")
 
 #: Group names offered in the message about an unknown one (those OpenSSL knows).
 _GROUP_EXAMPLES = (
@@ -452,7 +453,7 @@ class ServerTLS:
         self,
         certificates: Sequence[tuple[str, str]],
         *,
-        min_version: str = "TLSv1.2",
+        min_version: str = defaults.MIN_TLS_VERSION,
         ciphers: str | None = None,
         curves: Sequence[str] = INTERMEDIATE_GROUPS,
         alpn: Sequence[bytes] = (),
