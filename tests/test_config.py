@@ -3604,6 +3604,28 @@ class LineTests(ConfigTestCase):
             str(error.problems[0]).split(": ")[:2], ["lb.toml", "frontends.web.listen[0]"]
         )
 
+    def test_arrays_of_tables_and_quoted_names(self) -> None:
+        """The second ``[[...backends]]`` table is backends[1]; quoted names are matched."""
+        text = (
+            FRONTEND.replace('pool = "app"', 'pool = "a.b"')
+            + '[[pools."a.b".backends]]\naddress = "127.0.0.1:9001"\n'
+            + '[[pools."a.b".backends]]  # the second\naddress = "127.0.0.1:9002"\nweight = 0\n'
+            + '[pools."a.b".health_check]\nrise = 0\n'
+        )
+        error = self.assertRaises(ConfigError, parse_config, text, "lb.toml")
+        self.assertEqual(
+            [(p.key, p.line) for p in error.problems],
+            [
+                ('pools."a.b".backends[1].weight', 9),
+                ('pools."a.b".health_check.rise', 11),
+            ],
+        )
+
+    def test_key_not_in_text(self) -> None:
+        """A missing top-level table has no line (and finding that out ends)."""
+        error = self.assertRaises(ConfigError, parse_config, POOL, "lb.toml")
+        self.assertEqual([(p.key, p.line) for p in error.problems], [("frontends", None)])
+
     def test_no_text(self) -> None:
         """:func:`config_from_dict` has no text, so no lines."""
         error = self.assertRaises(ConfigError, config_from_dict, {"frontends": {}}, "x")

@@ -1777,7 +1777,10 @@ def _position(loc: tuple[str | int, ...], order: Mapping[tuple[str | int, ...], 
     return order[loc]
 
 
-_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*(?P<name>[^\]]+?)\s*\]\]?")
+_TOML_KEY = r'(?:[A-Za-z0-9_-]+|"[^"\\]*")'
+_TABLE_HEADER = re.compile(
+    rf"^\s*\[\[?\s*(?P<name>{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*)\s*\]\]?\s*(?:#.*)?$"
+)
 _KEY_LINE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
 
 
@@ -1788,14 +1791,19 @@ def _key_lines(text: str) -> dict[str, int]:
     inside inline tables are found when they start a line.
     """
     lines: dict[str, int] = {}
+    tables: dict[str, int] = {}
     table = ""
     for number, line in enumerate(text.split("\n"), 1):
         header = _TABLE_HEADER.match(line)
-        if header is not None and "=" not in line.split("]")[0]:
-            parts = [part.strip() for part in header["name"].split(".")]
+        if header is not None:
+            parts = [part.strip('"') for part in re.findall(_TOML_KEY, header["name"])]
             for end in range(1, len(parts) + 1):
-                lines.setdefault(".".join(parts[:end]), number)
-            table = ".".join(parts)
+                lines.setdefault(_key_path(parts[:end]), number)
+            table = _key_path(parts)
+            if line.lstrip().startswith("[["):  # the next table of an array of tables
+                table += f"[{tables.get(table, 0)}]"
+                tables[_key_path(parts)] = tables.get(_key_path(parts), 0) + 1
+                lines.setdefault(table, number)
             continue
         key = _KEY_LINE.match(line)
         if key is not None:
@@ -1805,11 +1813,12 @@ def _key_lines(text: str) -> dict[str, int]:
 
 def _line_of(key: str, lines: Mapping[str, int]) -> int | None:
     """The line of a key path (or of the nearest table it is in), or ``None``."""
-    key = re.sub(r"\[\d+\]", "", key)
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key.rpartition(".")[0]
+    for candidate in (key, re.sub(r"\[\d+\]", "", key)):
+        while candidate:
+            if candidate in lines:
+                return lines[candidate]
+            parent = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", candidate)
+            candidate = "" if parent == candidate else parent
     return None
 
 
