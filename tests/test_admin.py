@@ -155,12 +155,12 @@ class AdminConfigTests(SynchronousTestCase):
         """Each bad value is reported on its key, with the fix."""
         self.assertEqual(
             problems(FRONTEND + POOL + "[admin]\nsocket_mode = 600\ntokenfile = 'x'\n"),
-            [
-                "admin.tokenfile: unknown key (did you mean 'token_file'?)",
+            [  # in the order of the document: the table's missing key at its header
                 'admin.listen: required key is missing; add listen = ["unix:/run/twisted-lb/'
                 'admin.sock"]',
                 "admin.socket_mode: 600 is not a file mode from 0o000 to 0o777 (a decimal 600 "
                 'is not 0o600); write it in octal as a string, as in socket_mode = "0600"',
+                "admin.tokenfile: unknown key (did you mean 'token_file'?)",
             ],
         )
         self.assertEqual(

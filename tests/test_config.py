@@ -10,12 +10,12 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-import attrs
 import trustme
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
@@ -40,6 +40,8 @@ from twisted_lb.config import (
     RouteConfig,
     config_from_dict,
     format_summary,
+    json_schema,
+    json_schema_text,
     load_config,
     parse_config,
 )
@@ -77,9 +79,9 @@ backends = [
 
 
 FRONTEND_KEYS = (
-    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'tls', "
-    "'proxy_protocol_from', 'header_timeout', 'max_header_bytes', 'max_body_bytes', "
-    "'trusted_proxies', 'routes', 'tunnel_timeout', 'underscores_in_headers'"
+    "'mode', 'listen', 'pool', 'client_timeout', 'max_connections', 'header_timeout', "
+    "'max_header_bytes', 'max_body_bytes', 'trusted_proxies', 'routes', 'tunnel_timeout', "
+    "'tls', 'proxy_protocol_from', 'underscores_in_headers'"
 )
 
 HTTP_FRONTEND = FRONTEND.replace('mode = "tcp"', 'mode = "http"')
@@ -93,6 +95,7 @@ def _any_options(name: str, options: object = None) -> object:
 
 
 class ConfigTestCase(SynchronousTestCase):
+    maxDiff = None
     """
     Writes TOML to temporary files and loads them, with a fixed list of installed strategies.
     """
@@ -409,54 +412,11 @@ class ReadTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, load_config, path)
         self.assertEqual(str(error), f"{path}: line 3, column 11: invalid TOML: Invalid value")
 
-    def test_duplicate_table(self) -> None:
-        self.assertEqual(
-            self.problems(POOL + POOL),
-            ["line 3, column 11: invalid TOML: Cannot declare ('pools', 'app') twice"],
-        )
-
-    def test_error_at_end(self) -> None:
-        """
-        An error at the end of the document is placed just past its last character.
-        """
-        self.assertEqual(
-            self.problems('[pools.app]\nbackends = ["'),
-            ["line 2, column 14: invalid TOML: Unterminated string"],
-        )
-
 
 class KeyTests(ConfigTestCase):
     """
     Unknown keys, and keys of later releases, at every level.
     """
-
-    def test_unknown_close(self) -> None:
-        """
-        An unknown key close to a valid one suggests it, at every level.
-        """
-        self.assertEqual(
-            self.problems(
-                """\
-[frontends.web]
-mode = "tcp"
-listen = "tcp:8080"
-pool = "app"
-client_timout = 1
-
-[pools.app]
-stratgy = "random"
-backends = [{ address = "127.0.0.1:9001", nmae = "x" }]
-
-[poolz.x]
-"""
-            ),
-            [
-                "poolz: unknown key (did you mean 'pools'?)",
-                "frontends.web.client_timout: unknown key (did you mean 'client_timeout'?)",
-                "pools.app.stratgy: unknown key (did you mean 'strategy'?)",
-                "pools.app.backends[0].nmae: unknown key (did you mean 'name'?)",
-            ],
-        )
 
     def test_unknown_far(self) -> None:
         """
@@ -474,25 +434,15 @@ backends = [{ address = "127.0.0.1:9001", port = 80 }]
                 + "[nothing]\n"
             ),
             [
-                "nothing: unknown key; valid keys are: 'frontends', 'pools', 'global', 'admin'",
                 "frontends.web.colour: unknown key; valid keys are: " + FRONTEND_KEYS,
                 "pools.app.zzz: unknown key; valid keys are: "
-                "'strategy', 'strategy_options', 'connect_timeout', 'retries', "
+                "'backends', 'strategy', 'strategy_options', 'connect_timeout', 'retries', "
                 "'response_timeout', 'upstream_idle_timeout', 'max_idle_per_backend', "
-                "'backends', 'health_check', 'outlier_detection', 'panic', 'slow_start', 'tls'",
-                "pools.app.backends[0].port: unknown key; valid keys are: "
-                "'address', 'name', 'weight', 'backup', 'state'",
+                "'health_check', 'outlier_detection', 'panic', 'slow_start', 'tls'",
+                "pools.app.backends[0].port: unknown key; write the port in address, as in "
+                'address = "10.0.0.1:80"',
+                "nothing: unknown key; valid keys are: 'frontends', 'pools', 'global', 'admin'",
             ],
-        )
-
-    def test_later_releases(self) -> None:
-        """
-        Keys of the design that this version does not implement are errors that say so.
-        """
-        later = "not yet supported in this version; remove it"
-        self.assertEqual(
-            self.problems("[metrics]\n" + FRONTEND + POOL),
-            [f"metrics: {later}"],
         )
 
     def test_quoted_names(self) -> None:
@@ -520,56 +470,6 @@ class RequiredTests(ConfigTestCase):
     Required keys and sections.
     """
 
-    def test_empty_file(self) -> None:
-        self.assertEqual(
-            self.problems(""),
-            [
-                "frontends: at least one frontend is required; add one, as in [frontends.web]",
-                "pools: at least one pool is required; add one, as in [pools.app]",
-            ],
-        )
-
-    def test_empty_sections(self) -> None:
-        self.assertEqual(
-            self.problems("frontends = {}\npools = {}\n"),
-            [
-                "frontends: at least one frontend is required; add one, as in [frontends.web]",
-                "pools: at least one pool is required; add one, as in [pools.app]",
-            ],
-        )
-
-    def test_sections_not_tables(self) -> None:
-        self.assertEqual(
-            self.problems('pools = "app"\n[[frontends]]\nmode = "tcp"\n'),
-            [
-                "frontends: must be a table of frontends, as in [frontends.web], not an array",
-                "pools: must be a table of pools, as in [pools.app], not a string",
-            ],
-        )
-
-    def test_entries_not_tables(self) -> None:
-        self.assertEqual(
-            self.problems('[frontends]\nweb = "tcp"\n[pools]\napp = []\n'),
-            [
-                "frontends.web: must be a table, as in [frontends.web], not a string",
-                "pools.app: must be a table, as in [pools.app], not an array",
-            ],
-        )
-
-    def test_frontend_keys(self) -> None:
-        """
-        ``mode``, ``listen`` and ``pool`` are required; the example pool is a defined one.
-        """
-        self.assertEqual(
-            self.problems("[frontends.web]\n[pools.api]\n" + POOL.replace("[pools.app]\n", "")),
-            [
-                'frontends.web.mode: required key is missing; add mode = "http" or mode = "tcp"',
-                "frontends.web.listen: required key is missing; "
-                'add listen = ["tcp:8080:interface=127.0.0.1"]',
-                'frontends.web.pool: required key is missing; add pool = "api"',
-            ],
-        )
-
     def test_backends(self) -> None:
         self.assertEqual(
             self.problems(
@@ -584,12 +484,11 @@ class RequiredTests(ConfigTestCase):
                 'add backends = [{ address = "127.0.0.1:9001" }]',
                 "pools.b.backends: must list at least one backend, "
                 'as in backends = [{ address = "127.0.0.1:9001" }]',
-                "pools.c.backends: must be an array of tables, "
-                'as in backends = [{ address = "127.0.0.1:9001" }], not a table',
+                "pools.c.backends: must be an array of addresses or tables, "
+                'as in backends = [{ address = "127.0.0.1:9001" }] or '
+                'backends = ["127.0.0.1:9001"], not a table',
                 "pools.d.backends[0].address: required key is missing; "
                 'add address = "127.0.0.1:9001"',
-                "pools.d.backends[1]: must be a table, "
-                'as in { address = "127.0.0.1:9001" }, not a string',
             ],
         )
 
@@ -598,102 +497,6 @@ class TypeTests(ConfigTestCase):
     """
     Values of the wrong type, and numbers out of range.
     """
-
-    def test_frontend_types(self) -> None:
-        self.assertEqual(
-            self.problems(
-                """\
-[frontends.web]
-mode = 4
-listen = 8080
-pool = ["app"]
-client_timeout = "10"
-max_connections = 100.0
-"""
-                + POOL
-            ),
-            [
-                "frontends.web.mode: must be a string, not an integer",
-                "frontends.web.listen: must be a string or an array of strings, not an integer",
-                "frontends.web.pool: must be a string, not an array",
-                "frontends.web.client_timeout: must be a number (seconds), not a string",
-                "frontends.web.max_connections: must be an integer >= 1, not a float",
-            ],
-        )
-
-    def test_pool_types(self) -> None:
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + """\
-[pools.app]
-strategy = 1
-strategy_options = "fast"
-connect_timeout = true
-retries = 2.0
-backends = [{ address = 9001, name = 1, weight = "3", backup = "yes" }]
-"""
-            ),
-            [
-                "pools.app.strategy: must be a string, not an integer",
-                "pools.app.strategy_options: must be a table, as in strategy_options = {}, "
-                "not a string",
-                "pools.app.connect_timeout: must be a number (seconds), not a boolean",
-                "pools.app.retries: must be an integer >= 0, not a float",
-                "pools.app.backends[0].address: must be a string, not an integer",
-                "pools.app.backends[0].name: must be a string, not an integer",
-                "pools.app.backends[0].weight: must be an integer >= 1, not a string",
-                "pools.app.backends[0].backup: must be true or false, not a string",
-            ],
-        )
-
-    def test_booleans_are_not_integers(self) -> None:
-        self.assertEqual(
-            self.problems(
-                FRONTEND + '[pools.app]\nbackends = [{ address = "127.0.0.1:1", weight = true }]\n'
-            ),
-            ["pools.app.backends[0].weight: must be an integer >= 1, not a boolean"],
-        )
-
-    def test_dates(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND + POOL + "connect_timeout = 1979-05-27T07:32:00Z\n"),
-            ["pools.app.connect_timeout: must be a number (seconds), not a date-time"],
-        )
-
-    def test_ranges(self) -> None:
-        self.assertEqual(
-            self.problems(
-                """\
-[frontends.web]
-mode = "tcp"
-listen = "tcp:8080"
-pool = "app"
-client_timeout = 0
-max_connections = 0
-[pools.app]
-connect_timeout = -1.5
-retries = -1
-backends = [{ address = "127.0.0.1:9001", weight = 0 }]
-[pools.b]
-connect_timeout = inf
-backends = [{ address = "127.0.0.1:9001", weight = -3 }]
-[pools.c]
-connect_timeout = nan
-backends = [{ address = "127.0.0.1:9001" }]
-"""
-            ),
-            [
-                "frontends.web.client_timeout: must be more than 0 seconds, not 0",
-                "frontends.web.max_connections: must be an integer >= 1, not 0",
-                "pools.app.connect_timeout: must be more than 0 seconds, not -1.5",
-                "pools.app.retries: must be an integer >= 0, not -1",
-                "pools.app.backends[0].weight: must be an integer >= 1, not 0",
-                "pools.b.connect_timeout: must be a finite number of seconds, not inf",
-                "pools.b.backends[0].weight: must be an integer >= 1, not -3",
-                "pools.c.connect_timeout: must be a finite number of seconds, not nan",
-            ],
-        )
 
     def test_lower_bounds_accepted(self) -> None:
         config = self.load(
@@ -719,18 +522,6 @@ class ModeTests(ConfigTestCase):
         config = self.load(FRONTEND + POOL)
         self.assertEqual(config.frontends["web"].mode, "tcp")
 
-    def test_other(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND.replace('"tcp"', '"udp"') + POOL),
-            ["frontends.web.mode: unknown mode 'udp'; valid modes are: 'tcp', 'http'"],
-        )
-
-    def test_close(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND.replace('"tcp"', '"htp"') + POOL),
-            ["frontends.web.mode: unknown mode 'htp' (did you mean 'http'?)"],
-        )
-
 
 class ListenTests(ConfigTestCase):
     """
@@ -740,49 +531,6 @@ class ListenTests(ConfigTestCase):
     def frontend(self, listen: str) -> str:
         return FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', f"listen = {listen}")
 
-    def test_parser_value_error(self) -> None:
-        """
-        The parser's ValueError is quoted, with an example of a good description.
-        """
-        self.assertEqual(
-            self.problems(self.frontend('["tcp:8080", "tcp:http", "8081"]') + POOL),
-            [
-                "frontends.web.listen[1]: 'tcp:http' is not a valid server endpoint "
-                "(invalid literal for int() with base 10: 'http'); "
-                "write one as in 'tcp:8080:interface=127.0.0.1'",
-                "frontends.web.listen[2]: '8081' is not a valid server endpoint "
-                "(Unknown endpoint type: '8081'); write one as in 'tcp:8080:interface=127.0.0.1'",
-            ],
-        )
-
-    def test_parser_other_error(self) -> None:
-        """
-        Other exceptions from the parser are problems too, named by their type.
-        """
-        self.assertEqual(
-            self.problems(self.frontend('"tcp:8080:colour=blue"') + POOL),
-            [
-                "frontends.web.listen: 'tcp:8080:colour=blue' is not a valid server endpoint "
-                "(TypeError: _parseTCP() got an unexpected keyword argument 'colour'); "
-                "write one as in 'tcp:8080:interface=127.0.0.1'",
-            ],
-        )
-
-    def test_items(self) -> None:
-        self.assertEqual(
-            self.problems(self.frontend('["tcp:8080", 8081]') + POOL),
-            ["frontends.web.listen[1]: must be a string, not an integer"],
-        )
-
-    def test_empty(self) -> None:
-        self.assertEqual(
-            self.problems(self.frontend("[]") + POOL),
-            [
-                "frontends.web.listen: must list at least one endpoint, "
-                'as in listen = ["tcp:8080:interface=127.0.0.1"]'
-            ],
-        )
-
     def test_other_endpoint_types(self) -> None:
         """
         Any endpoint type Twisted parses is accepted, including plugins such as ``tcp6:``.
@@ -790,26 +538,6 @@ class ListenTests(ConfigTestCase):
         config = self.load(self.frontend('["unix:/run/lb.sock", "tcp6:8443", "tcp:0"]') + POOL)
         self.assertEqual(
             config.frontends["web"].listen, ("unix:/run/lb.sock", "tcp6:8443", "tcp:0")
-        )
-
-    def test_duplicates(self) -> None:
-        """
-        The same description twice, in one frontend or two, is refused.
-        """
-        self.assertEqual(
-            self.problems(
-                self.frontend('["tcp:8080", "tcp:8080"]')
-                + FRONTEND.replace("web", "api").replace(
-                    '"tcp:8080:interface=127.0.0.1"', '"tcp:8080"'
-                )
-                + POOL
-            ),
-            [
-                "frontends.web.listen[1]: 'tcp:8080' is already used by "
-                "frontends.web.listen[0]; give each listener its own endpoint",
-                "frontends.api.listen: 'tcp:8080' is already used by "
-                "frontends.web.listen[0]; give each listener its own endpoint",
-            ],
         )
 
 
@@ -826,76 +554,6 @@ class BackendTests(ConfigTestCase):
             + "]\n"
         )
 
-    def test_addresses(self) -> None:
-        """
-        Addresses are parsed by :func:`twisted_lb._address.parse_address`, whose message is
-        the problem's.
-        """
-        self.assertEqual(
-            self.problems(
-                self.pool(
-                    '{ address = "localhost" }',
-                    '{ address = "127.0.0.1:0" }',
-                    '{ address = "::1:80" }',
-                    '{ address = "[::1:80" }',
-                    '{ address = "unix:" }',
-                    '{ address = "app.internal:80" }',
-                )
-            ),
-            [
-                "pools.app.backends[0].address: 'localhost' is not 'host:port', '[v6]:port' or "
-                "'unix:/path', as in '127.0.0.1:9001'",
-                "pools.app.backends[1].address: port '0' in '127.0.0.1:0' is not a number from "
-                "1 to 65535",
-                "pools.app.backends[2].address: '::1:80': write IPv6 addresses in brackets, "
-                "as in '[::1]:9001'",
-                "pools.app.backends[3].address: '[::1:80' is not '[v6]:port', as in '[::1]:9001'",
-                "pools.app.backends[4].address: unix address needs a path, "
-                "as in 'unix:/run/app.sock'",
-            ],
-        )
-
-    def test_duplicate_names(self) -> None:
-        """
-        Explicit names, and default names, must be unique in the pool; the later one is blamed.
-        """
-        self.assertEqual(
-            self.problems(
-                self.pool(
-                    '{ address = "127.0.0.1:9001", name = "web" }',
-                    '{ address = "127.0.0.1:9002", name = "web" }',
-                    '{ address = "127.0.0.1:9003", name = "app4" }',
-                    '{ address = "127.0.0.1:9004" }',
-                )
-            ),
-            [
-                "pools.app.backends[1].name: backend name 'web' is already used by "
-                "pools.app.backends[0]; give each backend a unique name",
-                "pools.app.backends[3]: backend name 'app4' is already used by "
-                "pools.app.backends[2]; give each backend a unique name",
-            ],
-        )
-
-    def test_duplicate_addresses(self) -> None:
-        self.assertEqual(
-            self.problems(
-                self.pool(
-                    '{ address = "127.0.0.1:9001" }',
-                    '{ address = "[::1]:9001" }',
-                    '{ address = "127.0.0.1:9001", weight = 2 }',
-                    '{ address = "[::1]:9001" }',
-                )
-            ),
-            [
-                "pools.app.backends[2].address: '127.0.0.1:9001' is already used by "
-                "pools.app.backends[0]; list each backend once and give it a higher weight "
-                "instead",
-                "pools.app.backends[3].address: '[::1]:9001' is already used by "
-                "pools.app.backends[1]; list each backend once and give it a higher weight "
-                "instead",
-            ],
-        )
-
     def test_same_address_other_pool(self) -> None:
         """
         Two pools may share a backend address.
@@ -905,74 +563,67 @@ class BackendTests(ConfigTestCase):
             config.pools["other"].backends, (BackendConfig("127.0.0.1:9001", "other1"),)
         )
 
-    def test_empty_name(self) -> None:
-        self.assertEqual(
-            self.problems(self.pool('{ address = "127.0.0.1:9001", name = "" }')),
-            ["pools.app.backends[0].name: must not be empty; leave it out to use 'app1'"],
-        )
-
-    def test_duplicates_with_other_problems(self) -> None:
-        """
-        A backend with another problem is still checked for duplicates.
-        """
-        self.assertEqual(
-            self.problems(
-                self.pool(
-                    '{ address = "127.0.0.1:9001" }',
-                    '{ address = "127.0.0.1:9001", wieght = 2, name = "app1" }',
-                )
-            ),
-            [
-                "pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)",
-                "pools.app.backends[1].name: backend name 'app1' is already used by "
-                "pools.app.backends[0]; give each backend a unique name",
-                "pools.app.backends[1].address: '127.0.0.1:9001' is already used by "
-                "pools.app.backends[0]; list each backend once and give it a higher weight "
-                "instead",
-            ],
-        )
-
 
 class PoolReferenceTests(ConfigTestCase):
     """
     A frontend's ``pool`` must name a pool of the file.
     """
 
-    def test_close(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND.replace('"app"', '"ap"') + POOL),
-            ["frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)"],
-        )
-
-    def test_far(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND.replace('"app"', '"zzz"') + POOL + POOL.replace("app", "api")),
-            ["frontends.web.pool: unknown pool 'zzz'; defined pools are: 'app', 'api'"],
-        )
-
-    def test_no_pools(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND),
-            [
-                "pools: at least one pool is required; add one, as in [pools.app]",
-                "frontends.web.pool: unknown pool 'app'; define it as [pools.app]",
-            ],
-        )
-
-    def test_invalid_pool_still_defined(self) -> None:
-        """
-        A pool with problems of its own still counts as defined: one mistake, one problem.
-        """
-        self.assertEqual(
-            self.problems(FRONTEND + "[pools.app]\n"),
-            [
-                "pools.app.backends: required key is missing; "
-                'add backends = [{ address = "127.0.0.1:9001" }]'
-            ],
-        )
-
 
 class StrategyTests(ConfigTestCase):
+    def test_options_judged_by_factory(self) -> None:
+        """
+        The strategy's factory judges the options, and its objection is reported with the
+        other problems of the file.
+        """
+        self.patch(strategies, "installed_strategies", self.unpatched_installed)
+        self.patch(strategies, "get_strategy", self.unpatched_get_strategy)
+        self.assertEqual(
+            self.problems(
+                FRONTEND.replace('pool = "app"', 'pool = "nope"')
+                + POOL
+                + 'strategy = "random"\nstrategy_options = { seed = 1, sead = 2 }\n'
+            ),
+            [
+                "frontends.web.pool: unknown pool 'nope'; defined pools are: 'app'",
+                "pools.app.strategy_options: strategy 'random': unknown option 'sead'; "
+                "accepted options: seed; fix or remove it",
+            ],
+        )
+        self.assertEqual(
+            self.problems(
+                FRONTEND + POOL + 'strategy = "random"\nstrategy_options = { seed = "x" }\n'
+            ),
+            [
+                "pools.app.strategy_options: strategy 'random': option 'seed' must be int, "
+                "not 'x'; fix or remove it"
+            ],
+        )
+        config = self.load(
+            FRONTEND + POOL + 'strategy = "random"\nstrategy_options = { seed = 1 }\n'
+        )
+        self.assertEqual(config.pools["app"].strategy_options, {"seed": 1})
+
+    def test_other_balancers_names(self) -> None:
+        """
+        The names HAProxy, nginx and Envoy give their algorithms get our name as a hint, when
+        that strategy is installed: ``consistent_hash`` is ``source_hash``.
+        """
+        self.patch(strategies, "installed_strategies", self.unpatched_installed)
+        installed = ", ".join(repr(name) for name in self.unpatched_installed())
+        for written, ours in [
+            ("consistent_hash", "source_hash"),
+            ("leastconn", "least_connections"),
+            ("roundrobin", "round_robin"),
+        ]:
+            self.assertEqual(
+                self.problems(FRONTEND + POOL + f'strategy = "{written}"\n'),
+                [
+                    f"pools.app.strategy: strategy {written!r} is not installed (did you mean "
+                    f"{ours!r}?); installed strategies are: {installed}"
+                ],
+            )
+
     """
     ``strategy`` must be installed; its factory judges ``strategy_options``.
     """
@@ -981,25 +632,6 @@ class StrategyTests(ConfigTestCase):
         self.unpatched_installed = strategies.installed_strategies
         self.unpatched_get_strategy = strategies.get_strategy
         super().setUp()
-
-    def test_not_installed_close(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND + POOL + 'strategy = "round_robbin"\n'),
-            [
-                "pools.app.strategy: strategy 'round_robbin' is not installed "
-                "(did you mean 'round_robin'?); installed strategies are: "
-                "'least_connections', 'random', 'round_robin'",
-            ],
-        )
-
-    def test_not_installed_far(self) -> None:
-        self.assertEqual(
-            self.problems(FRONTEND + POOL + 'strategy = "maglev"\n'),
-            [
-                "pools.app.strategy: strategy 'maglev' is not installed; installed strategies "
-                "are: 'least_connections', 'random', 'round_robin'",
-            ],
-        )
 
     def test_default_not_looked_up(self) -> None:
         """
@@ -1053,30 +685,6 @@ class StrategyTests(ConfigTestCase):
         config = self.load(FRONTEND + POOL + "strategy_options = { anything = [1, 2.5] }\n")
         self.assertEqual(config.pools["app"].strategy_options, {"anything": (1, 2.5)})
 
-    def test_options_judged_by_factory(self) -> None:
-        """
-        The strategy's factory judges the options, and its objection is reported with the
-        other problems of the file.
-        """
-        self.patch(strategies, "installed_strategies", self.unpatched_installed)
-        self.patch(strategies, "get_strategy", self.unpatched_get_strategy)
-        self.assertEqual(
-            self.problems(
-                FRONTEND.replace('pool = "app"', 'pool = "nope"')
-                + POOL
-                + 'strategy = "random"\nstrategy_options = { seed = 1, sead = 2 }\n'
-            ),
-            [
-                "frontends.web.pool: unknown pool 'nope'; defined pools are: 'app'",
-                "pools.app.strategy_options: strategy 'random': unknown option 'sead'; "
-                "accepted options: seed; fix or remove it",
-            ],
-        )
-        config = self.load(
-            FRONTEND + POOL + 'strategy = "random"\nstrategy_options = { seed = 1 }\n'
-        )
-        self.assertEqual(config.pools["app"].strategy_options, {"seed": 1})
-
 
 class HTTPFrontendTests(ConfigTestCase):
     """
@@ -1104,7 +712,7 @@ class HTTPFrontendTests(ConfigTestCase):
         )
         self.assertEqual(config.frontends["web"], expected)
         tcp = self.load(FRONTEND + POOL).frontends["web"]
-        self.assertEqual(tcp, attrs.evolve(expected, mode="tcp"))
+        self.assertEqual(tcp, expected.model_copy(update={"mode": "tcp"}))
 
     def test_every_key(self) -> None:
         config = self.load(
@@ -1151,117 +759,9 @@ pool = "api"
             (1024, 0, 0.001, 0.001),
         )
 
-    def test_ranges_and_types(self) -> None:
-        self.assertEqual(
-            self.problems(
-                HTTP_FRONTEND
-                + """\
-header_timeout = 0
-max_header_bytes = 1023
-max_body_bytes = -1
-trusted_proxies = "10.0.0.0/8"
-tunnel_timeout = inf
-"""
-                + POOL
-                + HTTP_FRONTEND.replace("web", "api").replace("8080", "8081")
-                + """\
-header_timeout = "10"
-max_header_bytes = 65536.0
-max_body_bytes = true
-routes = { pool = "app" }
-tunnel_timeout = -3
-"""
-            ),
-            [
-                "frontends.web.header_timeout: must be more than 0 seconds, not 0",
-                "frontends.web.max_header_bytes: must be an integer >= 1024, not 1023",
-                "frontends.web.max_body_bytes: must be an integer >= 0, not -1",
-                "frontends.web.trusted_proxies: must be an array of strings, "
-                'as in trusted_proxies = ["10.0.0.0/8"], not a string',
-                "frontends.web.tunnel_timeout: must be a finite number of seconds, not inf",
-                "frontends.api.header_timeout: must be a number (seconds), not a string",
-                "frontends.api.max_header_bytes: must be an integer >= 1024, not a float",
-                "frontends.api.max_body_bytes: must be an integer >= 0, not a boolean",
-                "frontends.api.routes: must be an array of tables, "
-                "as in [[frontends.api.routes]], not a table",
-                "frontends.api.tunnel_timeout: must be more than 0 seconds, not -3",
-            ],
-        )
-
-    def test_trusted_proxies(self) -> None:
-        """
-        Each entry must parse with ``ipaddress.ip_network(text, strict=False)``; a bad one is
-        named by its index.
-        """
-        self.assertEqual(
-            self.problems(
-                HTTP_FRONTEND
-                + 'trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", 10, "proxy.internal", ""]\n'
-                + POOL
-            ),
-            [
-                "frontends.web.trusted_proxies[1]: '10.0.0.0/33' is not an IP address or "
-                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
-                "frontends.web.trusted_proxies[2]: must be a string, not an integer",
-                "frontends.web.trusted_proxies[3]: 'proxy.internal' is not an IP address or "
-                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
-                "frontends.web.trusted_proxies[4]: '' is not an IP address or "
-                "network; write one as in '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'",
-            ],
-        )
-
     def test_empty_trusted_proxies(self) -> None:
         config = self.load(HTTP_FRONTEND + "trusted_proxies = []\n" + POOL)
         self.assertEqual(config.frontends["web"].trusted_proxies, ())
-
-    def test_only_http(self) -> None:
-        """
-        Each http-only key on a tcp frontend is a problem that says how to fix it, whatever
-        its value; the frontend's other problems are reported too.
-        """
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + """\
-client_timeout = 0
-header_timeout = 10.0
-max_header_bytes = 1
-max_body_bytes = 0
-trusted_proxies = ["nonsense"]
-tunnel_timeout = 60
-[[frontends.web.routes]]
-path_prefix = "/api/"
-pool = "app"
-"""
-                + POOL
-            ),
-            [
-                "frontends.web.client_timeout: must be more than 0 seconds, not 0",
-                f"frontends.web.header_timeout: {ONLY_HTTP}",
-                f"frontends.web.max_header_bytes: {ONLY_HTTP}",
-                f"frontends.web.max_body_bytes: {ONLY_HTTP}",
-                f"frontends.web.trusted_proxies: {ONLY_HTTP}",
-                f"frontends.web.routes: {ONLY_HTTP}",
-                f"frontends.web.tunnel_timeout: {ONLY_HTTP}",
-            ],
-        )
-
-    def test_no_mode(self) -> None:
-        """
-        Without a valid mode, the http keys are still checked as for http.
-        """
-        self.assertEqual(
-            self.problems(
-                FRONTEND.replace('mode = "tcp"\n', "")
-                + "max_header_bytes = 1\nrouteS = []\n"
-                + POOL
-            ),
-            [
-                "frontends.web.routeS: unknown key (did you mean 'routes'?)",
-                'frontends.web.mode: required key is missing; add mode = "http" or mode = "tcp"',
-                "frontends.web.max_header_bytes: must be an integer >= 1024, not 1",
-            ],
-        )
 
     def test_constructor(self) -> None:
         """
@@ -1334,50 +834,6 @@ class RouteTests(ConfigTestCase):
         config = self.load(HTTP_FRONTEND + "routes = []\n" + POOL)
         self.assertEqual(config.frontends["web"].routes, ())
 
-    def test_pool(self) -> None:
-        """
-        A route's pool is required and must be defined, with a suggestion for a near miss.
-        """
-        self.assertEqual(
-            self.problems(
-                self.routes(
-                    'path_prefix = "/a/"\npool = "apii"',
-                    'path_prefix = "/b/"\npool = "zzz"',
-                    'path_prefix = "/c/"',
-                    'path_prefix = "/d/"\npool = 1',
-                )
-            ),
-            [
-                "frontends.web.routes[0].pool: unknown pool 'apii' (did you mean 'api'?)",
-                "frontends.web.routes[1].pool: unknown pool 'zzz'; defined pools are: 'app', 'api'",
-                'frontends.web.routes[2].pool: required key is missing; add pool = "app"',
-                "frontends.web.routes[3].pool: must be a string, not an integer",
-            ],
-        )
-
-    def test_pool_undefined_without_pools(self) -> None:
-        self.assertEqual(
-            self.problems(self.routes('path_prefix = "/a/"\npool = "api"', pools="")),
-            [
-                "pools: at least one pool is required; add one, as in [pools.app]",
-                "frontends.web.pool: unknown pool 'app'; define it as [pools.app]",
-                "frontends.web.routes[0].pool: unknown pool 'api'; define it as [pools.api]",
-            ],
-        )
-
-    def test_pool_with_problems_still_defined(self) -> None:
-        """
-        A route naming a pool that has problems of its own adds no problem.
-        """
-        self.assertEqual(
-            self.problems(
-                self.routes('path_prefix = "/a/"\npool = "api"', pools="app")
-                + "[pools.api]\nretries = -1\n"
-                + 'backends = [{ address = "127.0.0.1:9001" }]\n'
-            ),
-            ["pools.api.retries: must be an integer >= 0, not -1"],
-        )
-
     def test_keys(self) -> None:
         self.assertEqual(
             self.problems(
@@ -1391,23 +847,12 @@ class RouteTests(ConfigTestCase):
                 "frontends.web.routes[0]: a route needs host, path_prefix or both, as in "
                 'path_prefix = "/api/"; requests that no route matches go to the frontend\'s '
                 "pool",
-                "frontends.web.routes[1].path: unknown key; valid keys are: 'host', "
-                "'path_prefix', 'pool'",
                 "frontends.web.routes[1]: a route needs host, path_prefix or both, as in "
                 'path_prefix = "/api/"; requests that no route matches go to the frontend\'s '
                 "pool",
+                "frontends.web.routes[1].path: unknown key; valid keys are: 'pool', 'host', "
+                "'path_prefix'",
                 "frontends.web.routes[2].hosts: unknown key (did you mean 'host'?)",
-            ],
-        )
-
-    def test_not_tables(self) -> None:
-        self.assertEqual(
-            self.problems(HTTP_FRONTEND + 'routes = ["/api/", 3]\n' + POOL),
-            [
-                "frontends.web.routes[0]: must be a table, as in "
-                '{ path_prefix = "/api/", pool = "api" }, not a string',
-                "frontends.web.routes[1]: must be a table, as in "
-                '{ path_prefix = "/api/", pool = "api" }, not an integer',
             ],
         )
 
@@ -1514,52 +959,6 @@ class RouteTests(ConfigTestCase):
             ],
         )
 
-    def test_same_match_twice(self) -> None:
-        """
-        A route that repeats an earlier route's host and path_prefix (hosts compared in lower
-        case) could never match, and is a problem.
-        """
-        self.assertEqual(
-            self.problems(
-                self.routes(
-                    'host = "a.example.com"\npath_prefix = "/x/"\npool = "app"',
-                    'path_prefix = "/x/"\npool = "app"',
-                    'host = "A.example.com"\npath_prefix = "/x/"\npool = "api"',
-                    'path_prefix = "/x/"\npool = "api"',
-                )
-            ),
-            [
-                "frontends.web.routes[2]: matches the same requests as "
-                "frontends.web.routes[0], which comes first and wins; remove one of them",
-                "frontends.web.routes[3]: matches the same requests as "
-                "frontends.web.routes[1], which comes first and wins; remove one of them",
-            ],
-        )
-
-    def test_all_reported(self) -> None:
-        """
-        Every problem of every route is reported, with the frontend's other problems.
-        """
-        self.assertEqual(
-            self.problems(
-                self.routes(
-                    'host = "x.com:80"\npath_prefix = "x"\npool = "ap"',
-                    'host = "ok.example.com"\npool = "api"',
-                    'path_prefix = "/y?"',
-                ).replace('pool = "app"\n', 'pool = "app"\nmax_body_bytes = -5\n', 1)
-            ),
-            [
-                "frontends.web.max_body_bytes: must be an integer >= 0, not -5",
-                "frontends.web.routes[0].host: routes match the name without the port; "
-                "write 'x.com' to match it on any port",
-                "frontends.web.routes[0].path_prefix: must start with '/', as in '/x'",
-                "frontends.web.routes[0].pool: unknown pool 'ap' (did you mean 'app'?)",
-                "frontends.web.routes[2].path_prefix: routes match the path without the query "
-                "or fragment; write '/y', without the part from '?' on",
-                'frontends.web.routes[2].pool: required key is missing; add pool = "app"',
-            ],
-        )
-
 
 class HTTPPoolTests(ConfigTestCase):
     """
@@ -1595,27 +994,6 @@ class HTTPPoolTests(ConfigTestCase):
         ).pools["app"]
         self.assertEqual((pool.response_timeout, pool.max_idle_per_backend), (1.0, 3))
 
-    def test_problems(self) -> None:
-        self.assertEqual(
-            self.problems(
-                HTTP_FRONTEND
-                + POOL
-                + "response_timeout = 0\nupstream_idle_timeout = nan\n"
-                + "max_idle_per_backend = -1\n"
-                + POOL.replace("app", "b")
-                + 'response_timeout = "60"\nupstream_idle_timeout = false\n'
-                + "max_idle_per_backend = 1.5\n"
-            ),
-            [
-                "pools.app.response_timeout: must be more than 0 seconds, not 0",
-                "pools.app.upstream_idle_timeout: must be a finite number of seconds, not nan",
-                "pools.app.max_idle_per_backend: must be an integer >= 0, not -1",
-                "pools.b.response_timeout: must be a number (seconds), not a string",
-                "pools.b.upstream_idle_timeout: must be a number (seconds), not a boolean",
-                "pools.b.max_idle_per_backend: must be an integer >= 0, not a float",
-            ],
-        )
-
 
 def _pools_with(table: str, *bodies: str) -> str:
     """
@@ -1638,6 +1016,51 @@ class HealthCheckTests(ConfigTestCase):
     """
     ``[pools.NAME.health_check]``: active checks.
     """
+
+    def test_expect_body(self) -> None:
+        """
+        ``expect_body`` is a Python regular expression that compiles; a bad one names what
+        :mod:`re` objected to.
+        """
+        check = (
+            self.load(
+                FRONTEND + POOL + "health_check = { kind = 'http', expect_body = '^OK\\b' }\n"
+            )
+            .pools["app"]
+            .health_check
+        )
+        assert check is not None
+        self.assertEqual(check.expect_body, "^OK\\b")
+        fix = (
+            "; fix it, or put a backslash before each character meant literally, "
+            "as in expect_body = '\\(ok\\)'"
+        )
+        self.assertEqual(
+            self.problems(
+                _pools_with(
+                    "health_check",
+                    "kind = 'http'\nexpect_body = '(ok'",
+                    "kind = 'http'\nexpect_body = '[z-a]'",
+                    "kind = 'http'\nexpect_body = 'a{4294967296}'",
+                    "kind = 'http'\nexpect_body = '" + "(" * 2000 + ")" * 2000 + "'",
+                    "kind = 'http'\nexpect_body = ''",
+                    "kind = 'http'\nexpect_body = 200",
+                )
+            ),
+            [
+                "pools.p0.health_check.expect_body: not a valid Python regular expression "
+                "(missing ), unterminated subpattern at position 0)" + fix,
+                "pools.p1.health_check.expect_body: not a valid Python regular expression "
+                "(bad character range z-a at position 1)" + fix,
+                "pools.p2.health_check.expect_body: not a valid Python regular expression "
+                "(the repetition number is too large)" + fix,
+                "pools.p3.health_check.expect_body: not a valid Python regular expression "
+                "(nested too deeply)" + fix,
+                "pools.p4.health_check.expect_body: must not be empty; "
+                "leave expect_body out to accept any body",
+                "pools.p5.health_check.expect_body: must be a string, not an integer",
+            ],
+        )
 
     def test_absent(self) -> None:
         """
@@ -1805,30 +1228,6 @@ expect_body = '"status": *"up"'
             ],
         )
 
-    def test_kind(self) -> None:
-        """
-        An unknown kind is a problem with a suggestion, and the http keys are then checked
-        as for http.
-        """
-        self.assertEqual(
-            self.problems(
-                _pools_with(
-                    "health_check",
-                    'kind = "htp"\npath = "healthz"',
-                    'kind = "udp"',
-                    "kind = 1",
-                    'kind = "HTTP"',
-                )
-            ),
-            [
-                "pools.p0.health_check.kind: unknown kind 'htp' (did you mean 'http'?)",
-                "pools.p0.health_check.path: must start with '/', as in '/healthz'",
-                "pools.p1.health_check.kind: unknown kind 'udp'; valid kinds are: 'tcp', 'http'",
-                "pools.p2.health_check.kind: must be a string, not an integer",
-                "pools.p3.health_check.kind: unknown kind 'HTTP' (did you mean 'http'?)",
-            ],
-        )
-
     def test_numbers(self) -> None:
         """
         Intervals and the timeout are seconds > 0, rise and fall integers >= 1, and jitter a
@@ -1844,7 +1243,7 @@ expect_body = '"status": *"up"'
                     "health_check",
                     "interval = 0\ntimeout = -1\nrise = 0\nfall = 1.5\ndown_interval = 0\n"
                     "jitter = 1",
-                    'interval = "2s"\ntimeout = inf\nrise = true\nfall = -3\n'
+                    'interval = "2x"\ntimeout = inf\nrise = true\nfall = -3\n'
                     "down_interval = nan\njitter = -0.1",
                     "jitter = true",
                     'jitter = "10%"',
@@ -1859,7 +1258,8 @@ expect_body = '"status": *"up"'
                 "pools.p0.health_check.fall: must be an integer >= 1, not a float",
                 "pools.p0.health_check.down_interval: must be more than 0 seconds, not 0",
                 jitter.format(0, "1"),
-                "pools.p1.health_check.interval: must be a number (seconds), not a string",
+                "pools.p1.health_check.interval: '2x' is not a duration; write a number of "
+                'seconds or a duration such as "30s", "500ms" or "2m"',
                 "pools.p1.health_check.timeout: must be a finite number of seconds, not inf",
                 "pools.p1.health_check.rise: must be an integer >= 1, not a boolean",
                 "pools.p1.health_check.fall: must be an integer >= 1, not -3",
@@ -1999,97 +1399,12 @@ expect_body = '"status": *"up"'
             ],
         )
 
-    def test_expect_body(self) -> None:
-        """
-        ``expect_body`` is a Python regular expression that compiles; a bad one names what
-        :mod:`re` objected to.
-        """
-        check = (
-            self.load(
-                FRONTEND + POOL + "health_check = { kind = 'http', expect_body = '^OK\\b' }\n"
-            )
-            .pools["app"]
-            .health_check
-        )
-        assert check is not None
-        self.assertEqual(check.expect_body, "^OK\\b")
-        fix = (
-            "; fix it, or put a backslash before each character meant literally, "
-            "as in expect_body = '\\(ok\\)'"
-        )
-        self.assertEqual(
-            self.problems(
-                _pools_with(
-                    "health_check",
-                    "kind = 'http'\nexpect_body = '(ok'",
-                    "kind = 'http'\nexpect_body = '[z-a]'",
-                    "kind = 'http'\nexpect_body = 'a{4294967296}'",
-                    "kind = 'http'\nexpect_body = '" + "(" * 2000 + ")" * 2000 + "'",
-                    "kind = 'http'\nexpect_body = ''",
-                    "kind = 'http'\nexpect_body = 200",
-                )
-            ),
-            [
-                "pools.p0.health_check.expect_body: not a valid Python regular expression "
-                "(missing ), unterminated subpattern at position 0)" + fix,
-                "pools.p1.health_check.expect_body: not a valid Python regular expression "
-                "(bad character range z-a at position 1)" + fix,
-                "pools.p2.health_check.expect_body: not a valid Python regular expression "
-                "(the repetition number is too large)" + fix,
-                "pools.p3.health_check.expect_body: not a valid Python regular expression "
-                "(nested too deeply)" + fix,
-                "pools.p4.health_check.expect_body: must not be empty; "
-                "leave expect_body out to accept any body",
-                "pools.p5.health_check.expect_body: must be a string, not an integer",
-            ],
-        )
-
-    def test_not_a_table(self) -> None:
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + POOL
-                + "health_check = true\n"
-                + POOL.replace("app", "b")
-                + "health_check = false\n"
-                + POOL.replace("app", "c")
-                + 'health_check = "http"\n'
-            ),
-            [
-                "pools.app.health_check: must be a table, as in [pools.app.health_check], "
-                "not a boolean; write health_check = {} for the defaults",
-                "pools.b.health_check: must be a table, as in [pools.b.health_check], "
-                "not a boolean; leave health_check out for none",
-                "pools.c.health_check: must be a table, as in [pools.c.health_check], not a string",
-            ],
-        )
-
     def test_unknown_keys(self) -> None:
         self.assertEqual(
             self.problems(_pools_with("health_check", "intervall = 1\nuri = '/'")),
             [
                 "pools.p0.health_check.intervall: unknown key (did you mean 'interval'?)",
-                "pools.p0.health_check.uri: unknown key; valid keys are: 'kind', 'interval', "
-                "'timeout', 'rise', 'fall', 'down_interval', 'jitter', 'path', 'host', "
-                "'expect_status', 'expect_body'",
-            ],
-        )
-
-    def test_with_other_problems(self) -> None:
-        """
-        The check's problems come with the rest of the pool's, and the pool is not made.
-        """
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + "[pools.app]\nretries = -1\n"
-                + 'backends = [{ address = "127.0.0.1:9001", weight = 0 }]\n'
-                + "[pools.app.health_check]\nrise = 0\n"
-            ),
-            [
-                "pools.app.retries: must be an integer >= 0, not -1",
-                "pools.app.backends[0].weight: must be an integer >= 1, not 0",
-                "pools.app.health_check.rise: must be an integer >= 1, not 0",
+                "pools.p0.health_check.uri: unknown key (did you mean 'path'?)",
             ],
         )
 
@@ -2150,7 +1465,7 @@ count_5xx = true
                     "outlier_detection",
                     "consecutive_failures = 0\nbase_ejection_time = 0\nmax_ejection_time = -1\n"
                     "max_ejection_percent = 101\ncount_5xx = 1",
-                    'consecutive_failures = 2.0\nbase_ejection_time = "30s"\n'
+                    'consecutive_failures = 2.0\nbase_ejection_time = "30 seconds"\n'
                     'max_ejection_time = inf\nmax_ejection_percent = -1\ncount_5xx = "yes"',
                     "max_ejection_percent = 50.0\nconsecutive_errors = 3",
                 )
@@ -2166,43 +1481,19 @@ count_5xx = true
                 "pools.p1.outlier_detection.consecutive_failures: "
                 "must be an integer >= 1, not a float",
                 "pools.p1.outlier_detection.base_ejection_time: "
-                "must be a number (seconds), not a string",
+                "'30 seconds' is not a duration; write a number of seconds or a duration such "
+                'as "30s", "500ms" or "2m"',
                 "pools.p1.outlier_detection.max_ejection_time: "
                 "must be a finite number of seconds, not inf",
                 "pools.p1.outlier_detection.max_ejection_percent: "
                 "must be an integer from 0 to 100, not -1",
                 "pools.p1.outlier_detection.count_5xx: must be true or false, not a string",
-                "pools.p2.outlier_detection.consecutive_errors: "
-                "unknown key (did you mean 'consecutive_failures'?)",
                 "pools.p2.outlier_detection.max_ejection_percent: "
                 "must be an integer from 0 to 100, not a float",
+                "pools.p2.outlier_detection.consecutive_errors: "
+                "unknown key (did you mean 'consecutive_failures'?)",
                 "pools.app.outlier_detection: must be a table, "
                 "as in [pools.app.outlier_detection], not an array",
-            ],
-        )
-
-    def test_max_below_base(self) -> None:
-        """
-        ``max_ejection_time`` below ``base_ejection_time`` is a problem on
-        ``max_ejection_time``, also when it is left at its default.
-        """
-        self.assertEqual(
-            self.problems(
-                _pools_with(
-                    "outlier_detection",
-                    "base_ejection_time = 60\nmax_ejection_time = 59.5",
-                    "base_ejection_time = 600",
-                    "max_ejection_time = 10",
-                )
-            ),
-            [
-                "pools.p0.outlier_detection.max_ejection_time: must be >= base_ejection_time "
-                "(60), not 59.5; raise it or lower base_ejection_time",
-                "pools.p1.outlier_detection.max_ejection_time: is 300.0 by default, below "
-                "base_ejection_time (600); add max_ejection_time = 600 or more, "
-                "or lower base_ejection_time",
-                "pools.p2.outlier_detection.max_ejection_time: must be >= base_ejection_time "
-                "(30.0), not 10; raise it or lower base_ejection_time",
             ],
         )
 
@@ -2223,28 +1514,6 @@ class PanicSlowStartTests(ConfigTestCase):
         pool = self.load(FRONTEND + POOL + "panic = false\nslow_start = 0\n").pools["app"]
         self.assertEqual((pool.panic, pool.slow_start), (False, 0.0))
         self.assertIsInstance(pool.slow_start, float)
-
-    def test_problems(self) -> None:
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + POOL
-                + "panic = 1\nslow_start = -1\n"
-                + POOL.replace("app", "b")
-                + 'panic = "yes"\nslow_start = true\n'
-                + POOL.replace("app", "c")
-                + 'slow_start = inf\npanik = true\nslowstart = "30s"\n'
-            ),
-            [
-                "pools.app.panic: must be true or false, not an integer",
-                "pools.app.slow_start: must be 0 (off) or more seconds, not -1",
-                "pools.b.panic: must be true or false, not a string",
-                "pools.b.slow_start: must be a number (seconds), not a boolean",
-                "pools.c.panik: unknown key (did you mean 'panic'?)",
-                "pools.c.slowstart: unknown key (did you mean 'slow_start'?)",
-                "pools.c.slow_start: must be a finite number of seconds, not inf",
-            ],
-        )
 
 
 class BackendStateTests(ConfigTestCase):
@@ -2271,32 +1540,6 @@ backends = [
         )
         self.assertEqual([b.state for b in backends], ["ready", "ready", "drain", "maint"])
         self.assertEqual(BackendConfig("127.0.0.1:1", "a").state, "ready")
-
-    def test_problems(self) -> None:
-        self.assertEqual(
-            self.problems(
-                FRONTEND
-                + """\
-[pools.app]
-backends = [
-  { address = "127.0.0.1:9001", state = "drained" },
-  { address = "127.0.0.1:9002", state = "maintenance" },
-  { address = "127.0.0.1:9003", state = "down" },
-  { address = "127.0.0.1:9004", state = false },
-  { address = "127.0.0.1:9005", state = "Ready", weight = 0 },
-]
-"""
-            ),
-            [
-                "pools.app.backends[0].state: unknown state 'drained' (did you mean 'drain'?)",
-                "pools.app.backends[1].state: unknown state 'maintenance' (did you mean 'maint'?)",
-                "pools.app.backends[2].state: unknown state 'down'; "
-                "valid states are: 'ready', 'drain', 'maint'",
-                "pools.app.backends[3].state: must be a string, not a boolean",
-                "pools.app.backends[4].weight: must be an integer >= 1, not 0",
-                "pools.app.backends[4].state: unknown state 'Ready' (did you mean 'ready'?)",
-            ],
-        )
 
 
 @functools.cache
@@ -2613,8 +1856,8 @@ verify_client = "optional"
                 f'{key}[0]: must be a table, as in {{ cert = "site.pem", key = "site.key" }}, '
                 "not a string",
                 f'{key}[1].key: required key is missing; add key = "site.key"',
-                f"{key}[2].chain: unknown key; valid keys are: 'cert', 'key'",
                 f'{key}[2].cert: required key is missing; add cert = "site.pem"',
+                f"{key}[2].chain: unknown key; valid keys are: 'cert', 'key'",
                 f"{key}[3].cert: must be a string, not an integer",
                 f'{key}[3].key: must not be empty; write a path, as in key = "site.key"',
                 f"{key}[4].cert: 'a\\x00b': a path cannot contain NUL characters",
@@ -2739,27 +1982,6 @@ verify_client = "optional"
                 "frontends.web.tls.ssl_protocols: unknown key (did you mean 'min_version'?)",
                 "frontends.web.tls.zzz: unknown key; valid keys are: 'certificates', "
                 "'min_version', 'ciphers', 'client_ca', 'verify_client', 'curves'",
-            ],
-        )
-
-    def test_with_other_problems(self) -> None:
-        """
-        The tls table's problems come with the rest of the frontend's, in either mode, and
-        the frontend is not made.
-        """
-        self.assertEqual(
-            self.problems(
-                FRONTEND.replace('"app"', '"ap"')
-                + 'max_connections = 0\n[frontends.web.tls]\nmin_version = "TLSv1"\n'
-                + POOL
-            ),
-            [
-                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
-                "frontends.web.max_connections: must be an integer >= 1, not 0",
-                "frontends.web.tls.certificates: required key is missing; add "
-                'certificates = [{ cert = "site.pem", key = "site.key" }]',
-                "frontends.web.tls.min_version: 'TLSv1' is older than TLS 1.2, which is no "
-                'longer safe (RFC 8996); write min_version = "TLSv1.2"',
             ],
         )
 
@@ -2894,65 +2116,6 @@ verify = true
         config = self.load(FRONTEND + pool + 'tls = { server_name = "app.internal" }\n')
         self.assertIsNotNone(config.pools["app"].tls)
 
-    def test_file_problems(self) -> None:
-        """
-        The CA bundle and the client certificate and key are checked as a frontend's files
-        are, each problem on the key of its file.
-        """
-        bodies = [
-            'ca = "certs/missing.pem"\nclient_cert = "certs/client.pem"\n'
-            'client_key = "certs/site.key"',
-            'ca = "certs/expired.key"\nclient_cert = "certs/expired.pem"\n'
-            'client_key = "certs/expired.key"',
-            'ca = "certs/site.key"\nclient_cert = "certs/client.key"\n'
-            'client_key = "certs/client.key"',
-        ]
-        self.assertEqual(
-            self.problems(_pools_with("tls", *bodies)),
-            [
-                f"pools.p0.tls.ca: cannot read {self.file('missing.pem')}: "
-                "No such file or directory",
-                f"pools.p0.tls.client_key: {self.file('site.key')} does not match the "
-                f"certificate in {self.file('client.pem')}",
-                f"pools.p1.tls.ca: {self.file('expired.key')}: no PEM certificate found",
-                f"pools.p1.tls.client_cert: {self.file('expired.pem')}: the certificate "
-                "expired on 2021-01-01 (notAfter); renew it",
-                f"pools.p2.tls.ca: {self.file('site.key')}: no PEM certificate found",
-                f"pools.p2.tls.client_cert: {self.file('client.key')}: no PEM certificate found",
-            ],
-        )
-
-    def test_ca_expired(self) -> None:
-        """An expired certificate in the CA bundle is reported on ``ca``."""
-        self.assertEqual(
-            self.problems(FRONTEND + POOL + 'tls = { ca = "certs/expired.pem" }\n'),
-            [
-                f"pools.app.tls.ca: {self.file('expired.pem')}: the certificate expired on "
-                "2021-01-01 (notAfter); renew it"
-            ],
-        )
-
-    def test_client_cert_and_key_together(self) -> None:
-        self.assertEqual(
-            self.problems(
-                _pools_with(
-                    "tls",
-                    'client_cert = "certs/client.pem"',
-                    'client_key = "certs/client.key"',
-                    'client_cert = ""\nclient_key = 5',
-                )
-            ),
-            [
-                "pools.p0.tls.client_cert: needs client_key, its private key; add client_key = "
-                '"client.key"',
-                "pools.p1.tls.client_key: needs client_cert, the certificate it is the key of; "
-                'add client_cert = "client.pem"',
-                "pools.p2.tls.client_cert: must not be empty; write a path, as in client_cert = "
-                '"client.pem"',
-                "pools.p2.tls.client_key: must be a string, not an integer",
-            ],
-        )
-
     def test_other_problems(self) -> None:
         self.assertEqual(
             self.problems(
@@ -2961,11 +2124,11 @@ verify = true
             + self.problems(FRONTEND + POOL + "tls = true\n")
             + self.problems(FRONTEND + POOL + 'tls = "on"\n'),
             [
+                "pools.p0.tls.verify: must be true or false, not a string",
                 "pools.p0.tls.sni: unknown key (did you mean 'server_name'?)",
                 "pools.p0.tls.ca_file: unknown key (did you mean 'ca'?)",
                 "pools.p0.tls.zzz: unknown key; valid keys are: 'server_name', 'ca', "
                 "'client_cert', 'client_key', 'verify'",
-                "pools.p0.tls.verify: must be true or false, not a string",
                 "pools.app.tls: must be a table, as in [pools.app.tls], not a boolean; "
                 "write tls = {} for the defaults",
                 "pools.app.tls: must be a table, as in [pools.app.tls], not a string",
@@ -3092,9 +2255,9 @@ class TLSCommandTests(TLSTestCase):
             result.stderr.splitlines(),
             [
                 f"{config}: frontends.web.tls.certificates[0].key: {self.file('other.key')} "
-                f"does not match the certificate in {self.file('site.pem')}",
+                f"does not match the certificate in {self.file('site.pem')} (line 6)",
                 f"{config}: pools.app.tls.ca: cannot read {self.file('nothing.pem')}: "
-                "No such file or directory",
+                "No such file or directory (line 9)",
             ],
         )
 
@@ -3158,13 +2321,18 @@ expect_status = "200-299"
         self.assertTrue(
             lines[0].endswith(
                 ".toml: pools.app.backends[0].state: unknown state 'drained' "
-                "(did you mean 'drain'?)"
+                "(did you mean 'drain'?) (line 6)"
             ),
             lines,
         )
-        for line, key in zip(lines[1:], ["path", "expect_status", "expect_body"], strict=True):
+        for number, line, key in zip(
+            [8, 9, 10], lines[1:], ["path", "expect_status", "expect_body"], strict=True
+        ):
             self.assertTrue(
-                line.endswith(f".toml: pools.app.health_check.{key}: {HTTP_ONLY_CHECK}"), line
+                line.endswith(
+                    f".toml: pools.app.health_check.{key}: {HTTP_ONLY_CHECK} (line {number})"
+                ),
+                line,
             )
 
 
@@ -3187,90 +2355,67 @@ class GlobalTests(ConfigTestCase):
             config = self.load(f'[global]\nlog_format = "{log_format}"\n' + FRONTEND + POOL)
             self.assertEqual(config.global_config, GlobalConfig(log_format=log_format))
 
-    def test_problems(self) -> None:
-        self.assertEqual(
-            self.problems(
-                '[global]\nlog_format = "jsno"\nlog_formats = "json"\n' + FRONTEND + POOL
-            ),
-            [
-                "global.log_formats: unknown key (did you mean 'log_format'?)",
-                "global.log_format: unknown log format 'jsno' (did you mean 'json'?)",
-            ],
-        )
-        self.assertEqual(
-            self.problems('[global]\nlog_format = "xml"\n' + FRONTEND + POOL),
-            ["global.log_format: unknown log format 'xml'; valid formats are: 'text', 'json'"],
-        )
-        self.assertEqual(
-            self.problems("[global]\nlog_format = 1\n" + FRONTEND + POOL),
-            ["global.log_format: must be a string, not an integer"],
-        )
-
-    def test_not_a_table(self) -> None:
-        """
-        ``global`` must be a table; its problem comes with the rest of the file's.
-        """
-        self.assertEqual(
-            self.problems('global = "json"\n' + FRONTEND.replace('"app"', '"ap"') + POOL),
-            [
-                "global: must be a table, as in [global], not a string",
-                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
-            ],
-        )
-
 
 class ManyProblemsTests(ConfigTestCase):
     """
     Every problem in a file is reported, not just the first.
     """
 
-    def test_all_reported(self) -> None:
-        self.assertEqual(
-            self.problems(
-                """\
-fronends = 1
-[frontends.web]
-mode = "http"
-listen = ["tcp:abc", 3]
-pool = "ap"
-client_timeout = "10"
-[frontends.api]
-listen = "tcp:abc"
-[pools.app]
-strategy = "round_robbin"
-retries = -1
-backends = [
-  { address = "127.0.0.1:9001" },
-  { address = "127.0.0.1:9001", wieght = 2 },
-  { address = "localhost", weight = 0 },
-]
-"""
-            ),
-            [
-                "fronends: unknown key (did you mean 'frontends'?)",
-                "frontends.web.listen[0]: 'tcp:abc' is not a valid server endpoint "
-                "(invalid literal for int() with base 10: 'abc'); "
-                "write one as in 'tcp:8080:interface=127.0.0.1'",
-                "frontends.web.listen[1]: must be a string, not an integer",
-                "frontends.web.pool: unknown pool 'ap' (did you mean 'app'?)",
-                "frontends.web.client_timeout: must be a number (seconds), not a string",
-                'frontends.api.mode: required key is missing; add mode = "http" or mode = "tcp"',
-                "frontends.api.listen: 'tcp:abc' is already used by frontends.web.listen[0]; "
-                "give each listener its own endpoint",
-                'frontends.api.pool: required key is missing; add pool = "app"',
-                "pools.app.strategy: strategy 'round_robbin' is not installed "
-                "(did you mean 'round_robin'?); installed strategies are: "
-                "'least_connections', 'random', 'round_robin'",
-                "pools.app.retries: must be an integer >= 0, not -1",
-                "pools.app.backends[1].wieght: unknown key (did you mean 'weight'?)",
-                "pools.app.backends[1].address: '127.0.0.1:9001' is already used by "
-                "pools.app.backends[0]; list each backend once and give it a higher weight "
-                "instead",
-                "pools.app.backends[2].address: 'localhost' is not 'host:port', '[v6]:port' or "
-                "'unix:/path', as in '127.0.0.1:9001'",
-                "pools.app.backends[2].weight: must be an integer >= 1, not 0",
-            ],
-        )
+
+# -- the table of bad configs -------------------------------------------------------------------
+
+BAD_CONFIGS_FILE = os.path.join(os.path.dirname(__file__), "bad_configs.txt")
+
+
+def _bad_configs(path: str = BAD_CONFIGS_FILE) -> list[tuple[str, str, list[str]]]:
+    """
+    The cases of ``tests/bad_configs.txt``: (name, document, every problem as
+    ``"key: message"``), in file order; see the comment at the top of that file.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cases = []
+    for block in text.split("\n=== ")[1:]:
+        name, rest = block.split("\n", 1)
+        document, _, problems = rest.partition("\n---\n")
+        if document.endswith("\n<no newline>"):
+            document = document.removesuffix("\n<no newline>")
+        else:
+            document += "\n"
+        cases.append((name, document, [line for line in problems.split("\n") if line]))
+    return cases
+
+
+BAD_CONFIGS = _bad_configs()
+
+
+class BadConfigTests(TLSTestCase):
+    """
+    The table, ``tests/bad_configs.txt``: each document of :data:`BAD_CONFIGS` fails with
+    exactly its problems, all of them at once, in the order of the document, each naming the
+    file and the key path. One test per row (``test_NAME``).
+    """
+
+    def check(self, document: str, expected: list[str]) -> None:
+        expected = [line.replace("{dir}", self.directory) for line in expected]
+        self.assertEqual(self.problems(document), expected)
+
+    def test_table_size(self) -> None:
+        """At least 60 bad configs, each with a unique name."""
+        names = [name for name, _, _ in BAD_CONFIGS]
+        self.assertGreaterEqual(len(names), 60)
+        self.assertEqual(len(names), len(set(names)))
+
+
+def _table_test(document: str, expected: list[str]) -> Callable[[BadConfigTests], None]:
+    def test(self: BadConfigTests) -> None:
+        self.check(document, expected)
+
+    return test
+
+
+for _name, _document, _expected in BAD_CONFIGS:
+    setattr(BadConfigTests, f"test_{_name}", _table_test(_document, _expected))
 
 
 class SummaryTests(ConfigTestCase):
@@ -4217,3 +3362,296 @@ class PropertyTests(ConfigTestCase):
                 if route.path_prefix is not None:
                     parts.append(f"path_prefix={route.path_prefix}")
                 self.assertIn(" ".join(parts) + f" -> pool {route.pool}\n", summary + "\n")
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    The JSON Schema made from the models: what ``twisted-lb schema`` prints and the package
+    ships, and what the key reference in docs/config.rst is made from.
+    """
+
+    def leaf_keys(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(table, key, schema) of every key of every table, from the JSON Schema."""
+        schema = json_schema()
+        tables = {"Config": schema, **schema["$defs"]}
+        return [
+            (table, key, property_schema)
+            for table, table_schema in tables.items()
+            for key, property_schema in table_schema["properties"].items()
+        ]
+
+    def test_every_key_described(self) -> None:
+        """Every key of every table has a description, and every table a docstring."""
+        keys = self.leaf_keys()
+        self.assertGreater(len(keys), 60)
+        self.assertEqual([(t, k) for t, k, s in keys if not s.get("description")], [])
+        for table, table_schema in json_schema()["$defs"].items():
+            self.assertTrue(table_schema.get("description"), table)
+
+    def test_units(self) -> None:
+        """
+        Every duration says ``"unit": "s"``, every size ``"bytes"``; and every key that has a
+        unit is a number (a duration string too).
+        """
+        duration = re.compile(r"(timeout|interval|_time|slow_start)$")
+        for table, key, schema in self.leaf_keys():
+            if duration.search(key):
+                self.assertEqual(schema.get("unit"), "s", f"{table}.{key}")
+            if key.endswith("_bytes"):
+                self.assertEqual(schema.get("unit"), "bytes", f"{table}.{key}")
+            if "unit" in schema and schema["unit"] != "path":
+                types = {schema.get("type")} | {s.get("type") for s in schema.get("anyOf", [])}
+                self.assertTrue(types & {"number", "integer"}, f"{table}.{key}: {schema}")
+
+    def test_defaults_in_one_place(self) -> None:
+        """
+        The schema's defaults are the library classes' keyword defaults
+        (:mod:`twisted_lb._defaults`), so a key left out and an argument left out agree.
+        """
+        import inspect
+
+        from twisted_lb.health import HealthMonitor, HTTPCheck
+        from twisted_lb.http.proxy import HTTPProxyFactory
+        from twisted_lb.pool import OutlierDetector, Pool
+        from twisted_lb.tcp import TCPRelayFactory
+
+        pairs = [
+            (FrontendConfig, TCPRelayFactory),
+            (FrontendConfig, HTTPProxyFactory),
+            (PoolConfig, Pool),
+            (HealthCheckConfig, HealthMonitor),
+            (HealthCheckConfig, HTTPCheck),
+            (OutlierDetectionConfig, OutlierDetector),
+        ]
+        compared = 0
+        for model, cls in pairs:
+            for name, parameter in inspect.signature(cls).parameters.items():
+                field = model.model_fields.get(name)
+                if field is None or parameter.default is inspect.Parameter.empty:
+                    continue
+                default = field.get_default(call_default_factory=True)
+                self.assertEqual(parameter.default, default, f"{cls.__name__}({name})")
+                compared += 1
+        self.assertGreater(compared, 20)
+        from twisted_lb import _defaults, tls
+
+        self.assertEqual(_defaults.TLS_CURVES, tls.INTERMEDIATE_GROUPS)
+
+    def test_shipped_file(self) -> None:
+        """``twisted_lb/lb.schema.json`` is the schema the models make today."""
+        import twisted_lb
+
+        shipped = os.path.join(os.path.dirname(twisted_lb.__file__), "lb.schema.json")
+        with open(shipped, encoding="utf-8") as f:
+            self.assertEqual(
+                f.read(),
+                json_schema_text(),
+                "regenerate it: twisted-lb schema > twisted_lb/lb.schema.json",
+            )
+
+    def test_editor_schema_accepts_examples(self) -> None:
+        """
+        What an editor checks with the shipped schema (a JSON Schema validator, as taplo's):
+        every file of examples/ passes, durations and bare addresses too; an unknown key and a
+        wrong type fail at their path.
+        """
+        import glob
+        import tomllib
+
+        import jsonschema
+
+        import twisted_lb
+
+        shipped = os.path.join(os.path.dirname(twisted_lb.__file__), "lb.schema.json")
+        with open(shipped, encoding="utf-8") as f:
+            schema = json.load(f)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        validator = jsonschema.Draft202012Validator(schema)
+        examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+        paths = sorted(glob.glob(os.path.join(examples, "*.toml")))
+        self.assertTrue(paths)
+        for path in paths:
+            with open(path, "rb") as f:
+                errors = [e.message for e in validator.iter_errors(tomllib.load(f))]
+            self.assertEqual(errors, [], path)
+        document = tomllib.loads(
+            FRONTEND + 'client_timeout = "30s"\n[pools.app]\nbackends = ["127.0.0.1:9001"]\n'
+        )
+        self.assertEqual(list(validator.iter_errors(document)), [])
+        bad = tomllib.loads(FRONTEND + "max_connections = true\n" + POOL + "wieght = 2\n")
+        self.assertEqual(
+            sorted((list(e.absolute_path), e.validator) for e in validator.iter_errors(bad)),
+            [
+                (["frontends", "web", "max_connections"], "type"),
+                (["pools", "app"], "additionalProperties"),
+            ],
+        )
+
+    def test_command(self) -> None:
+        """``twisted-lb schema`` prints it."""
+        result = subprocess.run(
+            [TWISTED_LB, "schema"], capture_output=True, text=True, timeout=60, check=True
+        )
+        self.assertEqual(json.loads(result.stdout), json_schema())
+        schema = json.loads(result.stdout)
+        frontend = schema["$defs"]["FrontendConfig"]
+        self.assertEqual(frontend["additionalProperties"], False)
+        self.assertEqual(frontend["required"], ["mode", "listen", "pool"])
+        self.assertEqual(schema["$defs"]["BackendConfig"]["required"], ["address"])
+        self.assertNotIn("name", frontend["properties"])  # the table's name, not a key
+        self.assertIn("global", schema["properties"])
+
+
+class ValueTests(ConfigTestCase):
+    """
+    What operators write, as the models read it: durations with units, bare backend
+    addresses, the keys of this round.
+    """
+
+    def test_durations(self) -> None:
+        """Durations are numbers of seconds, or strings with a unit: ms, s, m or h."""
+        for written, seconds in [
+            ("2", 2.0),
+            ("2.5", 2.5),
+            ('"500ms"', 0.5),
+            ('"30s"', 30.0),
+            ('"2m"', 120.0),
+            ('"1h"', 3600.0),
+            ('"1.5s"', 1.5),
+        ]:
+            config = self.load(FRONTEND + f"client_timeout = {written}\n" + POOL)
+            self.assertEqual(config.frontends["web"].client_timeout, seconds, written)
+            self.assertIsInstance(config.frontends["web"].client_timeout, float)
+        check = self.load(FRONTEND + POOL + 'health_check = { down_interval = "10s" }\n')
+        assert check.pools["app"].health_check is not None
+        self.assertEqual(check.pools["app"].health_check.down_interval, 10.0)
+        self.assertEqual(
+            self.load(FRONTEND + POOL + 'slow_start = "0s"\n').pools["app"].slow_start, 0.0
+        )
+
+    def test_bare_backends(self) -> None:
+        """A backend may be its address alone, mixed with tables; names default as ever."""
+        pool = self.load(
+            FRONTEND + '[pools.app]\nbackends = ["127.0.0.1:9001", { address = "127.0.0.1:9002", '
+            'weight = 2 }, "unix:/run/app.sock"]\n'
+        ).pools["app"]
+        self.assertEqual(
+            pool.backends,
+            (
+                BackendConfig("127.0.0.1:9001", "app1"),
+                BackendConfig("127.0.0.1:9002", "app2", 2),
+                BackendConfig("unix:/run/app.sock", "app3"),
+            ),
+        )
+
+    def test_round_keys(self) -> None:
+        """
+        ``proxy_protocol_from`` (both modes) and ``underscores_in_headers`` (http): their
+        defaults, and what a file writes.
+        """
+        tcp = self.load(FRONTEND + POOL).frontends["web"]
+        self.assertEqual((tcp.proxy_protocol_from, tcp.underscores_in_headers), ((), False))
+        http = self.load(
+            HTTP_FRONTEND.replace('"tcp:8080', '"haproxy:tcp:8080')
+            + 'proxy_protocol_from = ["10.0.0.1/8", "::1"]\nunderscores_in_headers = true\n'
+            + POOL
+        ).frontends["web"]
+        self.assertEqual(http.proxy_protocol_from, ("10.0.0.1/8", "::1"))
+        self.assertTrue(http.underscores_in_headers)
+
+    def test_compare_by_value(self) -> None:
+        """
+        Two loads of one file are equal, a change anywhere makes them differ, and frontends,
+        pools and backends are keyed by their names, their identity for a reload's diff.
+        """
+        one, two = parse_config(EXAMPLE), parse_config(EXAMPLE)
+        self.assertEqual(one, two)
+        self.assertIsNot(one, two)
+        changed = parse_config(EXAMPLE.replace("weight = 3", "weight = 4"))
+        self.assertNotEqual(one, changed)
+        self.assertEqual(one.frontends, changed.frontends)
+        self.assertNotEqual(one.pools["app"].backends[1], changed.pools["app"].backends[1])
+        self.assertEqual(
+            [b.name for b in one.pools["app"].backends],
+            [b.name for b in changed.pools["app"].backends],
+        )
+        self.assertEqual(list(one.frontends), [f.name for f in one.frontends.values()])
+        self.assertEqual(list(one.pools), [p.name for p in one.pools.values()])
+
+
+class LineTests(ConfigTestCase):
+    """Problems of a TOML text name the line of their key, where it can be found."""
+
+    def test_lines(self) -> None:
+        text = (
+            FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', 'listen = ["tcp:99999"]')
+            + "client_timeout = -1\n"
+            + "[pools.app]\n"
+            + 'backends = [\n  { address = "127.0.0.1:9001", wieght = 2 },\n]\n'
+            + "[pools.app.health_check]\nrise = 0\n"
+        )
+        error = self.assertRaises(ConfigError, parse_config, text, "lb.toml")
+        self.assertEqual(
+            [(p.key, p.line) for p in error.problems],
+            [
+                ("frontends.web.listen[0]", 3),
+                ("frontends.web.client_timeout", 5),
+                ("pools.app.backends[0].wieght", 7),  # the line of backends = [
+                ("pools.app.health_check.rise", 11),
+            ],
+        )
+        self.assertEqual(
+            str(error.problems[0]).split(": ")[:2], ["lb.toml", "frontends.web.listen[0]"]
+        )
+
+    def test_arrays_of_tables_and_quoted_names(self) -> None:
+        """The second ``[[...backends]]`` table is backends[1]; quoted names are matched."""
+        text = (
+            FRONTEND.replace('pool = "app"', 'pool = "a.b"')
+            + '[[pools."a.b".backends]]\naddress = "127.0.0.1:9001"\n'
+            + '[[pools."a.b".backends]]  # the second\naddress = "127.0.0.1:9002"\nweight = 0\n'
+            + '[pools."a.b".health_check]\nrise = 0\n'
+        )
+        error = self.assertRaises(ConfigError, parse_config, text, "lb.toml")
+        self.assertEqual(
+            [(p.key, p.line) for p in error.problems],
+            [
+                ('pools."a.b".backends[1].weight', 9),
+                ('pools."a.b".health_check.rise', 11),
+            ],
+        )
+
+    def test_key_not_in_text(self) -> None:
+        """A missing top-level table has no line (and finding that out ends)."""
+        error = self.assertRaises(ConfigError, parse_config, POOL, "lb.toml")
+        self.assertEqual([(p.key, p.line) for p in error.problems], [("frontends", None)])
+
+    def test_no_text(self) -> None:
+        """:func:`config_from_dict` has no text, so no lines."""
+        error = self.assertRaises(ConfigError, config_from_dict, {"frontends": {}}, "x")
+        self.assertEqual([p.line for p in error.problems], [None, None])
+
+    def test_check_needs_no_reactor(self) -> None:
+        """
+        ``check`` validates with the schema alone: it never imports the global reactor, and
+        a listen endpoint that serverFromString would refuse (port 99999) is a problem with
+        its key path (issue 11).
+        """
+        path = self.write(
+            FRONTEND.replace('listen = "tcp:8080:interface=127.0.0.1"', 'listen = ["tcp:99999"]')
+            + POOL
+        )
+        script = (
+            "import sys\nfrom twisted_lb.cli import check\ncode = check(sys.argv[1])\n"
+            "assert 'twisted.internet.reactor' not in sys.modules\nsys.exit(code)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"{path}: frontends.web.listen[0]: 'tcp:99999' is not a valid server endpoint "
+            "(port 99999 is not from 0 to 65535); write one as in "
+            "'tcp:8080:interface=127.0.0.1' (line 3)\n",
+        )

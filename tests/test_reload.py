@@ -486,7 +486,7 @@ class InvalidReloadTests(ReloadCase):
         )
         with self.assertRaises(ConfigError) as raised:
             parse_config(path.read_text(), str(path))
-        expected = tuple(str(problem) for problem in raised.exception.problems)
+        expected = tuple(problem.located() for problem in raised.exception.problems)
         self.assertEqual(len(expected), 2)
         app2 = self.backend("app", "app2")
         with capturedLogs() as events:
@@ -775,7 +775,7 @@ class DrainTimeoutConfigTests(SynchronousTestCase):
         self.assertEqual(config.global_config.drain_timeout, 30.0)
         for value, message in (
             ("0", "must be more than 0 seconds, not 0"),
-            ('"30s"', "must be a number (seconds), not a string"),
+            ('"thirty"', "'thirty' is not a duration"),
         ):
             with self.assertRaises(ConfigError) as raised:
                 parse_config(

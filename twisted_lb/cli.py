@@ -1,6 +1,6 @@
 """
-The ``twisted-lb`` command: ``check`` a config file, run the ``demo``, or ``ctl`` a running
-balancer through its admin API.
+The ``twisted-lb`` command: ``check`` a config file, print the config's JSON ``schema``, run the
+``demo``, or ``ctl`` a running balancer through its admin API.
 """
 
 from __future__ import annotations
@@ -19,27 +19,45 @@ from typing import Any, TextIO
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from twisted_lb import __version__
-from twisted_lb.config import ConfigError, format_summary, load_config, parse_config
+from twisted_lb.config import (
+    ConfigError,
+    format_summary,
+    json_schema_text,
+    load_config,
+    parse_config,
+)
 from twisted_lb.service import ListenError, LoadBalancerService
 
 
 def check(path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """
-    Validate a config file, including what only building the service finds (strategy options,
-    listen endpoints). Nothing listens.
+    Validate a config file with the config schema alone: no reactor, nothing listens.
+
+    Each problem is printed as ``lb.toml: KEY: MESSAGE``, followed by `` (line N)`` when the
+    TOML line of the key is known.
 
     Returns:
         0 after printing a summary to ``out``, or 1 after printing every problem to ``err``.
     """
-    from twisted.internet import reactor
-
     try:
         config = load_config(path)
-        LoadBalancerService.from_config(config, reactor)
     except ConfigError as e:
-        err.write(f"{e}\n")
+        for problem in e.problems:
+            err.write(problem.located() + "\n")
         return 1
     out.write(format_summary(config) + "\n")
+    return 0
+
+
+def schema(out: TextIO = sys.stdout) -> int:
+    """
+    Print the JSON Schema of the config file, the one shipped as
+    ``twisted_lb/lb.schema.json``, for editors (taplo, Even Better TOML).
+
+    Returns:
+        0.
+    """
+    out.write(json_schema_text())
     return 0
 
 
@@ -522,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="validate a config file and summarise it")
     check_parser.add_argument("config", help="path of the TOML config file")
+    commands.add_parser("schema", help="print the JSON Schema of the config file")
     demo_parser = commands.add_parser(
         "demo", help="run demo backends with a balancer in front of them"
     )
@@ -550,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl(args)
     if args.command == "check":
         return check(args.config)
+    if args.command == "schema":
+        return schema()
     if args.backends < 1:
         parser.error("--backends must be at least 1")
     return demo(args.port, args.backends, args.strategy, args.backend_port, args.mode)

@@ -1,42 +1,58 @@
 """
-The config file: TOML in, frozen :mod:`attrs` data out, with every problem reported at once.
+The config file: TOML in, frozen data out, with every problem reported at once.
+
+The schema is declared once, as pydantic v2 models (strict types, ``extra="forbid"``,
+``Field`` constraints and descriptions). The same models are the frozen data
+that :mod:`twisted_lb.service` builds from, the source of the key reference in
+``docs/config.rst`` and of the JSON Schema that ``twisted-lb schema`` prints. They are the only
+validator: a :class:`Config` that :func:`config_from_dict` returns is usable as it is.
 
 :func:`load_config` reads a file and :func:`parse_config` reads text; both hand the parsed tables
-to :func:`config_from_dict`, which checks the whole document and either returns a :class:`Config`
-or raises one :class:`ConfigError` that lists every :class:`Problem` it found. Each problem names
-the file, the key path (``pools.app.backends[1].weight``) and what to write instead, so that
-``twisted-lb check`` can print them as they are.
+to :func:`config_from_dict`, which either returns a :class:`Config` or raises one
+:class:`ConfigError` listing every :class:`Problem`. Each problem names the file, the key path
+(``pools.app.backends[1].weight``), the TOML line where one is known, and what to write instead.
 
-The model is plain data. This module imports nothing from the data paths; it asks
-:mod:`twisted_lb.strategies` only whether a strategy name is installed, and
-:mod:`twisted_lb.tls` whether the certificate, key and CA files of ``tls`` tables are usable.
-Turning a :class:`Config` into listeners, pools and backends is :mod:`twisted_lb.service`'s job.
-
-The keys and their meaning are the "Config file (TOML)" contract in ``docs/design.rst``. Keys
-that the design names but this version does not implement yet (``metrics``) are errors that
-say so, rather than being silently ignored.
+This module imports nothing from the data paths. It asks :mod:`twisted_lb.strategies` whether a
+strategy is installed and whether it takes its options, and :mod:`twisted_lb.tls` whether
+certificate, key and CA files, ciphers and curves are usable.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
+import json
 import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TypedDict
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 import attrs
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic._internal._model_construction import ModelMetaclass
+from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
+from pydantic_core import PydanticCustomError, core_schema
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from twisted_lb._address import Address, parse_address, proxy_listener
+from twisted_lb import _defaults as defaults
+from twisted_lb._address import parse_address, proxy_listener
 
 __all__ = [
+    "AdminConfig",
     "BackendConfig",
     "CertificateConfig",
     "Config",
@@ -52,472 +68,10 @@ __all__ = [
     "RouteConfig",
     "config_from_dict",
     "format_summary",
+    "json_schema",
     "load_config",
     "parse_config",
 ]
-
-
-# -- the model ---------------------------------------------------------------------------------
-
-
-def _freeze(value: object) -> object:
-    """
-    Make a TOML value read-only, all the way down.
-
-    Tables become :class:`types.MappingProxyType` over a copy, arrays become tuples, and scalars
-    are returned as they are.
-    """
-    if isinstance(value, Mapping):
-        return MappingProxyType({str(key): _freeze(item) for key, item in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(item) for item in value)
-    return value
-
-
-def _freeze_options(options: Mapping[str, object]) -> Mapping[str, object]:
-    """
-    Freeze ``strategy_options`` (see :func:`_freeze`).
-    """
-    return MappingProxyType({str(key): _freeze(item) for key, item in options.items()})
-
-
-def _empty_options() -> Mapping[str, object]:
-    return MappingProxyType({})
-
-
-def _frontends(frontends: Mapping[str, FrontendConfig]) -> Mapping[str, FrontendConfig]:
-    return MappingProxyType(dict(frontends))
-
-
-def _pools(pools: Mapping[str, PoolConfig]) -> Mapping[str, PoolConfig]:
-    return MappingProxyType(dict(pools))
-
-
-def _backends(backends: Iterable[BackendConfig]) -> tuple[BackendConfig, ...]:
-    return tuple(backends)
-
-
-def _strings(strings: Iterable[str]) -> tuple[str, ...]:
-    return tuple(strings)
-
-
-def _routes(routes: Iterable[RouteConfig]) -> tuple[RouteConfig, ...]:
-    return tuple(routes)
-
-
-def _certificates(certificates: Iterable[CertificateConfig]) -> tuple[CertificateConfig, ...]:
-    return tuple(certificates)
-
-
-@attrs.frozen
-class BackendConfig:
-    """
-    One backend of a pool, as written in ``[pools.NAME] backends = [...]``.
-
-    Attributes:
-        address: ``host:port``, ``[v6]:port`` or ``unix:/path``, as the file wrote it; it has
-            been checked with :func:`twisted_lb._address.parse_address`.
-        name: the ``name`` key, or by default the pool's name followed by the backend's
-            position counting from 1 (``app1``, ``app2``, ...). Unique within the pool.
-        weight: relative share of new connections, an integer >= 1.
-        backup: used only when no primary (non-backup) backend of the pool is UP.
-        state: the administrative state, as HAProxy's ``set server state``: ``"ready"``
-            (in service), ``"drain"`` (no new connections or requests; established ones
-            finish) or ``"maint"`` (out of service entirely).
-    """
-
-    address: str
-    name: str
-    weight: int = 1
-    backup: bool = False
-    state: str = "ready"
-
-
-def _status_range(statuses: Iterable[int]) -> tuple[int, int]:
-    low, high = statuses
-    return (low, high)
-
-
-@attrs.frozen
-class HealthCheckConfig:
-    """
-    ``[pools.NAME.health_check]``: active checks of each backend of the pool (HAProxy
-    ``check``, Envoy health checking). rise/fall semantics as in HAProxy's ``check``.
-
-    An empty table means tcp checks with the defaults below.
-
-    Attributes:
-        kind: ``"tcp"``, a check passes when a connection is made; or ``"http"``, it passes
-            when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a
-            body that ``expect_body`` matches, when set).
-        interval: seconds between checks of an UP backend (HAProxy ``inter``).
-        timeout: seconds a check may take; a check that has not passed by then fails.
-        rise: consecutive passes that turn a DOWN backend UP, >= 1.
-        fall: consecutive failures that turn an UP backend DOWN, >= 1.
-        down_interval: seconds between checks of a DOWN backend (HAProxy ``downinter``);
-            ``None`` means ``interval``.
-        jitter: a fraction of the interval, 0 <= jitter < 1: each delay is drawn uniformly
-            from ``[interval * (1 - jitter), interval * (1 + jitter)]`` so that checks spread
-            out (HAProxy ``spread-checks``).
-        path: ``http`` only: the request target, starting with ``/``, in printable ASCII;
-            it may have a query.
-        host: ``http`` only: the ``Host`` header, a host name or IP address with an optional
-            ``:port``, as written; ``None`` sends the backend's address.
-        expect_status: ``http`` only: the lowest and highest passing status code, both
-            from 100 to 599, low <= high. The file writes ``"200-399"``, ``"200"`` or
-            ``200``.
-        expect_body: ``http`` only: a Python regular expression (:mod:`re`) searched for in
-            the first 64 KiB of the response body; ``None`` accepts any body. It compiles.
-    """
-
-    kind: str = "tcp"
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
-    down_interval: float | None = None
-    jitter: float = 0.1
-    path: str = "/"
-    host: str | None = None
-    expect_status: tuple[int, int] = attrs.field(default=(200, 399), converter=_status_range)
-    expect_body: str | None = None
-
-
-@attrs.frozen
-class OutlierDetectionConfig:
-    """
-    ``[pools.NAME.outlier_detection]``: passive ejection of failing backends, from the
-    outcome of real traffic (Envoy outlier detection).
-
-    Attributes:
-        consecutive_failures: failed connects (and, with ``count_5xx``, 5xx responses) in a
-            row that eject a backend, >= 1.
-        base_ejection_time: seconds; an ejection lasts ``base_ejection_time`` times the
-            number of times the backend has been ejected.
-        max_ejection_time: seconds; the cap on one ejection, >= ``base_ejection_time``.
-        max_ejection_percent: the largest share of the pool's backends, 0 to 100, that may
-            be ejected at once; never exceeded.
-        count_5xx: HTTP only: also count 5xx responses as failures.
-        uneject_on_passing_check: a passing active health check ends an ejection early
-            (Envoy's ``successful_active_health_check_uneject_host``).
-    """
-
-    consecutive_failures: int = 5
-    base_ejection_time: float = 30.0
-    max_ejection_time: float = 300.0
-    max_ejection_percent: int = 50
-    count_5xx: bool = False
-    uneject_on_passing_check: bool = True
-
-
-@attrs.frozen
-class PoolTLSConfig:
-    """
-    ``[pools.NAME.tls]``: TLS from the balancer to the pool's backends, verified by default
-    (HAProxy ``server ... ssl verify required ca-file ... sni ...``; nginx ``proxy_ssl_verify
-    on``).
-
-    Paths are absolute: a relative path in the file is resolved against the directory of the
-    config file (see :class:`FrontendTLSConfig`).
-
-    Attributes:
-        server_name: the name each backend's certificate is verified against, also sent as
-            SNI: a DNS name or an IP address (IPv6 without brackets). ``None`` means each
-            backend's host, as its ``address`` writes it.
-        ca: a PEM bundle of the CAs that backends' certificates must chain to; ``None``
-            means the platform's trust store.
-        client_cert: a PEM certificate (leaf first, then its chain) that the balancer
-            presents to the backends, for mutual TLS; set together with ``client_key``.
-        client_key: the PEM private key of ``client_cert``.
-        verify: whether backends' certificates are verified. ``False`` must be written in
-            the file, and the service logs a warning for it.
-    """
-
-    server_name: str | None = None
-    ca: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    verify: bool = True
-
-
-@attrs.frozen
-class PoolConfig:
-    """
-    A ``[pools.NAME]`` table: a set of backends and the strategy that picks among them.
-
-    Instances compare by value. They are not hashable, because ``strategy_options`` is a
-    mapping.
-
-    Attributes:
-        name: the table's name, which frontends refer to in their ``pool`` key.
-        backends: at least one backend, in file order; names and addresses are unique.
-        strategy: the name of an installed strategy plugin.
-        strategy_options: the ``strategy_options`` table, handed to the strategy factory as it
-            is. It is read-only: a :class:`types.MappingProxyType` in which nested tables are
-            also ``MappingProxyType`` and arrays are tuples. A plain ``dict`` passed to the
-            constructor is copied and frozen the same way.
-        connect_timeout: seconds to wait for a backend connection before trying the next.
-        retries: how many further backends to try after a failed connect, >= 0.
-        response_timeout: HTTP only: seconds from the request being sent to the first byte of
-            the response; past it the client is answered 504.
-        upstream_idle_timeout: HTTP only: seconds an idle keep-alive connection to a backend
-            is kept for reuse. The default, 4 s, is below the 5 s after which Node and other
-            common backends close idle connections.
-        max_idle_per_backend: HTTP only: idle upstream connections kept per backend, >= 0;
-            0 disables connection reuse.
-        health_check: the active checks, or ``None`` for none (backends start UP and stay
-            UP as far as checks go).
-        outlier_detection: passive ejection, or ``None`` for none.
-        panic: when no backend is available (UP and not ejected, backups included), balance
-            over every backend whose state is not ``drain`` or ``maint`` instead of refusing
-            the client (503 in http): Envoy's panic mode.
-        slow_start: seconds, >= 0; a backend that comes back into rotation ramps its
-            effective weight linearly from 10% to 100% over this time (HAProxy
-            ``slowstart``). 0 is off.
-        tls: TLS to the backends, or ``None`` for plain TCP.
-
-    The HTTP-only fields apply when the pool serves an ``http`` frontend (directly or through a
-    route), and a ``tcp`` frontend ignores them, so one pool can serve both.
-    """
-
-    name: str
-    backends: tuple[BackendConfig, ...] = attrs.field(converter=_backends)
-    strategy: str = "round_robin"
-    strategy_options: Mapping[str, object] = attrs.field(
-        factory=_empty_options, converter=_freeze_options
-    )
-    connect_timeout: float = 5.0
-    retries: int = 2
-    response_timeout: float = 60.0
-    upstream_idle_timeout: float = 4.0
-    max_idle_per_backend: int = 128
-    health_check: HealthCheckConfig | None = None
-    outlier_detection: OutlierDetectionConfig | None = None
-    panic: bool = False
-    slow_start: float = 0.0
-    tls: PoolTLSConfig | None = None
-
-
-@attrs.frozen
-class RouteConfig:
-    """
-    One ``[[frontends.NAME.routes]]`` table of an ``http`` frontend: which requests go to which
-    pool. A frontend's routes are tried in file order, the first that matches wins, and a
-    request that no route matches goes to the frontend's ``pool``.
-
-    A route matches when every part it has matches; at least one of ``host`` and
-    ``path_prefix`` is set.
-
-    Attributes:
-        pool: the name of a pool defined in the same file.
-        host: an exact host name (``"api.example.com"``), or ``"*."`` and a suffix
-            (``"*.example.com"``: any name that ends in ``.example.com``, not ``example.com``
-            itself), in lower case; compared with the request's host without its port, case
-            insensitively. IPv6 addresses are in brackets (``"[::1]"``). ``None`` matches any
-            host.
-        path_prefix: starts with ``/``; matches a request whose path starts with it, compared
-            as plain text (``"/v1"`` also matches ``/v1x``; ``"/v1/"`` does not). ``None``
-            matches any path.
-    """
-
-    pool: str
-    host: str | None = None
-    path_prefix: str | None = None
-
-
-@attrs.frozen
-class CertificateConfig:
-    """
-    One entry of ``certificates = [{ cert = "...", key = "..." }, ...]`` in
-    ``[frontends.NAME.tls]``.
-
-    Attributes:
-        cert: a PEM file with the certificate, leaf first, then its chain (nginx
-            ``ssl_certificate``); an absolute path.
-        key: a PEM file with the certificate's private key (nginx ``ssl_certificate_key``);
-            an absolute path.
-    """
-
-    cert: str
-    key: str
-
-
-@attrs.frozen
-class FrontendTLSConfig:
-    """
-    ``[frontends.NAME.tls]``: TLS termination on every listener of the frontend, in ``tcp`` and
-    ``http`` modes alike.
-
-    Paths are absolute: a relative path in the file is resolved against the directory of the
-    config file, as nginx resolves against its prefix (the current directory when the config
-    did not come from a file). The files were usable when the config was checked:
-    :func:`twisted_lb.tls.certificate_problem` and :func:`twisted_lb.tls.ca_problem` found
-    nothing wrong with them.
-
-    Attributes:
-        certificates: at least one certificate and key. SNI picks the certificate whose
-            subjectAltName matches the name the client asks for; the first is the default,
-            for clients that send no name or one that none matches (HAProxy ``crt``).
-        min_version: the oldest protocol accepted, ``"TLSv1.2"`` or ``"TLSv1.3"`` (nginx
-            ``ssl_protocols``, HAProxy ``ssl-min-ver``).
-        ciphers: an OpenSSL cipher string for TLS 1.2 (nginx ``ssl_ciphers``); ``None``
-            means Mozilla's "intermediate" list. TLS 1.3 suites are not affected.
-        client_ca: a PEM bundle of the CAs that client certificates must chain to (nginx
-            ``ssl_client_certificate``, HAProxy ``ca-file``), or ``None``.
-        verify_client: ``"none"`` (no client certificate is asked for), ``"optional"`` (one
-            is asked for and verified when sent) or ``"required"`` (a client without a valid
-            one is refused): nginx ``ssl_verify_client``, HAProxy ``verify``. The last two
-            need ``client_ca``.
-        curves: the groups (curves) of the key exchange, TLS 1.2 and 1.3, most preferred
-            first, in OpenSSL's names (nginx ``ssl_ecdh_curve``, HAProxy ``curves``); each
-            known to OpenSSL (:func:`twisted_lb.tls.group_problem`). The default is Mozilla's
-            "intermediate" profile, :data:`twisted_lb.tls.INTERMEDIATE_GROUPS`.
-    """
-
-    certificates: tuple[CertificateConfig, ...] = attrs.field(converter=_certificates)
-    min_version: str = "TLSv1.2"
-    ciphers: str | None = None
-    client_ca: str | None = None
-    verify_client: str = "none"
-    curves: tuple[str, ...] = attrs.field(
-        default=("X25519", "prime256v1", "secp384r1"), converter=_strings
-    )
-
-
-@attrs.frozen
-class FrontendConfig:
-    """
-    A ``[frontends.NAME]`` table: where to listen and which pool serves the clients.
-
-    The fields from ``header_timeout`` to ``tunnel_timeout`` are for ``mode = "http"`` only.
-    A ``tcp`` frontend in a file cannot set them and keeps their defaults.
-
-    Attributes:
-        name: the table's name.
-        mode: ``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).
-        listen: Twisted server endpoint descriptions such as
-            ``"tcp:8080:interface=127.0.0.1"``; at least one, each used by one frontend only.
-        pool: the name of a pool defined in the same file; for ``http``, the pool of the
-            requests that no route matches.
-        client_timeout: seconds a client connection may stay idle before it is closed (for
-            ``http``, the keep-alive idle time between requests).
-        max_connections: concurrent client connections; past it, new ones are refused.
-        header_timeout: seconds to receive a whole request head; past it the client is
-            answered 408.
-        max_header_bytes: the largest request head, in bytes, >= 1024; a larger one is
-            answered 431.
-        max_body_bytes: the largest request body, in bytes, >= 0; a larger one is answered
-            413. 0 means no limit.
-        trusted_proxies: addresses and networks, as written, whose ``X-Forwarded-For`` and
-            ``Forwarded`` headers are kept and appended to; each parses with
-            :func:`ipaddress.ip_network` and ``strict=False`` (``"10.0.0.1/8"`` is
-            ``10.0.0.0/8``, and a bare address is a network of one).
-        routes: the routes, in file order; the first that matches a request picks its pool.
-        tunnel_timeout: seconds an upgraded connection (a WebSocket tunnel after a 101
-            response) may stay idle before both sides are closed; it replaces
-            ``client_timeout`` once the tunnel is open.
-        underscores_in_headers: whether request header fields whose names contain ``_`` are
-            forwarded; when false (the default) they are dropped, as nginx's
-            ``underscores_in_headers off`` does.
-        tls: TLS termination on every listener, in either mode, or ``None`` for plain
-            connections.
-        proxy_protocol_from: addresses and networks, as written and parsed as
-            ``trusted_proxies``, of the peers whose PROXY protocol header a ``haproxy:``
-            listener believes; from any other peer a connection is refused. Empty (the
-            default) means ``trusted_proxies``, and any peer when that is empty too. Set
-            only on a frontend with a ``haproxy:`` listener; in either mode.
-    """
-
-    name: str
-    mode: str
-    listen: tuple[str, ...] = attrs.field(converter=_strings)
-    pool: str
-    client_timeout: float = 60.0
-    max_connections: int = 10000
-    header_timeout: float = 10.0
-    max_header_bytes: int = 65536
-    max_body_bytes: int = 0
-    trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
-    routes: tuple[RouteConfig, ...] = attrs.field(default=(), converter=_routes)
-    tunnel_timeout: float = 3600.0
-    underscores_in_headers: bool = False
-    tls: FrontendTLSConfig | None = None
-    proxy_protocol_from: tuple[str, ...] = attrs.field(default=(), converter=_strings)
-
-
-@attrs.frozen
-class GlobalConfig:
-    """
-    The ``[global]`` table: settings of the whole process.
-
-    Attributes:
-        log_format: ``"text"``, one line of text per log event, or ``"json"``, one JSON
-            object per line.
-        access_log: where the access line of each HTTP request and relayed TCP connection
-            goes: ``True`` for the default destination (under twistd, where twistd writes its
-            log), ``"stdout"``, an absolute file path, or ``False`` for none (nginx
-            ``access_log off``).
-        access_log_buffer: bytes of access lines held before they are written (nginx
-            ``access_log ... buffer=``); 0 writes each line at once.
-        access_log_flush: seconds an access line may wait in the buffer (nginx
-            ``access_log ... flush=``).
-        drain_timeout: seconds a reload (or a runtime removal) lets the connections and
-            requests of a removed backend, pool or frontend finish before closing the rest.
-    """
-
-    log_format: str = "text"
-    access_log: bool | str = True
-    access_log_buffer: int = 65536
-    access_log_flush: float = 1.0
-    drain_timeout: float = 30.0
-
-
-@attrs.frozen
-class AdminConfig:
-    """
-    The ``[admin]`` table: the admin API's listeners (see docs/operations.rst).
-
-    Attributes:
-        listen: Twisted server endpoint descriptions, as a frontend's ``listen``.
-        socket_mode: the file mode given to each ``unix:`` listener's socket, such as
-            ``0o600`` (written ``"0600"`` in the file).
-        token_file: the absolute path of a file holding the bearer token that mutating
-            calls must carry, or ``None`` for no token. Required when a TCP listener is not
-            on a loopback address.
-        state_file: the absolute path of the file where runtime changes are kept across
-            restarts (HAProxy's ``server-state-file``), or ``None``.
-    """
-
-    listen: tuple[str, ...] = attrs.field(converter=_strings)
-    socket_mode: int = 0o600
-    token_file: str | None = None
-    state_file: str | None = None
-
-
-@attrs.frozen
-class Config:
-    """
-    A whole, valid config file.
-
-    Instances compare by value. They are not hashable, because the fields are mappings.
-
-    Attributes:
-        path: the file the config came from, as given to :func:`load_config`, or the ``path``
-            given to :func:`parse_config`. Problems are reported against it, and relative
-            paths in ``tls`` tables are resolved against its directory (against the current
-            directory for a name in angle brackets, such as ``"<string>"``).
-        frontends: frontend name to frontend, in file order (read-only).
-        pools: pool name to pool, in file order (read-only). Every pool a frontend or a route
-            names is here; pools that nothing uses are kept too.
-        global_config: the ``[global]`` table, or its defaults when the file has none.
-        admin: the ``[admin]`` table, or ``None`` when the file has none (no admin API).
-    """
-
-    path: str
-    frontends: Mapping[str, FrontendConfig] = attrs.field(converter=_frontends)
-    pools: Mapping[str, PoolConfig] = attrs.field(converter=_pools)
-    global_config: GlobalConfig = attrs.field(factory=GlobalConfig)
-    admin: AdminConfig | None = None
 
 
 @attrs.frozen
@@ -535,14 +89,24 @@ class Problem:
             with the document as a whole, ``"cannot read"`` when the file could not be read,
             and ``"line L, column C"`` for TOML syntax errors.
         message: what is wrong and how to fix it.
+        line: the line of the file (from 1) that the key is on, or ``None`` when unknown
+            (no text, or a key that is missing). It does not take part in comparisons.
     """
 
     path: str
     key: str
     message: str
+    line: int | None = attrs.field(default=None, eq=False)
 
     def __str__(self) -> str:
         return f"{self.path}: {self.key}: {self.message}"
+
+    def located(self) -> str:
+        """
+        The problem as ``twisted-lb check`` prints it: ``str(problem)`` followed by
+        `` (line N)`` when the line is known.
+        """
+        return str(self) if self.line is None else f"{self} (line {self.line})"
 
 
 class ConfigError(Exception):
@@ -559,6 +123,1667 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(problem) for problem in self.problems)
+
+
+# -- how values are checked --------------------------------------------------------------------
+#
+# Every field's first validator is one of ours, so that each message is written here rather than
+# being pydantic's. A table's "before" hook can refuse one of its values in advance by putting a
+# _Refused in its place (a cross-key rule, an unknown key, a missing key): the field's validator
+# then fails with that message at that key, and the table's other keys are still checked.
+
+
+@attrs.frozen
+class _Refused:
+    """A value refused before validation, with the message; ``up`` moves the key to a parent."""
+
+    message: str
+    up: int = 0
+
+
+def _fail(message: str, *at: str | int, up: int = 0) -> NoReturn:
+    """Fail validation with our message (``at`` extends the key path, ``up`` shortens it)."""
+    raise PydanticCustomError("lb", "{message}", {"message": message, "at": at, "up": up})
+
+
+def _v(check: Callable[..., Any], input_type: Any = None) -> BeforeValidator:
+    """A before-validator that first fails with a :class:`_Refused` value's message."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, _Refused):
+            _fail(value.message, up=value.up)
+        if value is None:  # an optional key built in code; TOML has no null
+            return None
+        return check(value, info) if check.__code__.co_argcount == 2 else check(value)
+
+    if input_type is None:
+        return BeforeValidator(validate)
+    return BeforeValidator(validate, json_schema_input_type=input_type)
+
+
+@attrs.frozen
+class _Unit:
+    """Annotated metadata: adds ``"unit"`` to a key's JSON Schema, for the docs and editors."""
+
+    unit: str
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), "unit": self.unit}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters (line breaks included) escaped, as repr() does."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _describe(value: object) -> str:
+    """Name a value's TOML type with its article: ``"a string"``, ``"an array"``."""
+    if isinstance(value, bool):
+        return "a boolean"
+    for scalar, name in ((int, "an integer"), (float, "a float"), (str, "a string")):
+        if isinstance(value, scalar):
+            return name
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    kind = type(value).__name__
+    return {"datetime": "a date-time", "date": "a date", "time": "a time"}.get(kind, f"a {kind}")
+
+
+def _quote_list(words: Iterable[str]) -> str:
+    return ", ".join(repr(word) for word in words)
+
+
+def _suggest(word: str, choices: Sequence[str], plural: str, any_case: bool = False) -> str:
+    """
+    The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
+    ``choices`` is close (:func:`difflib.get_close_matches`, as written or in lower case), else
+    ``"; {plural} are: ..."``. ``any_case`` compares in lower case only, for ``"tlsv1.2"``.
+    """
+    folded = {choice.lower(): choice for choice in choices}
+    if any_case:
+        close = [folded[c] for c in difflib.get_close_matches(word.lower(), list(folded), n=1)]
+    else:
+        close = difflib.get_close_matches(word, choices, n=1) or difflib.get_close_matches(
+            word.lower(), choices, n=1
+        )
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; {plural} are: {_quote_list(choices)}"
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        _fail(f"must be a string, not {_describe(value)}")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        _fail(f"must be true or false, not {_describe(value)}")
+    return value
+
+
+def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
+    """An integer >= ``minimum`` (and <= ``maximum``); booleans and floats (even 2.0) fail."""
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            found = _describe(value)
+        elif value < minimum or (maximum is not None and value > maximum):
+            found = repr(value)
+        else:
+            return value
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        _fail(f"must be an integer {bounds}, not {found}")
+
+    return _v(check)
+
+
+_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_EXAMPLES = 'a number of seconds or a duration such as "30s", "500ms" or "2m"'
+
+
+def _to_seconds(value: object) -> float | None:
+    """A number of seconds, or a duration string (``"30s"``, ``"500ms"``, ``"2m"``, ``"1h"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf")
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is not None:
+            return float(match["number"]) * _DURATION_UNITS[match["unit"]]
+    return None
+
+
+def _seconds(zero_means: str | None = None) -> BeforeValidator:
+    """
+    A duration: finite and > 0, or >= 0 with ``zero_means`` (such as ``"off"``), as a float.
+    """
+
+    def check(value: object) -> float:
+        seconds = _to_seconds(value)
+        if seconds is None:
+            if isinstance(value, str):
+                _fail(f"{value!r} is not a duration; write {_DURATION_EXAMPLES}")
+            _fail(f"must be {_DURATION_EXAMPLES}, not {_describe(value)}")
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            _fail(f"must be a finite number of seconds, not {value!r}")
+        if zero_means is not None and seconds < 0:
+            _fail(f"must be 0 ({zero_means}) or more seconds, not {value!r}")
+        if zero_means is None and seconds <= 0:
+            _fail(f"must be more than 0 seconds, not {value!r}")
+        return seconds
+
+    number = Annotated[float, Field(ge=0) if zero_means else Field(gt=0)]
+    return _v(check, number | Annotated[str, Field(pattern=r"^[0-9.]+ *(ms|s|m|h)$")])
+
+
+def _choice(values: Sequence[str], noun: str, plural: str) -> BeforeValidator:
+    def check(value: object) -> str:
+        if _string(value) not in values:
+            _fail(f"unknown {noun} {value!r}" + _suggest(_string(value), values, plural))
+        return _string(value)
+
+    return _v(check)
+
+
+def _text(problem: Callable[[str], str | None]) -> BeforeValidator:
+    """A string that ``problem`` (one of the ``_*_problem`` functions below) finds no fault in."""
+
+    def check(value: object) -> str:
+        message = problem(_string(value))
+        if message is not None:
+            _fail(message)
+        return _string(value)
+
+    return _v(check)
+
+
+def _array(example: str, item: str = "strings") -> Callable[[object, ValidationInfo], Any]:
+    """An array, frozen to a tuple; ``example`` is what the message shows (``{key}``: the key)."""
+
+    def check(value: object, info: ValidationInfo) -> tuple[object, ...]:
+        if isinstance(value, tuple):
+            return value
+        if not isinstance(value, list):
+            shown = example.replace("{key}", info.field_name or "")
+            _fail(f"must be an array of {item}, as in {shown}, not {_describe(value)}")
+        return tuple(value)
+
+    return check
+
+
+def _freeze(value: object) -> object:
+    """A TOML value, read-only all the way down: tables become mapping proxies, arrays tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(key): _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+def join_key(parent: str, key: str) -> str:
+    """Extend a key path with a table key, quoting keys that are not bare TOML keys."""
+    if not _BARE_KEY.fullmatch(key):
+        key = _toml_string(key)
+    return f"{parent}.{key}" if parent else key
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    path = ""
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else join_key(path, part)
+    return path
+
+
+def _endpoint_problem(text: str) -> str | None:
+    """
+    Check a server endpoint description with Twisted's own parser, on a :class:`MemoryReactor`
+    so that nothing listens, and its port (0 to 65535), which the parser does not check.
+
+    Parsers of some endpoint types look at the environment while they build (``ssl:`` reads
+    its certificate files, ``systemd:`` its inherited descriptors), and their errors count.
+    """
+    try:
+        endpoint = serverFromString(MemoryReactor(), text)
+    except ValueError as e:
+        return str(e)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:, ...
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is not from 0 to 65535"
+    return None
+
+
+_LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
+_BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
+_MISSING = "required key is missing; add "
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
+_ONLY_HTTP_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
+_STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
+_STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
+_STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
+_CHECK_HOST_EXAMPLES = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
+_ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
+_HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
+_PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
+_CERTIFICATE_EXAMPLE = '{ cert = "site.pem", key = "site.key" }'
+_CERTIFICATES_EXAMPLE = f"certificates = [{_CERTIFICATE_EXAMPLE}]"
+_SERVER_NAME_EXAMPLES = "'app.internal', '10.0.0.5' or '2001:db8::1'"
+_FILE_EXAMPLES = {
+    "cert": '"site.pem"',
+    "key": '"site.key"',
+    "client_ca": '"client-ca.pem"',
+    "ca": '"ca.pem"',
+    "client_cert": '"client.pem"',
+    "client_key": '"client.key"',
+    "token_file": '"admin.token"',
+    "state_file": '"/var/lib/twisted-lb/state.json"',
+}
+_OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
+# nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
+_NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
+# The names HAProxy, nginx and Envoy give their balancing algorithms, and ours.
+_STRATEGY_ALIASES = {
+    "roundrobin": "round_robin",
+    "leastconn": "least_connections",
+    "least_conn": "least_connections",
+    "least_request": "least_connections",
+    "consistent_hash": "source_hash",
+    "ip_hash": "source_hash",
+    "source": "source_hash",
+    "ring_hash": "source_hash",
+    "maglev": "source_hash",
+}
+
+
+def _listen_of(example: str) -> Callable[[object, ValidationInfo], tuple[object, ...]]:
+    """A ``listen`` key: one endpoint description or an array of them (at least one)."""
+
+    def listen(value: object, info: ValidationInfo) -> tuple[object, ...]:
+        if isinstance(value, str):
+            return (_endpoint_of(example)(value),)
+        if isinstance(value, list | tuple) and not value:
+            _fail(f'must list at least one endpoint, as in listen = ["{example}"]')
+        if not isinstance(value, list | tuple):
+            _fail(f"must be a string or an array of strings, not {_describe(value)}")
+        return tuple(value)
+
+    return listen
+
+
+def _endpoint_of(example: str) -> Callable[[object], str]:
+    """One server endpoint description, checked by Twisted's parser (:func:`_endpoint_problem`)."""
+
+    def endpoint(value: object) -> str:
+        problem = _endpoint_problem(_string(value))
+        if problem is not None:
+            _fail(
+                f"{value!r} is not a valid server endpoint ({problem}); write one as in {example!r}"
+            )
+        return _string(value)
+
+    return endpoint
+
+
+_listen = _listen_of(_LISTEN_EXAMPLE)
+_endpoint = _endpoint_of(_LISTEN_EXAMPLE)
+
+
+def _network(value: object) -> str:
+    """An address or network, as :func:`ipaddress.ip_network` with ``strict=False`` takes it."""
+    text = _string(value)
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        _fail(f"{value!r} is not an IP address or network; write one as in {_PROXY_EXAMPLES}")
+    return _string(value)
+
+
+def _pool_reference(value: object, info: ValidationInfo) -> str:
+    """The name of a pool of the same file (checked when validating a file)."""
+    pool = _string(value)
+    pools: list[str] | None = (info.context or {}).get("pools")
+    if pools is None or pool in pools:
+        return pool
+    if pools:
+        hint = _suggest(pool, pools, "defined pools")
+    else:
+        hint = f"; define it as [{join_key('pools', pool)}]"
+    _fail(f"unknown pool {pool!r}{hint}")
+
+
+def _file(value: object, info: ValidationInfo) -> str:
+    """
+    A file of a ``tls`` table: a non-empty path, made absolute against the directory of the
+    config file (the current directory for a config that is not from a file).
+    """
+    path, key = _string(value), info.field_name or "path"
+    if not path:
+        _fail(f"must not be empty; write a path, as in {key} = {_FILE_EXAMPLES.get(key, '')}")
+    if "\0" in path:
+        _fail(f"{path!r}: a path cannot contain NUL characters")
+    return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), path))
+
+
+def _ca_file(value: str | None, info: ValidationInfo) -> str | None:
+    from twisted_lb.tls import ca_problem
+
+    problem = None if value is None or not info.context else ca_problem(value)
+    if problem is not None:
+        _fail(problem)
+    return value
+
+
+def _key_file(cert_field: str) -> AfterValidator:
+    """
+    A private key file, checked with its certificate (the field ``cert_field``, validated
+    before it) by :func:`twisted_lb.tls.certificate_problem`; the problem is reported on the
+    file it is about.
+    """
+
+    def check(key: str | None, info: ValidationInfo) -> str | None:
+        from twisted_lb.tls import certificate_problem
+
+        cert = info.data.get(cert_field)
+        if key is None or cert is None or not info.context:
+            return key
+        problem = certificate_problem(cert, key)
+        if problem is not None:
+            mine = info.field_name or "key"
+            _fail(problem, mine if _about_key(problem, cert, key) else cert_field, up=1)
+        return key
+
+    return AfterValidator(check)
+
+
+def _about_key(problem: str, cert: str, key: str) -> bool:
+    """
+    Whether a problem that :func:`twisted_lb.tls.certificate_problem` found is about the key
+    file: its messages start with the file they are about, and a key that does not match its
+    certificate is the key's problem. When both are one file, only the messages about the
+    private key are the key's.
+    """
+    if problem.startswith(f"{key} does not match "):
+        return True
+    if cert == key:
+        return "private key" in problem
+    return problem.startswith((f"cannot read {key}: ", f"{key}: "))
+
+
+def _expect_status(value: object, info: ValidationInfo) -> tuple[int, int]:
+    if isinstance(value, tuple | list) and not info.context:  # (low, high), built in code
+        low, high = value
+        return (low, high)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        _fail(f"must be a status code or a range, as in {_STATUS_EXAMPLES}, not {_describe(value)}")
+    problem = _status_problem(value)
+    if problem is not None:
+        _fail(problem)
+    if isinstance(value, int):
+        return (value, value)
+    match = _STATUS_RANGE.fullmatch(value)
+    assert match is not None
+    return (int(match["low"]), int(match["high"] or match["low"]))
+
+
+def _jitter(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        found = _describe(value)
+    elif not 0 <= value < 1:
+        found = repr(value)
+    else:
+        return float(value)
+    _fail(
+        "must be a fraction of the interval, at least 0 and less than 1, "
+        f"as in jitter = 0.1, not {found}"
+    )
+
+
+def _expect_body(value: object) -> str:
+    pattern = _string(value)
+    if not pattern:
+        _fail("must not be empty; leave expect_body out to accept any body")
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError) as e:  # OverflowError: a{4294967296}
+        error = str(e)
+    except RecursionError:
+        error = "nested too deeply"
+    else:
+        return pattern
+    _fail(
+        f"not a valid Python regular expression ({error}); fix it, or put a backslash "
+        "before each character meant literally, as in expect_body = '\\(ok\\)'"
+    )
+
+
+def _installed(info: ValidationInfo) -> list[str]:
+    """The installed strategies, looked up once per file (the lookup scans the plugins)."""
+    from twisted_lb import strategies
+
+    context = info.context if info.context is not None else {}
+    if "installed" not in context:
+        context["installed"] = sorted(strategies.installed_strategies())
+    installed: list[str] = context["installed"]
+    return installed
+
+
+def _strategy(value: object, info: ValidationInfo) -> str:
+    """The name of an installed strategy plugin; the default, round_robin, is built in."""
+    name = _string(value)
+    if name == defaults.STRATEGY:
+        return name
+    installed = _installed(info)
+    if name in installed:
+        return name
+    alias = _STRATEGY_ALIASES.get(name.lower())
+    close = [alias] if alias in installed else difflib.get_close_matches(name, installed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    _fail(
+        f"strategy {name!r} is not installed{hint}; installed strategies are: "
+        f"{_quote_list(installed)}"
+    )
+
+
+def _strategy_options(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(f"must be a table, as in strategy_options = {{}}, not {_describe(value)}")
+    frozen = _freeze(value)
+    assert isinstance(frozen, Mapping)
+    return frozen
+
+
+def _min_version(value: object) -> str:
+    from twisted_lb.tls import TLS_VERSIONS
+
+    version = _string(value)
+    if version in TLS_VERSIONS:
+        return version
+    if version.lower() in _OLD_TLS_VERSIONS:
+        _fail(
+            f"{version!r} is older than TLS 1.2, which is no longer safe (RFC 8996); "
+            'write min_version = "TLSv1.2"'
+        )
+    _fail(
+        f"unknown version {version!r}"
+        + _suggest(version, TLS_VERSIONS, "valid versions", any_case=True)
+    )
+
+
+def _ciphers(value: object) -> str:
+    from twisted_lb.tls import ciphers_problem
+
+    ciphers = _string(value)
+    if not ciphers.strip():
+        _fail("must not be empty; leave ciphers out for Mozilla's intermediate list")
+    problem = ciphers_problem(ciphers)
+    if problem is not None:
+        _fail(problem)
+    return ciphers
+
+
+def _curve(value: object) -> str:
+    """A TLS group (curve) name that OpenSSL knows (:func:`twisted_lb.tls.group_problem`)."""
+    from twisted_lb.tls import group_problem
+
+    if not isinstance(value, str):
+        _fail(f"must be a string, as in {_CURVES_EXAMPLE}, not {_describe(value)}")
+    problem = group_problem(value)
+    if problem is not None:
+        _fail(problem)
+    return value
+
+
+def _curves(value: object) -> tuple[object, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list) or not value:
+        _fail(
+            f"must be a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's "
+            f"intermediate profile, the default), not {_describe(value)}"
+        )
+    return tuple(value)
+
+
+_CURVES_EXAMPLE = 'curves = ["X25519", "prime256v1", "secp384r1"]'
+
+
+def _verify_client(value: object) -> str:
+    if isinstance(value, bool):
+        fix = _toml_string("required" if value else "none")
+        _fail(
+            f"must be 'none', 'optional' or 'required', not a boolean; write verify_client = {fix}"
+        )
+    verify = _string(value)
+    if verify in _VERIFY_CLIENT:
+        return verify
+    nginx = _NGINX_VERIFY_CLIENT.get(verify.lower())
+    if nginx is not None:
+        _fail(
+            f"unknown value {verify!r}; write verify_client = {_toml_string(nginx)} "
+            f"(nginx's ssl_verify_client {verify.lower()})"
+        )
+    _fail(f"unknown value {verify!r}" + _suggest(verify, _VERIFY_CLIENT, "valid values"))
+
+
+def _access_log(value: object, info: ValidationInfo) -> bool | str:
+    """``true``, ``false``, ``"stdout"``, or a file path, made absolute like a tls file."""
+    if isinstance(value, bool) or value == "stdout":
+        return value
+    if not isinstance(value, str):
+        _fail(f'must be true, false, "stdout" or a file path, not {_describe(value)}')
+    if not value or "\0" in value or value.endswith(os.sep):
+        _fail(
+            f'{value!r} is not a file path; write one, as in access_log = "access.log", '
+            'or true, false or "stdout"'
+        )
+    return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
+
+
+def _table_of(noun: str, example: str) -> Callable[[object], Any]:
+    """``frontends`` or ``pools``: a table of tables, at least one."""
+
+    def check(value: object) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            _fail(f"must be a table of {noun}s, as in [{example}], not {_describe(value)}")
+        if not value:
+            _fail(f"at least one {noun} is required; add one, as in [{example}]")
+        return dict(value)
+
+    return check
+
+
+_VERIFY_CLIENT = ("none", "optional", "required")
+_Str = Annotated[str, _v(_string)]
+_Bool = Annotated[bool, _v(_boolean)]
+_Seconds = Annotated[float, _seconds(), _Unit("s")]
+_OptionalSeconds = Annotated[float | None, _seconds(), _Unit("s")]
+_Count = Annotated[int, Field(ge=1), _integer(1)]
+_Files = Annotated[str, _v(_file), _Unit("path")]
+
+
+# -- the schema --------------------------------------------------------------------------------
+
+
+class _Positional(ModelMetaclass):
+    """Fields may also be given by position, in the order they are declared, as with attrs."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        kwargs.update(zip(cls.model_fields, args, strict=False))  # type: ignore[attr-defined]
+        return super().__call__(**kwargs)
+
+
+class _Model(BaseModel, metaclass=_Positional):
+    """
+    A table of the config file. Strict (TOML's types only: no ``"5"`` for 5, no ``1`` for
+    ``true``), closed (``extra="forbid"``), frozen, compared by value.
+
+    Subclasses say how their messages read: ``_example`` (what a table looks like),
+    ``_required`` (the fix for each missing required key), ``_aliases`` (other balancers'
+    names for our keys), ``_hidden`` (fields that are not keys of the file), and their cross-key
+    rules in :meth:`_prepare`, which refuses values before they are validated.
+    """
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+    _example: ClassVar[str | None] = None
+    _when_true: ClassVar[str | None] = None
+    _required: ClassVar[Mapping[str, str]] = {}
+    _aliases: ClassVar[Mapping[str, str]] = {}
+    _hidden: ClassVar[tuple[str, ...]] = ()
+    _later: ClassVar[tuple[str, ...]] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: {name} cannot be set")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: {name} cannot be deleted")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The keys a file may write in this table, in the order they are declared."""
+        return [
+            field.alias or name
+            for name, field in cls.model_fields.items()
+            if name not in cls._hidden
+        ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _table(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, _Refused):
+            _fail(data.message, up=data.up)
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            if cls._example is not None:
+                _fail(f"must be a table, as in {cls._example}, not {_describe(data)}")
+            message = f"must be a table, as in [{{where}}], not {_describe(data)}"
+            if data is True:
+                message += f"; {cls._when_true or 'write {key} = {} for the defaults'}"
+            elif data is False:
+                message += "; leave {key} out for none"
+            _fail(message)
+        data = dict(data)
+        if info.context:  # the rules across keys are for files; code may write any defaults
+            cls._prepare(data, info)
+        keys = cls.keys()
+        known = {*cls.model_fields, *keys}
+        for key in list(data):
+            if key not in known and not isinstance(data[key], _Refused):
+                data[key] = _Refused(cls._unknown(str(key), keys))
+        for key, fix in cls._required.items():
+            if key not in data:
+                data[key] = _Refused(_MISSING + fix)
+        return data
+
+    @classmethod
+    def _unknown(cls, key: str, keys: list[str]) -> str:
+        if key in cls._later:
+            return "not yet supported in this version; remove it"
+        hint = cls._aliases.get(key)
+        if hint in keys:
+            return f"unknown key (did you mean {hint!r}?)"
+        if hint is not None:
+            return f"unknown key; {hint}"
+        return "unknown key" + _suggest(key, keys, "valid keys")
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        """Refuse the values that break a rule across keys (see :class:`_Refused`)."""
+
+
+class BackendConfig(_Model):
+    """
+    One backend of a pool: ``backends = ["10.0.0.1:80", { address = "10.0.0.2:80", weight =
+    3 }]``. Its ``name`` is its identity within the pool.
+    """
+
+    _example = '"127.0.0.1:9001" or { address = "127.0.0.1:9001" }'
+    _required = {"address": 'address = "127.0.0.1:9001"'}
+    _aliases = {
+        "server": "address",
+        "host": "address",
+        "port": 'write the port in address, as in address = "10.0.0.1:80"',
+        "maxconn": "there is no per-backend connection limit; the frontend's max_connections "
+        "caps client connections",
+        "disabled": "state",
+    }
+
+    address: Annotated[str, _v(lambda value: _address(value))] = Field(
+        description="``host:port``, ``[v6]:port`` or ``unix:/path``, kept as written. A backend "
+        'may also be written as this string alone: ``backends = ["10.0.0.1:80"]``.'
+    )
+    name: Annotated[str, _v(_string)] = Field(
+        description="Unique within the pool; by default the pool's name and the backend's "
+        "position from 1 (``app1``, ``app2``, ...). Reloads match backends by name."
+    )
+    weight: _Count = Field(1, description="Relative share of new connections, >= 1.")
+    backup: _Bool = Field(
+        False, description="Used only when no primary (non-backup) backend of the pool is UP."
+    )
+    state: Annotated[
+        Literal["ready", "drain", "maint"],
+        _choice(("ready", "drain", "maint"), "state", "valid states"),
+    ] = Field(
+        "ready",
+        description='The administrative state, as HAProxy\'s ``set server state``: ``"ready"`` '
+        '(in service), ``"drain"`` (no new connections or requests; established ones finish) '
+        'or ``"maint"`` (out of service).',
+    )
+
+
+def _address(value: object) -> str:
+    text = _string(value)
+    try:
+        parse_address(text)
+    except ValueError as e:
+        _fail(str(e))
+    return _string(value)
+
+
+class HealthCheckConfig(_Model):
+    """
+    ``[pools.NAME.health_check]``: active checks of each backend (HAProxy ``check``, Envoy
+    health checking), with HAProxy's rise/fall semantics. An empty table means tcp checks with
+    the defaults. Absent: no active checks, backends start UP.
+    """
+
+    _aliases = {"type": "kind", "inter": "interval", "downinter": "down_interval", "uri": "path"}
+    _http_keys: ClassVar[tuple[str, ...]] = ("path", "host", "expect_status", "expect_body")
+
+    kind: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "kind", "valid kinds")] = (
+        Field(
+            "tcp",
+            description='``"tcp"``: a check passes when a connection is made; ``"http"``: '
+            "when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a "
+            "body that ``expect_body`` matches).",
+        )
+    )
+    interval: _Seconds = Field(
+        defaults.CHECK_INTERVAL, description="Between checks of an UP backend (HAProxy ``inter``)."
+    )
+    timeout: _Seconds = Field(
+        defaults.CHECK_TIMEOUT, description="A check that has not passed by then fails."
+    )
+    rise: _Count = Field(defaults.CHECK_RISE, description="Passes in a row that turn it UP.")
+    fall: _Count = Field(defaults.CHECK_FALL, description="Failures in a row that turn it DOWN.")
+    down_interval: _OptionalSeconds = Field(
+        None,
+        description="Between checks of a DOWN backend (HAProxy ``downinter``); "
+        "default: ``interval``.",
+    )
+    jitter: Annotated[float, Field(ge=0, lt=1), _v(_jitter), _Unit("fraction")] = Field(
+        defaults.CHECK_JITTER,
+        description="Each delay is drawn from ``interval * (1 ± jitter)`` so that checks "
+        "spread out (HAProxy ``spread-checks``); 0 <= jitter < 1.",
+    )
+    path: Annotated[str, _text(lambda path: _check_path_problem(path))] = Field(
+        defaults.CHECK_PATH,
+        description="http only: the request target, from ``/``, in printable ASCII; it may "
+        "have a query.",
+    )
+    host: Annotated[str | None, _text(lambda host: _check_host_problem(host))] = Field(
+        None,
+        description="http only: the ``Host`` header, a name or IP address with an optional "
+        "``:port``; default: the backend's address.",
+    )
+    expect_status: Annotated[tuple[int, int], _v(_expect_status, int | str)] = Field(
+        defaults.CHECK_EXPECT_STATUS,
+        description='http only: the passing statuses: ``"200-399"`` (a range), ``"200"`` or '
+        "``200``, from 100 to 599. In the data: ``(low, high)``.",
+    )
+    expect_body: Annotated[str | None, _v(_expect_body)] = Field(
+        None,
+        description="http only: a Python regular expression searched for in the first 64 KiB "
+        "of the body; default: any body.",
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        if data.get("kind", "tcp") == "tcp":
+            for key in cls._http_keys:
+                if key in data:
+                    data[key] = _Refused(_ONLY_HTTP_CHECK)
+
+
+class OutlierDetectionConfig(_Model):
+    """
+    ``[pools.NAME.outlier_detection]``: passive ejection of backends that fail real traffic
+    (Envoy outlier detection). Absent: none.
+    """
+
+    consecutive_failures: _Count = Field(
+        defaults.CONSECUTIVE_FAILURES,
+        description="Failed connects (and, with ``count_5xx``, 5xx responses) in a row that "
+        "eject a backend.",
+    )
+    base_ejection_time: _Seconds = Field(
+        defaults.BASE_EJECTION_TIME,
+        description="An ejection lasts this times the number of times the backend has been "
+        "ejected.",
+    )
+    max_ejection_time: _Seconds = Field(
+        defaults.MAX_EJECTION_TIME, description="The cap on one ejection; >= the base time."
+    )
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100), _integer(0, 100), _Unit("%")] = Field(
+        defaults.MAX_EJECTION_PERCENT,
+        description="The largest share of the pool's backends that may be ejected at once.",
+    )
+    count_5xx: _Bool = Field(False, description="HTTP: also count 5xx responses as failures.")
+    uneject_on_passing_check: _Bool = Field(
+        True,
+        description="A passing active health check of an ejected backend that is UP by its "
+        "checks ends the ejection at once (Envoy's "
+        "``successful_active_health_check_uneject_host``).",
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        base_written = data.get("base_ejection_time", defaults.BASE_EJECTION_TIME)
+        base, cap = (
+            _to_seconds(base_written),
+            _to_seconds(data.get("max_ejection_time", defaults.MAX_EJECTION_TIME)),
+        )
+        if base is None or cap is None or cap >= base or base <= 0 or cap <= 0:
+            return
+        if "max_ejection_time" in data:
+            message = (
+                f"must be >= base_ejection_time ({base_written!r}), "
+                f"not {data['max_ejection_time']!r}; raise it or lower base_ejection_time"
+            )
+            data["max_ejection_time"] = _Refused(message)
+        else:
+            message = (
+                f"is {cap!r} by default, below base_ejection_time ({base_written!r}); "
+                f"add max_ejection_time = {base_written!r} or more, or lower base_ejection_time"
+            )
+            data["max_ejection_time"] = _Refused(message)
+
+
+class PoolTLSConfig(_Model):
+    """
+    ``[pools.NAME.tls]``: TLS to the pool's backends, verified by default (HAProxy ``server ...
+    ssl verify required ca-file ... sni ...``; nginx ``proxy_ssl_verify on``). Relative paths
+    are resolved against the directory of the config file. Absent: plain TCP.
+    """
+
+    _aliases = {
+        "sni": "server_name",
+        "verifyhost": "server_name",
+        "proxy_ssl_name": "server_name",
+        "ca_file": "ca",
+        "ca-file": "ca",
+        "proxy_ssl_trusted_certificate": "ca",
+        "crt": "client_cert",
+        "proxy_ssl_verify": "verify",
+    }
+
+    server_name: Annotated[str | None, _text(lambda name: _server_name_problem(name))] = Field(
+        None,
+        description="The name backends' certificates are verified against, also sent as SNI: "
+        "a DNS name or IP address (IPv6 without brackets); default: each backend's host.",
+    )
+    ca: Annotated[_Files | None, AfterValidator(_ca_file)] = Field(
+        None,
+        description="A PEM bundle of the CAs backends' certificates must chain to; default: "
+        "the system trust store.",
+    )
+    client_cert: _Files | None = Field(
+        None,
+        description="A PEM certificate (leaf first, then its chain) presented to the backends, "
+        "for mutual TLS; with ``client_key``.",
+    )
+    client_key: Annotated[_Files | None, _key_file("client_cert")] = Field(
+        None, description="The PEM private key of ``client_cert``."
+    )
+    verify: _Bool = Field(
+        True,
+        description="Whether backends' certificates are verified; ``false`` logs a warning.",
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        pairs = [
+            ("client_cert", "client_key", "its private key"),
+            ("client_key", "client_cert", "the certificate it is the key of"),
+        ]
+        for key, other, what in pairs:
+            if key in data and other not in data:
+                data[key] = _Refused(
+                    f"needs {other}, {what}; add {other} = {_FILE_EXAMPLES[other]}"
+                )
+
+
+class PoolConfig(_Model):
+    """
+    A ``[pools.NAME]`` table: a set of backends and the strategy that picks among them. Its
+    name is its identity: frontends and routes name it, and reloads match pools by it.
+
+    The HTTP-only keys apply when the pool serves an ``http`` frontend, and a ``tcp``
+    frontend ignores them, so one pool can serve both.
+    """
+
+    _required = {"backends": _BACKENDS_EXAMPLE}
+    _hidden = ("name",)
+    _aliases = {
+        "balance": "strategy",
+        "server": "backends",
+        "servers": "backends",
+        "upstream": "backends",
+        "timeout": "write connect_timeout or response_timeout",
+        "maxconn": "there is no per-pool connection limit; the frontend's max_connections caps "
+        "client connections",
+        "health": "health_check",
+        "check": "health_check",
+    }
+
+    name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
+    backends: Annotated[
+        tuple[BackendConfig, ...],
+        _v(_backends, list[str | BackendConfig]),
+    ] = Field(description="At least one backend, in file order; names and addresses unique.")
+    strategy: Annotated[str, _v(_strategy)] = Field(
+        defaults.STRATEGY, description="The name of an installed strategy plugin."
+    )
+    strategy_options: Annotated[
+        Mapping[str, Any], _v(_strategy_options), AfterValidator(_read_only)
+    ] = Field(
+        default_factory=lambda: MappingProxyType({}),
+        description="Handed to the strategy, which checks them; read-only in the data.",
+    )
+    connect_timeout: _Seconds = Field(
+        defaults.CONNECT_TIMEOUT, description="To wait for a backend connection before the next."
+    )
+    retries: Annotated[int, Field(ge=0), _integer(0)] = Field(
+        defaults.RETRIES, description="Further backends tried when connecting fails."
+    )
+    response_timeout: _Seconds = Field(
+        defaults.RESPONSE_TIMEOUT,
+        description="HTTP: from the request being sent to the first byte of the response; "
+        "then 504.",
+    )
+    upstream_idle_timeout: _Seconds = Field(
+        defaults.UPSTREAM_IDLE_TIMEOUT,
+        description="HTTP: an idle keep-alive backend connection is kept this long for reuse; "
+        "below the 5 s after which Node and others close idle connections.",
+    )
+    max_idle_per_backend: Annotated[int, Field(ge=0), _integer(0), _Unit("connections")] = Field(
+        defaults.MAX_IDLE_PER_BACKEND,
+        description="HTTP: idle upstream connections kept per backend; 0 disables reuse.",
+    )
+    health_check: HealthCheckConfig | None = Field(None, description="Active checks.")
+    outlier_detection: OutlierDetectionConfig | None = Field(None, description="Passive ejection.")
+    panic: _Bool = Field(
+        False,
+        description="When no backend is available, balance over every backend not in "
+        "``drain`` or ``maint`` instead of refusing the client (Envoy's panic mode).",
+    )
+    slow_start: Annotated[float, _seconds("off"), _Unit("s")] = Field(
+        defaults.SLOW_START,
+        description="A backend back in rotation ramps its weight from 10% to 100% over this "
+        "time (HAProxy ``slowstart``); 0 is off.",
+    )
+    tls: PoolTLSConfig | None = Field(None, description="TLS to the backends.")
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        backends = data.get("backends")
+        if not isinstance(backends, list):
+            return
+        data["backends"] = backends = [
+            {"address": item} if isinstance(item, str) else item for item in backends
+        ]
+        names: dict[str, str] = {}
+        addresses: dict[object, str] = {}
+        where = join_key("pools", str(data.get("name", "")))
+        for index, item in enumerate(backends):
+            if not isinstance(item, Mapping):
+                continue
+            item = backends[index] = dict(item)
+            item_key = f"{where}.backends[{index}]"
+            default_name = f"{data.get('name')}{index + 1}"
+            written = "name" in item
+            name = item.setdefault("name", default_name)
+            if name == "":
+                item["name"] = _Refused(f"must not be empty; leave it out to use {default_name!r}")
+            elif isinstance(name, str) and name in names:
+                item["name"] = _Refused(
+                    f"backend name {name!r} is already used by {names[name]}; "
+                    "give each backend a unique name",
+                    up=0 if written else 1,
+                )
+            elif isinstance(name, str):
+                names[name] = item_key
+            address = item.get("address")
+            try:
+                parsed: object = parse_address(address) if isinstance(address, str) else None
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed in addresses:
+                item["address"] = _Refused(
+                    f"{address!r} is already used by {addresses[parsed]}; "
+                    "list each backend once and give it a higher weight instead"
+                )
+            elif parsed is not None:
+                addresses[parsed] = item_key
+        cls._check_strategy(data, info)
+        cls._check_server_name(data, backends)
+
+    @classmethod
+    def _check_strategy(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        """Let the strategy's factory judge its options (it raises ValueError naming one)."""
+        from twisted_lb import strategies
+
+        strategy, options = data.get("strategy", defaults.STRATEGY), data.get("strategy_options")
+        if not isinstance(strategy, str) or not isinstance(options, Mapping) or not options:
+            return
+        try:
+            if strategy == defaults.STRATEGY or strategy in _installed(info):
+                strategies.get_strategy(strategy, _freeze(options))  # type: ignore[arg-type]
+        except ValueError as e:
+            data["strategy_options"] = _Refused(f"{e}; fix or remove it")
+
+    @classmethod
+    def _check_server_name(cls, data: dict[str, Any], backends: list[Any]) -> None:
+        """With verification on and no ``server_name``, a UNIX socket backend has no host."""
+        tls = data.get("tls")
+        if not isinstance(tls, Mapping) or tls.get("verify", True) is False:
+            return
+        if "server_name" in tls:
+            return
+        for index, backend in enumerate(backends):
+            address = backend.get("address") if isinstance(backend, Mapping) else None
+            if isinstance(address, str) and address.startswith("unix:"):
+                data["tls"] = {
+                    **tls,
+                    "server_name": _Refused(
+                        f"required when a backend is a UNIX socket, as backends[{index}] "
+                        f"({address!r}) is: it has no host name to verify its certificate "
+                        'against; add server_name = "app.internal", a name that the '
+                        "backends' certificates are for"
+                    ),
+                }
+                return
+
+
+def _require_pool(data: dict[str, Any], info: ValidationInfo) -> None:
+    if "pool" not in data:
+        pools = (info.context or {}).get("pools") or ["app"]
+        data["pool"] = _Refused(_MISSING + f"pool = {_toml_string(pools[0])}")
+
+
+class RouteConfig(_Model):
+    """
+    One ``[[frontends.NAME.routes]]`` table: which requests go to which pool. Routes are tried
+    in file order, the first that matches wins, and a request that none matches goes to the
+    frontend's ``pool``. A route matches when every part it has matches.
+    """
+
+    _example = _ROUTE_EXAMPLE
+
+    pool: Annotated[str, _v(_pool_reference)] = Field(
+        description="The name of a pool of the same file."
+    )
+    host: Annotated[
+        str | None,
+        _text(lambda host: _host_problem(host)),
+        AfterValidator(lambda host: None if host is None else host.lower()),
+    ] = Field(
+        None,
+        description='An exact name (``"api.example.com"``) or ``"*."`` and a suffix '
+        '(``"*.example.com"``: names ending in ``.example.com``), compared without the '
+        "port, case-insensitively; IPv6 in brackets. Default: any host.",
+    )
+    path_prefix: Annotated[str | None, _text(lambda prefix: _path_prefix_problem(prefix))] = Field(
+        None,
+        description="From ``/``; matches paths that start with it, as plain text "
+        '(``"/v1"`` also matches ``/v1x``). Default: any path.',
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        _require_pool(data, info)
+        if "host" not in data and "path_prefix" not in data:
+            data["host"] = _Refused(
+                'a route needs host, path_prefix or both, as in path_prefix = "/api/"; '
+                "requests that no route matches go to the frontend's pool",
+                up=1,
+            )
+
+
+class CertificateConfig(_Model):
+    """One entry of ``certificates``: a certificate and its key, checked together by tls.py."""
+
+    _example = _CERTIFICATE_EXAMPLE
+    _required = {"cert": 'cert = "site.pem"', "key": 'key = "site.key"'}
+
+    cert: _Files = Field(
+        description="A PEM file: the certificate, leaf first, then its chain (nginx "
+        "``ssl_certificate``)."
+    )
+    key: Annotated[_Files, _key_file("cert")] = Field(
+        description="A PEM file: the certificate's private key (nginx ``ssl_certificate_key``)."
+    )
+
+
+class FrontendTLSConfig(_Model):
+    """
+    ``[frontends.NAME.tls]``: TLS termination on every listener of the frontend, in both
+    modes. Relative paths are resolved against the directory of the config file, as nginx
+    resolves against its prefix. Absent: plain connections.
+    """
+
+    _when_true = f"add its certificates, as in tls = {{ {_CERTIFICATES_EXAMPLE} }}"
+    _required = {"certificates": _CERTIFICATES_EXAMPLE}
+    _aliases = {
+        "crt": "certificates",
+        "ssl_certificate": "certificates",
+        "ssl_protocols": "min_version",
+        "ssl-min-ver": "min_version",
+        "ssl_ciphers": "ciphers",
+        "ssl_ecdh_curve": "curves",
+        "groups": "curves",
+        "ca_file": "client_ca",
+        "ca-file": "client_ca",
+        "ssl_client_certificate": "client_ca",
+        "verify": "verify_client",
+        "ssl_verify_client": "verify_client",
+    }
+
+    certificates: Annotated[
+        tuple[CertificateConfig, ...],
+        _v(_certificates, list[CertificateConfig]),
+    ] = Field(
+        description="At least one. SNI picks the certificate whose subjectAltName matches the "
+        "name the client asks for; the first is the default (HAProxy ``crt``)."
+    )
+    min_version: Annotated[str, _v(_min_version)] = Field(
+        defaults.MIN_TLS_VERSION,
+        description='The oldest protocol accepted: ``"TLSv1.2"`` or ``"TLSv1.3"`` (nginx '
+        "``ssl_protocols``).",
+    )
+    ciphers: Annotated[str | None, _v(_ciphers)] = Field(
+        None,
+        description="An OpenSSL cipher string for TLS 1.2 (nginx ``ssl_ciphers``); default: "
+        "Mozilla's intermediate list. TLS 1.3 suites are not affected.",
+    )
+    client_ca: Annotated[_Files | None, AfterValidator(_ca_file)] = Field(
+        None,
+        description="A PEM bundle of the CAs client certificates must chain to (nginx "
+        "``ssl_client_certificate``).",
+    )
+    verify_client: Annotated[Literal["none", "optional", "required"], _v(_verify_client)] = Field(
+        "none",
+        description='``"none"``, ``"optional"`` (asked for, verified when sent) or '
+        '``"required"`` (nginx ``ssl_verify_client``); the last two need ``client_ca``.',
+    )
+    curves: Annotated[
+        tuple[Annotated[str, _v(_curve)], ...],
+        _v(_curves, list[str]),
+    ] = Field(
+        defaults.TLS_CURVES,
+        description="The key exchange groups offered, in order of preference (nginx "
+        "``ssl_ecdh_curve``); Mozilla intermediate by default.",
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        misplaced = [key for key in ("cert", "key") if key in data]
+        if misplaced:
+            cert, key = (
+                _toml_string(path) if isinstance(path, str) and path else _FILE_EXAMPLES[name]
+                for name in ("cert", "key")
+                for path in [data.get(name)]
+            )
+            fix = f"certificates = [{{ cert = {cert}, key = {key} }}]"
+            for name in misplaced:
+                data[name] = _Refused(f"goes in an entry of certificates; write {fix}")
+            if "certificates" not in data:
+                data["certificates"] = _Refused("")  # reported as the misplaced keys
+        verify = data.get("verify_client")
+        if verify in ("optional", "required") and "client_ca" not in data:
+            data["verify_client"] = _Refused(
+                f"{verify!r} needs client_ca, the CA bundle that client certificates are "
+                f"verified against; add client_ca = {_FILE_EXAMPLES['client_ca']}"
+            )
+
+
+def _certificates(value: object) -> tuple[object, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list):
+        message = (
+            f"must be an array of tables, as in {_CERTIFICATES_EXAMPLE}, not {_describe(value)}"
+        )
+        _fail(message + ("; put the table in brackets" if isinstance(value, Mapping) else ""))
+    if not value:
+        _fail(f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}")
+    return tuple(value)
+
+
+def _backends(value: object) -> tuple[object, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list):
+        _fail(
+            f"must be an array of addresses or tables, as in {_BACKENDS_EXAMPLE} or "
+            f'backends = ["127.0.0.1:9001"], not {_describe(value)}'
+        )
+    if not value:
+        _fail(f"must list at least one backend, as in {_BACKENDS_EXAMPLE}")
+    return tuple(value)
+
+
+def _routes(value: object, info: ValidationInfo) -> tuple[object, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list):
+        _fail(f"must be an array of tables, as in [[{{where}}]], not {_describe(value)}")
+    return tuple(value)
+
+
+_Networks = Annotated[
+    tuple[Annotated[str, _v(_network)], ...], _v(_array('{key} = ["10.0.0.0/8"]'), list[str])
+]
+
+
+class FrontendConfig(_Model):
+    """
+    A ``[frontends.NAME]`` table: where to listen and which pool serves the clients. Its name
+    is its identity, which reloads match frontends by. The keys marked http only are errors in a
+    ``mode = "tcp"`` frontend, which keeps their defaults.
+    """
+
+    _required = {
+        "mode": 'mode = "http" or mode = "tcp"',
+        "listen": f'listen = ["{_LISTEN_EXAMPLE}"]',
+    }
+    _hidden = ("name",)
+    _http_keys: ClassVar[tuple[str, ...]] = (
+        "header_timeout",
+        "max_header_bytes",
+        "max_body_bytes",
+        "trusted_proxies",
+        "routes",
+        "tunnel_timeout",
+        "underscores_in_headers",
+    )
+    _aliases = {
+        "maxconn": "max_connections",
+        "bind": "listen",
+        "port": "listen",
+        "default_backend": "pool",
+        "backend": "pool",
+        "upstream": "pool",
+        "use_backend": "routes",
+        "location": "routes",
+        "timeout": "write client_timeout, header_timeout or tunnel_timeout",
+        "balance": "the strategy goes in the pool: strategy = ... in [pools.NAME]",
+        "server": "backends go in a pool: backends = [...] in [pools.NAME]",
+        "client_max_body_size": "max_body_bytes",
+        "ssl": "tls",
+    }
+
+    name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
+    mode: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "mode", "valid modes")] = (
+        Field(description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).')
+    )
+    listen: Annotated[tuple[Annotated[str, _v(_endpoint)], ...], _v(_listen, str | list[str])] = (
+        Field(
+            description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
+            '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
+        )
+    )
+    pool: Annotated[str, _v(_pool_reference)] = Field(
+        description="A pool of the same file; for http, the pool of requests no route matches."
+    )
+    client_timeout: _Seconds = Field(
+        defaults.CLIENT_TIMEOUT,
+        description="An idle client connection is closed (http: the keep-alive idle time).",
+    )
+    max_connections: Annotated[int, Field(ge=1), _integer(1), _Unit("connections")] = Field(
+        defaults.MAX_CONNECTIONS,
+        description="Concurrent client connections; past it, new ones are refused.",
+    )
+    header_timeout: _Seconds = Field(
+        defaults.HEADER_TIMEOUT,
+        description="http only: to receive a whole request head, else 408.",
+        json_schema_extra={"mode": "http"},
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024), _integer(1024), _Unit("bytes")] = Field(
+        defaults.MAX_HEADER_BYTES,
+        description="http only: the largest request head, >= 1024, else 431.",
+        json_schema_extra={"mode": "http"},
+    )
+    max_body_bytes: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+        defaults.MAX_BODY_BYTES,
+        description="http only: the largest request body, else 413; 0 means no limit.",
+        json_schema_extra={"mode": "http"},
+    )
+    trusted_proxies: _Networks = Field(
+        (),
+        description="http only: addresses and networks (``ipaddress.ip_network``, "
+        "``strict=False``) whose ``X-Forwarded-For`` and ``Forwarded`` are kept, as written.",
+        json_schema_extra={"mode": "http"},
+    )
+    routes: Annotated[tuple[RouteConfig, ...], _v(_routes, list[RouteConfig])] = Field(
+        (),
+        description="http only: ``[[frontends.NAME.routes]]``, in file order; the first match "
+        "picks the pool.",
+        json_schema_extra={"mode": "http"},
+    )
+    tunnel_timeout: _Seconds = Field(
+        defaults.TUNNEL_TIMEOUT,
+        description="http only: an upgraded connection (a WebSocket after 101) idle this long "
+        "is closed; it replaces client_timeout once the tunnel is open.",
+        json_schema_extra={"mode": "http"},
+    )
+    tls: FrontendTLSConfig | None = Field(None, description="TLS termination.")
+    proxy_protocol_from: _Networks = Field(
+        (),
+        description="The peers (addresses and networks, as ``trusted_proxies``) whose PROXY "
+        "protocol header a ``haproxy:`` listener believes; others are refused. Empty: "
+        "``trusted_proxies``, or any peer when that is empty too. Only with a ``haproxy:`` "
+        "listener.",
+    )
+    underscores_in_headers: _Bool = Field(
+        False,
+        description="http only: forward request header fields whose names contain ``_``; "
+        "when false they are dropped, as nginx's ``underscores_in_headers off`` does.",
+        json_schema_extra={"mode": "http"},
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        if data.get("mode") == "tcp":
+            for key in cls._http_keys:
+                if key in data:
+                    data[key] = _Refused(_ONLY_HTTP)
+        _require_pool(data, info)
+        listen = data.get("listen")
+        listen = [listen] if isinstance(listen, str) else listen
+        if (
+            data.get("proxy_protocol_from")
+            and isinstance(listen, list)
+            and listen
+            and all(isinstance(item, str) and proxy_listener(item) is None for item in listen)
+        ):
+            data["proxy_protocol_from"] = _Refused(
+                "is for a frontend that takes the PROXY protocol, and none of its listeners "
+                'does; prefix the listener with haproxy:, as in listen = ["haproxy:'
+                f'{listen[0]}"], or remove proxy_protocol_from'
+            )
+        routes = data.get("routes")
+        if isinstance(routes, list):
+            data["routes"] = routes = list(routes)
+            where = join_key(join_key("frontends", str(data.get("name", ""))), "routes")
+            seen: dict[tuple[object, object], str] = {}
+            for index, route in enumerate(routes):
+                if not isinstance(route, Mapping) or not (
+                    "host" in route or "path_prefix" in route
+                ):
+                    continue
+                host, prefix = route.get("host"), route.get("path_prefix")
+                match = (host.lower() if isinstance(host, str) else repr(host), repr(prefix))
+                if match in seen:
+                    routes[index] = _Refused(
+                        f"matches the same requests as {seen[match]}, which comes first and "
+                        "wins; remove one of them"
+                    )
+                else:
+                    seen[match] = f"{where}[{index}]"
+
+
+class GlobalConfig(_Model):
+    """The ``[global]`` table: settings of the whole process."""
+
+    _example = "[global]"
+    log_format: Annotated[
+        Literal["text", "json"], _choice(("text", "json"), "log format", "valid formats")
+    ] = Field(
+        "text",
+        description='``"text"``: one line of text per log event; ``"json"``: one JSON object '
+        "per line.",
+    )
+    access_log: Annotated[bool | str, _v(_access_log, bool | str)] = Field(
+        True,
+        description="Where the access line of each HTTP request and relayed TCP connection "
+        'goes: ``true``, the default destination (under twistd, its log); ``"stdout"``; a file '
+        "path, relative to the config file; or ``false``, none (nginx ``access_log off``).",
+    )
+    access_log_buffer: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+        defaults.ACCESS_LOG_BUFFER,
+        description="Access lines held before they are written (nginx ``access_log ... "
+        "buffer=``); 0 writes each line at once.",
+    )
+    access_log_flush: _Seconds = Field(
+        defaults.ACCESS_LOG_FLUSH,
+        description="An access line waits in the buffer this long at most (nginx "
+        "``access_log ... flush=``).",
+    )
+    drain_timeout: _Seconds = Field(
+        defaults.DRAIN_TIMEOUT,
+        description="How long a reload (or a runtime removal) lets the connections and "
+        "requests of a removed backend, pool or frontend finish; the rest are then closed, "
+        "with a log event.",
+    )
+
+
+_ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
+
+
+def _exposed_endpoint(text: str) -> str | None:
+    """
+    Where a valid server endpoint description listens when other hosts can reach it: a TCP
+    (or TLS) endpoint on an address that is not loopback, or one this module cannot place
+    (``systemd:``, plugins).
+
+    Returns:
+        A description such as ``"all interfaces"`` or ``"192.0.2.7"``, or ``None`` for a
+        ``unix:`` socket or a loopback address.
+    """
+    from twisted.internet.endpoints import UNIXServerEndpoint
+
+    endpoint = serverFromString(MemoryReactor(), text)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return None
+    interface = getattr(endpoint, "_interface", None)
+    if not isinstance(interface, str):
+        return f"an address this check cannot see ({text.partition(':')[0]}:)"
+    if interface in ("", "::", "0.0.0.0"):
+        return "all interfaces"
+    try:
+        if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return interface
+
+
+def _socket_mode(value: object) -> int:
+    """
+    ``socket_mode``: a file mode in octal, from ``"0000"`` to ``"0777"``: a string of octal
+    digits (``"0600"``, ``"600"``) or a TOML octal integer (``0o600``).
+    """
+    hint = 'write it in octal as a string, as in socket_mode = "0600"'
+    if isinstance(value, str):
+        if re.fullmatch(r"0?[0-7]{3}", value):
+            return int(value, 8)
+        _fail(f"{value!r} is not a file mode from '0000' to '0777'; {hint}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= 0o777:
+            return value
+        _fail(
+            f"{value} is not a file mode from 0o000 to 0o777 (a decimal 600 is not 0o600); {hint}"
+        )
+    _fail(f'must be a string, as in socket_mode = "0600", not {_describe(value)}')
+
+
+def _token_file(path: str | None) -> str | None:
+    """A bearer token file: readable, with a token (ASCII) on its first line."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.read(4096).partition(b"\n")[0].strip()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror or e}")
+    if not first:
+        _fail(f"{path} is empty; write the token on its first line")
+    try:
+        first.decode("ascii")
+    except UnicodeDecodeError:
+        _fail(f"{path}: the token must be ASCII text")
+    return path
+
+
+class AdminConfig(_Model):
+    """
+    The ``[admin]`` table: the admin API's listeners (see docs/operations.rst). Without the
+    table there is no admin listener.
+    """
+
+    _example = f'[admin] listen = ["{_ADMIN_LISTEN_EXAMPLE}"]'
+    _required = {"listen": f'listen = ["{_ADMIN_LISTEN_EXAMPLE}"]'}
+
+    listen: Annotated[
+        tuple[Annotated[str, _v(_endpoint_of(_ADMIN_LISTEN_EXAMPLE))], ...],
+        _v(_listen_of(_ADMIN_LISTEN_EXAMPLE), str | list[str]),
+    ] = Field(
+        description="Twisted server endpoint descriptions of the admin API, as a frontend's "
+        '``listen``: ``"unix:/run/twisted-lb/admin.sock"``, ``"tcp:9901:interface=127.0.0.1"``.'
+        " A TCP listener that other hosts can reach needs ``token_file``."
+    )
+    socket_mode: Annotated[int, _v(_socket_mode, str | int), _Unit("octal file mode")] = Field(
+        defaults.ADMIN_SOCKET_MODE,
+        description="The file mode of each ``unix:`` listener's socket, written in octal as a "
+        'string (``"0600"``) or a TOML octal integer (``0o600``).',
+        json_schema_extra={"default": "0600"},
+    )
+    token_file: Annotated[str | None, _v(_file), AfterValidator(_token_file), _Unit("path")] = (
+        Field(
+            None,
+            description="A file whose first line is the bearer token that mutating calls "
+            "(``PATCH``, ``POST``, ``DELETE``) must send; relative to the config file. Reads need "
+            "no token.",
+        )
+    )
+    state_file: Annotated[str | None, _v(_file), _Unit("path")] = Field(
+        None,
+        description="Where runtime changes made through the admin API are kept across "
+        "restarts, as HAProxy's ``server-state-file``; relative to the config file.",
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        if "token_file" in data:
+            return
+        listen = data.get("listen")
+        items = [listen] if isinstance(listen, str) else listen
+        if not isinstance(items, list):
+            return
+        refused = list(items)
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or _endpoint_problem(item) is not None:
+                continue
+            exposed = _exposed_endpoint(item)
+            if exposed is not None:
+                refused[index] = _Refused(
+                    f"{item!r} listens on {exposed}, which other hosts can reach: set "
+                    "admin.token_file (a file holding a bearer token), as in token_file = "
+                    '"admin.token", or listen on loopback only, as in '
+                    "'tcp:9901:interface=127.0.0.1'"
+                )
+        if isinstance(listen, str):
+            data["listen"] = refused[0]
+        else:
+            data["listen"] = refused
+
+
+class Config(_Model):
+    """
+    A whole, valid config file, compared by value.
+
+    ``path`` is the file it came from (as given to :func:`load_config`, or the ``path`` of
+    :func:`parse_config`): problems are reported against it, and relative paths in ``tls``
+    tables are resolved against its directory. ``frontends`` and ``pools`` are read-only
+    mappings in file order, keyed by name; pools that nothing uses are kept too.
+    ``global_config`` is the ``[global]`` table.
+    """
+
+    _hidden = ("path",)
+    _later = ("metrics",)
+    _aliases = {
+        "upstream": "pools",
+        "upstreams": "pools",
+        "backend": "pools",
+        "backends": "backends go in a pool: backends = [...] in [pools.NAME]",
+        "frontend": "frontends",
+        "server": "frontends",
+        "listen": "frontends",
+        "defaults": "global",
+    }
+
+    path: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The file.")
+    frontends: Annotated[
+        Mapping[str, FrontendConfig],
+        _v(_table_of("frontend", "frontends.web")),
+        AfterValidator(_read_only),
+    ] = Field(description="The frontends, by name: ``[frontends.NAME]``.")
+    pools: Annotated[
+        Mapping[str, PoolConfig], _v(_table_of("pool", "pools.app")), AfterValidator(_read_only)
+    ] = Field(description="The pools, by name: ``[pools.NAME]``.")
+    global_config: GlobalConfig = Field(
+        default_factory=GlobalConfig, alias="global", description="Process-wide settings."
+    )
+    admin: AdminConfig | None = Field(
+        None, description="The admin API: ``[admin]``; without it, no admin listener."
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        context = info.context
+        if not context:  # built in code, not read from a file
+            return
+        unknown = cls._unknown("path", cls.keys())
+        data["path"] = _Refused(unknown) if "path" in data else context["path"]
+        for key, noun, example in (("frontends", "frontend", "web"), ("pools", "pool", "app")):
+            if key not in data:
+                data[key] = _Refused(
+                    f"at least one {noun} is required; add one, as in [{key}.{example}]"
+                )
+            elif isinstance(data[key], Mapping):
+                model = FrontendConfig if key == "frontends" else PoolConfig
+                data[key] = {
+                    name: {
+                        **table,
+                        "name": _Refused(model._unknown("name", model.keys()))
+                        if "name" in table
+                        else name,
+                    }
+                    if isinstance(table, Mapping)
+                    else table
+                    for name, table in data[key].items()
+                }
+        listeners: dict[str, str] = {}
+        frontends = data.get("frontends")
+        for name, table in frontends.items() if isinstance(frontends, dict) else ():
+            listen = table.get("listen") if isinstance(table, Mapping) else None
+            where = join_key(join_key("frontends", name), "listen")
+            if isinstance(listen, str):
+                if listen in listeners:
+                    table["listen"] = _Refused(
+                        f"{listen!r} is already used by {listeners[listen]}; "
+                        "give each listener its own endpoint"
+                    )
+                listeners.setdefault(listen, where)
+            if not isinstance(listen, list):
+                continue
+            table["listen"] = listen = list(listen)
+            for index, item in enumerate(listen):
+                key = f"{where}[{index}]"
+                if isinstance(item, str) and item in listeners:
+                    listen[index] = _Refused(
+                        f"{item!r} is already used by {listeners[item]}; "
+                        "give each listener its own endpoint"
+                    )
+                elif isinstance(item, str):
+                    listeners[item] = key
+        admin = data.get("admin")
+        listen = admin.get("listen") if isinstance(admin, Mapping) else None
+        if isinstance(admin, Mapping) and isinstance(listen, str | list):
+            items = [listen] if isinstance(listen, str) else list(listen)
+            for index, item in enumerate(items):
+                if isinstance(item, str) and item in listeners:
+                    items[index] = _Refused(
+                        f"{item!r} is already used by {listeners[item]}; "
+                        "give each listener its own endpoint"
+                    )
+            data["admin"] = {**admin, "listen": items[0] if isinstance(listen, str) else items}
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -601,20 +1826,20 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     Args:
         text: the document.
-        path: the name problems are reported against, and :attr:`Config.path`.
+        path: the name problems are reported against, and ``Config.path``.
 
     Returns:
         The validated config.
 
     Raises:
         ConfigError: the text is not valid TOML (one problem, ``line L, column C: invalid
-            TOML: ...``), or it breaks the rules (every problem is listed).
+            TOML: ...``), or it breaks the rules (every problem is listed, with its line).
     """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_syntax_problem(text, path, e)]) from None
-    return config_from_dict(data, path)
+    return _validate(data, path, text)
 
 
 _TOML_POSITION = re.compile(
@@ -624,9 +1849,7 @@ _TOML_POSITION = re.compile(
 
 
 def _syntax_problem(text: str, path: str, error: tomllib.TOMLDecodeError) -> Problem:
-    """
-    Turn a TOML syntax error into a problem keyed by its line and column (counting from 1).
-    """
+    """Turn a TOML syntax error into a problem keyed by its line and column (from 1)."""
     message = str(error)
     match = _TOML_POSITION.match(message)
     if match is None:
@@ -637,7 +1860,7 @@ def _syntax_problem(text: str, path: str, error: tomllib.TOMLDecodeError) -> Pro
     else:
         lines = text.split("\n")
         line, column = len(lines), len(lines[-1]) + 1
-    return Problem(path, f"line {line}, column {column}", f"invalid TOML: {message}")
+    return Problem(path, f"line {line}, column {column}", f"invalid TOML: {message}", line)
 
 
 def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config:
@@ -648,7 +1871,7 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
 
     Args:
         data: the top-level table.
-        path: the name problems are reported against, and :attr:`Config.path`.
+        path: the name problems are reported against, and ``Config.path``.
 
     Returns:
         The validated config.
@@ -656,1787 +1879,142 @@ def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config
     Raises:
         ConfigError: every problem found in ``data``.
     """
-    return _Validator(path).config(data)
+    return _validate(data, path, None)
 
 
-# -- validation --------------------------------------------------------------------------------
-
-_TOP_KEYS = ("frontends", "pools", "global", "admin")
-_TOP_LATER = ("metrics",)
-_ADMIN_KEYS = ("listen", "socket_mode", "token_file", "state_file")
-_ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
-_GLOBAL_KEYS = (
-    "log_format",
-    "access_log",
-    "access_log_buffer",
-    "access_log_flush",
-    "drain_timeout",
-)
-_LOG_FORMATS = ("text", "json")
-_HTTP_FRONTEND_KEYS = (
-    "header_timeout",
-    "max_header_bytes",
-    "max_body_bytes",
-    "trusted_proxies",
-    "routes",
-    "tunnel_timeout",
-    "underscores_in_headers",
-)
-_FRONTEND_KEYS = (
-    "mode",
-    "listen",
-    "pool",
-    "client_timeout",
-    "max_connections",
-    "tls",
-    "proxy_protocol_from",
-    *_HTTP_FRONTEND_KEYS,
-)
-_ROUTE_KEYS = ("host", "path_prefix", "pool")
-_POOL_KEYS = (
-    "strategy",
-    "strategy_options",
-    "connect_timeout",
-    "retries",
-    "response_timeout",
-    "upstream_idle_timeout",
-    "max_idle_per_backend",
-    "backends",
-    "health_check",
-    "outlier_detection",
-    "panic",
-    "slow_start",
-    "tls",
-)
-_BACKEND_KEYS = ("address", "name", "weight", "backup", "state")
-_BACKEND_STATES = ("ready", "drain", "maint")
-_MODES = ("tcp", "http")
-_HTTP_CHECK_KEYS = ("path", "host", "expect_status", "expect_body")
-_HEALTH_CHECK_KEYS = (
-    "kind",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "down_interval",
-    "jitter",
-    *_HTTP_CHECK_KEYS,
-)
-_CHECK_KINDS = ("tcp", "http")
-_OUTLIER_KEYS = (
-    "consecutive_failures",
-    "base_ejection_time",
-    "max_ejection_time",
-    "max_ejection_percent",
-    "count_5xx",
-    "uneject_on_passing_check",
-)
-_FRONTEND_TLS_KEYS = (
-    "certificates",
-    "min_version",
-    "ciphers",
-    "client_ca",
-    "verify_client",
-    "curves",
-)
-_CERTIFICATE_KEYS = ("cert", "key")
-_VERIFY_CLIENT = ("none", "optional", "required")
-_OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
-_POOL_TLS_KEYS = ("server_name", "ca", "client_cert", "client_key", "verify")
-# nginx's and HAProxy's names for the keys of the tls tables, where did-you-mean misses them.
-_FRONTEND_TLS_ALIASES = {
-    "crt": "certificates",
-    "ssl_certificate": "certificates",
-    "ssl_protocols": "min_version",
-    "ssl-min-ver": "min_version",
-    "ssl_ciphers": "ciphers",
-    "ca_file": "client_ca",
-    "ca-file": "client_ca",
-    "ssl_client_certificate": "client_ca",
-    "verify": "verify_client",
-    "ssl_verify_client": "verify_client",
-}
-_POOL_TLS_ALIASES = {
-    "sni": "server_name",
-    "verifyhost": "server_name",
-    "proxy_ssl_name": "server_name",
-    "ca_file": "ca",
-    "ca-file": "ca",
-    "proxy_ssl_trusted_certificate": "ca",
-    "crt": "client_cert",
-    "proxy_ssl_verify": "verify",
-}
-# nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
-_NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
-
-_LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
-_BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
-_MISSING = "required key is missing; add "
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
-_ONLY_HTTP_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
-_STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
-_STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
-_STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
-_CHECK_HOST_EXAMPLES = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
-_ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-_HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
-_HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
-_PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
-_CERTIFICATE_EXAMPLE = '{ cert = "site.pem", key = "site.key" }'
-_CERTIFICATES_EXAMPLE = f"certificates = [{_CERTIFICATE_EXAMPLE}]"
-_SERVER_NAME_EXAMPLES = "'app.internal', '10.0.0.5' or '2001:db8::1'"
-_FILE_EXAMPLES = {
-    "cert": '"site.pem"',
-    "key": '"site.key"',
-    "client_ca": '"client-ca.pem"',
-    "ca": '"ca.pem"',
-    "client_cert": '"client.pem"',
-    "client_key": '"client.key"',
-    "token_file": '"admin.token"',
-    "state_file": '"/var/lib/twisted-lb/state.json"',
-}
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _one_line(text: str) -> str:
-    """``text`` with control characters (line breaks included) escaped, as repr() does."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-def _describe(value: object) -> str:
-    """
-    Name a value's TOML type with its article: ``"a string"``, ``"an array"``.
-    """
-    if value is None:
-        return "None"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "an array"
-    kind = type(value).__name__
-    return {"datetime": "a date-time", "date": "a date", "time": "a time"}.get(kind, f"a {kind}")
-
-
-def _quote_list(words: Iterable[str]) -> str:
-    return ", ".join(repr(word) for word in words)
-
-
-def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
-    """
-    The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
-    ``choices`` is close (:func:`difflib.get_close_matches`, as written or else in lower
-    case), else ``"; valid keys are: ..."``.
-    """
-    close = difflib.get_close_matches(word, choices, n=1) or difflib.get_close_matches(
-        word.lower(), choices, n=1
-    )
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f"; {plural} are: {_quote_list(choices)}"
-
-
-def _suggest_any_case(word: str, choices: Sequence[str], plural: str) -> str:
-    """
-    As :func:`_suggest`, comparing in lower case, for names such as ``"TLSv1.2"`` that are
-    often written in another case (``"tlsv1.2"``) or shortened (``"1.2"``).
-    """
-    folded = {choice.lower(): choice for choice in choices}
-    close = difflib.get_close_matches(word.lower(), list(folded), n=1)
-    if close:
-        return f" (did you mean {folded[close[0]]!r}?)"
-    return f"; {plural} are: {_quote_list(choices)}"
-
-
-def join_key(parent: str, key: str) -> str:
-    """
-    Extend a key path with a table key, quoting keys that are not bare TOML keys.
-    """
-    if not _BARE_KEY.fullmatch(key):
-        key = _toml_string(key)
-    return f"{parent}.{key}" if parent else key
-
-
-def _endpoint_problem(text: str) -> str | None:
-    """
-    Check a server endpoint description with Twisted's own parser.
-
-    The endpoint is built against a :class:`MemoryReactor`, so nothing listens. Parsers of
-    some endpoint types look at the environment while they build (``ssl:`` reads its
-    certificate files, ``systemd:`` its inherited descriptors), and their errors count.
-
-    Returns:
-        What the parser objected to, or ``None`` if the description is usable.
-    """
-    try:
-        serverFromString(MemoryReactor(), text)
-    except ValueError as e:
-        return str(e)
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def _exposed_endpoint(text: str) -> str | None:
-    """
-    Where a valid server endpoint description listens when other hosts can reach it: a TCP
-    (or TLS) endpoint on an address that is not loopback, or one this module cannot place
-    (``systemd:``, plugins).
-
-    Returns:
-        A description such as ``"all interfaces"`` or ``"192.0.2.7"``, or ``None`` for a
-        ``unix:`` socket or a loopback address.
-    """
-    from twisted.internet.endpoints import UNIXServerEndpoint
-
-    endpoint = serverFromString(MemoryReactor(), text)
-    if isinstance(endpoint, UNIXServerEndpoint):
-        return None
-    interface = getattr(endpoint, "_interface", None)
-    if not isinstance(interface, str):
-        return f"an address this check cannot see ({text.partition(':')[0]}:)"
-    if interface in ("", "::", "0.0.0.0"):
-        return "all interfaces"
-    try:
-        if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return interface
-
-
-def _token_file_problem(path: str) -> str | None:
-    """What is wrong with a bearer token file: unreadable, or no token on its first line."""
-    try:
-        with open(path, "rb") as f:
-            first = f.read(4096).partition(b"\n")[0].strip()
-    except OSError as e:
-        return f"cannot read {path}: {e.strerror or e}"
-    if not first:
-        return f"{path} is empty; write the token on its first line"
-    try:
-        first.decode("ascii")
-    except UnicodeDecodeError:
-        return f"{path}: the token must be ASCII text"
-    return None
-
-
-class _HTTPSettings(TypedDict, total=False):
-    """
-    The http-only keyword arguments of :class:`FrontendConfig`.
-    """
-
-    header_timeout: float
-    max_header_bytes: int
-    max_body_bytes: int
-    trusted_proxies: tuple[str, ...]
-    routes: tuple[RouteConfig, ...]
-    tunnel_timeout: float
-    underscores_in_headers: bool
-
-
-class _Validator:
-    """
-    One pass over a document, collecting problems instead of stopping at the first.
-
-    Each method returns the model for its part of the document, or ``None`` when that part
-    has problems (which are then in ``problems``).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.problems: list[Problem] = []
-        self.listeners: dict[str, str] = {}
-        self.pool_names: list[str] = []
-        self._installed: list[str] | None = None
+def _validate(data: object, path: str, text: str | None) -> Config:
+    if not isinstance(data, Mapping):
+        raise ConfigError([Problem(path, "(file)", f"must be a table, not {_describe(data)}")])
+    pools = data.get("pools")
+    context = {
+        "path": path,
+        "pools": [str(name) for name in pools] if isinstance(pools, Mapping) else [],
         # Relative paths in tls tables are relative to the config file; a name in angle
         # brackets ("<string>", "<dict>") is no file, and the current directory is used.
-        self.directory = (
-            "" if path.startswith("<") and path.endswith(">") else os.path.dirname(path)
-        )
-
-    def problem(self, key: str, message: str) -> None:
-        # Messages may quote what the file or a parser said; keep each problem on one line.
-        self.problems.append(Problem(self.path, key, _one_line(message)))
-
-    def installed_strategies(self) -> list[str]:
-        if self._installed is None:
-            from twisted_lb.strategies import installed_strategies
-
-            self._installed = sorted(installed_strategies())
-        return self._installed
-
-    # -- the document
-
-    def config(self, data: object) -> Config:
-        if not isinstance(data, Mapping):
-            self.problem("(file)", f"must be a table, not {_describe(data)}")
-            raise ConfigError(self.problems)
-        self.check_keys(data, "", _TOP_KEYS, _TOP_LATER)
-        global_config = self.global_config(data)
-        raw_frontends = self.named_tables(data, "frontends", "frontend", "web")
-        raw_pools = self.named_tables(data, "pools", "pool", "app")
-        if raw_pools is not None:
-            self.pool_names = [str(name) for name in raw_pools]
-
-        frontends: dict[str, FrontendConfig] = {}
-        for name, raw in (raw_frontends or {}).items():
-            frontend = self.frontend(str(name), raw)
-            if frontend is not None:
-                frontends[frontend.name] = frontend
-        pools: dict[str, PoolConfig] = {}
-        for name, raw in (raw_pools or {}).items():
-            pool = self.pool(str(name), raw)
-            if pool is not None:
-                pools[pool.name] = pool
-        admin = self.admin(data)
-
-        if self.problems or global_config is None:
-            raise ConfigError(self.problems)
-        return Config(
-            path=self.path,
-            frontends=frontends,
-            pools=pools,
-            global_config=global_config,
-            admin=admin,
-        )
-
-    def admin(self, data: Mapping[str, object]) -> AdminConfig | None:
-        """
-        The ``[admin]`` table, or ``None`` when absent (or on a problem). A TCP listener that
-        is not on a loopback address needs ``token_file``.
-        """
-        if "admin" not in data:
-            return None
-        raw = data["admin"]
-        if not isinstance(raw, Mapping):
-            self.problem(
-                "admin",
-                f'must be a table, as in [admin] listen = ["{_ADMIN_LISTEN_EXAMPLE}"], '
-                f"not {_describe(raw)}",
-            )
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, "admin", _ADMIN_KEYS, ())
-        listen = self.listen(raw, "admin", example=_ADMIN_LISTEN_EXAMPLE)
-        socket_mode = self.socket_mode(raw)
-        token_file = state_file = None
-        if "token_file" in raw:
-            token_file = self.file_path(raw, "token_file", "admin")
-            if token_file is not None:
-                problem = _token_file_problem(token_file)
-                if problem is not None:
-                    self.problem("admin.token_file", problem)
-        if "state_file" in raw:
-            state_file = self.file_path(raw, "state_file", "admin")
-        if listen is not None and "token_file" not in raw:
-            value = raw["listen"]
-            keys = ["admin.listen"] if isinstance(value, str) else None
-            for index, item in enumerate(listen):
-                exposed = _exposed_endpoint(item)
-                if exposed is not None:
-                    key = keys[0] if keys else f"admin.listen[{index}]"
-                    self.problem(
-                        key,
-                        f"{item!r} listens on {exposed}, which other hosts can reach: set "
-                        "admin.token_file (a file holding a bearer token), as in token_file = "
-                        '"admin.token", or listen on loopback only, as in '
-                        "'tcp:9901:interface=127.0.0.1'",
-                    )
-        if len(self.problems) > before or listen is None or socket_mode is None:
-            return None
-        return AdminConfig(
-            listen=listen, socket_mode=socket_mode, token_file=token_file, state_file=state_file
-        )
-
-    def socket_mode(self, raw: Mapping[str, object]) -> int | None:
-        """
-        ``socket_mode``: a file mode in octal, from ``"0000"`` to ``"0777"``: a string of
-        octal digits (``"0600"``, ``"600"``) or a TOML octal integer (``0o600``).
-        """
-        if "socket_mode" not in raw:
-            return 0o600
-        value = raw["socket_mode"]
-        hint = 'write it in octal as a string, as in socket_mode = "0600"'
-        if isinstance(value, str):
-            if re.fullmatch(r"0?[0-7]{3}", value):
-                return int(value, 8)
-            self.problem(
-                "admin.socket_mode", f"{value!r} is not a file mode from '0000' to '0777'; {hint}"
-            )
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            if 0 <= value <= 0o777:
-                return value
-            self.problem(
-                "admin.socket_mode",
-                f"{value} is not a file mode from 0o000 to 0o777 (a decimal 600 is not "
-                f"0o600); {hint}",
-            )
-            return None
-        self.problem(
-            "admin.socket_mode",
-            f'must be a string, as in socket_mode = "0600", not {_describe(value)}',
-        )
-        return None
-
-    def global_config(self, data: Mapping[str, object]) -> GlobalConfig | None:
-        """
-        The ``[global]`` table; its defaults when the document has none.
-        """
-        if "global" not in data:
-            return GlobalConfig()
-        raw = data["global"]
-        if not isinstance(raw, Mapping):
-            self.problem("global", f"must be a table, as in [global], not {_describe(raw)}")
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, "global", _GLOBAL_KEYS, ())
-        log_format: str | None = "text"
-        if "log_format" in raw:
-            log_format = self.string(raw, "log_format", "global")
-            if log_format is not None and log_format not in _LOG_FORMATS:
-                self.problem(
-                    "global.log_format",
-                    f"unknown log format {log_format!r}"
-                    + _suggest(log_format, _LOG_FORMATS, "valid formats"),
-                )
-                log_format = None
-        access_log = self.access_log(raw.get("access_log", True))
-        buffer = self.integer(raw, "access_log_buffer", "global", 65536, 0)
-        flush = self.seconds(raw, "access_log_flush", "global", 1.0)
-        drain_timeout = self.seconds(raw, "drain_timeout", "global", 30.0)
-        if (
-            len(self.problems) > before
-            or log_format is None
-            or access_log is None
-            or buffer is None
-            or flush is None
-            or drain_timeout is None
-        ):
-            return None
-        return GlobalConfig(
-            log_format=log_format,
-            access_log=access_log,
-            access_log_buffer=buffer,
-            access_log_flush=flush,
-            drain_timeout=drain_timeout,
-        )
-
-    def access_log(self, value: object) -> bool | str | None:
-        """
-        ``[global] access_log``: true, false, ``"stdout"``, or a file path, returned absolute
-        (a relative path is resolved against the directory of the config file).
-        """
-        where = "global.access_log"
-        if isinstance(value, bool):
-            return value
-        if not isinstance(value, str):
-            self.problem(
-                where,
-                f'must be true, false, "stdout" or a file path, not {_describe(value)}',
-            )
-            return None
-        if value == "stdout":
-            return value
-        if not value or "\0" in value or value.endswith(os.sep):
-            self.problem(
-                where,
-                f'{value!r} is not a file path; write one, as in access_log = "access.log", '
-                'or true, false or "stdout"',
-            )
-            return None
-        return os.path.abspath(os.path.join(self.directory, value))
-
-    def check_keys(
-        self,
-        table: Mapping[str, object],
-        parent: str,
-        valid: Sequence[str],
-        later: Sequence[str],
-        aliases: Mapping[str, str] | None = None,
-    ) -> None:
-        """
-        Report each key of ``table`` that is not ``valid``: keys of ``later`` releases as not
-        yet supported, the others as unknown, with a did-you-mean. ``aliases`` maps the names
-        other balancers use (HAProxy's ``sni``) to the key to suggest (``server_name``).
-        """
-        for key in table:
-            key = str(key)
-            if key in valid:
-                continue
-            if key in later:
-                self.problem(join_key(parent, key), "not yet supported in this version; remove it")
-            elif aliases and key in aliases:
-                self.problem(join_key(parent, key), f"unknown key (did you mean {aliases[key]!r}?)")
-            else:
-                self.problem(
-                    join_key(parent, key), "unknown key" + _suggest(key, valid, "valid keys")
-                )
-
-    def named_tables(
-        self, data: Mapping[str, object], key: str, noun: str, example: str
-    ) -> Mapping[str, object] | None:
-        """
-        The ``frontends`` or ``pools`` table: a table of tables, at least one.
-        """
-        add = f"add one, as in [{key}.{example}]"
-        if key not in data:
-            self.problem(key, f"at least one {noun} is required; {add}")
-            return None
-        value = data[key]
-        if not isinstance(value, Mapping):
-            self.problem(
-                key, f"must be a table of {noun}s, as in [{key}.{example}], not {_describe(value)}"
-            )
-            return None
-        if not value:
-            self.problem(key, f"at least one {noun} is required; {add}")
-        return value
-
-    # -- typed values
-
-    def string(self, table: Mapping[str, object], key: str, parent: str) -> str | None:
-        value = table[key]
-        if not isinstance(value, str):
-            self.problem(join_key(parent, key), f"must be a string, not {_describe(value)}")
-            return None
-        return value
-
-    def seconds(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        parent: str,
-        default: float,
-        zero_means: str | None = None,
-    ) -> float | None:
-        """
-        A duration in seconds: an integer or a float, finite and > 0. Booleans are refused.
-
-        With ``zero_means`` (such as ``"off"``), 0 is accepted too, and said to mean that.
-        """
-        if key not in table:
-            return default
-        value = table[key]
-        where = join_key(parent, key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(where, f"must be a number (seconds), not {_describe(value)}")
-            return None
-        try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-        if not math.isfinite(seconds):
-            self.problem(where, f"must be a finite number of seconds, not {value!r}")
-            return None
-        if zero_means is not None and seconds < 0:
-            self.problem(where, f"must be 0 ({zero_means}) or more seconds, not {value!r}")
-            return None
-        if zero_means is None and seconds <= 0:
-            self.problem(where, f"must be more than 0 seconds, not {value!r}")
-            return None
-        return seconds
-
-    def integer(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        parent: str,
-        default: int,
-        minimum: int,
-        maximum: int | None = None,
-    ) -> int | None:
-        """
-        An integer >= ``minimum`` (and <= ``maximum``, if given). Booleans and floats (even
-        ``2.0``) are refused.
-        """
-        if key not in table:
-            return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            found = _describe(value)
-        elif value < minimum or (maximum is not None and value > maximum):
-            found = repr(value)
-        else:
-            return value
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        self.problem(join_key(parent, key), f"must be an integer {bounds}, not {found}")
-        return None
-
-    def boolean(
-        self, table: Mapping[str, object], key: str, parent: str, default: bool
-    ) -> bool | None:
-        """
-        ``true`` or ``false``; nothing else (not 0 or 1, not ``"yes"``).
-        """
-        value = table.get(key, default)
-        if not isinstance(value, bool):
-            self.problem(join_key(parent, key), f"must be true or false, not {_describe(value)}")
-            return None
-        return value
-
-    # -- frontends
-
-    def frontend(self, name: str, raw: object) -> FrontendConfig | None:
-        where = join_key("frontends", name)
-        if not isinstance(raw, Mapping):
-            self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, where, _FRONTEND_KEYS, ())
-
-        mode = self.mode(raw, where)
-        listen = self.listen(raw, where)
-        pool = self.pool_reference(raw, where)
-        client_timeout = self.seconds(raw, "client_timeout", where, 60.0)
-        max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
-        http = self.http_settings(raw, where, mode)
-        tls = self.frontend_tls(raw, where)
-        proxy_protocol_from = self.trusted_proxies(raw, where, "proxy_protocol_from")
-        if (
-            proxy_protocol_from
-            and listen is not None
-            and not any(proxy_listener(item) is not None for item in listen)
-        ):
-            self.problem(
-                join_key(where, "proxy_protocol_from"),
-                "is for a frontend that takes the PROXY protocol, and none of its listeners "
-                'does; prefix the listener with haproxy:, as in listen = ["haproxy:'
-                f'{listen[0]}"], or remove proxy_protocol_from',
-            )
-
-        if (
-            len(self.problems) > before
-            or mode is None
-            or listen is None
-            or pool is None
-            or client_timeout is None
-            or max_connections is None
-            or http is None
-            or proxy_protocol_from is None
-        ):
-            return None
-        return FrontendConfig(
-            name=name,
-            mode=mode,
-            listen=listen,
-            pool=pool,
-            client_timeout=client_timeout,
-            max_connections=max_connections,
-            tls=tls,
-            proxy_protocol_from=proxy_protocol_from,
-            **http,
-        )
-
-    def mode(self, raw: Mapping[str, object], where: str) -> str | None:
-        if "mode" not in raw:
-            self.problem(join_key(where, "mode"), _MISSING + 'mode = "http" or mode = "tcp"')
-            return None
-        mode = self.string(raw, "mode", where)
-        if mode is None or mode in _MODES:
-            return mode
-        self.problem(
-            join_key(where, "mode"),
-            f"unknown mode {mode!r}" + _suggest(mode, _MODES, "valid modes"),
-        )
-        return None
-
-    def http_settings(
-        self, raw: Mapping[str, object], where: str, mode: str | None
-    ) -> _HTTPSettings | None:
-        """
-        The keys only ``http`` frontends may have, as keyword arguments for
-        :class:`FrontendConfig`. On a ``tcp`` frontend each one present is a problem and the
-        defaults are kept. When the mode is missing or invalid they are checked as for ``http``.
-        """
-        if mode == "tcp":
-            for key in _HTTP_FRONTEND_KEYS:
-                if key in raw:
-                    self.problem(join_key(where, key), _ONLY_HTTP)
-            return {}
-        header_timeout = self.seconds(raw, "header_timeout", where, 10.0)
-        max_header_bytes = self.integer(raw, "max_header_bytes", where, 65536, minimum=1024)
-        max_body_bytes = self.integer(raw, "max_body_bytes", where, 0, minimum=0)
-        trusted_proxies = self.trusted_proxies(raw, where)
-        routes = self.routes(raw, where)
-        tunnel_timeout = self.seconds(raw, "tunnel_timeout", where, 3600.0)
-        underscores = self.boolean(raw, "underscores_in_headers", where, False)
-        if (
-            header_timeout is None
-            or max_header_bytes is None
-            or max_body_bytes is None
-            or trusted_proxies is None
-            or routes is None
-            or tunnel_timeout is None
-            or underscores is None
-        ):
-            return None
-        return {
-            "header_timeout": header_timeout,
-            "max_header_bytes": max_header_bytes,
-            "max_body_bytes": max_body_bytes,
-            "trusted_proxies": trusted_proxies,
-            "routes": routes,
-            "tunnel_timeout": tunnel_timeout,
-            "underscores_in_headers": underscores,
-        }
-
-    def trusted_proxies(
-        self, raw: Mapping[str, object], where: str, name: str = "trusted_proxies"
-    ) -> tuple[str, ...] | None:
-        """
-        ``trusted_proxies`` (or ``name``, such as ``proxy_protocol_from``): an array of
-        addresses and networks, each accepted by :func:`ipaddress.ip_network` with
-        ``strict=False``. They are kept as written.
-        """
-        if name not in raw:
-            return ()
-        key = join_key(where, name)
-        value = raw[name]
-        if not isinstance(value, list | tuple):
-            self.problem(
-                key,
-                f'must be an array of strings, as in {name} = ["10.0.0.0/8"], '
-                f"not {_describe(value)}",
-            )
-            return None
-        proxies: list[str] = []
-        ok = True
-        for index, item in enumerate(value):
-            item_key = f"{key}[{index}]"
-            if not isinstance(item, str):
-                self.problem(item_key, f"must be a string, not {_describe(item)}")
-                ok = False
-                continue
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                self.problem(
-                    item_key,
-                    f"{item!r} is not an IP address or network; write one as in {_PROXY_EXAMPLES}",
-                )
-                ok = False
-                continue
-            proxies.append(item)
-        return tuple(proxies) if ok else None
-
-    def routes(self, raw: Mapping[str, object], where: str) -> tuple[RouteConfig, ...] | None:
-        """
-        ``routes``: an array of tables (``[[frontends.NAME.routes]]``), in file order. A route
-        that repeats the ``host`` and ``path_prefix`` of an earlier one could never match,
-        and is a problem.
-        """
-        if "routes" not in raw:
-            return ()
-        key = join_key(where, "routes")
-        value = raw["routes"]
-        if not isinstance(value, list | tuple):
-            self.problem(
-                key, f"must be an array of tables, as in [[{key}]], not {_describe(value)}"
-            )
-            return None
-        routes: list[RouteConfig] = []
-        ok = True
-        seen: dict[tuple[str | None, str | None], str] = {}
-        for index, item in enumerate(value):
-            item_key = f"{key}[{index}]"
-            route = self.route(item, item_key)
-            if route is None:
-                ok = False
-                continue
-            match = (route.host, route.path_prefix)
-            if match in seen:
-                self.problem(
-                    item_key,
-                    f"matches the same requests as {seen[match]}, which comes first and wins; "
-                    "remove one of them",
-                )
-                ok = False
-                continue
-            seen[match] = item_key
-            routes.append(route)
-        return tuple(routes) if ok else None
-
-    def route(self, raw: object, where: str) -> RouteConfig | None:
-        if not isinstance(raw, Mapping):
-            self.problem(where, f"must be a table, as in {_ROUTE_EXAMPLE}, not {_describe(raw)}")
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, where, _ROUTE_KEYS, ())
-        if "host" not in raw and "path_prefix" not in raw:
-            self.problem(
-                where,
-                'a route needs host, path_prefix or both, as in path_prefix = "/api/"; '
-                "requests that no route matches go to the frontend's pool",
-            )
-        host = self.route_host(raw, where)
-        path_prefix = self.path_prefix(raw, where)
-        pool = self.pool_reference(raw, where)
-        if len(self.problems) > before or pool is None:
-            return None
-        return RouteConfig(pool=pool, host=host, path_prefix=path_prefix)
-
-    def route_host(self, raw: Mapping[str, object], where: str) -> str | None:
-        """
-        A route's ``host``: an exact name or ``*.suffix``, without scheme, port or path;
-        returned in lower case. ``None`` when absent (or on a problem).
-        """
-        if "host" not in raw:
-            return None
-        host = self.string(raw, "host", where)
-        if host is None:
-            return None
-        problem = _host_problem(host)
-        if problem is not None:
-            self.problem(join_key(where, "host"), problem)
-            return None
-        return host.lower()
-
-    def path_prefix(self, raw: Mapping[str, object], where: str) -> str | None:
-        """
-        A route's ``path_prefix``: starts with ``/``, without query or fragment, in printable
-        ASCII (as requests carry it). ``None`` when absent (or on a problem).
-        """
-        if "path_prefix" not in raw:
-            return None
-        prefix = self.string(raw, "path_prefix", where)
-        if prefix is None:
-            return None
-        problem = _path_prefix_problem(prefix)
-        if problem is not None:
-            self.problem(join_key(where, "path_prefix"), problem)
-            return None
-        return prefix
-
-    def listen(
-        self, raw: Mapping[str, object], where: str, example: str = _LISTEN_EXAMPLE
-    ) -> tuple[str, ...] | None:
-        """
-        ``listen``: one endpoint description or an array of them, each parsed by Twisted and
-        used by no other listener in the file.
-        """
-        key = join_key(where, "listen")
-        if "listen" not in raw:
-            self.problem(key, _MISSING + f'listen = ["{example}"]')
-            return None
-        value = raw["listen"]
-        items: list[tuple[str, object]]
-        if isinstance(value, str):
-            items = [(key, value)]
-        elif isinstance(value, list | tuple):
-            if not value:
-                self.problem(key, f'must list at least one endpoint, as in listen = ["{example}"]')
-                return None
-            items = [(f"{key}[{index}]", item) for index, item in enumerate(value)]
-        else:
-            self.problem(key, f"must be a string or an array of strings, not {_describe(value)}")
-            return None
-
-        listen: list[str] = []
-        ok = True
-        for item_key, item in items:
-            if not isinstance(item, str):
-                self.problem(item_key, f"must be a string, not {_describe(item)}")
-                ok = False
-                continue
-            if item in self.listeners:
-                self.problem(
-                    item_key,
-                    f"{item!r} is already used by {self.listeners[item]}; "
-                    "give each listener its own endpoint",
-                )
-                ok = False
-                continue
-            self.listeners[item] = item_key
-            error = _endpoint_problem(item)
-            if error is not None:
-                self.problem(
-                    item_key,
-                    f"{item!r} is not a valid server endpoint ({error}); "
-                    f"write one as in {example!r}",
-                )
-                ok = False
-                continue
-            listen.append(item)
-        return tuple(listen) if ok else None
-
-    def pool_reference(self, raw: Mapping[str, object], where: str) -> str | None:
-        key = join_key(where, "pool")
-        if "pool" not in raw:
-            example = self.pool_names[0] if self.pool_names else "app"
-            self.problem(key, _MISSING + f"pool = {_toml_string(example)}")
-            return None
-        pool = self.string(raw, "pool", where)
-        if pool is None or pool in self.pool_names:
-            return pool
-        if self.pool_names:
-            hint = _suggest(pool, self.pool_names, "defined pools")
-        else:
-            hint = f"; define it as [{join_key('pools', pool)}]"
-        self.problem(key, f"unknown pool {pool!r}{hint}")
-        return None
-
-    # -- tls
-
-    def frontend_tls(self, raw: Mapping[str, object], where: str) -> FrontendTLSConfig | None:
-        """
-        ``[frontends.NAME.tls]``, or ``None`` when absent (or on a problem); the same in both
-        modes. ``cert`` or ``key`` written in the table itself, as nginx's ``ssl_certificate``
-        would be, are problems that show the ``certificates`` entry to write instead.
-        """
-        table = self.sub_table(
-            raw,
-            "tls",
-            where,
-            when_true=f"add its certificates, as in tls = {{ {_CERTIFICATES_EXAMPLE} }}",
-        )
-        if table is None:
-            return None
-        where = join_key(where, "tls")
-        before = len(self.problems)
-        misplaced = [key for key in _CERTIFICATE_KEYS if key in table]
-        self.check_keys(
-            {key: value for key, value in table.items() if key not in misplaced},
-            where,
-            _FRONTEND_TLS_KEYS,
-            (),
-            _FRONTEND_TLS_ALIASES,
-        )
-        if misplaced:
-            cert, key = (
-                _toml_string(path) if isinstance(path, str) and path else _FILE_EXAMPLES[name]
-                for name in _CERTIFICATE_KEYS
-                for path in [table.get(name)]
-            )
-            fix = f"certificates = [{{ cert = {cert}, key = {key} }}]"
-            for key in misplaced:
-                self.problem(join_key(where, key), f"goes in an entry of certificates; write {fix}")
-
-        certificates = self.certificates(table, where, report_missing=not misplaced)
-        min_version = self.min_version(table, where)
-        ciphers: str | None = None
-        if "ciphers" in table:
-            ciphers = self.string(table, "ciphers", where)
-            if ciphers is not None and not ciphers.strip():
-                self.problem(
-                    join_key(where, "ciphers"),
-                    "must not be empty; leave ciphers out for Mozilla's intermediate list",
-                )
-        client_ca: str | None = None
-        if "client_ca" in table:
-            client_ca = self.file_path(table, "client_ca", where)
-            if client_ca is not None:
-                from twisted_lb.tls import ca_problem
-
-                self.file_problem(join_key(where, "client_ca"), ca_problem(client_ca))
-        verify_client = self.verify_client(table, where)
-        curves = self.curves(table, where)
-
-        if (
-            len(self.problems) > before
-            or certificates is None
-            or min_version is None
-            or verify_client is None
-            or curves is None
-        ):
-            return None
-        return FrontendTLSConfig(
-            certificates=certificates,
-            min_version=min_version,
-            ciphers=ciphers,
-            client_ca=client_ca,
-            verify_client=verify_client,
-            curves=curves,
-        )
-
-    def curves(self, table: Mapping[str, object], where: str) -> tuple[str, ...] | None:
-        """
-        ``curves``: a non-empty array of TLS group names that OpenSSL knows; a problem per
-        unknown one, at its index.
-        """
-        from twisted_lb.tls import INTERMEDIATE_GROUPS, group_problem
-
-        if "curves" not in table:
-            return INTERMEDIATE_GROUPS
-        key = join_key(where, "curves")
-        value = table["curves"]
-        example = "curves = [" + ", ".join(_toml_string(g) for g in INTERMEDIATE_GROUPS) + "]"
-        if not isinstance(value, list) or not value:
-            self.problem(
-                key,
-                f"must be a non-empty array of TLS group names, as in {example} (Mozilla's "
-                f"intermediate profile, the default), not {_describe(value)}",
-            )
-            return None
-        before = len(self.problems)
-        for index, name in enumerate(value):
-            item = f"{key}[{index}]"
-            if not isinstance(name, str):
-                self.problem(item, f"must be a string, as in {example}, not {_describe(name)}")
-                continue
-            problem = group_problem(name)
-            if problem is not None:
-                self.problem(item, problem)
-        if len(self.problems) > before:
-            return None
-        return tuple(value)
-
-    def certificates(
-        self, table: Mapping[str, object], where: str, report_missing: bool
-    ) -> tuple[CertificateConfig, ...] | None:
-        """
-        ``certificates``: a non-empty array of ``{ cert = "...", key = "..." }`` tables. The
-        same entry may be listed twice.
-        """
-        key = join_key(where, "certificates")
-        if "certificates" not in table:
-            if report_missing:
-                self.problem(key, _MISSING + _CERTIFICATES_EXAMPLE)
-            return None
-        value = table["certificates"]
-        if not isinstance(value, list | tuple):
-            message = (
-                f"must be an array of tables, as in {_CERTIFICATES_EXAMPLE}, not {_describe(value)}"
-            )
-            if isinstance(value, Mapping):
-                message += "; put the table in brackets"
-            self.problem(key, message)
-            return None
-        if not value:
-            self.problem(key, f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}")
-            return None
-        certificates: list[CertificateConfig] = []
-        ok = True
-        for index, item in enumerate(value):
-            certificate = self.certificate(item, f"{key}[{index}]")
-            if certificate is None:
-                ok = False
-            else:
-                certificates.append(certificate)
-        return tuple(certificates) if ok else None
-
-    def certificate(self, raw: object, where: str) -> CertificateConfig | None:
-        """
-        One entry of ``certificates``: ``cert`` and ``key``, both required, as files that
-        :func:`twisted_lb.tls.certificate_problem` accepts together.
-        """
-        if not isinstance(raw, Mapping):
-            self.problem(
-                where, f"must be a table, as in {_CERTIFICATE_EXAMPLE}, not {_describe(raw)}"
-            )
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, where, _CERTIFICATE_KEYS, ())
-        paths: dict[str, str | None] = {}
-        for name in _CERTIFICATE_KEYS:
-            if name in raw:
-                paths[name] = self.file_path(raw, name, where)
-            else:
-                self.problem(join_key(where, name), _MISSING + f"{name} = {_FILE_EXAMPLES[name]}")
-                paths[name] = None
-        cert, key = paths["cert"], paths["key"]
-        if cert is None or key is None:
-            return None
-        self.certificate_files(cert, key, join_key(where, "cert"), join_key(where, "key"))
-        if len(self.problems) > before:
-            return None
-        return CertificateConfig(cert=cert, key=key)
-
-    def min_version(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        ``min_version``: one of :data:`twisted_lb.tls.TLS_VERSIONS`, as written there; SSL and
-        TLS before 1.2 are refused with a word on why (RFC 8996).
-        """
-        if "min_version" not in table:
-            return "TLSv1.2"
-        version = self.string(table, "min_version", where)
-        if version is None:
-            return None
-        from twisted_lb.tls import TLS_VERSIONS
-
-        versions = list(TLS_VERSIONS)
-        if version in versions:
-            return version
-        key = join_key(where, "min_version")
-        if version.lower() in _OLD_TLS_VERSIONS:
-            self.problem(
-                key,
-                f"{version!r} is older than TLS 1.2, which is no longer safe (RFC 8996); "
-                'write min_version = "TLSv1.2"',
-            )
-        else:
-            self.problem(
-                key,
-                f"unknown version {version!r}"
-                + _suggest_any_case(version, versions, "valid versions"),
-            )
-        return None
-
-    def verify_client(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        ``verify_client``: ``"none"``, ``"optional"`` or ``"required"``; the last two need
-        ``client_ca`` in the same table (a problem on ``verify_client`` otherwise).
-        """
-        if "verify_client" not in table:
-            return "none"
-        key = join_key(where, "verify_client")
-        value = table["verify_client"]
-        if isinstance(value, bool):
-            fix = _toml_string("required" if value else "none")
-            self.problem(
-                key,
-                f"must be 'none', 'optional' or 'required', not a boolean; "
-                f"write verify_client = {fix}",
-            )
-            return None
-        verify = self.string(table, "verify_client", where)
-        if verify is None:
-            return None
-        if verify not in _VERIFY_CLIENT:
-            nginx = _NGINX_VERIFY_CLIENT.get(verify.lower())
-            if nginx is not None:
-                hint = (
-                    f"; write verify_client = {_toml_string(nginx)} "
-                    f"(nginx's ssl_verify_client {verify.lower()})"
-                )
-            else:
-                hint = _suggest(verify, _VERIFY_CLIENT, "valid values")
-            self.problem(key, f"unknown value {verify!r}{hint}")
-            return None
-        if verify != "none" and "client_ca" not in table:
-            self.problem(
-                key,
-                f"{verify!r} needs client_ca, the CA bundle that client certificates are "
-                f"verified against; add client_ca = {_FILE_EXAMPLES['client_ca']}",
-            )
-            return None
-        return verify
-
-    def pool_tls(self, raw: Mapping[str, object], where: str) -> PoolTLSConfig | None:
-        """
-        ``[pools.NAME.tls]``, or ``None`` when absent (or on a problem). ``client_cert`` and
-        ``client_key`` go together; each without the other is a problem on the one written.
-        """
-        table = self.sub_table(raw, "tls", where)
-        if table is None:
-            return None
-        where = join_key(where, "tls")
-        before = len(self.problems)
-        self.check_keys(table, where, _POOL_TLS_KEYS, (), _POOL_TLS_ALIASES)
-        server_name: str | None = None
-        if "server_name" in table:
-            server_name = self.server_name(table, where)
-        paths: dict[str, str | None] = {}
-        for key in ("ca", "client_cert", "client_key"):
-            if key in table:
-                paths[key] = self.file_path(table, key, where)
-        ca = paths.get("ca")
-        if ca is not None:
-            from twisted_lb.tls import ca_problem
-
-            self.file_problem(join_key(where, "ca"), ca_problem(ca))
-        client_cert, client_key = paths.get("client_cert"), paths.get("client_key")
-        pairs = [
-            ("client_cert", "client_key", "its private key"),
-            ("client_key", "client_cert", "the certificate it is the key of"),
-        ]
-        for key, other, what in pairs:
-            if key in table and other not in table:
-                self.problem(
-                    join_key(where, key),
-                    f"needs {other}, {what}; add {other} = {_FILE_EXAMPLES[other]}",
-                )
-        if client_cert is not None and client_key is not None:
-            self.certificate_files(
-                client_cert,
-                client_key,
-                join_key(where, "client_cert"),
-                join_key(where, "client_key"),
-            )
-        verify = self.boolean(table, "verify", where, True)
-        if len(self.problems) > before or verify is None:
-            return None
-        return PoolTLSConfig(
-            server_name=server_name,
-            ca=ca,
-            client_cert=client_cert,
-            client_key=client_key,
-            verify=verify,
-        )
-
-    def tls_server_names(
-        self, tls: PoolTLSConfig, backends: Sequence[BackendConfig], where: str
-    ) -> None:
-        """
-        With verification on and no ``server_name``, each backend's certificate is verified
-        against the host of its address. A UNIX socket has none: that is a problem on
-        ``server_name``, naming the first such backend.
-        """
-        if not tls.verify or tls.server_name is not None:
-            return
-        for index, backend in enumerate(backends):
-            if parse_address(backend.address).kind == "unix":
-                self.problem(
-                    join_key(join_key(where, "tls"), "server_name"),
-                    f"required when a backend is a UNIX socket, as backends[{index}] "
-                    f"({backend.address!r}) is: it has no host name to verify its "
-                    'certificate against; add server_name = "app.internal", a name that the '
-                    "backends' certificates are for",
-                )
-                return
-
-    def server_name(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        A pool's ``server_name``: a DNS name or an IP address, as :func:`_server_name_problem`
-        allows; kept as written.
-        """
-        name = self.string(table, "server_name", where)
-        if name is None:
-            return None
-        problem = _server_name_problem(name)
-        if problem is not None:
-            self.problem(join_key(where, "server_name"), problem)
-            return None
-        return name
-
-    def file_path(self, table: Mapping[str, object], key: str, where: str) -> str | None:
-        """
-        A path to a file of a ``tls`` table: a non-empty string, returned as an absolute path,
-        resolved against the directory of the config file when relative. Whether the file is
-        usable is for :mod:`twisted_lb.tls` to say.
-        """
-        path = self.string(table, key, where)
-        if path is None:
-            return None
-        if not path:
-            self.problem(
-                join_key(where, key),
-                f"must not be empty; write a path, as in {key} = " + _FILE_EXAMPLES[key],
-            )
-            return None
-        if "\0" in path:
-            self.problem(join_key(where, key), f"{path!r}: a path cannot contain NUL characters")
-            return None
-        return os.path.abspath(os.path.join(self.directory, path))
-
-    def certificate_files(self, cert: str, key: str, cert_where: str, key_where: str) -> None:
-        """
-        Report what :func:`twisted_lb.tls.certificate_problem` finds wrong with a certificate
-        and its key: on ``key_where`` when it is about the key file, else on ``cert_where``.
-        """
-        from twisted_lb.tls import certificate_problem
-
-        problem = certificate_problem(cert, key)
-        if problem is not None:
-            self.file_problem(key_where if _about_key(problem, cert, key) else cert_where, problem)
-
-    def file_problem(self, where: str, problem: str | None) -> None:
-        if problem is not None:
-            self.problem(where, problem)
-
-    # -- pools
-
-    def pool(self, name: str, raw: object) -> PoolConfig | None:
-        where = join_key("pools", name)
-        if not isinstance(raw, Mapping):
-            self.problem(where, f"must be a table, as in [{where}], not {_describe(raw)}")
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, where, _POOL_KEYS, ())
-
-        strategy = self.strategy(raw, where)
-        options = self.strategy_options(raw, where)
-        if strategy is not None and options:
-            options = self.check_strategy_options(strategy, options, where)
-        connect_timeout = self.seconds(raw, "connect_timeout", where, 5.0)
-        retries = self.integer(raw, "retries", where, 2, minimum=0)
-        response_timeout = self.seconds(raw, "response_timeout", where, 60.0)
-        upstream_idle_timeout = self.seconds(raw, "upstream_idle_timeout", where, 4.0)
-        max_idle = self.integer(raw, "max_idle_per_backend", where, 128, minimum=0)
-        backends = self.backends(name, raw, where)
-        health_check = self.health_check(raw, where)
-        outlier_detection = self.outlier_detection(raw, where)
-        panic = self.boolean(raw, "panic", where, False)
-        slow_start = self.seconds(raw, "slow_start", where, 0.0, zero_means="off")
-        tls = self.pool_tls(raw, where)
-        if tls is not None and backends is not None:
-            self.tls_server_names(tls, backends, where)
-
-        if (
-            len(self.problems) > before
-            or strategy is None
-            or options is None
-            or connect_timeout is None
-            or retries is None
-            or response_timeout is None
-            or upstream_idle_timeout is None
-            or max_idle is None
-            or backends is None
-            or panic is None
-            or slow_start is None
-        ):
-            return None
-        return PoolConfig(
-            name=name,
-            backends=backends,
-            strategy=strategy,
-            strategy_options=options,
-            connect_timeout=connect_timeout,
-            retries=retries,
-            response_timeout=response_timeout,
-            upstream_idle_timeout=upstream_idle_timeout,
-            max_idle_per_backend=max_idle,
-            health_check=health_check,
-            outlier_detection=outlier_detection,
-            panic=panic,
-            slow_start=slow_start,
-            tls=tls,
-        )
-
-    def sub_table(
-        self, raw: Mapping[str, object], key: str, where: str, when_true: str | None = None
-    ) -> Mapping[str, object] | None:
-        """
-        An optional table of a pool or a frontend, such as ``health_check``: ``None`` when
-        absent or not a table (which is a problem). ``key = true`` is told to write
-        ``key = {}`` for the defaults, or ``when_true`` when the table has no defaults.
-        """
-        if key not in raw:
-            return None
-        value = raw[key]
-        if isinstance(value, Mapping):
-            return value
-        message = f"must be a table, as in [{join_key(where, key)}], not {_describe(value)}"
-        if value is True:
-            message += f"; {when_true or f'write {key} = {{}} for the defaults'}"
-        elif value is False:
-            message += f"; leave {key} out for none"
-        self.problem(join_key(where, key), message)
-        return None
-
-    def health_check(self, raw: Mapping[str, object], where: str) -> HealthCheckConfig | None:
-        """
-        ``[pools.NAME.health_check]``, or ``None`` when absent (or on a problem). The keys of
-        ``http`` checks are problems in a ``tcp`` check, which keeps their defaults; when
-        ``kind`` is invalid they are checked as for ``http``.
-        """
-        table = self.sub_table(raw, "health_check", where)
-        if table is None:
-            return None
-        where = join_key(where, "health_check")
-        before = len(self.problems)
-        self.check_keys(table, where, _HEALTH_CHECK_KEYS, ())
-
-        kind: str | None = "tcp"
-        if "kind" in table:
-            kind = self.string(table, "kind", where)
-            if kind is not None and kind not in _CHECK_KINDS:
-                self.problem(
-                    join_key(where, "kind"),
-                    f"unknown kind {kind!r}" + _suggest(kind, _CHECK_KINDS, "valid kinds"),
-                )
-                kind = None
-        interval = self.seconds(table, "interval", where, 2.0)
-        timeout = self.seconds(table, "timeout", where, 1.0)
-        rise = self.integer(table, "rise", where, 2, minimum=1)
-        fall = self.integer(table, "fall", where, 3, minimum=1)
-        down_interval: float | None = None
-        if "down_interval" in table:
-            down_interval = self.seconds(table, "down_interval", where, 0.0)
-        jitter = self.jitter(table, where)
-
-        path: str | None = "/"
-        host: str | None = None
-        expect_status: tuple[int, int] | None = (200, 399)
-        expect_body: str | None = None
-        if kind == "tcp":
-            for key in _HTTP_CHECK_KEYS:
-                if key in table:
-                    self.problem(join_key(where, key), _ONLY_HTTP_CHECK)
-        else:
-            if "path" in table:
-                path = self.check_path(table, where)
-            if "host" in table:
-                host = self.check_host(table, where)
-            if "expect_status" in table:
-                expect_status = self.expect_status(table, where)
-            if "expect_body" in table:
-                expect_body = self.expect_body(table, where)
-
-        if (
-            len(self.problems) > before
-            or kind is None
-            or interval is None
-            or timeout is None
-            or rise is None
-            or fall is None
-            or jitter is None
-            or path is None
-            or expect_status is None
-        ):
-            return None
-        return HealthCheckConfig(
-            kind=kind,
-            interval=interval,
-            timeout=timeout,
-            rise=rise,
-            fall=fall,
-            down_interval=down_interval,
-            jitter=jitter,
-            path=path,
-            host=host,
-            expect_status=expect_status,
-            expect_body=expect_body,
-        )
-
-    def jitter(self, table: Mapping[str, object], where: str) -> float | None:
-        """
-        A health check's ``jitter``: a fraction of the interval, 0 <= jitter < 1.
-        """
-        if "jitter" not in table:
-            return 0.1
-        value = table["jitter"]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            found = _describe(value)
-        elif not 0 <= value < 1:
-            found = repr(value)
-        else:
-            return float(value)
-        self.problem(
-            join_key(where, "jitter"),
-            "must be a fraction of the interval, at least 0 and less than 1, "
-            f"as in jitter = 0.1, not {found}",
-        )
-        return None
-
-    def check_path(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        An http check's ``path``: the request target, as :func:`_check_path_problem` allows.
-        """
-        path = self.string(table, "path", where)
-        if path is None:
-            return None
-        problem = _check_path_problem(path)
-        if problem is not None:
-            self.problem(join_key(where, "path"), problem)
-            return None
-        return path
-
-    def check_host(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        An http check's ``host``: a host name or IP address, with an optional port.
-        """
-        host = self.string(table, "host", where)
-        if host is None:
-            return None
-        problem = _check_host_problem(host)
-        if problem is not None:
-            self.problem(join_key(where, "host"), problem)
-            return None
-        return host
-
-    def expect_status(self, table: Mapping[str, object], where: str) -> tuple[int, int] | None:
-        """
-        An http check's ``expect_status``: ``"200-399"``, ``"200"`` or ``200``, as the lowest
-        and highest passing codes, each from 100 to 599.
-        """
-        value = table["expect_status"]
-        key = join_key(where, "expect_status")
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            self.problem(
-                key,
-                f"must be a status code or a range, as in {_STATUS_EXAMPLES}, "
-                f"not {_describe(value)}",
-            )
-            return None
-        problem = _status_problem(value)
-        if problem is not None:
-            self.problem(key, problem)
-            return None
-        if isinstance(value, int):
-            return (value, value)
-        match = _STATUS_RANGE.fullmatch(value)
-        assert match is not None
-        low = int(match["low"])
-        return (low, int(match["high"] or low))
-
-    def expect_body(self, table: Mapping[str, object], where: str) -> str | None:
-        """
-        An http check's ``expect_body``: a Python regular expression that compiles.
-        """
-        pattern = self.string(table, "expect_body", where)
-        if pattern is None:
-            return None
-        key = join_key(where, "expect_body")
-        if not pattern:
-            self.problem(key, "must not be empty; leave expect_body out to accept any body")
-            return None
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            error = str(e)
-        except OverflowError as e:  # a{4294967296}
-            error = str(e)
-        except RecursionError:
-            error = "nested too deeply"
-        else:
-            return pattern
-        self.problem(
-            key,
-            f"not a valid Python regular expression ({error}); fix it, or put a backslash "
-            "before each character meant literally, as in expect_body = '\\(ok\\)'",
-        )
-        return None
-
-    def outlier_detection(
-        self, raw: Mapping[str, object], where: str
-    ) -> OutlierDetectionConfig | None:
-        """
-        ``[pools.NAME.outlier_detection]``, or ``None`` when absent (or on a problem).
-        ``max_ejection_time`` below ``base_ejection_time`` is a problem on the former, even
-        when it is the default.
-        """
-        table = self.sub_table(raw, "outlier_detection", where)
-        if table is None:
-            return None
-        where = join_key(where, "outlier_detection")
-        before = len(self.problems)
-        self.check_keys(table, where, _OUTLIER_KEYS, ())
-        failures = self.integer(table, "consecutive_failures", where, 5, minimum=1)
-        base = self.seconds(table, "base_ejection_time", where, 30.0)
-        cap = self.seconds(table, "max_ejection_time", where, 300.0)
-        percent = self.integer(table, "max_ejection_percent", where, 50, minimum=0, maximum=100)
-        count_5xx = self.boolean(table, "count_5xx", where, False)
-        uneject = self.boolean(table, "uneject_on_passing_check", where, True)
-        if base is not None and cap is not None and cap < base:
-            base_written = table.get("base_ejection_time", base)
-            if "max_ejection_time" in table:
-                message = (
-                    f"must be >= base_ejection_time ({base_written!r}), "
-                    f"not {table['max_ejection_time']!r}; raise it or lower base_ejection_time"
-                )
-            else:
-                message = (
-                    f"is {cap!r} by default, below base_ejection_time ({base_written!r}); "
-                    f"add max_ejection_time = {base_written!r} or more, "
-                    "or lower base_ejection_time"
-                )
-            self.problem(join_key(where, "max_ejection_time"), message)
-        if (
-            len(self.problems) > before
-            or failures is None
-            or base is None
-            or cap is None
-            or percent is None
-            or count_5xx is None
-            or uneject is None
-        ):
-            return None
-        return OutlierDetectionConfig(
-            consecutive_failures=failures,
-            base_ejection_time=base,
-            max_ejection_time=cap,
-            max_ejection_percent=percent,
-            count_5xx=count_5xx,
-            uneject_on_passing_check=uneject,
-        )
-
-    def strategy(self, raw: Mapping[str, object], where: str) -> str | None:
-        """
-        ``strategy``: the name of an installed strategy. The default, ``round_robin``, is
-        built in and not looked up.
-        """
-        if "strategy" not in raw:
-            return "round_robin"
-        strategy = self.string(raw, "strategy", where)
-        if strategy is None:
-            return None
-        installed = self.installed_strategies()
-        if strategy in installed:
-            return strategy
-        close = difflib.get_close_matches(strategy, installed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        self.problem(
-            join_key(where, "strategy"),
-            f"strategy {strategy!r} is not installed{hint}; "
-            f"installed strategies are: {_quote_list(installed)}",
-        )
-        return None
-
-    def check_strategy_options(
-        self, strategy: str, options: Mapping[str, object], where: str
-    ) -> Mapping[str, object] | None:
-        """
-        Let the strategy's factory judge its options (it raises ValueError naming a bad one).
-        The strategy made for the check is thrown away.
-        """
-        from twisted_lb.strategies import get_strategy
-
-        try:
-            get_strategy(strategy, options)
-        except ValueError as e:
-            self.problem(join_key(where, "strategy_options"), f"{e}; fix or remove it")
-            return None
-        return options
-
-    def strategy_options(
-        self, raw: Mapping[str, object], where: str
-    ) -> Mapping[str, object] | None:
-        if "strategy_options" not in raw:
-            return _empty_options()
-        value = raw["strategy_options"]
-        if not isinstance(value, Mapping):
-            self.problem(
-                join_key(where, "strategy_options"),
-                f"must be a table, as in strategy_options = {{}}, not {_describe(value)}",
-            )
-            return None
-        return _freeze_options(value)
-
-    def backends(
-        self, pool_name: str, raw: Mapping[str, object], where: str
-    ) -> tuple[BackendConfig, ...] | None:
-        key = join_key(where, "backends")
-        if "backends" not in raw:
-            self.problem(key, _MISSING + _BACKENDS_EXAMPLE)
-            return None
-        value = raw["backends"]
-        if not isinstance(value, list | tuple):
-            self.problem(
-                key,
-                f"must be an array of tables, as in {_BACKENDS_EXAMPLE}, not {_describe(value)}",
-            )
-            return None
-        if not value:
-            self.problem(key, f"must list at least one backend, as in {_BACKENDS_EXAMPLE}")
-            return None
-
-        backends: list[BackendConfig] = []
-        ok = True
-        names: dict[str, str] = {}
-        addresses: dict[Address, str] = {}
-        for index, item in enumerate(value):
-            item_key = f"{key}[{index}]"
-            default_name = f"{pool_name}{index + 1}"
-            backend = self.backend(default_name, item, item_key)
-            if backend is None:
-                ok = False
-            else:
-                backends.append(backend)
-            if not isinstance(item, Mapping):
-                continue
-            # Duplicates are checked on whatever parts of the backend are usable, so that they
-            # are reported together with the backend's other problems.
-            name = item.get("name", default_name)
-            if isinstance(name, str) and name:
-                if name in names:
-                    name_key = join_key(item_key, "name") if "name" in item else item_key
-                    self.problem(
-                        name_key,
-                        f"backend name {name!r} is already used by {names[name]}; "
-                        "give each backend a unique name",
-                    )
-                    ok = False
-                else:
-                    names[name] = item_key
-            address = _address_or_none(item.get("address"))
-            if address is not None:
-                if address in addresses:
-                    self.problem(
-                        join_key(item_key, "address"),
-                        f"{item['address']!r} is already used by {addresses[address]}; "
-                        "list each backend once and give it a higher weight instead",
-                    )
-                    ok = False
-                else:
-                    addresses[address] = item_key
-        return tuple(backends) if ok else None
-
-    def backend(self, default_name: str, raw: object, where: str) -> BackendConfig | None:
-        if not isinstance(raw, Mapping):
-            self.problem(
-                where,
-                f'must be a table, as in {{ address = "127.0.0.1:9001" }}, not {_describe(raw)}',
-            )
-            return None
-        before = len(self.problems)
-        self.check_keys(raw, where, _BACKEND_KEYS, ())
-
-        address: str | None = None
-        if "address" not in raw:
-            self.problem(join_key(where, "address"), _MISSING + 'address = "127.0.0.1:9001"')
-        else:
-            address = self.string(raw, "address", where)
-            if address is not None:
-                try:
-                    parse_address(address)
-                except ValueError as e:
-                    self.problem(join_key(where, "address"), str(e))
-                    address = None
-
-        name: str | None = default_name
-        if "name" in raw:
-            name = self.string(raw, "name", where)
-            if name == "":
-                self.problem(
-                    join_key(where, "name"),
-                    f"must not be empty; leave it out to use {default_name!r}",
-                )
-                name = None
-
-        weight = self.integer(raw, "weight", where, 1, minimum=1)
-
-        backup = raw.get("backup", False)
-        if not isinstance(backup, bool):
-            self.problem(
-                join_key(where, "backup"), f"must be true or false, not {_describe(backup)}"
-            )
-
-        state: str | None = "ready"
-        if "state" in raw:
-            state = self.string(raw, "state", where)
-            if state is not None and state not in _BACKEND_STATES:
-                self.problem(
-                    join_key(where, "state"),
-                    f"unknown state {state!r}" + _suggest(state, _BACKEND_STATES, "valid states"),
-                )
-                state = None
-
-        if (
-            len(self.problems) > before
-            or address is None
-            or name is None
-            or weight is None
-            or state is None
-        ):
-            return None
-        return BackendConfig(
-            address=address, name=name, weight=weight, backup=bool(backup), state=state
-        )
-
-
-def _address_or_none(text: object) -> Address | None:
-    """
-    The parsed address, or ``None`` if ``text`` is not a valid address string.
-    """
-    if not isinstance(text, str):
-        return None
+        "directory": "" if path.startswith("<") and path.endswith(">") else os.path.dirname(path),
+    }
     try:
-        return parse_address(text)
-    except ValueError:
-        return None
+        return Config.model_validate(data, context=context)
+    except ValidationError as e:
+        order = _document_order(data)
+        lines = _key_lines(text) if text is not None else {}
+        problems: list[tuple[int, Problem]] = []
+        for error in e.errors():
+            key, message = _problem(error)
+            if message:
+                problems.append((_position(key, order), Problem(path, _key_path(key), message)))
+        problems.sort(key=lambda item: item[0])
+        raise ConfigError(
+            [attrs.evolve(p, line=_line_of(p.key, lines)) for _, p in problems]
+        ) from None
+
+
+def _problem(error: Any) -> tuple[tuple[str | int, ...], str]:
+    """One of pydantic's errors as a key path and our message."""
+    loc = tuple(error["loc"])
+    ctx = error.get("ctx") or {}
+    if error["type"] == "lb":
+        message = ctx["message"]
+        loc = loc[: len(loc) - ctx["up"]] + tuple(ctx["at"])
+    elif error["type"] == "extra_forbidden" and isinstance(error["input"], _Refused):
+        message = error["input"].message
+    else:  # a value that our validators let through, such as a too short array built in code
+        message = error["msg"]
+    where = _key_path(loc)
+    last = next((str(part) for part in reversed(loc) if isinstance(part, str)), "")
+    return loc, _one_line(message.replace("{where}", where).replace("{key}", last))
+
+
+def _document_order(data: Mapping[str, object]) -> dict[tuple[str | int, ...], int]:
+    """Each key path of the document, numbered in the order of the document."""
+    order: dict[tuple[str | int, ...], int] = {}
+
+    def walk(value: object, loc: tuple[str | int, ...]) -> None:
+        order[loc] = len(order)
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, (*loc, str(key)))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+
+    walk(data, ())
+    return order
+
+
+def _position(loc: tuple[str | int, ...], order: Mapping[tuple[str | int, ...], int]) -> int:
+    """Where a key is in the document; a missing key sorts with the nearest table it is in."""
+    loc = ("global", *loc[1:]) if loc[:1] == ("global_config",) else loc
+    while loc not in order:
+        loc = loc[:-1]
+    return order[loc]
+
+
+_TOML_KEY = r'(?:[A-Za-z0-9_-]+|"[^"\\]*")'
+_TABLE_HEADER = re.compile(
+    rf"^\s*\[\[?\s*(?P<name>{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*)\s*\]\]?\s*(?:#.*)?$"
+)
+_KEY_LINE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """
+    The line of each key the text writes as ``key = ...`` or as a table header, by key path
+    (without array indexes: ``pools.app.backends.weight``). A best effort for messages: keys
+    inside inline tables are found when they start a line.
+    """
+    lines: dict[str, int] = {}
+    tables: dict[str, int] = {}
+    table = ""
+    for number, line in enumerate(text.split("\n"), 1):
+        header = _TABLE_HEADER.match(line)
+        if header is not None:
+            parts = [part.strip('"') for part in re.findall(_TOML_KEY, header["name"])]
+            for end in range(1, len(parts) + 1):
+                lines.setdefault(_key_path(parts[:end]), number)
+            table = _key_path(parts)
+            if line.lstrip().startswith("[["):  # the next table of an array of tables
+                table += f"[{tables.get(table, 0)}]"
+                tables[_key_path(parts)] = tables.get(_key_path(parts), 0) + 1
+                lines.setdefault(table, number)
+            continue
+        key = _KEY_LINE.match(line)
+        if key is not None:
+            lines.setdefault(join_key(table, key["key"].strip('"')), number)
+    return lines
+
+
+def _line_of(key: str, lines: Mapping[str, int]) -> int | None:
+    """The line of a key path (or of the nearest table it is in), or ``None``."""
+    for candidate in (key, re.sub(r"\[\d+\]", "", key)):
+        while candidate:
+            if candidate in lines:
+                return lines[candidate]
+            parent = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", candidate)
+            candidate = "" if parent == candidate else parent
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """
+    The JSON Schema of ``lb.toml`` (draft 2020-12), for editors (taplo, Even Better TOML):
+    every key with its type, default, description and, as ``"unit"``, its unit.
+
+    Cross-key rules (http-only keys, pool references, unique names) are only in the checks.
+    """
+    schema = Config.model_json_schema(by_alias=True)
+    schema["$defs"]["BackendConfig"]["required"] = ["address"]  # the name has a default
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "twisted-lb config (lb.toml)"
+    return schema
+
+
+def json_schema_text() -> str:
+    """:func:`json_schema` as the text of ``twisted_lb/lb.schema.json``."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# -- what is wrong with a value, for the validators above -----------------------------------------
 
 
 def _host_problem(host: str) -> str | None:
@@ -2530,21 +2108,6 @@ def _server_name_problem(name: str) -> str | None:
             f"{name!r} is too long for a DNS name (at most 63 characters between dots, 253 in all)"
         )
     return None
-
-
-def _about_key(problem: str, cert: str, key: str) -> bool:
-    """
-    Whether a problem that :func:`twisted_lb.tls.certificate_problem` found is about the key
-    file rather than the certificate file. Its messages start with the file they are about
-    (``"cannot read PATH: ..."``, ``"PATH: ..."``), and a key that does not match its
-    certificate is the key's problem (``"KEY does not match the certificate in CERT"``).
-    When both are one file, only the messages about the private key are the key's.
-    """
-    if problem.startswith(f"{key} does not match "):
-        return True
-    if cert == key:
-        return "private key" in problem
-    return problem.startswith((f"cannot read {key}: ", f"{key}: "))
 
 
 def _is_ipv6(text: str) -> bool:

@@ -54,6 +54,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
+from twisted_lb import _defaults as defaults
 from twisted_lb._address import Address
 from twisted_lb._transport import _OneProtocolFactory, describe_error
 from twisted_lb.backend import Backend
@@ -243,7 +244,10 @@ class TCPCheck:
     """
 
     def __init__(
-        self, reactor: Any, timeout: float = 1.0, endpoint: EndpointFactory | None = None
+        self,
+        reactor: Any,
+        timeout: float = defaults.CHECK_TIMEOUT,
+        endpoint: EndpointFactory | None = None,
     ) -> None:
         _check_timeout(timeout)
         self._reactor = reactor
@@ -406,10 +410,10 @@ class HTTPCheck:
     def __init__(
         self,
         reactor: Any,
-        timeout: float = 1.0,
-        path: str = "/",
+        timeout: float = defaults.CHECK_TIMEOUT,
+        path: str = defaults.CHECK_PATH,
         host: str | None = None,
-        expect_status: tuple[int, int] = (200, 399),
+        expect_status: tuple[int, int] = defaults.CHECK_EXPECT_STATUS,
         expect_body: str | None = None,
         endpoint: EndpointFactory | None = None,
         server_name: str | None = None,
@@ -578,11 +582,11 @@ class HealthMonitor(Service):
         pool: Pool,
         check: IHealthCheck,
         *,
-        interval: float = 2.0,
-        rise: int = 2,
-        fall: int = 3,
+        interval: float = defaults.CHECK_INTERVAL,
+        rise: int = defaults.CHECK_RISE,
+        fall: int = defaults.CHECK_FALL,
         down_interval: float | None = None,
-        jitter: float = 0.1,
+        jitter: float = defaults.CHECK_JITTER,
         rng: random.Random | None = None,
     ) -> None:
         if down_interval is None:

@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from zope.interface import implementer, provider
 
+from twisted_lb import _defaults as defaults
 from twisted_lb.interfaces import IAccessLog
 
 __all__ = ["AccessLog", "EventAccessLog", "json_lines_observer", "text_lines_observer"]
@@ -199,8 +200,8 @@ class AccessLog:
         out: IO[str] | str,
         *,
         log_format: str = "text",
-        buffer_bytes: int = 65536,
-        flush_interval: float = 1.0,
+        buffer_bytes: int = defaults.ACCESS_LOG_BUFFER,
+        flush_interval: float = defaults.ACCESS_LOG_FLUSH,
     ) -> None:
         if log_format not in ("text", "json"):
             raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from twisted_lb import _defaults as defaults
 from twisted_lb.backend import Backend, BackendState, ConnectionInfo
 from twisted_lb.interfaces import IBalancingStrategy
 
@@ -162,10 +163,10 @@ class OutlierDetector:
         self,
         reactor: Any,
         *,
-        consecutive_failures: int = 5,
-        base_ejection_time: float = 30.0,
-        max_ejection_time: float = 300.0,
-        max_ejection_percent: int = 50,
+        consecutive_failures: int = defaults.CONSECUTIVE_FAILURES,
+        base_ejection_time: float = defaults.BASE_EJECTION_TIME,
+        max_ejection_time: float = defaults.MAX_EJECTION_TIME,
+        max_ejection_percent: int = defaults.MAX_EJECTION_PERCENT,
         count_5xx: bool = False,
         uneject_on_passing_check: bool = True,
     ) -> None:
@@ -238,9 +239,9 @@ class Pool:
             outlier detector's.
 
     Attributes:
-        request_seconds: HTTP only: a :class:`~twisted_lb.pool.DurationHistogram` of the time from a request's
-            first byte to the end of its response (or error), in seconds, over every request
-            routed to this pool.
+        request_seconds: HTTP only: a :class:`~twisted_lb.pool.DurationHistogram` of the time
+            from a request's first byte to the end of its response (or error), in seconds, over
+            every request routed to this pool.
         first_byte_seconds: HTTP only: the time from a request's first byte to its backend's
             first response byte, for the requests that got one.
 
@@ -255,13 +256,13 @@ class Pool:
         backends: Iterable[Backend],
         strategy: IBalancingStrategy,
         *,
-        connect_timeout: float = 5.0,
-        retries: int = 2,
-        response_timeout: float = 60.0,
-        upstream_idle_timeout: float = 4.0,
-        max_idle_per_backend: int = 128,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        retries: int = defaults.RETRIES,
+        response_timeout: float = defaults.RESPONSE_TIMEOUT,
+        upstream_idle_timeout: float = defaults.UPSTREAM_IDLE_TIMEOUT,
+        max_idle_per_backend: int = defaults.MAX_IDLE_PER_BACKEND,
         panic: bool = False,
-        slow_start: float = 0.0,
+        slow_start: float = defaults.SLOW_START,
         outlier_detector: OutlierDetector | None = None,
         reactor: Any = None,
         tls: Any = None,

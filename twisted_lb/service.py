@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any, Self
 
 import attrs
@@ -353,12 +354,12 @@ def _access_settings(config: GlobalConfig) -> tuple[object, ...]:
 
 def _pool_settings(config: PoolConfig) -> PoolConfig:
     """A pool's config without its backends: what decides whether "pool X" changed."""
-    return attrs.evolve(config, backends=())
+    return config.model_copy(update={"backends": ()})
 
 
 def _frontend_settings(config: FrontendConfig) -> FrontendConfig:
     """A frontend's config without its listeners and routes, which are reported apart."""
-    return attrs.evolve(config, listen=(), routes=())
+    return config.model_copy(update={"listen": (), "routes": ()})
 
 
 @attrs.define
@@ -512,7 +513,15 @@ class LoadBalancerService(MultiService):
     def __init__(self, reactor: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
-        self.config = Config(path="<none>", frontends={}, pools={})
+        # Nothing yet: what the first config is diffed against (a file needs a frontend and a
+        # pool, so this one is built without validation).
+        self.config = Config.model_construct(
+            path="<none>",
+            frontends=MappingProxyType({}),
+            pools=MappingProxyType({}),
+            global_config=GlobalConfig(),
+            admin=None,
+        )
         self.generation = 1
         self.started: float = reactor.seconds()
         self.last_reload: ReloadResult | None = None
@@ -537,6 +546,9 @@ class LoadBalancerService(MultiService):
         """
         Build the live objects for a validated config. Nothing listens until the service starts.
 
+        The config is trusted as it is: :func:`twisted_lb.config.config_from_dict` has checked
+        everything, strategy options, endpoints and TLS files included.
+
         Args:
             config: from :func:`twisted_lb.config.load_config`.
             reactor: the reactor to run on.
@@ -544,10 +556,12 @@ class LoadBalancerService(MultiService):
                 lines, buffered (twistd's log output, under twistd); ``None``: they are
                 ``twisted.logger`` events (:class:`~twisted_lb.logs.EventAccessLog`).
 
+        The config is trusted as :mod:`twisted_lb.config` validated it (strategies and their
+        options, endpoints, TLS files); nothing is checked twice.
+
         Raises:
-            ConfigError: a strategy rejected its ``strategy_options``, a TLS file is
-                unusable, or a listen endpoint could not be built; problems are reported the
-                way ``check`` reports them.
+            ConfigError: a TLS file became unusable after the config was checked; the problem
+                is reported the way ``check`` reports them.
         """
         service = cls(reactor)
         service._log_output = log_output
@@ -589,13 +603,8 @@ class LoadBalancerService(MultiService):
             ):
                 strategy = live.strategy
             else:
-                try:
-                    strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
-                except ValueError as e:
-                    problems.append(
-                        Problem(config.path, join_key(where, "strategy_options"), str(e))
-                    )
-                    continue
+                # The schema had the plugin check the options (twisted_lb.config).
+                strategy = get_strategy(pool_config.strategy, pool_config.strategy_options)
             pool_tls = None
             if pool_config.tls is not None:
                 tls_config = pool_config.tls
@@ -650,25 +659,21 @@ class LoadBalancerService(MultiService):
             health = pool_config.health_check
             check = None if health is None else _health_check(reactor, health, pool_tls)
             if live is None:
-                try:
-                    live = Pool(
-                        name,
-                        backends,
-                        strategy,
-                        connect_timeout=pool_config.connect_timeout,
-                        retries=pool_config.retries,
-                        response_timeout=pool_config.response_timeout,
-                        upstream_idle_timeout=pool_config.upstream_idle_timeout,
-                        max_idle_per_backend=pool_config.max_idle_per_backend,
-                        panic=pool_config.panic,
-                        slow_start=pool_config.slow_start,
-                        outlier_detector=detector,
-                        reactor=reactor,
-                        tls=pool_tls,
-                    )
-                except ValueError as e:
-                    problems.append(Problem(config.path, where, str(e)))
-                    continue
+                live = Pool(
+                    name,
+                    backends,
+                    strategy,
+                    connect_timeout=pool_config.connect_timeout,
+                    retries=pool_config.retries,
+                    response_timeout=pool_config.response_timeout,
+                    upstream_idle_timeout=pool_config.upstream_idle_timeout,
+                    max_idle_per_backend=pool_config.max_idle_per_backend,
+                    panic=pool_config.panic,
+                    slow_start=pool_config.slow_start,
+                    outlier_detector=detector,
+                    reactor=reactor,
+                    tls=pool_tls,
+                )
                 new = True
             else:
                 new = False
@@ -684,10 +689,7 @@ class LoadBalancerService(MultiService):
             self.config.global_config
         ) != _access_settings(config.global_config)
         if access_log_changed:
-            try:
-                access_log = _access_log(config.global_config, reactor, self._log_output)
-            except ValueError as e:
-                problems.append(Problem(config.path, "global.access_log", str(e)))
+            access_log = _access_log(config.global_config, reactor, self._log_output)
         for name, frontend in config.frontends.items():
             where = join_key("frontends", name)
             factory = self._frontend_factory(name, frontend, pools, access_log)
@@ -711,14 +713,11 @@ class LoadBalancerService(MultiService):
             for index, description in enumerate(frontend.listen):
                 if description in live_descriptions:
                     continue
+                # The schema parsed each description with the same parser (on a memory
+                # reactor); the TLS files below may have changed since, so they are read
+                # again and a failure is a problem of this reload.
                 under_proxy = proxy_listener(description)
-                try:
-                    endpoint = serverFromString(reactor, under_proxy or description)
-                except Exception as e:
-                    problems.append(
-                        Problem(config.path, f"{join_key(where, 'listen')}[{index}]", str(e))
-                    )
-                    continue
+                endpoint = serverFromString(reactor, under_proxy or description)
                 endpoints[description] = (name, index, endpoint)
         if (
             not problems
@@ -1138,7 +1137,7 @@ class LoadBalancerService(MultiService):
         return result
 
     def _failed(self, problems: Iterable[Problem]) -> ReloadResult:
-        lines = tuple(str(problem) for problem in problems)
+        lines = tuple(problem.located() for problem in problems)
         # Warnings, not errors: the process is fine and keeps the config in force.
         for line in lines:
             _log.warn("{problem}", problem=line)

@@ -169,6 +169,7 @@ def makeService(options: Options) -> IService:
             service.log_observer = text_lines_observer(out)
         return service
     except ConfigError as e:
-        sys.stderr.write(f"{e}\n")
+        for problem in e.problems:  # as ``twisted-lb check`` prints them
+            sys.stderr.write(problem.located() + "\n")
         sys.stderr.flush()
         raise SystemExit(1) from None

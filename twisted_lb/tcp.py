@@ -32,6 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_lb import _defaults as defaults
 from twisted_lb._frontend import FrontendFactory
 from twisted_lb._transport import (
     FULL_READ_BYTES,
@@ -431,8 +432,8 @@ class TCPRelayFactory(FrontendFactory):
         reactor: Any,
         pool: Pool,
         *,
-        client_timeout: float = 60.0,
-        max_connections: int = 10000,
+        client_timeout: float = defaults.CLIENT_TIMEOUT,
+        max_connections: int = defaults.MAX_CONNECTIONS,
         frontend: str = "tcp",
         access_log: bool | IAccessLog | None = True,
     ) -> None:

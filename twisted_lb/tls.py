@@ -54,6 +54,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TL
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_lb import _defaults as defaults
 from twisted_lb.backend import Backend
 
 _log = Logger()
@@ -68,6 +69,7 @@ __all__ = [
     "TLSConfigError",
     "ca_problem",
     "certificate_problem",
+    "ciphers_problem",
     "group_problem",
 ]
 
@@ -98,7 +100,7 @@ INTERMEDIATE_CIPHERS = ":".join(
 #: Mozilla's "intermediate" groups (the curves of the key exchange, TLS 1.2 ECDHE and TLS 1.3),
 #: guidelines version 5.7 ``tls_curves``, most preferred first, in OpenSSL's names. OpenSSL's
 #: own default adds X448, secp521r1 and the ffdhe groups.
-INTERMEDIATE_GROUPS = ("X25519", "prime256v1", "secp384r1")
+INTERMEDIATE_GROUPS = defaults.TLS_CURVES  # ("X25519", "prime256v1", "secp384r1")
 
 #: Group names offered in the message about an unknown one (those OpenSSL knows).
 _GROUP_EXAMPLES = (
@@ -374,6 +376,20 @@ def certificate_problem(cert: str, key: str, now: datetime | None = None) -> str
     return None
 
 
+def ciphers_problem(ciphers: str) -> str | None:
+    """
+    Check an OpenSSL cipher string for TLS 1.2, as :class:`ServerTLS` would set it.
+
+    Returns:
+        ``None`` when OpenSSL knows at least one of the ciphers; else one line.
+    """
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return f"ciphers {ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
+    return None
+
+
 def ca_problem(path: str) -> str | None:
     """
     Check a bundle of trusted CA certificates.
@@ -520,7 +536,7 @@ class ServerTLS:
         self,
         certificates: Sequence[tuple[str, str]],
         *,
-        min_version: str = "TLSv1.2",
+        min_version: str = defaults.MIN_TLS_VERSION,
         ciphers: str | None = None,
         curves: Sequence[str] = INTERMEDIATE_GROUPS,
         alpn: Sequence[bytes] = (),

@@ -45,6 +45,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_lb import _defaults as defaults
 from twisted_lb._frontend import FrontendFactory
 from twisted_lb._transport import (
     ReadGate,
@@ -1413,13 +1414,13 @@ class HTTPProxyFactory(FrontendFactory):
         pool: Pool | Router,
         *,
         upstreams: Upstreams | None = None,
-        client_timeout: float = 60.0,
-        header_timeout: float = 10.0,
-        max_header_bytes: int = 65536,
-        max_body_bytes: int = 0,
+        client_timeout: float = defaults.CLIENT_TIMEOUT,
+        header_timeout: float = defaults.HEADER_TIMEOUT,
+        max_header_bytes: int = defaults.MAX_HEADER_BYTES,
+        max_body_bytes: int = defaults.MAX_BODY_BYTES,
         trusted_proxies: Sequence[str] = (),
-        tunnel_timeout: float = 3600.0,
-        max_connections: int = 10000,
+        tunnel_timeout: float = defaults.TUNNEL_TIMEOUT,
+        max_connections: int = defaults.MAX_CONNECTIONS,
         frontend: str = "http",
         proto: str = "http",
         access_log: bool | IAccessLog | None = True,
