@@ -95,6 +95,7 @@ autodoc_type_aliases = {
     "IStreamServerEndpoint": "twisted.internet.interfaces.IStreamServerEndpoint",
     "IProtocolFactory": "twisted.internet.interfaces.IProtocolFactory",
     "IReactorTime": "twisted.internet.interfaces.IReactorTime",
+    "IBalancerReactor": "twisted_lb.interfaces.IBalancerReactor",
     "IBalancingStrategy": "twisted_lb.interfaces.IBalancingStrategy",
     "IStrategyFactory": "twisted_lb.interfaces.IStrategyFactory",
 }

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from twisted_lb._transport import lose_connection
 from twisted_lb.http.headers import TrustedProxies
-from twisted_lb.interfaces import IAccessLog
+from twisted_lb.interfaces import IAccessLog, IBalancerReactor
 from twisted_lb.logs import EventAccessLog
 
 _log = Logger()
@@ -88,7 +88,7 @@ class FrontendFactory(Factory):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IBalancerReactor,
         *,
         max_connections: int,
         frontend: str,

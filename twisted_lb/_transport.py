@@ -25,12 +25,15 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocol,
     IPushProducer,
+    IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from twisted_lb.interfaces import IBalancerReactor
 
 #: Bytes a bulk connection of the L4 relay reads at once, and queues for writing before the
 #: other side is paused (``bufferSize`` of Twisted's TCP transports, 64 KiB by default). Fewer,
@@ -147,7 +150,7 @@ class _SendQueue:
 
     __slots__ = ("call", "pending", "reactor")
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self.reactor = reactor
         self.pending: dict[object, Callable[[], None]] = {}
         self.call: Any = None
@@ -182,7 +185,7 @@ _log = Logger()
 _send_queues: weakref.WeakKeyDictionary[Any, _SendQueue] = weakref.WeakKeyDictionary()
 
 
-def _send_queue(reactor: Any) -> _SendQueue:
+def _send_queue(reactor: IReactorTime) -> _SendQueue:
     queue = _send_queues.get(reactor)
     if queue is None:
         queue = _send_queues[reactor] = _SendQueue(reactor)
@@ -558,7 +561,9 @@ class _TLSHandshake(Protocol):
             self.done.errback(reason)
 
 
-def _connect_tls(reactor: Any, backend: Any, protocol: IProtocol, tls: Any) -> Deferred[IProtocol]:
+def _connect_tls(
+    reactor: IBalancerReactor, backend: Any, protocol: IProtocol, tls: Any
+) -> Deferred[IProtocol]:
     """Connect over TLS with ``tls.endpoint(reactor, backend)``; fire after the handshake."""
     tcp_connect: Deferred[IProtocol] | None = None
     waiter: _TLSHandshake | None = None
@@ -587,7 +592,7 @@ def _connect_tls(reactor: Any, backend: Any, protocol: IProtocol, tls: Any) -> D
 
 
 def connect(
-    reactor: Any, backend: Any, protocol: IProtocol, timeout: float, tls: Any = None
+    reactor: IBalancerReactor, backend: Any, protocol: IProtocol, timeout: float, tls: Any = None
 ) -> Deferred[IProtocol]:
     """
     Connect ``protocol`` to ``backend`` through its client endpoint, abandoning the attempt

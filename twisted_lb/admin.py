@@ -48,6 +48,7 @@ from twisted_lb import __version__
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import AdminConfig, Config, ConfigError, Problem
 from twisted_lb.dashboard import DashboardResource, dashboard_page
+from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.metrics import MetricsResource, metrics_registry
 from twisted_lb.pool import Pool
 from twisted_lb.tls import ServerTLS
@@ -895,7 +896,7 @@ class AdminService(MultiService):
         ConfigError: an endpoint cannot be built, or the token file cannot be read.
     """
 
-    def __init__(self, service: Balancer, config: AdminConfig, reactor: Any) -> None:
+    def __init__(self, service: Balancer, config: AdminConfig, reactor: IBalancerReactor) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.balancer = service
         self.config = config

@@ -19,6 +19,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 
 from twisted_lb._address import Address, parse_address
+from twisted_lb.interfaces import IBalancerReactor
 
 
 class BackendState(enum.Enum):
@@ -346,7 +347,7 @@ class Backend:
         """
         return cls(parse_address(address), **kwargs)
 
-    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+    def endpoint(self, reactor: IBalancerReactor) -> IStreamClientEndpoint:
         """
         The client endpoint that connects to this backend.
 

@@ -14,8 +14,9 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
+from twisted.internet.interfaces import IReactorTCP
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from twisted_lb import __version__
@@ -26,6 +27,7 @@ from twisted_lb.config import (
     load_config,
     parse_config,
 )
+from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.service import ListenError, LoadBalancerService
 
 
@@ -94,7 +96,7 @@ def _demo_config(
     )
 
 
-def _start_demo_backends(reactor: Any, count: int, base_port: int) -> list[int]:
+def _start_demo_backends(reactor: IReactorTCP, count: int, base_port: int) -> list[int]:
     """
     Listen with one small twisted.web site per demo backend, and one more for the api pool;
     return their ports, the api backend's last.
@@ -163,7 +165,10 @@ def demo(port: int, backends: int, strategy: str, backend_port: int, mode: str =
     from twisted_lb.reactor import install_default
 
     install_default()  # the reactor ``twistd lb`` runs on, unless one is installed already
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    # Twisted types it as the interfaces most reactors provide; ours provides these too.
+    reactor = cast(IBalancerReactor, global_reactor)
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     try:

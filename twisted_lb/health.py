@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IPushProducer,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -58,7 +59,7 @@ from twisted_lb import _defaults as defaults
 from twisted_lb._address import Address
 from twisted_lb._transport import _OneProtocolFactory, describe_error
 from twisted_lb.backend import Backend
-from twisted_lb.interfaces import IHealthCheck
+from twisted_lb.interfaces import IBalancerReactor, IHealthCheck
 from twisted_lb.pool import Pool
 
 _log = Logger()
@@ -91,7 +92,7 @@ class ProbeResult:
     detail: str
 
 
-def _backend_endpoint(reactor: Any, backend: Backend) -> IStreamClientEndpoint:
+def _backend_endpoint(reactor: IBalancerReactor, backend: Backend) -> IStreamClientEndpoint:
     return backend.endpoint(reactor)
 
 
@@ -134,7 +135,7 @@ class _TimedProbe:
     seconds, and turns its errors into failed results.
     """
 
-    def __init__(self, reactor: Any, timeout: float) -> None:
+    def __init__(self, reactor: IBalancerReactor, timeout: float) -> None:
         self._reactor = reactor
         self._timeout = timeout
         self._started: float = reactor.seconds()
@@ -245,7 +246,7 @@ class TCPCheck:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IBalancerReactor,
         timeout: float = defaults.CHECK_TIMEOUT,
         endpoint: EndpointFactory | None = None,
     ) -> None:
@@ -409,7 +410,7 @@ class HTTPCheck:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IBalancerReactor,
         timeout: float = defaults.CHECK_TIMEOUT,
         path: str = defaults.CHECK_PATH,
         host: str | None = None,
@@ -578,7 +579,7 @@ class HealthMonitor(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         pool: Pool,
         check: IHealthCheck,
         *,

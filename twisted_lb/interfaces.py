@@ -1,6 +1,6 @@
 """
 The zope interfaces of twisted-lb: balancing strategies, their plugin factories, health
-checks, and the access log.
+checks, the access log, and what the balancer needs of a reactor.
 
 Interface methods take no ``self`` (zope convention), so that ``verifyObject`` works.
 """
@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUNIX,
+)
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
@@ -17,6 +25,26 @@ if TYPE_CHECKING:
 
     from twisted_lb.backend import Backend, ConnectionInfo
     from twisted_lb.health import ProbeResult
+
+
+class IBalancerReactor(
+    IReactorCore,
+    IReactorTime,
+    IReactorTCP,
+    IReactorUNIX,
+    IReactorPluggableNameResolver,
+    IReactorFromThreads,
+):
+    """
+    The reactor of the classes that both keep time and connect to backends (the relay, the
+    upstream pool, health checks, the service): Twisted's own interfaces, together.
+
+    It adds nothing: every Twisted reactor on a POSIX system provides them all, and none needs
+    to declare this one. It only names their combination for the type checker, which has no
+    intersection of interfaces; Twisted types its global reactor the same way
+    (``twisted.internet._IReactorCommon``, "a make-believe interface"). Classes that only keep
+    time take an ``IReactorTime``.
+    """
 
 
 class IBalancingStrategy(Interface):

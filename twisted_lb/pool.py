@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from twisted_lb import _defaults as defaults
@@ -161,7 +161,7 @@ class OutlierDetector:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         *,
         consecutive_failures: int = defaults.CONSECUTIVE_FAILURES,
         base_ejection_time: float = defaults.BASE_EJECTION_TIME,
@@ -264,7 +264,7 @@ class Pool:
         panic: bool = False,
         slow_start: float = defaults.SLOW_START,
         outlier_detector: OutlierDetector | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         tls: Any = None,
     ) -> None:
         for key, seconds in (
@@ -295,7 +295,7 @@ class Pool:
         self.slow_start = slow_start
         self.outlier_detector = outlier_detector
         self.tls = tls
-        self.reactor: Any = reactor
+        self.reactor: IReactorTime | None = reactor
         self.backends: list[Backend] = []
         self.request_seconds = DurationHistogram()
         self.first_byte_seconds = DurationHistogram()
@@ -308,6 +308,16 @@ class Pool:
         # After stop(): no new timers (reports during a shutdown's grace change no state).
         self._stopped = False
         self.set_backends(backends)
+
+    def _clock(self) -> IReactorTime:
+        """
+        The reactor of slow start and ejections. Both need one: the constructor refuses
+        ``slow_start`` without it and takes the outlier detector's, so this never fails for a
+        pool built that way.
+        """
+        if self.reactor is None:
+            raise RuntimeError(f"pool {self.name}: slow start and ejections need a reactor")
+        return self.reactor
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.backends!r}>"
@@ -545,13 +555,13 @@ class Pool:
         if not self.slow_start or self._stopped or backend not in self.backends:
             return
         self._end_slow_start(backend, settle=False)
-        self._warming_since[backend] = self.reactor.seconds()
+        self._warming_since[backend] = self._clock().seconds()
         self._warm(backend)
 
     def _warm(self, backend: Backend) -> None:
         """Set one slow-start step's effective weight and schedule the next step."""
         self._warmups.pop(backend, None)
-        elapsed = self.reactor.seconds() - self._warming_since[backend]
+        elapsed = self._clock().seconds() - self._warming_since[backend]
         if elapsed >= self.slow_start:
             self._end_slow_start(backend)
             return
@@ -559,7 +569,7 @@ class Pool:
         backend.effective_weight = backend.weight * share
         self._weights_changed()
         step = max(1.0, self.slow_start / 20)
-        self._warmups[backend] = self.reactor.callLater(
+        self._warmups[backend] = self._clock().callLater(
             min(step, self.slow_start - elapsed), self._warm, backend
         )
 
@@ -629,7 +639,7 @@ class Pool:
                     percent=detector.max_ejection_percent,
                 )
             return
-        now = self.reactor.seconds()
+        now = self._clock().seconds()
         returned = self._returned_at.pop(backend, None)
         if returned is not None:
             served = int(max(now - returned, 0.0) // detector.base_ejection_time)
@@ -640,7 +650,7 @@ class Pool:
         was_available = backend.available
         backend.ejected = True
         self._availability_changed(backend, was_available)
-        self._unejections[backend] = self.reactor.callLater(seconds, self._uneject, backend)
+        self._unejections[backend] = self._clock().callLater(seconds, self._uneject, backend)
         _log.warn(
             "pool {pool}: backend {backend} ejected for {seconds:g} s after {count} "
             "consecutive failures (last: {reason}); ejection {ejections} in a row",
@@ -684,7 +694,7 @@ class Pool:
         self._unejections.pop(backend, None)
         backend.ejected = False
         backend.consecutive_failures = 0
-        self._returned_at[backend] = self.reactor.seconds()
+        self._returned_at[backend] = self._clock().seconds()
         _log.info(
             "pool {pool}: backend {backend} back from ejection{why}",
             pool=self.name,
@@ -701,7 +711,7 @@ class Pool:
         call = self._unejections.get(backend)
         if call is None or not call.active():
             return None
-        left: float = call.getTime() - self.reactor.seconds()
+        left: float = call.getTime() - self._clock().seconds()
         return max(left, 0.0)
 
     def stop(self) -> None:

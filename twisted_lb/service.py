@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -51,7 +52,7 @@ from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.http.upstream import Upstreams
-from twisted_lb.interfaces import IAccessLog, IBalancingStrategy, IHealthCheck
+from twisted_lb.interfaces import IAccessLog, IBalancerReactor, IBalancingStrategy, IHealthCheck
 from twisted_lb.logs import AccessLog, EventAccessLog
 from twisted_lb.pool import OutlierDetector, Pool
 from twisted_lb.strategies import get_strategy
@@ -252,7 +253,7 @@ class Listener(Service):
 
 
 def _access_log(
-    config: GlobalConfig, reactor: Any, log_output: IO[str] | None
+    config: GlobalConfig, reactor: IReactorTime, log_output: IO[str] | None
 ) -> IAccessLog | None:
     """The access log ``[global]`` asks for (see :meth:`LoadBalancerService.from_config`)."""
     destination = config.access_log
@@ -276,7 +277,9 @@ def _access_log(
     )
 
 
-def _health_check(reactor: Any, config: HealthCheckConfig, tls: ClientTLS | None) -> IHealthCheck:
+def _health_check(
+    reactor: IBalancerReactor, config: HealthCheckConfig, tls: ClientTLS | None
+) -> IHealthCheck:
     """
     The check a ``[pools.NAME.health_check]`` table describes; over TLS, verified as the
     pool's traffic is, when the pool has ``tls``, and then asking for the pool's
@@ -510,7 +513,7 @@ class LoadBalancerService(MultiService):
         drains: the drains in progress (removed backends and frontends).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IBalancerReactor) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         # Nothing yet: what the first config is diffed against (a file needs a frontend and a
@@ -541,7 +544,7 @@ class LoadBalancerService(MultiService):
 
     @classmethod
     def from_config(
-        cls, config: Config, reactor: Any, *, log_output: IO[str] | None = None
+        cls, config: Config, reactor: IBalancerReactor, *, log_output: IO[str] | None = None
     ) -> Self:
         """
         Build the live objects for a validated config. Nothing listens until the service starts.

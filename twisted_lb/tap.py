@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
 from twisted.logger import ILogObserver, Logger
@@ -14,6 +14,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from twisted_lb.config import ConfigError, load_config
+from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.logs import json_lines_observer, text_lines_observer
 from twisted_lb.service import ListenError, LoadBalancerService
 
@@ -156,7 +157,10 @@ def makeService(options: Options) -> IService:
     from twisted_lb.reactor import install_default
 
     install_default()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    # Twisted types it as the interfaces most reactors provide; ours provides these too.
+    reactor = cast(IBalancerReactor, global_reactor)
 
     try:
         config = load_config(options["config"])

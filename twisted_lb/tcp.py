@@ -16,7 +16,7 @@ access event per connection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -45,7 +45,7 @@ from twisted_lb._transport import (
     sender,
 )
 from twisted_lb.backend import RETRY_CONNECT_FAILED, Backend, ConnectionInfo
-from twisted_lb.interfaces import IAccessLog
+from twisted_lb.interfaces import IAccessLog, IBalancerReactor
 from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
@@ -429,7 +429,7 @@ class TCPRelayFactory(FrontendFactory):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IBalancerReactor,
         pool: Pool,
         *,
         client_timeout: float = defaults.CLIENT_TIMEOUT,

@@ -56,6 +56,7 @@ from zope.interface import implementer
 
 from twisted_lb import _defaults as defaults
 from twisted_lb.backend import Backend
+from twisted_lb.interfaces import IBalancerReactor
 
 _log = Logger()
 
@@ -885,7 +886,7 @@ class ClientTLS:
             )
         return optionsForClientTLS(name, trustRoot=self._trust, extraCertificateOptions=extra)
 
-    def endpoint(self, reactor: Any, backend: Backend) -> IStreamClientEndpoint:
+    def endpoint(self, reactor: IBalancerReactor, backend: Backend) -> IStreamClientEndpoint:
         """
         The TLS client endpoint to one backend:
         ``wrapClientTLS(self.creator(backend), backend.endpoint(reactor))``; the

@@ -36,7 +36,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -73,7 +73,7 @@ from twisted_lb.http.headers import (
 )
 from twisted_lb.http.routing import Router
 from twisted_lb.http.upstream import UpstreamConnection, Upstreams
-from twisted_lb.interfaces import IAccessLog
+from twisted_lb.interfaces import IAccessLog, IBalancerReactor
 from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
@@ -1410,7 +1410,7 @@ class HTTPProxyFactory(FrontendFactory):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IBalancerReactor,
         pool: Pool | Router,
         *,
         upstreams: Upstreams | None = None,

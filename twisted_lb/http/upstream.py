@@ -30,6 +30,7 @@ from twisted_lb._transport import (
     unwrap,
 )
 from twisted_lb.backend import Backend
+from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.pool import Pool
 
 _log = Logger()
@@ -236,7 +237,7 @@ class Upstreams:
         connections_made: connections opened so far, for tests and metrics.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IBalancerReactor) -> None:
         self.reactor = reactor
         self.idle: dict[Backend, list[UpstreamConnection]] = {}
         self.connections_made = 0
