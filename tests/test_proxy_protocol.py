@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._harness import (
+    TWISTD,
     Process,
     environ_with,
     free_port,
@@ -409,20 +410,26 @@ class TLSTests(ProxyProtocolCase):
         self.assertEqual(header_values(echo, "X-Forwarded-Proto"), ["https"])
         lb.wait_for(rf'twisted_lb\.access#info\] web {CLIENT} "GET /who" 200 ')
 
-    def test_proxy_header_inside_tls_on_haproxy_ssl(self) -> None:
+    def test_haproxy_ssl_listener_refused_at_start(self) -> None:
         """
-        On a ``haproxy:ssl:`` listener, Twisted's order, the header comes first inside the TLS
-        connection; the backend sees the address from it.
+        A ``haproxy:ssl:`` listener would terminate TLS with Twisted's defaults (not the
+        frontend's TLS policy) and tell backends the scheme is http: ``twistd`` refuses the
+        config, names the key and the fix, and listens on nothing.
         """
         _backend, backend_port = self.start_backend("echo", "app1")
         listen = f"haproxy:ssl:0:interface=127.0.0.1:certKey={self.cert}:privateKey={self.key}"
-        lb, port = self.start_lb(self.http_config(backend_port, listen=listen))
-        sock = self.context.wrap_socket(self.connect(port), server_hostname="site.test")
-        self.addCleanup(sock.close)
-        sock.sendall(v1_header(CLIENT) + b"GET /who HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        response = read_response(sock.makefile("rb"))
-        self.assertEqual(header_values(echoed(response.body), "X-Forwarded-For"), [CLIENT])
-        lb.wait_for(rf'twisted_lb\.access#info\] web {CLIENT} "GET /who" 200 ')
+        path = Path(self.mktemp() + ".toml")
+        path.write_text(self.http_config(backend_port, listen=listen))
+        lb = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", str(path)])
+        self.addCleanup(lb.kill)
+        self.assertNotEqual(lb.popen.wait(TIMEOUT * 2), 0)
+        output = lb.output()
+        self.assertIn(
+            f"{path}: frontends.web.listen[0]: {listen!r}: an ssl: listener terminates TLS",
+            output,
+        )
+        self.assertIn("listen on 'haproxy:tcp:0' and put the certificate in", output)
+        self.assertNotIn("listening on", output)
 
 
 class HAProxyInFrontTests(ProxyProtocolCase):
@@ -750,6 +757,32 @@ class ConfigTests(SynchronousTestCase):
             [
                 "lb.toml: frontends.web.proxy_protocol_from: must be an array of strings, as in "
                 'proxy_protocol_from = ["10.0.0.0/8"], not a string'
+            ],
+        )
+
+    def test_ssl_listeners_refused(self) -> None:
+        """
+        ``ssl:`` and ``haproxy:ssl:`` (any case) in a frontend are refused with the fix:
+        ``tcp:`` or ``haproxy:tcp:`` on the same port and ``[frontends.web.tls]``.
+        """
+        self.assertEqual(
+            self.problems(frontend_toml("http", "HAProxy:SSL:8443:privateKey=missing.pem")),
+            [
+                "lb.toml: frontends.web.listen[0]: 'HAProxy:SSL:8443:privateKey=missing.pem': "
+                "an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
+                "[frontends.web.tls], and its backends would be told the scheme is http; "
+                "listen on 'HAProxy:tcp:8443' and put the certificate in [frontends.web.tls] "
+                "(the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
+                "and nginx's proxy_protocol send it)"
+            ],
+        )
+        self.assertEqual(
+            self.problems(frontend_toml("tcp", "ssl:443:privateKey=k.pem")),
+            [
+                "lb.toml: frontends.web.listen[0]: 'ssl:443:privateKey=k.pem': an ssl: "
+                "listener terminates TLS with Twisted's defaults, not the policy of "
+                "[frontends.web.tls], and its backends would be told the scheme is http; "
+                "listen on 'tcp:443' and put the certificate in [frontends.web.tls]"
             ],
         )
 

@@ -374,7 +374,7 @@ class _ProxyHeaderProtocol(Protocol):
         if isinstance(transport, tcp.Connection) and transport.protocol is self:
             transport.protocol = protocol
         elif isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is self:
-            transport.wrappedProtocol = protocol  # Twisted's TLS transport (haproxy:ssl:)
+            transport.wrappedProtocol = protocol  # a wrapping transport (TLS, in embedders)
         else:
             self.wrapped = protocol  # any other transport (test fakes): pass reads on
         protocol.makeConnection(transport)

@@ -888,6 +888,38 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
+def _tls_endpoint(text: str) -> bool:
+    """
+    Whether a server endpoint description is Twisted's ``ssl:``, bare or under ``haproxy:``
+    (endpoint types are matched without case, as Twisted matches them).
+    """
+    inner = proxy_listener(text)
+    kind = (text if inner is None else inner).partition(":")[0]
+    return kind.lower() == "ssl"
+
+
+def _tls_listener_problem(text: str, where: str) -> str:
+    """
+    Why a frontend's ``ssl:`` or ``haproxy:ssl:`` listener is refused, and the fix: the same
+    port on ``tcp:`` (``haproxy:tcp:``) with the certificate in the frontend's ``tls`` table.
+    """
+    inner = proxy_listener(text)
+    prefix = "" if inner is None else text[: len(text) - len(inner)]
+    port = (text if inner is None else inner).split(":")[1:2] or ["443"]
+    fix = f"{prefix}tcp:{port[0] or '443'}"
+    return (
+        f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
+        f"[{where}.tls], and its backends would be told the scheme is http; listen on "
+        f"{fix!r} and put the certificate in [{where}.tls]"
+        + (
+            " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
+            "and nginx's proxy_protocol send it)"
+            if inner is not None
+            else ""
+        )
+    )
+
+
 def _exposed_endpoint(text: str) -> str | None:
     """
     Where a valid server endpoint description listens when other hosts can reach it: a TCP
@@ -1298,7 +1330,7 @@ class _Validator:
         self.check_keys(raw, where, _FRONTEND_KEYS, ())
 
         mode = self.mode(raw, where)
-        listen = self.listen(raw, where)
+        listen = self.listen(raw, where, frontend=True)
         pool = self.pool_reference(raw, where)
         client_timeout = self.seconds(raw, "client_timeout", where, 60.0)
         max_connections = self.integer(raw, "max_connections", where, 10000, minimum=1)
@@ -1521,11 +1553,18 @@ class _Validator:
         return prefix
 
     def listen(
-        self, raw: Mapping[str, object], where: str, example: str = _LISTEN_EXAMPLE
+        self,
+        raw: Mapping[str, object],
+        where: str,
+        example: str = _LISTEN_EXAMPLE,
+        *,
+        frontend: bool = False,
     ) -> tuple[str, ...] | None:
         """
         ``listen``: one endpoint description or an array of them, each parsed by Twisted and
-        used by no other listener in the file.
+        used by no other listener in the file. A frontend's may not be ``ssl:`` or
+        ``haproxy:ssl:``: that endpoint terminates TLS with Twisted's defaults, outside the
+        frontend's ``tls`` table, and the frontend would tell its backends the scheme is http.
         """
         key = join_key(where, "listen")
         if "listen" not in raw:
@@ -1560,6 +1599,10 @@ class _Validator:
                 ok = False
                 continue
             self.listeners[item] = item_key
+            if frontend and _tls_endpoint(item):
+                self.problem(item_key, _tls_listener_problem(item, where))
+                ok = False
+                continue
             error = _endpoint_problem(item)
             if error is not None:
                 self.problem(
