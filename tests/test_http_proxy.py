@@ -758,7 +758,8 @@ class StrictRequestTests(ProxyCase):
 
     def unlimited(self, **options: Any) -> HTTPProxyFactory:
         """A factory like setUp's, with ``max_body_bytes = 0`` (no limit)."""
-        return HTTPProxyFactory(self.reactor, self.pool, max_header_bytes=2048, **options)
+        options.setdefault("max_header_bytes", 2048)
+        return HTTPProxyFactory(self.reactor, self.pool, **options)
 
     def test_duplicate_host(self) -> None:
         """Two Host field lines: 400 (RFC 9112 §3.2), in any case and with the same value."""
@@ -882,8 +883,9 @@ class StrictRequestTests(ProxyCase):
 
     def test_underscore_header_dropped(self) -> None:
         """
-        A header name with ``_`` is dropped and logged (nginx ``underscores_in_headers off``):
-        ``Transfer_Encoding`` beside Content-Length never reaches the backend.
+        A header name with ``_`` is dropped (nginx ``underscores_in_headers off``):
+        ``Transfer_Encoding`` beside Content-Length never reaches the backend. The drops are
+        logged once per request, with their count and the first name.
         """
         with capturedLogs() as events:
             sent = self.forwarded(
@@ -895,8 +897,33 @@ class StrictRequestTests(ProxyCase):
         self.assertIn(b"\r\nX-Ok: 1\r\n", head)
         self.assertEqual(body, b"abc")
         self.assertEqual(
-            [e["name"] for e in events if "underscores_in_headers" in e.get("log_format", "")],
-            ["Transfer_Encoding", "X_Real_IP"],
+            [
+                (e["count"], e["name"])
+                for e in events
+                if "underscores_in_headers" in e.get("log_format", "")
+            ],
+            [(2, "Transfer_Encoding")],
+        )
+
+    def test_many_underscore_headers_one_event(self) -> None:
+        """
+        A head of hundreds of underscore fields makes one log event per request, not one per
+        field; the next request on the connection counts its own.
+        """
+        junk = b"".join(b"a_%d: x\r\n" % i for i in range(300))
+        with capturedLogs() as events:
+            self.forwarded(
+                b"GET / HTTP/1.1\r\nHost: h\r\n" + junk + b"\r\n",
+                self.unlimited(max_header_bytes=65536),
+            )
+            self.forwarded(b"GET / HTTP/1.1\r\nHost: h\r\nb_c: 1\r\n\r\n")
+        self.assertEqual(
+            [
+                (e["count"], e["name"])
+                for e in events
+                if "underscores_in_headers" in e.get("log_format", "")
+            ],
+            [(300, "a_0"), (1, "b_c")],
         )
 
     def test_request_line_spaces_normalised(self) -> None:

@@ -213,6 +213,10 @@ class HTTPProxyProtocol(Protocol):
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
         self.in_head = False
+        # Header fields dropped for an underscore in the current head, and the first name:
+        # logged once per request, from on_headers_complete.
+        self.dropped_headers = 0
+        self.dropped_name = b""
         # A chunked request body being parsed: the bytes of chunk data since the last chunk
         # header of this read (-1: no unchecked chunk header), and what follows the last LF
         # of the earlier reads (the start of a chunk-size line split over reads).
@@ -376,14 +380,10 @@ class HTTPProxyProtocol(Protocol):
         if b"_" in name and not self.factory.underscores_in_headers:
             # Some backends (CGI-style gateways) read "_" as "-": X_Forwarded_For would pass
             # for X-Forwarded-For, Transfer_Encoding for Transfer-Encoding. Dropped, as nginx
-            # does with underscores_in_headers off.
-            _log.info(
-                "frontend {frontend}: dropped header {name!r} from {client}: an underscore "
-                "in its name (underscores_in_headers)",
-                frontend=self.factory.frontend,
-                name=name.decode("latin-1"),
-                client=self.client_ip or "-",
-            )
+            # does with underscores_in_headers off; counted, and logged once per request.
+            if not self.dropped_headers:
+                self.dropped_name = name
+            self.dropped_headers += 1
             return
         request = self.parsing
         assert request is not None
@@ -393,6 +393,8 @@ class HTTPProxyProtocol(Protocol):
         request = self.parsing
         assert request is not None
         self.in_head = False
+        if self.dropped_headers:
+            self._log_dropped_headers()
         parser = self.parser
         request.method = parser.get_method()
         version = parser.get_http_version()
@@ -449,6 +451,19 @@ class HTTPProxyProtocol(Protocol):
         self.queue.append(request)
         if self.active is not None or len(self.queue) > 1:
             self.gate.pause("pipeline")
+
+    def _log_dropped_headers(self) -> None:
+        """One event for the head's header fields dropped for an underscore, then reset."""
+        _log.info(
+            "frontend {frontend}: dropped {count} header field(s) from {client}: an underscore "
+            "in the name, the first {name!r} (underscores_in_headers)",
+            frontend=self.factory.frontend,
+            count=self.dropped_headers,
+            name=self.dropped_name.decode("latin-1"),
+            client=self.client_ip or "-",
+        )
+        self.dropped_headers = 0
+        self.dropped_name = b""
 
     def on_body(self, data: bytes) -> None:
         request = self.parsing
