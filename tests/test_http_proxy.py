@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import ConfigError, parse_config
+from twisted_lb.http import proxy
 from twisted_lb.http.proxy import HTTPProxyFactory, HTTPProxyProtocol
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.pool import Pool
@@ -790,6 +791,22 @@ class StrictRequestTests(ProxyCase):
         ]:
             sent = self.forwarded(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
             self.assertIn(b"\r\nHost: " + host + b"\r\n", sent)
+
+    def test_valid_host_cache_keeps_short_values_only(self) -> None:
+        """
+        Valid Host values of up to 255 bytes are cached; longer ones are checked each time
+        and never kept, so the cache stays small whatever max_header_bytes is.
+        """
+        self.addCleanup(proxy._valid_hosts.clear)
+        proxy._valid_hosts.clear()
+        short, long = b"a" * 255, b"b" * 256 + b".test"
+        self.assertTrue(proxy.valid_host(short))
+        self.assertTrue(proxy.valid_host(long))
+        self.assertEqual(proxy._valid_hosts, {short})
+        sent = self.forwarded(b"GET / HTTP/1.1\r\nHost: " + long + b"\r\n\r\n")
+        self.assertIn(b"\r\nHost: " + long + b"\r\n", sent)
+        self.assertEqual(proxy._valid_hosts, {short})
+        self.refused(b"GET / HTTP/1.1\r\nHost: " + long + b" x\r\n\r\n", b"400")
 
     def test_http_versions(self) -> None:
         """

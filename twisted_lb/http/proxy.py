@@ -111,9 +111,11 @@ _HOST = re.compile(
 _OWS = b" \t"
 
 # Host values already found valid: the same few come back on every request, and a set lookup
-# costs less than a regular expression. Cleared when full.
+# costs less than a regular expression. Cleared when full. Only values of up to 255 bytes
+# (the longest DNS name, RFC 1035 §2.3.4) are kept, so the cache holds at most about 256 KiB.
 _valid_hosts: set[bytes] = set()
 _VALID_HOSTS_MAX = 1024
+_VALID_HOST_CACHED_BYTES = 255
 
 
 def valid_host(value: bytes) -> bool:
@@ -125,6 +127,8 @@ def valid_host(value: bytes) -> bool:
         return True
     if _HOST.fullmatch(value.strip(_OWS)) is None:
         return False
+    if len(value) > _VALID_HOST_CACHED_BYTES:
+        return True
     if len(_valid_hosts) >= _VALID_HOSTS_MAX:
         _valid_hosts.clear()
     _valid_hosts.add(value)
