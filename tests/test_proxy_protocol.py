@@ -584,6 +584,7 @@ class ProxyHeaderFactoryTests(SynchronousTestCase):
             b"PROXY TCP4 203.0.113.9 192.0.2.1 x 2\r\n",
             V2_SIGNATURE + b"\x31\x11\x00\x0c" + bytes(12),
             b"\r\n\r\nnope, not v2 at all",
+            V2_SIGNATURE + b"\x21\x11\x10\x01" + bytes(12),  # announces 4097 bytes
         )
         for data in bad:
             with capturedLogs() as events:
@@ -596,6 +597,29 @@ class ProxyHeaderFactoryTests(SynchronousTestCase):
             self.assertEqual(self.relay.connections, set())
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_v2_length_limit(self) -> None:
+        """
+        A v2 header that announces more than 4096 bytes is refused from its first 16 bytes,
+        not buffered; one of 4096 bytes (TLVs after the addresses) is read.
+        """
+        with capturedLogs() as events:
+            protocol, transport = self.connect()
+            protocol.dataReceived(V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(12))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(
+            "PROXY protocol v2 header announces more than 4096 bytes",
+            [e.get("why") for e in events],
+        )
+        protocol.connectionLost(Failure(ConnectionDone()))
+        header = v2_header(CLIENT)
+        length = struct.unpack("!H", header[14:16])[0]
+        tlv = b"\xe0" + struct.pack("!H", 4096 - length - 3) + bytes(4096 - length - 3)
+        header = header[:14] + struct.pack("!H", 4096) + header[16:] + tlv
+        protocol, transport = self.connect()
+        protocol.dataReceived(header)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.relayed().client_address, IPv4Address("TCP", CLIENT, 56324))
 
     def test_header_timeout(self) -> None:
         """No whole header within ``timeout`` seconds: closed, counted no more, no timer left."""
@@ -826,6 +850,23 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(
                 [str(n) for n in factory.allowed.networks], [network] if network else []
             )
+
+    def test_header_timeout_by_mode(self) -> None:
+        """
+        In http mode the header must come within the smaller of header_timeout and
+        client_timeout (nginx's client_header_timeout); in tcp mode within client_timeout.
+        """
+        cases = (
+            ("http", "", 10.0),
+            ("http", "header_timeout = 30\nclient_timeout = 20", 20.0),
+            ("http", "header_timeout = 3", 3.0),
+            ("tcp", "client_timeout = 45", 45.0),
+        )
+        for mode, extra, timeout in cases:
+            [listener] = self.build(frontend_toml(mode, "haproxy:tcp:8080", extra)).listeners
+            factory = listener.factory
+            assert isinstance(factory, ProxyHeaderFactory)
+            self.assertEqual(factory.timeout, timeout, (mode, extra))
 
     def test_tls_frontend_header_outside_tls(self) -> None:
         """With ``[frontends.web.tls]``, the header is read before the TLS factory."""

@@ -336,7 +336,11 @@ def _proxy_header_factory(
         factory,
         allowed=allowed,
         allowed_key=key,
-        timeout=frontend.client_timeout,
+        # In http mode the header is part of the request head: header_timeout, as nginx reads
+        # it under client_header_timeout.
+        timeout=min(frontend.header_timeout, frontend.client_timeout)
+        if frontend.mode == "http"
+        else frontend.client_timeout,
     )
 
 
