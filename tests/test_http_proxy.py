@@ -875,6 +875,25 @@ class StrictRequestTests(ProxyCase):
         self.close_client(client)
         upstream.connectionLost(Failure(ConnectionLost()))
 
+    def test_empty_read_mid_chunk(self) -> None:
+        """
+        An empty read in the middle of a chunk sends nothing: no empty chunk, which would be
+        the backend's end of the body.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        client, client_transport = self.connect_client()
+        client.dataReceived(head)
+        upstream, upstream_transport = self.accept_upstream()
+        client.dataReceived(b"a\r\nabc")
+        client.dataReceived(b"")
+        client.dataReceived(b"defghij\r\n0\r\n\r\n")
+        sent = upstream_transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(sent, b"3\r\nabc\r\n7\r\ndefghij\r\n0\r\n\r\n")
+        upstream.dataReceived(OK)
+        self.assertEqual(client_transport.value(), OK)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_chunked_body_in_small_reads(self) -> None:
         """
         A chunked body in reads of every size, extensions included, reaches the backend

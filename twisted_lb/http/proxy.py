@@ -470,6 +470,8 @@ class HTTPProxyProtocol(Protocol):
         self.dropped_name = b""
 
     def on_body(self, data: bytes) -> None:
+        if not data:
+            return  # (llhttp reports an empty read mid-chunk; an empty chunk would end it)
         request = self.parsing
         assert request is not None
         request.body_bytes += len(data)
