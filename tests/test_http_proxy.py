@@ -192,6 +192,28 @@ class ExchangeTests(ProxyCase):
         self.close_client(client)
         self.drain_idle()
 
+    def test_pipelined_after_a_chunked_request(self) -> None:
+        """
+        A chunked request (extensions, trailers) and a GET in one read: the chunk-size line
+        walk ends with the first, and the second is answered after it.
+        """
+        self.pool.set_backends(self.backends[:1])
+        client, client_transport = self.connect_client()
+        chunked = (
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;e=1\r\nabc\r\n0;f\r\nT: 1\r\n\r\n"
+        )
+        client.dataReceived(chunked + GET.replace(b"/x", b"/y"))
+        upstream, upstream_transport = self.accept_upstream()
+        self.assertTrue(upstream_transport.value().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+        upstream_transport.clear()
+        upstream.dataReceived(OK)
+        self.assertTrue(upstream_transport.value().startswith(b"GET /y HTTP/1.1"))
+        upstream.dataReceived(OK)
+        self.assertEqual(client_transport.value(), OK + OK)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_pipelined_before_a_bad_request(self) -> None:
         """
         Requests pipelined before a malformed one, in the same read, are answered in order;
@@ -874,6 +896,53 @@ class StrictRequestTests(ProxyCase):
         self.assertEqual(body, b"3\r\nabc\r\n")
         self.close_client(client)
         upstream.connectionLost(Failure(ConnectionLost()))
+
+    def chunked_session(self, reads: list[bytes]) -> tuple[bytes, bytes]:
+        """
+        A chunked request in ``reads`` (the backend accepted once the head is read); returns
+        what the client got and the body the backend got. Everything is closed.
+        """
+        self.factory = self.unlimited(max_header_bytes=8192)
+        client, client_transport = self.connect_client()
+        upstream = upstream_transport = None
+        with capturedLogs():
+            for data in reads:
+                client.dataReceived(data)
+                if upstream is None and self.reactor.tcpClients:
+                    upstream, upstream_transport = self.accept_upstream()
+        sent = b"" if upstream_transport is None else upstream_transport.value()
+        if upstream is not None and not upstream_transport.disconnecting:
+            upstream.dataReceived(OK)
+        answer = client_transport.value()
+        self.close_client(client)
+        if upstream is not None:
+            upstream.connectionLost(Failure(ConnectionDone()))
+        self.drain_idle()
+        self.reactor.tcpClients.clear()
+        return answer, sent.partition(b"\r\n\r\n")[2]
+
+    def test_chunk_size_line_limit_however_it_arrives(self) -> None:
+        """
+        A chunk-size line (extensions and CRLF included) of 4096 bytes is taken and one of
+        4097 refused with 400, after a chunk or first, whole in one read or split anywhere:
+        none of the long chunk's data reaches the backend.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for first in (b"", b"3\r\nabc\r\n"):
+            for length, ok in ((4096, True), (4097, False)):
+                line = b"5;a=" + b"x" * (length - 6) + b"\r\n"
+                self.assertEqual(len(line), length)
+                body = first + line + b"hello\r\n0\r\n\r\n"
+                cuts = sorted({*range(1, len(body), 211), *range(len(body) - 30, len(body))})
+                for cut in [len(body), *cuts]:
+                    reads = [head + body[:cut], body[cut:]] if cut < len(body) else [head + body]
+                    answer, sent = self.chunked_session([r for r in reads if r])
+                    if ok:
+                        self.assertEqual(answer, OK, (length, cut))
+                        self.assertEqual(_dechunk(sent), first[3:6] + b"hello", (length, cut))
+                    else:
+                        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (length, cut))
+                        self.assertNotIn(b"hello", sent, (length, cut))
 
     def test_empty_read_mid_chunk(self) -> None:
         """
