@@ -830,6 +830,24 @@ class StrictRequestTests(ProxyCase):
         self.assertEqual(proxy._valid_hosts, {short})
         self.refused(b"GET / HTTP/1.1\r\nHost: " + long + b" x\r\n\r\n", b"400")
 
+    def test_absolute_form_target_replaces_host(self) -> None:
+        """
+        With an absolute-form target, the target's authority replaces Host (RFC 9112 §3.2.2),
+        userinfo left out, and X-Forwarded-Host and Forwarded host= follow it; HTTP/1.0
+        without Host gets one.
+        """
+        sent = self.forwarded(b"GET http://evil.test/admin HTTP/1.1\r\nHost: good.test\r\n\r\n")
+        head = sent.partition(b"\r\n\r\n")[0]
+        self.assertNotIn(b"good.test", head)
+        self.assertIn(b"\r\nHost: evil.test\r\n", head)
+        self.assertIn(b"\r\nX-Forwarded-Host: evil.test\r\n", head)
+        self.assertIn(b";host=evil.test\r\n", sent)
+        sent = self.forwarded(b"GET http://u@a.test:8080?q HTTP/1.0\r\n\r\n")
+        self.assertIn(b"\r\nHost: a.test:8080\r\n", sent)
+        self.assertIn(b';host="a.test:8080"', sent)
+        sent = self.forwarded(b"OPTIONS * HTTP/1.1\r\nHost: good.test\r\n\r\n")
+        self.assertIn(b"\r\nHost: good.test\r\n", sent)
+
     def test_http_versions(self) -> None:
         """
         As nginx answers them: HTTP/2.0 and later 505, a version 0.x 400; HTTP/1.2 to 1.9 are

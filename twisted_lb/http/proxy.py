@@ -70,7 +70,7 @@ from twisted_lb.http.headers import (
     remove_hop_by_hop,
     serialize_head,
 )
-from twisted_lb.http.routing import Router
+from twisted_lb.http.routing import Router, _split_absolute
 from twisted_lb.http.upstream import UpstreamConnection, Upstreams
 from twisted_lb.interfaces import IAccessLog
 from twisted_lb.pool import Lease, Pool
@@ -464,6 +464,8 @@ class HTTPProxyProtocol(Protocol):
                 raise _RequestError(400)
         elif request.host not in _valid_hosts and not valid_host(request.host):
             raise _RequestError(400)
+        if request.target[0] != 0x2F:  # not origin-form: absolute-form, or "*", or CONNECT's
+            self._host_from_target(request)
         if request.chunked:
             self.chunked_body = True
             if self.message_read == self.reads and self.completed_read != self.reads:
@@ -481,6 +483,31 @@ class HTTPProxyProtocol(Protocol):
         self.queue.append(request)
         if self.active is not None or len(self.queue) > 1:
             self.gate.pause("pipeline")
+
+    def _host_from_target(self, request: _Request) -> None:
+        """
+        For an absolute-form target (``GET http://a.test/x``), the target's authority is the
+        request's host: the received ``Host`` is replaced by it (added when there is none),
+        and routing, ``X-Forwarded-Host`` and ``Forwarded`` ``host=`` use it. RFC 9112
+        §3.2.2: a proxy "MUST ignore the received Host header field (if any) and instead
+        replace it with the host information of the request-target".
+
+        Raises:
+            _RequestError: 400, the authority is not a valid ``host[:port]``.
+        """
+        split = _split_absolute(request.target)
+        if split is None:
+            return
+        host = split[0]
+        if not valid_host(host):
+            raise _RequestError(400)
+        request.host = host
+        headers = request.headers
+        for index, (name, _value) in enumerate(headers):
+            if name.lower() == b"host":
+                headers[index] = (name, host)
+                return
+        headers.insert(0, (b"Host", host))
 
     def _log_dropped_headers(self) -> None:
         """One event for the head's header fields dropped for an underscore, then reset."""
