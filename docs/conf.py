@@ -62,7 +62,11 @@ intersphinx_mapping = {
 nitpicky = True
 # Private modules (twisted_lb._address, ...) are not in the API reference either.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(attr|attrs|zope|OpenSSL|cryptography|service_identity|httptools|prometheus_client)(\..*)?"),
+    (
+        r"py:.*",
+        r"(attr|attrs|zope|OpenSSL|cryptography|service_identity|httptools|prometheus_client)"
+        r"(\..*)?",
+    ),
     (r"py:.*", r"twisted_lb(\.\w+)*\._\w+(\..*)?"),
     # An alias in a union (``clock: IReactorTime | None``) comes out of autodoc as a
     # TypeAliasForwardRef and a quoted name, which cannot link; the name is still shown.

@@ -241,8 +241,10 @@ class Backend:
         response_time: a :class:`PeakEWMA` of this backend's HTTP response times, in
             seconds, fed by the HTTP mode with its injected clock; ``least_time`` reads it.
         connect_errors: failed connection attempts by reason, indexed as
-            :data:`~twisted_lb.backend.CONNECT_ERROR_REASONS`; they sum to :attr:`connect_failures`.
-        retries: retries after a failure of this backend, indexed as :data:`~twisted_lb.backend.RETRY_REASONS`.
+            :data:`~twisted_lb.backend.CONNECT_ERROR_REASONS`; they sum to
+            :attr:`connect_failures`.
+        retries: retries after a failure of this backend, indexed as
+            :data:`~twisted_lb.backend.RETRY_REASONS`.
         ejections_total: times passive outlier detection ejected it, ever.
         health_checks_passed: active health check probes it passed.
         health_checks_failed: active health check probes it failed.

@@ -238,9 +238,9 @@ class Pool:
             outlier detector's.
 
     Attributes:
-        request_seconds: HTTP only: a :class:`~twisted_lb.pool.DurationHistogram` of the time from a request's
-            first byte to the end of its response (or error), in seconds, over every request
-            routed to this pool.
+        request_seconds: HTTP only: a :class:`~twisted_lb.pool.DurationHistogram` of the
+            time from a request's first byte to the end of its response (or error), in
+            seconds, over every request routed to this pool.
         first_byte_seconds: HTTP only: the time from a request's first byte to its backend's
             first response byte, for the requests that got one.
 
