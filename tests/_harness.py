@@ -91,6 +91,35 @@ class Process:
             + "".join(self.lines[-40:])
         )
 
+    def count(self, pattern: str, at_least: int = 0, timeout: float = 20.0) -> int:
+        """
+        How many output lines match ``pattern``, once at least ``at_least`` do (``0``: the
+        lines printed so far, at once); fails after ``timeout`` s.
+        """
+        regex = re.compile(pattern)
+        found = sum(1 for line in self.lines if regex.search(line))
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = 0.0 if found >= at_least else deadline - time.monotonic()
+            if wait < 0:
+                break
+            try:
+                line = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
+            except queue.Empty:
+                if found >= at_least:
+                    return found
+                break
+            if line is None:
+                if found >= at_least:
+                    return found
+                break
+            self.lines.append(line)
+            found += 1 if regex.search(line) else 0
+        raise AssertionError(
+            f"{self.args[:3]}: {found} lines matching {pattern!r}, not {at_least}, within "
+            f"{timeout} s; output:\n" + "".join(self.lines[-40:])
+        )
+
     def output(self, settle: float = 0.2) -> str:
         """Everything printed so far (after waiting ``settle`` s for stragglers)."""
         deadline = time.monotonic() + settle

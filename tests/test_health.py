@@ -160,6 +160,33 @@ class MonitorTests(SynchronousTestCase):
                 HealthMonitor(self.clock, self.pool, self.check, **kwargs)
             self.assertIn("pool app: health check", str(raised.exception))
 
+    def test_probe_sent_before_the_ejection_does_not_end_it(self) -> None:
+        """
+        A probe in flight when real traffic ejects the backend passes, but it was sent before
+        the failures: the ejection stays. The next probe, sent after it, ends it.
+        """
+        detector = OutlierDetector(
+            self.clock, consecutive_failures=1, max_ejection_percent=100, base_ejection_time=30.0
+        )
+        self.pool = Pool(
+            "app", [self.app1, self.app2], get_strategy("round_robin"), outlier_detector=detector
+        )
+        monitor = self.monitor(interval=2.0, rise=1, fall=1)
+        monitor.startService()
+        self.check.answer(self.app1, PASS)
+        self.check.answer(self.app2, PASS)
+        self.clock.advance(2.0)  # app1's next probe is sent
+        self.pool.report_failure(self.app1, "HTTP 500")  # ejected for 30 s
+        self.clock.advance(0.5)
+        self.check.answer(self.app1, PASS)  # the probe sent before the ejection
+        self.assertTrue(self.app1.ejected)
+        self.check.answer(self.app2, PASS)
+        self.clock.advance(2.0)  # a probe sent after the ejection
+        self.check.answer(self.app1, PASS)
+        self.assertFalse(self.app1.ejected)
+        monitor.stopService()
+        self.pool.stop()
+
     def test_passing_check_ends_an_ejection(self) -> None:
         """
         A backend ejected by outlier detection comes back at its next passing check, long

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import ConfigError, parse_config
+from twisted_lb.http import proxy
 from twisted_lb.http.proxy import HTTPProxyFactory, HTTPProxyProtocol
 from twisted_lb.http.routing import Route, Router
 from twisted_lb.pool import Pool
@@ -188,6 +189,28 @@ class ExchangeTests(ProxyCase):
         upstream.dataReceived(OK.replace(b"ok", b"OK"))
         self.assertEqual(client_transport.value(), OK + OK.replace(b"ok", b"OK"))
         self.assertEqual(client_transport.producerState, "producing")
+        self.close_client(client)
+        self.drain_idle()
+
+    def test_pipelined_after_a_chunked_request(self) -> None:
+        """
+        A chunked request (extensions, trailers) and a GET in one read: the chunk-size line
+        walk ends with the first, and the second is answered after it.
+        """
+        self.pool.set_backends(self.backends[:1])
+        client, client_transport = self.connect_client()
+        chunked = (
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;e=1\r\nabc\r\n0;f\r\nT: 1\r\n\r\n"
+        )
+        client.dataReceived(chunked + GET.replace(b"/x", b"/y"))
+        upstream, upstream_transport = self.accept_upstream()
+        self.assertTrue(upstream_transport.value().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+        upstream_transport.clear()
+        upstream.dataReceived(OK)
+        self.assertTrue(upstream_transport.value().startswith(b"GET /y HTTP/1.1"))
+        upstream.dataReceived(OK)
+        self.assertEqual(client_transport.value(), OK + OK)
         self.close_client(client)
         self.drain_idle()
 
@@ -758,7 +781,8 @@ class StrictRequestTests(ProxyCase):
 
     def unlimited(self, **options: Any) -> HTTPProxyFactory:
         """A factory like setUp's, with ``max_body_bytes = 0`` (no limit)."""
-        return HTTPProxyFactory(self.reactor, self.pool, max_header_bytes=2048, **options)
+        options.setdefault("max_header_bytes", 2048)
+        return HTTPProxyFactory(self.reactor, self.pool, **options)
 
     def test_duplicate_host(self) -> None:
         """Two Host field lines: 400 (RFC 9112 §3.2), in any case and with the same value."""
@@ -789,6 +813,40 @@ class StrictRequestTests(ProxyCase):
         ]:
             sent = self.forwarded(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
             self.assertIn(b"\r\nHost: " + host + b"\r\n", sent)
+
+    def test_valid_host_cache_keeps_short_values_only(self) -> None:
+        """
+        Valid Host values of up to 255 bytes are cached; longer ones are checked each time
+        and never kept, so the cache stays small whatever max_header_bytes is.
+        """
+        self.addCleanup(proxy._valid_hosts.clear)
+        proxy._valid_hosts.clear()
+        short, long = b"a" * 255, b"b" * 256 + b".test"
+        self.assertTrue(proxy.valid_host(short))
+        self.assertTrue(proxy.valid_host(long))
+        self.assertEqual(proxy._valid_hosts, {short})
+        sent = self.forwarded(b"GET / HTTP/1.1\r\nHost: " + long + b"\r\n\r\n")
+        self.assertIn(b"\r\nHost: " + long + b"\r\n", sent)
+        self.assertEqual(proxy._valid_hosts, {short})
+        self.refused(b"GET / HTTP/1.1\r\nHost: " + long + b" x\r\n\r\n", b"400")
+
+    def test_absolute_form_target_replaces_host(self) -> None:
+        """
+        With an absolute-form target, the target's authority replaces Host (RFC 9112 §3.2.2),
+        userinfo left out, and X-Forwarded-Host and Forwarded host= follow it; HTTP/1.0
+        without Host gets one.
+        """
+        sent = self.forwarded(b"GET http://evil.test/admin HTTP/1.1\r\nHost: good.test\r\n\r\n")
+        head = sent.partition(b"\r\n\r\n")[0]
+        self.assertNotIn(b"good.test", head)
+        self.assertIn(b"\r\nHost: evil.test\r\n", head)
+        self.assertIn(b"\r\nX-Forwarded-Host: evil.test\r\n", head)
+        self.assertIn(b";host=evil.test\r\n", sent)
+        sent = self.forwarded(b"GET http://u@a.test:8080?q HTTP/1.0\r\n\r\n")
+        self.assertIn(b"\r\nHost: a.test:8080\r\n", sent)
+        self.assertIn(b';host="a.test:8080"', sent)
+        sent = self.forwarded(b"OPTIONS * HTTP/1.1\r\nHost: good.test\r\n\r\n")
+        self.assertIn(b"\r\nHost: good.test\r\n", sent)
 
     def test_http_versions(self) -> None:
         """
@@ -857,6 +915,72 @@ class StrictRequestTests(ProxyCase):
         self.close_client(client)
         upstream.connectionLost(Failure(ConnectionLost()))
 
+    def chunked_session(self, reads: list[bytes]) -> tuple[bytes, bytes]:
+        """
+        A chunked request in ``reads`` (the backend accepted once the head is read); returns
+        what the client got and the body the backend got. Everything is closed.
+        """
+        self.factory = self.unlimited(max_header_bytes=8192)
+        client, client_transport = self.connect_client()
+        upstream = upstream_transport = None
+        with capturedLogs():
+            for data in reads:
+                client.dataReceived(data)
+                if upstream is None and self.reactor.tcpClients:
+                    upstream, upstream_transport = self.accept_upstream()
+        sent = b"" if upstream_transport is None else upstream_transport.value()
+        if upstream is not None and not upstream_transport.disconnecting:
+            upstream.dataReceived(OK)
+        answer = client_transport.value()
+        self.close_client(client)
+        if upstream is not None:
+            upstream.connectionLost(Failure(ConnectionDone()))
+        self.drain_idle()
+        self.reactor.tcpClients.clear()
+        return answer, sent.partition(b"\r\n\r\n")[2]
+
+    def test_chunk_size_line_limit_however_it_arrives(self) -> None:
+        """
+        A chunk-size line (extensions and CRLF included) of 4096 bytes is taken and one of
+        4097 refused with 400, after a chunk or first, whole in one read or split anywhere:
+        none of the long chunk's data reaches the backend.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for first in (b"", b"3\r\nabc\r\n"):
+            for length, ok in ((4096, True), (4097, False)):
+                line = b"5;a=" + b"x" * (length - 6) + b"\r\n"
+                self.assertEqual(len(line), length)
+                body = first + line + b"hello\r\n0\r\n\r\n"
+                cuts = sorted({*range(1, len(body), 211), *range(len(body) - 30, len(body))})
+                for cut in [len(body), *cuts]:
+                    reads = [head + body[:cut], body[cut:]] if cut < len(body) else [head + body]
+                    answer, sent = self.chunked_session([r for r in reads if r])
+                    if ok:
+                        self.assertEqual(answer, OK, (length, cut))
+                        self.assertEqual(_dechunk(sent), first[3:6] + b"hello", (length, cut))
+                    else:
+                        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (length, cut))
+                        self.assertNotIn(b"hello", sent, (length, cut))
+
+    def test_empty_read_mid_chunk(self) -> None:
+        """
+        An empty read in the middle of a chunk sends nothing: no empty chunk, which would be
+        the backend's end of the body.
+        """
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        client, client_transport = self.connect_client()
+        client.dataReceived(head)
+        upstream, upstream_transport = self.accept_upstream()
+        client.dataReceived(b"a\r\nabc")
+        client.dataReceived(b"")
+        client.dataReceived(b"defghij\r\n0\r\n\r\n")
+        sent = upstream_transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(sent, b"3\r\nabc\r\n7\r\ndefghij\r\n0\r\n\r\n")
+        upstream.dataReceived(OK)
+        self.assertEqual(client_transport.value(), OK)
+        self.close_client(client)
+        self.drain_idle()
+
     def test_chunked_body_in_small_reads(self) -> None:
         """
         A chunked body in reads of every size, extensions included, reaches the backend
@@ -882,8 +1006,9 @@ class StrictRequestTests(ProxyCase):
 
     def test_underscore_header_dropped(self) -> None:
         """
-        A header name with ``_`` is dropped and logged (nginx ``underscores_in_headers off``):
-        ``Transfer_Encoding`` beside Content-Length never reaches the backend.
+        A header name with ``_`` is dropped (nginx ``underscores_in_headers off``):
+        ``Transfer_Encoding`` beside Content-Length never reaches the backend. The drops are
+        logged once per request, with their count and the first name.
         """
         with capturedLogs() as events:
             sent = self.forwarded(
@@ -895,8 +1020,33 @@ class StrictRequestTests(ProxyCase):
         self.assertIn(b"\r\nX-Ok: 1\r\n", head)
         self.assertEqual(body, b"abc")
         self.assertEqual(
-            [e["name"] for e in events if "underscores_in_headers" in e.get("log_format", "")],
-            ["Transfer_Encoding", "X_Real_IP"],
+            [
+                (e["count"], e["name"])
+                for e in events
+                if "underscores_in_headers" in e.get("log_format", "")
+            ],
+            [(2, "Transfer_Encoding")],
+        )
+
+    def test_many_underscore_headers_one_event(self) -> None:
+        """
+        A head of hundreds of underscore fields makes one log event per request, not one per
+        field; the next request on the connection counts its own.
+        """
+        junk = b"".join(b"a_%d: x\r\n" % i for i in range(300))
+        with capturedLogs() as events:
+            self.forwarded(
+                b"GET / HTTP/1.1\r\nHost: h\r\n" + junk + b"\r\n",
+                self.unlimited(max_header_bytes=65536),
+            )
+            self.forwarded(b"GET / HTTP/1.1\r\nHost: h\r\nb_c: 1\r\n\r\n")
+        self.assertEqual(
+            [
+                (e["count"], e["name"])
+                for e in events
+                if "underscores_in_headers" in e.get("log_format", "")
+            ],
+            [(300, "a_0"), (1, "b_c")],
         )
 
     def test_request_line_spaces_normalised(self) -> None:

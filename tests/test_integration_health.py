@@ -229,9 +229,10 @@ class OutlierTests(HealthCase):
         A backend ejected for 30 s by failing traffic is back at its next passing active
         check (Envoy's default); with ``uneject_on_passing_check = false`` it stays out.
         """
-        app1, app2 = self.echo_backends(2)
+        (backend1, app1), (_, app2) = (self.start_backend("echo", f"app{i}") for i in (1, 2))
         set_backend(app1, "status=500")  # real requests fail; /healthz still answers 200
         outliers = "consecutive_failures = 2\nbase_ejection_time = 30.0\ncount_5xx = true"
+        healthz = r"REQUEST \d+ GET /healthz"
         check = 'kind = "http"\npath = "/healthz"\ninterval = 0.3\nrise = 1'
         for uneject, line in (
             ("", r"backend app1 back from ejection: passed its health check \(HTTP 200 in"),
@@ -249,7 +250,8 @@ class OutlierTests(HealthCase):
             if line is not None:
                 lb.wait_for(line, timeout=5)
             else:
-                time.sleep(1.0)  # three checks' worth, which pass
+                # Three checks after the ejection, which pass, and it is still out.
+                backend1.count(healthz, backend1.count(healthz) + 3, timeout=10)
                 self.assertNotIn("back from ejection", lb.output())
                 self.assertEqual(set(self.served_by(client, 4)), {"app2"})
             lb.stop()

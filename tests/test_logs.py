@@ -384,6 +384,31 @@ class AccessLogTests(SynchronousTestCase):
         self.assertIn("ended=client closed", path.read_text())
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_reopen_fails_keeps_the_old_file(self) -> None:
+        """
+        When the new file cannot be opened, the reopen is logged as an error and the lines
+        (buffered, written by the clock) keep going to the old file: none is lost.
+        """
+        logs = Path(self.mktemp())
+        logs.mkdir()
+        log = self.access_log(str(logs / "access.log"))
+        log.open()
+        log.http(**HTTP_FIELDS)
+        logs.rename(str(logs) + ".old")  # the new file cannot be created
+        with capturedLogs() as captured:
+            log.reopen()
+        [event] = captured
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIn("still writing to the old file", event["log_format"])
+        log.http(**HTTP_FIELDS)
+        log.http(**HTTP_FIELDS)
+        self.clock.advance(1.0)
+        old = Path(str(logs) + ".old") / "access.log"
+        self.assertEqual(old.read_text(), HTTP_LINE * 3)
+        self.assertEqual(log.lines_dropped, 0)
+        log.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_reopen_stream(self) -> None:
         """A stream is flushed on reopen, and reopened if it can be (twistd's LogFile)."""
         reopened = []

@@ -291,6 +291,23 @@ class OutlierTests(SynchronousTestCase):
         self.assertEqual(call.getTime() - self.clock.seconds(), 20.0)
         self.assertEqual(b1.ejections, 2)
 
+    def test_passing_check_of_a_probe_sent_before_the_ejection(self) -> None:
+        """
+        A probe sent before the ejection, or at the same instant, does not end it; one sent
+        after it does.
+        """
+        pool = self.pool(2)
+        b1, _b2 = pool.backends
+        self.clock.advance(5.0)
+        self.fail(pool, b1, 3)
+        self.clock.advance(1.0)
+        self.assertFalse(pool.report_passing_check(b1, "HTTP 200 in 3 ms", started=4.0))
+        self.assertFalse(pool.report_passing_check(b1, "HTTP 200 in 3 ms", started=5.0))
+        self.assertTrue(b1.ejected)
+        self.assertTrue(pool.report_passing_check(b1, "HTTP 200 in 3 ms", started=5.5))
+        self.assertFalse(b1.ejected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_passing_check_when_turned_off(self) -> None:
         """With ``uneject_on_passing_check=False`` an ejection lasts its whole time."""
         pool = self.pool(2, uneject_on_passing_check=False)

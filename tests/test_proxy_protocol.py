@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._harness import (
+    TWISTD,
     Process,
     environ_with,
     free_port,
@@ -409,20 +410,26 @@ class TLSTests(ProxyProtocolCase):
         self.assertEqual(header_values(echo, "X-Forwarded-Proto"), ["https"])
         lb.wait_for(rf'twisted_lb\.access#info\] web {CLIENT} "GET /who" 200 ')
 
-    def test_proxy_header_inside_tls_on_haproxy_ssl(self) -> None:
+    def test_haproxy_ssl_listener_refused_at_start(self) -> None:
         """
-        On a ``haproxy:ssl:`` listener, Twisted's order, the header comes first inside the TLS
-        connection; the backend sees the address from it.
+        A ``haproxy:ssl:`` listener would terminate TLS with Twisted's defaults (not the
+        frontend's TLS policy) and tell backends the scheme is http: ``twistd`` refuses the
+        config, names the key and the fix, and listens on nothing.
         """
         _backend, backend_port = self.start_backend("echo", "app1")
         listen = f"haproxy:ssl:0:interface=127.0.0.1:certKey={self.cert}:privateKey={self.key}"
-        lb, port = self.start_lb(self.http_config(backend_port, listen=listen))
-        sock = self.context.wrap_socket(self.connect(port), server_hostname="site.test")
-        self.addCleanup(sock.close)
-        sock.sendall(v1_header(CLIENT) + b"GET /who HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        response = read_response(sock.makefile("rb"))
-        self.assertEqual(header_values(echoed(response.body), "X-Forwarded-For"), [CLIENT])
-        lb.wait_for(rf'twisted_lb\.access#info\] web {CLIENT} "GET /who" 200 ')
+        path = Path(self.mktemp() + ".toml")
+        path.write_text(self.http_config(backend_port, listen=listen))
+        lb = Process([TWISTD, "-n", "--pidfile=", "lb", "--config", str(path)])
+        self.addCleanup(lb.kill)
+        self.assertNotEqual(lb.popen.wait(TIMEOUT * 2), 0)
+        output = lb.output()
+        self.assertIn(
+            f"{path}: frontends.web.listen[0]: {listen!r}: an ssl: listener terminates TLS",
+            output,
+        )
+        self.assertIn("listen on 'haproxy:tcp:0' and put the certificate in", output)
+        self.assertNotIn("listening on", output)
 
 
 class HAProxyInFrontTests(ProxyProtocolCase):
@@ -577,6 +584,7 @@ class ProxyHeaderFactoryTests(SynchronousTestCase):
             b"PROXY TCP4 203.0.113.9 192.0.2.1 x 2\r\n",
             V2_SIGNATURE + b"\x31\x11\x00\x0c" + bytes(12),
             b"\r\n\r\nnope, not v2 at all",
+            V2_SIGNATURE + b"\x21\x11\x10\x01" + bytes(12),  # announces 4097 bytes
         )
         for data in bad:
             with capturedLogs() as events:
@@ -589,6 +597,29 @@ class ProxyHeaderFactoryTests(SynchronousTestCase):
             self.assertEqual(self.relay.connections, set())
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_v2_length_limit(self) -> None:
+        """
+        A v2 header that announces more than 4096 bytes is refused from its first 16 bytes,
+        not buffered; one of 4096 bytes (TLVs after the addresses) is read.
+        """
+        with capturedLogs() as events:
+            protocol, transport = self.connect()
+            protocol.dataReceived(V2_SIGNATURE + b"\x21\x11\xff\xff" + bytes(12))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(
+            "PROXY protocol v2 header announces more than 4096 bytes",
+            [e.get("why") for e in events],
+        )
+        protocol.connectionLost(Failure(ConnectionDone()))
+        header = v2_header(CLIENT)
+        length = struct.unpack("!H", header[14:16])[0]
+        tlv = b"\xe0" + struct.pack("!H", 4096 - length - 3) + bytes(4096 - length - 3)
+        header = header[:14] + struct.pack("!H", 4096) + header[16:] + tlv
+        protocol, transport = self.connect()
+        protocol.dataReceived(header)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.relayed().client_address, IPv4Address("TCP", CLIENT, 56324))
 
     def test_header_timeout(self) -> None:
         """No whole header within ``timeout`` seconds: closed, counted no more, no timer left."""
@@ -753,6 +784,32 @@ class ConfigTests(SynchronousTestCase):
             ],
         )
 
+    def test_ssl_listeners_refused(self) -> None:
+        """
+        ``ssl:`` and ``haproxy:ssl:`` (any case) in a frontend are refused with the fix:
+        ``tcp:`` or ``haproxy:tcp:`` on the same port and ``[frontends.web.tls]``.
+        """
+        self.assertEqual(
+            self.problems(frontend_toml("http", "HAProxy:SSL:8443:privateKey=missing.pem")),
+            [
+                "lb.toml: frontends.web.listen[0]: 'HAProxy:SSL:8443:privateKey=missing.pem': "
+                "an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
+                "[frontends.web.tls], and its backends would be told the scheme is http; "
+                "listen on 'HAProxy:tcp:8443' and put the certificate in [frontends.web.tls] "
+                "(the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
+                "and nginx's proxy_protocol send it)"
+            ],
+        )
+        self.assertEqual(
+            self.problems(frontend_toml("tcp", "ssl:443:privateKey=k.pem")),
+            [
+                "lb.toml: frontends.web.listen[0]: 'ssl:443:privateKey=k.pem': an ssl: "
+                "listener terminates TLS with Twisted's defaults, not the policy of "
+                "[frontends.web.tls], and its backends would be told the scheme is http; "
+                "listen on 'tcp:443' and put the certificate in [frontends.web.tls]"
+            ],
+        )
+
 
 class ServiceTests(SynchronousTestCase):
     def build(self, text: str) -> LoadBalancerService:
@@ -793,6 +850,23 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(
                 [str(n) for n in factory.allowed.networks], [network] if network else []
             )
+
+    def test_header_timeout_by_mode(self) -> None:
+        """
+        In http mode the header must come within the smaller of header_timeout and
+        client_timeout (nginx's client_header_timeout); in tcp mode within client_timeout.
+        """
+        cases = (
+            ("http", "", 10.0),
+            ("http", "header_timeout = 30\nclient_timeout = 20", 20.0),
+            ("http", "header_timeout = 3", 3.0),
+            ("tcp", "client_timeout = 45", 45.0),
+        )
+        for mode, extra, timeout in cases:
+            [listener] = self.build(frontend_toml(mode, "haproxy:tcp:8080", extra)).listeners
+            factory = listener.factory
+            assert isinstance(factory, ProxyHeaderFactory)
+            self.assertEqual(factory.timeout, timeout, (mode, extra))
 
     def test_tls_frontend_header_outside_tls(self) -> None:
         """With ``[frontends.web.tls]``, the header is read before the TLS factory."""

@@ -38,6 +38,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_lb import tls as tls_module
 from twisted_lb.backend import Backend
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.tls import (
@@ -436,6 +437,19 @@ class GroupTests(SynchronousTestCase):
             assert problem is not None, name
             self.assertIn(f"unknown TLS group {name!r}", problem)
             self.assertIn("X25519, prime256v1, secp384r1", problem)
+
+    def test_without_the_private_bindings(self) -> None:
+        """
+        A pyOpenSSL without the private bindings the groups are set with gives a clear
+        error (config problem, TLSConfigError), not an AttributeError.
+        """
+        self.patch(tls_module, "_set1_curves_list", None)
+        problem = group_problem("X25519")
+        assert problem is not None
+        self.assertIn("does not expose OpenSSL's SSL_CTX_set1_curves_list", problem)
+        with self.assertRaises(TLSConfigError) as raised:
+            ServerTLS([self.pair])
+        self.assertIn("SSL_CTX_set1_curves_list", str(raised.exception))
 
     def test_config_key(self) -> None:
         """``[frontends.NAME.tls] curves``: default, set, and each bad entry at its index."""

@@ -175,6 +175,13 @@ class FrontendFactory(Factory):
 # -- the PROXY protocol ------------------------------------------------------------------------
 
 
+#: The longest address block and TLVs a v2 header may announce (its 15th and 16th bytes), in
+#: bytes; a longer one is refused before it is buffered. proxy-protocol.txt §2 designs both
+#: formats to fit in 536 bytes (216 for the AF_UNIX addresses, the longest); 4 KiB leaves room
+#: for TLVs (PP2_TYPE_SSL with a client certificate's names, cloud balancers' own).
+MAX_V2_LENGTH = 4096
+
+
 class ProxyHeaderFactory(Factory):
     """
     Reads the PROXY protocol header (v1 or v2, https://www.haproxy.org/download/3.2/doc/
@@ -199,8 +206,9 @@ class ProxyHeaderFactory(Factory):
       backend is contacted (HAProxy's ``tcp-request connection reject`` on ``src``, which
       sees the real address). An empty ``allowed`` accepts any peer, with one warning when
       the factory starts.
-    - A connection whose first bytes are not a valid header, or that sends none within
-      ``timeout`` seconds, is closed, with an info event.
+    - A connection whose first bytes are not a valid header, a v2 header that announces more
+      than :data:`MAX_V2_LENGTH` bytes, or no header within ``timeout`` seconds: the
+      connection is closed, with an info event.
     - The LOCAL command (v2) and ``UNKNOWN`` (v1), which the balancer in front sends for its
       own health checks, keep the connection's own address (proxy-protocol.txt §2.1, §2.2).
     - A connection waiting for its header counts toward the frontend's ``max_connections``,
@@ -341,6 +349,9 @@ class _ProxyHeaderProtocol(Protocol):
             if buffer[:12] != V2_SIGNATURE or buffer[12] & 0xF0 != 0x20:
                 self._refuse("no PROXY protocol header")
                 return
+            if int.from_bytes(buffer[14:16], "big") > MAX_V2_LENGTH:
+                self._refuse(f"PROXY protocol v2 header announces more than {MAX_V2_LENGTH} bytes")
+                return
             parser = V2Parser()
         elif b"PROXY ".startswith(buffer[:6]):
             parser = V1Parser()
@@ -374,7 +385,7 @@ class _ProxyHeaderProtocol(Protocol):
         if isinstance(transport, tcp.Connection) and transport.protocol is self:
             transport.protocol = protocol
         elif isinstance(transport, ProtocolWrapper) and transport.wrappedProtocol is self:
-            transport.wrappedProtocol = protocol  # Twisted's TLS transport (haproxy:ssl:)
+            transport.wrappedProtocol = protocol  # a wrapping transport (TLS, in embedders)
         else:
             self.wrapped = protocol  # any other transport (test fakes): pass reads on
         protocol.makeConnection(transport)

@@ -373,6 +373,38 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
+def _tls_endpoint(text: str) -> bool:
+    """
+    Whether a server endpoint description is Twisted's ``ssl:``, bare or under ``haproxy:``
+    (endpoint types are matched without case, as Twisted matches them).
+    """
+    inner = proxy_listener(text)
+    kind = (text if inner is None else inner).partition(":")[0]
+    return kind.lower() == "ssl"
+
+
+def _tls_listener_problem(text: str, where: str) -> str:
+    """
+    Why a frontend's ``ssl:`` or ``haproxy:ssl:`` listener is refused, and the fix: the same
+    port on ``tcp:`` (``haproxy:tcp:``) with the certificate in the frontend's ``tls`` table.
+    """
+    inner = proxy_listener(text)
+    prefix = "" if inner is None else text[: len(text) - len(inner)]
+    port = (text if inner is None else inner).split(":")[1:2] or ["443"]
+    fix = f"{prefix}tcp:{port[0] or '443'}"
+    return (
+        f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
+        f"[{where}.tls], and its backends would be told the scheme is http; listen on "
+        f"{fix!r} and put the certificate in [{where}.tls]"
+        + (
+            " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
+            "and nginx's proxy_protocol send it)"
+            if inner is not None
+            else ""
+        )
+    )
+
+
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
@@ -1484,7 +1516,18 @@ class FrontendConfig(_Model):
                 if key in data:
                     data[key] = _Refused(_ONLY_HTTP)
         _require_pool(data, info)
+        where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
+        if isinstance(listen, str) and _tls_endpoint(listen):
+            data["listen"] = _Refused(_tls_listener_problem(listen, where))
+        elif isinstance(listen, list):
+            # Twisted's ssl: endpoint would terminate TLS outside [frontends.NAME.tls].
+            data["listen"] = [
+                _Refused(_tls_listener_problem(item, where))
+                if isinstance(item, str) and _tls_endpoint(item)
+                else item
+                for item in listen
+            ]
         listen = [listen] if isinstance(listen, str) else listen
         if (
             data.get("proxy_protocol_from")

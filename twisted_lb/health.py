@@ -514,6 +514,7 @@ class _Watch:
     failures: int = 0
     timer: IDelayedCall | None = None
     probing: Deferred[ProbeResult] | None = None
+    probe_started: float = 0.0  # when the probe in flight (or the last one) was sent
 
 
 class HealthMonitor(Service):
@@ -718,6 +719,7 @@ class HealthMonitor(Service):
 
     def _probe(self, watch: _Watch) -> None:
         watch.timer = None
+        watch.probe_started = self._reactor.seconds()
         probing: Deferred[ProbeResult]
         try:
             probing = self.check.probe(watch.backend)
@@ -769,7 +771,7 @@ class HealthMonitor(Service):
         if watch.healthy != was_healthy:
             self._apply(watch, first, result)
         if result.ok and watch.healthy and backend.ejected:
-            self.pool.report_passing_check(backend, result.detail)
+            self.pool.report_passing_check(backend, result.detail, watch.probe_started)
 
     def _schedule(self, watch: _Watch) -> None:
         seconds = self.interval if watch.healthy else self.down_interval

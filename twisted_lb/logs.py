@@ -369,23 +369,28 @@ class AccessLog:
     def reopen(self) -> None:
         """
         Write the buffer, then open the file again by its path, as nginx does on SIGUSR1:
-        after a log rotation renamed the file, the lines go to a new file of that name. A
-        stream is reopened if it can be (``reopen()``), else only flushed. A failure to open is
-        logged, and retried at the next write.
+        after a log rotation renamed the file, the lines go to a new file of that name. The
+        new file is opened first and the old one closed only once it is open; if the open
+        fails (say, a root-owned file made by logrotate's ``create`` after ``--uid``), the
+        error is logged and the lines keep going to the old file, as nginx keeps its old one,
+        until the next reopen. A stream is reopened if it can be (``reopen()``), else only
+        flushed.
         """
         self.flush()
         if self.path is not None:
-            old, self._file = self._file, None
-            if old is not None:
-                old.close()
             try:
-                self.open()
+                new = open(self.path, "ab")  # noqa: SIM115 (closed by close())
             except OSError as e:
-                _log.warn(
-                    "access log {destination}: cannot reopen: {error}",
+                _log.error(
+                    "access log {destination}: cannot reopen, still writing to the old file: "
+                    "{error}",
                     destination=self.path,
                     error=str(e),
                 )
+                return
+            old, self._file = self._file, new
+            if old is not None:
+                old.close()
         else:
             reopen = getattr(self._stream, "reopen", None)
             if reopen is not None:

@@ -305,6 +305,8 @@ class Pool:
         # When a backend's slow start began, and when it last came back from an ejection.
         self._warming_since: dict[Backend, float] = {}
         self._returned_at: dict[Backend, float] = {}
+        # When each ejected backend was ejected (a probe sent before then cannot end it).
+        self._ejected_at: dict[Backend, float] = {}
         # After stop(): no new timers (reports during a shutdown's grace change no state).
         self._stopped = False
         self.set_backends(backends)
@@ -344,7 +346,7 @@ class Pool:
                 call = timers.pop(backend)
                 if call.active():
                     call.cancel()
-        for times in (self._warming_since, self._returned_at):
+        for times in (self._warming_since, self._returned_at, self._ejected_at):
             for backend in [b for b in times if b not in members]:
                 del times[backend]
         self._weights_changed()
@@ -651,6 +653,7 @@ class Pool:
         backend.ejected = True
         self._availability_changed(backend, was_available)
         self._unejections[backend] = self._clock().callLater(seconds, self._uneject, backend)
+        self._ejected_at[backend] = now
         _log.warn(
             "pool {pool}: backend {backend} ejected for {seconds:g} s after {count} "
             "consecutive failures (last: {reason}); ejection {ejections} in a row",
@@ -662,17 +665,22 @@ class Pool:
             ejections=backend.ejections,
         )
 
-    def report_passing_check(self, backend: Backend, reason: str) -> bool:
+    def report_passing_check(
+        self, backend: Backend, reason: str, started: float | None = None
+    ) -> bool:
         """
         The active health checks' report that ``backend`` passed a check and is UP by them.
         With outlier detection's ``uneject_on_passing_check`` on, an ejected backend comes
         back now instead of at the end of its ejection time (Envoy's
         ``successful_active_health_check_uneject_host``; see
-        :class:`~twisted_lb.pool.OutlierDetector`).
+        :class:`~twisted_lb.pool.OutlierDetector`). A probe sent before the ejection (or at
+        the same instant) says nothing about the failures that caused it, and is ignored.
 
         Args:
             backend: one of the pool's ``backends``.
             reason: what the check saw, for the log, such as ``"HTTP 200 in 3 ms"``.
+            started: when the probe was sent, in the reactor's seconds; ``None`` for a
+                report that is not about one probe.
 
         Returns:
             Whether this ended an ejection.
@@ -682,6 +690,7 @@ class Pool:
             detector is None
             or not detector.uneject_on_passing_check
             or backend not in self._unejections
+            or (started is not None and started <= self._ejected_at.get(backend, -1e300))
         ):
             return False
         call = self._unejections.pop(backend)
@@ -692,6 +701,7 @@ class Pool:
 
     def _uneject(self, backend: Backend, why: str = "") -> None:
         self._unejections.pop(backend, None)
+        self._ejected_at.pop(backend, None)
         backend.ejected = False
         backend.consecutive_failures = 0
         self._returned_at[backend] = self._clock().seconds()

@@ -328,9 +328,8 @@ def _proxy_header_factory(
     What a frontend's ``haproxy:`` listeners listen with: the PROXY header is read first, then
     the connection goes to ``listen_factory``. With ``[frontends.NAME.tls]`` that is the TLS
     factory, so the header comes before the TLS handshake (HAProxy's ``send-proxy`` on an
-    ``ssl`` server); on ``haproxy:ssl:`` the endpoint's TLS is outside, so the header comes
-    first inside TLS (Twisted's order). Peers allowed to send it: ``proxy_protocol_from``,
-    else ``trusted_proxies``, else any.
+    ``ssl`` server); the config check refuses ``haproxy:ssl:``. Peers allowed to send it:
+    ``proxy_protocol_from``, else ``trusted_proxies``, else any.
     """
     if frontend.proxy_protocol_from:
         allowed, key = frontend.proxy_protocol_from, "proxy_protocol_from"
@@ -341,7 +340,11 @@ def _proxy_header_factory(
         factory,
         allowed=allowed,
         allowed_key=key,
-        timeout=frontend.client_timeout,
+        # In http mode the header is part of the request head: header_timeout, as nginx reads
+        # it under client_header_timeout.
+        timeout=min(frontend.header_timeout, frontend.client_timeout)
+        if frontend.mode == "http"
+        else frontend.client_timeout,
     )
 
 

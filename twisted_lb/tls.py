@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import OpenSSL
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL._util import lib as _openssl
 from OpenSSL.crypto import X509
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import wrapClientTLS
@@ -289,23 +289,65 @@ def _openssl_reason(error: SSL.Error) -> str:
     return str(error) or type(error).__name__
 
 
+def _openssl_binding(name: str) -> Any:
+    """
+    A function of pyOpenSSL's private OpenSSL bindings (``OpenSSL._util.lib``), or ``None``
+    when this pyOpenSSL has no such module or function.
+    """
+    try:
+        from OpenSSL import _util
+    except ImportError:
+        return None
+    return getattr(getattr(_util, "lib", None), name, None)
+
+
+# SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (a macro for
+# the same control), the one the cryptography bindings export. pyOpenSSL does not wrap it (its
+# set_tmp_ecdh sets one curve), so it is reached through pyOpenSSL's private bindings, and
+# through a Context's private _context; looked up here so that a pyOpenSSL without them gives
+# a clear error instead of an AttributeError.
+_set1_curves_list = _openssl_binding("SSL_CTX_set1_curves_list")
+_err_clear_error = _openssl_binding("ERR_clear_error")
+
+
+def _groups_unsupported() -> str | None:
+    """Why TLS groups cannot be set with this pyOpenSSL, or ``None`` when they can."""
+    if (
+        _set1_curves_list is None
+        or _err_clear_error is None
+        or not hasattr(SSL.Context(SSL.TLS_METHOD), "_context")
+    ):
+        return (
+            f"this pyOpenSSL ({OpenSSL.__version__}) does not expose OpenSSL's "
+            "SSL_CTX_set1_curves_list (OpenSSL._util.lib) or Context._context, which "
+            "twisted-lb uses to set the TLS groups (curves); install the pyOpenSSL it was "
+            "tested with (26.4)"
+        )
+    return None
+
+
 def _set_groups(context: SSL.Context, groups: Sequence[str]) -> bool:
     """
     Set the groups ``context`` offers and accepts (``SSL_CTX_set1_groups_list``, which
     pyOpenSSL does not wrap: its ``set_tmp_ecdh`` sets one curve). Returns whether OpenSSL took
     them all; it takes none when it does not know one.
+
+    Raises:
+        TLSConfigError: this pyOpenSSL lacks the private bindings used
+            (:func:`_groups_unsupported`).
     """
+    native = getattr(context, "_context", None)
+    if _set1_curves_list is None or _err_clear_error is None or native is None:
+        raise TLSConfigError(_groups_unsupported() or "TLS groups cannot be set")
     try:
         encoded = ":".join(groups).encode("ascii")
     except UnicodeEncodeError:
         return False
     if not groups or not all(groups) or b"\0" in encoded:
         return False
-    # SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (a macro
-    # for the same control), the one the cryptography bindings export.
-    if _openssl.SSL_CTX_set1_curves_list(context._context, encoded) == 1:
+    if _set1_curves_list(native, encoded) == 1:
         return True
-    _openssl.ERR_clear_error()  # (pyOpenSSL would raise it at its next check)
+    _err_clear_error()  # (pyOpenSSL would raise it at its next check)
     return False
 
 
@@ -314,6 +356,9 @@ def group_problem(name: str) -> str | None:
     What is wrong with ``name`` as a TLS group (a ``curves`` entry), or ``None`` when OpenSSL
     knows it (``"X25519"``, ``"prime256v1"``, ``"P-256"``, ``"ffdhe2048"``, ...).
     """
+    unsupported = _groups_unsupported()
+    if unsupported is not None:
+        return unsupported
     if name and ":" not in name and _set_groups(SSL.Context(SSL.TLS_METHOD), [name]):
         return None
     scratch = SSL.Context(SSL.TLS_METHOD)

@@ -71,7 +71,7 @@ from twisted_lb.http.headers import (
     remove_hop_by_hop,
     serialize_head,
 )
-from twisted_lb.http.routing import Router
+from twisted_lb.http.routing import Router, _split_absolute
 from twisted_lb.http.upstream import UpstreamConnection, Upstreams
 from twisted_lb.interfaces import IAccessLog, IBalancerReactor
 from twisted_lb.pool import Lease, Pool
@@ -97,11 +97,16 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 #: overflows ``off_t`` (2^63). A larger size is answered 400, even with no ``max_body_bytes``.
 MAX_CHUNK_SIZE = 2**52 - 1
 
-#: The longest chunk-size line (size and extensions) checked across reads, in bytes; a longer
-#: one split over reads is answered 400.
+#: The longest chunk-size line (size, extensions and CRLF), in bytes; a longer one is answered
+#: 400 however its bytes arrive (see HTTPProxyProtocol._walk_chunks).
 _MAX_CHUNK_LINE = 4096
 
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)(?:;[^\r\n]*)?\r\n")
+_CHUNK_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
+
+# The chunk-size line walk (see _walk_chunks): off, to find the end of the head first, in a
+# size line, in a chunk's data (and its CRLF).
+_WALK_OFF, _WALK_HEAD, _WALK_LINE, _WALK_DATA = 0, 1, 2, 3
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host as RFC 3986 §3.2.2 (an IP-literal in
 # brackets, with an RFC 6874 zone, or a reg-name, which covers IPv4 addresses); empty allowed.
@@ -112,9 +117,11 @@ _HOST = re.compile(
 _OWS = b" \t"
 
 # Host values already found valid: the same few come back on every request, and a set lookup
-# costs less than a regular expression. Cleared when full.
+# costs less than a regular expression. Cleared when full. Only values of up to 255 bytes
+# (the longest DNS name, RFC 1035 §2.3.4) are kept, so the cache holds at most about 256 KiB.
 _valid_hosts: set[bytes] = set()
 _VALID_HOSTS_MAX = 1024
+_VALID_HOST_CACHED_BYTES = 255
 
 
 def valid_host(value: bytes) -> bool:
@@ -126,6 +133,8 @@ def valid_host(value: bytes) -> bool:
         return True
     if _HOST.fullmatch(value.strip(_OWS)) is None:
         return False
+    if len(value) > _VALID_HOST_CACHED_BYTES:
+        return True
     if len(_valid_hosts) >= _VALID_HOSTS_MAX:
         _valid_hosts.clear()
     _valid_hosts.add(value)
@@ -214,6 +223,10 @@ class HTTPProxyProtocol(Protocol):
         self.url_parts: list[bytes] = []
         self.header_bytes = 0
         self.in_head = False
+        # Header fields dropped for an underscore in the current head, and the first name:
+        # logged once per request, from on_headers_complete.
+        self.dropped_headers = 0
+        self.dropped_name = b""
         # A chunked request body being parsed: the bytes of chunk data since the last chunk
         # header of this read (-1: no unchecked chunk header), and what follows the last LF
         # of the earlier reads (the start of a chunk-size line split over reads).
@@ -221,6 +234,18 @@ class HTTPProxyProtocol(Protocol):
         self.chunk_open = -1
         self.chunk_tail = b""
         self.chunk_tail_cut = False
+        # The chunk-size line walk of a chunked body (_walk_chunks): its state, the data and
+        # CRLF bytes left of the chunk it is in, and the size line begun in an earlier read.
+        self.walk = _WALK_OFF
+        self.walk_left = 0
+        self.walk_line = b""
+        # The read being parsed (for on_message_complete's walk), held only during the parse.
+        self.read_data = b""
+        # Reads parsed, and the one in which the message being parsed began and the last one
+        # ended: a walk starts only when its head is the first thing of the read.
+        self.reads = 0
+        self.message_read = 0
+        self.completed_read = 0
         self.queue: collections.deque[_Request] = collections.deque()
         self.active: _Request | None = None
         self.parser_dead = False
@@ -302,8 +327,12 @@ class HTTPProxyProtocol(Protocol):
                 self.tunnel_early.append(data)
             return
         self.last_activity = self.seconds()
+        self.reads += 1
+        self.read_data = data
         try:
             self.parser.feed_data(data)
+            if self.walk:
+                self._walk_chunks(data)
             if self.chunked_body:
                 self._chunked_read(data)
             if self.active is None and self.queue:
@@ -335,6 +364,8 @@ class HTTPProxyProtocol(Protocol):
             self._reject(400)
         except Exception:
             self._internal_error(Failure())
+        finally:
+            self.read_data = b""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
@@ -351,6 +382,7 @@ class HTTPProxyProtocol(Protocol):
     # Parser callbacks (httptools).
 
     def on_message_begin(self) -> None:
+        self.message_read = self.reads
         # dataReceived has just read the clock, for the bytes being parsed.
         self.parsing = _Request(self.last_activity)
         self.url_parts = []
@@ -377,14 +409,10 @@ class HTTPProxyProtocol(Protocol):
         if b"_" in name and not self.factory.underscores_in_headers:
             # Some backends (CGI-style gateways) read "_" as "-": X_Forwarded_For would pass
             # for X-Forwarded-For, Transfer_Encoding for Transfer-Encoding. Dropped, as nginx
-            # does with underscores_in_headers off.
-            _log.info(
-                "frontend {frontend}: dropped header {name!r} from {client}: an underscore "
-                "in its name (underscores_in_headers)",
-                frontend=self.factory.frontend,
-                name=name.decode("latin-1"),
-                client=self.client_ip or "-",
-            )
+            # does with underscores_in_headers off; counted, and logged once per request.
+            if not self.dropped_headers:
+                self.dropped_name = name
+            self.dropped_headers += 1
             return
         request = self.parsing
         assert request is not None
@@ -394,6 +422,8 @@ class HTTPProxyProtocol(Protocol):
         request = self.parsing
         assert request is not None
         self.in_head = False
+        if self.dropped_headers:
+            self._log_dropped_headers()
         parser = self.parser
         request.method = parser.get_method()
         version = parser.get_http_version()
@@ -435,8 +465,12 @@ class HTTPProxyProtocol(Protocol):
                 raise _RequestError(400)
         elif request.host not in _valid_hosts and not valid_host(request.host):
             raise _RequestError(400)
+        if request.target[0] != 0x2F:  # not origin-form: absolute-form, or "*", or CONNECT's
+            self._host_from_target(request)
         if request.chunked:
             self.chunked_body = True
+            if self.message_read == self.reads and self.completed_read != self.reads:
+                self.walk = _WALK_HEAD
         limit = self.factory.max_body_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise _RequestError(413)
@@ -451,7 +485,47 @@ class HTTPProxyProtocol(Protocol):
         if self.active is not None or len(self.queue) > 1:
             self.gate.pause("pipeline")
 
+    def _host_from_target(self, request: _Request) -> None:
+        """
+        For an absolute-form target (``GET http://a.test/x``), the target's authority is the
+        request's host: the received ``Host`` is replaced by it (added when there is none),
+        and routing, ``X-Forwarded-Host`` and ``Forwarded`` ``host=`` use it. RFC 9112
+        §3.2.2: a proxy "MUST ignore the received Host header field (if any) and instead
+        replace it with the host information of the request-target".
+
+        Raises:
+            _RequestError: 400, the authority is not a valid ``host[:port]``.
+        """
+        split = _split_absolute(request.target)
+        if split is None:
+            return
+        host = split[0]
+        if not valid_host(host):
+            raise _RequestError(400)
+        request.host = host
+        headers = request.headers
+        for index, (name, _value) in enumerate(headers):
+            if name.lower() == b"host":
+                headers[index] = (name, host)
+                return
+        headers.insert(0, (b"Host", host))
+
+    def _log_dropped_headers(self) -> None:
+        """One event for the head's header fields dropped for an underscore, then reset."""
+        _log.info(
+            "frontend {frontend}: dropped {count} header field(s) from {client}: an underscore "
+            "in the name, the first {name!r} (underscores_in_headers)",
+            frontend=self.factory.frontend,
+            count=self.dropped_headers,
+            name=self.dropped_name.decode("latin-1"),
+            client=self.client_ip or "-",
+        )
+        self.dropped_headers = 0
+        self.dropped_name = b""
+
     def on_body(self, data: bytes) -> None:
+        if not data:
+            return  # (llhttp reports an empty read mid-chunk; an empty chunk would end it)
         request = self.parsing
         assert request is not None
         request.body_bytes += len(data)
@@ -478,8 +552,13 @@ class HTTPProxyProtocol(Protocol):
     def on_message_complete(self) -> None:
         request = self.parsing
         assert request is not None
+        if self.walk:
+            # Before the request counts as complete and its held body is sent.
+            self._walk_chunks(self.read_data)
+            self.walk, self.walk_line = _WALK_OFF, b""
         self.parsing = None
         request.complete = True
+        self.completed_read = self.reads
         if self.chunked_body:
             self.chunked_body = False
             self.chunk_open = -1
@@ -532,6 +611,58 @@ class HTTPProxyProtocol(Protocol):
             tail = self.chunk_tail + data
             self.chunk_tail = tail[-_MAX_CHUNK_LINE:]
             self.chunk_tail_cut = self.chunk_tail_cut or len(tail) > _MAX_CHUNK_LINE
+
+    def _walk_chunks(self, data: bytes) -> None:
+        """
+        Walk the chunk-size lines of a chunked request body in ``data``, a read, and refuse
+        one longer than ``_MAX_CHUNK_LINE`` bytes (its CRLF included) with 400, whether it
+        came in one read or over several. llhttp has parsed ``data`` already, so every line
+        is well formed; the walk skips each chunk's data by its size, and ends at the last
+        chunk (the trailer section is the parser's, under the header limits). A walk starts
+        with the head of the request, when that is the first thing of a read (see
+        on_headers_complete); a chunked request pipelined behind another one in the same
+        read keeps only the check of :meth:`_open_chunk_size`.
+
+        Raises:
+            _RequestError: 400, a chunk-size line is too long.
+        """
+        state, left, line = self.walk, self.walk_left, self.walk_line
+        end = len(data)
+        pos = 0
+        if state == _WALK_HEAD:
+            while data.startswith(b"\r\n", pos):
+                pos += 2
+            pos = data.find(b"\r\n\r\n", pos) + 4  # (llhttp found the end of the head here)
+            state = _WALK_LINE
+        while pos < end:
+            if state == _WALK_DATA:
+                step = min(left, end - pos)
+                pos += step
+                left -= step
+                if left:
+                    break
+                state = _WALK_LINE
+                continue
+            room = _MAX_CHUNK_LINE - len(line)
+            lf = data.find(b"\n", pos, pos + room)
+            if lf < 0:
+                if end - pos >= room:
+                    raise _RequestError(400)
+                line += data[pos:]
+                break
+            if line:
+                match = _CHUNK_DIGITS.match(line + data[pos : lf + 1])
+            else:
+                match = _CHUNK_DIGITS.match(data, pos)
+            pos = lf + 1
+            line = b""
+            size = int(match.group(), 16) if match is not None else 0
+            if not size:
+                state = _WALK_OFF  # the last chunk
+                break
+            left = size + 2
+            state = _WALK_DATA
+        self.walk, self.walk_left, self.walk_line = state, left, line
 
     def _open_chunk_size(self, data: bytes, end: int) -> int | None:
         """
