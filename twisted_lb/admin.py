@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -175,11 +176,67 @@ class APIError(Exception):
         self.details = details
 
 
+def host_allowed(host: bytes) -> bool:
+    """
+    Whether a ``Host`` header value names the admin listener by an IP literal (``127.0.0.1``,
+    ``[::1]``, with or without a port) or as ``localhost``. Any other name may be a DNS
+    rebinding: a page of ``evil.example`` whose name now resolves to 127.0.0.1 sends its own
+    name as the Host (the allow-list of Host values, as Kubernetes' and Envoy's admin
+    guidance and the webpack dev server's ``allowedHosts`` do).
+    """
+    text = host.strip().lower().decode("latin-1")
+    if text.startswith("["):
+        literal, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return False
+    else:
+        literal, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
+        if colon and not port.isdigit():
+            return False
+    if literal in ("localhost", "localhost."):
+        return True
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return False
+    return True
+
+
+def _origin_refusal(request: Request) -> tuple[int, str] | None:
+    """
+    Why a request is refused before any resource sees it (DNS rebinding, cross-site requests),
+    as the status and the reason, or ``None``.
+    """
+    host = request.getHeader(b"host")
+    over_unix = getattr(request.getHost(), "host", None) is None
+    if host is not None and not over_unix and not host_allowed(host):
+        return (
+            421,
+            f"Host {host.decode('latin-1')!r} is not this admin listener's address: "
+            "use its IP address (http://127.0.0.1:PORT/) or localhost",
+        )
+    origin = request.getHeader(b"origin")
+    if origin is not None:
+        scheme = b"https://" if request.isSecure() else b"http://"
+        if host is None or origin.strip().lower() != scheme + host.strip().lower():
+            return (
+                403,
+                f"cross-origin request refused: Origin {origin.decode('latin-1')!r} is not "
+                "this admin listener's own origin",
+            )
+    return None
+
+
 class AdminRequest(Request):
     """
     A twisted.web request that keeps at most :data:`MAX_BODY_BYTES` of its body: the rest is
     read and dropped, and :attr:`too_large` is set, so that the API answers 413 and closes
     the connection after the answer.
+
+    Every response says it may not be framed (``X-Frame-Options: DENY``, CSP
+    ``frame-ancestors 'none'``); a request whose ``Host`` is not an IP literal or
+    ``localhost`` (on TCP; a UNIX socket has no Host check) is answered 421, one whose
+    ``Origin`` is another site's 403, before any resource sees it (see :func:`host_allowed`).
     """
 
     too_large = False
@@ -200,6 +257,30 @@ class AdminRequest(Request):
             self.content = io.BytesIO()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def process(self) -> None:
+        self.setHeader(b"x-frame-options", b"DENY")  # type: ignore[no-untyped-call]
+        self.setHeader(  # type: ignore[no-untyped-call]
+            b"content-security-policy", b"frame-ancestors 'none'"
+        )
+        refusal = _origin_refusal(self)
+        if refusal is None:
+            super().process()  # type: ignore[no-untyped-call]
+            return
+        status, reason = refusal
+        _log.warn(
+            "admin API: refused {method} {path} from {client}: {reason}",
+            method=(self.method or b"").decode("latin-1"),
+            path=(self.path or b"").decode("latin-1"),
+            client=_client(self),
+            reason=reason,
+        )
+        self.site = self.channel.site  # type: ignore[attr-defined]
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+        self.setHeader(b"cache-control", b"no-store")  # type: ignore[no-untyped-call]
+        self.write(_json({"error": reason, "status": status}))  # type: ignore[no-untyped-call]
+        self.finish()  # type: ignore[no-untyped-call]
 
     def _refuse_body(self) -> None:
         self.too_large = True
@@ -303,6 +384,15 @@ class APIResource(Resource):
         if handler is None:
             _not_allowed(method, allowed)
         if method in _MUTATING:
+            content_type = request.getHeader(b"content-type") or b""
+            if content_type.partition(b";")[0].strip().lower() != b"application/json":
+                raise APIError(
+                    415,
+                    f"{name} needs Content-Type: application/json (even with no body), so that "
+                    "a web page cannot send it cross-site; got "
+                    + (repr(content_type.decode("latin-1")) if content_type else "none"),
+                    accepted=["application/json"],
+                )
             if not check_token(request, self.token):
                 self._refuse(request, method)
             if getattr(request, "too_large", False):
