@@ -522,12 +522,22 @@ class APIReadTests(SynchronousTestCase):
                 ["ready", "drain", "maint"],
             ),
         )
-        for weight in (0, -1, "2", 2.5, True):
+        for weight in (0, -1, "2", 2.5, True, 257, 20000):
             status, _, body = request(
                 self.site, "PATCH", path, {"state": "drain", "weight": weight}
             )
             self.assertEqual(status, 400, weight)
-            self.assertIn("accepted: an integer >= 1", body["error"])
+            self.assertIn("must be an integer from 1 to 256", body["error"])
+            self.assertEqual(body["accepted"], {"minimum": 1, "maximum": 256})
+            status, _, body = request(
+                self.site,
+                "POST",
+                "/api/v1/pools/app/backends",
+                {"address": "127.0.0.1:9009", "weight": weight},
+            )
+            self.assertEqual(status, 400, weight)
+            self.assertIn("must be an integer from 1 to 256", body["error"])
+        self.assertEqual(len(self.service.pools["app"].backends), 2)
         backend = self.service.pools["app"].backends[0]
         self.assertEqual((backend.admin_state.value, backend.weight), ("UP", 1))
 

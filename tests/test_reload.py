@@ -661,6 +661,7 @@ class RuntimeTests(ReloadCase):
         self.service.set_backend_state("app", "app2", "ready")
         self.assertIs(app2.state, BackendState.UP)
         self.reactor.advance(20.0)  # its slow start
+        self.service.set_backend_weight("app", "app2", 256)  # the largest, as HAProxy's
         self.service.set_backend_weight("app", "app2", 7)
         self.assertEqual((app2.weight, app2.effective_weight), (7, 7.0))
         pool = self.service.pools["app"]
@@ -677,9 +678,13 @@ class RuntimeTests(ReloadCase):
         with self.assertRaises(InvalidChange) as invalid:
             self.service.set_backend_state("app", "app1", "down")
         self.assertIn("'ready', 'drain' or 'maint'", str(invalid.exception))
-        for weight in (0, True, 2.5):
-            with self.assertRaises(InvalidChange):
+        for weight in (0, True, 2.5, 257, 20000):
+            with self.assertRaises(InvalidChange) as invalid:
                 self.service.set_backend_weight("app", "app1", weight)  # type: ignore[arg-type]
+            self.assertIn("weight must be an integer from 1 to 256, not", str(invalid.exception))
+            with self.assertRaises(InvalidChange) as invalid:
+                self.service.add_backend("app", "127.0.0.1:9009", weight=weight)  # type: ignore[arg-type]
+            self.assertIn("weight must be an integer from 1 to 256, not", str(invalid.exception))
         with self.assertRaises(InvalidChange):
             self.service.add_backend("app", "nowhere")
         with self.assertRaises(InvalidChange):
@@ -724,11 +729,17 @@ class RuntimeTests(ReloadCase):
         state = self.service.runtime_state()
         state["backends"].append({"pool": "gone", "backend": "x", "state": "drain"})  # type: ignore[attr-defined]
         state["backends"].append({"pool": "app", "backend": "app1", "weight": -1})  # type: ignore[attr-defined]
+        state["backends"].append({"pool": "app", "backend": "app3", "weight": 10**9})  # type: ignore[attr-defined]
+        state["backends"].append(  # type: ignore[attr-defined]
+            {"pool": "app", "backend": "x", "added": {"address": "127.0.0.1:9", "weight": 300}}
+        )
         fresh = LoadBalancerService.from_config(parse_config(BASE, "lb.toml"), self.reactor)
         problems = fresh.restore_runtime_state(state)
-        self.assertEqual(len(problems), 2)
+        self.assertEqual(len(problems), 4)
         self.assertIn("runtime state backends[2] (gone/x): no pool 'gone'", problems[0])
-        self.assertIn("weight must be an integer >= 1", problems[1])
+        self.assertIn("weight must be an integer from 1 to 256, not -1", problems[1])
+        self.assertIn("weight must be an integer from 1 to 256, not 1000000000", problems[2])
+        self.assertIn("weight must be an integer from 1 to 256, not 300", problems[3])
         [app2] = [b for b in fresh.pools["app"].backends if b.name == "app2"]
         self.assertEqual((app2.state, app2.weight), (BackendState.DRAINING, 5))
         self.assertEqual([b.name for b in fresh.pools["api"].backends], ["api1", "api2"])

@@ -47,7 +47,14 @@ from twisted.web.server import Request, Site
 
 from twisted_lb import __version__
 from twisted_lb.backend import Backend, BackendState
-from twisted_lb.config import AdminConfig, Config, ConfigError, Problem
+from twisted_lb.config import (
+    MAX_WEIGHT,
+    AdminConfig,
+    Config,
+    ConfigError,
+    Problem,
+    weight_problem,
+)
 from twisted_lb.dashboard import DashboardResource, dashboard_page
 from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.metrics import MetricsResource, metrics_registry
@@ -596,7 +603,11 @@ class APIResource(Resource):
         Both are checked before either is applied.
         """
         body = self._body(
-            request, {"state": "one of " + ", ".join(ADMIN_STATES), "weight": "an integer"}
+            request,
+            {
+                "state": "one of " + ", ".join(ADMIN_STATES),
+                "weight": f"an integer from 1 to {MAX_WEIGHT}",
+            },
         )
         pool, backend = self._backend(pool_name, name)
         if not body:
@@ -611,14 +622,8 @@ class APIResource(Resource):
                 accepted=list(ADMIN_STATES),
             )
         weight = body.get("weight")
-        if "weight" in body and (
-            isinstance(weight, bool) or not isinstance(weight, int) or weight < 1
-        ):
-            raise APIError(
-                400,
-                f"invalid weight {weight!r}; accepted: an integer >= 1, as the config's weight",
-                accepted={"minimum": 1},
-            )
+        if "weight" in body:
+            _check_weight(weight)
         service = self.service
         with _service_errors():
             if weight is not None:
@@ -641,7 +646,7 @@ class APIResource(Resource):
             {
                 "address": "host:port, [v6]:port or unix:/path (required)",
                 "name": "a string",
-                "weight": "an integer",
+                "weight": f"an integer from 1 to {MAX_WEIGHT}",
                 "backup": "true or false",
             },
         )
@@ -657,12 +662,7 @@ class APIResource(Resource):
         if name is not None and (not isinstance(name, str) or not name):
             raise APIError(400, f"invalid name {name!r}; accepted: a non-empty string")
         weight = body.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise APIError(
-                400,
-                f"invalid weight {weight!r}; accepted: an integer >= 1, as the config's weight",
-                accepted={"minimum": 1},
-            )
+        _check_weight(weight)
         backup = body.get("backup", False)
         if not isinstance(backup, bool):
             raise APIError(400, f"invalid backup {backup!r}; accepted: true or false")
@@ -717,6 +717,17 @@ class APIResource(Resource):
             body["error"] = "the config file is invalid; nothing changed"
             return 422, body
         return 200, body
+
+
+def _check_weight(weight: object) -> None:
+    """Refuse (400) a weight the config refuses (:func:`~twisted_lb.config.weight_problem`)."""
+    problem = weight_problem(weight)
+    if problem is not None:
+        raise APIError(
+            400,
+            f"invalid weight {weight!r}: {problem}, as the config's weight",
+            accepted={"minimum": 1, "maximum": MAX_WEIGHT},
+        )
 
 
 @contextlib.contextmanager

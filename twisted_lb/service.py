@@ -47,6 +47,7 @@ from twisted_lb.config import (
     Problem,
     join_key,
     load_config,
+    weight_problem,
 )
 from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
@@ -1253,16 +1254,18 @@ class LoadBalancerService(MultiService):
         Args:
             pool: the pool's name.
             backend: the backend's name.
-            weight: an integer >= 1, as the config's ``weight``.
+            weight: an integer from 1 to ``MAX_WEIGHT`` (256), as the
+                config's ``weight``.
 
         Raises:
             UnknownPool: no such pool.
             UnknownBackend: no such backend in it.
-            InvalidChange: ``weight`` is not an integer >= 1.
+            InvalidChange: ``weight`` is not an integer from 1 to 256 (the message says so).
         """
         live, target = self._backend(pool, backend)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise InvalidChange(f"weight must be an integer >= 1, not {weight!r}")
+        problem = weight_problem(weight)
+        if problem is not None:
+            raise InvalidChange(f"weight {problem}")
         live.set_weight(target, weight)
         self._runtime.setdefault((pool, backend), {})["weight"] = weight
         _log.info(
@@ -1288,7 +1291,7 @@ class LoadBalancerService(MultiService):
             pool: the pool's name.
             address: ``host:port``, ``[v6]:port`` or ``unix:/path``.
             name: its name; by default the first free one of ``POOL1``, ``POOL2``, ...
-            weight: an integer >= 1.
+            weight: an integer from 1 to ``MAX_WEIGHT`` (256).
             backup: whether it serves only while no primary is UP.
 
         Returns:
@@ -1297,15 +1300,16 @@ class LoadBalancerService(MultiService):
         Raises:
             UnknownPool: no such pool.
             InvalidChange: the address is malformed or already in the pool, the name is
-                taken or empty, or the weight is not an integer >= 1.
+                taken or empty, or the weight is not an integer from 1 to 256.
         """
         live = self._pool(pool)
         try:
             parsed = parse_address(address)
         except (ValueError, TypeError) as e:
             raise InvalidChange(f"address: {e}") from None
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise InvalidChange(f"weight must be an integer >= 1, not {weight!r}")
+        problem = weight_problem(weight)
+        if problem is not None:
+            raise InvalidChange(f"weight {problem}")
         names = {b.name for b in live.backends}
         if name is None:
             number = len(live.backends) + 1
