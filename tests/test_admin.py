@@ -878,6 +878,31 @@ class AdminListenerTests(SynchronousTestCase):
         )
         self.assertEqual(Path(path).read_text(), "not a socket")
 
+    def test_socket_mode_while_listening_starts(self) -> None:
+        """
+        The socket is no wider than socket_mode at any moment: when listen() is called
+        (Twisted's port chmods it between bind and listen) and after.
+        """
+        from twisted.internet import reactor
+
+        path = os.path.join(short_directory(self), "admin.sock")
+        seen: list[int] = []
+        listen = socket.socket.listen
+
+        def recording(sock: socket.socket, *args: Any) -> None:
+            if sock.family == socket.AF_UNIX:
+                seen.append(stat.S_IMODE(os.stat(path).st_mode))
+            listen(sock, *args)
+
+        self.patch(socket.socket, "listen", recording)
+        config = parse_config(FRONTEND + POOL + f"[admin]\nlisten = ['unix:{path}']\n")
+        service = LoadBalancerService.from_config(config, reactor)
+        assert service.admin is not None
+        service.admin.privilegedStartService()
+        self.assertEqual(seen, [0o600])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.stop(service.admin)
+
 
 # -- a real twistd -----------------------------------------------------------------------------
 

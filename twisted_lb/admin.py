@@ -881,9 +881,10 @@ def read_state_file(path: str) -> dict[str, Any] | None:
 
 class AdminListener(Service):
     """
-    Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is given
-    ``socket_mode`` before it accepts anything (it is created under a umask that allows no
-    more), and a stale socket file left by a killed process is removed first, as HAProxy does.
+    Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is never
+    wider than ``socket_mode``: it is created under a umask that allows no more, its endpoint
+    carries the mode (the :class:`AdminService` builds it so), and it is chmodded once
+    listening. A stale socket file left by a killed process is removed first, as HAProxy does.
 
     Args:
         endpoint: where to listen.
@@ -963,6 +964,23 @@ class AdminListener(Service):
         return stopped
 
 
+def _with_mode(endpoint: IStreamServerEndpoint, mode: int) -> IStreamServerEndpoint:
+    """
+    A ``unix:`` endpoint that gives its socket ``mode`` itself: Twisted's UNIX port chmods
+    the socket to the endpoint's mode (0666 by default) between bind() and listen(), so a
+    later chmod alone would leave a moment in which any user could connect.
+    """
+    if not isinstance(endpoint, UNIXServerEndpoint):
+        return endpoint
+    return UNIXServerEndpoint(
+        endpoint._reactor,
+        endpoint._address,
+        backlog=endpoint._backlog,
+        mode=mode,
+        wantPID=endpoint._wantPID,
+    )
+
+
 def _remove_stale_socket(path: str) -> None:
     """Remove a socket file nothing accepts on (left by a killed process); keep anything else."""
     try:
@@ -1019,7 +1037,7 @@ class AdminService(MultiService):
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
             try:
-                endpoint = serverFromString(reactor, description)
+                endpoint = _with_mode(serverFromString(reactor, description), config.socket_mode)
             except Exception as e:
                 problems.append(Problem(path, f"admin.listen[{index}]", str(e)))
                 continue
