@@ -511,6 +511,34 @@ class InvalidReloadTests(ReloadCase):
         self.assertEqual(self.backend("app", "app2").weight, 5)
 
 
+class StoppingReloadTests(SynchronousTestCase):
+    def test_reload_while_stopping_changes_nothing(self) -> None:
+        """
+        Once stopService has begun, reload() reads nothing and applies nothing: a failed
+        result saying the balancer is stopping.
+        """
+        reactor = MemoryReactorClock()
+        path = Path(self.mktemp())
+        path.write_text(BASE)
+        service = LoadBalancerService.from_config(parse_config(BASE, str(path)), reactor)
+        service.privilegedStartService()
+        service.startService()
+        path.write_text(BASE.replace("weight = 3", "weight = 5"))
+        stopped = service.stopService()
+        with capturedLogs() as events:
+            result = service.reload()
+        self.assertEqual(
+            (result.ok, result.generation, result.problems),
+            (False, 1, ("the balancer is stopping; nothing was reloaded",)),
+        )
+        self.assertIn("reload refused: the balancer is stopping", texts(events))
+        self.assertIs(service.last_reload, result)
+        [app2] = [b for b in service.pools["app"].backends if b.name == "app2"]
+        self.assertEqual(app2.weight, 3)
+        reactor.advance(10.0)
+        self.successResultOf(stopped)
+
+
 class DrainTests(ReloadCase):
     def test_removed_backend_drains_then_closes(self) -> None:
         """

@@ -1077,8 +1077,19 @@ class LoadBalancerService(MultiService):
         Returns:
             The result, also kept as :attr:`last_reload`. A bad file never raises: the result
             has ``ok`` false and every problem, each problem is logged as ``twisted-lb
-            check`` prints it, and nothing changes.
+            check`` prints it, and nothing changes. While the service is stopping, the
+            result is a failure whose problem says so, and nothing is read.
         """
+        if self._stopping:
+            _log.warn("reload refused: the balancer is stopping")
+            result = ReloadResult(
+                ok=False,
+                generation=self.generation,
+                at=self.reactor.seconds(),
+                problems=("the balancer is stopping; nothing was reloaded",),
+            )
+            self.last_reload = result
+            return result
         path = path if path is not None else self.config.path
         try:
             config = load_config(path)
@@ -1521,6 +1532,7 @@ class LoadBalancerService(MultiService):
             _log.info("{kind} {name}: {what} reloaded", **fields)
 
     def startService(self) -> None:
+        self._stopping = False
         self.started = self.reactor.seconds()
         for pool in self.pools.values():
             pool.start()
@@ -1539,7 +1551,10 @@ class LoadBalancerService(MultiService):
                 pool_noun="pool" if pools == 1 else "pools",
             )
 
+    _stopping = False
+
     def stopService(self) -> Deferred[object]:
+        self._stopping = True
         stopped: Deferred[object] = Deferred()
         listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
         listeners_stopped.addCallback(lambda _: self._close_connections())
