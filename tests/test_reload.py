@@ -19,6 +19,7 @@ from twisted_lb._frontend import ProxyHeaderFactory
 from twisted_lb.backend import BackendState
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.http.upstream import UpstreamConnection
 from twisted_lb.logs import AccessLog
 from twisted_lb.service import (
     InvalidChange,
@@ -472,6 +473,82 @@ class TLSReloadTests(SynchronousTestCase):
         self.assertIn("cannot read", result.problems[0])
         self.assertIs(service.listeners[0].factory, wrapper)
         self.successResultOf(service.stopService())
+
+
+class PoolTLSReloadTests(SynchronousTestCase):
+    """A reload and the upstream connections a pool's ``tls`` made."""
+
+    def setUp(self) -> None:
+        import trustme
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        self.ca_path = directory / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(self.ca_path))
+        self.text = BASE.replace("[pools.api]", "[pools.app.tls]\nca = 'CA'\n[pools.api]").replace(
+            "CA", str(self.ca_path)
+        )
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService.from_config(
+            parse_config(self.text, "lb.toml"), self.reactor
+        )
+        self.service.startService()
+        self.addCleanup(lambda: self.successResultOf(self.service.stopService()))
+        self.pool = self.service.pools["app"]
+        self.app1 = self.pool.backends[0]
+
+    def connection(self) -> tuple[UpstreamConnection, StringTransport]:
+        connection = UpstreamConnection(self.service.upstreams, self.app1, self.pool)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_unrelated_reload_keeps_connections(self) -> None:
+        """
+        A reload that leaves ``tls`` alone keeps the pool's ClientTLS (its files read again
+        and adopted), so idle and busy connections stay reusable.
+        """
+        idle, idle_transport = self.connection()
+        busy, busy_transport = self.connection()
+        self.service.upstreams.release(idle)
+        tls = self.pool.tls
+        trust = tls._trust  # type: ignore[union-attr]
+        import trustme
+
+        trustme.CA().cert_pem.write_to_path(str(self.ca_path))
+        with capturedLogs():
+            result = self.service.apply_config(
+                parse_config(self.text.replace("slow_start = 20", "slow_start = 10"), "lb.toml")
+            )
+        self.assertTrue(result.ok, result.problems)
+        self.assertIs(self.pool.tls, tls)
+        self.assertIsNot(tls._trust, trust)  # type: ignore[union-attr]  # the new CA file
+        self.service.upstreams.release(busy)
+        self.assertFalse(idle_transport.disconnecting or busy_transport.disconnecting)
+        self.assertIs(self.service.upstreams.take_idle(self.app1), busy)
+        self.assertIs(self.service.upstreams.take_idle(self.app1), idle)
+
+    def test_tls_change_closes_busy_connections_when_released(self) -> None:
+        """
+        A reload that changes ``tls``: idle connections close at once, busy ones when their
+        exchange ends; none is reused with the old settings.
+        """
+        idle, idle_transport = self.connection()
+        busy, busy_transport = self.connection()
+        self.service.upstreams.release(idle)
+        with capturedLogs():
+            result = self.service.apply_config(
+                parse_config(
+                    self.text.replace("[pools.app.tls]\n", "[pools.app.tls]\nserver_name = 'b'\n"),
+                    "lb.toml",
+                )
+            )
+        self.assertTrue(result.ok, result.problems)
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(busy_transport.disconnecting)
+        self.service.upstreams.release(busy)
+        self.assertTrue(busy_transport.disconnecting)
+        self.assertIsNone(self.service.upstreams.take_idle(self.app1))
 
 
 class InvalidReloadTests(ReloadCase):

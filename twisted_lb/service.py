@@ -384,6 +384,9 @@ class _PoolPlan:
     backends: list[Backend]
     # Kept backends and the config they take.
     kept: list[tuple[Backend, BackendConfig]]
+    # When the pool keeps its live ClientTLS (its tls table did not change): the files read
+    # again for this reload, which the live one adopts when the reload is applied.
+    tls_files: ClientTLS | None = None
 
 
 @attrs.define
@@ -626,6 +629,18 @@ class LoadBalancerService(MultiService):
                 except TLSConfigError as e:
                     problems.append(Problem(config.path, join_key(where, "tls"), str(e)))
                     continue
+            tls_files = None
+            if (
+                pool_tls is not None
+                and live is not None
+                and live.tls is not None
+                and old is not None
+                and old.tls == pool_config.tls
+            ):
+                # Same settings: keep the live object, so that the connections it made stay
+                # reusable (Upstreams.release closes those made with another pool.tls); it
+                # adopts the files read again here when the reload is applied.
+                tls_files, pool_tls = pool_tls, live.tls
             outlier = pool_config.outlier_detection
             if live is not None and old is not None and old.outlier_detection == outlier:
                 detector = live.outlier_detector
@@ -685,7 +700,16 @@ class LoadBalancerService(MultiService):
             else:
                 new = False
             pools[name] = _PoolPlan(
-                pool_config, live, new, strategy, pool_tls, detector, check, backends, kept
+                pool_config,
+                live,
+                new,
+                strategy,
+                pool_tls,
+                detector,
+                check,
+                backends,
+                kept,
+                tls_files,
             )
         factories: dict[str, FrontendFactory] = {}
         server_tls: dict[str, ServerTLS] = {}
@@ -895,8 +919,12 @@ class LoadBalancerService(MultiService):
                     tls=plan_pool.tls,
                 )
                 pool.set_backends(plan_pool.backends)
+                if plan_pool.tls is not None and plan_pool.tls_files is not None:
+                    plan_pool.tls.adopt(plan_pool.tls_files)
                 if old_config.tls != pool_config.tls:
-                    # Reused connections would keep the old TLS settings (or none).
+                    # Reused connections would keep the old TLS settings (or none): the idle
+                    # ones close now, the busy ones when they are released (their tls is
+                    # not pool.tls any more).
                     self.upstreams.close_idle(pool.backends)
             self._apply_health(name, pool_config.health_check, plan_pool)
         for name in [n for n in self.pools if n not in plan.pools]:
