@@ -285,6 +285,7 @@ class StateFileTests(SynchronousTestCase):
             ("{", "not JSON"),
             ('{"format": 2, "runtime": {}}', "not a twisted-lb state file of format 1"),
             ('{"format": 1, "runtime": []}', "its 'runtime' member is not an object"),
+            ("[" * 60000, "not usable JSON: it is nested too deeply"),
         ]:
             Path(path).write_text(text)
             with self.assertRaises(ValueError) as caught:
@@ -488,6 +489,25 @@ class APIReadTests(SynchronousTestCase):
         )
         status, _, body = request(self.site, "PATCH", path, {})
         self.assertEqual(status, 400)
+        status, _, body = request(self.site, "PATCH", path, raw_body=b"[" * 60000)
+        self.assertEqual(
+            (status, body["error"]), (400, "the body is not usable JSON: it is nested too deeply")
+        )
+
+    def test_deeply_nested_state_file_at_start(self) -> None:
+        """A state file nested too deeply is ignored at start, with a log event."""
+        from twisted.logger import capturedLogs
+
+        directory = short_directory(self)
+        state = os.path.join(directory, "state.json")
+        Path(state).write_text("[" * 60000)
+        service, _ = memory_site(self, extra=f"state_file = '{state}'\n")
+        with capturedLogs() as events:
+            service.admin.restore_state()
+        [event] = [e for e in events if "ignored" in e.get("log_format", "")]
+        self.assertEqual(
+            (event["path"], event["reason"]), (state, "not usable JSON: it is nested too deeply")
+        )
 
     def test_too_large(self) -> None:
         """A body over the limit is 413, and the connection closes; nothing is applied."""

@@ -489,6 +489,8 @@ class APIResource(Resource):
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise APIError(400, "the body is not usable JSON: it is nested too deeply") from None
         if not isinstance(value, dict):
             raise APIError(400, f"the body must be a JSON object, not {type(value).__name__}")
         unknown = sorted(set(value) - set(allowed))
@@ -868,6 +870,8 @@ def read_state_file(path: str) -> dict[str, Any] | None:
         data = json.loads(raw)
     except ValueError as e:
         raise ValueError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("not usable JSON: it is nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != STATE_FILE_FORMAT:
         raise ValueError(f"not a twisted-lb state file of format {STATE_FILE_FORMAT}")
     runtime = data.get("runtime")
