@@ -277,6 +277,26 @@ class StateFileTests(SynchronousTestCase):
         self.assertEqual(read_state_file(path), {"pools": {"api": {}}})
         self.assertEqual(os.listdir(directory), ["state.json"])
 
+    def test_planted_symlinks_are_not_followed(self) -> None:
+        """
+        A symlink planted at the old, predictable temporary name (or at the file itself) is
+        not written through: the victim file is untouched, and the state file is a new file.
+        """
+        directory = short_directory(self)
+        path = os.path.join(directory, "state.json")
+        victim = os.path.join(directory, "victim")
+        Path(victim).write_text("precious\n")
+        os.symlink(victim, os.path.join(directory, f".state.json.{os.getpid()}.tmp"))
+        write_state_file(path, {"format": 1, "runtime": {}})
+        self.assertEqual(Path(victim).read_text(), "precious\n")
+        os.unlink(path)
+        os.symlink(victim, path)
+        write_state_file(path, {"format": 1, "runtime": {}})
+        self.assertEqual(Path(victim).read_text(), "precious\n")
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(read_state_file(path), {})
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
     def test_bad_files(self) -> None:
         """A file that is not a state file is refused with the reason."""
         directory = short_directory(self)

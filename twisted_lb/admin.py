@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
@@ -833,16 +834,22 @@ def admin_resource(
 
 def write_state_file(path: str, state: Mapping[str, object]) -> None:
     """
-    Write ``state`` as JSON to ``path`` atomically: to a temporary file in the same directory,
-    flushed to disk, then renamed over ``path``, so a crash leaves the old file or the new one.
+    Write ``state`` as JSON to ``path`` atomically: to a new temporary file in the same
+    directory (:func:`tempfile.mkstemp`: an unpredictable name, created exclusively with mode
+    0600, so no symlink planted there is followed), flushed to disk, then renamed over
+    ``path`` (which replaces a symlink there rather than following it), so a crash leaves the
+    old file or the new one. The fsync blocks the calling thread (the reactor's) for as long
+    as the disk takes, a few milliseconds: it runs only after an accepted change or a reload.
 
     Raises:
         OSError: the directory is not writable, the disk is full, ...
     """
     directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
     try:
-        with open(temporary, "wb") as f:
+        with os.fdopen(descriptor, "wb") as f:
             f.write(_json(state))
             f.flush()
             os.fsync(f.fileno())
