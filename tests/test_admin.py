@@ -1120,7 +1120,7 @@ class AdminIntegrationTests(AdminIntegrationCase):
         self.assertIn("401", unauthorised.stderr)
         invalid = admin.ctl(*token, "weight", "app", "app1", "0")
         self.assertEqual(invalid.returncode, 1)
-        self.assertIn("accepted: an integer >= 1", invalid.stderr)
+        self.assertIn("must be an integer from 1 to 256, not 0", invalid.stderr)
         self.assertEqual(admin.ctl("weight", "app", "app1").returncode, 2)
         self.assertEqual(ctl("--socket", "a", "--url", "http://b", "status").returncode, 2)
         unreachable = ctl("--socket", f"{directory}/nothing.sock", "status")
