@@ -894,7 +894,7 @@ class AdminListener(Service):
     """
     Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is never
     wider than ``socket_mode``: it is created under a umask that allows no more, its endpoint
-    carries the mode (the :class:`AdminService` builds it so), and it is chmodded once
+    carries the mode (a ``unix:`` endpoint is rebuilt with it), and it is chmodded once
     listening. A stale socket file left by a killed process is removed first, as HAProxy does.
 
     Args:
@@ -907,7 +907,7 @@ class AdminListener(Service):
     def __init__(
         self, endpoint: IStreamServerEndpoint, site: Site, description: str, socket_mode: int
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = _with_mode(endpoint, socket_mode)
         self.site = site
         self.description = description
         self.socket_mode = socket_mode
@@ -1048,7 +1048,7 @@ class AdminService(MultiService):
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
             try:
-                endpoint = _with_mode(serverFromString(reactor, description), config.socket_mode)
+                endpoint = serverFromString(reactor, description)
             except Exception as e:
                 problems.append(Problem(path, f"admin.listen[{index}]", str(e)))
                 continue
