@@ -277,6 +277,26 @@ class StateFileTests(SynchronousTestCase):
         self.assertEqual(read_state_file(path), {"pools": {"api": {}}})
         self.assertEqual(os.listdir(directory), ["state.json"])
 
+    def test_planted_symlinks_are_not_followed(self) -> None:
+        """
+        A symlink planted at the old, predictable temporary name (or at the file itself) is
+        not written through: the victim file is untouched, and the state file is a new file.
+        """
+        directory = short_directory(self)
+        path = os.path.join(directory, "state.json")
+        victim = os.path.join(directory, "victim")
+        Path(victim).write_text("precious\n")
+        os.symlink(victim, os.path.join(directory, f".state.json.{os.getpid()}.tmp"))
+        write_state_file(path, {"format": 1, "runtime": {}})
+        self.assertEqual(Path(victim).read_text(), "precious\n")
+        os.unlink(path)
+        os.symlink(victim, path)
+        write_state_file(path, {"format": 1, "runtime": {}})
+        self.assertEqual(Path(victim).read_text(), "precious\n")
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(read_state_file(path), {})
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
     def test_bad_files(self) -> None:
         """A file that is not a state file is refused with the reason."""
         directory = short_directory(self)
@@ -285,6 +305,7 @@ class StateFileTests(SynchronousTestCase):
             ("{", "not JSON"),
             ('{"format": 2, "runtime": {}}', "not a twisted-lb state file of format 1"),
             ('{"format": 1, "runtime": []}', "its 'runtime' member is not an object"),
+            ("[" * 60000, "not usable JSON: it is nested too deeply"),
         ]:
             Path(path).write_text(text)
             with self.assertRaises(ValueError) as caught:
@@ -338,9 +359,18 @@ def request(
     body: object = None,
     token: str | None = None,
     raw_body: bytes | None = None,
+    headers: tuple[str, ...] | None = None,
 ) -> tuple[int, Any, Any]:
+    """
+    One request to the site; ``headers`` replaces the default ``Host: 127.0.0.1:9901`` and
+    (on a mutating call) ``Content-Type: application/json``.
+    """
     data = raw_body if raw_body is not None else b"" if body is None else json.dumps(body).encode()
-    head = [f"{method} {path} HTTP/1.1", "Host: admin", f"Content-Length: {len(data)}"]
+    if headers is None:
+        headers = ("Host: 127.0.0.1:9901",)
+        if method not in ("GET", "HEAD"):
+            headers += ("Content-Type: application/json",)
+    head = [f"{method} {path} HTTP/1.1", *headers, f"Content-Length: {len(data)}"]
     if token is not None:
         head.append(f"Authorization: Bearer {token}")
     response = exchange(site, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
@@ -433,7 +463,7 @@ class APIReadTests(SynchronousTestCase):
 
     def test_head(self) -> None:
         """HEAD is GET without the body."""
-        response = exchange(self.site, b"HEAD /api/v1/pools HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = exchange(self.site, b"HEAD /api/v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertEqual((response.status, response.body), (200, b""))
         self.assertEqual(response.header("content-type"), "application/json")
 
@@ -479,6 +509,25 @@ class APIReadTests(SynchronousTestCase):
         )
         status, _, body = request(self.site, "PATCH", path, {})
         self.assertEqual(status, 400)
+        status, _, body = request(self.site, "PATCH", path, raw_body=b"[" * 60000)
+        self.assertEqual(
+            (status, body["error"]), (400, "the body is not usable JSON: it is nested too deeply")
+        )
+
+    def test_deeply_nested_state_file_at_start(self) -> None:
+        """A state file nested too deeply is ignored at start, with a log event."""
+        from twisted.logger import capturedLogs
+
+        directory = short_directory(self)
+        state = os.path.join(directory, "state.json")
+        Path(state).write_text("[" * 60000)
+        service, _ = memory_site(self, extra=f"state_file = '{state}'\n")
+        with capturedLogs() as events:
+            service.admin.restore_state()
+        [event] = [e for e in events if "ignored" in e.get("log_format", "")]
+        self.assertEqual(
+            (event["path"], event["reason"]), (state, "not usable JSON: it is nested too deeply")
+        )
 
     def test_too_large(self) -> None:
         """A body over the limit is 413, and the connection closes; nothing is applied."""
@@ -492,12 +541,13 @@ class APIReadTests(SynchronousTestCase):
         self.assertEqual(self.service.pools["app"].backends[0].admin_state.value, "UP")
         chunked = exchange(
             self.site,
-            b"POST /api/v1/reload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             + (b"8000\r\n" + b" " * 0x8000 + b"\r\n") * 3
             + b"0\r\n\r\n",
         )
         self.assertEqual((chunked.status, chunked.closed), (413, True))
-        ok = exchange(self.site, b"GET /api/v1/status HTTP/1.1\r\nHost: a\r\n\r\n")
+        ok = exchange(self.site, b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertFalse(ok.closed)
 
     def test_invalid_changes(self) -> None:
@@ -512,14 +562,128 @@ class APIReadTests(SynchronousTestCase):
                 ["ready", "drain", "maint"],
             ),
         )
-        for weight in (0, -1, "2", 2.5, True):
+        for weight in (0, -1, "2", 2.5, True, 257, 20000):
             status, _, body = request(
                 self.site, "PATCH", path, {"state": "drain", "weight": weight}
             )
             self.assertEqual(status, 400, weight)
-            self.assertIn("accepted: an integer >= 1", body["error"])
+            self.assertIn("must be an integer from 1 to 256", body["error"])
+            self.assertEqual(body["accepted"], {"minimum": 1, "maximum": 256})
+            status, _, body = request(
+                self.site,
+                "POST",
+                "/api/v1/pools/app/backends",
+                {"address": "127.0.0.1:9009", "weight": weight},
+            )
+            self.assertEqual(status, 400, weight)
+            self.assertIn("must be an integer from 1 to 256", body["error"])
+        self.assertEqual(len(self.service.pools["app"].backends), 2)
         backend = self.service.pools["app"].backends[0]
         self.assertEqual((backend.admin_state.value, backend.weight), ("UP", 1))
+
+
+class CrossSiteTests(SynchronousTestCase):
+    """
+    A web page cannot drive a tokenless loopback admin API: no text/plain JSON (CSRF), no
+    other site's Origin, no Host that is a name (DNS rebinding), no framing.
+    """
+
+    def setUp(self) -> None:
+        self.service, self.site = memory_site(self)
+        self.path = "/api/v1/pools/app/backends"
+        self.add = {"address": "127.0.0.1:9009", "name": "evil"}
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.service.pools["app"].backends]
+
+    def test_mutating_calls_need_json(self) -> None:
+        """text/plain, a form or no Content-Type: 415 with the reason, nothing changed."""
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = ("Host: 127.0.0.1:9901",)
+            if content_type is not None:
+                headers += (f"Content-Type: {content_type}",)
+            status, _, body = request(self.site, "POST", self.path, self.add, headers=headers)
+            self.assertEqual(status, 415, content_type)
+            self.assertIn("needs Content-Type: application/json", body["error"])
+            for method, target in [
+                ("POST", "/api/v1/reload"),
+                ("DELETE", self.path + "/app1"),
+                ("PATCH", self.path + "/app1"),
+            ]:
+                self.assertEqual(request(self.site, method, target, headers=headers)[0], 415)
+        self.assertEqual(self.names(), ["app1", "app2"])
+        headers = ("Host: 127.0.0.1:9901", "Content-Type: application/json; charset=utf-8")
+        status, _, _ = request(self.site, "POST", self.path, self.add, headers=headers)
+        self.assertEqual(status, 201)
+
+    def test_foreign_origin(self) -> None:
+        """Another site's Origin is 403; the listener's own origin is accepted."""
+        json_ = "Content-Type: application/json"
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:9902"):
+            headers = ("Host: 127.0.0.1:9901", json_, f"Origin: {origin}")
+            status, response, body = request(
+                self.site, "POST", self.path, self.add, headers=headers
+            )
+            self.assertEqual(status, 403, origin)
+            self.assertIn("cross-origin request refused", body["error"])
+            self.assertEqual(response.header("x-frame-options"), "DENY")
+        self.assertEqual(self.names(), ["app1", "app2"])
+        headers = ("Host: 127.0.0.1:9901", json_, "Origin: http://127.0.0.1:9901")
+        self.assertEqual(request(self.site, "POST", self.path, self.add, headers=headers)[0], 201)
+
+    def test_host_names_are_refused(self) -> None:
+        """
+        A Host that is a name other than localhost is 421, reads included (a rebound page
+        could read the API); IP literals and localhost, with or without a port, pass.
+        """
+        for host in ("evil.example", "evil.example:9901", "127.0.0.1.nip.io", "[::1", "a:b"):
+            status, _, body = request(self.site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
+            self.assertEqual(status, 421, host)
+            self.assertIn("is not this admin listener's address", body["error"])
+            status, _, _ = request(
+                self.site, "GET", "/dashboard/stats.json", headers=(f"Host: {host}",)
+            )
+            self.assertEqual(status, 421, host)
+        json_ = "Content-Type: application/json"
+        status, _, _ = request(
+            self.site, "POST", self.path, self.add, headers=("Host: evil.example", json_)
+        )
+        self.assertEqual((status, self.names()), (421, ["app1", "app2"]))
+        for host in (
+            "127.0.0.1",
+            "127.0.0.1:9901",
+            "[::1]:9901",
+            "[::1]",
+            "localhost:9901",
+            "LOCALHOST",
+        ):
+            status, _, _ = request(self.site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
+            self.assertEqual(status, 200, host)
+
+    def test_unix_socket_has_no_host_check(self) -> None:
+        """Over the UNIX socket any Host is accepted (curl --unix-socket http://lb/...)."""
+        import io
+
+        from twisted.internet.address import UNIXAddress
+
+        protocol = self.site.buildProtocol(UNIXAddress(None))
+        transport = StringTransport(
+            hostAddress=UNIXAddress(b"/run/a.sock"), peerAddress=UNIXAddress(None)
+        )
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /api/v1/status HTTP/1.1\r\nHost: lb\r\n\r\n")
+        response = read_response(io.BytesIO(transport.value()), "GET")
+        protocol.connectionLost(None)
+        self.assertEqual(response.status, 200)
+
+    def test_no_framing(self) -> None:
+        """The API, the dashboard and its assets say they may not be framed (clickjacking)."""
+        for path in ("/api/v1/status", "/", "/dashboard/stats.json", "/metrics", "/nothing"):
+            response = exchange(self.site, f"GET {path} HTTP/1.1\r\nHost: [::1]\r\n\r\n".encode())
+            self.assertEqual(response.header("x-frame-options"), "DENY", path)
+            self.assertEqual(
+                response.header("content-security-policy"), "frame-ancestors 'none'", path
+            )
 
 
 class APIChangeTests(SynchronousTestCase):
@@ -754,6 +918,31 @@ class AdminListenerTests(SynchronousTestCase):
         )
         self.assertEqual(Path(path).read_text(), "not a socket")
 
+    def test_socket_mode_while_listening_starts(self) -> None:
+        """
+        The socket is no wider than socket_mode at any moment: when listen() is called
+        (Twisted's port chmods it between bind and listen) and after.
+        """
+        from twisted.internet import reactor
+
+        path = os.path.join(short_directory(self), "admin.sock")
+        seen: list[int] = []
+        listen = socket.socket.listen
+
+        def recording(sock: socket.socket, *args: Any) -> None:
+            if sock.family == socket.AF_UNIX:
+                seen.append(stat.S_IMODE(os.stat(path).st_mode))
+            listen(sock, *args)
+
+        self.patch(socket.socket, "listen", recording)
+        config = parse_config(FRONTEND + POOL + f"[admin]\nlisten = ['unix:{path}']\n")
+        service = LoadBalancerService.from_config(config, reactor)
+        assert service.admin is not None
+        service.admin.privilegedStartService()
+        self.assertEqual(seen, [0o600])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.stop(service.admin)
+
 
 # -- a real twistd -----------------------------------------------------------------------------
 
@@ -793,6 +982,8 @@ class AdminProcess:
         else:
             connection = UnixHTTPConnection(self.socket_path)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if method != "GET":
+            headers["Content-Type"] = "application/json"
         data = None if body is None else json.dumps(body).encode()
         try:
             connection.request(method, "/api/v1/" + path, body=data, headers=headers)
@@ -929,7 +1120,7 @@ class AdminIntegrationTests(AdminIntegrationCase):
         self.assertIn("401", unauthorised.stderr)
         invalid = admin.ctl(*token, "weight", "app", "app1", "0")
         self.assertEqual(invalid.returncode, 1)
-        self.assertIn("accepted: an integer >= 1", invalid.stderr)
+        self.assertIn("must be an integer from 1 to 256, not 0", invalid.stderr)
         self.assertEqual(admin.ctl("weight", "app", "app1").returncode, 2)
         self.assertEqual(ctl("--socket", "a", "--url", "http://b", "status").returncode, 2)
         unreachable = ctl("--socket", f"{directory}/nothing.sock", "status")
@@ -1104,11 +1295,32 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         for raw, expected in [(b'{"state": "dr', 400), (b"x" * (MAX_BODY_BYTES + 1), 413)]:
             connection = UnixHTTPConnection(admin.socket_path)
             connection.request(
-                "PATCH", f"/api/v1/{backend}", body=raw, headers={"Authorization": "Bearer s3cret"}
+                "PATCH",
+                f"/api/v1/{backend}",
+                body=raw,
+                headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"},
             )
             response = connection.getresponse()
             self.assertEqual(response.status, expected)
             self.assertEqual(json.loads(response.read())["status"], expected)
+            connection.close()
+        # A web page's tricks, over loopback TCP: text/plain JSON, a rebound Host name.
+        for headers, expected in [
+            ({"Content-Type": "text/plain"}, 415),
+            ({"Content-Type": "application/json", "Host": "evil.example:80"}, 421),
+            ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
+        ]:
+            connection = http.client.HTTPConnection("127.0.0.1", admin.admin_port, timeout=TIMEOUT)
+            connection.request(
+                "PATCH",
+                f"/api/v1/{backend}",
+                body=b'{"state": "drain"}',
+                headers={"Authorization": "Bearer s3cret", **headers},
+            )
+            response = connection.getresponse()
+            self.assertEqual(response.status, expected, headers)
+            self.assertEqual(response.getheader("X-Frame-Options"), "DENY")
+            response.read()
             connection.close()
         _, body = admin.call("GET", backend)
         self.assertEqual((body["admin_state"], body["weight"]), ("ready", 1))

@@ -3196,7 +3196,7 @@ def _valid_documents(draw: Callable[..., Any]) -> tuple[str, Config]:
                 # '#' is not in pool names, so explicit names never meet default ones.
                 table["name"] = f"#{index}" + draw(names)
             if draw(st.booleans()):
-                table["weight"] = draw(st.integers(min_value=1, max_value=1000))
+                table["weight"] = draw(st.integers(min_value=1, max_value=256))
             if draw(st.booleans()):
                 table["backup"] = draw(st.booleans())
             if draw(st.booleans()):

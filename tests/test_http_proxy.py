@@ -556,6 +556,35 @@ class ErrorTests(ProxyCase):
         self.close_client(client)
         upstream.connectionLost(Failure(ConnectionLost()))
 
+    def test_lowered_limit_spares_uploads_in_flight(self) -> None:
+        """
+        max_body_bytes lowered (by a reload) mid-upload: the upload in flight keeps the limit
+        of its head, Content-Length or chunked; the next request gets the new one.
+        """
+        for head, parts in [
+            (b"Content-Length: 600\r\n\r\n", [b"x" * 300, b"y" * 300]),
+            (
+                b"Transfer-Encoding: chunked\r\n\r\n",
+                [b"12c\r\n" + b"x" * 300 + b"\r\n", b"12c\r\n" + b"y" * 300 + b"\r\n0\r\n\r\n"],
+            ),
+        ]:
+            self.factory.max_body_bytes = 1000
+            client, client_transport = self.connect_client()
+            client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\n" + head + parts[0])
+            upstream, upstream_transport = self.accept_upstream()
+            self.factory.max_body_bytes = 100  # the reload
+            client.dataReceived(parts[1])
+            sent = upstream_transport.value()
+            self.assertIn(b"y" * 300, sent, head)
+            self.assertFalse(upstream_transport.disconnecting)
+            upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 "), head)
+            client_transport.clear()
+            client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n")
+            self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 413"), head)
+            self.close_client(client)
+            self.drain_idle()
+
     def test_header_timeout(self) -> None:
         """A request head not in after header_timeout is answered 408."""
         client, client_transport = self.connect_client()

@@ -448,3 +448,55 @@ class TCPDrainTests(TestCase):
         # Aborted: the drain is bounded even if the peer reads nothing (a reset, or EOF).
         with contextlib.suppress(ConnectionResetError):
             self.assertEqual(second.recv(4096), b"")
+
+
+class ShutdownSignalTests(TestCase):
+    timeout = 60
+
+    def test_sighup_during_the_shutdown_grace(self) -> None:
+        """
+        SIGTERM with a request in flight, then SIGHUP and SIGUSR1 0.5 s later: the signals
+        are logged and ignored, the request completes, and the process exits cleanly.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        backend, backend_port = start_backend("echo", "b1")
+        self.addCleanup(backend.stop)
+        path = directory / "lb.toml"
+        path.write_text(
+            "[frontends.web]\n"
+            'mode = "http"\n'
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            'pool = "app"\n'
+            "[pools.app]\n"
+            f'backends = ["127.0.0.1:{backend_port}"]\n'
+        )
+        lb, port = start_lb(str(path))
+        self.addCleanup(lb.kill)
+        body = b"x" * 1000
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            # The request is in flight: its head and half its body are sent.
+            client.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + body[:500]
+            )
+            backend.wait_for(r"REQUEST \S+ POST /upload")  # it reached the backend
+            lb.signal(signal.SIGTERM)
+            lb.wait_for(r"closing 1 open connections")
+            time.sleep(0.5)
+            lb.signal(signal.SIGHUP)
+            lb.signal(signal.SIGUSR1)
+            lb.wait_for(r"SIGHUP ignored: the balancer is stopping")
+            lb.wait_for(r"SIGUSR1 ignored: the balancer is stopping")
+            client.sendall(body[500:])
+            response = b""
+            while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+                data = client.recv(65536)
+                if not data:
+                    break
+                response += data
+        self.assertTrue(response.startswith(b"HTTP/1.1 200 "), response[:200])
+        self.assertIn(b'"body_length": 1000', response)
+        # twistd's clean exit after SIGTERM re-raises it (as test_logs checks); the default
+        # action of SIGHUP would have ended the process with -SIGHUP, and cut the request.
+        self.assertEqual(lb.popen.wait(20), -signal.SIGTERM, lb.output())
+        self.assertIn("Server Shut Down.", lb.output())

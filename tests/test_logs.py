@@ -648,8 +648,9 @@ def logged_targets(*paths: Path) -> list[str]:
 class SIGUSR1Tests(SynchronousTestCase):
     def test_handler(self) -> None:
         """
-        Under twistd, SIGUSR1 reopens the access log from the reactor thread; stopping puts
-        the previous handler back.
+        Under twistd, SIGUSR1 reopens the access log from the reactor thread; once stopping,
+        the handler stays (the signal's default action would end the process during the
+        shutdown grace) and the signal is logged and ignored.
         """
         path = Path(self.mktemp()).absolute()
         config = parse_config(
@@ -661,6 +662,7 @@ class SIGUSR1Tests(SynchronousTestCase):
         service = _TwistdService.from_config(config, reactor)
         previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
         service.privilegedStartService()
         service.startService()
         handler = signal.getsignal(signal.SIGUSR1)
@@ -673,7 +675,13 @@ class SIGUSR1Tests(SynchronousTestCase):
         self.assertTrue(path.exists(), "reopened by its path")
         self.assertIn("SIGUSR1: reopening the access log", [e["log_format"] for e in captured])
         service.stopService()
-        self.assertEqual(signal.getsignal(signal.SIGUSR1), signal.SIG_IGN)
+        self.assertIs(signal.getsignal(signal.SIGUSR1), handler)
+        handler(signal.SIGUSR1, None)
+        with capturedLogs() as captured:
+            calls[-1]()  # type: ignore[operator]
+        self.assertEqual(
+            [e["log_format"] for e in captured], ["SIGUSR1 ignored: the balancer is stopping"]
+        )
 
 
 class TwistdAccessLogTests(SynchronousTestCase):

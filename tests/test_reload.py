@@ -19,6 +19,7 @@ from twisted_lb._frontend import ProxyHeaderFactory
 from twisted_lb.backend import BackendState
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory
+from twisted_lb.http.upstream import UpstreamConnection
 from twisted_lb.logs import AccessLog
 from twisted_lb.service import (
     InvalidChange,
@@ -474,6 +475,82 @@ class TLSReloadTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
 
 
+class PoolTLSReloadTests(SynchronousTestCase):
+    """A reload and the upstream connections a pool's ``tls`` made."""
+
+    def setUp(self) -> None:
+        import trustme
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        self.ca_path = directory / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(self.ca_path))
+        self.text = BASE.replace("[pools.api]", "[pools.app.tls]\nca = 'CA'\n[pools.api]").replace(
+            "CA", str(self.ca_path)
+        )
+        self.reactor = MemoryReactorClock()
+        self.service = LoadBalancerService.from_config(
+            parse_config(self.text, "lb.toml"), self.reactor
+        )
+        self.service.startService()
+        self.addCleanup(lambda: self.successResultOf(self.service.stopService()))
+        self.pool = self.service.pools["app"]
+        self.app1 = self.pool.backends[0]
+
+    def connection(self) -> tuple[UpstreamConnection, StringTransport]:
+        connection = UpstreamConnection(self.service.upstreams, self.app1, self.pool)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def test_unrelated_reload_keeps_connections(self) -> None:
+        """
+        A reload that leaves ``tls`` alone keeps the pool's ClientTLS (its files read again
+        and adopted), so idle and busy connections stay reusable.
+        """
+        idle, idle_transport = self.connection()
+        busy, busy_transport = self.connection()
+        self.service.upstreams.release(idle)
+        tls = self.pool.tls
+        trust = tls._trust  # type: ignore[union-attr]
+        import trustme
+
+        trustme.CA().cert_pem.write_to_path(str(self.ca_path))
+        with capturedLogs():
+            result = self.service.apply_config(
+                parse_config(self.text.replace("slow_start = 20", "slow_start = 10"), "lb.toml")
+            )
+        self.assertTrue(result.ok, result.problems)
+        self.assertIs(self.pool.tls, tls)
+        self.assertIsNot(tls._trust, trust)  # type: ignore[union-attr]  # the new CA file
+        self.service.upstreams.release(busy)
+        self.assertFalse(idle_transport.disconnecting or busy_transport.disconnecting)
+        self.assertIs(self.service.upstreams.take_idle(self.app1), busy)
+        self.assertIs(self.service.upstreams.take_idle(self.app1), idle)
+
+    def test_tls_change_closes_busy_connections_when_released(self) -> None:
+        """
+        A reload that changes ``tls``: idle connections close at once, busy ones when their
+        exchange ends; none is reused with the old settings.
+        """
+        idle, idle_transport = self.connection()
+        busy, busy_transport = self.connection()
+        self.service.upstreams.release(idle)
+        with capturedLogs():
+            result = self.service.apply_config(
+                parse_config(
+                    self.text.replace("[pools.app.tls]\n", "[pools.app.tls]\nserver_name = 'b'\n"),
+                    "lb.toml",
+                )
+            )
+        self.assertTrue(result.ok, result.problems)
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(busy_transport.disconnecting)
+        self.service.upstreams.release(busy)
+        self.assertTrue(busy_transport.disconnecting)
+        self.assertIsNone(self.service.upstreams.take_idle(self.app1))
+
+
 class InvalidReloadTests(ReloadCase):
     def test_every_problem_nothing_changes(self) -> None:
         """
@@ -509,6 +586,34 @@ class InvalidReloadTests(ReloadCase):
             result = self.service.reload()
         self.assertEqual((result.ok, result.generation), (True, 3))
         self.assertEqual(self.backend("app", "app2").weight, 5)
+
+
+class StoppingReloadTests(SynchronousTestCase):
+    def test_reload_while_stopping_changes_nothing(self) -> None:
+        """
+        Once stopService has begun, reload() reads nothing and applies nothing: a failed
+        result saying the balancer is stopping.
+        """
+        reactor = MemoryReactorClock()
+        path = Path(self.mktemp())
+        path.write_text(BASE)
+        service = LoadBalancerService.from_config(parse_config(BASE, str(path)), reactor)
+        service.privilegedStartService()
+        service.startService()
+        path.write_text(BASE.replace("weight = 3", "weight = 5"))
+        stopped = service.stopService()
+        with capturedLogs() as events:
+            result = service.reload()
+        self.assertEqual(
+            (result.ok, result.generation, result.problems),
+            (False, 1, ("the balancer is stopping; nothing was reloaded",)),
+        )
+        self.assertIn("reload refused: the balancer is stopping", texts(events))
+        self.assertIs(service.last_reload, result)
+        [app2] = [b for b in service.pools["app"].backends if b.name == "app2"]
+        self.assertEqual(app2.weight, 3)
+        reactor.advance(10.0)
+        self.successResultOf(stopped)
 
 
 class DrainTests(ReloadCase):
@@ -661,6 +766,7 @@ class RuntimeTests(ReloadCase):
         self.service.set_backend_state("app", "app2", "ready")
         self.assertIs(app2.state, BackendState.UP)
         self.reactor.advance(20.0)  # its slow start
+        self.service.set_backend_weight("app", "app2", 256)  # the largest, as HAProxy's
         self.service.set_backend_weight("app", "app2", 7)
         self.assertEqual((app2.weight, app2.effective_weight), (7, 7.0))
         pool = self.service.pools["app"]
@@ -677,9 +783,13 @@ class RuntimeTests(ReloadCase):
         with self.assertRaises(InvalidChange) as invalid:
             self.service.set_backend_state("app", "app1", "down")
         self.assertIn("'ready', 'drain' or 'maint'", str(invalid.exception))
-        for weight in (0, True, 2.5):
-            with self.assertRaises(InvalidChange):
+        for weight in (0, True, 2.5, 257, 20000):
+            with self.assertRaises(InvalidChange) as invalid:
                 self.service.set_backend_weight("app", "app1", weight)  # type: ignore[arg-type]
+            self.assertIn("weight must be an integer from 1 to 256, not", str(invalid.exception))
+            with self.assertRaises(InvalidChange) as invalid:
+                self.service.add_backend("app", "127.0.0.1:9009", weight=weight)  # type: ignore[arg-type]
+            self.assertIn("weight must be an integer from 1 to 256, not", str(invalid.exception))
         with self.assertRaises(InvalidChange):
             self.service.add_backend("app", "nowhere")
         with self.assertRaises(InvalidChange):
@@ -724,11 +834,17 @@ class RuntimeTests(ReloadCase):
         state = self.service.runtime_state()
         state["backends"].append({"pool": "gone", "backend": "x", "state": "drain"})  # type: ignore[attr-defined]
         state["backends"].append({"pool": "app", "backend": "app1", "weight": -1})  # type: ignore[attr-defined]
+        state["backends"].append({"pool": "app", "backend": "app3", "weight": 10**9})  # type: ignore[attr-defined]
+        state["backends"].append(  # type: ignore[attr-defined]
+            {"pool": "app", "backend": "x", "added": {"address": "127.0.0.1:9", "weight": 300}}
+        )
         fresh = LoadBalancerService.from_config(parse_config(BASE, "lb.toml"), self.reactor)
         problems = fresh.restore_runtime_state(state)
-        self.assertEqual(len(problems), 2)
+        self.assertEqual(len(problems), 4)
         self.assertIn("runtime state backends[2] (gone/x): no pool 'gone'", problems[0])
-        self.assertIn("weight must be an integer >= 1", problems[1])
+        self.assertIn("weight must be an integer from 1 to 256, not -1", problems[1])
+        self.assertIn("weight must be an integer from 1 to 256, not 1000000000", problems[2])
+        self.assertIn("weight must be an integer from 1 to 256, not 300", problems[3])
         [app2] = [b for b in fresh.pools["app"].backends if b.name == "app2"]
         self.assertEqual((app2.state, app2.weight), (BackendState.DRAINING, 5))
         self.assertEqual([b.name for b in fresh.pools["api"].backends], ["api1", "api2"])

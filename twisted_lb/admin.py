@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import io
+import ipaddress
 import json
 import os
 import socket
 import stat
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
@@ -46,7 +48,14 @@ from twisted.web.server import Request, Site
 
 from twisted_lb import __version__
 from twisted_lb.backend import Backend, BackendState
-from twisted_lb.config import AdminConfig, Config, ConfigError, Problem
+from twisted_lb.config import (
+    MAX_WEIGHT,
+    AdminConfig,
+    Config,
+    ConfigError,
+    Problem,
+    weight_problem,
+)
 from twisted_lb.dashboard import DashboardResource, dashboard_page
 from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.metrics import MetricsResource, metrics_registry
@@ -175,11 +184,67 @@ class APIError(Exception):
         self.details = details
 
 
+def host_allowed(host: bytes) -> bool:
+    """
+    Whether a ``Host`` header value names the admin listener by an IP literal (``127.0.0.1``,
+    ``[::1]``, with or without a port) or as ``localhost``. Any other name may be a DNS
+    rebinding: a page of ``evil.example`` whose name now resolves to 127.0.0.1 sends its own
+    name as the Host (the allow-list of Host values, as Kubernetes' and Envoy's admin
+    guidance and the webpack dev server's ``allowedHosts`` do).
+    """
+    text = host.strip().lower().decode("latin-1")
+    if text.startswith("["):
+        literal, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return False
+    else:
+        literal, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
+        if colon and not port.isdigit():
+            return False
+    if literal in ("localhost", "localhost."):
+        return True
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return False
+    return True
+
+
+def _origin_refusal(request: Request) -> tuple[int, str] | None:
+    """
+    Why a request is refused before any resource sees it (DNS rebinding, cross-site requests),
+    as the status and the reason, or ``None``.
+    """
+    host = request.getHeader(b"host")
+    over_unix = getattr(request.getHost(), "host", None) is None
+    if host is not None and not over_unix and not host_allowed(host):
+        return (
+            421,
+            f"Host {host.decode('latin-1')!r} is not this admin listener's address: "
+            "use its IP address (http://127.0.0.1:PORT/) or localhost",
+        )
+    origin = request.getHeader(b"origin")
+    if origin is not None:
+        scheme = b"https://" if request.isSecure() else b"http://"
+        if host is None or origin.strip().lower() != scheme + host.strip().lower():
+            return (
+                403,
+                f"cross-origin request refused: Origin {origin.decode('latin-1')!r} is not "
+                "this admin listener's own origin",
+            )
+    return None
+
+
 class AdminRequest(Request):
     """
     A twisted.web request that keeps at most :data:`MAX_BODY_BYTES` of its body: the rest is
     read and dropped, and :attr:`too_large` is set, so that the API answers 413 and closes
     the connection after the answer.
+
+    Every response says it may not be framed (``X-Frame-Options: DENY``, CSP
+    ``frame-ancestors 'none'``); a request whose ``Host`` is not an IP literal or
+    ``localhost`` (on TCP; a UNIX socket has no Host check) is answered 421, one whose
+    ``Origin`` is another site's 403, before any resource sees it (see :func:`host_allowed`).
     """
 
     too_large = False
@@ -200,6 +265,30 @@ class AdminRequest(Request):
             self.content = io.BytesIO()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def process(self) -> None:
+        self.setHeader(b"x-frame-options", b"DENY")  # type: ignore[no-untyped-call]
+        self.setHeader(  # type: ignore[no-untyped-call]
+            b"content-security-policy", b"frame-ancestors 'none'"
+        )
+        refusal = _origin_refusal(self)
+        if refusal is None:
+            super().process()  # type: ignore[no-untyped-call]
+            return
+        status, reason = refusal
+        _log.warn(
+            "admin API: refused {method} {path} from {client}: {reason}",
+            method=(self.method or b"").decode("latin-1"),
+            path=(self.path or b"").decode("latin-1"),
+            client=_client(self),
+            reason=reason,
+        )
+        self.site = self.channel.site  # type: ignore[attr-defined]
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"application/json")  # type: ignore[no-untyped-call]
+        self.setHeader(b"cache-control", b"no-store")  # type: ignore[no-untyped-call]
+        self.write(_json({"error": reason, "status": status}))  # type: ignore[no-untyped-call]
+        self.finish()  # type: ignore[no-untyped-call]
 
     def _refuse_body(self) -> None:
         self.too_large = True
@@ -303,6 +392,15 @@ class APIResource(Resource):
         if handler is None:
             _not_allowed(method, allowed)
         if method in _MUTATING:
+            content_type = request.getHeader(b"content-type") or b""
+            if content_type.partition(b";")[0].strip().lower() != b"application/json":
+                raise APIError(
+                    415,
+                    f"{name} needs Content-Type: application/json (even with no body), so that "
+                    "a web page cannot send it cross-site; got "
+                    + (repr(content_type.decode("latin-1")) if content_type else "none"),
+                    accepted=["application/json"],
+                )
             if not check_token(request, self.token):
                 self._refuse(request, method)
             if getattr(request, "too_large", False):
@@ -392,6 +490,8 @@ class APIResource(Resource):
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise APIError(400, f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise APIError(400, "the body is not usable JSON: it is nested too deeply") from None
         if not isinstance(value, dict):
             raise APIError(400, f"the body must be a JSON object, not {type(value).__name__}")
         unknown = sorted(set(value) - set(allowed))
@@ -506,7 +606,11 @@ class APIResource(Resource):
         Both are checked before either is applied.
         """
         body = self._body(
-            request, {"state": "one of " + ", ".join(ADMIN_STATES), "weight": "an integer"}
+            request,
+            {
+                "state": "one of " + ", ".join(ADMIN_STATES),
+                "weight": f"an integer from 1 to {MAX_WEIGHT}",
+            },
         )
         pool, backend = self._backend(pool_name, name)
         if not body:
@@ -521,14 +625,8 @@ class APIResource(Resource):
                 accepted=list(ADMIN_STATES),
             )
         weight = body.get("weight")
-        if "weight" in body and (
-            isinstance(weight, bool) or not isinstance(weight, int) or weight < 1
-        ):
-            raise APIError(
-                400,
-                f"invalid weight {weight!r}; accepted: an integer >= 1, as the config's weight",
-                accepted={"minimum": 1},
-            )
+        if "weight" in body:
+            _check_weight(weight)
         service = self.service
         with _service_errors():
             if weight is not None:
@@ -551,7 +649,7 @@ class APIResource(Resource):
             {
                 "address": "host:port, [v6]:port or unix:/path (required)",
                 "name": "a string",
-                "weight": "an integer",
+                "weight": f"an integer from 1 to {MAX_WEIGHT}",
                 "backup": "true or false",
             },
         )
@@ -567,12 +665,7 @@ class APIResource(Resource):
         if name is not None and (not isinstance(name, str) or not name):
             raise APIError(400, f"invalid name {name!r}; accepted: a non-empty string")
         weight = body.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise APIError(
-                400,
-                f"invalid weight {weight!r}; accepted: an integer >= 1, as the config's weight",
-                accepted={"minimum": 1},
-            )
+        _check_weight(weight)
         backup = body.get("backup", False)
         if not isinstance(backup, bool):
             raise APIError(400, f"invalid backup {backup!r}; accepted: true or false")
@@ -627,6 +720,17 @@ class APIResource(Resource):
             body["error"] = "the config file is invalid; nothing changed"
             return 422, body
         return 200, body
+
+
+def _check_weight(weight: object) -> None:
+    """Refuse (400) a weight the config refuses (:func:`~twisted_lb.config.weight_problem`)."""
+    problem = weight_problem(weight)
+    if problem is not None:
+        raise APIError(
+            400,
+            f"invalid weight {weight!r}: {problem}, as the config's weight",
+            accepted={"minimum": 1, "maximum": MAX_WEIGHT},
+        )
 
 
 @contextlib.contextmanager
@@ -730,16 +834,22 @@ def admin_resource(
 
 def write_state_file(path: str, state: Mapping[str, object]) -> None:
     """
-    Write ``state`` as JSON to ``path`` atomically: to a temporary file in the same directory,
-    flushed to disk, then renamed over ``path``, so a crash leaves the old file or the new one.
+    Write ``state`` as JSON to ``path`` atomically: to a new temporary file in the same
+    directory (:func:`tempfile.mkstemp`: an unpredictable name, created exclusively with mode
+    0600, so no symlink planted there is followed), flushed to disk, then renamed over
+    ``path`` (which replaces a symlink there rather than following it), so a crash leaves the
+    old file or the new one. The fsync blocks the calling thread (the reactor's) for as long
+    as the disk takes, a few milliseconds: it runs only after an accepted change or a reload.
 
     Raises:
         OSError: the directory is not writable, the disk is full, ...
     """
     directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
     try:
-        with open(temporary, "wb") as f:
+        with os.fdopen(descriptor, "wb") as f:
             f.write(_json(state))
             f.flush()
             os.fsync(f.fileno())
@@ -767,6 +877,8 @@ def read_state_file(path: str) -> dict[str, Any] | None:
         data = json.loads(raw)
     except ValueError as e:
         raise ValueError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("not usable JSON: it is nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != STATE_FILE_FORMAT:
         raise ValueError(f"not a twisted-lb state file of format {STATE_FILE_FORMAT}")
     runtime = data.get("runtime")
@@ -780,9 +892,10 @@ def read_state_file(path: str) -> dict[str, Any] | None:
 
 class AdminListener(Service):
     """
-    Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is given
-    ``socket_mode`` before it accepts anything (it is created under a umask that allows no
-    more), and a stale socket file left by a killed process is removed first, as HAProxy does.
+    Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is never
+    wider than ``socket_mode``: it is created under a umask that allows no more, its endpoint
+    carries the mode (a ``unix:`` endpoint is rebuilt with it), and it is chmodded once
+    listening. A stale socket file left by a killed process is removed first, as HAProxy does.
 
     Args:
         endpoint: where to listen.
@@ -794,7 +907,7 @@ class AdminListener(Service):
     def __init__(
         self, endpoint: IStreamServerEndpoint, site: Site, description: str, socket_mode: int
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = _with_mode(endpoint, socket_mode)
         self.site = site
         self.description = description
         self.socket_mode = socket_mode
@@ -860,6 +973,23 @@ class AdminListener(Service):
         else:
             stopped.callback(None)
         return stopped
+
+
+def _with_mode(endpoint: IStreamServerEndpoint, mode: int) -> IStreamServerEndpoint:
+    """
+    A ``unix:`` endpoint that gives its socket ``mode`` itself: Twisted's UNIX port chmods
+    the socket to the endpoint's mode (0666 by default) between bind() and listen(), so a
+    later chmod alone would leave a moment in which any user could connect.
+    """
+    if not isinstance(endpoint, UNIXServerEndpoint):
+        return endpoint
+    return UNIXServerEndpoint(
+        endpoint._reactor,
+        endpoint._address,
+        backlog=endpoint._backlog,
+        mode=mode,
+        wantPID=endpoint._wantPID,
+    )
 
 
 def _remove_stale_socket(path: str) -> None:

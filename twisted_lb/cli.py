@@ -292,10 +292,10 @@ class AdminClient:
         if self.url is not None:
             prefix = urllib.parse.urlsplit(self.url).path.rstrip("/")
         headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
+        if method != "GET":
+            # Every mutating call says JSON, a body or not: the API refuses others (415).
             headers["Content-Type"] = "application/json"
+        data = None if body is None else json.dumps(body).encode()
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         connection = self._connection()

@@ -753,6 +753,36 @@ _Bool = Annotated[bool, _v(_boolean)]
 _Seconds = Annotated[float, _seconds(), _Unit("s")]
 _OptionalSeconds = Annotated[float | None, _seconds(), _Unit("s")]
 _Count = Annotated[int, Field(ge=1), _integer(1)]
+
+#: The largest backend ``weight``, as HAProxy's (its ``weight`` is 0 to 256, 0 being our
+#: ``drain``): a weight is a share, and consistent-hash strategies build points in proportion
+#: to it (see :class:`~twisted_lb.strategies.SourceHash`).
+MAX_WEIGHT = 256
+
+
+def weight_problem(value: object) -> str | None:
+    """
+    Why ``value`` is not a backend weight (an integer from 1 to :data:`MAX_WEIGHT`; booleans
+    and floats are not), as ``"must be an integer from 1 to 256, not 0"``, or ``None``. The
+    one rule of the config's ``weight``, the admin API's and the runtime changes'.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        found = _describe(value)
+    elif 1 <= value <= MAX_WEIGHT:
+        return None
+    else:
+        found = repr(value)
+    return f"must be an integer from 1 to {MAX_WEIGHT}, not {found}"
+
+
+def _weight(value: object) -> int:
+    problem = weight_problem(value)
+    if problem is not None:
+        _fail(problem)
+    return value  # type: ignore[return-value]
+
+
+_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _v(_weight)]
 _Files = Annotated[str, _v(_file), _Unit("path")]
 
 
@@ -873,7 +903,9 @@ class BackendConfig(_Model):
         description="Unique within the pool; by default the pool's name and the backend's "
         "position from 1 (``app1``, ``app2``, ...). Reloads match backends by name."
     )
-    weight: _Count = Field(1, description="Relative share of new connections, >= 1.")
+    weight: _Weight = Field(
+        1, description=f"Relative share of new connections, from 1 to {MAX_WEIGHT}."
+    )
     backup: _Bool = Field(
         False, description="Used only when no primary (non-backup) backend of the pool is UP."
     )

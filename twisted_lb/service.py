@@ -47,6 +47,7 @@ from twisted_lb.config import (
     Problem,
     join_key,
     load_config,
+    weight_problem,
 )
 from twisted_lb.health import HealthMonitor, HTTPCheck, TCPCheck
 from twisted_lb.http.proxy import HTTPProxyFactory
@@ -383,6 +384,9 @@ class _PoolPlan:
     backends: list[Backend]
     # Kept backends and the config they take.
     kept: list[tuple[Backend, BackendConfig]]
+    # When the pool keeps its live ClientTLS (its tls table did not change): the files read
+    # again for this reload, which the live one adopts when the reload is applied.
+    tls_files: ClientTLS | None = None
 
 
 @attrs.define
@@ -625,6 +629,18 @@ class LoadBalancerService(MultiService):
                 except TLSConfigError as e:
                     problems.append(Problem(config.path, join_key(where, "tls"), str(e)))
                     continue
+            tls_files = None
+            if (
+                pool_tls is not None
+                and live is not None
+                and live.tls is not None
+                and old is not None
+                and old.tls == pool_config.tls
+            ):
+                # Same settings: keep the live object, so that the connections it made stay
+                # reusable (Upstreams.release closes those made with another pool.tls); it
+                # adopts the files read again here when the reload is applied.
+                tls_files, pool_tls = pool_tls, live.tls
             outlier = pool_config.outlier_detection
             if live is not None and old is not None and old.outlier_detection == outlier:
                 detector = live.outlier_detector
@@ -684,7 +700,16 @@ class LoadBalancerService(MultiService):
             else:
                 new = False
             pools[name] = _PoolPlan(
-                pool_config, live, new, strategy, pool_tls, detector, check, backends, kept
+                pool_config,
+                live,
+                new,
+                strategy,
+                pool_tls,
+                detector,
+                check,
+                backends,
+                kept,
+                tls_files,
             )
         factories: dict[str, FrontendFactory] = {}
         server_tls: dict[str, ServerTLS] = {}
@@ -894,8 +919,12 @@ class LoadBalancerService(MultiService):
                     tls=plan_pool.tls,
                 )
                 pool.set_backends(plan_pool.backends)
+                if plan_pool.tls is not None and plan_pool.tls_files is not None:
+                    plan_pool.tls.adopt(plan_pool.tls_files)
                 if old_config.tls != pool_config.tls:
-                    # Reused connections would keep the old TLS settings (or none).
+                    # Reused connections would keep the old TLS settings (or none): the idle
+                    # ones close now, the busy ones when they are released (their tls is
+                    # not pool.tls any more).
                     self.upstreams.close_idle(pool.backends)
             self._apply_health(name, pool_config.health_check, plan_pool)
         for name in [n for n in self.pools if n not in plan.pools]:
@@ -1076,8 +1105,19 @@ class LoadBalancerService(MultiService):
         Returns:
             The result, also kept as :attr:`last_reload`. A bad file never raises: the result
             has ``ok`` false and every problem, each problem is logged as ``twisted-lb
-            check`` prints it, and nothing changes.
+            check`` prints it, and nothing changes. While the service is stopping, the
+            result is a failure whose problem says so, and nothing is read.
         """
+        if self._stopping:
+            _log.warn("reload refused: the balancer is stopping")
+            result = ReloadResult(
+                ok=False,
+                generation=self.generation,
+                at=self.reactor.seconds(),
+                problems=("the balancer is stopping; nothing was reloaded",),
+            )
+            self.last_reload = result
+            return result
         path = path if path is not None else self.config.path
         try:
             config = load_config(path)
@@ -1253,16 +1293,18 @@ class LoadBalancerService(MultiService):
         Args:
             pool: the pool's name.
             backend: the backend's name.
-            weight: an integer >= 1, as the config's ``weight``.
+            weight: an integer from 1 to ``MAX_WEIGHT`` (256), as the
+                config's ``weight``.
 
         Raises:
             UnknownPool: no such pool.
             UnknownBackend: no such backend in it.
-            InvalidChange: ``weight`` is not an integer >= 1.
+            InvalidChange: ``weight`` is not an integer from 1 to 256 (the message says so).
         """
         live, target = self._backend(pool, backend)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise InvalidChange(f"weight must be an integer >= 1, not {weight!r}")
+        problem = weight_problem(weight)
+        if problem is not None:
+            raise InvalidChange(f"weight {problem}")
         live.set_weight(target, weight)
         self._runtime.setdefault((pool, backend), {})["weight"] = weight
         _log.info(
@@ -1288,7 +1330,7 @@ class LoadBalancerService(MultiService):
             pool: the pool's name.
             address: ``host:port``, ``[v6]:port`` or ``unix:/path``.
             name: its name; by default the first free one of ``POOL1``, ``POOL2``, ...
-            weight: an integer >= 1.
+            weight: an integer from 1 to ``MAX_WEIGHT`` (256).
             backup: whether it serves only while no primary is UP.
 
         Returns:
@@ -1297,15 +1339,16 @@ class LoadBalancerService(MultiService):
         Raises:
             UnknownPool: no such pool.
             InvalidChange: the address is malformed or already in the pool, the name is
-                taken or empty, or the weight is not an integer >= 1.
+                taken or empty, or the weight is not an integer from 1 to 256.
         """
         live = self._pool(pool)
         try:
             parsed = parse_address(address)
         except (ValueError, TypeError) as e:
             raise InvalidChange(f"address: {e}") from None
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise InvalidChange(f"weight must be an integer >= 1, not {weight!r}")
+        problem = weight_problem(weight)
+        if problem is not None:
+            raise InvalidChange(f"weight {problem}")
         names = {b.name for b in live.backends}
         if name is None:
             number = len(live.backends) + 1
@@ -1517,6 +1560,7 @@ class LoadBalancerService(MultiService):
             _log.info("{kind} {name}: {what} reloaded", **fields)
 
     def startService(self) -> None:
+        self._stopping = False
         self.started = self.reactor.seconds()
         for pool in self.pools.values():
             pool.start()
@@ -1535,7 +1579,10 @@ class LoadBalancerService(MultiService):
                 pool_noun="pool" if pools == 1 else "pools",
             )
 
+    _stopping = False
+
     def stopService(self) -> Deferred[object]:
+        self._stopping = True
         stopped: Deferred[object] = Deferred()
         listeners_stopped = super().stopService()  # type: ignore[no-untyped-call]
         listeners_stopped.addCallback(lambda _: self._close_connections())

@@ -27,7 +27,8 @@ class _TwistdService(LoadBalancerService):
     line, the log observer follows ``[global] log_format`` (see :mod:`twisted_lb.logs`), and
     SIGHUP reloads the config file in place (:meth:`LoadBalancerService.reload`; nginx and
     HAProxy reload on SIGHUP too), TLS files included, and SIGUSR1 reopens the access log
-    file (as nginx reopens its logs on USR1, which logrotate's ``postrotate`` sends).
+    file (as nginx reopens its logs on USR1, which logrotate's ``postrotate`` sends). Both
+    are logged and ignored once the balancer is stopping, until the process exits.
     """
 
     log_observer: ILogObserver | None = None
@@ -62,23 +63,25 @@ class _TwistdService(LoadBalancerService):
         )
 
     def _sigusr1(self) -> None:
+        if not self.running:
+            _log.info("SIGUSR1 ignored: the balancer is stopping")
+            return
         _log.info("SIGUSR1: reopening the access log")
         self.reopen_access_log()
 
     def _sighup(self) -> None:
+        if not self.running:
+            _log.info("SIGHUP ignored: the balancer is stopping")
+            return
         _log.info("SIGHUP: reloading {path}", path=self.config.path)
         self.reload()
         if self.admin is not None:
             self.admin.reloaded()
 
-    def stopService(self) -> Any:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
-        if self._previous_sigusr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
-            self._previous_sigusr1 = None
-        return super().stopService()
+    # stopService keeps the handlers: the default action of SIGHUP and SIGUSR1 is to end the
+    # process, and a reload sent during the shutdown grace (a logrotate postrotate, a
+    # config-management run) must not cut the requests it lets finish. They ignore the
+    # signal while stopping, until the process exits.
 
 
 class Options(usage.Options):

@@ -885,6 +885,15 @@ class ClientTLS:
         self._creators = {}
         return []
 
+    def adopt(self, other: ClientTLS) -> None:
+        """
+        Use the files ``other`` read (a ClientTLS of the same settings, built by a reload to
+        read them again): new connections use them; established ones keep what they were
+        made with, and this object stays the pool's, so they stay reusable.
+        """
+        self._trust, self._client_options = other._trust, other._client_options
+        self._creators = {}
+
     @property
     def has_files(self) -> bool:
         """Whether the pool's TLS reads files (``ca``, or a client certificate) to reload."""

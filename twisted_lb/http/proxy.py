@@ -162,6 +162,7 @@ class _Request:
         "headers",
         "host",
         "keep_alive",
+        "max_body_bytes",
         "method",
         "started",
         "target",
@@ -182,6 +183,9 @@ class _Request:
         self.content_length: int | None = None
         self.body: list[bytes] = []
         self.body_bytes = 0
+        # The frontend's limit when the head was parsed: a reload that lowers it does not
+        # cut an upload in flight.
+        self.max_body_bytes = 0
         self.head_bytes = 0
         self.complete = False
 
@@ -471,7 +475,7 @@ class HTTPProxyProtocol(Protocol):
             self.chunked_body = True
             if self.message_read == self.reads and self.completed_read != self.reads:
                 self.walk = _WALK_HEAD
-        limit = self.factory.max_body_bytes
+        request.max_body_bytes = limit = self.factory.max_body_bytes
         if limit and request.content_length is not None and request.content_length > limit:
             raise _RequestError(413)
         self._cancel_timer("header")
@@ -529,7 +533,7 @@ class HTTPProxyProtocol(Protocol):
         request = self.parsing
         assert request is not None
         request.body_bytes += len(data)
-        limit = self.factory.max_body_bytes
+        limit = request.max_body_bytes
         if limit and request.body_bytes > limit:
             raise _RequestError(413)
         if self.chunk_open >= 0:
@@ -594,7 +598,7 @@ class HTTPProxyProtocol(Protocol):
             self.chunk_open = -1
             size = self._open_chunk_size(data, len(data) - held)
             if size is not None:
-                limit = self.factory.max_body_bytes
+                limit = request.max_body_bytes
                 if limit and request.body_bytes - held + size > limit:
                     raise _RequestError(413)
                 if size > MAX_CHUNK_SIZE:

@@ -70,6 +70,9 @@ class UpstreamConnection(Protocol):
     Attributes:
         backend: the backend it is connected to.
         pool: the pool whose settings (idle timeout, idle cap) apply.
+        tls: the pool's :class:`~twisted_lb.tls.ClientTLS` (or ``None``) when it connected:
+            once a reload gives the pool another, the connection is closed when released
+            instead of being reused with the old settings.
         handler: the exchange using it, or ``None`` while idle.
         requests: exchanges it has carried (more than 0 means it is being reused).
         reusable: whether it may go back to the idle stack after the current exchange.
@@ -86,6 +89,7 @@ class UpstreamConnection(Protocol):
         self.upstreams = upstreams
         self.backend = backend
         self.pool = pool
+        self.tls = pool.tls
         self.handler: ResponseHandler | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.requests = 0
@@ -280,8 +284,9 @@ class Upstreams:
 
     def release(self, connection: UpstreamConnection) -> None:
         """
-        Take back a connection after its exchange: keep it idle if it can be reused and the
-        backend's idle stack has room, else close it.
+        Take back a connection after its exchange: keep it idle if it can be reused, was made
+        with the pool's TLS of now (a reload may have changed it) and the backend's idle
+        stack has room, else close it.
         """
         connection.handler = None
         pool = connection.pool
@@ -290,6 +295,7 @@ class Upstreams:
         if (
             not connection.reusable
             or pool.max_idle_per_backend == 0
+            or connection.tls is not pool.tls
             or (self.retired and connection.backend in self.retired)
         ):
             connection.close()
