@@ -37,8 +37,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -60,6 +59,7 @@ from twisted_lb.dashboard import DashboardResource, dashboard_page
 from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.metrics import MetricsResource, metrics_registry
 from twisted_lb.pool import Pool
+from twisted_lb.service import ListeningService
 from twisted_lb.tls import ServerTLS
 
 _log = Logger()
@@ -890,7 +890,7 @@ def read_state_file(path: str) -> dict[str, Any] | None:
 # -- listening ---------------------------------------------------------------------------------
 
 
-class AdminListener(Service):
+class AdminListener(ListeningService):
     """
     Listens on one ``[admin] listen`` endpoint while running. A ``unix:`` socket is never
     wider than ``socket_mode``: it is created under a umask that allows no more, its endpoint
@@ -955,24 +955,6 @@ class AdminListener(Service):
             address=_address(result),
             mode="" if path is None else f" (mode {self.socket_mode:04o})",
         )
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()  # type: ignore[no-untyped-call]
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped: Deferred[None] = Deferred()
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            result.addBoth(lambda _: stopped.callback(None))
-        else:
-            stopped.callback(None)
-        return stopped
 
 
 def _with_mode(endpoint: IStreamServerEndpoint, mode: int) -> IStreamServerEndpoint:

@@ -170,7 +170,39 @@ class _ListenerFactory(Factory):
         return self._factory.buildProtocol(addr)
 
 
-class Listener(Service):
+class ListeningService(Service):
+    """
+    A service that holds one listening port while it runs. Subclasses listen in
+    ``privilegedStartService`` (before twistd drops privileges) and set :attr:`port`;
+    ``startService`` listens then if that did not run (an embedding program that only calls
+    ``startService``), and ``stopService`` stops listening.
+
+    Attributes:
+        port: the listening port while running, else ``None``.
+    """
+
+    port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()  # type: ignore[no-untyped-call]
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        stopped: Deferred[None] = Deferred()
+        result = port.stopListening()
+        if isinstance(result, Deferred):
+            result.addBoth(lambda _: stopped.callback(None))
+        else:
+            stopped.callback(None)
+        return stopped
+
+
+class Listener(ListeningService):
     """
     Listens on one server endpoint for one frontend while running.
 
@@ -233,24 +265,6 @@ class Listener(Service):
             frontend=self.frontend,
             address=_describe(result.getHost()),
         )
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()  # type: ignore[no-untyped-call]
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopped: Deferred[None] = Deferred()
-        result = port.stopListening()
-        if isinstance(result, Deferred):
-            result.addBoth(lambda _: stopped.callback(None))
-        else:
-            stopped.callback(None)
-        return stopped
 
 
 def _access_log(
