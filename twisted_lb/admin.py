@@ -57,39 +57,25 @@ from twisted_lb.config import (
 )
 from twisted_lb.dashboard import DashboardResource, dashboard_page
 from twisted_lb.interfaces import IBalancerReactor
-from twisted_lb.metrics import MetricsResource, metrics_registry
+from twisted_lb.metrics import MetricsResource, Observed, metrics_registry
 from twisted_lb.pool import Pool
 from twisted_lb.service import ListeningService
-from twisted_lb.tls import ServerTLS
 
 _log = Logger()
 
 
-class Balancer(Protocol):
+class Balancer(Observed, Protocol):
     """
-    What the admin API uses of :class:`~twisted_lb.service.LoadBalancerService`: the live
-    objects, the reload and the runtime changes (their errors: ``UnknownPool`` and
-    ``UnknownBackend`` are answered 404, ``InvalidChange`` 400).
+    What the admin API uses of :class:`~twisted_lb.service.LoadBalancerService`: what the
+    metrics read (:class:`~twisted_lb.metrics.Observed`), and the config, the health
+    monitors, the listeners, the reload and the runtime changes (their errors:
+    ``UnknownPool`` and ``UnknownBackend`` are answered 404, ``InvalidChange`` 400).
     """
 
     @property
-    def reactor(self) -> Any: ...
-    @property
     def config(self) -> Config: ...
     @property
-    def generation(self) -> int: ...
-    @property
-    def started(self) -> float: ...
-    @property
-    def last_reload(self) -> Any: ...
-    @property
-    def pools(self) -> Mapping[str, Pool]: ...
-    @property
     def monitors(self) -> Mapping[str, Any]: ...
-    @property
-    def factories(self) -> Mapping[str, Any]: ...
-    @property
-    def server_tls(self) -> Mapping[str, ServerTLS]: ...
     @property
     def listeners(self) -> Sequence[Any]: ...
     def reload(self, path: str | None = None) -> Any: ...
