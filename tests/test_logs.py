@@ -327,6 +327,39 @@ class AccessLogTests(SynchronousTestCase):
             ],
         )
 
+    def test_text_lines_not_ascii(self) -> None:
+        """
+        Bytes of the request outside ASCII are written as their Latin-1 characters in UTF-8,
+        names in UTF-8, to a file and to a stream alike, as the access events' text observer
+        writes them.
+        """
+        fields = {
+            **HTTP_FIELDS,
+            "frontend": "wéb",
+            "backend": "äpp1",
+            "method": b"G\xc9T",
+            "target": b"/caf\xe9?q=\xff",
+        }
+        path = self.mktemp()
+        to_file = self.access_log(path)
+        to_file.http(**fields)
+        to_file.close()
+        to_stream = self.access_log()
+        to_stream.http(**fields)
+        to_stream.close()
+        events = RecordingStream()
+        captured: list[LogEvent] = []
+        EventAccessLog(Logger(namespace="twisted_lb.access", observer=captured.append)).http(
+            **fields
+        )
+        text_lines_observer(events)({**captured[0], "log_time": 1_700_000_000.5})
+        with open(path, encoding="utf-8") as f:
+            written = f.read()
+        self.assertEqual(written, events.getvalue())
+        self.assertEqual(self.out.getvalue(), events.getvalue())
+        self.assertIn('wéb 192.0.2.1 "GÉT /café?q=ÿ" ', written)
+        self.assertIn(" backend=äpp1 ", written)
+
     def test_json_lines(self) -> None:
         """JSON lines have the keys, in order, of the access events under the JSON observer."""
         log = self.access_log(log_format="json")

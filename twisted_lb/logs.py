@@ -101,20 +101,39 @@ def json_lines_observer(out: IO[str]) -> ILogObserver:
 
 
 class _SecondClock:
-    """Formats UTC timestamps as twistd does, once per second."""
+    """Formats UTC timestamps as twistd does, once per second, as text and as ASCII bytes."""
 
-    __slots__ = ("second", "text")
+    __slots__ = ("raw", "second", "text")
 
     def __init__(self) -> None:
         self.second = -1
         self.text = ""
+        self.raw = b""
 
     def format(self, when: float) -> str:
         second = int(when)
         if second != self.second:
             self.second = second
             self.text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+            self.raw = self.text.encode("ascii")
         return self.text
+
+    def format_raw(self, when: float) -> bytes:
+        self.format(when)
+        return self.raw
+
+
+def _utf8(raw: bytes) -> bytes:
+    """Request bytes as the log writes them: each byte a Latin-1 character, in UTF-8."""
+    return raw.decode("latin-1").encode("utf-8")
+
+
+#: The text access line of an HTTP request, and of one that had no response byte.
+_HTTP_LINE = (
+    b'%s [twisted_lb.access#info] %s %s "%s %s" %d in=%d out=%d backend=%s connect_ms=%d '
+    b"first_byte_ms=%d total_ms=%d\n"
+)
+_HTTP_LINE_NO_FIRST_BYTE = _HTTP_LINE.replace(b"first_byte_ms=%d", b"first_byte_ms=%s")
 
 
 def _access_line(event: LogEvent) -> str:
@@ -181,8 +200,8 @@ class AccessLog:
             and reopened by :meth:`reopen` when it has a ``reopen()`` method (as
             ``twisted.python.logfile.LogFile`` does).
         log_format: ``"text"`` or ``"json"``.
-        buffer_bytes: written when the buffer holds this many characters (bytes, for ASCII
-            lines); 0 writes each line at once.
+        buffer_bytes: written when the buffer holds this many bytes (UTF-8); 0 writes each
+            line at once.
         flush_interval: seconds a line may wait in the buffer.
 
     Attributes:
@@ -216,7 +235,8 @@ class AccessLog:
         self._json = log_format == "json"
         self.buffer_bytes = buffer_bytes
         self.flush_interval = flush_interval
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
+        self._names: dict[str, bytes] = {}
         self._size = 0
         self._timer: IDelayedCall | None = None
         self._stamp = _SecondClock()
@@ -255,43 +275,70 @@ class AccessLog:
     ) -> None:
         """One HTTP request's line; see :meth:`twisted_lb.interfaces.IAccessLog.http`."""
         now = self.clock.seconds()
-        first_byte = "-" if first_byte_ms is None else first_byte_ms
-        message = (
-            f'{frontend} {client} "{method.decode("latin-1")} {target.decode("latin-1")}" '
-            f"{status} in={bytes_in} out={bytes_out} backend={backend} "
-            f"connect_ms={connect_ms} first_byte_ms={first_byte} total_ms={total_ms}"
-        )
         if self._json:
-            line = _encode_json(
-                {
-                    "time": datetime.fromtimestamp(now, UTC).isoformat(),
-                    "level": "info",
-                    "namespace": ACCESS_NAMESPACE,
-                    "message": message,
-                    "frontend": frontend,
-                    "client": client,
-                    "method": method.decode("latin-1"),
-                    "target": target.decode("latin-1"),
-                    "status": status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "backend": backend,
-                    "connect_ms": connect_ms,
-                    "first_byte_ms": first_byte_ms,
-                    "total_ms": total_ms,
-                }
+            first_byte = "-" if first_byte_ms is None else first_byte_ms
+            text_method, text_target = method.decode("latin-1"), target.decode("latin-1")
+            message = (
+                f'{frontend} {client} "{text_method} {text_target}" '
+                f"{status} in={bytes_in} out={bytes_out} backend={backend} "
+                f"connect_ms={connect_ms} first_byte_ms={first_byte} total_ms={total_ms}"
             )
-        else:
-            stamp = self._stamp
-            line = (
-                stamp.text if int(now) == stamp.second else stamp.format(now)
-            ) + f" [twisted_lb.access#info] {message}"
+            self._append(
+                _encode_json(
+                    {
+                        "time": datetime.fromtimestamp(now, UTC).isoformat(),
+                        "level": "info",
+                        "namespace": ACCESS_NAMESPACE,
+                        "message": message,
+                        "frontend": frontend,
+                        "client": client,
+                        "method": text_method,
+                        "target": text_target,
+                        "status": status,
+                        "bytes_in": bytes_in,
+                        "bytes_out": bytes_out,
+                        "backend": backend,
+                        "connect_ms": connect_ms,
+                        "first_byte_ms": first_byte_ms,
+                        "total_ms": total_ms,
+                    }
+                ).encode("utf-8", "backslashreplace")
+                + b"\n"
+            )
+            return
+        # The text line, formatted as bytes in one %-operation: the cheapest way CPython has
+        # (an f-string with the two decodes costs twice as much). Names are encoded once.
+        names = self._names
+        stamp = self._stamp
+        if not (method.isascii() and target.isascii()):
+            method, target = _utf8(method), _utf8(target)
+        line = (_HTTP_LINE if first_byte_ms is not None else _HTTP_LINE_NO_FIRST_BYTE) % (
+            stamp.raw if int(now) == stamp.second else stamp.format_raw(now),
+            names.get(frontend) or self._name(frontend),
+            client.encode("utf-8", "backslashreplace"),
+            method,
+            target,
+            status,
+            bytes_in,
+            bytes_out,
+            names.get(backend) or self._name(backend),
+            connect_ms,
+            b"-" if first_byte_ms is None else first_byte_ms,
+            total_ms,
+        )
         self._lines.append(line)
-        self._size += len(line) + 1
+        self._size += len(line)
         if self._size >= self.buffer_bytes:
             self.flush()
         elif self._timer is None:
             self._timer = self.clock.callLater(self.flush_interval, self._timed_flush)
+
+    def _name(self, name: str) -> bytes:
+        """A frontend's or backend's name as UTF-8, remembered (up to 4096 names)."""
+        raw = name.encode("utf-8", "backslashreplace")
+        if len(self._names) < 4096:
+            self._names[name] = raw
+        return raw
 
     def tcp(
         self,
@@ -327,8 +374,12 @@ class AccessLog:
             )
         else:
             line = f"{self._stamp.format(now)} [twisted_lb.access#info] {message}"
+        self._append((line + "\n").encode("utf-8", "backslashreplace"))
+
+    def _append(self, line: bytes) -> None:
+        """Buffer one line (with its newline), and write the buffer or set the timer."""
         self._lines.append(line)
-        self._size += len(line) + 1
+        self._size += len(line)
         if self._size >= self.buffer_bytes:
             self.flush()
         elif self._timer is None:
@@ -343,19 +394,18 @@ class AccessLog:
         if not self._lines:
             return
         count = len(self._lines)
-        self._lines.append("")  # for the last line's newline
-        data = "\n".join(self._lines)
+        data = b"".join(self._lines)
         self._lines = []
         self._size = 0
         try:
             if self._stream is not None:
-                self._stream.write(data)
+                self._stream.write(data.decode("utf-8"))
                 self._stream.flush()
             else:
                 if self._file is None:
                     self.open()
                 assert self._file is not None
-                self._file.write(data.encode("utf-8", "backslashreplace"))
+                self._file.write(data)
                 self._file.flush()
         except (OSError, ValueError) as e:
             self.lines_dropped += count
