@@ -200,11 +200,7 @@ def _quote_list(words: Iterable[str]) -> str:
 
 
 def _suggest(word: str, choices: Sequence[str], plural: str, any_case: bool = False) -> str:
-    """
-    The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
-    ``choices`` is close (:func:`difflib.get_close_matches`, as written or in lower case), else
-    ``"; {plural} are: ..."``. ``any_case`` compares in lower case only, for ``"tlsv1.2"``.
-    """
+    """``" (did you mean 'x'?)"`` for a close choice, else ``"; {plural} are: ..."``."""
     folded = {choice.lower(): choice for choice in choices}
     if any_case:
         close = [folded[c] for c in difflib.get_close_matches(word.lower(), list(folded), n=1)]
@@ -267,9 +263,7 @@ def _to_seconds(value: object) -> float | None:
 
 
 def _seconds(zero_means: str | None = None) -> BeforeValidator:
-    """
-    A duration: finite and > 0, or >= 0 with ``zero_means`` (such as ``"off"``), as a float.
-    """
+    """A duration as a float: > 0, or >= 0 with ``zero_means`` (such as ``"off"``)."""
 
     def check(value: object) -> float:
         seconds = _to_seconds(value)
@@ -310,16 +304,18 @@ def _text(problem: Callable[[str], str | None]) -> BeforeValidator:
     return _v(check)
 
 
-def _array(example: str, item: str = "strings") -> Callable[[object, ValidationInfo], Any]:
-    """An array, frozen to a tuple; ``example`` is what the message shows (``{key}``: the key)."""
+def _array(
+    kind: str, empty: str | None = None, table: bool = False, brackets: bool = False
+) -> Callable[[object], Any]:
+    """An array, as a tuple (with ``table``: a table); ``empty`` is the message for none."""
 
-    def check(value: object, info: ValidationInfo) -> tuple[object, ...]:
-        if isinstance(value, tuple):
-            return value
-        if not isinstance(value, list):
-            shown = example.replace("{key}", info.field_name or "")
-            _fail(f"must be an array of {item}, as in {shown}, not {_describe(value)}")
-        return tuple(value)
+    def check(value: object) -> Any:
+        if not isinstance(value, Mapping if table else list | tuple):
+            hint = "; put the table in brackets" if brackets and isinstance(value, Mapping) else ""
+            _fail(f"must be {kind}, not {_describe(value)}{hint}")
+        if not value and empty is not None:
+            _fail(empty)
+        return dict(value) if table else tuple(value)
 
     return check
 
@@ -352,13 +348,7 @@ def _key_path(loc: Sequence[str | int]) -> str:
 
 
 def _endpoint_problem(text: str) -> str | None:
-    """
-    Check a server endpoint description with Twisted's own parser, on a :class:`MemoryReactor`
-    so that nothing listens, and its port (0 to 65535), which the parser does not check.
-
-    Parsers of some endpoint types look at the environment while they build (``ssl:`` reads
-    its certificate files, ``systemd:`` its inherited descriptors), and their errors count.
-    """
+    """What Twisted's parser (on a MemoryReactor: nothing listens) finds wrong with an endpoint."""
     try:
         endpoint = serverFromString(MemoryReactor(), text)
     except ValueError as e:
@@ -373,20 +363,14 @@ def _endpoint_problem(text: str) -> str | None:
 
 
 def _tls_endpoint(text: str) -> bool:
-    """
-    Whether a server endpoint description is Twisted's ``ssl:``, bare or under ``haproxy:``
-    (endpoint types are matched without case, as Twisted matches them).
-    """
+    """Whether an endpoint is Twisted's ``ssl:``, bare or under ``haproxy:``."""
     inner = proxy_listener(text)
     kind = (text if inner is None else inner).partition(":")[0]
     return kind.lower() == "ssl"
 
 
 def _tls_listener_problem(text: str, where: str) -> str:
-    """
-    Why a frontend's ``ssl:`` or ``haproxy:ssl:`` listener is refused, and the fix: the same
-    port on ``tcp:`` (``haproxy:tcp:``) with the certificate in the frontend's ``tls`` table.
-    """
+    """Why a frontend's ``ssl:`` listener is refused, with the ``tcp:`` fix."""
     inner = proxy_listener(text)
     prefix = "" if inner is None else text[: len(text) - len(inner)]
     port = (text if inner is None else inner).split(":")[1:2] or ["443"]
@@ -449,22 +433,7 @@ _STRATEGY_ALIASES = {
 }
 
 
-def _listen_of(example: str) -> Callable[[object, ValidationInfo], tuple[object, ...]]:
-    """A ``listen`` key: one endpoint description or an array of them (at least one)."""
-
-    def listen(value: object, info: ValidationInfo) -> tuple[object, ...]:
-        if isinstance(value, str):
-            return (_endpoint_of(example)(value),)
-        if isinstance(value, list | tuple) and not value:
-            _fail(f'must list at least one endpoint, as in listen = ["{example}"]')
-        if not isinstance(value, list | tuple):
-            _fail(f"must be a string or an array of strings, not {_describe(value)}")
-        return tuple(value)
-
-    return listen
-
-
-def _endpoint_of(example: str) -> Callable[[object], str]:
+def _endpoint(example: str) -> Callable[[object], str]:
     """One server endpoint description, checked by Twisted's parser (:func:`_endpoint_problem`)."""
 
     def endpoint(value: object) -> str:
@@ -478,8 +447,16 @@ def _endpoint_of(example: str) -> Callable[[object], str]:
     return endpoint
 
 
-_listen = _listen_of(_LISTEN_EXAMPLE)
-_endpoint = _endpoint_of(_LISTEN_EXAMPLE)
+def _listen(example: str) -> BeforeValidator:
+    """A ``listen`` key: one endpoint description or an array of them (at least one)."""
+    many = _array(
+        "a string or an array of strings",
+        f'must list at least one endpoint, as in listen = ["{example}"]',
+    )
+    return _v(
+        lambda value: (_endpoint(example)(value),) if isinstance(value, str) else many(value),
+        str | list[str],
+    )
 
 
 def _network(value: object) -> str:
@@ -506,10 +483,7 @@ def _pool_reference(value: object, info: ValidationInfo) -> str:
 
 
 def _file(value: object, info: ValidationInfo) -> str:
-    """
-    A file of a ``tls`` table: a non-empty path, made absolute against the directory of the
-    config file (the current directory for a config that is not from a file).
-    """
+    """A non-empty path, made absolute against the directory of the config file."""
     path, key = _string(value), info.field_name or "path"
     if not path:
         _fail(f"must not be empty; write a path, as in {key} = {_FILE_EXAMPLES.get(key, '')}")
@@ -528,11 +502,7 @@ def _ca_file(value: str | None, info: ValidationInfo) -> str | None:
 
 
 def _key_file(cert_field: str) -> AfterValidator:
-    """
-    A private key file, checked with its certificate (the field ``cert_field``, validated
-    before it) by :func:`twisted_lb.tls.certificate_problem`; the problem is reported on the
-    file it is about.
-    """
+    """A private key, checked with its certificate ``cert_field`` by tls.py."""
 
     def check(key: str | None, info: ValidationInfo) -> str | None:
         from twisted_lb.tls import certificate_problem
@@ -550,12 +520,7 @@ def _key_file(cert_field: str) -> AfterValidator:
 
 
 def _about_key(problem: str, cert: str, key: str) -> bool:
-    """
-    Whether a problem that :func:`twisted_lb.tls.certificate_problem` found is about the key
-    file: its messages start with the file they are about, and a key that does not match its
-    certificate is the key's problem. When both are one file, only the messages about the
-    private key are the key's.
-    """
+    """Whether a problem of :func:`twisted_lb.tls.certificate_problem` is the key file's."""
     if problem.startswith(f"{key} does not match "):
         return True
     if cert == key:
@@ -687,18 +652,11 @@ def _curve(value: object) -> str:
     return value
 
 
-def _curves(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list) or not value:
-        _fail(
-            f"must be a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's "
-            f"intermediate profile, the default), not {_describe(value)}"
-        )
-    return tuple(value)
-
-
 _CURVES_EXAMPLE = 'curves = ["X25519", "prime256v1", "secp384r1"]'
+_CURVES = (
+    f"a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's intermediate "
+    "profile, the default)"
+)
 
 
 def _verify_client(value: object) -> str:
@@ -733,20 +691,15 @@ def _access_log(value: object, info: ValidationInfo) -> bool | str:
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
 
 
-def _table_of(noun: str, example: str) -> Callable[[object], Any]:
-    """``frontends`` or ``pools``: a table of tables, at least one."""
-
-    def check(value: object) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            _fail(f"must be a table of {noun}s, as in [{example}], not {_describe(value)}")
-        if not value:
-            _fail(f"at least one {noun} is required; add one, as in [{example}]")
-        return dict(value)
-
-    return check
-
-
 _VERIFY_CLIENT = ("none", "optional", "required")
+
+
+def _tables(noun: str, example: str) -> Callable[[object], Any]:
+    """``frontends`` or ``pools``: a table of tables, at least one."""
+    kind, empty = f"a table of {noun}s, as in [{example}]", f"at least one {noun} is required"
+    return _array(kind, f"{empty}; add one, as in [{example}]", table=True)
+
+
 _Str = Annotated[str, _v(_string)]
 _Bool = Annotated[bool, _v(_boolean)]
 _Seconds = Annotated[float, _seconds(), _Unit("s")]
@@ -1127,7 +1080,14 @@ class PoolConfig(_Model):
     name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
     backends: Annotated[
         tuple[BackendConfig, ...],
-        _v(_backends, list[str | BackendConfig]),
+        _v(
+            _array(
+                f"an array of addresses or tables, as in {_BACKENDS_EXAMPLE} or "
+                'backends = ["127.0.0.1:9001"]',
+                f"must list at least one backend, as in {_BACKENDS_EXAMPLE}",
+            ),
+            list[str | BackendConfig],
+        ),
     ] = Field(description="At least one backend, in file order; names and addresses unique.")
     strategy: Annotated[str, _v(_strategy)] = Field(
         defaults.STRATEGY, description="The name of an installed strategy plugin."
@@ -1339,7 +1299,14 @@ class FrontendTLSConfig(_Model):
 
     certificates: Annotated[
         tuple[CertificateConfig, ...],
-        _v(_certificates, list[CertificateConfig]),
+        _v(
+            _array(
+                f"an array of tables, as in {_CERTIFICATES_EXAMPLE}",
+                f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}",
+                brackets=True,
+            ),
+            list[CertificateConfig],
+        ),
     ] = Field(
         description="At least one. SNI picks the certificate whose subjectAltName matches the "
         "name the client asks for; the first is the default (HAProxy ``crt``)."
@@ -1366,7 +1333,7 @@ class FrontendTLSConfig(_Model):
     )
     curves: Annotated[
         tuple[Annotated[str, _v(_curve)], ...],
-        _v(_curves, list[str]),
+        _v(_array(_CURVES, f"must be {_CURVES}, not an array"), list[str]),
     ] = Field(
         defaults.TLS_CURVES,
         description="The key exchange groups offered, in order of preference (nginx "
@@ -1395,42 +1362,9 @@ class FrontendTLSConfig(_Model):
             )
 
 
-def _certificates(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        message = (
-            f"must be an array of tables, as in {_CERTIFICATES_EXAMPLE}, not {_describe(value)}"
-        )
-        _fail(message + ("; put the table in brackets" if isinstance(value, Mapping) else ""))
-    if not value:
-        _fail(f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}")
-    return tuple(value)
-
-
-def _backends(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        _fail(
-            f"must be an array of addresses or tables, as in {_BACKENDS_EXAMPLE} or "
-            f'backends = ["127.0.0.1:9001"], not {_describe(value)}'
-        )
-    if not value:
-        _fail(f"must list at least one backend, as in {_BACKENDS_EXAMPLE}")
-    return tuple(value)
-
-
-def _routes(value: object, info: ValidationInfo) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        _fail(f"must be an array of tables, as in [[{{where}}]], not {_describe(value)}")
-    return tuple(value)
-
-
 _Networks = Annotated[
-    tuple[Annotated[str, _v(_network)], ...], _v(_array('{key} = ["10.0.0.0/8"]'), list[str])
+    tuple[Annotated[str, _v(_network)], ...],
+    _v(_array('an array of strings, as in {key} = ["10.0.0.0/8"]'), list[str]),
 ]
 
 
@@ -1475,11 +1409,11 @@ class FrontendConfig(_Model):
     mode: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "mode", "valid modes")] = (
         Field(description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).')
     )
-    listen: Annotated[tuple[Annotated[str, _v(_endpoint)], ...], _v(_listen, str | list[str])] = (
-        Field(
-            description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
-            '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
-        )
+    listen: Annotated[
+        tuple[Annotated[str, _v(_endpoint(_LISTEN_EXAMPLE))], ...], _listen(_LISTEN_EXAMPLE)
+    ] = Field(
+        description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
+        '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
     )
     pool: Annotated[str, _v(_pool_reference)] = Field(
         description="A pool of the same file; for http, the pool of requests no route matches."
@@ -1513,7 +1447,10 @@ class FrontendConfig(_Model):
         "``strict=False``) whose ``X-Forwarded-For`` and ``Forwarded`` are kept, as written.",
         json_schema_extra={"mode": "http"},
     )
-    routes: Annotated[tuple[RouteConfig, ...], _v(_routes, list[RouteConfig])] = Field(
+    routes: Annotated[
+        tuple[RouteConfig, ...],
+        _v(_array("an array of tables, as in [[{where}]]"), list[RouteConfig]),
+    ] = Field(
         (),
         description="http only: ``[[frontends.NAME.routes]]``, in file order; the first match "
         "picks the pool.",
@@ -1631,15 +1568,7 @@ _ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
 
 
 def _exposed_endpoint(text: str) -> str | None:
-    """
-    Where a valid server endpoint description listens when other hosts can reach it: a TCP
-    (or TLS) endpoint on an address that is not loopback, or one this module cannot place
-    (``systemd:``, plugins).
-
-    Returns:
-        A description such as ``"all interfaces"`` or ``"192.0.2.7"``, or ``None`` for a
-        ``unix:`` socket or a loopback address.
-    """
+    """Where a valid endpoint listens that other hosts can reach, or ``None``."""
     from twisted.internet.endpoints import UNIXServerEndpoint
 
     endpoint = serverFromString(MemoryReactor(), text)
@@ -1659,10 +1588,7 @@ def _exposed_endpoint(text: str) -> str | None:
 
 
 def _socket_mode(value: object) -> int:
-    """
-    ``socket_mode``: a file mode in octal, from ``"0000"`` to ``"0777"``: a string of octal
-    digits (``"0600"``, ``"600"``) or a TOML octal integer (``0o600``).
-    """
+    """A file mode in octal: ``"0600"``, ``"600"`` or ``0o600``."""
     hint = 'write it in octal as a string, as in socket_mode = "0600"'
     if isinstance(value, str):
         if re.fullmatch(r"0?[0-7]{3}", value):
@@ -1705,8 +1631,8 @@ class AdminConfig(_Model):
     _required = {"listen": f'listen = ["{_ADMIN_LISTEN_EXAMPLE}"]'}
 
     listen: Annotated[
-        tuple[Annotated[str, _v(_endpoint_of(_ADMIN_LISTEN_EXAMPLE))], ...],
-        _v(_listen_of(_ADMIN_LISTEN_EXAMPLE), str | list[str]),
+        tuple[Annotated[str, _v(_endpoint(_ADMIN_LISTEN_EXAMPLE))], ...],
+        _listen(_ADMIN_LISTEN_EXAMPLE),
     ] = Field(
         description="Twisted server endpoint descriptions of the admin API, as a frontend's "
         '``listen``: ``"unix:/run/twisted-lb/admin.sock"``, ``"tcp:9901:interface=127.0.0.1"``.'
@@ -1785,11 +1711,11 @@ class Config(_Model):
     path: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The file.")
     frontends: Annotated[
         Mapping[str, FrontendConfig],
-        _v(_table_of("frontend", "frontends.web")),
+        _v(_tables("frontend", "frontends.web")),
         AfterValidator(_read_only),
     ] = Field(description="The frontends, by name: ``[frontends.NAME]``.")
     pools: Annotated[
-        Mapping[str, PoolConfig], _v(_table_of("pool", "pools.app")), AfterValidator(_read_only)
+        Mapping[str, PoolConfig], _v(_tables("pool", "pools.app")), AfterValidator(_read_only)
     ] = Field(description="The pools, by name: ``[pools.NAME]``.")
     global_config: GlobalConfig = Field(
         default_factory=GlobalConfig, alias="global", description="Process-wide settings."
@@ -2032,11 +1958,7 @@ _KEY_LINE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
 
 
 def _key_lines(text: str) -> dict[str, int]:
-    """
-    The line of each key the text writes as ``key = ...`` or as a table header, by key path
-    (without array indexes: ``pools.app.backends.weight``). A best effort for messages: keys
-    inside inline tables are found when they start a line.
-    """
+    """The line of each ``key = ...`` and table header, by key path without indexes."""
     lines: dict[str, int] = {}
     tables: dict[str, int] = {}
     table = ""
@@ -2092,11 +2014,7 @@ def json_schema_text() -> str:
 
 
 def _host_problem(host: str) -> str | None:
-    """
-    What is wrong with a route's ``host``, or ``None`` if it is an exact name (letters,
-    digits, ``-`` and ``_`` in dot-separated labels, which covers IPv4 addresses), an IPv6
-    address in brackets, or ``*.`` followed by an exact name.
-    """
+    """What is wrong with a route's ``host``, or ``None``."""
     if not host:
         return f"must not be empty; write {_HOST_EXAMPLES}, or leave host out to match any host"
     if "://" in host:
@@ -2135,12 +2053,7 @@ def _host_problem(host: str) -> str | None:
 
 
 def _server_name_problem(name: str) -> str | None:
-    """
-    What is wrong with a pool's ``server_name``, or ``None`` if it is a DNS name (labels of
-    letters, digits, ``-`` and ``_``, as :data:`_HOST_NAME` allows, at most 63 characters
-    each and 253 in all) or an IP address, IPv6 without brackets. There is no port, scheme,
-    path or wildcard: it is the one name the backends' certificates are verified against.
-    """
+    """What is wrong with a pool's ``server_name``, or ``None``."""
     if not name:
         return (
             f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
@@ -2193,9 +2106,7 @@ def _is_ipv6(text: str) -> bool:
 
 
 def _path_prefix_problem(prefix: str) -> str | None:
-    """
-    What is wrong with a route's ``path_prefix``, or ``None`` if it is usable.
-    """
+    """What is wrong with a route's ``path_prefix``, or ``None``."""
     if not prefix.startswith("/"):
         if "://" in prefix:
             return "write the path only, without scheme and host; put the host name in host"
@@ -2217,11 +2128,7 @@ def _path_prefix_problem(prefix: str) -> str | None:
 
 
 def _check_path_problem(path: str) -> str | None:
-    """
-    What is wrong with an http check's ``path``, or ``None`` if it is a request target: it
-    starts with ``/``, is printable ASCII (no spaces or control characters) and has no
-    fragment. A query is allowed.
-    """
+    """What is wrong with an http check's ``path``, or ``None``."""
     if not path.startswith("/"):
         if "://" in path:
             return "write the path only, without scheme and host; put the host name in host"
@@ -2239,11 +2146,7 @@ def _check_path_problem(path: str) -> str | None:
 
 
 def _check_host_problem(host: str) -> str | None:
-    """
-    What is wrong with an http check's ``host`` (its ``Host`` header), or ``None`` if it is a
-    host name or IPv4 address (as :data:`_HOST_NAME` allows), or an IPv6 address in brackets,
-    either with an optional ``:port`` from 1 to 65535.
-    """
+    """What is wrong with an http check's ``host``, or ``None``."""
     if not host:
         return (
             f"must not be empty; write {_CHECK_HOST_EXAMPLES}, "
@@ -2280,11 +2183,7 @@ def _check_host_problem(host: str) -> str | None:
 
 
 def _status_problem(status: int | str) -> str | None:
-    """
-    What is wrong with an http check's ``expect_status``, or ``None`` if it is a status code
-    (an integer or a string of one) or a range ``"LOW-HIGH"`` of them, each from 100 to 599,
-    with LOW <= HIGH.
-    """
+    """What is wrong with an http check's ``expect_status``, or ``None``."""
     if isinstance(status, int):
         if 100 <= status <= 599:
             return None
@@ -2319,12 +2218,7 @@ def _status_problem(status: int | str) -> str | None:
 
 
 def _toml_string(text: str) -> str:
-    """
-    ``text`` as a TOML basic string, for key paths and examples in messages.
-
-    Characters that are not printable (including line breaks such as U+2028) are escaped, so
-    that each problem stays on one line.
-    """
+    """``text`` as a TOML basic string on one line, for key paths and examples."""
     out = ['"']
     for char in text:
         if char in '"\\':
