@@ -362,19 +362,14 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
-def _tls_endpoint(text: str) -> bool:
-    """Whether an endpoint is Twisted's ``ssl:``, bare or under ``haproxy:``."""
+def _tls_listener_problem(text: str, where: str) -> str | None:
+    """Why a frontend's ``ssl:`` listener (bare or under ``haproxy:``) is refused, or ``None``."""
     inner = proxy_listener(text)
-    kind = (text if inner is None else inner).partition(":")[0]
-    return kind.lower() == "ssl"
-
-
-def _tls_listener_problem(text: str, where: str) -> str:
-    """Why a frontend's ``ssl:`` listener is refused, with the ``tcp:`` fix."""
-    inner = proxy_listener(text)
+    kind, _, rest = (text if inner is None else inner).partition(":")
+    if kind.lower() != "ssl":  # endpoint types are matched without case, as Twisted does
+        return None
     prefix = "" if inner is None else text[: len(text) - len(inner)]
-    port = (text if inner is None else inner).split(":")[1:2] or ["443"]
-    fix = f"{prefix}tcp:{port[0] or '443'}"
+    fix = f"{prefix}tcp:{rest.split(':')[0] or '443'}"
     return (
         f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
         f"[{where}.tls], and its backends would be told the scheme is http; listen on "
@@ -386,6 +381,20 @@ def _tls_listener_problem(text: str, where: str) -> str:
             else ""
         )
     )
+
+
+def _check_listen(table: dict[str, Any], where: str, refuse: Callable[[str, str], Any]) -> None:
+    """Refuse each endpoint of ``table["listen"]`` for which ``refuse(endpoint, key)`` says why."""
+    listen = table.get("listen")
+    if not isinstance(listen, str | list):
+        return
+    items = [listen] if isinstance(listen, str) else list(listen)
+    for index, item in enumerate(items):
+        key = where if isinstance(listen, str) else f"{where}[{index}]"
+        message = refuse(item, key) if isinstance(item, str) else None
+        if message is not None:
+            items[index] = _Refused(message)
+    table["listen"] = items[0] if isinstance(listen, str) else items
 
 
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
@@ -917,12 +926,12 @@ class HealthCheckConfig(_Model):
         description="Each delay is drawn from ``interval * (1 ± jitter)`` so that checks "
         "spread out (HAProxy ``spread-checks``); 0 <= jitter < 1.",
     )
-    path: Annotated[str, _text(lambda path: _check_path_problem(path))] = Field(
+    path: Annotated[str, _text(lambda path: _path_problem(path, query=True))] = Field(
         defaults.CHECK_PATH,
         description="http only: the request target, from ``/``, in printable ASCII; it may "
         "have a query.",
     )
-    host: Annotated[str | None, _text(lambda host: _check_host_problem(host))] = Field(
+    host: Annotated[str | None, _text(lambda host: _host_problem(host, route=False))] = Field(
         None,
         description="http only: the ``Host`` header, a name or IP address with an optional "
         "``:port``; default: the backend's address.",
@@ -1233,7 +1242,7 @@ class RouteConfig(_Model):
     )
     host: Annotated[
         str | None,
-        _text(lambda host: _host_problem(host)),
+        _text(lambda host: _host_problem(host, route=True)),
         AfterValidator(lambda host: None if host is None else host.lower()),
     ] = Field(
         None,
@@ -1241,10 +1250,12 @@ class RouteConfig(_Model):
         '(``"*.example.com"``: names ending in ``.example.com``), compared without the '
         "port, case-insensitively; IPv6 in brackets. Default: any host.",
     )
-    path_prefix: Annotated[str | None, _text(lambda prefix: _path_prefix_problem(prefix))] = Field(
-        None,
-        description="From ``/``; matches paths that start with it, as plain text "
-        '(``"/v1"`` also matches ``/v1x``). Default: any path.',
+    path_prefix: Annotated[str | None, _text(lambda prefix: _path_problem(prefix, query=False))] = (
+        Field(
+            None,
+            description="From ``/``; matches paths that start with it, as plain text "
+            '(``"/v1"`` also matches ``/v1x``). Default: any path.',
+        )
     )
 
     @classmethod
@@ -1486,16 +1497,7 @@ class FrontendConfig(_Model):
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
-        if isinstance(listen, str) and _tls_endpoint(listen):
-            data["listen"] = _Refused(_tls_listener_problem(listen, where))
-        elif isinstance(listen, list):
-            # Twisted's ssl: endpoint would terminate TLS outside [frontends.NAME.tls].
-            data["listen"] = [
-                _Refused(_tls_listener_problem(item, where))
-                if isinstance(item, str) and _tls_endpoint(item)
-                else item
-                for item in listen
-            ]
+        _check_listen(data, where, lambda item, _: _tls_listener_problem(item, where))
         listen = [listen] if isinstance(listen, str) else listen
         if (
             data.get("proxy_protocol_from")
@@ -1568,9 +1570,11 @@ _ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
 
 
 def _exposed_endpoint(text: str) -> str | None:
-    """Where a valid endpoint listens that other hosts can reach, or ``None``."""
+    """Where an endpoint listens that other hosts can reach, or ``None`` (or not valid)."""
     from twisted.internet.endpoints import UNIXServerEndpoint
 
+    if _endpoint_problem(text) is not None:
+        return None
     endpoint = serverFromString(MemoryReactor(), text)
     if isinstance(endpoint, UNIXServerEndpoint):
         return None
@@ -1662,26 +1666,19 @@ class AdminConfig(_Model):
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if "token_file" in data:
             return
-        listen = data.get("listen")
-        items = [listen] if isinstance(listen, str) else listen
-        if not isinstance(items, list):
-            return
-        refused = list(items)
-        for index, item in enumerate(items):
-            if not isinstance(item, str) or _endpoint_problem(item) is not None:
-                continue
-            exposed = _exposed_endpoint(item)
-            if exposed is not None:
-                refused[index] = _Refused(
-                    f"{item!r} listens on {exposed}, which other hosts can reach: set "
-                    "admin.token_file (a file holding a bearer token), as in token_file = "
-                    '"admin.token", or listen on loopback only, as in '
-                    "'tcp:9901:interface=127.0.0.1'"
-                )
-        if isinstance(listen, str):
-            data["listen"] = refused[0]
-        else:
-            data["listen"] = refused
+        _check_listen(data, "admin.listen", lambda item, _: _exposed_message(item))
+
+
+def _exposed_message(endpoint: str) -> str | None:
+    """Why an admin listener without a token is refused: other hosts can reach it."""
+    exposed = _exposed_endpoint(endpoint)
+    if exposed is None:
+        return None
+    return (
+        f"{endpoint!r} listens on {exposed}, which other hosts can reach: set admin.token_file "
+        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
+        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
+    )
 
 
 class Config(_Model):
@@ -1750,40 +1747,23 @@ class Config(_Model):
                     for name, table in data[key].items()
                 }
         listeners: dict[str, str] = {}
+
+        def claim(endpoint: str, key: str) -> str | None:
+            if endpoint in listeners:
+                used = listeners[endpoint]
+                return (
+                    f"{endpoint!r} is already used by {used}; give each listener its own endpoint"
+                )
+            listeners[endpoint] = key
+            return None
+
         frontends = data.get("frontends")
         for name, table in frontends.items() if isinstance(frontends, dict) else ():
-            listen = table.get("listen") if isinstance(table, Mapping) else None
-            where = join_key(join_key("frontends", name), "listen")
-            if isinstance(listen, str):
-                if listen in listeners:
-                    table["listen"] = _Refused(
-                        f"{listen!r} is already used by {listeners[listen]}; "
-                        "give each listener its own endpoint"
-                    )
-                listeners.setdefault(listen, where)
-            if not isinstance(listen, list):
-                continue
-            table["listen"] = listen = list(listen)
-            for index, item in enumerate(listen):
-                key = f"{where}[{index}]"
-                if isinstance(item, str) and item in listeners:
-                    listen[index] = _Refused(
-                        f"{item!r} is already used by {listeners[item]}; "
-                        "give each listener its own endpoint"
-                    )
-                elif isinstance(item, str):
-                    listeners[item] = key
-        admin = data.get("admin")
-        listen = admin.get("listen") if isinstance(admin, Mapping) else None
-        if isinstance(admin, Mapping) and isinstance(listen, str | list):
-            items = [listen] if isinstance(listen, str) else list(listen)
-            for index, item in enumerate(items):
-                if isinstance(item, str) and item in listeners:
-                    items[index] = _Refused(
-                        f"{item!r} is already used by {listeners[item]}; "
-                        "give each listener its own endpoint"
-                    )
-            data["admin"] = {**admin, "listen": items[0] if isinstance(listen, str) else items}
+            if isinstance(table, dict):
+                _check_listen(table, join_key(join_key("frontends", name), "listen"), claim)
+        if isinstance(data.get("admin"), Mapping):
+            data["admin"] = dict(data["admin"])
+            _check_listen(data["admin"], "admin.listen", claim)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -2013,43 +1993,61 @@ def json_schema_text() -> str:
 # -- what is wrong with a value, for the validators above -----------------------------------------
 
 
-def _host_problem(host: str) -> str | None:
-    """What is wrong with a route's ``host``, or ``None``."""
+def _host_problem(host: str, route: bool) -> str | None:
+    """What is wrong with a route's ``host`` (``route``) or an http check's, or ``None``."""
+    examples = _HOST_EXAMPLES if route else _CHECK_HOST_EXAMPLES
     if not host:
-        return f"must not be empty; write {_HOST_EXAMPLES}, or leave host out to match any host"
-    if "://" in host:
-        name = host.split("://", 1)[1].split("/", 1)[0] or "api.example.com"
-        return f"write the host name only, without the scheme, as in {name!r}"
-    if "/" in host:
-        name = host.split("/", 1)[0] or "api.example.com"
+        leave = "match any host" if route else "send the backend's address"
+        return f"must not be empty; write {examples}, or leave host out to {leave}"
+    path = (
+        ", and the path in path_prefix; the host has no path" if route else ", and the path in path"
+    )
+    problem = _url_problem(host, "host name", "api.example.com" if route else "app.internal", path)
+    if problem is not None:
+        return problem
+    with_port = _HOST_PORT.fullmatch(host) if route else None
+    if with_port is not None:
         return (
-            f"write the host name only, as in {name!r}, and the path in path_prefix; "
-            "the host has no path"
-        )
-    port = _HOST_PORT.fullmatch(host)
-    if port is not None:
-        return (
-            f"routes match the name without the port; write {port['host']!r} "
+            f"routes match the name without the port; write {with_port['host']!r} "
             "to match it on any port"
         )
+    port = None
     if host.startswith("["):
-        if host.endswith("]") and _is_ipv6(host[1:-1]):
-            return None
-        return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
-    if ":" in host:
+        name, close, rest = host[1:].partition("]")
+        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
+            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
+        port = rest[1:] if rest else None
+    elif host.count(":") > (0 if route else 1):
         if _is_ipv6(host):
             return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
-        return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
-    if "*" in host:
-        if host.startswith("*.") and _HOST_NAME.fullmatch(host[2:]):
-            return None
-        return (
-            f"{host!r}: '*' is allowed only as the whole first label, "
-            "as in '*.example.com', which matches any name ending in '.example.com'"
-        )
-    if _HOST_NAME.fullmatch(host):
-        return None
-    return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
+        return f"{host!r} is not a host name; write {examples}"
+    else:
+        name, colon, rest = host.partition(":")
+        port = rest if colon else None
+        if route and "*" in name:
+            if name.startswith("*.") and _HOST_NAME.fullmatch(name[2:]):
+                return None
+            return (
+                f"{host!r}: '*' is allowed only as the whole first label, "
+                "as in '*.example.com', which matches any name ending in '.example.com'"
+            )
+        if not _HOST_NAME.fullmatch(name):
+            return f"{host!r} is not a host name; write {examples}"
+    if port is not None and not (
+        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    ):
+        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
+    return None
+
+
+def _url_problem(text: str, noun: str, default: str, path: str = "") -> str | None:
+    """What is wrong with a name written with a scheme or a path, or ``None``."""
+    if "://" in text:
+        name = text.split("://", 1)[1].split("/", 1)[0] or default
+        return f"write the {noun} only, without the scheme, as in {name!r}"
+    if "/" in text:
+        return f"write the {noun} only, as in {text.split('/', 1)[0] or default!r}{path}"
+    return None
 
 
 def _server_name_problem(name: str) -> str | None:
@@ -2059,11 +2057,9 @@ def _server_name_problem(name: str) -> str | None:
             f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
             "or leave server_name out to verify each backend's host"
         )
-    if "://" in name:
-        host = name.split("://", 1)[1].split("/", 1)[0] or "app.internal"
-        return f"write the name only, without the scheme, as in {host!r}"
-    if "/" in name:
-        return f"write the name only, as in {name.split('/', 1)[0] or 'app.internal'!r}"
+    problem = _url_problem(name, "name", "app.internal")
+    if problem is not None:
+        return problem
     if name.startswith("[") and name.endswith("]") and _is_ipv6(name[1:-1]):
         return f"write the IPv6 address without brackets, as in {name[1:-1]!r}"
     if _is_ipv6(name):
@@ -2105,80 +2101,27 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _path_prefix_problem(prefix: str) -> str | None:
-    """What is wrong with a route's ``path_prefix``, or ``None``."""
-    if not prefix.startswith("/"):
-        if "://" in prefix:
-            return "write the path only, without scheme and host; put the host name in host"
-        return f"must start with '/', as in {'/' + prefix!r}"
-    for char in "?#":
-        if char in prefix:
-            cut = prefix[: prefix.index(char)]
-            return (
-                "routes match the path without the query or fragment; "
-                f"write {cut!r}, without the part from {char!r} on"
-            )
-    if not all("!" <= char <= "~" for char in prefix):
-        encoded = urllib.parse.quote(prefix, safe="/%!$&'()*+,;=:@[]")
-        return (
-            f"{prefix!r}: write the path as requests carry it, in ASCII without spaces, "
-            f"as in {encoded!r}"
-        )
-    return None
-
-
-def _check_path_problem(path: str) -> str | None:
-    """What is wrong with an http check's ``path``, or ``None``."""
+def _path_problem(path: str, query: bool) -> str | None:
+    """What is wrong with an http check's ``path`` (``query``) or a route's ``path_prefix``."""
     if not path.startswith("/"):
         if "://" in path:
             return "write the path only, without scheme and host; put the host name in host"
         return f"must start with '/', as in {'/' + path!r}"
-    if "#" in path:
-        cut = path[: path.index("#")]
-        return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+    for char in "#" if query else "?#":
+        if char in path and query:
+            cut = path[: path.index(char)]
+            return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+        if char in path:
+            return (
+                "routes match the path without the query or fragment; "
+                f"write {path[: path.index(char)]!r}, without the part from {char!r} on"
+            )
     if not all("!" <= char <= "~" for char in path):
         encoded = urllib.parse.quote(path, safe="/%!$&'()*+,;=:@[]?~")
         return (
             f"{path!r}: write the path as requests carry it, in ASCII without spaces, "
             f"as in {encoded!r}"
         )
-    return None
-
-
-def _check_host_problem(host: str) -> str | None:
-    """What is wrong with an http check's ``host``, or ``None``."""
-    if not host:
-        return (
-            f"must not be empty; write {_CHECK_HOST_EXAMPLES}, "
-            "or leave host out to send the backend's address"
-        )
-    if "://" in host:
-        name = host.split("://", 1)[1].split("/", 1)[0] or "app.internal"
-        return f"write the host name only, without the scheme, as in {name!r}"
-    if "/" in host:
-        name = host.split("/", 1)[0] or "app.internal"
-        return f"write the host name only, as in {name!r}, and the path in path"
-    port: str | None = None
-    if host.startswith("["):
-        name, close, rest = host[1:].partition("]")
-        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
-            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
-        if rest:
-            port = rest[1:]
-    elif host.count(":") > 1:
-        if _is_ipv6(host):
-            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
-        return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
-    else:
-        name, colon, rest = host.partition(":")
-        if not _HOST_NAME.fullmatch(name):
-            return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
-        if colon:
-            port = rest
-    if port is not None and not (
-        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
-    ):
-        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
     return None
 
 
