@@ -225,18 +225,24 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
-    """An integer >= ``minimum`` (and <= ``maximum``); booleans and floats (even 2.0) fail."""
+def _integer_problem(value: object, minimum: int, maximum: int | None = None) -> str | None:
+    """Why ``value`` is not an integer >= ``minimum`` (and <= ``maximum``): not a bool or float."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        found = _describe(value)
+    elif value < minimum or (maximum is not None and value > maximum):
+        found = repr(value)
+    else:
+        return None
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    return f"must be an integer {bounds}, not {found}"
 
+
+def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
     def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            found = _describe(value)
-        elif value < minimum or (maximum is not None and value > maximum):
-            found = repr(value)
-        else:
-            return value
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        _fail(f"must be an integer {bounds}, not {found}")
+        problem = _integer_problem(value, minimum, maximum)
+        if problem is not None:
+            _fail(problem)
+        return value  # type: ignore[return-value]
 
     return _v(check)
 
@@ -538,19 +544,37 @@ def _about_key(problem: str, cert: str, key: str) -> bool:
 
 
 def _expect_status(value: object, info: ValidationInfo) -> tuple[int, int]:
+    """A status code from 100 to 599 (an integer or a string), or a range ``"LOW-HIGH"``."""
     if isinstance(value, tuple | list) and not info.context:  # (low, high), built in code
         low, high = value
         return (low, high)
     if isinstance(value, bool) or not isinstance(value, int | str):
         _fail(f"must be a status code or a range, as in {_STATUS_EXAMPLES}, not {_describe(value)}")
-    problem = _status_problem(value)
-    if problem is not None:
-        _fail(problem)
-    if isinstance(value, int):
-        return (value, value)
-    match = _STATUS_RANGE.fullmatch(value)
-    assert match is not None
-    return (int(match["low"]), int(match["high"] or match["low"]))
+    match = _STATUS_RANGE.fullmatch(value) if isinstance(value, str) else None
+    if isinstance(value, str) and match is None:
+        status_class = _STATUS_CLASS.fullmatch(value)
+        if status_class is not None:
+            digit = status_class["digit"]
+            _fail(
+                f"{value!r}: write a class of codes as a range, "
+                f'as in expect_status = "{digit}00-{digit}99"'
+            )
+        _fail(f"{value!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}")
+    codes = [value] if match is None else [code for code in match.groups() if code is not None]
+    for code in codes:
+        if len(str(code)) != 3 or not 100 <= int(code) <= 599:
+            within = f" in {value!r}" if len(codes) == 2 else ""
+            _fail(
+                f"{code!r}{within} is not an HTTP status code (100 to 599); "
+                f"write one as in {_STATUS_EXAMPLES}"
+            )
+    low, high = int(codes[0]), int(codes[-1])
+    if low > high:
+        _fail(
+            f"{value!r} is an empty range; write the lowest code first, "
+            f'as in expect_status = "{high}-{low}"'
+        )
+    return (low, high)
 
 
 def _jitter(value: object) -> float:
@@ -727,23 +751,10 @@ def weight_problem(value: object) -> str | None:
     and floats are not), as ``"must be an integer from 1 to 256, not 0"``, or ``None``. The
     one rule of the config's ``weight``, the admin API's and the runtime changes'.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        found = _describe(value)
-    elif 1 <= value <= MAX_WEIGHT:
-        return None
-    else:
-        found = repr(value)
-    return f"must be an integer from 1 to {MAX_WEIGHT}, not {found}"
+    return _integer_problem(value, 1, MAX_WEIGHT)
 
 
-def _weight(value: object) -> int:
-    problem = weight_problem(value)
-    if problem is not None:
-        _fail(problem)
-    return value  # type: ignore[return-value]
-
-
-_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _v(_weight)]
+_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _integer(1, MAX_WEIGHT)]
 _Files = Annotated[str, _v(_file), _Unit("path")]
 
 
@@ -2121,41 +2132,6 @@ def _path_problem(path: str, query: bool) -> str | None:
         return (
             f"{path!r}: write the path as requests carry it, in ASCII without spaces, "
             f"as in {encoded!r}"
-        )
-    return None
-
-
-def _status_problem(status: int | str) -> str | None:
-    """What is wrong with an http check's ``expect_status``, or ``None``."""
-    if isinstance(status, int):
-        if 100 <= status <= 599:
-            return None
-        return (
-            f"{status!r} is not an HTTP status code (100 to 599); "
-            f"write one as in {_STATUS_EXAMPLES}"
-        )
-    match = _STATUS_RANGE.fullmatch(status)
-    if match is None:
-        status_class = _STATUS_CLASS.fullmatch(status)
-        if status_class is not None:
-            digit = status_class["digit"]
-            return (
-                f"{status!r}: write a class of codes as a range, "
-                f'as in expect_status = "{digit}00-{digit}99"'
-            )
-        return f"{status!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}"
-    codes = [match["low"]] if match["high"] is None else [match["low"], match["high"]]
-    for code in codes:
-        if len(code) != 3 or not 100 <= int(code) <= 599:
-            within = f" in {status!r}" if len(codes) == 2 else ""
-            return (
-                f"{code!r}{within} is not an HTTP status code (100 to 599); "
-                f"write one as in {_STATUS_EXAMPLES}"
-            )
-    if len(codes) == 2 and int(codes[0]) > int(codes[1]):
-        return (
-            f"{status!r} is an empty range; write the lowest code first, "
-            f'as in expect_status = "{codes[1]}-{codes[0]}"'
         )
     return None
 
