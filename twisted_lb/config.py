@@ -1000,24 +1000,21 @@ class OutlierDetectionConfig(_Model):
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         base_written = data.get("base_ejection_time", defaults.BASE_EJECTION_TIME)
-        base, cap = (
-            _to_seconds(base_written),
-            _to_seconds(data.get("max_ejection_time", defaults.MAX_EJECTION_TIME)),
-        )
-        if base is None or cap is None or cap >= base or base <= 0 or cap <= 0:
+        cap_written = data.get("max_ejection_time", defaults.MAX_EJECTION_TIME)
+        base, cap = _to_seconds(base_written), _to_seconds(cap_written)
+        if base is None or cap is None or not 0 < cap < base:
             return
         if "max_ejection_time" in data:
             message = (
-                f"must be >= base_ejection_time ({base_written!r}), "
-                f"not {data['max_ejection_time']!r}; raise it or lower base_ejection_time"
+                f"must be >= base_ejection_time ({base_written!r}), not {cap_written!r}; "
+                "raise it or lower base_ejection_time"
             )
-            data["max_ejection_time"] = _Refused(message)
         else:
             message = (
                 f"is {cap!r} by default, below base_ejection_time ({base_written!r}); "
                 f"add max_ejection_time = {base_written!r} or more, or lower base_ejection_time"
             )
-            data["max_ejection_time"] = _Refused(message)
+        data["max_ejection_time"] = _Refused(message)
 
 
 class PoolTLSConfig(_Model):
@@ -1160,39 +1157,36 @@ class PoolConfig(_Model):
         data["backends"] = backends = [
             {"address": item} if isinstance(item, str) else item for item in backends
         ]
-        names: dict[str, str] = {}
+        names: dict[object, str] = {}
         addresses: dict[object, str] = {}
         where = join_key("pools", str(data.get("name", "")))
         for index, item in enumerate(backends):
             if not isinstance(item, Mapping):
                 continue
             item = backends[index] = dict(item)
-            item_key = f"{where}.backends[{index}]"
-            default_name = f"{data.get('name')}{index + 1}"
+            key, default_name = f"{where}.backends[{index}]", f"{data.get('name')}{index + 1}"
             written = "name" in item
             name = item.setdefault("name", default_name)
+            used = _first(names, name, key) if isinstance(name, str) and name else None
             if name == "":
                 item["name"] = _Refused(f"must not be empty; leave it out to use {default_name!r}")
-            elif isinstance(name, str) and name in names:
+            elif used is not None:
                 item["name"] = _Refused(
-                    f"backend name {name!r} is already used by {names[name]}; "
+                    f"backend name {name!r} is already used by {used}; "
                     "give each backend a unique name",
                     up=0 if written else 1,
                 )
-            elif isinstance(name, str):
-                names[name] = item_key
             address = item.get("address")
             try:
                 parsed: object = parse_address(address) if isinstance(address, str) else None
             except ValueError:
                 parsed = None
-            if parsed is not None and parsed in addresses:
+            used = None if parsed is None else _first(addresses, parsed, key)
+            if used is not None:
                 item["address"] = _Refused(
-                    f"{address!r} is already used by {addresses[parsed]}; "
+                    f"{address!r} is already used by {used}; "
                     "list each backend once and give it a higher weight instead"
                 )
-            elif parsed is not None:
-                addresses[parsed] = item_key
         cls._check_strategy(data, info)
         cls._check_server_name(data, backends)
 
@@ -1214,9 +1208,7 @@ class PoolConfig(_Model):
     def _check_server_name(cls, data: dict[str, Any], backends: list[Any]) -> None:
         """With verification on and no ``server_name``, a UNIX socket backend has no host."""
         tls = data.get("tls")
-        if not isinstance(tls, Mapping) or tls.get("verify", True) is False:
-            return
-        if "server_name" in tls:
+        if not isinstance(tls, Mapping) or tls.get("verify", True) is False or "server_name" in tls:
             return
         for index, backend in enumerate(backends):
             address = backend.get("address") if isinstance(backend, Mapping) else None
@@ -1231,6 +1223,12 @@ class PoolConfig(_Model):
                     ),
                 }
                 return
+
+
+def _first(seen: dict[object, str], value: object, key: str) -> str | None:
+    """Where ``value`` was first seen, or ``None`` (and ``key`` is recorded) the first time."""
+    first = seen.setdefault(value, key)
+    return None if first == key else first
 
 
 def _require_pool(data: dict[str, Any], info: ValidationInfo) -> None:
@@ -1402,15 +1400,6 @@ class FrontendConfig(_Model):
         "listen": f'listen = ["{_LISTEN_EXAMPLE}"]',
     }
     _hidden = ("name",)
-    _http_keys: ClassVar[tuple[str, ...]] = (
-        "header_timeout",
-        "max_header_bytes",
-        "max_body_bytes",
-        "trusted_proxies",
-        "routes",
-        "tunnel_timeout",
-        "underscores_in_headers",
-    )
     _aliases = {
         "maxconn": "max_connections",
         "bind": "listen",
@@ -1502,8 +1491,8 @@ class FrontendConfig(_Model):
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if data.get("mode") == "tcp":
-            for key in cls._http_keys:
-                if key in data:
+            for key, field in cls.model_fields.items():
+                if field.json_schema_extra == {"mode": "http"} and key in data:
                     data[key] = _Refused(_ONLY_HTTP)
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
@@ -1524,22 +1513,17 @@ class FrontendConfig(_Model):
         routes = data.get("routes")
         if isinstance(routes, list):
             data["routes"] = routes = list(routes)
-            where = join_key(join_key("frontends", str(data.get("name", ""))), "routes")
-            seen: dict[tuple[object, object], str] = {}
+            seen: dict[object, str] = {}
             for index, route in enumerate(routes):
-                if not isinstance(route, Mapping) or not (
-                    "host" in route or "path_prefix" in route
-                ):
-                    continue
-                host, prefix = route.get("host"), route.get("path_prefix")
-                match = (host.lower() if isinstance(host, str) else repr(host), repr(prefix))
-                if match in seen:
-                    routes[index] = _Refused(
-                        f"matches the same requests as {seen[match]}, which comes first and "
-                        "wins; remove one of them"
-                    )
-                else:
-                    seen[match] = f"{where}[{index}]"
+                if isinstance(route, Mapping) and ("host" in route or "path_prefix" in route):
+                    host, prefix = route.get("host"), route.get("path_prefix")
+                    match = (host.lower() if isinstance(host, str) else repr(host), repr(prefix))
+                    used = _first(seen, match, f"{where}.routes[{index}]")
+                    if used is not None:
+                        routes[index] = _Refused(
+                            f"matches the same requests as {used}, which comes first "
+                            "and wins; remove one of them"
+                        )
 
 
 class GlobalConfig(_Model):
@@ -1757,16 +1741,13 @@ class Config(_Model):
                     else table
                     for name, table in data[key].items()
                 }
-        listeners: dict[str, str] = {}
+        listeners: dict[object, str] = {}
 
         def claim(endpoint: str, key: str) -> str | None:
-            if endpoint in listeners:
-                used = listeners[endpoint]
-                return (
-                    f"{endpoint!r} is already used by {used}; give each listener its own endpoint"
-                )
-            listeners[endpoint] = key
-            return None
+            used = _first(listeners, endpoint, key)
+            if used is None:
+                return None
+            return f"{endpoint!r} is already used by {used}; give each listener its own endpoint"
 
         frontends = data.get("frontends")
         for name, table in frontends.items() if isinstance(frontends, dict) else ():
