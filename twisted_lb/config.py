@@ -19,6 +19,7 @@ certificate, key and CA files, ciphers and curves are usable.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
@@ -376,16 +377,16 @@ def _tls_listener_problem(text: str, where: str) -> str | None:
         return None
     prefix = "" if inner is None else text[: len(text) - len(inner)]
     fix = f"{prefix}tcp:{rest.split(':')[0] or '443'}"
+    proxy = (
+        " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy and nginx's "
+        "proxy_protocol send it)"
+        if inner is not None
+        else ""
+    )
     return (
         f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
         f"[{where}.tls], and its backends would be told the scheme is http; listen on "
-        f"{fix!r} and put the certificate in [{where}.tls]"
-        + (
-            " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
-            "and nginx's proxy_protocol send it)"
-            if inner is not None
-            else ""
-        )
+        f"{fix!r} and put the certificate in [{where}.tls]{proxy}"
     )
 
 
@@ -1564,26 +1565,29 @@ class GlobalConfig(_Model):
 _ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
 
 
-def _exposed_endpoint(text: str) -> str | None:
-    """Where an endpoint listens that other hosts can reach, or ``None`` (or not valid)."""
+def _exposed_problem(text: str) -> str | None:
+    """Why an admin listener without a token is refused (other hosts can reach it), or ``None``."""
     from twisted.internet.endpoints import UNIXServerEndpoint
 
     if _endpoint_problem(text) is not None:
         return None
     endpoint = serverFromString(MemoryReactor(), text)
+    interface = getattr(endpoint, "_interface", None)
     if isinstance(endpoint, UNIXServerEndpoint):
         return None
-    interface = getattr(endpoint, "_interface", None)
-    if not isinstance(interface, str):
-        return f"an address this check cannot see ({text.partition(':')[0]}:)"
-    if interface in ("", "::", "0.0.0.0"):
-        return "all interfaces"
-    try:
-        if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return interface
+    if not isinstance(interface, str):  # systemd:, plugins
+        interface = f"an address this check cannot see ({text.partition(':')[0]}:)"
+    elif interface in ("", "::", "0.0.0.0"):
+        interface = "all interfaces"
+    else:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
+                return None
+    return (
+        f"{text!r} listens on {interface}, which other hosts can reach: set admin.token_file "
+        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
+        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
+    )
 
 
 def _socket_mode(value: object) -> int:
@@ -1661,19 +1665,7 @@ class AdminConfig(_Model):
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if "token_file" in data:
             return
-        _check_listen(data, "admin.listen", lambda item, _: _exposed_message(item))
-
-
-def _exposed_message(endpoint: str) -> str | None:
-    """Why an admin listener without a token is refused: other hosts can reach it."""
-    exposed = _exposed_endpoint(endpoint)
-    if exposed is None:
-        return None
-    return (
-        f"{endpoint!r} listens on {exposed}, which other hosts can reach: set admin.token_file "
-        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
-        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
-    )
+        _check_listen(data, "admin.listen", lambda item, _: _exposed_problem(item))
 
 
 class Config(_Model):
@@ -1763,15 +1755,9 @@ class Config(_Model):
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """
-    Read and validate a TOML config file.
+    Read and validate a TOML config file; problems name it as given in ``path``.
 
     The file is read synchronously: call this before the reactor runs, or in a thread.
-
-    Args:
-        path: the file. Problems name it as given here.
-
-    Returns:
-        The validated config.
 
     Raises:
         ConfigError: the file cannot be read (``lb.toml: cannot read: ...``), is not valid TOML
@@ -1794,14 +1780,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """
-    Validate a config given as TOML text.
-
-    Args:
-        text: the document.
-        path: the name problems are reported against, and ``Config.path``.
-
-    Returns:
-        The validated config.
+    Validate a config given as TOML text; ``path`` names it in problems and is ``Config.path``.
 
     Raises:
         ConfigError: the text is not valid TOML (one problem, ``line L, column C: invalid
@@ -1837,16 +1816,9 @@ def _syntax_problem(text: str, path: str, error: tomllib.TOMLDecodeError) -> Pro
 
 def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config:
     """
-    Validate an already parsed document: the tables :func:`tomllib.loads` returns.
-
-    Use this to build a config in code; values must have the types TOML would give them.
-
-    Args:
-        data: the top-level table.
-        path: the name problems are reported against, and ``Config.path``.
-
-    Returns:
-        The validated config.
+    Validate an already parsed document (the tables :func:`tomllib.loads` returns), to build a
+    config in code: values must have the types TOML would give them. ``path`` names it in
+    problems and is ``Config.path``.
 
     Raises:
         ConfigError: every problem found in ``data``.
