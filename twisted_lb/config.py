@@ -1722,17 +1722,11 @@ class Config(_Model):
                 )
             elif isinstance(data[key], Mapping):
                 model = FrontendConfig if key == "frontends" else PoolConfig
-                data[key] = {
-                    name: {
-                        **table,
-                        "name": _Refused(model._unknown("name", model.keys()))
-                        if "name" in table
-                        else name,
-                    }
-                    if isinstance(table, Mapping)
-                    else table
-                    for name, table in data[key].items()
-                }
+                data[key] = tables = dict(data[key])
+                for name, table in tables.items():  # the table's name is its key
+                    if isinstance(table, Mapping):
+                        written = _Refused(model._unknown("name", model.keys()))
+                        tables[name] = {**table, "name": written if "name" in table else name}
         listeners: dict[object, str] = {}
 
         def claim(endpoint: str, key: str) -> str | None:
