@@ -196,7 +196,7 @@ class AdminConfigTests(SynchronousTestCase):
 
     def test_summary(self) -> None:
         """``twisted-lb check`` shows the admin listeners last."""
-        from twisted_lb.config import format_summary
+        from twisted_lb.cli import format_summary
 
         config = parse_config(
             FRONTEND

@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests._harness import TWISTED_LB
 from twisted_lb import strategies
+from twisted_lb.cli import format_summary
 from twisted_lb.config import (
     BackendConfig,
     CertificateConfig,
@@ -39,7 +40,6 @@ from twisted_lb.config import (
     Problem,
     RouteConfig,
     config_from_dict,
-    format_summary,
     json_schema,
     json_schema_text,
     load_config,

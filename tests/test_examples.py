@@ -11,8 +11,8 @@ from pathlib import Path
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_lb.cli import check
-from twisted_lb.config import format_summary, load_config
+from twisted_lb.cli import check, format_summary
+from twisted_lb.config import load_config
 from twisted_lb.service import LoadBalancerService
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

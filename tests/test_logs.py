@@ -560,7 +560,7 @@ class AccessLogConfigTests(SynchronousTestCase):
 
     def test_summary(self) -> None:
         """``twisted-lb check`` shows where the access lines go, unless it is the default."""
-        from twisted_lb.config import format_summary
+        from twisted_lb.cli import format_summary
 
         def summary(text: str) -> list[str]:
             config = parse_config("[global]\n" + text + GLOBAL_FRONTEND, "/etc/lb/lb.toml")

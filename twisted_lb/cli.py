@@ -21,8 +21,14 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from twisted_lb import __version__
 from twisted_lb.config import (
+    Config,
     ConfigError,
-    format_summary,
+    FrontendTLSConfig,
+    HealthCheckConfig,
+    OutlierDetectionConfig,
+    PoolConfig,
+    PoolTLSConfig,
+    RouteConfig,
     json_schema_text,
     load_config,
     parse_config,
@@ -61,6 +67,224 @@ def schema(out: TextIO = sys.stdout) -> int:
     """
     out.write(json_schema_text())
     return 0
+
+
+def format_summary(config: Config) -> str:
+    """
+    Describe a valid config on one screen: the ``[global]`` settings that differ from their
+    defaults; each frontend with its mode, its TLS, its routes (``http``), the pools it uses
+    with their TLS to the backends, health check, outlier detection, slow start and panic
+    mode when set, and their backends with their state when it is not ``ready``; then the
+    pools nothing uses, under ``unused:``.
+
+    A pool used several times is described in full the first time only.
+
+    Example::
+
+        lb.toml: OK
+        frontend web (http) listen tcp:8443:interface=127.0.0.1 -> pool app
+          tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2
+          route host=api.example.com path_prefix=/v1/ -> pool api
+          pool app: round_robin, connect_timeout 5.0 s, retries 2
+            tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem
+            health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399
+            outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%
+            slow start 30.0 s, panic: all backends when none is UP
+            app1  127.0.0.1:9001  weight 1
+            big   127.0.0.1:9002  weight 3  drain
+          pool api: round_robin, connect_timeout 5.0 s, retries 2
+            api1  127.0.0.1:9101  weight 1
+
+    Args:
+        config: a config returned by :func:`load_config` or :func:`parse_config`.
+
+    Returns:
+        The lines, joined with newlines, without a final newline.
+    """
+    lines = [f"{config.path}: OK"]
+    if config.global_config.log_format != "text":
+        lines.append(f"global: log_format {config.global_config.log_format}")
+    access_log = config.global_config.access_log
+    if access_log is False:
+        lines.append("global: access_log off")
+    elif isinstance(access_log, str):
+        lines.append(f"global: access_log {access_log}")
+    shown: set[str] = set()
+    for frontend in config.frontends.values():
+        lines.append(
+            f"frontend {frontend.name} ({frontend.mode}) listen {', '.join(frontend.listen)}"
+            f" -> pool {frontend.pool}"
+        )
+        if frontend.tls is not None:
+            lines.append(f"  {_frontend_tls_summary(frontend.tls)}")
+        used = [frontend.pool]
+        for route in frontend.routes:
+            lines.append(f"  {_route_summary(route)}")
+            if route.pool not in used:
+                used.append(route.pool)
+        for name in used:
+            pool = config.pools.get(name)
+            if pool is None:
+                lines.append(f"  pool {name}: (not defined)")
+            elif pool.name in shown:
+                lines.append(f"  pool {pool.name}: (as above)")
+            else:
+                shown.add(pool.name)
+                lines.extend(_pool_summary(pool))
+    unused = [pool for name, pool in config.pools.items() if name not in shown]
+    if unused:
+        lines.append("unused:")
+        for pool in unused:
+            lines.extend(_pool_summary(pool))
+    admin = config.admin
+    if admin is not None:
+        settings = [f"socket_mode {admin.socket_mode:04o}"]
+        settings.append(f"token {admin.token_file}" if admin.token_file else "no token")
+        if admin.state_file:
+            settings.append(f"state_file {admin.state_file}")
+        lines.append(f"admin listen {', '.join(admin.listen)} ({', '.join(settings)})")
+    return "\n".join(lines)
+
+
+def _route_summary(route: RouteConfig) -> str:
+    """
+    ``route host=api.example.com path_prefix=/v1/ -> pool api``, with the parts it has.
+    """
+    parts = ["route"]
+    if route.host is not None:
+        parts.append(f"host={route.host}")
+    if route.path_prefix is not None:
+        parts.append(f"path_prefix={route.path_prefix}")
+    return f"{' '.join(parts)} -> pool {route.pool}"
+
+
+def _pool_summary(pool: PoolConfig) -> list[str]:
+    """
+    A pool's line and its backends' lines, in aligned columns, indented under a frontend.
+    """
+    options = ""
+    if pool.strategy_options:
+        pairs = ", ".join(f"{key}={_thaw(value)!r}" for key, value in pool.strategy_options.items())
+        options = f" ({pairs})"
+    lines = [
+        f"  pool {pool.name}: {pool.strategy}{options}, "
+        f"connect_timeout {pool.connect_timeout} s, retries {pool.retries}"
+    ]
+    if pool.tls is not None:
+        lines.append(f"    {_pool_tls_summary(pool.tls)}")
+    if pool.health_check is not None:
+        lines.extend(_health_check_summary(pool.health_check))
+    if pool.outlier_detection is not None:
+        lines.append(f"    {_outlier_detection_summary(pool.outlier_detection)}")
+    extras = []
+    if pool.slow_start:
+        extras.append(f"slow start {pool.slow_start} s")
+    if pool.panic:
+        extras.append("panic: all backends when none is UP")
+    if extras:
+        lines.append(f"    {', '.join(extras)}")
+    name_width = max(len(backend.name) for backend in pool.backends)
+    address_width = max(len(backend.address) for backend in pool.backends)
+    for backend in pool.backends:
+        line = (
+            f"    {backend.name:<{name_width}}  {backend.address:<{address_width}}"
+            f"  weight {backend.weight}"
+        )
+        if backend.backup:
+            line += "  backup"
+        if backend.state != "ready":
+            line += f"  {backend.state}"
+        lines.append(line)
+    return lines
+
+
+def _frontend_tls_summary(tls: FrontendTLSConfig) -> str:
+    """
+    ``tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2``, and whether client
+    certificates are asked for.
+    """
+    count = len(tls.certificates)
+    line = (
+        f"tls: {count} certificate{'s' if count > 1 else ''} "
+        f"(first: {tls.certificates[0].cert}), min {tls.min_version}"
+    )
+    if tls.verify_client != "none":
+        line += f", client certs {tls.verify_client}"
+    return line
+
+
+def _pool_tls_summary(tls: PoolTLSConfig) -> str:
+    """
+    ``tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem`` (each backend's
+    host and the platform's trust store by default), or ``verify OFF``; and the client
+    certificate, for mutual TLS.
+    """
+    if tls.verify:
+        line = (
+            f"tls to backends: verify server_name={tls.server_name or '(backend host)'}, "
+            f"ca={tls.ca or '(system trust store)'}"
+        )
+    else:
+        line = "tls to backends: verify OFF"
+        if tls.server_name is not None:
+            line += f", server_name={tls.server_name}"
+    if tls.client_cert is not None:
+        line += f", client cert {tls.client_cert}"
+    return line
+
+
+def _health_check_summary(check: HealthCheckConfig) -> list[str]:
+    """
+    ``health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399``,
+    indented under its pool, and a second line with the ``Host``, the body pattern, the
+    down interval and the jitter when they are set or not the default.
+    """
+    what = f"http GET {check.path}" if check.kind == "http" else "tcp connect"
+    line = (
+        f"    health {what} every {check.interval} s, timeout {check.timeout} s, "
+        f"rise {check.rise}, fall {check.fall}"
+    )
+    more = []
+    if check.kind == "http":
+        low, high = check.expect_status
+        line += f", expect {low}" if low == high else f", expect {low}-{high}"
+        if check.host is not None:
+            more.append(f"Host {check.host}")
+        if check.expect_body is not None:
+            more.append(f"body ~ {check.expect_body!r}")
+    if check.down_interval is not None:
+        more.append(f"every {check.down_interval} s when DOWN")
+    if check.jitter != 0.1:
+        more.append(f"jitter {check.jitter}")
+    if not more:
+        return [line]
+    return [line, f"      {', '.join(more)}"]
+
+
+def _outlier_detection_summary(outliers: OutlierDetectionConfig) -> str:
+    """
+    ``outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%``, and whether
+    5xx responses count.
+    """
+    line = (
+        f"outliers: eject after {outliers.consecutive_failures} failures "
+        f"for {outliers.base_ejection_time} s (max {outliers.max_ejection_time} s), "
+        f"at most {outliers.max_ejection_percent}%"
+    )
+    if outliers.count_5xx:
+        line += ", 5xx counted"
+    return line
+
+
+def _thaw(value: object) -> object:
+    """
+    Undo the config's freezing for display: read-only tables become dicts and tuples lists.
+    """
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
 
 
 _DEMO_BACKEND_PAGE = "Hello from backend {number} (pid {pid})\n"

@@ -19,6 +19,7 @@ certificate, key and CA files, ciphers and curves are usable.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import json
@@ -67,7 +68,6 @@ __all__ = [
     "Problem",
     "RouteConfig",
     "config_from_dict",
-    "format_summary",
     "json_schema",
     "load_config",
     "parse_config",
@@ -201,11 +201,7 @@ def _quote_list(words: Iterable[str]) -> str:
 
 
 def _suggest(word: str, choices: Sequence[str], plural: str, any_case: bool = False) -> str:
-    """
-    The end of a message about an unknown name: ``" (did you mean 'x'?)"`` when one of
-    ``choices`` is close (:func:`difflib.get_close_matches`, as written or in lower case), else
-    ``"; {plural} are: ..."``. ``any_case`` compares in lower case only, for ``"tlsv1.2"``.
-    """
+    """``" (did you mean 'x'?)"`` for a close choice, else ``"; {plural} are: ..."``."""
     folded = {choice.lower(): choice for choice in choices}
     if any_case:
         close = [folded[c] for c in difflib.get_close_matches(word.lower(), list(folded), n=1)]
@@ -230,18 +226,24 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
-    """An integer >= ``minimum`` (and <= ``maximum``); booleans and floats (even 2.0) fail."""
+def _integer_problem(value: object, minimum: int, maximum: int | None = None) -> str | None:
+    """Why ``value`` is not an integer >= ``minimum`` (and <= ``maximum``): not a bool or float."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        found = _describe(value)
+    elif value < minimum or (maximum is not None and value > maximum):
+        found = repr(value)
+    else:
+        return None
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    return f"must be an integer {bounds}, not {found}"
 
+
+def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
     def check(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            found = _describe(value)
-        elif value < minimum or (maximum is not None and value > maximum):
-            found = repr(value)
-        else:
-            return value
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        _fail(f"must be an integer {bounds}, not {found}")
+        problem = _integer_problem(value, minimum, maximum)
+        if problem is not None:
+            _fail(problem)
+        return value  # type: ignore[return-value]
 
     return _v(check)
 
@@ -268,9 +270,7 @@ def _to_seconds(value: object) -> float | None:
 
 
 def _seconds(zero_means: str | None = None) -> BeforeValidator:
-    """
-    A duration: finite and > 0, or >= 0 with ``zero_means`` (such as ``"off"``), as a float.
-    """
+    """A duration as a float: > 0, or >= 0 with ``zero_means`` (such as ``"off"``)."""
 
     def check(value: object) -> float:
         seconds = _to_seconds(value)
@@ -311,16 +311,18 @@ def _text(problem: Callable[[str], str | None]) -> BeforeValidator:
     return _v(check)
 
 
-def _array(example: str, item: str = "strings") -> Callable[[object, ValidationInfo], Any]:
-    """An array, frozen to a tuple; ``example`` is what the message shows (``{key}``: the key)."""
+def _array(
+    kind: str, empty: str | None = None, table: bool = False, brackets: bool = False
+) -> Callable[[object], Any]:
+    """An array, as a tuple (with ``table``: a table); ``empty`` is the message for none."""
 
-    def check(value: object, info: ValidationInfo) -> tuple[object, ...]:
-        if isinstance(value, tuple):
-            return value
-        if not isinstance(value, list):
-            shown = example.replace("{key}", info.field_name or "")
-            _fail(f"must be an array of {item}, as in {shown}, not {_describe(value)}")
-        return tuple(value)
+    def check(value: object) -> Any:
+        if not isinstance(value, Mapping if table else list | tuple):
+            hint = "; put the table in brackets" if brackets and isinstance(value, Mapping) else ""
+            _fail(f"must be {kind}, not {_describe(value)}{hint}")
+        if not value and empty is not None:
+            _fail(empty)
+        return dict(value) if table else tuple(value)
 
     return check
 
@@ -353,13 +355,7 @@ def _key_path(loc: Sequence[str | int]) -> str:
 
 
 def _endpoint_problem(text: str) -> str | None:
-    """
-    Check a server endpoint description with Twisted's own parser, on a :class:`MemoryReactor`
-    so that nothing listens, and its port (0 to 65535), which the parser does not check.
-
-    Parsers of some endpoint types look at the environment while they build (``ssl:`` reads
-    its certificate files, ``systemd:`` its inherited descriptors), and their errors count.
-    """
+    """What Twisted's parser (on a MemoryReactor: nothing listens) finds wrong with an endpoint."""
     try:
         endpoint = serverFromString(MemoryReactor(), text)
     except ValueError as e:
@@ -373,36 +369,39 @@ def _endpoint_problem(text: str) -> str | None:
     return None
 
 
-def _tls_endpoint(text: str) -> bool:
-    """
-    Whether a server endpoint description is Twisted's ``ssl:``, bare or under ``haproxy:``
-    (endpoint types are matched without case, as Twisted matches them).
-    """
+def _tls_listener_problem(text: str, where: str) -> str | None:
+    """Why a frontend's ``ssl:`` listener (bare or under ``haproxy:``) is refused, or ``None``."""
     inner = proxy_listener(text)
-    kind = (text if inner is None else inner).partition(":")[0]
-    return kind.lower() == "ssl"
-
-
-def _tls_listener_problem(text: str, where: str) -> str:
-    """
-    Why a frontend's ``ssl:`` or ``haproxy:ssl:`` listener is refused, and the fix: the same
-    port on ``tcp:`` (``haproxy:tcp:``) with the certificate in the frontend's ``tls`` table.
-    """
-    inner = proxy_listener(text)
+    kind, _, rest = (text if inner is None else inner).partition(":")
+    if kind.lower() != "ssl":  # endpoint types are matched without case, as Twisted does
+        return None
     prefix = "" if inner is None else text[: len(text) - len(inner)]
-    port = (text if inner is None else inner).split(":")[1:2] or ["443"]
-    fix = f"{prefix}tcp:{port[0] or '443'}"
+    fix = f"{prefix}tcp:{rest.split(':')[0] or '443'}"
+    proxy = (
+        " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy and nginx's "
+        "proxy_protocol send it)"
+        if inner is not None
+        else ""
+    )
     return (
         f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
         f"[{where}.tls], and its backends would be told the scheme is http; listen on "
-        f"{fix!r} and put the certificate in [{where}.tls]"
-        + (
-            " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy "
-            "and nginx's proxy_protocol send it)"
-            if inner is not None
-            else ""
-        )
+        f"{fix!r} and put the certificate in [{where}.tls]{proxy}"
     )
+
+
+def _check_listen(table: dict[str, Any], where: str, refuse: Callable[[str, str], Any]) -> None:
+    """Refuse each endpoint of ``table["listen"]`` for which ``refuse(endpoint, key)`` says why."""
+    listen = table.get("listen")
+    if not isinstance(listen, str | list):
+        return
+    items = [listen] if isinstance(listen, str) else list(listen)
+    for index, item in enumerate(items):
+        key = where if isinstance(listen, str) else f"{where}[{index}]"
+        message = refuse(item, key) if isinstance(item, str) else None
+        if message is not None:
+            items[index] = _Refused(message)
+    table["listen"] = items[0] if isinstance(listen, str) else items
 
 
 _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
@@ -450,22 +449,7 @@ _STRATEGY_ALIASES = {
 }
 
 
-def _listen_of(example: str) -> Callable[[object, ValidationInfo], tuple[object, ...]]:
-    """A ``listen`` key: one endpoint description or an array of them (at least one)."""
-
-    def listen(value: object, info: ValidationInfo) -> tuple[object, ...]:
-        if isinstance(value, str):
-            return (_endpoint_of(example)(value),)
-        if isinstance(value, list | tuple) and not value:
-            _fail(f'must list at least one endpoint, as in listen = ["{example}"]')
-        if not isinstance(value, list | tuple):
-            _fail(f"must be a string or an array of strings, not {_describe(value)}")
-        return tuple(value)
-
-    return listen
-
-
-def _endpoint_of(example: str) -> Callable[[object], str]:
+def _endpoint(example: str) -> Callable[[object], str]:
     """One server endpoint description, checked by Twisted's parser (:func:`_endpoint_problem`)."""
 
     def endpoint(value: object) -> str:
@@ -479,8 +463,16 @@ def _endpoint_of(example: str) -> Callable[[object], str]:
     return endpoint
 
 
-_listen = _listen_of(_LISTEN_EXAMPLE)
-_endpoint = _endpoint_of(_LISTEN_EXAMPLE)
+def _listen(example: str) -> BeforeValidator:
+    """A ``listen`` key: one endpoint description or an array of them (at least one)."""
+    many = _array(
+        "a string or an array of strings",
+        f'must list at least one endpoint, as in listen = ["{example}"]',
+    )
+    return _v(
+        lambda value: (_endpoint(example)(value),) if isinstance(value, str) else many(value),
+        str | list[str],
+    )
 
 
 def _network(value: object) -> str:
@@ -507,10 +499,7 @@ def _pool_reference(value: object, info: ValidationInfo) -> str:
 
 
 def _file(value: object, info: ValidationInfo) -> str:
-    """
-    A file of a ``tls`` table: a non-empty path, made absolute against the directory of the
-    config file (the current directory for a config that is not from a file).
-    """
+    """A non-empty path, made absolute against the directory of the config file."""
     path, key = _string(value), info.field_name or "path"
     if not path:
         _fail(f"must not be empty; write a path, as in {key} = {_FILE_EXAMPLES.get(key, '')}")
@@ -529,11 +518,7 @@ def _ca_file(value: str | None, info: ValidationInfo) -> str | None:
 
 
 def _key_file(cert_field: str) -> AfterValidator:
-    """
-    A private key file, checked with its certificate (the field ``cert_field``, validated
-    before it) by :func:`twisted_lb.tls.certificate_problem`; the problem is reported on the
-    file it is about.
-    """
+    """A private key, checked with its certificate ``cert_field`` by tls.py."""
 
     def check(key: str | None, info: ValidationInfo) -> str | None:
         from twisted_lb.tls import certificate_problem
@@ -551,12 +536,7 @@ def _key_file(cert_field: str) -> AfterValidator:
 
 
 def _about_key(problem: str, cert: str, key: str) -> bool:
-    """
-    Whether a problem that :func:`twisted_lb.tls.certificate_problem` found is about the key
-    file: its messages start with the file they are about, and a key that does not match its
-    certificate is the key's problem. When both are one file, only the messages about the
-    private key are the key's.
-    """
+    """Whether a problem of :func:`twisted_lb.tls.certificate_problem` is the key file's."""
     if problem.startswith(f"{key} does not match "):
         return True
     if cert == key:
@@ -565,19 +545,37 @@ def _about_key(problem: str, cert: str, key: str) -> bool:
 
 
 def _expect_status(value: object, info: ValidationInfo) -> tuple[int, int]:
+    """A status code from 100 to 599 (an integer or a string), or a range ``"LOW-HIGH"``."""
     if isinstance(value, tuple | list) and not info.context:  # (low, high), built in code
         low, high = value
         return (low, high)
     if isinstance(value, bool) or not isinstance(value, int | str):
         _fail(f"must be a status code or a range, as in {_STATUS_EXAMPLES}, not {_describe(value)}")
-    problem = _status_problem(value)
-    if problem is not None:
-        _fail(problem)
-    if isinstance(value, int):
-        return (value, value)
-    match = _STATUS_RANGE.fullmatch(value)
-    assert match is not None
-    return (int(match["low"]), int(match["high"] or match["low"]))
+    match = _STATUS_RANGE.fullmatch(value) if isinstance(value, str) else None
+    if isinstance(value, str) and match is None:
+        status_class = _STATUS_CLASS.fullmatch(value)
+        if status_class is not None:
+            digit = status_class["digit"]
+            _fail(
+                f"{value!r}: write a class of codes as a range, "
+                f'as in expect_status = "{digit}00-{digit}99"'
+            )
+        _fail(f"{value!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}")
+    codes = [value] if match is None else [code for code in match.groups() if code is not None]
+    for code in codes:
+        if len(str(code)) != 3 or not 100 <= int(code) <= 599:
+            within = f" in {value!r}" if len(codes) == 2 else ""
+            _fail(
+                f"{code!r}{within} is not an HTTP status code (100 to 599); "
+                f"write one as in {_STATUS_EXAMPLES}"
+            )
+    low, high = int(codes[0]), int(codes[-1])
+    if low > high:
+        _fail(
+            f"{value!r} is an empty range; write the lowest code first, "
+            f'as in expect_status = "{high}-{low}"'
+        )
+    return (low, high)
 
 
 def _jitter(value: object) -> float:
@@ -688,18 +686,11 @@ def _curve(value: object) -> str:
     return value
 
 
-def _curves(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list) or not value:
-        _fail(
-            f"must be a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's "
-            f"intermediate profile, the default), not {_describe(value)}"
-        )
-    return tuple(value)
-
-
 _CURVES_EXAMPLE = 'curves = ["X25519", "prime256v1", "secp384r1"]'
+_CURVES = (
+    f"a non-empty array of TLS group names, as in {_CURVES_EXAMPLE} (Mozilla's intermediate "
+    "profile, the default)"
+)
 
 
 def _verify_client(value: object) -> str:
@@ -734,20 +725,15 @@ def _access_log(value: object, info: ValidationInfo) -> bool | str:
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
 
 
-def _table_of(noun: str, example: str) -> Callable[[object], Any]:
-    """``frontends`` or ``pools``: a table of tables, at least one."""
-
-    def check(value: object) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            _fail(f"must be a table of {noun}s, as in [{example}], not {_describe(value)}")
-        if not value:
-            _fail(f"at least one {noun} is required; add one, as in [{example}]")
-        return dict(value)
-
-    return check
-
-
 _VERIFY_CLIENT = ("none", "optional", "required")
+
+
+def _tables(noun: str, example: str) -> Callable[[object], Any]:
+    """``frontends`` or ``pools``: a table of tables, at least one."""
+    kind, empty = f"a table of {noun}s, as in [{example}]", f"at least one {noun} is required"
+    return _array(kind, f"{empty}; add one, as in [{example}]", table=True)
+
+
 _Str = Annotated[str, _v(_string)]
 _Bool = Annotated[bool, _v(_boolean)]
 _Seconds = Annotated[float, _seconds(), _Unit("s")]
@@ -766,23 +752,10 @@ def weight_problem(value: object) -> str | None:
     and floats are not), as ``"must be an integer from 1 to 256, not 0"``, or ``None``. The
     one rule of the config's ``weight``, the admin API's and the runtime changes'.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
-        found = _describe(value)
-    elif 1 <= value <= MAX_WEIGHT:
-        return None
-    else:
-        found = repr(value)
-    return f"must be an integer from 1 to {MAX_WEIGHT}, not {found}"
+    return _integer_problem(value, 1, MAX_WEIGHT)
 
 
-def _weight(value: object) -> int:
-    problem = weight_problem(value)
-    if problem is not None:
-        _fail(problem)
-    return value  # type: ignore[return-value]
-
-
-_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _v(_weight)]
+_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _integer(1, MAX_WEIGHT)]
 _Files = Annotated[str, _v(_file), _Unit("path")]
 
 
@@ -965,12 +938,12 @@ class HealthCheckConfig(_Model):
         description="Each delay is drawn from ``interval * (1 ± jitter)`` so that checks "
         "spread out (HAProxy ``spread-checks``); 0 <= jitter < 1.",
     )
-    path: Annotated[str, _text(lambda path: _check_path_problem(path))] = Field(
+    path: Annotated[str, _text(lambda path: _path_problem(path, query=True))] = Field(
         defaults.CHECK_PATH,
         description="http only: the request target, from ``/``, in printable ASCII; it may "
         "have a query.",
     )
-    host: Annotated[str | None, _text(lambda host: _check_host_problem(host))] = Field(
+    host: Annotated[str | None, _text(lambda host: _host_problem(host, route=False))] = Field(
         None,
         description="http only: the ``Host`` header, a name or IP address with an optional "
         "``:port``; default: the backend's address.",
@@ -1028,24 +1001,21 @@ class OutlierDetectionConfig(_Model):
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         base_written = data.get("base_ejection_time", defaults.BASE_EJECTION_TIME)
-        base, cap = (
-            _to_seconds(base_written),
-            _to_seconds(data.get("max_ejection_time", defaults.MAX_EJECTION_TIME)),
-        )
-        if base is None or cap is None or cap >= base or base <= 0 or cap <= 0:
+        cap_written = data.get("max_ejection_time", defaults.MAX_EJECTION_TIME)
+        base, cap = _to_seconds(base_written), _to_seconds(cap_written)
+        if base is None or cap is None or not 0 < cap < base:
             return
         if "max_ejection_time" in data:
             message = (
-                f"must be >= base_ejection_time ({base_written!r}), "
-                f"not {data['max_ejection_time']!r}; raise it or lower base_ejection_time"
+                f"must be >= base_ejection_time ({base_written!r}), not {cap_written!r}; "
+                "raise it or lower base_ejection_time"
             )
-            data["max_ejection_time"] = _Refused(message)
         else:
             message = (
                 f"is {cap!r} by default, below base_ejection_time ({base_written!r}); "
                 f"add max_ejection_time = {base_written!r} or more, or lower base_ejection_time"
             )
-            data["max_ejection_time"] = _Refused(message)
+        data["max_ejection_time"] = _Refused(message)
 
 
 class PoolTLSConfig(_Model):
@@ -1128,7 +1098,14 @@ class PoolConfig(_Model):
     name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
     backends: Annotated[
         tuple[BackendConfig, ...],
-        _v(_backends, list[str | BackendConfig]),
+        _v(
+            _array(
+                f"an array of addresses or tables, as in {_BACKENDS_EXAMPLE} or "
+                'backends = ["127.0.0.1:9001"]',
+                f"must list at least one backend, as in {_BACKENDS_EXAMPLE}",
+            ),
+            list[str | BackendConfig],
+        ),
     ] = Field(description="At least one backend, in file order; names and addresses unique.")
     strategy: Annotated[str, _v(_strategy)] = Field(
         defaults.STRATEGY, description="The name of an installed strategy plugin."
@@ -1181,39 +1158,36 @@ class PoolConfig(_Model):
         data["backends"] = backends = [
             {"address": item} if isinstance(item, str) else item for item in backends
         ]
-        names: dict[str, str] = {}
+        names: dict[object, str] = {}
         addresses: dict[object, str] = {}
         where = join_key("pools", str(data.get("name", "")))
         for index, item in enumerate(backends):
             if not isinstance(item, Mapping):
                 continue
             item = backends[index] = dict(item)
-            item_key = f"{where}.backends[{index}]"
-            default_name = f"{data.get('name')}{index + 1}"
+            key, default_name = f"{where}.backends[{index}]", f"{data.get('name')}{index + 1}"
             written = "name" in item
             name = item.setdefault("name", default_name)
+            used = _first(names, name, key) if isinstance(name, str) and name else None
             if name == "":
                 item["name"] = _Refused(f"must not be empty; leave it out to use {default_name!r}")
-            elif isinstance(name, str) and name in names:
+            elif used is not None:
                 item["name"] = _Refused(
-                    f"backend name {name!r} is already used by {names[name]}; "
+                    f"backend name {name!r} is already used by {used}; "
                     "give each backend a unique name",
                     up=0 if written else 1,
                 )
-            elif isinstance(name, str):
-                names[name] = item_key
             address = item.get("address")
             try:
                 parsed: object = parse_address(address) if isinstance(address, str) else None
             except ValueError:
                 parsed = None
-            if parsed is not None and parsed in addresses:
+            used = None if parsed is None else _first(addresses, parsed, key)
+            if used is not None:
                 item["address"] = _Refused(
-                    f"{address!r} is already used by {addresses[parsed]}; "
+                    f"{address!r} is already used by {used}; "
                     "list each backend once and give it a higher weight instead"
                 )
-            elif parsed is not None:
-                addresses[parsed] = item_key
         cls._check_strategy(data, info)
         cls._check_server_name(data, backends)
 
@@ -1235,9 +1209,7 @@ class PoolConfig(_Model):
     def _check_server_name(cls, data: dict[str, Any], backends: list[Any]) -> None:
         """With verification on and no ``server_name``, a UNIX socket backend has no host."""
         tls = data.get("tls")
-        if not isinstance(tls, Mapping) or tls.get("verify", True) is False:
-            return
-        if "server_name" in tls:
+        if not isinstance(tls, Mapping) or tls.get("verify", True) is False or "server_name" in tls:
             return
         for index, backend in enumerate(backends):
             address = backend.get("address") if isinstance(backend, Mapping) else None
@@ -1252,6 +1224,12 @@ class PoolConfig(_Model):
                     ),
                 }
                 return
+
+
+def _first(seen: dict[object, str], value: object, key: str) -> str | None:
+    """Where ``value`` was first seen, or ``None`` (and ``key`` is recorded) the first time."""
+    first = seen.setdefault(value, key)
+    return None if first == key else first
 
 
 def _require_pool(data: dict[str, Any], info: ValidationInfo) -> None:
@@ -1274,7 +1252,7 @@ class RouteConfig(_Model):
     )
     host: Annotated[
         str | None,
-        _text(lambda host: _host_problem(host)),
+        _text(lambda host: _host_problem(host, route=True)),
         AfterValidator(lambda host: None if host is None else host.lower()),
     ] = Field(
         None,
@@ -1282,10 +1260,12 @@ class RouteConfig(_Model):
         '(``"*.example.com"``: names ending in ``.example.com``), compared without the '
         "port, case-insensitively; IPv6 in brackets. Default: any host.",
     )
-    path_prefix: Annotated[str | None, _text(lambda prefix: _path_prefix_problem(prefix))] = Field(
-        None,
-        description="From ``/``; matches paths that start with it, as plain text "
-        '(``"/v1"`` also matches ``/v1x``). Default: any path.',
+    path_prefix: Annotated[str | None, _text(lambda prefix: _path_problem(prefix, query=False))] = (
+        Field(
+            None,
+            description="From ``/``; matches paths that start with it, as plain text "
+            '(``"/v1"`` also matches ``/v1x``). Default: any path.',
+        )
     )
 
     @classmethod
@@ -1340,7 +1320,14 @@ class FrontendTLSConfig(_Model):
 
     certificates: Annotated[
         tuple[CertificateConfig, ...],
-        _v(_certificates, list[CertificateConfig]),
+        _v(
+            _array(
+                f"an array of tables, as in {_CERTIFICATES_EXAMPLE}",
+                f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}",
+                brackets=True,
+            ),
+            list[CertificateConfig],
+        ),
     ] = Field(
         description="At least one. SNI picks the certificate whose subjectAltName matches the "
         "name the client asks for; the first is the default (HAProxy ``crt``)."
@@ -1367,7 +1354,7 @@ class FrontendTLSConfig(_Model):
     )
     curves: Annotated[
         tuple[Annotated[str, _v(_curve)], ...],
-        _v(_curves, list[str]),
+        _v(_array(_CURVES, f"must be {_CURVES}, not an array"), list[str]),
     ] = Field(
         defaults.TLS_CURVES,
         description="The key exchange groups offered, in order of preference (nginx "
@@ -1396,42 +1383,9 @@ class FrontendTLSConfig(_Model):
             )
 
 
-def _certificates(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        message = (
-            f"must be an array of tables, as in {_CERTIFICATES_EXAMPLE}, not {_describe(value)}"
-        )
-        _fail(message + ("; put the table in brackets" if isinstance(value, Mapping) else ""))
-    if not value:
-        _fail(f"must list at least one certificate, as in {_CERTIFICATES_EXAMPLE}")
-    return tuple(value)
-
-
-def _backends(value: object) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        _fail(
-            f"must be an array of addresses or tables, as in {_BACKENDS_EXAMPLE} or "
-            f'backends = ["127.0.0.1:9001"], not {_describe(value)}'
-        )
-    if not value:
-        _fail(f"must list at least one backend, as in {_BACKENDS_EXAMPLE}")
-    return tuple(value)
-
-
-def _routes(value: object, info: ValidationInfo) -> tuple[object, ...]:
-    if isinstance(value, tuple):
-        return value
-    if not isinstance(value, list):
-        _fail(f"must be an array of tables, as in [[{{where}}]], not {_describe(value)}")
-    return tuple(value)
-
-
 _Networks = Annotated[
-    tuple[Annotated[str, _v(_network)], ...], _v(_array('{key} = ["10.0.0.0/8"]'), list[str])
+    tuple[Annotated[str, _v(_network)], ...],
+    _v(_array('an array of strings, as in {key} = ["10.0.0.0/8"]'), list[str]),
 ]
 
 
@@ -1447,15 +1401,6 @@ class FrontendConfig(_Model):
         "listen": f'listen = ["{_LISTEN_EXAMPLE}"]',
     }
     _hidden = ("name",)
-    _http_keys: ClassVar[tuple[str, ...]] = (
-        "header_timeout",
-        "max_header_bytes",
-        "max_body_bytes",
-        "trusted_proxies",
-        "routes",
-        "tunnel_timeout",
-        "underscores_in_headers",
-    )
     _aliases = {
         "maxconn": "max_connections",
         "bind": "listen",
@@ -1476,11 +1421,11 @@ class FrontendConfig(_Model):
     mode: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "mode", "valid modes")] = (
         Field(description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).')
     )
-    listen: Annotated[tuple[Annotated[str, _v(_endpoint)], ...], _v(_listen, str | list[str])] = (
-        Field(
-            description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
-            '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
-        )
+    listen: Annotated[
+        tuple[Annotated[str, _v(_endpoint(_LISTEN_EXAMPLE))], ...], _listen(_LISTEN_EXAMPLE)
+    ] = Field(
+        description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
+        '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
     )
     pool: Annotated[str, _v(_pool_reference)] = Field(
         description="A pool of the same file; for http, the pool of requests no route matches."
@@ -1514,7 +1459,10 @@ class FrontendConfig(_Model):
         "``strict=False``) whose ``X-Forwarded-For`` and ``Forwarded`` are kept, as written.",
         json_schema_extra={"mode": "http"},
     )
-    routes: Annotated[tuple[RouteConfig, ...], _v(_routes, list[RouteConfig])] = Field(
+    routes: Annotated[
+        tuple[RouteConfig, ...],
+        _v(_array("an array of tables, as in [[{where}]]"), list[RouteConfig]),
+    ] = Field(
         (),
         description="http only: ``[[frontends.NAME.routes]]``, in file order; the first match "
         "picks the pool.",
@@ -1544,22 +1492,13 @@ class FrontendConfig(_Model):
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if data.get("mode") == "tcp":
-            for key in cls._http_keys:
-                if key in data:
+            for key, field in cls.model_fields.items():
+                if field.json_schema_extra == {"mode": "http"} and key in data:
                     data[key] = _Refused(_ONLY_HTTP)
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
-        if isinstance(listen, str) and _tls_endpoint(listen):
-            data["listen"] = _Refused(_tls_listener_problem(listen, where))
-        elif isinstance(listen, list):
-            # Twisted's ssl: endpoint would terminate TLS outside [frontends.NAME.tls].
-            data["listen"] = [
-                _Refused(_tls_listener_problem(item, where))
-                if isinstance(item, str) and _tls_endpoint(item)
-                else item
-                for item in listen
-            ]
+        _check_listen(data, where, lambda item, _: _tls_listener_problem(item, where))
         listen = [listen] if isinstance(listen, str) else listen
         if (
             data.get("proxy_protocol_from")
@@ -1575,22 +1514,17 @@ class FrontendConfig(_Model):
         routes = data.get("routes")
         if isinstance(routes, list):
             data["routes"] = routes = list(routes)
-            where = join_key(join_key("frontends", str(data.get("name", ""))), "routes")
-            seen: dict[tuple[object, object], str] = {}
+            seen: dict[object, str] = {}
             for index, route in enumerate(routes):
-                if not isinstance(route, Mapping) or not (
-                    "host" in route or "path_prefix" in route
-                ):
-                    continue
-                host, prefix = route.get("host"), route.get("path_prefix")
-                match = (host.lower() if isinstance(host, str) else repr(host), repr(prefix))
-                if match in seen:
-                    routes[index] = _Refused(
-                        f"matches the same requests as {seen[match]}, which comes first and "
-                        "wins; remove one of them"
-                    )
-                else:
-                    seen[match] = f"{where}[{index}]"
+                if isinstance(route, Mapping) and ("host" in route or "path_prefix" in route):
+                    host, prefix = route.get("host"), route.get("path_prefix")
+                    match = (host.lower() if isinstance(host, str) else repr(host), repr(prefix))
+                    used = _first(seen, match, f"{where}.routes[{index}]")
+                    if used is not None:
+                        routes[index] = _Refused(
+                            f"matches the same requests as {used}, which comes first "
+                            "and wins; remove one of them"
+                        )
 
 
 class GlobalConfig(_Model):
@@ -1631,39 +1565,33 @@ class GlobalConfig(_Model):
 _ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
 
 
-def _exposed_endpoint(text: str) -> str | None:
-    """
-    Where a valid server endpoint description listens when other hosts can reach it: a TCP
-    (or TLS) endpoint on an address that is not loopback, or one this module cannot place
-    (``systemd:``, plugins).
-
-    Returns:
-        A description such as ``"all interfaces"`` or ``"192.0.2.7"``, or ``None`` for a
-        ``unix:`` socket or a loopback address.
-    """
+def _exposed_problem(text: str) -> str | None:
+    """Why an admin listener without a token is refused (other hosts can reach it), or ``None``."""
     from twisted.internet.endpoints import UNIXServerEndpoint
 
+    if _endpoint_problem(text) is not None:
+        return None
     endpoint = serverFromString(MemoryReactor(), text)
+    interface = getattr(endpoint, "_interface", None)
     if isinstance(endpoint, UNIXServerEndpoint):
         return None
-    interface = getattr(endpoint, "_interface", None)
-    if not isinstance(interface, str):
-        return f"an address this check cannot see ({text.partition(':')[0]}:)"
-    if interface in ("", "::", "0.0.0.0"):
-        return "all interfaces"
-    try:
-        if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return interface
+    if not isinstance(interface, str):  # systemd:, plugins
+        interface = f"an address this check cannot see ({text.partition(':')[0]}:)"
+    elif interface in ("", "::", "0.0.0.0"):
+        interface = "all interfaces"
+    else:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
+                return None
+    return (
+        f"{text!r} listens on {interface}, which other hosts can reach: set admin.token_file "
+        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
+        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
+    )
 
 
 def _socket_mode(value: object) -> int:
-    """
-    ``socket_mode``: a file mode in octal, from ``"0000"`` to ``"0777"``: a string of octal
-    digits (``"0600"``, ``"600"``) or a TOML octal integer (``0o600``).
-    """
+    """A file mode in octal: ``"0600"``, ``"600"`` or ``0o600``."""
     hint = 'write it in octal as a string, as in socket_mode = "0600"'
     if isinstance(value, str):
         if re.fullmatch(r"0?[0-7]{3}", value):
@@ -1706,8 +1634,8 @@ class AdminConfig(_Model):
     _required = {"listen": f'listen = ["{_ADMIN_LISTEN_EXAMPLE}"]'}
 
     listen: Annotated[
-        tuple[Annotated[str, _v(_endpoint_of(_ADMIN_LISTEN_EXAMPLE))], ...],
-        _v(_listen_of(_ADMIN_LISTEN_EXAMPLE), str | list[str]),
+        tuple[Annotated[str, _v(_endpoint(_ADMIN_LISTEN_EXAMPLE))], ...],
+        _listen(_ADMIN_LISTEN_EXAMPLE),
     ] = Field(
         description="Twisted server endpoint descriptions of the admin API, as a frontend's "
         '``listen``: ``"unix:/run/twisted-lb/admin.sock"``, ``"tcp:9901:interface=127.0.0.1"``.'
@@ -1737,26 +1665,7 @@ class AdminConfig(_Model):
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if "token_file" in data:
             return
-        listen = data.get("listen")
-        items = [listen] if isinstance(listen, str) else listen
-        if not isinstance(items, list):
-            return
-        refused = list(items)
-        for index, item in enumerate(items):
-            if not isinstance(item, str) or _endpoint_problem(item) is not None:
-                continue
-            exposed = _exposed_endpoint(item)
-            if exposed is not None:
-                refused[index] = _Refused(
-                    f"{item!r} listens on {exposed}, which other hosts can reach: set "
-                    "admin.token_file (a file holding a bearer token), as in token_file = "
-                    '"admin.token", or listen on loopback only, as in '
-                    "'tcp:9901:interface=127.0.0.1'"
-                )
-        if isinstance(listen, str):
-            data["listen"] = refused[0]
-        else:
-            data["listen"] = refused
+        _check_listen(data, "admin.listen", lambda item, _: _exposed_problem(item))
 
 
 class Config(_Model):
@@ -1786,11 +1695,11 @@ class Config(_Model):
     path: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The file.")
     frontends: Annotated[
         Mapping[str, FrontendConfig],
-        _v(_table_of("frontend", "frontends.web")),
+        _v(_tables("frontend", "frontends.web")),
         AfterValidator(_read_only),
     ] = Field(description="The frontends, by name: ``[frontends.NAME]``.")
     pools: Annotated[
-        Mapping[str, PoolConfig], _v(_table_of("pool", "pools.app")), AfterValidator(_read_only)
+        Mapping[str, PoolConfig], _v(_tables("pool", "pools.app")), AfterValidator(_read_only)
     ] = Field(description="The pools, by name: ``[pools.NAME]``.")
     global_config: GlobalConfig = Field(
         default_factory=GlobalConfig, alias="global", description="Process-wide settings."
@@ -1813,52 +1722,26 @@ class Config(_Model):
                 )
             elif isinstance(data[key], Mapping):
                 model = FrontendConfig if key == "frontends" else PoolConfig
-                data[key] = {
-                    name: {
-                        **table,
-                        "name": _Refused(model._unknown("name", model.keys()))
-                        if "name" in table
-                        else name,
-                    }
-                    if isinstance(table, Mapping)
-                    else table
-                    for name, table in data[key].items()
-                }
-        listeners: dict[str, str] = {}
+                data[key] = tables = dict(data[key])
+                for name, table in tables.items():  # the table's name is its key
+                    if isinstance(table, Mapping):
+                        written = _Refused(model._unknown("name", model.keys()))
+                        tables[name] = {**table, "name": written if "name" in table else name}
+        listeners: dict[object, str] = {}
+
+        def claim(endpoint: str, key: str) -> str | None:
+            used = _first(listeners, endpoint, key)
+            if used is None:
+                return None
+            return f"{endpoint!r} is already used by {used}; give each listener its own endpoint"
+
         frontends = data.get("frontends")
         for name, table in frontends.items() if isinstance(frontends, dict) else ():
-            listen = table.get("listen") if isinstance(table, Mapping) else None
-            where = join_key(join_key("frontends", name), "listen")
-            if isinstance(listen, str):
-                if listen in listeners:
-                    table["listen"] = _Refused(
-                        f"{listen!r} is already used by {listeners[listen]}; "
-                        "give each listener its own endpoint"
-                    )
-                listeners.setdefault(listen, where)
-            if not isinstance(listen, list):
-                continue
-            table["listen"] = listen = list(listen)
-            for index, item in enumerate(listen):
-                key = f"{where}[{index}]"
-                if isinstance(item, str) and item in listeners:
-                    listen[index] = _Refused(
-                        f"{item!r} is already used by {listeners[item]}; "
-                        "give each listener its own endpoint"
-                    )
-                elif isinstance(item, str):
-                    listeners[item] = key
-        admin = data.get("admin")
-        listen = admin.get("listen") if isinstance(admin, Mapping) else None
-        if isinstance(admin, Mapping) and isinstance(listen, str | list):
-            items = [listen] if isinstance(listen, str) else list(listen)
-            for index, item in enumerate(items):
-                if isinstance(item, str) and item in listeners:
-                    items[index] = _Refused(
-                        f"{item!r} is already used by {listeners[item]}; "
-                        "give each listener its own endpoint"
-                    )
-            data["admin"] = {**admin, "listen": items[0] if isinstance(listen, str) else items}
+            if isinstance(table, dict):
+                _check_listen(table, join_key(join_key("frontends", name), "listen"), claim)
+        if isinstance(data.get("admin"), Mapping):
+            data["admin"] = dict(data["admin"])
+            _check_listen(data["admin"], "admin.listen", claim)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -1866,15 +1749,9 @@ class Config(_Model):
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """
-    Read and validate a TOML config file.
+    Read and validate a TOML config file; problems name it as given in ``path``.
 
     The file is read synchronously: call this before the reactor runs, or in a thread.
-
-    Args:
-        path: the file. Problems name it as given here.
-
-    Returns:
-        The validated config.
 
     Raises:
         ConfigError: the file cannot be read (``lb.toml: cannot read: ...``), is not valid TOML
@@ -1897,14 +1774,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(text: str, path: str = "<string>") -> Config:
     """
-    Validate a config given as TOML text.
-
-    Args:
-        text: the document.
-        path: the name problems are reported against, and ``Config.path``.
-
-    Returns:
-        The validated config.
+    Validate a config given as TOML text; ``path`` names it in problems and is ``Config.path``.
 
     Raises:
         ConfigError: the text is not valid TOML (one problem, ``line L, column C: invalid
@@ -1940,16 +1810,9 @@ def _syntax_problem(text: str, path: str, error: tomllib.TOMLDecodeError) -> Pro
 
 def config_from_dict(data: Mapping[str, object], path: str = "<dict>") -> Config:
     """
-    Validate an already parsed document: the tables :func:`tomllib.loads` returns.
-
-    Use this to build a config in code; values must have the types TOML would give them.
-
-    Args:
-        data: the top-level table.
-        path: the name problems are reported against, and ``Config.path``.
-
-    Returns:
-        The validated config.
+    Validate an already parsed document (the tables :func:`tomllib.loads` returns), to build a
+    config in code: values must have the types TOML would give them. ``path`` names it in
+    problems and is ``Config.path``.
 
     Raises:
         ConfigError: every problem found in ``data``.
@@ -2033,11 +1896,7 @@ _KEY_LINE = re.compile(r"^\s*(?P<key>[A-Za-z0-9_-]+|\"[^\"]*\")\s*=")
 
 
 def _key_lines(text: str) -> dict[str, int]:
-    """
-    The line of each key the text writes as ``key = ...`` or as a table header, by key path
-    (without array indexes: ``pools.app.backends.weight``). A best effort for messages: keys
-    inside inline tables are found when they start a line.
-    """
+    """The line of each ``key = ...`` and table header, by key path without indexes."""
     lines: dict[str, int] = {}
     tables: dict[str, int] = {}
     table = ""
@@ -2092,66 +1951,73 @@ def json_schema_text() -> str:
 # -- what is wrong with a value, for the validators above -----------------------------------------
 
 
-def _host_problem(host: str) -> str | None:
-    """
-    What is wrong with a route's ``host``, or ``None`` if it is an exact name (letters,
-    digits, ``-`` and ``_`` in dot-separated labels, which covers IPv4 addresses), an IPv6
-    address in brackets, or ``*.`` followed by an exact name.
-    """
+def _host_problem(host: str, route: bool) -> str | None:
+    """What is wrong with a route's ``host`` (``route``) or an http check's, or ``None``."""
+    examples = _HOST_EXAMPLES if route else _CHECK_HOST_EXAMPLES
     if not host:
-        return f"must not be empty; write {_HOST_EXAMPLES}, or leave host out to match any host"
-    if "://" in host:
-        name = host.split("://", 1)[1].split("/", 1)[0] or "api.example.com"
-        return f"write the host name only, without the scheme, as in {name!r}"
-    if "/" in host:
-        name = host.split("/", 1)[0] or "api.example.com"
+        leave = "match any host" if route else "send the backend's address"
+        return f"must not be empty; write {examples}, or leave host out to {leave}"
+    path = (
+        ", and the path in path_prefix; the host has no path" if route else ", and the path in path"
+    )
+    problem = _url_problem(host, "host name", "api.example.com" if route else "app.internal", path)
+    if problem is not None:
+        return problem
+    with_port = _HOST_PORT.fullmatch(host) if route else None
+    if with_port is not None:
         return (
-            f"write the host name only, as in {name!r}, and the path in path_prefix; "
-            "the host has no path"
-        )
-    port = _HOST_PORT.fullmatch(host)
-    if port is not None:
-        return (
-            f"routes match the name without the port; write {port['host']!r} "
+            f"routes match the name without the port; write {with_port['host']!r} "
             "to match it on any port"
         )
+    port = None
     if host.startswith("["):
-        if host.endswith("]") and _is_ipv6(host[1:-1]):
-            return None
-        return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
-    if ":" in host:
+        name, close, rest = host[1:].partition("]")
+        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
+            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
+        port = rest[1:] if rest else None
+    elif host.count(":") > (0 if route else 1):
         if _is_ipv6(host):
             return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
-        return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
-    if "*" in host:
-        if host.startswith("*.") and _HOST_NAME.fullmatch(host[2:]):
-            return None
-        return (
-            f"{host!r}: '*' is allowed only as the whole first label, "
-            "as in '*.example.com', which matches any name ending in '.example.com'"
-        )
-    if _HOST_NAME.fullmatch(host):
-        return None
-    return f"{host!r} is not a host name; write {_HOST_EXAMPLES}"
+        return f"{host!r} is not a host name; write {examples}"
+    else:
+        name, colon, rest = host.partition(":")
+        port = rest if colon else None
+        if route and "*" in name:
+            if name.startswith("*.") and _HOST_NAME.fullmatch(name[2:]):
+                return None
+            return (
+                f"{host!r}: '*' is allowed only as the whole first label, "
+                "as in '*.example.com', which matches any name ending in '.example.com'"
+            )
+        if not _HOST_NAME.fullmatch(name):
+            return f"{host!r} is not a host name; write {examples}"
+    if port is not None and not (
+        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    ):
+        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
+    return None
+
+
+def _url_problem(text: str, noun: str, default: str, path: str = "") -> str | None:
+    """What is wrong with a name written with a scheme or a path, or ``None``."""
+    if "://" in text:
+        name = text.split("://", 1)[1].split("/", 1)[0] or default
+        return f"write the {noun} only, without the scheme, as in {name!r}"
+    if "/" in text:
+        return f"write the {noun} only, as in {text.split('/', 1)[0] or default!r}{path}"
+    return None
 
 
 def _server_name_problem(name: str) -> str | None:
-    """
-    What is wrong with a pool's ``server_name``, or ``None`` if it is a DNS name (labels of
-    letters, digits, ``-`` and ``_``, as :data:`_HOST_NAME` allows, at most 63 characters
-    each and 253 in all) or an IP address, IPv6 without brackets. There is no port, scheme,
-    path or wildcard: it is the one name the backends' certificates are verified against.
-    """
+    """What is wrong with a pool's ``server_name``, or ``None``."""
     if not name:
         return (
             f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
             "or leave server_name out to verify each backend's host"
         )
-    if "://" in name:
-        host = name.split("://", 1)[1].split("/", 1)[0] or "app.internal"
-        return f"write the name only, without the scheme, as in {host!r}"
-    if "/" in name:
-        return f"write the name only, as in {name.split('/', 1)[0] or 'app.internal'!r}"
+    problem = _url_problem(name, "name", "app.internal")
+    if problem is not None:
+        return problem
     if name.startswith("[") and name.endswith("]") and _is_ipv6(name[1:-1]):
         return f"write the IPv6 address without brackets, as in {name[1:-1]!r}"
     if _is_ipv6(name):
@@ -2193,43 +2059,21 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _path_prefix_problem(prefix: str) -> str | None:
-    """
-    What is wrong with a route's ``path_prefix``, or ``None`` if it is usable.
-    """
-    if not prefix.startswith("/"):
-        if "://" in prefix:
-            return "write the path only, without scheme and host; put the host name in host"
-        return f"must start with '/', as in {'/' + prefix!r}"
-    for char in "?#":
-        if char in prefix:
-            cut = prefix[: prefix.index(char)]
-            return (
-                "routes match the path without the query or fragment; "
-                f"write {cut!r}, without the part from {char!r} on"
-            )
-    if not all("!" <= char <= "~" for char in prefix):
-        encoded = urllib.parse.quote(prefix, safe="/%!$&'()*+,;=:@[]")
-        return (
-            f"{prefix!r}: write the path as requests carry it, in ASCII without spaces, "
-            f"as in {encoded!r}"
-        )
-    return None
-
-
-def _check_path_problem(path: str) -> str | None:
-    """
-    What is wrong with an http check's ``path``, or ``None`` if it is a request target: it
-    starts with ``/``, is printable ASCII (no spaces or control characters) and has no
-    fragment. A query is allowed.
-    """
+def _path_problem(path: str, query: bool) -> str | None:
+    """What is wrong with an http check's ``path`` (``query``) or a route's ``path_prefix``."""
     if not path.startswith("/"):
         if "://" in path:
             return "write the path only, without scheme and host; put the host name in host"
         return f"must start with '/', as in {'/' + path!r}"
-    if "#" in path:
-        cut = path[: path.index("#")]
-        return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+    for char in "#" if query else "?#":
+        if char in path and query:
+            cut = path[: path.index(char)]
+            return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+        if char in path:
+            return (
+                "routes match the path without the query or fragment; "
+                f"write {path[: path.index(char)]!r}, without the part from {char!r} on"
+            )
     if not all("!" <= char <= "~" for char in path):
         encoded = urllib.parse.quote(path, safe="/%!$&'()*+,;=:@[]?~")
         return (
@@ -2239,93 +2083,8 @@ def _check_path_problem(path: str) -> str | None:
     return None
 
 
-def _check_host_problem(host: str) -> str | None:
-    """
-    What is wrong with an http check's ``host`` (its ``Host`` header), or ``None`` if it is a
-    host name or IPv4 address (as :data:`_HOST_NAME` allows), or an IPv6 address in brackets,
-    either with an optional ``:port`` from 1 to 65535.
-    """
-    if not host:
-        return (
-            f"must not be empty; write {_CHECK_HOST_EXAMPLES}, "
-            "or leave host out to send the backend's address"
-        )
-    if "://" in host:
-        name = host.split("://", 1)[1].split("/", 1)[0] or "app.internal"
-        return f"write the host name only, without the scheme, as in {name!r}"
-    if "/" in host:
-        name = host.split("/", 1)[0] or "app.internal"
-        return f"write the host name only, as in {name!r}, and the path in path"
-    port: str | None = None
-    if host.startswith("["):
-        name, close, rest = host[1:].partition("]")
-        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
-            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
-        if rest:
-            port = rest[1:]
-    elif host.count(":") > 1:
-        if _is_ipv6(host):
-            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
-        return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
-    else:
-        name, colon, rest = host.partition(":")
-        if not _HOST_NAME.fullmatch(name):
-            return f"{host!r} is not a host name; write {_CHECK_HOST_EXAMPLES}"
-        if colon:
-            port = rest
-    if port is not None and not (
-        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
-    ):
-        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
-    return None
-
-
-def _status_problem(status: int | str) -> str | None:
-    """
-    What is wrong with an http check's ``expect_status``, or ``None`` if it is a status code
-    (an integer or a string of one) or a range ``"LOW-HIGH"`` of them, each from 100 to 599,
-    with LOW <= HIGH.
-    """
-    if isinstance(status, int):
-        if 100 <= status <= 599:
-            return None
-        return (
-            f"{status!r} is not an HTTP status code (100 to 599); "
-            f"write one as in {_STATUS_EXAMPLES}"
-        )
-    match = _STATUS_RANGE.fullmatch(status)
-    if match is None:
-        status_class = _STATUS_CLASS.fullmatch(status)
-        if status_class is not None:
-            digit = status_class["digit"]
-            return (
-                f"{status!r}: write a class of codes as a range, "
-                f'as in expect_status = "{digit}00-{digit}99"'
-            )
-        return f"{status!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}"
-    codes = [match["low"]] if match["high"] is None else [match["low"], match["high"]]
-    for code in codes:
-        if len(code) != 3 or not 100 <= int(code) <= 599:
-            within = f" in {status!r}" if len(codes) == 2 else ""
-            return (
-                f"{code!r}{within} is not an HTTP status code (100 to 599); "
-                f"write one as in {_STATUS_EXAMPLES}"
-            )
-    if len(codes) == 2 and int(codes[0]) > int(codes[1]):
-        return (
-            f"{status!r} is an empty range; write the lowest code first, "
-            f'as in expect_status = "{codes[1]}-{codes[0]}"'
-        )
-    return None
-
-
 def _toml_string(text: str) -> str:
-    """
-    ``text`` as a TOML basic string, for key paths and examples in messages.
-
-    Characters that are not printable (including line breaks such as U+2028) are escaped, so
-    that each problem stays on one line.
-    """
+    """``text`` as a TOML basic string on one line, for key paths and examples."""
     out = ['"']
     for char in text:
         if char in '"\\':
@@ -2338,224 +2097,3 @@ def _toml_string(text: str) -> str:
             out.append(f"\\U{ord(char):08x}")
     out.append('"')
     return "".join(out)
-
-
-# -- summary -----------------------------------------------------------------------------------
-
-
-def format_summary(config: Config) -> str:
-    """
-    Describe a valid config on one screen: the ``[global]`` settings that differ from their
-    defaults; each frontend with its mode, its TLS, its routes (``http``), the pools it uses
-    with their TLS to the backends, health check, outlier detection, slow start and panic
-    mode when set, and their backends with their state when it is not ``ready``; then the
-    pools nothing uses, under ``unused:``.
-
-    A pool used several times is described in full the first time only.
-
-    Example::
-
-        lb.toml: OK
-        frontend web (http) listen tcp:8443:interface=127.0.0.1 -> pool app
-          tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2
-          route host=api.example.com path_prefix=/v1/ -> pool api
-          pool app: round_robin, connect_timeout 5.0 s, retries 2
-            tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem
-            health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399
-            outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%
-            slow start 30.0 s, panic: all backends when none is UP
-            app1  127.0.0.1:9001  weight 1
-            big   127.0.0.1:9002  weight 3  drain
-          pool api: round_robin, connect_timeout 5.0 s, retries 2
-            api1  127.0.0.1:9101  weight 1
-
-    Args:
-        config: a config returned by :func:`load_config` or :func:`parse_config`.
-
-    Returns:
-        The lines, joined with newlines, without a final newline.
-    """
-    lines = [f"{config.path}: OK"]
-    if config.global_config.log_format != "text":
-        lines.append(f"global: log_format {config.global_config.log_format}")
-    access_log = config.global_config.access_log
-    if access_log is False:
-        lines.append("global: access_log off")
-    elif isinstance(access_log, str):
-        lines.append(f"global: access_log {access_log}")
-    shown: set[str] = set()
-    for frontend in config.frontends.values():
-        lines.append(
-            f"frontend {frontend.name} ({frontend.mode}) listen {', '.join(frontend.listen)}"
-            f" -> pool {frontend.pool}"
-        )
-        if frontend.tls is not None:
-            lines.append(f"  {_frontend_tls_summary(frontend.tls)}")
-        used = [frontend.pool]
-        for route in frontend.routes:
-            lines.append(f"  {_route_summary(route)}")
-            if route.pool not in used:
-                used.append(route.pool)
-        for name in used:
-            pool = config.pools.get(name)
-            if pool is None:
-                lines.append(f"  pool {name}: (not defined)")
-            elif pool.name in shown:
-                lines.append(f"  pool {pool.name}: (as above)")
-            else:
-                shown.add(pool.name)
-                lines.extend(_pool_summary(pool))
-    unused = [pool for name, pool in config.pools.items() if name not in shown]
-    if unused:
-        lines.append("unused:")
-        for pool in unused:
-            lines.extend(_pool_summary(pool))
-    admin = config.admin
-    if admin is not None:
-        settings = [f"socket_mode {admin.socket_mode:04o}"]
-        settings.append(f"token {admin.token_file}" if admin.token_file else "no token")
-        if admin.state_file:
-            settings.append(f"state_file {admin.state_file}")
-        lines.append(f"admin listen {', '.join(admin.listen)} ({', '.join(settings)})")
-    return "\n".join(lines)
-
-
-def _route_summary(route: RouteConfig) -> str:
-    """
-    ``route host=api.example.com path_prefix=/v1/ -> pool api``, with the parts it has.
-    """
-    parts = ["route"]
-    if route.host is not None:
-        parts.append(f"host={route.host}")
-    if route.path_prefix is not None:
-        parts.append(f"path_prefix={route.path_prefix}")
-    return f"{' '.join(parts)} -> pool {route.pool}"
-
-
-def _pool_summary(pool: PoolConfig) -> list[str]:
-    """
-    A pool's line and its backends' lines, in aligned columns, indented under a frontend.
-    """
-    options = ""
-    if pool.strategy_options:
-        pairs = ", ".join(f"{key}={_thaw(value)!r}" for key, value in pool.strategy_options.items())
-        options = f" ({pairs})"
-    lines = [
-        f"  pool {pool.name}: {pool.strategy}{options}, "
-        f"connect_timeout {pool.connect_timeout} s, retries {pool.retries}"
-    ]
-    if pool.tls is not None:
-        lines.append(f"    {_pool_tls_summary(pool.tls)}")
-    if pool.health_check is not None:
-        lines.extend(_health_check_summary(pool.health_check))
-    if pool.outlier_detection is not None:
-        lines.append(f"    {_outlier_detection_summary(pool.outlier_detection)}")
-    extras = []
-    if pool.slow_start:
-        extras.append(f"slow start {pool.slow_start} s")
-    if pool.panic:
-        extras.append("panic: all backends when none is UP")
-    if extras:
-        lines.append(f"    {', '.join(extras)}")
-    name_width = max(len(backend.name) for backend in pool.backends)
-    address_width = max(len(backend.address) for backend in pool.backends)
-    for backend in pool.backends:
-        line = (
-            f"    {backend.name:<{name_width}}  {backend.address:<{address_width}}"
-            f"  weight {backend.weight}"
-        )
-        if backend.backup:
-            line += "  backup"
-        if backend.state != "ready":
-            line += f"  {backend.state}"
-        lines.append(line)
-    return lines
-
-
-def _frontend_tls_summary(tls: FrontendTLSConfig) -> str:
-    """
-    ``tls: 2 certificates (first: /etc/lb/site.pem), min TLSv1.2``, and whether client
-    certificates are asked for.
-    """
-    count = len(tls.certificates)
-    line = (
-        f"tls: {count} certificate{'s' if count > 1 else ''} "
-        f"(first: {tls.certificates[0].cert}), min {tls.min_version}"
-    )
-    if tls.verify_client != "none":
-        line += f", client certs {tls.verify_client}"
-    return line
-
-
-def _pool_tls_summary(tls: PoolTLSConfig) -> str:
-    """
-    ``tls to backends: verify server_name=app.internal, ca=/etc/lb/ca.pem`` (each backend's
-    host and the platform's trust store by default), or ``verify OFF``; and the client
-    certificate, for mutual TLS.
-    """
-    if tls.verify:
-        line = (
-            f"tls to backends: verify server_name={tls.server_name or '(backend host)'}, "
-            f"ca={tls.ca or '(system trust store)'}"
-        )
-    else:
-        line = "tls to backends: verify OFF"
-        if tls.server_name is not None:
-            line += f", server_name={tls.server_name}"
-    if tls.client_cert is not None:
-        line += f", client cert {tls.client_cert}"
-    return line
-
-
-def _health_check_summary(check: HealthCheckConfig) -> list[str]:
-    """
-    ``health http GET /healthz every 2.0 s, timeout 1.0 s, rise 2, fall 3, expect 200-399``,
-    indented under its pool, and a second line with the ``Host``, the body pattern, the
-    down interval and the jitter when they are set or not the default.
-    """
-    what = f"http GET {check.path}" if check.kind == "http" else "tcp connect"
-    line = (
-        f"    health {what} every {check.interval} s, timeout {check.timeout} s, "
-        f"rise {check.rise}, fall {check.fall}"
-    )
-    more = []
-    if check.kind == "http":
-        low, high = check.expect_status
-        line += f", expect {low}" if low == high else f", expect {low}-{high}"
-        if check.host is not None:
-            more.append(f"Host {check.host}")
-        if check.expect_body is not None:
-            more.append(f"body ~ {check.expect_body!r}")
-    if check.down_interval is not None:
-        more.append(f"every {check.down_interval} s when DOWN")
-    if check.jitter != 0.1:
-        more.append(f"jitter {check.jitter}")
-    if not more:
-        return [line]
-    return [line, f"      {', '.join(more)}"]
-
-
-def _outlier_detection_summary(outliers: OutlierDetectionConfig) -> str:
-    """
-    ``outliers: eject after 5 failures for 30.0 s (max 300.0 s), at most 50%``, and whether
-    5xx responses count.
-    """
-    line = (
-        f"outliers: eject after {outliers.consecutive_failures} failures "
-        f"for {outliers.base_ejection_time} s (max {outliers.max_ejection_time} s), "
-        f"at most {outliers.max_ejection_percent}%"
-    )
-    if outliers.count_5xx:
-        line += ", 5xx counted"
-    return line
-
-
-def _thaw(value: object) -> object:
-    """
-    Undo :func:`_freeze` for display: read-only tables become dicts and tuples lists.
-    """
-    if isinstance(value, Mapping):
-        return {key: _thaw(item) for key, item in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(item) for item in value]
-    return value
