@@ -36,7 +36,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import Literal, cast
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -141,6 +141,15 @@ def valid_host(value: bytes) -> bool:
     return True
 
 
+#: How a response body is framed to the client: none (HEAD, 204, 304), the backend's
+#: Content-Length, re-chunked, or delimited by the close.
+Framing = Literal["none", "length", "chunked", "close"]
+
+#: What the connection's one deadline is for (see HTTPProxyProtocol._set_timer); "" when
+#: disarmed.
+TimerKind = Literal["", "header", "idle", "response", "transfer", "tunnel", "linger"]
+
+
 class _RequestError(Exception):
     """Raised inside parser callbacks to answer a request with an error status."""
 
@@ -221,7 +230,7 @@ class HTTPProxyProtocol(Protocol):
         self.close_reason = ""
         self.timer: IDelayedCall | None = None
         self.timer_at = 0.0  # when the timer fires (kept here: getTime() is a call)
-        self.timer_kind = ""
+        self.timer_kind: TimerKind = ""
         self.deadline = 0.0
         self.parsing: _Request | None = None
         self.url_parts: list[bytes] = []
@@ -285,7 +294,7 @@ class HTTPProxyProtocol(Protocol):
         self.response_started = False
         self.status = 0
         self.response_headers: list[tuple[bytes, bytes]] = []
-        self.framing = ""
+        self.framing: Framing = "none"
         self.interim = False
         self.responded = False
         self.bytes_out = 0
@@ -947,6 +956,7 @@ class HTTPProxyProtocol(Protocol):
         self.interim = False
         if not upstream.parser.should_keep_alive():
             upstream.reusable = False
+        framing: Framing
         if request.method == b"HEAD" or status in _NO_BODY_STATUSES:
             framing = "none"
         elif b"content-length" in names:
@@ -1404,7 +1414,7 @@ class HTTPProxyProtocol(Protocol):
 
     # Timers.
 
-    def _set_timer(self, kind: str, seconds: float) -> None:
+    def _set_timer(self, kind: TimerKind, seconds: float) -> None:
         """
         Arm the connection's one deadline: ``header`` (408), ``idle`` (close quietly),
         ``response`` (504), ``transfer`` (no byte either way for ``client_timeout`` while a
@@ -1425,7 +1435,7 @@ class HTTPProxyProtocol(Protocol):
             timer.reset(seconds)
             self.timer_at = deadline
 
-    def _cancel_timer(self, *kinds: str) -> None:
+    def _cancel_timer(self, *kinds: TimerKind) -> None:
         """Disarm the deadline (only if it is of one of ``kinds``, when given); stays lazy."""
         if not kinds or self.timer_kind in kinds:
             self.timer_kind = ""
