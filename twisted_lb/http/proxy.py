@@ -34,6 +34,7 @@ Semantics follow RFC 9110 and RFC 9112; where they leave a choice, the behaviour
 from __future__ import annotations
 
 import collections
+import enum
 import re
 from collections.abc import Sequence
 from typing import Literal, cast
@@ -150,6 +151,39 @@ Framing = Literal["none", "length", "chunked", "close"]
 TimerKind = Literal["", "header", "idle", "response", "transfer", "tunnel", "linger"]
 
 
+class _Phase(enum.Enum):
+    """
+    Where a client connection is (``HTTPProxyProtocol.phase``). Members are compared by
+    identity, through the module's aliases (``_READING`` ...). Transitions: READING to
+    UPGRADING (an Upgrade request parsed), STOPPED (a request refused, an internal error) or
+    LINGERING; UPGRADING to TUNNEL (the backend answered 101) or STOPPED; STOPPED to
+    LINGERING; any to CLOSED (``connectionLost``).
+    """
+
+    #: Requests are read, parsed and answered in order.
+    READING = "reading"
+    #: The parser stopped at an Upgrade request: the client's bytes after it are held for the
+    #: tunnel, and the client is not read until the backend answers.
+    UPGRADING = "upgrading"
+    #: The parser is done (a refused request, an internal error): nothing more is read or
+    #: parsed; the responses still owed go out, then the connection closes.
+    STOPPED = "stopped"
+    #: After a 101: a byte tunnel both ways, with its own idle timeout.
+    TUNNEL = "tunnel"
+    #: Half-closed after a refusal, reading and discarding (see HTTPProxyProtocol._linger).
+    LINGERING = "lingering"
+    #: The client connection is gone.
+    CLOSED = "closed"
+
+
+_READING = _Phase.READING
+_UPGRADING = _Phase.UPGRADING
+_STOPPED = _Phase.STOPPED
+_TUNNEL = _Phase.TUNNEL
+_LINGERING = _Phase.LINGERING
+_CLOSED = _Phase.CLOSED
+
+
 class _RequestError(Exception):
     """Raised inside parser callbacks to answer a request with an error status."""
 
@@ -221,7 +255,7 @@ class HTTPProxyProtocol(Protocol):
         # HTTP/2.0 on an HTTP/1 connection).
         parser.set_dangerous_leniencies(lenient_version=True)
         self.counted = False
-        self.lost = False
+        self.phase = _READING
         self.closing = False  # no further requests: close after the active response
         # A parsed request asked to close (Connection: close, HTTP/1.0 without keep-alive):
         # nothing after it is read or answered; the connection closes after its response
@@ -261,12 +295,9 @@ class HTTPProxyProtocol(Protocol):
         self.completed_read = 0
         self.queue: collections.deque[_Request] = collections.deque()
         self.active: _Request | None = None
-        self.parser_dead = False
         self.pending_reject = 0
-        self.lingering = False  # half-closed after a refusal, reading and discarding
-        self.linger_until = 0.0
-        # Tunnel (after a 101).
-        self.tunnel = False
+        self.linger_until = 0.0  # when LINGERING ends at the latest
+        # The client's bytes after an Upgrade request (UPGRADING), and through the tunnel.
         self.tunnel_early: list[bytes] = []
         self.tunnel_in = 0  # bytes from the client through an upgraded tunnel
         self.last_activity = 0.0
@@ -276,6 +307,16 @@ class HTTPProxyProtocol(Protocol):
         self.pacing: ReadGate | None = None
         self.paces_lazily = False
         self._reset_exchange()
+
+    @property
+    def lost(self) -> bool:
+        """Whether the client connection is gone."""
+        return self.phase is _CLOSED
+
+    @property
+    def lingering(self) -> bool:
+        """Whether the connection is half-closed, reading and discarding (see :meth:`_linger`)."""
+        return self.phase is _LINGERING
 
     def _reset_exchange(self) -> None:
         """Forget the active exchange's upstream and response state."""
@@ -326,17 +367,16 @@ class HTTPProxyProtocol(Protocol):
         self._set_timer("header", factory.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tunnel:
-            self.last_activity = self.seconds()
-            self.tunnel_in += len(data)
-            if self.upstream is not None:
-                self.upstream.send(data)
-            return
-        if self.parser_dead:
-            if self.lingering:
+        phase = self.phase
+        if phase is not _READING:
+            if phase is _TUNNEL:
                 self.last_activity = self.seconds()
-                return
-            if self.active is not None and self.active.upgrade:
+                self.tunnel_in += len(data)
+                if self.upstream is not None:
+                    self.upstream.send(data)
+            elif phase is _LINGERING:
+                self.last_activity = self.seconds()
+            elif phase is _UPGRADING and self.active is not None and self.active.upgrade:
                 self.tunnel_early.append(data)
             return
         self.last_activity = self.seconds()
@@ -351,7 +391,7 @@ class HTTPProxyProtocol(Protocol):
             if self.active is None and self.queue:
                 self._next_request()
         except httptools.HttpParserUpgrade as upgrade:
-            self.parser_dead = True
+            self.phase = _UPGRADING
             offset = upgrade.args[0] if upgrade.args else len(data)
             if offset < len(data):
                 self.tunnel_early.append(data[offset:])
@@ -381,7 +421,7 @@ class HTTPProxyProtocol(Protocol):
             self.read_data = b""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
+        self.phase = _CLOSED
         self._stop_timer()
         if self.active is not None:
             if not self.responded and self.status < 200:
@@ -766,7 +806,7 @@ class HTTPProxyProtocol(Protocol):
         pool = self.pool
         assert backend is not None and pool is not None
         self._release_backend()
-        if self.lost:
+        if self.phase is _CLOSED:
             return
         backend.connect_failures += 1
         backend.connect_errors[connect_error_reason(failure.value)] += 1
@@ -970,7 +1010,7 @@ class HTTPProxyProtocol(Protocol):
             # The connection ends with this response: a refusal still owed cannot follow it.
             self.closing = True
             self.pending_reject = 0
-        elif self.parser_dead and not self._answers_follow(request):
+        elif self.phase is not _READING and not self._answers_follow(request):
             self.closing = True
         if self.closing and not self.pending_reject:
             headers.append((b"Connection", b"close"))
@@ -1008,7 +1048,7 @@ class HTTPProxyProtocol(Protocol):
             self.response_malformed(ValueError("101 without an upgrade request"))
             return
         self._send_client(self.pending_head)
-        self.tunnel = True
+        self.phase = _TUNNEL
         self.responded = True
         self.last_activity = self.seconds()
         if data:
@@ -1044,7 +1084,7 @@ class HTTPProxyProtocol(Protocol):
     def upstream_lost(self, connection: UpstreamConnection, reason: Failure) -> None:
         if connection is not self.upstream:
             return
-        if self.tunnel:
+        if self.phase is _TUNNEL:
             # Unhook it the usual way, so that it is no longer the client's producer: over
             # TLS a registered producer would hold the client's close for ever.
             self._detach_upstream(reuse=False)
@@ -1105,7 +1145,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _send_client(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.lost:
+        if self.phase is _CLOSED:
             return
         if self.client_batch is not None:
             self.client_batch.append(data)
@@ -1131,13 +1171,13 @@ class HTTPProxyProtocol(Protocol):
         batch = self.client_batch
         if batch:
             self.client_batch = []
-            if not self.lost:
+            if self.phase is not _CLOSED:
                 self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def batch_end(self) -> None:
         """Send what :meth:`batch_begin` held."""
         batch, self.client_batch = self.client_batch, None
-        if batch and not self.lost:
+        if batch and self.phase is not _CLOSED:
             self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _pace_upstream(self) -> None:
@@ -1157,7 +1197,7 @@ class HTTPProxyProtocol(Protocol):
         upstream, self.upstream = self.upstream, None
         gate, self.pacing = self.pacing, None
         if gate is not None:
-            if not self.lost:
+            if self.phase is not _CLOSED:
                 self.client_transport.unregisterProducer()
             gate.resume("consumer")
         if upstream is None:
@@ -1177,7 +1217,7 @@ class HTTPProxyProtocol(Protocol):
         reusable = request.complete and self.body_sent == request.body_bytes
         self._detach_upstream(reuse=reusable)
         self._finish_exchange()
-        if self.lost or (self.closing and not self.pending_reject):
+        if self.phase is _CLOSED or (self.closing and not self.pending_reject):
             self._close_client()
             return
         self._next_request()
@@ -1259,7 +1299,7 @@ class HTTPProxyProtocol(Protocol):
         # A request pipelined before a refused one is answered without closing: the refusal,
         # still owed, comes next and closes.
         owed = self._answers_follow(request) and request.complete
-        close = not request.complete or ((self.closing or self.parser_dead) and not owed)
+        close = not request.complete or ((self.closing or self.phase is not _READING) and not owed)
         if close:
             self.closing = True
             self.pending_reject = 0
@@ -1286,7 +1326,8 @@ class HTTPProxyProtocol(Protocol):
         is answered (RFC 9112 §9.6): the connection closes after that request's response.
         """
         already_closing = self.closing
-        self.parser_dead = True
+        if self.phase is _READING:
+            self.phase = _STOPPED
         self.gate.pause("closing")
         if self.close_requested:
             # What follows a request that asked to close is never answered; that request
@@ -1320,7 +1361,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _close_client(self) -> None:
         """Close the client connection, after the error response still owed, if any."""
-        if self.lost:
+        if self.phase is _CLOSED:
             return
         if self.pending_reject:
             status, self.pending_reject = self.pending_reject, 0
@@ -1329,7 +1370,7 @@ class HTTPProxyProtocol(Protocol):
             self._send_client(error_response(status))
             self._log_rejected(status)
         self._flush_batch()
-        if (self.parser_dead or self.parsing is not None) and self._linger():
+        if (self.phase is not _READING or self.parsing is not None) and self._linger():
             return
         lose_connection(self.client_transport)
 
@@ -1346,12 +1387,11 @@ class HTTPProxyProtocol(Protocol):
 
         Returns whether the connection lingers (else the caller closes it).
         """
-        if self.lingering or self.close_reason:
+        if self.phase is _LINGERING or self.close_reason:
             return False  # (a balancer shutting down does not linger)
         if not close_writing(self.client_transport):
             return False
-        self.lingering = True
-        self.parser_dead = True
+        self.phase = _LINGERING
         now = self.seconds()
         self.last_activity = now
         self.linger_until = now + self.factory.lingering_time
@@ -1382,7 +1422,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _abort_client(self) -> None:
         self._finish_exchange()
-        if not self.lost:
+        if self.phase is not _CLOSED:
             self.client_transport.abortConnection()
 
     def _abort_exchange(self) -> None:
@@ -1401,7 +1441,8 @@ class HTTPProxyProtocol(Protocol):
             frontend=self.factory.frontend,
             client=self.client_ip or "-",
         )
-        self.parser_dead = True
+        if self.phase is _READING:
+            self.phase = _STOPPED
         self.closing = True
         # Nothing more is answered on this connection: the 500 closes it.
         self.pending_reject = 0
@@ -1488,8 +1529,8 @@ class HTTPProxyProtocol(Protocol):
         """Close after the active response (at once when idle)."""
         self.closing = True
         self.close_reason = ended
-        if self.active is None or self.tunnel:
-            if self.tunnel:
+        if self.active is None or self.phase is _TUNNEL:
+            if self.phase is _TUNNEL:
                 self._detach_upstream(reuse=False)
                 self._finish_exchange()
             self._flush_batch()
@@ -1503,7 +1544,7 @@ class HTTPProxyProtocol(Protocol):
 
     def drain(self) -> None:
         """Close after the active response (at once when idle); a tunnel runs on."""
-        if not self.tunnel:
+        if self.phase is not _TUNNEL:
             self.close("drain")
 
 
