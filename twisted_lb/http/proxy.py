@@ -321,9 +321,9 @@ class HTTPProxyProtocol(Protocol):
     """
     One client connection of an :class:`HTTPProxyFactory`: the request state machine.
 
-    The connection is in one :class:`_Phase` (``phase``). At most one request is being
-    answered at a time: the *active* :class:`_Exchange` (``active``), in its own
-    :class:`_ExchangePhase`; pipelined requests wait, parsed, in a queue, and the client is
+    The connection is in one ``_Phase`` (``phase``). At most one request is being
+    answered at a time: the *active* ``_Exchange`` (``active``), in its own
+    ``_ExchangePhase``; pipelined requests wait, parsed, in a queue, and the client is
     not read while one waits. Two intentions outlive an exchange: ``closing`` (close after the
     active response) and ``close_requested`` (a parsed request asked to close, RFC 9112
     §9.6); and ``pending_reject`` is a refusal owed once the requests before it are answered.
