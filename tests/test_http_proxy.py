@@ -768,6 +768,22 @@ class ErrorTests(ProxyCase):
         self.assertEqual(self.backends[0].in_flight_requests, 0)
         self.assertEqual(self.backends[0].connect_failures, 0)
 
+    def test_internal_error_while_connecting(self) -> None:
+        """
+        An internal error while the backend connects answers 500 and closes; the cancelled
+        connect is not a connect failure, and no other backend is tried.
+        """
+        client, client_transport = self.connect_client()
+        client.dataReceived(GET)
+        client.internal_error(Failure(ZeroDivisionError()))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 500 "))
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual([b.connect_failures for b in self.backends], [0, 0, 0])
+        self.assertEqual([b.in_flight_requests for b in self.backends], [0, 0, 0])
+        self.close_client(client)
+
 
 class StrictRequestTests(ProxyCase):
     """

@@ -34,9 +34,10 @@ Semantics follow RFC 9110 and RFC 9112; where they leave a choice, the behaviour
 from __future__ import annotations
 
 import collections
+import enum
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import Literal, cast
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -141,6 +142,48 @@ def valid_host(value: bytes) -> bool:
     return True
 
 
+#: How a response body is framed to the client: none (HEAD, 204, 304), the backend's
+#: Content-Length, re-chunked, or delimited by the close.
+Framing = Literal["none", "length", "chunked", "close"]
+
+#: What the connection's one deadline is for (see HTTPProxyProtocol._set_timer); "" when
+#: disarmed.
+TimerKind = Literal["", "header", "idle", "response", "transfer", "tunnel", "linger"]
+
+
+class _Phase(enum.Enum):
+    """
+    Where a client connection is (``HTTPProxyProtocol.phase``). Members are compared by
+    identity, through the module's aliases (``_READING`` ...). Transitions: READING to
+    UPGRADING (an Upgrade request parsed), STOPPED (a request refused, an internal error) or
+    LINGERING; UPGRADING to TUNNEL (the backend answered 101) or STOPPED; STOPPED to
+    LINGERING; any to CLOSED (``connectionLost``).
+    """
+
+    #: Requests are read, parsed and answered in order.
+    READING = "reading"
+    #: The parser stopped at an Upgrade request: the client's bytes after it are held for the
+    #: tunnel, and the client is not read until the backend answers.
+    UPGRADING = "upgrading"
+    #: The parser is done (a refused request, an internal error): nothing more is read or
+    #: parsed; the responses still owed go out, then the connection closes.
+    STOPPED = "stopped"
+    #: After a 101: a byte tunnel both ways, with its own idle timeout.
+    TUNNEL = "tunnel"
+    #: Half-closed after a refusal, reading and discarding (see HTTPProxyProtocol._linger).
+    LINGERING = "lingering"
+    #: The client connection is gone.
+    CLOSED = "closed"
+
+
+_READING = _Phase.READING
+_UPGRADING = _Phase.UPGRADING
+_STOPPED = _Phase.STOPPED
+_TUNNEL = _Phase.TUNNEL
+_LINGERING = _Phase.LINGERING
+_CLOSED = _Phase.CLOSED
+
+
 class _RequestError(Exception):
     """Raised inside parser callbacks to answer a request with an error status."""
 
@@ -190,12 +233,102 @@ class _Request:
         self.complete = False
 
 
+class _ExchangePhase(enum.Enum):
+    """
+    Where an exchange is (``_Exchange.phase``), in this order; it never goes back. A request
+    sent again after a failure (on a fresh connection, or to the next backend) keeps its
+    phase: the head went out once, and its replay is sent whole on the new connection.
+    Members are compared by identity, through the module's aliases (``_CONNECTING`` ...).
+    """
+
+    #: A backend is being picked and connected; nothing is sent yet.
+    CONNECTING = "connecting"
+    #: The request head is sent (its body may still be streaming); no response byte yet.
+    AWAITING = "awaiting"
+    #: A 1xx response head came (100 Continue, or the 101 of an upgrade).
+    INTERIM = "interim"
+    #: The final response head is sent to the client; its body streams.
+    RESPONDING = "responding"
+    #: Answered: the response is written, an error was sent instead, or the tunnel began.
+    DONE = "done"
+
+
+_CONNECTING = _ExchangePhase.CONNECTING
+_AWAITING = _ExchangePhase.AWAITING
+_INTERIM = _ExchangePhase.INTERIM
+_RESPONDING = _ExchangePhase.RESPONDING
+_DONE = _ExchangePhase.DONE
+
+
+class _Exchange:
+    """
+    The active request's exchange with a backend, from its activation (routed) to its
+    access event: the backend tried, the upstream connection, what was sent and the response.
+    Times are ``reactor.seconds()``; 0.0 when not reached.
+    """
+
+    __slots__ = (
+        "backend",
+        "body_sent",
+        "bytes_out",
+        "connecting",
+        "framing",
+        "info",
+        "lease",
+        "pending_head",
+        "phase",
+        "pool",
+        "replay",
+        "replay_bytes",
+        "request",
+        "response_headers",
+        "reuse_retried",
+        "status",
+        "t_connected",
+        "t_first_byte",
+        "t_sent",
+        "tried",
+        "upstream",
+    )
+
+    def __init__(self, request: _Request, pool: Pool, info: ConnectionInfo) -> None:
+        self.request = request
+        self.phase = _CONNECTING
+        self.pool = pool
+        self.info = info
+        self.lease: Lease | None = None
+        self.backend: Backend | None = None
+        self.tried: list[Backend] = []
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: Deferred[UpstreamConnection] | None = None
+        # Sent again once on a fresh connection after a reused one failed (keep-alive race).
+        self.reuse_retried = False
+        self.body_sent = 0  # bytes of request body sent (unframed)
+        # What was sent, to send it again after a failure; None past REPLAY_LIMIT bytes.
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.status = 0  # the response's (or error's) status; CLIENT_CLOSED; 0 before any
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.framing: Framing = "none"
+        self.pending_head = b""  # a 101's head, sent once the upstream says it upgraded
+        self.bytes_out = 0  # bytes sent to the client
+        self.t_connected = 0.0  # a new upstream connection was made
+        self.t_sent = 0.0  # the whole request was written
+        self.t_first_byte = 0.0  # the first response head came
+
+
 class HTTPProxyProtocol(Protocol):
     """
     One client connection of an :class:`HTTPProxyFactory`: the request state machine.
 
-    At most one request is being answered at a time (the *active* one); pipelined requests
-    wait, parsed, in a queue, and the client is not read while one waits.
+    The connection is in one ``_Phase`` (``phase``). At most one request is being
+    answered at a time: the *active* ``_Exchange`` (``active``), in its own
+    ``_ExchangePhase``; pipelined requests wait, parsed, in a queue, and the client is
+    not read while one waits. Two intentions outlive an exchange: ``closing`` (close after the
+    active response) and ``close_requested`` (a parsed request asked to close, RFC 9112
+    §9.6); and ``pending_reject`` is a refusal owed once the requests before it are answered.
+    The connection is the upstream connection's response handler and the exchange's owner:
+    the exchange holds state only, so the per-request path stays a few method calls.
     """
 
     factory: HTTPProxyFactory
@@ -212,7 +345,7 @@ class HTTPProxyProtocol(Protocol):
         # HTTP/2.0 on an HTTP/1 connection).
         parser.set_dangerous_leniencies(lenient_version=True)
         self.counted = False
-        self.lost = False
+        self.phase = _READING
         self.closing = False  # no further requests: close after the active response
         # A parsed request asked to close (Connection: close, HTTP/1.0 without keep-alive):
         # nothing after it is read or answered; the connection closes after its response
@@ -221,7 +354,7 @@ class HTTPProxyProtocol(Protocol):
         self.close_reason = ""
         self.timer: IDelayedCall | None = None
         self.timer_at = 0.0  # when the timer fires (kept here: getTime() is a call)
-        self.timer_kind = ""
+        self.timer_kind: TimerKind = ""
         self.deadline = 0.0
         self.parsing: _Request | None = None
         self.url_parts: list[bytes] = []
@@ -251,13 +384,10 @@ class HTTPProxyProtocol(Protocol):
         self.message_read = 0
         self.completed_read = 0
         self.queue: collections.deque[_Request] = collections.deque()
-        self.active: _Request | None = None
-        self.parser_dead = False
+        self.active: _Exchange | None = None
         self.pending_reject = 0
-        self.lingering = False  # half-closed after a refusal, reading and discarding
-        self.linger_until = 0.0
-        # Tunnel (after a 101).
-        self.tunnel = False
+        self.linger_until = 0.0  # when LINGERING ends at the latest
+        # The client's bytes after an Upgrade request (UPGRADING), and through the tunnel.
         self.tunnel_early: list[bytes] = []
         self.tunnel_in = 0  # bytes from the client through an upgraded tunnel
         self.last_activity = 0.0
@@ -266,32 +396,16 @@ class HTTPProxyProtocol(Protocol):
         # transport's producer (see _pace_upstream).
         self.pacing: ReadGate | None = None
         self.paces_lazily = False
-        self._reset_exchange()
 
-    def _reset_exchange(self) -> None:
-        """Forget the active exchange's upstream and response state."""
-        self.pool: Pool | None = None
-        self.info: ConnectionInfo | None = None
-        self.lease: Lease | None = None
-        self.backend: Backend | None = None
-        self.tried: list[Backend] = []
-        self.upstream: UpstreamConnection | None = None
-        self.connecting: Deferred[UpstreamConnection] | None = None
-        self.reuse_retried = False
-        self.head_sent = False
-        self.body_sent = 0
-        self.replay: list[bytes] | None = []
-        self.replay_bytes = 0
-        self.response_started = False
-        self.status = 0
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.framing = ""
-        self.interim = False
-        self.responded = False
-        self.bytes_out = 0
-        self.t_connected = 0.0
-        self.t_sent = 0.0
-        self.t_first_byte = 0.0
+    @property
+    def lost(self) -> bool:
+        """Whether the client connection is gone."""
+        return self.phase is _CLOSED
+
+    @property
+    def lingering(self) -> bool:
+        """Whether the connection is half-closed, reading and discarding (see :meth:`_linger`)."""
+        return self.phase is _LINGERING
 
     # Client connection events.
 
@@ -317,17 +431,17 @@ class HTTPProxyProtocol(Protocol):
         self._set_timer("header", factory.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tunnel:
-            self.last_activity = self.seconds()
-            self.tunnel_in += len(data)
-            if self.upstream is not None:
-                self.upstream.send(data)
-            return
-        if self.parser_dead:
-            if self.lingering:
+        phase = self.phase
+        if phase is not _READING:
+            if phase is _TUNNEL:
                 self.last_activity = self.seconds()
-                return
-            if self.active is not None and self.active.upgrade:
+                self.tunnel_in += len(data)
+                exchange = self.active
+                if exchange is not None and exchange.upstream is not None:
+                    exchange.upstream.send(data)
+            elif phase is _LINGERING:
+                self.last_activity = self.seconds()
+            elif phase is _UPGRADING and self.active is not None and self.active.request.upgrade:
                 self.tunnel_early.append(data)
             return
         self.last_activity = self.seconds()
@@ -342,7 +456,7 @@ class HTTPProxyProtocol(Protocol):
             if self.active is None and self.queue:
                 self._next_request()
         except httptools.HttpParserUpgrade as upgrade:
-            self.parser_dead = True
+            self.phase = _UPGRADING
             offset = upgrade.args[0] if upgrade.args else len(data)
             if offset < len(data):
                 self.tunnel_early.append(data[offset:])
@@ -372,11 +486,12 @@ class HTTPProxyProtocol(Protocol):
             self.read_data = b""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
+        self.phase = _CLOSED
         self._stop_timer()
-        if self.active is not None:
-            if not self.responded and self.status < 200:
-                self.status = CLIENT_CLOSED
+        exchange = self.active
+        if exchange is not None:
+            if exchange.phase is not _DONE and exchange.status < 200:
+                exchange.status = CLIENT_CLOSED
             self._abort_exchange()
         if self.counted:
             self.counted = False
@@ -393,7 +508,7 @@ class HTTPProxyProtocol(Protocol):
         self.header_bytes = 0
         self.in_head = True
         if self.active is None and self.timer_kind == "idle":
-            self._set_timer("header", self.factory.header_timeout)
+            self._set_timer("header", self.factory.header_timeout, self.last_activity)
 
     # on_url and on_header count the head's bytes against max_header_bytes (431) inline:
     # they run several times per request.
@@ -540,7 +655,7 @@ class HTTPProxyProtocol(Protocol):
             # Data of a chunk whose size is not checked yet (see _chunked_read): held.
             self.chunk_open += len(data)
             request.body.append(data)
-        elif request is self.active and self.head_sent:
+        elif self._streams(request):
             self._send_body(data, request.chunked)
         else:
             request.body.append(data)
@@ -568,7 +683,12 @@ class HTTPProxyProtocol(Protocol):
             self.chunk_open = -1
             self.chunk_tail = b""
             self.chunk_tail_cut = False
-        if request is self.active and self.head_sent:
+        exchange = self.active
+        if (
+            exchange is not None
+            and exchange.request is request
+            and exchange.phase is not _CONNECTING
+        ):
             if request.chunked:
                 if request.body:
                     self._send_held(request)
@@ -603,7 +723,7 @@ class HTTPProxyProtocol(Protocol):
                     raise _RequestError(413)
                 if size > MAX_CHUNK_SIZE:
                     raise _RequestError(400)
-        if request.body and request is self.active and self.head_sent:
+        if request.body and self._streams(request):
             self._send_held(request)
         # What follows the last LF: the start of a chunk-size line, should this read end in one.
         lf = data.rfind(b"\n", max(0, len(data) - _MAX_CHUNK_LINE))
@@ -687,6 +807,15 @@ class HTTPProxyProtocol(Protocol):
         match = _CHUNK_SIZE.fullmatch(line)
         return None if match is None else int(match.group(1), 16)
 
+    def _streams(self, request: _Request) -> bool:
+        """Whether ``request``'s body goes to its backend as it comes: active, head sent."""
+        exchange = self.active
+        return (
+            exchange is not None
+            and exchange.request is request
+            and exchange.phase is not _CONNECTING
+        )
+
     def _send_held(self, request: _Request) -> None:
         """Send the request body held in ``request.body`` while its chunk size was checked."""
         body, request.body = request.body, []
@@ -695,16 +824,12 @@ class HTTPProxyProtocol(Protocol):
     # The active exchange: routing, picking, connecting.
 
     def _activate(self, request: _Request) -> None:
-        self.active = request
         if not request.keep_alive:
             self.closing = True
-        self._reset_exchange()
-        factory = self.factory
-        router = factory.router
+        router = self.factory.router
         # Without routes every request goes to the default pool: no need to look.
         pool = router.route(request.host, request.target) if router.routes else router.default
-        self.pool = pool
-        self.info = ConnectionInfo(
+        info = ConnectionInfo(
             self.client_address,
             method=request.method,
             host=request.host,
@@ -712,13 +837,14 @@ class HTTPProxyProtocol(Protocol):
             headers=request.headers,
             now=self.seconds(),
         )
-        self._pick(pool)
+        exchange = self.active = _Exchange(request, pool, info)
+        self._pick(exchange)
 
-    def _pick(self, pool: Pool) -> None:
-        assert self.info is not None
-        lease = pool.pick(self.info, self.tried)
+    def _pick(self, exchange: _Exchange) -> None:
+        pool = exchange.pool
+        lease = pool.pick(exchange.info, exchange.tried)
         if lease is None:
-            if self.tried:
+            if exchange.tried:
                 self._respond_error(502, "no backend left to try")
             else:
                 _log.warn(
@@ -728,42 +854,44 @@ class HTTPProxyProtocol(Protocol):
                 )
                 self._respond_error(503, "no backend available")
             return
-        self.lease = lease
-        backend = self.backend = lease.backend
-        self.tried.append(backend)
+        exchange.lease = lease
+        backend = exchange.backend = lease.backend
+        exchange.tried.append(backend)
         backend.in_flight_requests += 1
         backend.requests_total += 1
         connection = self.factory.upstreams.take_idle(backend)
         if connection is not None:
-            self._use(connection)
+            self._use(exchange, connection)
         else:
-            self._connect(backend, pool)
+            self._connect(exchange, backend)
 
-    def _connect(self, backend: Backend, pool: Pool) -> None:
+    def _connect(self, exchange: _Exchange, backend: Backend) -> None:
         # Read nothing more from the client until there is somewhere to send it.
         self.gate.pause("upstream")
-        connecting = self.factory.upstreams.connect(backend, pool)
-        self.connecting = connecting
-        connecting.addCallbacks(self._connected, self._connect_failed)
+        connecting = self.factory.upstreams.connect(backend, exchange.pool)
+        exchange.connecting = connecting
+        connecting.addCallbacks(
+            self._connected, self._connect_failed, callbackArgs=(exchange,), errbackArgs=(exchange,)
+        )
 
-    def _connected(self, connection: UpstreamConnection) -> None:
-        self.connecting = None
-        self.t_connected = self.seconds()
-        self._use(connection)
+    def _connected(self, connection: UpstreamConnection, exchange: _Exchange) -> None:
+        exchange.connecting = None
+        exchange.t_connected = self.seconds()
+        self._use(exchange, connection)
 
-    def _connect_failed(self, failure: Failure) -> None:
-        self.connecting = None
-        backend = self.backend
-        pool = self.pool
-        assert backend is not None and pool is not None
-        self._release_backend()
-        if self.lost:
-            return
+    def _connect_failed(self, failure: Failure, exchange: _Exchange) -> None:
+        exchange.connecting = None
+        backend = exchange.backend
+        pool = exchange.pool
+        assert backend is not None
+        self._release_backend(exchange)
+        if exchange is not self.active:
+            return  # cancelled: the exchange ended (the client went away, an abort)
         backend.connect_failures += 1
         backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
         pool.report_failure(backend, reason)
-        left = pool.retries + 1 - len(self.tried)
+        left = pool.retries + 1 - len(exchange.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
             "failed: {reason}; {left} attempts left",
@@ -776,37 +904,38 @@ class HTTPProxyProtocol(Protocol):
         )
         if left > 0:
             backend.retries[RETRY_CONNECT_FAILED] += 1
-            self._pick(pool)
+            self._pick(exchange)
         else:
             self._respond_error(502, "backend connect failed")
 
-    def _release_backend(self) -> None:
-        """Give back the active exchange's backend (lease and in-flight count)."""
-        if self.lease is not None and not self.lease.released:
-            self.lease.release()
-            self.lease.backend.in_flight_requests -= 1
+    def _release_backend(self, exchange: _Exchange) -> None:
+        """Give back ``exchange``'s backend (lease and in-flight count)."""
+        lease = exchange.lease
+        if lease is not None and not lease.released:
+            lease.release()
+            lease.backend.in_flight_requests -= 1
 
-    def _use(self, connection: UpstreamConnection) -> None:
+    def _use(self, exchange: _Exchange, connection: UpstreamConnection) -> None:
         """Send the active request over ``connection``."""
-        request = self.active
-        assert request is not None
-        self.upstream = connection
+        request = exchange.request
+        exchange.upstream = connection
         # Flow control: each side reads only as fast as the other side's write buffer
         # empties. Over TCP, each gate is registered as the other transport's producer only
         # once that transport has to queue bytes.
         connection.attach(self)
         if not self.paces_lazily:
             self._pace_upstream()
-        if self.replay:
+        if exchange.replay:
             # Sending again after a failure: everything sent before, at once.
-            replay = self.replay
-            self.replay = []
-            self.replay_bytes = 0
+            replay = exchange.replay
+            exchange.replay = []
+            exchange.replay_bytes = 0
             self._send_upstream(b"".join(replay))
         else:
             # The head and whatever body is already here go out in one send.
             parts = [self._request_head(request)]
-            self.head_sent = True
+            if exchange.phase is _CONNECTING:
+                exchange.phase = _AWAITING
             body, request.body = request.body, []
             for chunk in body:
                 parts.append(self._frame_body(chunk, request.chunked))
@@ -829,8 +958,9 @@ class HTTPProxyProtocol(Protocol):
             trusted=factory.trusted_proxies,
         )
         if request.host is None:
-            assert self.backend is not None
-            headers.insert(0, (b"Host", str(self.backend.address).encode()))
+            exchange = self.active
+            assert exchange is not None and exchange.backend is not None
+            headers.insert(0, (b"Host", str(exchange.backend.address).encode()))
         if request.upgrade:
             for name, value in request.headers:
                 if name.lower() == b"upgrade":
@@ -842,30 +972,33 @@ class HTTPProxyProtocol(Protocol):
 
     def _frame_body(self, data: bytes, chunked: bool) -> bytes:
         """Count a piece of request body as sent, and frame it as a chunk when chunked."""
-        self.body_sent += len(data)
+        exchange = self.active
+        assert exchange is not None
+        exchange.body_sent += len(data)
         return b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
 
     def _send_body(self, data: bytes, chunked: bool) -> None:
         self._send_upstream(self._frame_body(data, chunked))
 
     def _send_upstream(self, data: bytes) -> None:
-        upstream = self.upstream
-        assert upstream is not None
-        if self.replay is not None:
-            self.replay_bytes += len(data)
-            if self.replay_bytes > REPLAY_LIMIT:
-                self.replay = None
+        exchange = self.active
+        assert exchange is not None and exchange.upstream is not None
+        replay = exchange.replay
+        if replay is not None:
+            exchange.replay_bytes += len(data)
+            if exchange.replay_bytes > REPLAY_LIMIT:
+                exchange.replay = None
             else:
-                self.replay.append(data)
-        upstream.send(data)
+                replay.append(data)
+        exchange.upstream.send(data)
 
     def _request_sent(self) -> None:
         """The whole request is written to the backend: wait for its response."""
-        self.t_sent = self.seconds()
-        pool = self.pool
-        assert pool is not None
-        if not self.response_started:
-            self._set_timer("response", pool.response_timeout)
+        exchange = self.active
+        assert exchange is not None
+        exchange.t_sent = now = self.seconds()
+        if exchange.phase is _AWAITING:
+            self._set_timer("response", exchange.pool.response_timeout, now)
 
     def _transfer_stalled(self) -> None:
         """
@@ -874,79 +1007,82 @@ class HTTPProxyProtocol(Protocol):
         stops midway can only be cut (nginx ``proxy_read_timeout``, HAProxy ``timeout
         server``/``client``).
         """
+        exchange = self.active
+        assert exchange is not None
         _log.warn(
             "frontend {frontend}: no bytes for {timeout} s while streaming a body between "
             "{client} and backend {backend}; closing",
             frontend=self.factory.frontend,
             timeout=self.factory.client_timeout,
             client=self.client_ip or "-",
-            backend=self.backend.name if self.backend else "-",
+            backend=exchange.backend.name if exchange.backend else "-",
         )
-        if self.response_started and self.status >= 200:
-            self._detach_upstream(reuse=False)
+        self._detach_upstream(reuse=False)
+        if exchange.phase is _RESPONDING:
             self._abort_client()
         else:
-            self._detach_upstream(reuse=False)
             self._respond_error(408, "request body stalled")
 
     def _response_timed_out(self) -> None:
-        pool = self.pool
-        assert pool is not None
+        exchange = self.active
+        assert exchange is not None
+        pool = exchange.pool
+        backend = exchange.backend
         _log.warn(
             "frontend {frontend}: backend {backend} in pool {pool} sent no response within "
             "{timeout} s (response_timeout)",
             frontend=self.factory.frontend,
-            backend=self.backend.name if self.backend else "-",
+            backend=backend.name if backend else "-",
             pool=pool.name,
             timeout=pool.response_timeout,
         )
-        if self.backend is not None:
+        if backend is not None:
             # A backend that does not answer must not look fast to least_time.
             now = self.seconds()
-            self.backend.response_time.observe(now - (self.t_sent or now), now)
-            pool.report_failure(self.backend, f"no response within {pool.response_timeout} s")
-        upstream = self.upstream
-        if upstream is not None:
+            backend.response_time.observe(now - (exchange.t_sent or now), now)
+            pool.report_failure(backend, f"no response within {pool.response_timeout} s")
+        if exchange.upstream is not None:
             self._detach_upstream(reuse=False)
         self._respond_error(504, "response timeout")
 
     # Response events, from the upstream connection.
 
     def response_headers_complete(self) -> None:
-        upstream = self.upstream
-        request = self.active
-        assert upstream is not None and request is not None
+        exchange = self.active
+        assert exchange is not None
+        upstream = exchange.upstream
+        request = exchange.request
+        assert upstream is not None
         status = upstream.parser.get_status_code()
-        now = self.seconds()
-        if not self.response_started:
-            self.response_started = True
-            self.t_first_byte = now
+        now = self.last_activity  # (batch_begin has just read the clock, for this read)
+        if exchange.phase is _AWAITING:
+            exchange.t_first_byte = now
             self._cancel_timer("response")
-            backend = self.backend
-            pool = self.pool
-            assert backend is not None and pool is not None
-            backend.response_time.observe(now - (self.t_sent or request.started), now)
-            pool.report_response(backend, status)
-        self.status = status
+            backend = exchange.backend
+            assert backend is not None
+            backend.response_time.observe(now - (exchange.t_sent or request.started), now)
+            exchange.pool.report_response(backend, status)
+        exchange.status = status
         phrase = b"".join(upstream.reason_parts) or reason(status)
-        self.response_headers = fields = upstream.headers
+        exchange.response_headers = fields = upstream.headers
         names = [name.lower() for name, _ in fields]
         headers = remove_hop_by_hop(fields, names)
         if status < 200:
-            self.interim = True
+            exchange.phase = _INTERIM
             if status == 101:
                 # The switch itself is hop-by-hop, and this hop is the one switching.
                 for name, value in fields:
                     if name.lower() == b"upgrade":
                         headers.append((b"Upgrade", value))
                 headers.append((b"Connection", b"Upgrade"))
-                self.pending_head = serialize_head(b"HTTP/1.1 101 " + phrase, headers)
+                exchange.pending_head = serialize_head(b"HTTP/1.1 101 " + phrase, headers)
             elif request.version == "1.1":
                 self._send_client(serialize_head(b"HTTP/1.1 %d %b" % (status, phrase), headers))
             return
-        self.interim = False
+        exchange.phase = _RESPONDING
         if not upstream.parser.should_keep_alive():
             upstream.reusable = False
+        framing: Framing
         if request.method == b"HEAD" or status in _NO_BODY_STATUSES:
             framing = "none"
         elif b"content-length" in names:
@@ -960,15 +1096,15 @@ class HTTPProxyProtocol(Protocol):
             # The connection ends with this response: a refusal still owed cannot follow it.
             self.closing = True
             self.pending_reject = 0
-        elif self.parser_dead and not self._answers_follow(request):
+        elif self.phase is not _READING and not self._answers_follow(request):
             self.closing = True
         if self.closing and not self.pending_reject:
             headers.append((b"Connection", b"close"))
         elif request.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
-        self.framing = framing
+        exchange.framing = framing
         if framing != "none":
-            self._set_timer("transfer", self.factory.client_timeout)
+            self._set_timer("transfer", self.factory.client_timeout, now)
         self._send_client(serialize_head(b"HTTP/1.1 %d %b" % (status, phrase), headers))
         if framing == "none":
             if request.method == b"HEAD":
@@ -976,35 +1112,38 @@ class HTTPProxyProtocol(Protocol):
             self._response_done()
 
     def response_body(self, data: bytes) -> None:
-        framing = self.framing
+        exchange = self.active
+        assert exchange is not None
+        framing = exchange.framing
         if framing == "chunked":
             self._send_client(b"%x\r\n%b\r\n" % (len(data), data))
         elif framing == "none":
-            if self.upstream is not None:
-                self.upstream.reusable = False  # a body where none may be
+            if exchange.upstream is not None:
+                exchange.upstream.reusable = False  # a body where none may be
         else:
             self._send_client(data)
 
     def response_complete(self) -> None:
-        if self.interim or self.responded:
-            return
-        if self.framing == "chunked":
+        exchange = self.active
+        if exchange is None or exchange.phase is not _RESPONDING:
+            return  # the end of a 1xx, or of a response answered already
+        if exchange.framing == "chunked":
             self._send_client(b"0\r\n\r\n")
         self._response_done()
 
     def response_upgraded(self, data: bytes) -> None:
-        request = self.active
-        if request is None or not request.upgrade or self.status != 101:
+        exchange = self.active
+        if exchange is None or not exchange.request.upgrade or exchange.status != 101:
             self.response_malformed(ValueError("101 without an upgrade request"))
             return
-        self._send_client(self.pending_head)
-        self.tunnel = True
-        self.responded = True
+        self._send_client(exchange.pending_head)
+        self.phase = _TUNNEL
+        exchange.phase = _DONE
         self.last_activity = self.seconds()
         if data:
             self._send_client(data)
         early, self.tunnel_early = self.tunnel_early, []
-        upstream = self.upstream
+        upstream = exchange.upstream
         assert upstream is not None
         for chunk in early:
             self.tunnel_in += len(chunk)
@@ -1017,24 +1156,28 @@ class HTTPProxyProtocol(Protocol):
         self._send_client(data)
 
     def response_malformed(self, error: Exception) -> None:
+        exchange = self.active
+        assert exchange is not None
+        backend = exchange.backend
         _log.warn(
             "frontend {frontend}: backend {backend} sent a malformed response: {error}",
             frontend=self.factory.frontend,
-            backend=self.backend.name if self.backend else "-",
+            backend=backend.name if backend else "-",
             error=str(error),
         )
-        if self.backend is not None and self.pool is not None:
-            self.pool.report_failure(self.backend, f"malformed response: {error}")
+        if backend is not None:
+            exchange.pool.report_failure(backend, f"malformed response: {error}")
         self._detach_upstream(reuse=False)
-        if self.response_started and self.status >= 200:
+        if exchange.phase is _RESPONDING:
             self._abort_client()
         else:
             self._respond_error(502, "malformed response")
 
     def upstream_lost(self, connection: UpstreamConnection, reason: Failure) -> None:
-        if connection is not self.upstream:
+        exchange = self.active
+        if exchange is None or connection is not exchange.upstream:
             return
-        if self.tunnel:
+        if self.phase is _TUNNEL:
             # Unhook it the usual way, so that it is no longer the client's producer: over
             # TLS a registered producer would hold the client's close for ever.
             self._detach_upstream(reuse=False)
@@ -1042,8 +1185,8 @@ class HTTPProxyProtocol(Protocol):
             self._flush_batch()
             lose_connection(self.client_transport)
             return
-        if self.response_started and self.status >= 200:
-            if self.framing in ("chunked", "close") and not self._upstream_framed():
+        if exchange.phase is _RESPONDING:
+            if exchange.framing in ("chunked", "close") and not _framed(exchange):
                 # A close-delimited response ends when the backend closes (RFC 9112 §6.3).
                 self.response_complete()
             else:
@@ -1051,31 +1194,26 @@ class HTTPProxyProtocol(Protocol):
                 self._abort_client()
             return
         self._detach_upstream(reuse=False)
-        self._retry_or_fail(connection, reason)
+        self._retry_or_fail(exchange, connection, reason)
 
-    def _upstream_framed(self) -> bool:
-        """Whether the backend's response had Content-Length or chunked framing."""
-        return any(
-            name.lower() in (b"content-length", b"transfer-encoding")
-            for name, _ in self.response_headers
-        )
-
-    def _retry_or_fail(self, connection: UpstreamConnection, reason: Failure) -> None:
-        request = self.active
-        backend = self.backend
-        pool = self.pool
-        assert request is not None and backend is not None and pool is not None
+    def _retry_or_fail(
+        self, exchange: _Exchange, connection: UpstreamConnection, reason: Failure
+    ) -> None:
+        request = exchange.request
+        backend = exchange.backend
+        pool = exchange.pool
+        assert backend is not None
         self._cancel_timer("response", "transfer")
         idempotent = request.method in IDEMPOTENT_METHODS
-        replayable = self.replay is not None and (idempotent or self.body_sent == 0)
+        replayable = exchange.replay is not None and (idempotent or exchange.body_sent == 0)
         reused = connection.requests > 1
-        if reused and not self.reuse_retried and replayable:
+        if reused and not exchange.reuse_retried and replayable:
             # The keep-alive race: the backend closed an idle connection as we reused it.
-            self.reuse_retried = True
+            exchange.reuse_retried = True
             backend.retries[RETRY_STALE_CONNECTION] += 1
-            self._connect(backend, pool)
+            self._connect(exchange, backend)
             return
-        self._release_backend()
+        self._release_backend(exchange)
         pool.report_failure(backend, f"closed before responding: {reason.getErrorMessage()}")
         _log.warn(
             "frontend {frontend}: backend {backend} in pool {pool} closed the connection "
@@ -1085,17 +1223,19 @@ class HTTPProxyProtocol(Protocol):
             pool=pool.name,
             reason=reason.getErrorMessage(),
         )
-        if idempotent and replayable and len(self.tried) <= pool.retries:
+        if idempotent and replayable and len(exchange.tried) <= pool.retries:
             backend.retries[RETRY_RESET] += 1
-            self._pick(pool)
+            self._pick(exchange)
         else:
             self._respond_error(502, "backend closed the connection")
 
     # Ending an exchange.
 
     def _send_client(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        if self.lost:
+        exchange = self.active
+        if exchange is not None:
+            exchange.bytes_out += len(data)
+        if self.phase is _CLOSED:
             return
         if self.client_batch is not None:
             self.client_batch.append(data)
@@ -1121,13 +1261,13 @@ class HTTPProxyProtocol(Protocol):
         batch = self.client_batch
         if batch:
             self.client_batch = []
-            if not self.lost:
+            if self.phase is not _CLOSED:
                 self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def batch_end(self) -> None:
         """Send what :meth:`batch_begin` held."""
         batch, self.client_batch = self.client_batch, None
-        if batch and not self.lost:
+        if batch and self.phase is not _CLOSED:
             self.send(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def _pace_upstream(self) -> None:
@@ -1137,17 +1277,24 @@ class HTTPProxyProtocol(Protocol):
         bytes are queued for the client (a backlog), or at once for transports that queue
         every write.
         """
-        upstream = self.upstream
+        exchange = self.active
+        if exchange is None:
+            return
+        upstream = exchange.upstream
         if upstream is not None and self.pacing is None and upstream.gate is not None:
             self.pacing = upstream.gate
             self.client_transport.registerProducer(upstream.gate, True)
 
     def _detach_upstream(self, *, reuse: bool) -> None:
         """Unhook the upstream connection from this exchange; keep it for reuse or close it."""
-        upstream, self.upstream = self.upstream, None
+        exchange = self.active
+        if exchange is None:
+            upstream = None
+        else:
+            upstream, exchange.upstream = exchange.upstream, None
         gate, self.pacing = self.pacing, None
         if gate is not None:
-            if not self.lost:
+            if self.phase is not _CLOSED:
                 self.client_transport.unregisterProducer()
             gate.resume("consumer")
         if upstream is None:
@@ -1161,13 +1308,14 @@ class HTTPProxyProtocol(Protocol):
 
     def _response_done(self) -> None:
         """The response is written out: log, recycle, and go on with the next request."""
-        request = self.active
-        assert request is not None
-        self.responded = True
-        reusable = request.complete and self.body_sent == request.body_bytes
+        exchange = self.active
+        assert exchange is not None
+        request = exchange.request
+        exchange.phase = _DONE
+        reusable = request.complete and exchange.body_sent == request.body_bytes
         self._detach_upstream(reuse=reusable)
         self._finish_exchange()
-        if self.lost or (self.closing and not self.pending_reject):
+        if self.phase is _CLOSED or (self.closing and not self.pending_reject):
             self._close_client()
             return
         self._next_request()
@@ -1189,36 +1337,39 @@ class HTTPProxyProtocol(Protocol):
 
     def _finish_exchange(self) -> None:
         """Account for the active exchange (once) and forget it."""
-        request = self.active
-        if request is None:
+        exchange = self.active
+        if exchange is None:
             return
         self.active = None
-        if self.connecting is not None:
-            connecting, self.connecting = self.connecting, None
+        request = exchange.request
+        if exchange.connecting is not None:
+            connecting, exchange.connecting = exchange.connecting, None
             connecting.cancel()
         self._cancel_timer("response", "transfer")
-        backend = self.lease.backend if self.lease is not None else None
-        self._release_backend()
+        lease = exchange.lease
+        backend = lease.backend if lease is not None else None
+        self._release_backend(exchange)
         # The metrics' counters: a few additions per request.
         factory = self.factory
-        status = self.status
+        status = exchange.status
         bytes_in = request.head_bytes + request.body_bytes + self.tunnel_in
+        bytes_out = exchange.bytes_out
         factory.bytes_in += bytes_in
-        factory.bytes_out += self.bytes_out
+        factory.bytes_out += bytes_out
         if 100 <= status <= 599 and status != CLIENT_CLOSED:
             factory.responses[status // 100 - 1] += 1
             if backend is not None:
                 backend.responses[status // 100 - 1] += 1
         if backend is not None:
             backend.bytes_in += bytes_in
-            backend.bytes_out += self.bytes_out
+            backend.bytes_out += bytes_out
         now = self.seconds()
         started = request.started
-        pool = self.pool
-        if pool is not None:
-            pool.request_seconds.observe(now - started)
-            if self.t_first_byte:
-                pool.first_byte_seconds.observe(self.t_first_byte - started)
+        t_first_byte = exchange.t_first_byte
+        pool = exchange.pool
+        pool.request_seconds.observe(now - started)
+        if t_first_byte:
+            pool.first_byte_seconds.observe(t_first_byte - started)
         access_log = factory.access_log
         if access_log is None:
             return
@@ -1229,32 +1380,33 @@ class HTTPProxyProtocol(Protocol):
             request.target,
             status,
             bytes_in,
-            self.bytes_out,
+            bytes_out,
             backend.name if backend is not None else "-",
-            _ms(self.t_connected - started) if self.t_connected else 0,
-            _ms(self.t_first_byte - started) if self.t_first_byte else None,
+            _ms(exchange.t_connected - started) if exchange.t_connected else 0,
+            _ms(t_first_byte - started) if t_first_byte else None,
             _ms(now - started),
         )
 
     def _respond_error(self, status: int, why: str) -> None:
         """Answer the active request with an error, if nothing of its response was sent."""
-        request = self.active
-        if request is None:
+        exchange = self.active
+        if exchange is None:
             return
-        if self.response_started and self.status >= 200:
+        if exchange.phase is _RESPONDING:
             self._abort_client()
             return
-        self.status = status
+        request = exchange.request
+        exchange.status = status
         self._detach_upstream(reuse=False)
         # A request pipelined before a refused one is answered without closing: the refusal,
         # still owed, comes next and closes.
         owed = self._answers_follow(request) and request.complete
-        close = not request.complete or ((self.closing or self.parser_dead) and not owed)
+        close = not request.complete or ((self.closing or self.phase is not _READING) and not owed)
         if close:
             self.closing = True
             self.pending_reject = 0
         self._send_client(error_response(status, close=close, head=request.method == b"HEAD"))
-        self.responded = True
+        exchange.phase = _DONE
         self._finish_exchange()
         if close:
             self._close_client()
@@ -1276,7 +1428,8 @@ class HTTPProxyProtocol(Protocol):
         is answered (RFC 9112 §9.6): the connection closes after that request's response.
         """
         already_closing = self.closing
-        self.parser_dead = True
+        if self.phase is _READING:
+            self.phase = _STOPPED
         self.gate.pause("closing")
         if self.close_requested:
             # What follows a request that asked to close is never answered; that request
@@ -1292,7 +1445,7 @@ class HTTPProxyProtocol(Protocol):
             status=status,
             client=self.client_ip or "-",
         )
-        if bad is not None and bad is self.active:
+        if bad is not None and self.active is not None and bad is self.active.request:
             self._respond_error(status, "bad request")
             return
         if bad is not None and bad in self.queue:
@@ -1310,16 +1463,15 @@ class HTTPProxyProtocol(Protocol):
 
     def _close_client(self) -> None:
         """Close the client connection, after the error response still owed, if any."""
-        if self.lost:
+        if self.phase is _CLOSED:
             return
         if self.pending_reject:
             status, self.pending_reject = self.pending_reject, 0
-            self.status = status
             self.factory.responses[status // 100 - 1] += 1
             self._send_client(error_response(status))
             self._log_rejected(status)
         self._flush_batch()
-        if (self.parser_dead or self.parsing is not None) and self._linger():
+        if (self.phase is not _READING or self.parsing is not None) and self._linger():
             return
         lose_connection(self.client_transport)
 
@@ -1336,12 +1488,11 @@ class HTTPProxyProtocol(Protocol):
 
         Returns whether the connection lingers (else the caller closes it).
         """
-        if self.lingering or self.close_reason:
+        if self.phase is _LINGERING or self.close_reason:
             return False  # (a balancer shutting down does not linger)
         if not close_writing(self.client_transport):
             return False
-        self.lingering = True
-        self.parser_dead = True
+        self.phase = _LINGERING
         now = self.seconds()
         self.last_activity = now
         self.linger_until = now + self.factory.lingering_time
@@ -1372,7 +1523,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _abort_client(self) -> None:
         self._finish_exchange()
-        if not self.lost:
+        if self.phase is not _CLOSED:
             self.client_transport.abortConnection()
 
     def _abort_exchange(self) -> None:
@@ -1391,20 +1542,21 @@ class HTTPProxyProtocol(Protocol):
             frontend=self.factory.frontend,
             client=self.client_ip or "-",
         )
-        self.parser_dead = True
+        if self.phase is _READING:
+            self.phase = _STOPPED
         self.closing = True
         # Nothing more is answered on this connection: the 500 closes it.
         self.pending_reject = 0
         self.close_requested = False
         self.queue.clear()
-        if self.active is not None and not (self.response_started and self.status >= 200):
+        if self.active is not None and self.active.phase is not _RESPONDING:
             self._respond_error(500, "internal error")
         else:
             self._abort_client()
 
     # Timers.
 
-    def _set_timer(self, kind: str, seconds: float) -> None:
+    def _set_timer(self, kind: TimerKind, seconds: float, now: float | None = None) -> None:
         """
         Arm the connection's one deadline: ``header`` (408), ``idle`` (close quietly),
         ``response`` (504), ``transfer`` (no byte either way for ``client_timeout`` while a
@@ -1413,10 +1565,11 @@ class HTTPProxyProtocol(Protocol):
 
         The timer is lazy: changing the deadline does not cancel and re-create a DelayedCall
         (a heap operation per request); the timer fires, finds the deadline later, and
-        sleeps again. It is moved sooner only when the new deadline is before it.
+        sleeps again. It is moved sooner only when the new deadline is before it. ``now`` is
+        the reactor's time, when the caller has just read it.
         """
         self.timer_kind = kind
-        self.deadline = deadline = self.seconds() + seconds
+        self.deadline = deadline = (self.seconds() if now is None else now) + seconds
         timer = self.timer
         if timer is None:
             self.timer = self.factory.reactor.callLater(seconds, self._timer_fired)
@@ -1425,7 +1578,7 @@ class HTTPProxyProtocol(Protocol):
             timer.reset(seconds)
             self.timer_at = deadline
 
-    def _cancel_timer(self, *kinds: str) -> None:
+    def _cancel_timer(self, *kinds: TimerKind) -> None:
         """Disarm the deadline (only if it is of one of ``kinds``, when given); stays lazy."""
         if not kinds or self.timer_kind in kinds:
             self.timer_kind = ""
@@ -1478,8 +1631,8 @@ class HTTPProxyProtocol(Protocol):
         """Close after the active response (at once when idle)."""
         self.closing = True
         self.close_reason = ended
-        if self.active is None or self.tunnel:
-            if self.tunnel:
+        if self.active is None or self.phase is _TUNNEL:
+            if self.phase is _TUNNEL:
                 self._detach_upstream(reuse=False)
                 self._finish_exchange()
             self._flush_batch()
@@ -1493,8 +1646,16 @@ class HTTPProxyProtocol(Protocol):
 
     def drain(self) -> None:
         """Close after the active response (at once when idle); a tunnel runs on."""
-        if not self.tunnel:
+        if self.phase is not _TUNNEL:
             self.close("drain")
+
+
+def _framed(exchange: _Exchange) -> bool:
+    """Whether the backend's response had Content-Length or chunked framing."""
+    return any(
+        name.lower() in (b"content-length", b"transfer-encoding")
+        for name, _ in exchange.response_headers
+    )
 
 
 def _ms(seconds: float) -> int:
