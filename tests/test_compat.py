@@ -128,25 +128,32 @@ class FileDescriptorWriteTests(SynchronousTestCase):
     def decisions(self) -> dict[str, bool]:
         """
         What each of the entry's functions decides for the connection now: whether
-        ``send_when_idle`` would queue, ``write_closing`` says closing, and ``hold_if_open``
-        and ``hold_if_idle`` would refuse to hold. A probe they hold is taken out again.
+        ``send_when_idle`` would queue, and whether ``hold_if_open``, ``hold_if_idle`` and
+        ``take_sendable`` would refuse. What a probe changes is checked, then undone.
         """
-        c = self.connection
+        c: Any = self.connection
         chose: list[str] = []
         _compat.send_when_idle(c, lambda _: chose.append("send"), lambda _: chose.append("queue"))(
             b"probe"
         )
-        held_before = _compat.held_bytes(c)
-        decided = {"queues": chose == ["queue"], "closing": _compat.write_closing(c)()}
+        decided = {"queues": chose == ["queue"]}
         for name in ("hold_if_open", "hold_if_idle"):
+            before = (list(c._tempDataBuffer), c._tempDataLen)
             held = getattr(_compat, name)(c)(b"probe")
             decided[f"{name} refuses"] = not held
             if held:
-                self.assertEqual(_compat.held_bytes(c), held_before + 5)
-                taken = _compat.take_held(c)
-                self.assertEqual(taken[-1], b"probe")
-                for chunk in taken[:-1]:  # put back what was held before, in order
-                    _compat.hold_if_open(c)(chunk)
+                self.assertEqual(c._tempDataBuffer, [*before[0], b"probe"])
+                self.assertEqual(c._tempDataLen, before[1] + 5)
+            else:
+                self.assertEqual((c._tempDataBuffer, c._tempDataLen), before)
+            c._tempDataBuffer, c._tempDataLen = before
+        before = (list(c._tempDataBuffer), c._tempDataLen)
+        taken = _compat.take_sendable(c)()
+        decided["take_sendable refuses"] = taken is None
+        if taken is not None:
+            self.assertEqual(taken, before[0])
+            self.assertEqual((c._tempDataBuffer, c._tempDataLen), ([], 0))
+        c._tempDataBuffer, c._tempDataLen = before
         return decided
 
     def test_idle(self) -> None:
@@ -154,15 +161,14 @@ class FileDescriptorWriteTests(SynchronousTestCase):
         with entry(self.NAME, TWISTED):
             c = self.connection
             self.assertFalse(_compat.queued(c))
-            self.assertFalse(_compat.sending(c))
-            self.assertEqual(_compat.held_bytes(c), 0)
+            self.assertEqual(c._tempDataLen, 0)
             self.assertEqual(
                 self.decisions(),
                 {
                     "queues": False,
-                    "closing": False,
                     "hold_if_open refuses": False,
                     "hold_if_idle refuses": False,
+                    "take_sendable refuses": True,  # nothing to take
                 },
             )
 
@@ -175,51 +181,60 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             c = self.connection
             c.write(b"x" * 1000)
             c.write(b"y" * 234)
-            self.assertEqual(_compat.held_bytes(c), 1234)
+            self.assertEqual(c._tempDataLen, 1234)
             self.assertTrue(_compat.queued(c))
             self.assertEqual(
                 self.decisions(),
                 {
                     "queues": True,
-                    "closing": False,
                     "hold_if_open refuses": False,
                     "hold_if_idle refuses": True,
+                    "take_sendable refuses": False,
                 },
             )
             c.doWrite()
             self.assertEqual(drain(self.peer), 1234)
             self.assertFalse(_compat.queued(c))
             data = self.write_until_blocked()
-            self.assertEqual(_compat.held_bytes(c), 0)
-            self.assertTrue(_compat.sending(c))
+            self.assertEqual(c._tempDataLen, 0)
+            self.assertNotEqual(c.offset, len(c.dataBuffer))
             self.assertTrue(_compat.queued(c))
-            self.assertTrue(self.decisions()["queues"])
             unsent = len(c.dataBuffer) - c.offset
             self.assertGreater(unsent, 0)
             self.assertLess(unsent, len(data))
+            c.write(b"more")  # held behind the bytes being sent: not for the taking
+            self.assertEqual(
+                self.decisions(),
+                {
+                    "queues": True,
+                    "hold_if_open refuses": False,
+                    "hold_if_idle refuses": True,
+                    "take_sendable refuses": True,
+                },
+            )
 
     def test_hold_and_take(self) -> None:
         """
         Bytes held with ``hold_if_open``/``hold_if_idle`` are what ``write`` would hold:
-        ``doWrite`` sends them; or ``take_held`` takes them out and leaves nothing held.
+        ``doWrite`` sends them; or ``take_sendable`` takes them out and leaves nothing held.
         """
         with entry(self.NAME, TWISTED):
             c = self.connection
             hold = _compat.hold_if_open(c)
             self.assertTrue(_compat.hold_if_idle(c)(b"one "))
             self.assertTrue(hold(b"two"))
-            self.assertEqual(_compat.held_bytes(c), 7)
+            self.assertEqual(c._tempDataLen, 7)
             self.assertEqual(self.reactor.getWriters(), [])  # no writability asked for
             c.startWriting()
             c.doWrite()
             self.assertEqual(self.peer.recv(100), b"one two")
             self.assertFalse(_compat.queued(c))
             self.assertTrue(hold(b"three"))
-            self.assertEqual(_compat.take_held(c), [b"three"])
-            self.assertEqual(_compat.held_bytes(c), 0)
+            self.assertEqual(_compat.take_sendable(c)(), [b"three"])
+            self.assertEqual(c._tempDataLen, 0)
             self.assertFalse(_compat.queued(c))
             self.assertTrue(hold(b"four"))  # the holder still works on the new list
-            self.assertEqual(_compat.take_held(c), [b"four"])
+            self.assertEqual(_compat.take_sendable(c)(), [b"four"])
 
     def test_half_close_with_data_pending(self) -> None:
         """
@@ -228,9 +243,9 @@ class FileDescriptorWriteTests(SynchronousTestCase):
         """
         closed = {
             "queues": True,
-            "closing": True,
             "hold_if_open refuses": True,
             "hold_if_idle refuses": True,
+            "take_sendable refuses": True,
         }
         with entry(self.NAME, TWISTED):
             c = self.connection
@@ -251,7 +266,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             # Nothing queued, but a send now would go after the FIN: all still say so.
             self.assertEqual(self.decisions(), closed)
             c.write(b"late")
-            self.assertEqual(_compat.held_bytes(c), 0)
+            self.assertEqual(c._tempDataLen, 0)
 
     def test_lose_connection_with_data_pending(self) -> None:
         """``loseConnection`` with bytes pending sets ``disconnecting`` until they are sent."""
@@ -264,9 +279,9 @@ class FileDescriptorWriteTests(SynchronousTestCase):
                 self.decisions(),
                 {
                     "queues": True,
-                    "closing": True,
                     "hold_if_open refuses": True,
                     "hold_if_idle refuses": True,
+                    "take_sendable refuses": True,
                 },
             )
 
@@ -281,7 +296,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             c.abortConnection()
             self.assertTrue(c._aborting)
             decided = self.decisions()
-            self.assertTrue(decided["closing"])
+            self.assertTrue(decided["take_sendable refuses"])
             self.assertTrue(decided["hold_if_open refuses"])
             self.assertTrue(decided["hold_if_idle refuses"])
             self.reactor.advance(0)  # connectionLost

@@ -61,15 +61,13 @@ __all__ = [
     "endpoint_port",
     "epoll_internals",
     "flush_tls_aggregator",
-    "held_bytes",
     "hold_if_idle",
     "hold_if_open",
     "native_context",
     "openssl_function",
     "queued",
     "send_when_idle",
-    "sending",
-    "take_held",
+    "take_sendable",
     "tls_app_buffered",
     "tls_holds_writes",
     "tls_reason",
@@ -77,7 +75,6 @@ __all__ = [
     "unix_endpoint_with_mode",
     "unwrap_server_endpoint",
     "wrapped_protocol",
-    "write_closing",
 ]
 
 
@@ -134,32 +131,13 @@ def send_when_idle(
     return write
 
 
-def write_closing(connection: tcp.Connection) -> Callable[[], bool]:
-    """
-    For one connection, bound once: a function that says whether a close of ``connection``
-    is under way or done. That covers ``loseConnection``, ``loseWriteConnection`` (pending or
-    done), ``abortConnection``, and not being connected.
-    """
-    c: Any = connection
-
-    def closing() -> bool:
-        return bool(
-            c.disconnecting
-            or c._writeDisconnecting
-            or c._writeDisconnected
-            or not c.connected
-            or c._aborting
-        )
-
-    return closing
-
-
 def hold_if_open(connection: tcp.Connection) -> Callable[[bytes], bool]:
     """
     For one connection, bound once: a function that adds bytes to ``connection``'s write
     buffer, as ``write`` does, without asking for writability, and returns ``True``. It does
-    nothing and returns ``False`` when a close is under way or done (:func:`write_closing`).
-    Held bytes go out with the next ``doWrite``, or through :func:`take_held`.
+    nothing and returns ``False`` when a close is under way or done: ``loseConnection``,
+    ``loseWriteConnection`` (pending or done), ``abortConnection``, or not connected.
+    Held bytes go out with the next ``doWrite``, or through :func:`take_sendable`.
     """
     c: Any = connection
 
@@ -172,7 +150,7 @@ def hold_if_open(connection: tcp.Connection) -> Callable[[bytes], bool]:
             or c._aborting
         ):
             return False
-        # doWrite and take_held replace the list, so it is read at each call.
+        # doWrite and take_sendable replace the list, so it is read at each call.
         c._tempDataBuffer.append(data)
         c._tempDataLen += len(data)
         return True
@@ -205,28 +183,33 @@ def hold_if_idle(connection: tcp.Connection) -> Callable[[bytes], bool]:
     return hold
 
 
-def held_bytes(connection: tcp.Connection) -> int:
-    """How many bytes ``connection``'s ``write`` took that ``doWrite`` has not picked up yet."""
-    held: int = cast(Any, connection)._tempDataLen
-    return held
-
-
-def sending(connection: tcp.Connection) -> bool:
-    """Whether ``doWrite`` has picked up bytes of ``connection`` that it has not sent yet."""
-    c: Any = connection
-    return bool(c.offset != len(c.dataBuffer))
-
-
-def take_held(connection: tcp.Connection) -> list[bytes]:
+def take_sendable(connection: tcp.Connection) -> Callable[[], list[bytes] | None]:
     """
-    Take out the bytes that ``connection``'s ``write`` (or a :func:`hold_if_open`) took, and
-    that ``doWrite`` has not picked up yet. The caller sends them.
+    For one connection, bound once: a function that takes out the bytes held in
+    ``connection``'s write buffer (by ``write``, :func:`hold_if_open` or
+    :func:`hold_if_idle`) for the caller to send, and leaves nothing held. It returns
+    ``None`` and leaves them to Twisted when none are held, when older bytes are still being
+    sent, or when a close is under way or done (as for :func:`hold_if_open`).
     """
     c: Any = connection
-    held: list[bytes] = c._tempDataBuffer
-    c._tempDataBuffer = []
-    c._tempDataLen = 0
-    return held
+
+    def take() -> list[bytes] | None:
+        if (
+            not c._tempDataLen
+            or c.offset != len(c.dataBuffer)
+            or c.disconnecting
+            or c._writeDisconnecting
+            or c._writeDisconnected
+            or not c.connected
+            or c._aborting
+        ):
+            return None
+        held: list[bytes] = c._tempDataBuffer
+        c._tempDataBuffer = []
+        c._tempDataLen = 0
+        return held
+
+    return take
 
 
 # -- twisted.protocols.tls.TLSMemoryBIOProtocol: writes held back, the small-write aggregator --
@@ -256,18 +239,18 @@ def tls_holds_writes(transport: TLSMemoryBIOProtocol) -> bool:
     )
 
 
-def tls_app_buffered(transport: TLSMemoryBIOProtocol) -> Callable[[], bool]:
+def tls_app_buffered(transport: TLSMemoryBIOProtocol) -> Callable[[], object]:
     """
-    For one transport, bound once: a function that says whether ``transport`` holds
-    application bytes back until its handshake is done. If Twisted renamed the attribute, the
-    function always answers ``True``.
-    ``_appSendBuffer`` is set when the transport is connected and is reassigned, never
-    deleted, so the fast function reads it directly.
+    For one transport, bound once: a function whose result is true while ``transport`` holds
+    application bytes back until its handshake is done (it returns the buffer itself, which
+    saves a ``bool()`` per write). If Twisted renamed the attribute, the result is always
+    true. ``_appSendBuffer`` is set when the transport is connected, and is reassigned but
+    never deleted, so the fast function reads it directly.
     """
     t: Any = transport
     if not hasattr(transport, "_appSendBuffer"):  # not connected yet, or renamed
-        return lambda: bool(getattr(t, "_appSendBuffer", True))
-    return lambda: bool(t._appSendBuffer)
+        return lambda: getattr(t, "_appSendBuffer", True)
+    return lambda: t._appSendBuffer
 
 
 def flush_tls_aggregator(transport: TLSMemoryBIOProtocol) -> None:

@@ -290,7 +290,7 @@ def sender(
 
     queue = _send_queue(connection.reactor)
     pending = queue.pending
-    closing = compat.write_closing(connection)
+    take_sendable = compat.take_sendable(connection)
     hold_if_open = compat.hold_if_open(connection)
     hold_if_idle = compat.hold_if_idle(connection)
 
@@ -308,11 +308,11 @@ def sender(
         write(data)
 
     def flush() -> None:
-        if not compat.held_bytes(connection) or compat.sending(connection) or closing():
+        buffered = take_sendable()
+        if buffered is None:
             # Sent already (by doWrite, or another sender's flush), or Twisted has it: queued
             # behind older bytes or closing, it waits for writability; aborted, it is dropped.
             return
-        buffered = compat.take_held(connection)
         send_now(buffered[0] if len(buffered) == 1 else b"".join(buffered))
 
     return send_at_turn_end
