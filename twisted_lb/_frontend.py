@@ -17,11 +17,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
+from twisted_lb._compat import V1Parser, V2Parser
 from twisted_lb._transport import lose_connection
 from twisted_lb.http.headers import TrustedProxies
 from twisted_lb.interfaces import IAccessLog, IBalancerReactor

@@ -15,7 +15,7 @@ from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet import endpoints, error, tcp
+from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import (
@@ -33,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_lb import _compat as compat
 from twisted_lb.interfaces import IBalancerReactor
 
 #: Bytes a bulk connection of the L4 relay reads at once, and queues for writing before the
@@ -120,8 +121,7 @@ def close_writing(transport: RelayTransport) -> bool:
 
 def _queued(connection: Any) -> bool:
     """Whether ``connection`` (a ``tcp.Connection``) has bytes queued, not yet sent."""
-    # Private to Twisted, as in sender().
-    return bool(connection._tempDataLen or connection.offset != len(connection.dataBuffer))
+    return compat.queued(connection)
 
 
 def _tls_waiting(transport: TLSMemoryBIOProtocol) -> bool:
@@ -129,10 +129,7 @@ def _tls_waiting(transport: TLSMemoryBIOProtocol) -> bool:
     Whether ``transport`` still holds writes back (a registered producer, bytes queued before
     the handshake), so that its close_notify is not written yet.
     """
-    # Private to Twisted: if a release renames them, count it as waiting (the safe side).
-    return getattr(transport, "_producer", True) is not None or bool(
-        getattr(transport, "_appSendBuffer", True)
-    )
+    return compat.tls_holds_writes(transport)
 
 
 class _SendQueue:
@@ -280,69 +277,42 @@ def sender(
                 on_backlog()
             write(data[sent:])
 
-    # Private to Twisted below: the write buffer and the close flags that FileDescriptor.write,
-    # doWrite and abortConnection keep.
+    # Twisted's write buffer and close flags, bound once (see _compat).
     if not at_turn_end:
 
-        def send(data: bytes) -> None:
-            if (
-                connection._tempDataLen
-                or connection.offset != len(connection.dataBuffer)
-                or connection.disconnecting
-                or connection._writeDisconnected
-                or not connection.connected
-            ):
-                # Queued already, or closing: Twisted's write keeps the order and the close.
-                if on_backlog is not None:
-                    on_backlog()
-                write(data)
-                return
-            send_now(data)
-
-        return send
-
-    queue = _send_queue(connection.reactor)
-    pending = queue.pending
-
-    def closing() -> bool:
-        return bool(
-            connection.disconnecting
-            or connection._writeDisconnecting
-            or connection._writeDisconnected
-            or not connection.connected
-            or connection._aborting
-        )
-
-    def send_at_turn_end(data: bytes) -> None:
-        if connection in pending:
-            if closing():
-                write(data)  # as Twisted's write would (it drops it after a half-close)
-            else:
-                connection._tempDataBuffer.append(data)
-                connection._tempDataLen += len(data)
-            return
-        if connection._tempDataLen or connection.offset != len(connection.dataBuffer) or closing():
+        def queue_write(data: bytes) -> None:
             # Queued already, or closing: Twisted's write keeps the order and the close.
             if on_backlog is not None:
                 on_backlog()
             write(data)
+
+        return compat.send_when_idle(connection, send_now, queue_write)
+
+    queue = _send_queue(connection.reactor)
+    pending = queue.pending
+    take_sendable = compat.take_sendable(connection)
+    hold_if_open = compat.hold_if_open(connection)
+    hold_if_idle = compat.hold_if_idle(connection)
+
+    def send_at_turn_end(data: bytes) -> None:
+        if connection in pending:
+            if not hold_if_open(data):
+                write(data)  # as Twisted's write would (it drops it after a half-close)
             return
-        connection._tempDataBuffer.append(data)
-        connection._tempDataLen += len(data)
-        queue.add(connection, flush)
+        if hold_if_idle(data):
+            queue.add(connection, flush)
+            return
+        # Queued already, or closing: Twisted's write keeps the order and the close.
+        if on_backlog is not None:
+            on_backlog()
+        write(data)
 
     def flush() -> None:
-        if (
-            not connection._tempDataLen
-            or connection.offset != len(connection.dataBuffer)
-            or closing()
-        ):
+        buffered = take_sendable()
+        if buffered is None:
             # Sent already (by doWrite, or another sender's flush), or Twisted has it: queued
             # behind older bytes or closing, it waits for writability; aborted, it is dropped.
             return
-        buffered = connection._tempDataBuffer
-        connection._tempDataBuffer = []
-        connection._tempDataLen = 0
         send_now(buffered[0] if len(buffered) == 1 else b"".join(buffered))
 
     return send_at_turn_end
@@ -352,10 +322,7 @@ def _tls_sender(
     transport: TLSMemoryBIOProtocol, on_backlog: Callable[[], None] | None, at_turn_end: bool
 ) -> Callable[[bytes], None]:
     """:func:`sender` for Twisted's TLS transport."""
-    # Private to Twisted: if a release renames it, nothing is flushed (it is a next-turn timer).
-    aggregator = getattr(transport, "_aggregator", None)
-    if aggregator is not None:
-        aggregator.flush()
+    compat.flush_tls_aggregator(transport)
     write = functools.partial(TLSMemoryBIOProtocol.write, transport)
     lower = getattr(transport, "transport", None)
     if not isinstance(lower, tcp.Connection):
@@ -367,10 +334,10 @@ def _tls_sender(
     if on_backlog is None:
         return write
     backlog_hook = on_backlog
+    app_buffered = compat.tls_app_buffered(transport)
 
     def send(data: bytes) -> None:
-        # Private to Twisted: if a release renames it, pace at every write (the safe side).
-        if getattr(transport, "_appSendBuffer", True):
+        if app_buffered():
             backlog_hook()
         write(data)
 
@@ -397,8 +364,7 @@ def lose_connection(transport: RelayTransport) -> None:
             lower.loseConnection()
 
 
-# Private to Twisted: if a release renames it, unwrap() does nothing.
-_WRAPPING_PROTOCOL: type | None = getattr(endpoints, "_WrappingProtocol", None)
+_WRAPPING_PROTOCOL = compat.WRAPPING_PROTOCOL
 
 
 def unwrap(protocol: IProtocol) -> None:
@@ -417,7 +383,7 @@ def unwrap(protocol: IProtocol) -> None:
     wrapper = transport.protocol
     if (
         isinstance(wrapper, _WRAPPING_PROTOCOL)
-        and getattr(wrapper, "_wrappedProtocol", None) is protocol
+        and compat.wrapped_protocol(wrapper) is protocol
         and not (
             IHalfCloseableProtocol.providedBy(protocol)
             or IFileDescriptorReceiver.providedBy(protocol)

@@ -46,6 +46,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from twisted_lb import __version__
+from twisted_lb import _compat as compat
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import (
     MAX_WEIGHT,
@@ -904,8 +905,7 @@ class AdminListener(ListeningService):
     def socket_path(self) -> str | None:
         """The file of a ``unix:`` listener, else ``None``."""
         if isinstance(self.endpoint, UNIXServerEndpoint):
-            path = self.endpoint._address
-            return path.decode() if isinstance(path, bytes) else str(path)
+            return compat.unix_endpoint_path(self.endpoint)
         return None
 
     def privilegedStartService(self) -> None:
@@ -951,13 +951,7 @@ def _with_mode(endpoint: IStreamServerEndpoint, mode: int) -> IStreamServerEndpo
     """
     if not isinstance(endpoint, UNIXServerEndpoint):
         return endpoint
-    return UNIXServerEndpoint(
-        endpoint._reactor,
-        endpoint._address,
-        backlog=endpoint._backlog,
-        mode=mode,
-        wantPID=endpoint._wantPID,
-    )
+    return compat.unix_endpoint_with_mode(endpoint, mode)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -43,12 +43,12 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from pydantic._internal._model_construction import ModelMetaclass
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from twisted_lb import _compat as compat
 from twisted_lb import _defaults as defaults
 from twisted_lb._address import parse_address, proxy_listener
 
@@ -362,8 +362,7 @@ def _endpoint_problem(text: str) -> str | None:
         return str(e)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
-    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:, ...
-    port = getattr(endpoint, "_port", None)
+    port = compat.endpoint_port(compat.unwrap_server_endpoint(endpoint))  # haproxy:, ...
     if isinstance(port, int) and not 0 <= port <= 65535:
         return f"port {port} is not from 0 to 65535"
     return None
@@ -762,7 +761,7 @@ _Files = Annotated[str, _v(_file), _Unit("path")]
 # -- the schema --------------------------------------------------------------------------------
 
 
-class _Positional(ModelMetaclass):
+class _Positional(compat.ModelMetaclass):
     """Fields may also be given by position, in the order they are declared, as with attrs."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -1572,7 +1571,7 @@ def _exposed_problem(text: str) -> str | None:
     if _endpoint_problem(text) is not None:
         return None
     endpoint = serverFromString(MemoryReactor(), text)
-    interface = getattr(endpoint, "_interface", None)
+    interface = compat.endpoint_interface(endpoint)
     if isinstance(endpoint, UNIXServerEndpoint):
         return None
     if not isinstance(interface, str):  # systemd:, plugins

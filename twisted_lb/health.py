@@ -39,7 +39,6 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError
 from twisted.web.client import (
     URI,
     Agent,
@@ -57,6 +56,7 @@ from zope.interface import implementer
 
 from twisted_lb import _defaults as defaults
 from twisted_lb._address import Address
+from twisted_lb._compat import ParseError
 from twisted_lb._transport import _OneProtocolFactory, describe_error
 from twisted_lb.backend import Backend
 from twisted_lb.interfaces import IBalancerReactor, IHealthCheck

@@ -23,12 +23,13 @@ calls :func:`install` before anything imports ``twisted.internet.reactor``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import epollreactor
 from twisted.internet.main import installReactor
 from twisted.python import context, log
+
+from twisted_lb import _compat as compat
 
 __all__ = ["EPollReactor", "install", "install_default"]
 
@@ -39,6 +40,11 @@ class EPollReactor(epollreactor.EPollReactor):
     logging context directly instead of through ``log.callWithLogger``. The context each
     handler runs in is the same; see the module docstring.
     """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        #: The parent's poller, descriptors and event handler (private: see compat).
+        self._epoll = compat.epoll_internals(self)
 
     def doPoll(self, timeout: float | None) -> None:
         """
@@ -54,8 +60,9 @@ class EPollReactor(epollreactor.EPollReactor):
             return
         if timeout is None:
             timeout = -1
+        poller, selectables, do_read_or_write = self._epoll
         try:
-            events = self._poller.poll(timeout, len(self._selectables))
+            events = poller.poll(timeout, len(selectables))
         except InterruptedError:
             return
         if not events:
@@ -65,8 +72,6 @@ class EPollReactor(epollreactor.EPollReactor):
         # What callWithLogger's callWithContext reads for each event: the log context in
         # force, found anywhere down the stack (it cannot change between two events).
         top_log = current.getContext(log.ILogContext) or {}
-        selectables = self._selectables
-        do_read_or_write: Callable[[Any, int, int], None] = self._doReadOrWrite
         push = contexts.append
         pop = contexts.pop
         for fd, event in events:
@@ -100,7 +105,7 @@ def install() -> EPollReactor:
     :raises twisted.internet.error.ReactorAlreadyInstalledError: when a reactor is already
         installed (``twisted.internet.reactor`` was imported first).
     """
-    reactor = EPollReactor()  # type: ignore[no-untyped-call]
+    reactor = EPollReactor()
     installReactor(reactor)
     return reactor
 

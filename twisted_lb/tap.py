@@ -13,6 +13,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 
+from twisted_lb import _compat as compat
 from twisted_lb.config import ConfigError, load_config
 from twisted_lb.interfaces import IBalancerReactor
 from twisted_lb.logs import json_lines_observer, text_lines_observer
@@ -105,8 +106,7 @@ class Options(usage.Options):
         _no_pidfile_in_foreground(getattr(self, "parent", None))
 
 
-#: twistd's default ``--pidfile`` (``twisted.scripts._twistd_unix.ServerOptions``).
-_TWISTD_PIDFILE = "twistd.pid"
+_TWISTD_PIDFILE = compat.TWISTD_DEFAULT_PIDFILE
 
 
 def _no_pidfile_in_foreground(twistd_options: Any) -> None:

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -50,10 +49,11 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_lb import _compat as compat
 from twisted_lb import _defaults as defaults
 from twisted_lb.backend import Backend
 from twisted_lb.interfaces import IBalancerReactor
@@ -172,27 +172,26 @@ class HandshakeCounts:
         self.failed: dict[str, int] = {}
 
 
-class _CountingTLSProtocol(BufferingTLSTransport):
+class _CountingTLSProtocol(compat.HandshakeObservingTLS):
     """
     Twisted's TLS transport, counting its server handshake in the frontend's
     :class:`HandshakeCounts`: a completed one, or a failed one (or a connection closed
-    before it completed) by reason. It reads two attributes Twisted
-    documents on ``TLSMemoryBIOProtocol``: ``_handshakeDone`` and ``_reason``.
+    before it completed) by reason (Twisted's private hooks for both are in
+    :mod:`twisted_lb._compat`).
     """
 
     factory: _CountingTLSFactory
     _counted = False
 
-    def _checkHandshakeStatus(self) -> None:
-        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]
-        if self._handshakeDone and not self._counted:
+    def handshake_completed(self) -> None:
+        if not self._counted:
             self._counted = True
             self.factory.server_tls.handshake_counts.completed += 1
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._counted:
             self._counted = True
-            why = handshake_failure_reason((self._reason or reason).value)
+            why = handshake_failure_reason((compat.tls_reason(self) or reason).value)
             failed = self.factory.server_tls.handshake_counts.failed
             failed[why] = failed.get(why, 0) + 1
         super().connectionLost(reason)
@@ -289,25 +288,12 @@ def _openssl_reason(error: SSL.Error) -> str:
     return str(error) or type(error).__name__
 
 
-def _openssl_binding(name: str) -> Any:
-    """
-    A function of pyOpenSSL's private OpenSSL bindings (``OpenSSL._util.lib``), or ``None``
-    when this pyOpenSSL has no such module or function.
-    """
-    try:
-        from OpenSSL import _util
-    except ImportError:
-        return None
-    return getattr(getattr(_util, "lib", None), name, None)
-
-
 # SSL_CTX_set1_curves_list is OpenSSL's older name for SSL_CTX_set1_groups_list (a macro for
-# the same control), the one the cryptography bindings export. pyOpenSSL does not wrap it (its
-# set_tmp_ecdh sets one curve), so it is reached through pyOpenSSL's private bindings, and
-# through a Context's private _context; looked up here so that a pyOpenSSL without them gives
-# a clear error instead of an AttributeError.
-_set1_curves_list = _openssl_binding("SSL_CTX_set1_curves_list")
-_err_clear_error = _openssl_binding("ERR_clear_error")
+# the same control), the one the cryptography bindings export. pyOpenSSL does not wrap it, so
+# it is reached through pyOpenSSL's private bindings (see _compat); looked up here so that a
+# pyOpenSSL without them gives a clear error instead of an AttributeError.
+_set1_curves_list = compat.openssl_function("SSL_CTX_set1_curves_list")
+_err_clear_error = compat.openssl_function("ERR_clear_error")
 
 
 def _groups_unsupported() -> str | None:
@@ -315,7 +301,7 @@ def _groups_unsupported() -> str | None:
     if (
         _set1_curves_list is None
         or _err_clear_error is None
-        or not hasattr(SSL.Context(SSL.TLS_METHOD), "_context")
+        or compat.native_context(SSL.Context(SSL.TLS_METHOD)) is None
     ):
         return (
             f"this pyOpenSSL ({OpenSSL.__version__}) does not expose OpenSSL's "
@@ -336,7 +322,7 @@ def _set_groups(context: SSL.Context, groups: Sequence[str]) -> bool:
         TLSConfigError: this pyOpenSSL lacks the private bindings used
             (:func:`_groups_unsupported`).
     """
-    native = getattr(context, "_context", None)
+    native = compat.native_context(context)
     if _set1_curves_list is None or _err_clear_error is None or native is None:
         raise TLSConfigError(_groups_unsupported() or "TLS groups cannot be set")
     try:
@@ -838,10 +824,10 @@ class ClientTLS:
 
     def _load(
         self,
-    ) -> tuple[tuple[IOpenSSLTrustRoot | None, dict[str, Any]] | None, list[str]]:
+    ) -> tuple[tuple[compat.IOpenSSLTrustRoot | None, dict[str, Any]] | None, list[str]]:
         """Read ``ca``, ``client_cert`` and ``client_key``: what they give, or the problems."""
         problems: list[str] = []
-        trust: IOpenSSLTrustRoot | None = None
+        trust: compat.IOpenSSLTrustRoot | None = None
         if self._ca is not None:
             try:
                 trust = trustRootFromCertificates(
