@@ -36,7 +36,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import ClassVar, cast
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -1590,7 +1590,7 @@ class HTTPProxyFactory(FrontendFactory):
         self.lingering_timeout = lingering_timeout
         self.underscores_in_headers = underscores_in_headers
 
-    settings = (
+    settings: ClassVar[tuple[str, ...]] = (
         *FrontendFactory.settings,
         "router",
         "client_timeout",
