@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import tcp
@@ -83,7 +83,7 @@ class FrontendFactory(Factory):
 
     #: The attributes :meth:`update_settings` copies: what the config sets, not live state.
     #: A subclass adds its own; a new setting must be listed to follow a reload.
-    settings: tuple[str, ...] = ("max_connections", "access_log")
+    settings: ClassVar[tuple[str, ...]] = ("max_connections", "access_log")
 
     def __init__(
         self,

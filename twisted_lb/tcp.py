@@ -16,7 +16,7 @@ access event per connection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import ClassVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -445,7 +445,7 @@ class TCPRelayFactory(FrontendFactory):
         self.pool = pool
         self.client_timeout = client_timeout
 
-    settings = (*FrontendFactory.settings, "pool", "client_timeout")
+    settings: ClassVar[tuple[str, ...]] = (*FrontendFactory.settings, "pool", "client_timeout")
 
     def __repr__(self) -> str:
         return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"

@@ -37,7 +37,7 @@ import collections
 import enum
 import re
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import ClassVar, Literal, cast
 
 import httptools
 from twisted.internet.defer import Deferred
@@ -1751,7 +1751,7 @@ class HTTPProxyFactory(FrontendFactory):
         self.lingering_timeout = lingering_timeout
         self.underscores_in_headers = underscores_in_headers
 
-    settings = (
+    settings: ClassVar[tuple[str, ...]] = (
         *FrontendFactory.settings,
         "router",
         "client_timeout",
