@@ -326,6 +326,7 @@ class AccessLog:
             b"-" if first_byte_ms is None else first_byte_ms,
             total_ms,
         )
+        # _append, inlined: this is the line of every request, and a call costs more here.
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.buffer_bytes:
