@@ -20,7 +20,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-import twisted_lb
 from tests._backend import send_all, slow_read
 from tests._harness import (
     TWISTD,
@@ -248,14 +247,6 @@ class CheckCommandTests(SynchronousTestCase):
 
 
 class CommandLineTests(IntegrationCase):
-    def test_version(self) -> None:
-        """``twisted-lb --version`` prints the package's version and exits 0."""
-        result = subprocess.run(
-            [TWISTED_LB, "--version"], capture_output=True, text=True, timeout=60
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout, f"twisted-lb {twisted_lb.__version__}\n")
-
     def start_in(self, directory: Path, config: Path, *pidfile: str) -> Process:
         """``twistd -n [--pidfile=...] lb --config CONFIG``, run in ``directory``."""
         lb = Process([TWISTD, "-n", *pidfile, "lb", "--config", str(config)], cwd=str(directory))

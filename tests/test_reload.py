@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_lb._frontend import ProxyHeaderFactory
-from twisted_lb.backend import BackendState
+from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.http.upstream import UpstreamConnection
@@ -94,6 +94,17 @@ class ReloadCase(SynchronousTestCase):
         with capturedLogs() as events:
             result = self.service.apply_config(parse_config(text, "lb.toml"))
         return result, texts(events)
+
+    def idle_upstream(
+        self, pool: str, backend: Backend
+    ) -> tuple[UpstreamConnection, StringTransport]:
+        """A keep-alive connection to ``backend``, connected and idle in the upstreams."""
+        connection = UpstreamConnection(self.service.upstreams, backend, self.service.pools[pool])
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        self.service.upstreams.release(connection)
+        self.assertIn(connection, self.service.upstreams.idle[backend])
+        return connection, transport
 
     def backend(self, pool: str, name: str):  # type: ignore[no-untyped-def]
         [backend] = [b for b in self.service.pools[pool].backends if b.name == name]
@@ -386,6 +397,16 @@ class AccessLogReloadTests(ReloadCase):
         self.assertIs(self.service.access_log, log)
 
 
+def attributes(instance: object) -> dict[str, object]:
+    """An instance's attributes: ``vars()``, or the slots of a class compiled by mypyc."""
+    names = getattr(type(instance), "__mypyc_attrs__", None)
+    if names is None:
+        return dict(vars(instance))
+    return {n: getattr(instance, n) for n in names if n != "__dict__" and hasattr(instance, n)} | {
+        name: value for name, value in getattr(instance, "__dict__", {}).items()
+    }
+
+
 class SettingsListTests(SynchronousTestCase):
     """
     ``FrontendFactory.settings`` names every setting of the factories, so that a reload
@@ -412,15 +433,20 @@ class SettingsListTests(SynchronousTestCase):
         import inspect
 
         reactor = MemoryReactorClock()
+        live = cls(reactor, pool)
+        # A class compiled by mypyc shows its parameters but not their defaults: the
+        # attribute of the same name holds the default then.
         changed = {
-            name: self.different(name, parameter.default)
+            name: self.different(
+                name,
+                getattr(live, name) if parameter.default is parameter.empty else parameter.default,
+            )
             for name, parameter in inspect.signature(cls).parameters.items()
             if parameter.kind is parameter.KEYWORD_ONLY and name not in self.LIVE
         }
-        live = cls(reactor, pool)
         fresh = cls(reactor, pool, **changed)
         live.update_settings(fresh)
-        for name, value in vars(fresh).items():
+        for name, value in attributes(fresh).items():
             if name in self.LIVE or name in ("connections", "_idle_waiters"):
                 continue
             self.assertEqual(getattr(live, name), value, f"{cls.__name__}.{name}")
@@ -697,10 +723,9 @@ class DrainTests(ReloadCase):
         """Idle keep-alive connections to a removed backend are closed by the reload."""
         upstreams = self.service.upstreams
         app3 = self.backend("app", "app3")
-        idle = FakeIdle(app3)
-        upstreams.idle[app3] = [idle]  # type: ignore[list-item]
+        _, transport = self.idle_upstream("app", app3)
         self.apply(BASE.replace('  { address = "127.0.0.1:9003", name = "app3" },\n', ""))
-        self.assertTrue(idle.closed)
+        self.assertTrue(transport.disconnecting)
         self.assertNotIn(app3, upstreams.idle)
 
     def test_pool_tls_change_closes_idle_upstreams(self) -> None:
@@ -710,18 +735,17 @@ class DrainTests(ReloadCase):
         """
         upstreams = self.service.upstreams
         app1 = self.backend("app", "app1")
-        idle = FakeIdle(app1)
-        upstreams.idle[app1] = [idle]  # type: ignore[list-item]
+        idle, transport = self.idle_upstream("app", app1)
         self.apply(BASE)
-        self.assertFalse(idle.closed)
+        self.assertFalse(transport.disconnecting)
         result, _ = self.apply(
             BASE.replace("[pools.api]", "[pools.app.tls]\nverify = false\n[pools.api]")
         )
         self.assertEqual(result.changed, ("pool app",))
-        self.assertTrue(idle.closed)
+        self.assertTrue(transport.disconnecting)
         self.assertIs(self.backend("app", "app1"), app1)
         self.assertIsNotNone(self.service.pools["app"].tls)
-        upstreams.idle.clear()
+        self.assertNotIn(idle, upstreams.idle.get(app1, []))
 
     def test_removed_http_frontend_closes_idle_clients(self) -> None:
         """
@@ -737,21 +761,6 @@ class DrainTests(ReloadCase):
         result, _ = self.apply(text)
         self.assertIn("frontend web", result.removed)
         self.assertTrue(client.disconnecting)
-
-
-class FakeIdle:
-    """An idle upstream connection, as :class:`Upstreams` sees one."""
-
-    lost = False
-    reusable = True
-    idle_call = None
-
-    def __init__(self, backend: object) -> None:
-        self.backend = backend
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class RuntimeTests(ReloadCase):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 from typing import Protocol as TypingProtocol
 
+from mypy_extensions import mypyc_attr
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
@@ -45,6 +46,9 @@ class FrontendConnection(TypingProtocol):
         """
 
 
+# Compiled by mypyc (hatch_build.py), a class may be subclassed by Python classes only when it
+# says so; tcp.py's TCPRelayFactory, not compiled, derives from this one.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FrontendFactory(Factory):
     """
     Base of :class:`~twisted_lb.tcp.TCPRelayFactory` and

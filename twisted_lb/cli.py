@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.machinery
+import importlib.util
 import json
 import os
+import pkgutil
 import socket
 import sys
 import time
@@ -760,11 +763,50 @@ def _ctl_parser(commands: Any) -> None:
     sub.add_parser("reload", help="read the config file again and apply it")
 
 
+def compiled_modules() -> list[str]:
+    """
+    The modules of ``twisted_lb`` and ``twisted_lb.http`` that this installation loads as
+    extension modules (compiled by mypyc: ``TWISTED_LB_MYPYC=1`` at install, see
+    ``hatch_build.py``), by name; ``[]`` for a pure-Python installation. Nothing is imported.
+    """
+    import twisted_lb.http
+
+    found = []
+    for package in (twisted_lb, twisted_lb.http):
+        for module in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            spec = importlib.util.find_spec(module.name)
+            origin = spec.origin if spec is not None else None
+            if origin and origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+                found.append(module.name)
+    return sorted(found)
+
+
+def _version() -> str:
+    compiled = compiled_modules()
+    if not compiled:
+        return f"twisted-lb {__version__} (pure Python)"
+    names = ", ".join(name.removeprefix("twisted_lb.") for name in compiled)
+    return f"twisted-lb {__version__} (compiled with mypyc: {names})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, unwrapped, and looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(_version())
+        parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twisted-lb`` console script."""
     parser = argparse.ArgumentParser(prog="twisted-lb", description="The twisted-lb load balancer.")
     parser.add_argument(
-        "--version", action="version", version=f"twisted-lb {__version__}", help="print the version"
+        "--version",
+        action=_VersionAction,
+        help="print the version, and whether its hot modules are compiled",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="validate a config file and summarise it")

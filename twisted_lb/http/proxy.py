@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import ClassVar, Literal, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
@@ -1667,6 +1668,8 @@ def _client_ip(address: IAddress | None) -> str | None:
     return host if isinstance(host, str) else None
 
 
+# Applications may derive their own factory (to override buildProtocol, say), compiled or not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HTTPProxyFactory(FrontendFactory):
     """
     Builds the HTTP/1.1 reverse proxy protocol for each client connection of one frontend.
