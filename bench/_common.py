@@ -157,7 +157,23 @@ def tool_versions(
     versions = {"python": platform.python_version(), **tools, "cpus": str(os.cpu_count())}
     for module in modules:
         versions[module] = python_module_version(module)
+    if "twisted_lb" in modules:
+        # Pure Python, or which modules mypyc compiled (TWISTED_LB_MYPYC=1 at install); -P
+        # keeps a checkout in the current directory from shadowing the installed package.
+        versions["twisted_lb build"] = first_output_line(
+            [sys.executable, "-P", "-c", "from twisted_lb.cli import _version; print(_version())"]
+        )
     return versions
+
+
+def twisted_lb_version(versions: Mapping[str, str]) -> str:
+    """twisted-lb's version and build for a report: ``0.1.0 (pure Python)``."""
+    build = versions.get("twisted_lb build", "")
+    return (
+        build.removeprefix("twisted-lb ")
+        if build.startswith("twisted-lb ")
+        else versions["twisted_lb"]
+    )
 
 
 def require_twisted_lb(paths: Sequence[str], versions: Mapping[str, str]) -> None:
@@ -403,6 +419,25 @@ def wait_http_ok(child: Child | None, port: int, timeout: float = START_TIMEOUT)
     if child is not None:
         raise child.fail(message)
     raise BenchError(message)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """
+    User + system CPU seconds of the live processes of process group ``pgid`` (a
+    :class:`Child` and, for nginx, its workers), from /proc/PID/stat; 0 without /proc.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = entry.read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        # proc(5): "pid (comm) state ppid pgrp ... utime stime", comm may hold spaces.
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def cpu_busy_percent(interval: float = 1.0) -> float:

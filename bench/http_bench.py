@@ -49,6 +49,7 @@ from _common import (
     find_tools,
     first_output_line,
     free_ports,
+    group_cpu_seconds,
     json_settings,
     log,
     log_wrk_result,
@@ -69,6 +70,7 @@ from _common import (
     set_log_name,
     start_backend,
     tool_versions,
+    twisted_lb_version,
     wait_http_ok,
     warm_up_wrk,
     write_json,
@@ -493,15 +495,21 @@ class Bench:
             if problems:
                 log(f"{path}: warning: probe GETs: {'; '.join(problems)}")
             warm_up_wrk(self.tools.wrk, port, args, path)
+            cpu_before = group_cpu_seconds(relay.proc.pid) if relay is not None else 0.0
             wrk = run_wrk(self.tools.wrk, port, args.duration, args.connections, args.threads)
+            cpu = group_cpu_seconds(relay.proc.pid) - cpu_before if relay is not None else 0.0
             log_wrk_result(path, wrk)
             if relay is not None and relay.exited():
                 raise relay.fail("died during the wrk run")
         finally:
             if relay is not None:
                 self.children.stop(relay)
+        figures = wrk.figures()
         return {
-            **wrk.figures(),
+            **figures,
+            # The relay's CPU (all its processes) per request wrk counted: on 2 cores wrk and
+            # the backends compete with it, so this moves less with the load than requests/s.
+            "cpu_us_per_request": cpu * 1e6 / figures["requests"] if figures["requests"] else 0.0,
             "backends": seen,
             "probe_problems": problems,
             "background_cpu_percent": background,
@@ -695,7 +703,13 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
     for path, rounds in results.items():
         row: dict[str, Any] = {
             key: statistics.median(r[key] for r in rounds)
-            for key in ("requests_per_s", "latency_p99_ms", "requests", "background_cpu_percent")
+            for key in (
+                "requests_per_s",
+                "latency_p99_ms",
+                "requests",
+                "cpu_us_per_request",
+                "background_cpu_percent",
+            )
         }
         row["non_2xx"] = sum(r["non_2xx"] for r in rounds)
         row["socket_errors"] = sum(r["socket_errors"] for r in rounds)
@@ -833,15 +847,15 @@ def print_report(
     print(
         f"nginx {versions['nginx'].split('/')[-1]}, "
         f"HAProxy {version_number(versions['haproxy'])}, "
-        f"twisted {versions['twisted']}, twisted-lb {versions['twisted_lb']}, "
+        f"twisted {versions['twisted']}, twisted-lb {twisted_lb_version(versions)}, "
         f"python {versions['python']}, {versions['cpus']} CPUs",
         file=out,
     )
     print("", file=out)
     print_header(
         out,
-        f"{'path':<13} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>9} "
-        f"{'backends':>9} {'busy%':>6}",
+        f"{'path':<13} {'requests/s':>11} {'p99 ms':>8} {'CPU µs/req':>10} {'non-2xx':>8} "
+        f"{'sock err':>9} {'backends':>9} {'busy%':>6}",
     )
     for path in PATHS:
         if path not in summary:
@@ -849,8 +863,9 @@ def print_report(
         row = summary[path]
         print(
             f"{path:<13} {row['requests_per_s']:>11,.0f} {row['latency_p99_ms']:>8.2f} "
-            f"{row['non_2xx']:>8.0f} {row['socket_errors']:>9.0f} "
-            f"{','.join(row['backends']):>9} {row['background_cpu_percent']:>6.0f}",
+            f"{row['cpu_us_per_request']:>10.1f} {row['non_2xx']:>8.0f} "
+            f"{row['socket_errors']:>9.0f} {','.join(row['backends']):>9} "
+            f"{row['background_cpu_percent']:>6.0f}",
             file=out,
         )
     if rss_summary:

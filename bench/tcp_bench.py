@@ -59,6 +59,7 @@ from _common import (
     start_backend,
     tail_text,
     tool_versions,
+    twisted_lb_version,
     wait_http_ok,
     wait_listening,
     warm_up_wrk,
@@ -424,7 +425,7 @@ def print_report(
     )
     print(
         f"nginx {versions['nginx'].split('/')[-1]}, twisted {versions['twisted']}, "
-        f"twisted-lb {versions['twisted_lb']}, python {versions['python']}, "
+        f"twisted-lb {twisted_lb_version(versions)}, python {versions['python']}, "
         f"{versions['cpus']} CPUs",
         file=out,
     )

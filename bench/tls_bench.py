@@ -67,6 +67,7 @@ from _common import (
     start_backend,
     tail_text,
     tool_versions,
+    twisted_lb_version,
     wait_listening,
     warm_up_wrk,
     write_json,
@@ -657,7 +658,7 @@ def print_report(
         f"nginx {versions['nginx'].split('/')[-1]} (OpenSSL {versions['nginx_openssl']}), "
         f"twisted {versions['twisted']}, pyOpenSSL {versions['OpenSSL']} "
         f"(OpenSSL {version_number(versions['pyopenssl_openssl'])}), "
-        f"twisted-lb {versions['twisted_lb']}, "
+        f"twisted-lb {twisted_lb_version(versions)}, "
         f"clients OpenSSL {version_number(versions['openssl_cli'])}, python {versions['python']}, "
         f"{versions['cpus']} CPUs",
         file=out,
