@@ -127,10 +127,11 @@ class ConfigError(Exception):
 
 # -- how values are checked --------------------------------------------------------------------
 #
-# Every field's first validator is one of ours, so that each message is written here rather than
-# being pydantic's. A table's "before" hook can refuse one of its values in advance by putting a
-# _Refused in its place (a cross-key rule, an unknown key, a missing key): the field's validator
-# then fails with that message at that key, and the table's other keys are still checked.
+# Each message is written here rather than being pydantic's: our validators fail with their own,
+# and _problem() words pydantic's strict type checks. A table's "before" hook can refuse one of
+# its values in advance by putting a _Refused in its place (a cross-key rule, an unknown key, a
+# missing key): whatever check then fails on it, the problem is the refusal, at that key, and the
+# table's other keys are still checked.
 
 
 @attrs.frozen
@@ -147,19 +148,17 @@ def _fail(message: str, *at: str | int, up: int = 0) -> NoReturn:
 
 
 def _v(check: Callable[..., Any], input_type: Any = PydanticUndefined) -> BeforeValidator:
-    """A before-validator that first fails with a :class:`_Refused` value's message."""
+    """A before-validator: ``check`` sees the value as written (not ``None``)."""
     return BeforeValidator(_skip(check), json_schema_input_type=input_type)
 
 
 def _after(check: Callable[..., Any]) -> AfterValidator:
-    """An after-validator: ``check`` sees a value of the field's type (``None`` is let through)."""
+    """An after-validator: ``check`` sees a value of the field's type (not ``None``)."""
     return AfterValidator(_skip(check))
 
 
 def _skip(check: Callable[..., Any]) -> Callable[[Any, ValidationInfo], Any]:
     def validate(value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, _Refused):
-            _fail(value.message, up=value.up)
         if value is None:  # an optional key built in code; TOML has no null
             return None
         return check(value, info) if check.__code__.co_argcount == 2 else check(value)
@@ -803,8 +802,6 @@ class _Model(BaseModel, metaclass=_Positional):
     @model_validator(mode="before")
     @classmethod
     def _table(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, _Refused):
-            _fail(data.message, up=data.up)
         if isinstance(data, cls):
             return data
         if not isinstance(data, Mapping):
@@ -1704,13 +1701,8 @@ class Config(_Model):
             return
         unknown = cls._unknown("path", cls.keys())
         data["path"] = _Refused(unknown) if "path" in data else context["path"]
-        for key, noun, example in (("frontends", "frontend", "web"), ("pools", "pool", "app")):
-            if key not in data:
-                data[key] = _Refused(
-                    f"at least one {noun} is required; add one, as in [{key}.{example}]"
-                )
-            elif isinstance(data[key], Mapping):
-                model = FrontendConfig if key == "frontends" else PoolConfig
+        for key, model in (("frontends", FrontendConfig), ("pools", PoolConfig)):
+            if isinstance(data.setdefault(key, {}), Mapping):  # none: as an empty table
                 data[key] = tables = dict(data[key])
                 for name, table in tables.items():  # the table's name is its key
                     if isinstance(table, Mapping):
@@ -1841,11 +1833,11 @@ def _problem(error: Any) -> tuple[tuple[str | int, ...], str]:
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
     value = error.get("input")
-    if error["type"] == "lb":
+    if isinstance(value, _Refused):  # whichever check failed on it
+        message, loc = value.message, loc[: len(loc) - value.up]
+    elif error["type"] == "lb":
         message = ctx["message"]
         loc = loc[: len(loc) - ctx["up"]] + tuple(ctx["at"])
-    elif isinstance(value, _Refused):  # an unknown key, or a plain type's refused value
-        message, loc = value.message, loc[: len(loc) - value.up]
     elif error["type"] in _TYPES:  # pydantic's strict type checks, in our words
         message = f"must be {_TYPES[error['type']]}, not {_describe(value)}"
     else:  # a value that our validators let through, such as a too short array built in code
