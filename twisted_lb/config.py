@@ -241,13 +241,15 @@ def _integer_problem(value: object, minimum: int, maximum: int | None = None) ->
 
 
 def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
+    """An integer >= ``minimum`` (<= ``maximum``); the JSON Schema's bounds come from here too."""
+
     def check(value: object) -> int:
         problem = _integer_problem(value, minimum, maximum)
         if problem is not None:
             _fail(problem)
         return value  # type: ignore[return-value]
 
-    return _v(check)
+    return _v(check, Annotated[int, Field(ge=minimum, le=maximum)])
 
 
 _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h)")
@@ -482,6 +484,14 @@ def _network(value: str) -> str:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
         _fail(f"{value!r} is not an IP address or network; write one as in {_PROXY_EXAMPLES}")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        parse_address(value)
+    except ValueError as e:
+        _fail(str(e))
     return value
 
 
@@ -730,8 +740,7 @@ def _tables(noun: str, example: str) -> Callable[[object], Any]:
 
 
 _Seconds = Annotated[float, _seconds(), _Unit("s")]
-_OptionalSeconds = Annotated[float | None, _seconds(), _Unit("s")]
-_Count = Annotated[int, Field(ge=1), _integer(1)]
+_Count = Annotated[int, _integer(1)]
 
 #: The largest backend ``weight``, as HAProxy's (its ``weight`` is 0 to 256, 0 being our
 #: ``drain``): a weight is a share, and consistent-hash strategies build points in proportion
@@ -748,7 +757,7 @@ def weight_problem(value: object) -> str | None:
     return _integer_problem(value, 1, MAX_WEIGHT)
 
 
-_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _integer(1, MAX_WEIGHT)]
+_Weight = Annotated[int, _integer(1, MAX_WEIGHT)]
 _Files = Annotated[str, _after(_file), _Unit("path")]
 
 
@@ -859,7 +868,7 @@ class BackendConfig(_Model):
         "disabled": "state",
     }
 
-    address: Annotated[str, _after(lambda value: _address(value))] = Field(
+    address: Annotated[str, _after(_address)] = Field(
         description="``host:port``, ``[v6]:port`` or ``unix:/path``, kept as written. A backend "
         'may also be written as this string alone: ``backends = ["10.0.0.1:80"]``.'
     )
@@ -882,14 +891,6 @@ class BackendConfig(_Model):
         '(in service), ``"drain"`` (no new connections or requests; established ones finish) '
         'or ``"maint"`` (out of service).',
     )
-
-
-def _address(value: str) -> str:
-    try:
-        parse_address(value)
-    except ValueError as e:
-        _fail(str(e))
-    return value
 
 
 class HealthCheckConfig(_Model):
@@ -918,7 +919,7 @@ class HealthCheckConfig(_Model):
     )
     rise: _Count = Field(defaults.CHECK_RISE, description="Passes in a row that turn it UP.")
     fall: _Count = Field(defaults.CHECK_FALL, description="Failures in a row that turn it DOWN.")
-    down_interval: _OptionalSeconds = Field(
+    down_interval: Annotated[float | None, _seconds(), _Unit("s")] = Field(
         None,
         description="Between checks of a DOWN backend (HAProxy ``downinter``); "
         "default: ``interval``.",
@@ -976,7 +977,7 @@ class OutlierDetectionConfig(_Model):
     max_ejection_time: _Seconds = Field(
         defaults.MAX_EJECTION_TIME, description="The cap on one ejection; >= the base time."
     )
-    max_ejection_percent: Annotated[int, Field(ge=0, le=100), _integer(0, 100), _Unit("%")] = Field(
+    max_ejection_percent: Annotated[int, _integer(0, 100), _Unit("%")] = Field(
         defaults.MAX_EJECTION_PERCENT,
         description="The largest share of the pool's backends that may be ejected at once.",
     )
@@ -1109,7 +1110,7 @@ class PoolConfig(_Model):
     connect_timeout: _Seconds = Field(
         defaults.CONNECT_TIMEOUT, description="To wait for a backend connection before the next."
     )
-    retries: Annotated[int, Field(ge=0), _integer(0)] = Field(
+    retries: Annotated[int, _integer(0)] = Field(
         defaults.RETRIES, description="Further backends tried when connecting fails."
     )
     response_timeout: _Seconds = Field(
@@ -1122,7 +1123,7 @@ class PoolConfig(_Model):
         description="HTTP: an idle keep-alive backend connection is kept this long for reuse; "
         "below the 5 s after which Node and others close idle connections.",
     )
-    max_idle_per_backend: Annotated[int, Field(ge=0), _integer(0), _Unit("connections")] = Field(
+    max_idle_per_backend: Annotated[int, _integer(0), _Unit("connections")] = Field(
         defaults.MAX_IDLE_PER_BACKEND,
         description="HTTP: idle upstream connections kept per backend; 0 disables reuse.",
     )
@@ -1424,7 +1425,7 @@ class FrontendConfig(_Model):
         defaults.CLIENT_TIMEOUT,
         description="An idle client connection is closed (http: the keep-alive idle time).",
     )
-    max_connections: Annotated[int, Field(ge=1), _integer(1), _Unit("connections")] = Field(
+    max_connections: Annotated[int, _integer(1), _Unit("connections")] = Field(
         defaults.MAX_CONNECTIONS,
         description="Concurrent client connections; past it, new ones are refused.",
     )
@@ -1433,12 +1434,12 @@ class FrontendConfig(_Model):
         description="http only: to receive a whole request head, else 408.",
         json_schema_extra={"mode": "http"},
     )
-    max_header_bytes: Annotated[int, Field(ge=1024), _integer(1024), _Unit("bytes")] = Field(
+    max_header_bytes: Annotated[int, _integer(1024), _Unit("bytes")] = Field(
         defaults.MAX_HEADER_BYTES,
         description="http only: the largest request head, >= 1024, else 431.",
         json_schema_extra={"mode": "http"},
     )
-    max_body_bytes: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+    max_body_bytes: Annotated[int, _integer(0), _Unit("bytes")] = Field(
         defaults.MAX_BODY_BYTES,
         description="http only: the largest request body, else 413; 0 means no limit.",
         json_schema_extra={"mode": "http"},
@@ -1534,7 +1535,7 @@ class GlobalConfig(_Model):
         'goes: ``true``, the default destination (under twistd, its log); ``"stdout"``; a file '
         "path, relative to the config file; or ``false``, none (nginx ``access_log off``).",
     )
-    access_log_buffer: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+    access_log_buffer: Annotated[int, _integer(0), _Unit("bytes")] = Field(
         defaults.ACCESS_LOG_BUFFER,
         description="Access lines held before they are written (nginx ``access_log ... "
         "buffer=``); 0 writes each line at once.",
