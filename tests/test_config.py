@@ -1983,35 +1983,9 @@ _documents = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "frontends": _section(
-                [
-                    "mode",
-                    "listen",
-                    "pool",
-                    "client_timeout",
-                    "tls",
-                    "routes",
-                    "header_timeout",
-                    "trusted_proxies",
-                    "certificates",
-                ]
-            ),
-            "pools": _section(
-                [
-                    "strategy",
-                    "strategy_options",
-                    "connect_timeout",
-                    "backends",
-                    "response_timeout",
-                    "max_idle_per_backend",
-                    "health_check",
-                    "outlier_detection",
-                    "panic",
-                    "slow_start",
-                    "tls",
-                    "server_name",
-                ]
-            ),
+            # Each table's keys, and one that belongs in the table below it.
+            "frontends": _section([*FrontendConfig.keys(), "certificates"]),
+            "pools": _section([*PoolConfig.keys(), "server_name"]),
             "global": st.dictionaries(
                 st.sampled_from(["log_format"]) | _keys, st.sampled_from(_WORDS) | _values
             )
