@@ -29,7 +29,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, get_args
 
 import attrs
 from pydantic import (
@@ -294,7 +294,16 @@ def _seconds(zero_means: str | None = None) -> BeforeValidator:
     return _v(check, number | Annotated[str, Field(pattern=r"^[0-9.]+ *(ms|s|m|h)$")])
 
 
-def _choice(values: Sequence[str], noun: str, plural: str) -> BeforeValidator:
+_Mode = Literal["tcp", "http"]
+_State = Literal["ready", "drain", "maint"]
+_LogFormat = Literal["text", "json"]
+_VerifyClient = Literal["none", "optional", "required"]
+
+
+def _choice(literal: Any, noun: str, plural: str) -> BeforeValidator:
+    """One of the values of ``literal``, a ``Literal`` type."""
+    values = get_args(literal)
+
     def check(value: object) -> str:
         if _string(value) not in values:
             _fail(f"unknown {noun} {value!r}" + _suggest(_string(value), values, plural))
@@ -730,7 +739,7 @@ def _access_log(value: object, info: ValidationInfo) -> bool | str:
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
 
 
-_VERIFY_CLIENT = ("none", "optional", "required")
+_VERIFY_CLIENT: tuple[str, ...] = get_args(_VerifyClient)
 
 
 def _tables(noun: str, example: str) -> Callable[[object], Any]:
@@ -882,10 +891,7 @@ class BackendConfig(_Model):
     backup: bool = Field(
         False, description="Used only when no primary (non-backup) backend of the pool is UP."
     )
-    state: Annotated[
-        Literal["ready", "drain", "maint"],
-        _choice(("ready", "drain", "maint"), "state", "valid states"),
-    ] = Field(
+    state: Annotated[_State, _choice(_State, "state", "valid states")] = Field(
         "ready",
         description='The administrative state, as HAProxy\'s ``set server state``: ``"ready"`` '
         '(in service), ``"drain"`` (no new connections or requests; established ones finish) '
@@ -903,13 +909,11 @@ class HealthCheckConfig(_Model):
     _aliases = {"type": "kind", "inter": "interval", "downinter": "down_interval", "uri": "path"}
     _http_keys: ClassVar[tuple[str, ...]] = ("path", "host", "expect_status", "expect_body")
 
-    kind: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "kind", "valid kinds")] = (
-        Field(
-            "tcp",
-            description='``"tcp"``: a check passes when a connection is made; ``"http"``: '
-            "when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a "
-            "body that ``expect_body`` matches).",
-        )
+    kind: Annotated[_Mode, _choice(_Mode, "kind", "valid kinds")] = Field(
+        "tcp",
+        description='``"tcp"``: a check passes when a connection is made; ``"http"``: '
+        "when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a "
+        "body that ``expect_body`` matches).",
     )
     interval: _Seconds = Field(
         defaults.CHECK_INTERVAL, description="Between checks of an UP backend (HAProxy ``inter``)."
@@ -1338,7 +1342,7 @@ class FrontendTLSConfig(_Model):
         description="A PEM bundle of the CAs client certificates must chain to (nginx "
         "``ssl_client_certificate``).",
     )
-    verify_client: Annotated[Literal["none", "optional", "required"], _v(_verify_client)] = Field(
+    verify_client: Annotated[_VerifyClient, _v(_verify_client)] = Field(
         "none",
         description='``"none"``, ``"optional"`` (asked for, verified when sent) or '
         '``"required"`` (nginx ``ssl_verify_client``); the last two need ``client_ca``.',
@@ -1409,8 +1413,8 @@ class FrontendConfig(_Model):
     }
 
     name: SkipJsonSchema[str] = Field(description="The table's name.")
-    mode: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "mode", "valid modes")] = (
-        Field(description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).')
+    mode: Annotated[_Mode, _choice(_Mode, "mode", "valid modes")] = Field(
+        description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).'
     )
     listen: Annotated[
         tuple[Annotated[str, _after(_endpoint(_LISTEN_EXAMPLE))], ...], _listen(_LISTEN_EXAMPLE)
@@ -1522,9 +1526,7 @@ class GlobalConfig(_Model):
     """The ``[global]`` table: settings of the whole process."""
 
     _example = "[global]"
-    log_format: Annotated[
-        Literal["text", "json"], _choice(("text", "json"), "log format", "valid formats")
-    ] = Field(
+    log_format: Annotated[_LogFormat, _choice(_LogFormat, "log format", "valid formats")] = Field(
         "text",
         description='``"text"``: one line of text per log event; ``"json"``: one JSON object '
         "per line.",
