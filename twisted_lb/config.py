@@ -1147,6 +1147,7 @@ class PoolConfig(_Model):
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        cls._check_strategy(data, info)
         backends = data.get("backends")
         if not isinstance(backends, list):
             return
@@ -1183,7 +1184,6 @@ class PoolConfig(_Model):
                     f"{address!r} is already used by {used}; "
                     "list each backend once and give it a higher weight instead"
                 )
-        cls._check_strategy(data, info)
         cls._check_server_name(data, backends)
 
     @classmethod
