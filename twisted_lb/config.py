@@ -656,9 +656,7 @@ def _strategy(name: str, info: ValidationInfo) -> str:
 def _strategy_options(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         _fail(f"must be a table, as in strategy_options = {{}}, not {_describe(value)}")
-    frozen = _freeze(value)
-    assert isinstance(frozen, Mapping)
-    return frozen
+    return {str(key): _freeze(item) for key, item in value.items()}
 
 
 def _min_version(version: str) -> str:
