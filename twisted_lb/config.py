@@ -420,8 +420,7 @@ _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
-_ONLY_HTTP_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
+_ONLY_HTTP = 'only for {0} = "http"; remove it or set {0} = "http"'
 _STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
 _STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
 _STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
@@ -957,7 +956,7 @@ class HealthCheckConfig(_Model):
         if data.get("kind", "tcp") == "tcp":
             for key in cls._http_keys:
                 if key in data:
-                    data[key] = _Refused(_ONLY_HTTP_CHECK)
+                    data[key] = _Refused(_ONLY_HTTP.format("kind"))
 
 
 class OutlierDetectionConfig(_Model):
@@ -1487,7 +1486,7 @@ class FrontendConfig(_Model):
         if data.get("mode") == "tcp":
             for key, field in cls.model_fields.items():
                 if field.json_schema_extra == {"mode": "http"} and key in data:
-                    data[key] = _Refused(_ONLY_HTTP)
+                    data[key] = _Refused(_ONLY_HTTP.format("mode"))
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
