@@ -1775,71 +1775,15 @@ unused:
 
 # -- property tests ----------------------------------------------------------------------------
 
+# Table names, and every key of every table (from the JSON Schema, so that new keys are in).
 _KEYS = [
-    "frontends",
-    "pools",
-    "global",
     "web",
     "app",
-    "mode",
-    "listen",
-    "pool",
-    "client_timeout",
-    "max_connections",
-    "tls",
-    "routes",
-    "header_timeout",
-    "max_header_bytes",
-    "max_body_bytes",
-    "trusted_proxies",
-    "tunnel_timeout",
-    "host",
-    "path_prefix",
-    "log_format",
-    "strategy",
-    "strategy_options",
-    "connect_timeout",
-    "retries",
-    "response_timeout",
-    "upstream_idle_timeout",
-    "max_idle_per_backend",
-    "backends",
-    "health_check",
-    "outlier_detection",
-    "panic",
-    "slow_start",
-    "kind",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "down_interval",
-    "jitter",
-    "path",
-    "expect_status",
-    "expect_body",
-    "consecutive_failures",
-    "base_ejection_time",
-    "max_ejection_time",
-    "max_ejection_percent",
-    "count_5xx",
-    "address",
-    "name",
-    "weight",
-    "backup",
-    "state",
-    "certificates",
-    "cert",
-    "key",
-    "min_version",
-    "ciphers",
-    "client_ca",
-    "verify_client",
-    "server_name",
-    "ca",
-    "client_cert",
-    "client_key",
-    "verify",
+    *dict.fromkeys(
+        key
+        for table in [json_schema(), *json_schema()["$defs"].values()]
+        for key in table["properties"]
+    ),
 ]
 _WORDS = [
     "tcp",
@@ -2039,35 +1983,9 @@ _documents = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "frontends": _section(
-                [
-                    "mode",
-                    "listen",
-                    "pool",
-                    "client_timeout",
-                    "tls",
-                    "routes",
-                    "header_timeout",
-                    "trusted_proxies",
-                    "certificates",
-                ]
-            ),
-            "pools": _section(
-                [
-                    "strategy",
-                    "strategy_options",
-                    "connect_timeout",
-                    "backends",
-                    "response_timeout",
-                    "max_idle_per_backend",
-                    "health_check",
-                    "outlier_detection",
-                    "panic",
-                    "slow_start",
-                    "tls",
-                    "server_name",
-                ]
-            ),
+            # Each table's keys, and one that belongs in the table below it.
+            "frontends": _section([*FrontendConfig.keys(), "certificates"]),
+            "pools": _section([*PoolConfig.keys(), "server_name"]),
             "global": st.dictionaries(
                 st.sampled_from(["log_format"]) | _keys, st.sampled_from(_WORDS) | _values
             )

@@ -29,7 +29,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, get_args
 
 import attrs
 from pydantic import (
@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
@@ -127,10 +127,11 @@ class ConfigError(Exception):
 
 # -- how values are checked --------------------------------------------------------------------
 #
-# Every field's first validator is one of ours, so that each message is written here rather than
-# being pydantic's. A table's "before" hook can refuse one of its values in advance by putting a
-# _Refused in its place (a cross-key rule, an unknown key, a missing key): the field's validator
-# then fails with that message at that key, and the table's other keys are still checked.
+# Each message is written here rather than being pydantic's: our validators fail with their own,
+# and _problem() words pydantic's strict type checks. A table's "before" hook can refuse one of
+# its values in advance by putting a _Refused in its place (a cross-key rule, an unknown key, a
+# missing key): whatever check then fails on it, the problem is the refusal, at that key, and the
+# table's other keys are still checked.
 
 
 @attrs.frozen
@@ -146,19 +147,23 @@ def _fail(message: str, *at: str | int, up: int = 0) -> NoReturn:
     raise PydanticCustomError("lb", "{message}", {"message": message, "at": at, "up": up})
 
 
-def _v(check: Callable[..., Any], input_type: Any = None) -> BeforeValidator:
-    """A before-validator that first fails with a :class:`_Refused` value's message."""
+def _v(check: Callable[..., Any], input_type: Any = PydanticUndefined) -> BeforeValidator:
+    """A before-validator: ``check`` sees the value as written (not ``None``)."""
+    return BeforeValidator(_skip(check), json_schema_input_type=input_type)
 
+
+def _after(check: Callable[..., Any]) -> AfterValidator:
+    """An after-validator: ``check`` sees a value of the field's type (not ``None``)."""
+    return AfterValidator(_skip(check))
+
+
+def _skip(check: Callable[..., Any]) -> Callable[[Any, ValidationInfo], Any]:
     def validate(value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, _Refused):
-            _fail(value.message, up=value.up)
         if value is None:  # an optional key built in code; TOML has no null
             return None
         return check(value, info) if check.__code__.co_argcount == 2 else check(value)
 
-    if input_type is None:
-        return BeforeValidator(validate)
-    return BeforeValidator(validate, json_schema_input_type=input_type)
+    return validate
 
 
 @attrs.frozen
@@ -214,15 +219,12 @@ def _suggest(word: str, choices: Sequence[str], plural: str, any_case: bool = Fa
     return f"; {plural} are: {_quote_list(choices)}"
 
 
+_TYPES = {"string_type": "a string", "bool_type": "true or false"}
+
+
 def _string(value: object) -> str:
     if not isinstance(value, str):
-        _fail(f"must be a string, not {_describe(value)}")
-    return value
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        _fail(f"must be true or false, not {_describe(value)}")
+        _fail(f"must be {_TYPES['string_type']}, not {_describe(value)}")
     return value
 
 
@@ -239,13 +241,15 @@ def _integer_problem(value: object, minimum: int, maximum: int | None = None) ->
 
 
 def _integer(minimum: int, maximum: int | None = None) -> BeforeValidator:
+    """An integer >= ``minimum`` (<= ``maximum``); the JSON Schema's bounds come from here too."""
+
     def check(value: object) -> int:
         problem = _integer_problem(value, minimum, maximum)
         if problem is not None:
             _fail(problem)
         return value  # type: ignore[return-value]
 
-    return _v(check)
+    return _v(check, Annotated[int, Field(ge=minimum, le=maximum)])
 
 
 _DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|s|m|h)")
@@ -290,7 +294,16 @@ def _seconds(zero_means: str | None = None) -> BeforeValidator:
     return _v(check, number | Annotated[str, Field(pattern=r"^[0-9.]+ *(ms|s|m|h)$")])
 
 
-def _choice(values: Sequence[str], noun: str, plural: str) -> BeforeValidator:
+_Mode = Literal["tcp", "http"]
+_State = Literal["ready", "drain", "maint"]
+_LogFormat = Literal["text", "json"]
+_VerifyClient = Literal["none", "optional", "required"]
+
+
+def _choice(literal: Any, noun: str, plural: str) -> BeforeValidator:
+    """One of the values of ``literal``, a ``Literal`` type."""
+    values = get_args(literal)
+
     def check(value: object) -> str:
         if _string(value) not in values:
             _fail(f"unknown {noun} {value!r}" + _suggest(_string(value), values, plural))
@@ -299,16 +312,16 @@ def _choice(values: Sequence[str], noun: str, plural: str) -> BeforeValidator:
     return _v(check)
 
 
-def _text(problem: Callable[[str], str | None]) -> BeforeValidator:
+def _text(problem: Callable[[str], str | None]) -> AfterValidator:
     """A string that ``problem`` (one of the ``_*_problem`` functions below) finds no fault in."""
 
-    def check(value: object) -> str:
-        message = problem(_string(value))
+    def check(value: str) -> str:
+        message = problem(value)
         if message is not None:
             _fail(message)
-        return _string(value)
+        return value
 
-    return _v(check)
+    return _after(check)
 
 
 def _array(
@@ -407,8 +420,7 @@ _LISTEN_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ONLY_HTTP = 'only for mode = "http"; remove it or set mode = "http"'
-_ONLY_HTTP_CHECK = 'only for kind = "http"; remove it or set kind = "http"'
+_ONLY_HTTP = 'only for {0} = "http"; remove it or set {0} = "http"'
 _STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
 _STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
 _STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
@@ -448,16 +460,16 @@ _STRATEGY_ALIASES = {
 }
 
 
-def _endpoint(example: str) -> Callable[[object], str]:
+def _endpoint(example: str) -> Callable[[str], str]:
     """One server endpoint description, checked by Twisted's parser (:func:`_endpoint_problem`)."""
 
-    def endpoint(value: object) -> str:
-        problem = _endpoint_problem(_string(value))
+    def endpoint(value: str) -> str:
+        problem = _endpoint_problem(value)
         if problem is not None:
             _fail(
                 f"{value!r} is not a valid server endpoint ({problem}); write one as in {example!r}"
             )
-        return _string(value)
+        return value
 
     return endpoint
 
@@ -474,19 +486,25 @@ def _listen(example: str) -> BeforeValidator:
     )
 
 
-def _network(value: object) -> str:
+def _network(value: str) -> str:
     """An address or network, as :func:`ipaddress.ip_network` with ``strict=False`` takes it."""
-    text = _string(value)
     try:
-        ipaddress.ip_network(text, strict=False)
+        ipaddress.ip_network(value, strict=False)
     except ValueError:
         _fail(f"{value!r} is not an IP address or network; write one as in {_PROXY_EXAMPLES}")
-    return _string(value)
+    return value
 
 
-def _pool_reference(value: object, info: ValidationInfo) -> str:
+def _address(value: str) -> str:
+    try:
+        parse_address(value)
+    except ValueError as e:
+        _fail(str(e))
+    return value
+
+
+def _pool_reference(pool: str, info: ValidationInfo) -> str:
     """The name of a pool of the same file (checked when validating a file)."""
-    pool = _string(value)
     pools: list[str] | None = (info.context or {}).get("pools")
     if pools is None or pool in pools:
         return pool
@@ -497,9 +515,9 @@ def _pool_reference(value: object, info: ValidationInfo) -> str:
     _fail(f"unknown pool {pool!r}{hint}")
 
 
-def _file(value: object, info: ValidationInfo) -> str:
+def _file(path: str, info: ValidationInfo) -> str:
     """A non-empty path, made absolute against the directory of the config file."""
-    path, key = _string(value), info.field_name or "path"
+    key = info.field_name or "path"
     if not path:
         _fail(f"must not be empty; write a path, as in {key} = {_FILE_EXAMPLES.get(key, '')}")
     if "\0" in path:
@@ -507,10 +525,10 @@ def _file(value: object, info: ValidationInfo) -> str:
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), path))
 
 
-def _ca_file(value: str | None, info: ValidationInfo) -> str | None:
+def _ca_file(value: str, info: ValidationInfo) -> str:
     from twisted_lb.tls import ca_problem
 
-    problem = None if value is None or not info.context else ca_problem(value)
+    problem = ca_problem(value) if info.context else None
     if problem is not None:
         _fail(problem)
     return value
@@ -519,11 +537,11 @@ def _ca_file(value: str | None, info: ValidationInfo) -> str | None:
 def _key_file(cert_field: str) -> AfterValidator:
     """A private key, checked with its certificate ``cert_field`` by tls.py."""
 
-    def check(key: str | None, info: ValidationInfo) -> str | None:
+    def check(key: str, info: ValidationInfo) -> str:
         from twisted_lb.tls import certificate_problem
 
         cert = info.data.get(cert_field)
-        if key is None or cert is None or not info.context:
+        if cert is None or not info.context:
             return key
         problem = certificate_problem(cert, key)
         if problem is not None:
@@ -531,7 +549,7 @@ def _key_file(cert_field: str) -> AfterValidator:
             _fail(problem, mine if _about_key(problem, cert, key) else cert_field, up=1)
         return key
 
-    return AfterValidator(check)
+    return _after(check)
 
 
 def _about_key(problem: str, cert: str, key: str) -> bool:
@@ -590,8 +608,7 @@ def _jitter(value: object) -> float:
     )
 
 
-def _expect_body(value: object) -> str:
-    pattern = _string(value)
+def _expect_body(pattern: str) -> str:
     if not pattern:
         _fail("must not be empty; leave expect_body out to accept any body")
     try:
@@ -619,9 +636,8 @@ def _installed(info: ValidationInfo) -> list[str]:
     return installed
 
 
-def _strategy(value: object, info: ValidationInfo) -> str:
+def _strategy(name: str, info: ValidationInfo) -> str:
     """The name of an installed strategy plugin; the default, round_robin, is built in."""
-    name = _string(value)
     if name == defaults.STRATEGY:
         return name
     installed = _installed(info)
@@ -639,15 +655,12 @@ def _strategy(value: object, info: ValidationInfo) -> str:
 def _strategy_options(value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         _fail(f"must be a table, as in strategy_options = {{}}, not {_describe(value)}")
-    frozen = _freeze(value)
-    assert isinstance(frozen, Mapping)
-    return frozen
+    return {str(key): _freeze(item) for key, item in value.items()}
 
 
-def _min_version(value: object) -> str:
+def _min_version(version: str) -> str:
     from twisted_lb.tls import TLS_VERSIONS
 
-    version = _string(value)
     if version in TLS_VERSIONS:
         return version
     if version.lower() in _OLD_TLS_VERSIONS:
@@ -661,10 +674,9 @@ def _min_version(value: object) -> str:
     )
 
 
-def _ciphers(value: object) -> str:
+def _ciphers(ciphers: str) -> str:
     from twisted_lb.tls import ciphers_problem
 
-    ciphers = _string(value)
     if not ciphers.strip():
         _fail("must not be empty; leave ciphers out for Mozilla's intermediate list")
     problem = ciphers_problem(ciphers)
@@ -724,7 +736,7 @@ def _access_log(value: object, info: ValidationInfo) -> bool | str:
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
 
 
-_VERIFY_CLIENT = ("none", "optional", "required")
+_VERIFY_CLIENT: tuple[str, ...] = get_args(_VerifyClient)
 
 
 def _tables(noun: str, example: str) -> Callable[[object], Any]:
@@ -733,11 +745,8 @@ def _tables(noun: str, example: str) -> Callable[[object], Any]:
     return _array(kind, f"{empty}; add one, as in [{example}]", table=True)
 
 
-_Str = Annotated[str, _v(_string)]
-_Bool = Annotated[bool, _v(_boolean)]
 _Seconds = Annotated[float, _seconds(), _Unit("s")]
-_OptionalSeconds = Annotated[float | None, _seconds(), _Unit("s")]
-_Count = Annotated[int, Field(ge=1), _integer(1)]
+_Count = Annotated[int, _integer(1)]
 
 #: The largest backend ``weight``, as HAProxy's (its ``weight`` is 0 to 256, 0 being our
 #: ``drain``): a weight is a share, and consistent-hash strategies build points in proportion
@@ -754,8 +763,8 @@ def weight_problem(value: object) -> str | None:
     return _integer_problem(value, 1, MAX_WEIGHT)
 
 
-_Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT), _integer(1, MAX_WEIGHT)]
-_Files = Annotated[str, _v(_file), _Unit("path")]
+_Weight = Annotated[int, _integer(1, MAX_WEIGHT)]
+_Files = Annotated[str, _after(_file), _Unit("path")]
 
 
 # -- the schema --------------------------------------------------------------------------------
@@ -808,8 +817,6 @@ class _Model(BaseModel, metaclass=_Positional):
     @model_validator(mode="before")
     @classmethod
     def _table(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, _Refused):
-            _fail(data.message, up=data.up)
         if isinstance(data, cls):
             return data
         if not isinstance(data, Mapping):
@@ -867,38 +874,26 @@ class BackendConfig(_Model):
         "disabled": "state",
     }
 
-    address: Annotated[str, _v(lambda value: _address(value))] = Field(
+    address: Annotated[str, _after(_address)] = Field(
         description="``host:port``, ``[v6]:port`` or ``unix:/path``, kept as written. A backend "
         'may also be written as this string alone: ``backends = ["10.0.0.1:80"]``.'
     )
-    name: Annotated[str, _v(_string)] = Field(
+    name: str = Field(
         description="Unique within the pool; by default the pool's name and the backend's "
         "position from 1 (``app1``, ``app2``, ...). Reloads match backends by name."
     )
     weight: _Weight = Field(
         1, description=f"Relative share of new connections, from 1 to {MAX_WEIGHT}."
     )
-    backup: _Bool = Field(
+    backup: bool = Field(
         False, description="Used only when no primary (non-backup) backend of the pool is UP."
     )
-    state: Annotated[
-        Literal["ready", "drain", "maint"],
-        _choice(("ready", "drain", "maint"), "state", "valid states"),
-    ] = Field(
+    state: Annotated[_State, _choice(_State, "state", "valid states")] = Field(
         "ready",
         description='The administrative state, as HAProxy\'s ``set server state``: ``"ready"`` '
         '(in service), ``"drain"`` (no new connections or requests; established ones finish) '
         'or ``"maint"`` (out of service).',
     )
-
-
-def _address(value: object) -> str:
-    text = _string(value)
-    try:
-        parse_address(text)
-    except ValueError as e:
-        _fail(str(e))
-    return _string(value)
 
 
 class HealthCheckConfig(_Model):
@@ -911,13 +906,11 @@ class HealthCheckConfig(_Model):
     _aliases = {"type": "kind", "inter": "interval", "downinter": "down_interval", "uri": "path"}
     _http_keys: ClassVar[tuple[str, ...]] = ("path", "host", "expect_status", "expect_body")
 
-    kind: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "kind", "valid kinds")] = (
-        Field(
-            "tcp",
-            description='``"tcp"``: a check passes when a connection is made; ``"http"``: '
-            "when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a "
-            "body that ``expect_body`` matches).",
-        )
+    kind: Annotated[_Mode, _choice(_Mode, "kind", "valid kinds")] = Field(
+        "tcp",
+        description='``"tcp"``: a check passes when a connection is made; ``"http"``: '
+        "when a ``GET`` of ``path`` is answered with a status in ``expect_status`` (and a "
+        "body that ``expect_body`` matches).",
     )
     interval: _Seconds = Field(
         defaults.CHECK_INTERVAL, description="Between checks of an UP backend (HAProxy ``inter``)."
@@ -927,7 +920,7 @@ class HealthCheckConfig(_Model):
     )
     rise: _Count = Field(defaults.CHECK_RISE, description="Passes in a row that turn it UP.")
     fall: _Count = Field(defaults.CHECK_FALL, description="Failures in a row that turn it DOWN.")
-    down_interval: _OptionalSeconds = Field(
+    down_interval: Annotated[float | None, _seconds(), _Unit("s")] = Field(
         None,
         description="Between checks of a DOWN backend (HAProxy ``downinter``); "
         "default: ``interval``.",
@@ -952,7 +945,7 @@ class HealthCheckConfig(_Model):
         description='http only: the passing statuses: ``"200-399"`` (a range), ``"200"`` or '
         "``200``, from 100 to 599. In the data: ``(low, high)``.",
     )
-    expect_body: Annotated[str | None, _v(_expect_body)] = Field(
+    expect_body: Annotated[str | None, _after(_expect_body)] = Field(
         None,
         description="http only: a Python regular expression searched for in the first 64 KiB "
         "of the body; default: any body.",
@@ -963,7 +956,7 @@ class HealthCheckConfig(_Model):
         if data.get("kind", "tcp") == "tcp":
             for key in cls._http_keys:
                 if key in data:
-                    data[key] = _Refused(_ONLY_HTTP_CHECK)
+                    data[key] = _Refused(_ONLY_HTTP.format("kind"))
 
 
 class OutlierDetectionConfig(_Model):
@@ -985,12 +978,12 @@ class OutlierDetectionConfig(_Model):
     max_ejection_time: _Seconds = Field(
         defaults.MAX_EJECTION_TIME, description="The cap on one ejection; >= the base time."
     )
-    max_ejection_percent: Annotated[int, Field(ge=0, le=100), _integer(0, 100), _Unit("%")] = Field(
+    max_ejection_percent: Annotated[int, _integer(0, 100), _Unit("%")] = Field(
         defaults.MAX_EJECTION_PERCENT,
         description="The largest share of the pool's backends that may be ejected at once.",
     )
-    count_5xx: _Bool = Field(False, description="HTTP: also count 5xx responses as failures.")
-    uneject_on_passing_check: _Bool = Field(
+    count_5xx: bool = Field(False, description="HTTP: also count 5xx responses as failures.")
+    uneject_on_passing_check: bool = Field(
         True,
         description="A passing active health check of an ejected backend that is UP by its "
         "checks ends the ejection at once (Envoy's "
@@ -1040,7 +1033,7 @@ class PoolTLSConfig(_Model):
         description="The name backends' certificates are verified against, also sent as SNI: "
         "a DNS name or IP address (IPv6 without brackets); default: each backend's host.",
     )
-    ca: Annotated[_Files | None, AfterValidator(_ca_file)] = Field(
+    ca: Annotated[_Files | None, _after(_ca_file)] = Field(
         None,
         description="A PEM bundle of the CAs backends' certificates must chain to; default: "
         "the system trust store.",
@@ -1053,7 +1046,7 @@ class PoolTLSConfig(_Model):
     client_key: Annotated[_Files | None, _key_file("client_cert")] = Field(
         None, description="The PEM private key of ``client_cert``."
     )
-    verify: _Bool = Field(
+    verify: bool = Field(
         True,
         description="Whether backends' certificates are verified; ``false`` logs a warning.",
     )
@@ -1094,7 +1087,7 @@ class PoolConfig(_Model):
         "check": "health_check",
     }
 
-    name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
+    name: SkipJsonSchema[str] = Field(description="The table's name.")
     backends: Annotated[
         tuple[BackendConfig, ...],
         _v(
@@ -1106,7 +1099,7 @@ class PoolConfig(_Model):
             list[str | BackendConfig],
         ),
     ] = Field(description="At least one backend, in file order; names and addresses unique.")
-    strategy: Annotated[str, _v(_strategy)] = Field(
+    strategy: Annotated[str, _after(_strategy)] = Field(
         defaults.STRATEGY, description="The name of an installed strategy plugin."
     )
     strategy_options: Annotated[
@@ -1118,7 +1111,7 @@ class PoolConfig(_Model):
     connect_timeout: _Seconds = Field(
         defaults.CONNECT_TIMEOUT, description="To wait for a backend connection before the next."
     )
-    retries: Annotated[int, Field(ge=0), _integer(0)] = Field(
+    retries: Annotated[int, _integer(0)] = Field(
         defaults.RETRIES, description="Further backends tried when connecting fails."
     )
     response_timeout: _Seconds = Field(
@@ -1131,13 +1124,13 @@ class PoolConfig(_Model):
         description="HTTP: an idle keep-alive backend connection is kept this long for reuse; "
         "below the 5 s after which Node and others close idle connections.",
     )
-    max_idle_per_backend: Annotated[int, Field(ge=0), _integer(0), _Unit("connections")] = Field(
+    max_idle_per_backend: Annotated[int, _integer(0), _Unit("connections")] = Field(
         defaults.MAX_IDLE_PER_BACKEND,
         description="HTTP: idle upstream connections kept per backend; 0 disables reuse.",
     )
     health_check: HealthCheckConfig | None = Field(None, description="Active checks.")
     outlier_detection: OutlierDetectionConfig | None = Field(None, description="Passive ejection.")
-    panic: _Bool = Field(
+    panic: bool = Field(
         False,
         description="When no backend is available, balance over every backend not in "
         "``drain`` or ``maint`` instead of refusing the client (Envoy's panic mode).",
@@ -1151,6 +1144,7 @@ class PoolConfig(_Model):
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
+        cls._check_strategy(data, info)
         backends = data.get("backends")
         if not isinstance(backends, list):
             return
@@ -1187,7 +1181,6 @@ class PoolConfig(_Model):
                     f"{address!r} is already used by {used}; "
                     "list each backend once and give it a higher weight instead"
                 )
-        cls._check_strategy(data, info)
         cls._check_server_name(data, backends)
 
     @classmethod
@@ -1246,13 +1239,13 @@ class RouteConfig(_Model):
 
     _example = _ROUTE_EXAMPLE
 
-    pool: Annotated[str, _v(_pool_reference)] = Field(
+    pool: Annotated[str, _after(_pool_reference)] = Field(
         description="The name of a pool of the same file."
     )
     host: Annotated[
         str | None,
         _text(lambda host: _host_problem(host, route=True)),
-        AfterValidator(lambda host: None if host is None else host.lower()),
+        _after(lambda host: host.lower()),
     ] = Field(
         None,
         description='An exact name (``"api.example.com"``) or ``"*."`` and a suffix '
@@ -1331,22 +1324,22 @@ class FrontendTLSConfig(_Model):
         description="At least one. SNI picks the certificate whose subjectAltName matches the "
         "name the client asks for; the first is the default (HAProxy ``crt``)."
     )
-    min_version: Annotated[str, _v(_min_version)] = Field(
+    min_version: Annotated[str, _after(_min_version)] = Field(
         defaults.MIN_TLS_VERSION,
         description='The oldest protocol accepted: ``"TLSv1.2"`` or ``"TLSv1.3"`` (nginx '
         "``ssl_protocols``).",
     )
-    ciphers: Annotated[str | None, _v(_ciphers)] = Field(
+    ciphers: Annotated[str | None, _after(_ciphers)] = Field(
         None,
         description="An OpenSSL cipher string for TLS 1.2 (nginx ``ssl_ciphers``); default: "
         "Mozilla's intermediate list. TLS 1.3 suites are not affected.",
     )
-    client_ca: Annotated[_Files | None, AfterValidator(_ca_file)] = Field(
+    client_ca: Annotated[_Files | None, _after(_ca_file)] = Field(
         None,
         description="A PEM bundle of the CAs client certificates must chain to (nginx "
         "``ssl_client_certificate``).",
     )
-    verify_client: Annotated[Literal["none", "optional", "required"], _v(_verify_client)] = Field(
+    verify_client: Annotated[_VerifyClient, _v(_verify_client)] = Field(
         "none",
         description='``"none"``, ``"optional"`` (asked for, verified when sent) or '
         '``"required"`` (nginx ``ssl_verify_client``); the last two need ``client_ca``.',
@@ -1383,7 +1376,7 @@ class FrontendTLSConfig(_Model):
 
 
 _Networks = Annotated[
-    tuple[Annotated[str, _v(_network)], ...],
+    tuple[Annotated[str, _after(_network)], ...],
     _v(_array('an array of strings, as in {key} = ["10.0.0.0/8"]'), list[str]),
 ]
 
@@ -1416,24 +1409,24 @@ class FrontendConfig(_Model):
         "ssl": "tls",
     }
 
-    name: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The table's name.")
-    mode: Annotated[Literal["tcp", "http"], _choice(("tcp", "http"), "mode", "valid modes")] = (
-        Field(description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).')
+    name: SkipJsonSchema[str] = Field(description="The table's name.")
+    mode: Annotated[_Mode, _choice(_Mode, "mode", "valid modes")] = Field(
+        description='``"tcp"`` (L4 relay) or ``"http"`` (L7 HTTP/1.1 reverse proxy).'
     )
     listen: Annotated[
-        tuple[Annotated[str, _v(_endpoint(_LISTEN_EXAMPLE))], ...], _listen(_LISTEN_EXAMPLE)
+        tuple[Annotated[str, _after(_endpoint(_LISTEN_EXAMPLE))], ...], _listen(_LISTEN_EXAMPLE)
     ] = Field(
         description='Twisted server endpoint descriptions, such as ``"tcp:8080:interface='
         '127.0.0.1"``: one, or an array of at least one, each used by one frontend only.'
     )
-    pool: Annotated[str, _v(_pool_reference)] = Field(
+    pool: Annotated[str, _after(_pool_reference)] = Field(
         description="A pool of the same file; for http, the pool of requests no route matches."
     )
     client_timeout: _Seconds = Field(
         defaults.CLIENT_TIMEOUT,
         description="An idle client connection is closed (http: the keep-alive idle time).",
     )
-    max_connections: Annotated[int, Field(ge=1), _integer(1), _Unit("connections")] = Field(
+    max_connections: Annotated[int, _integer(1), _Unit("connections")] = Field(
         defaults.MAX_CONNECTIONS,
         description="Concurrent client connections; past it, new ones are refused.",
     )
@@ -1442,12 +1435,12 @@ class FrontendConfig(_Model):
         description="http only: to receive a whole request head, else 408.",
         json_schema_extra={"mode": "http"},
     )
-    max_header_bytes: Annotated[int, Field(ge=1024), _integer(1024), _Unit("bytes")] = Field(
+    max_header_bytes: Annotated[int, _integer(1024), _Unit("bytes")] = Field(
         defaults.MAX_HEADER_BYTES,
         description="http only: the largest request head, >= 1024, else 431.",
         json_schema_extra={"mode": "http"},
     )
-    max_body_bytes: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+    max_body_bytes: Annotated[int, _integer(0), _Unit("bytes")] = Field(
         defaults.MAX_BODY_BYTES,
         description="http only: the largest request body, else 413; 0 means no limit.",
         json_schema_extra={"mode": "http"},
@@ -1481,7 +1474,7 @@ class FrontendConfig(_Model):
         "``trusted_proxies``, or any peer when that is empty too. Only with a ``haproxy:`` "
         "listener.",
     )
-    underscores_in_headers: _Bool = Field(
+    underscores_in_headers: bool = Field(
         False,
         description="http only: forward request header fields whose names contain ``_``; "
         "when false they are dropped, as nginx's ``underscores_in_headers off`` does.",
@@ -1493,7 +1486,7 @@ class FrontendConfig(_Model):
         if data.get("mode") == "tcp":
             for key, field in cls.model_fields.items():
                 if field.json_schema_extra == {"mode": "http"} and key in data:
-                    data[key] = _Refused(_ONLY_HTTP)
+                    data[key] = _Refused(_ONLY_HTTP.format("mode"))
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
@@ -1530,9 +1523,7 @@ class GlobalConfig(_Model):
     """The ``[global]`` table: settings of the whole process."""
 
     _example = "[global]"
-    log_format: Annotated[
-        Literal["text", "json"], _choice(("text", "json"), "log format", "valid formats")
-    ] = Field(
+    log_format: Annotated[_LogFormat, _choice(_LogFormat, "log format", "valid formats")] = Field(
         "text",
         description='``"text"``: one line of text per log event; ``"json"``: one JSON object '
         "per line.",
@@ -1543,7 +1534,7 @@ class GlobalConfig(_Model):
         'goes: ``true``, the default destination (under twistd, its log); ``"stdout"``; a file '
         "path, relative to the config file; or ``false``, none (nginx ``access_log off``).",
     )
-    access_log_buffer: Annotated[int, Field(ge=0), _integer(0), _Unit("bytes")] = Field(
+    access_log_buffer: Annotated[int, _integer(0), _Unit("bytes")] = Field(
         defaults.ACCESS_LOG_BUFFER,
         description="Access lines held before they are written (nginx ``access_log ... "
         "buffer=``); 0 writes each line at once.",
@@ -1605,10 +1596,8 @@ def _socket_mode(value: object) -> int:
     _fail(f'must be a string, as in socket_mode = "0600", not {_describe(value)}')
 
 
-def _token_file(path: str | None) -> str | None:
+def _token_file(path: str) -> str:
     """A bearer token file: readable, with a token (ASCII) on its first line."""
-    if path is None:
-        return None
     try:
         with open(path, "rb") as f:
             first = f.read(4096).partition(b"\n")[0].strip()
@@ -1633,7 +1622,7 @@ class AdminConfig(_Model):
     _required = {"listen": f'listen = ["{_ADMIN_LISTEN_EXAMPLE}"]'}
 
     listen: Annotated[
-        tuple[Annotated[str, _v(_endpoint(_ADMIN_LISTEN_EXAMPLE))], ...],
+        tuple[Annotated[str, _after(_endpoint(_ADMIN_LISTEN_EXAMPLE))], ...],
         _listen(_ADMIN_LISTEN_EXAMPLE),
     ] = Field(
         description="Twisted server endpoint descriptions of the admin API, as a frontend's "
@@ -1646,15 +1635,13 @@ class AdminConfig(_Model):
         'string (``"0600"``) or a TOML octal integer (``0o600``).',
         json_schema_extra={"default": "0600"},
     )
-    token_file: Annotated[str | None, _v(_file), AfterValidator(_token_file), _Unit("path")] = (
-        Field(
-            None,
-            description="A file whose first line is the bearer token that mutating calls "
-            "(``PATCH``, ``POST``, ``DELETE``) must send; relative to the config file. Reads need "
-            "no token.",
-        )
+    token_file: Annotated[str | None, _after(_file), _after(_token_file), _Unit("path")] = Field(
+        None,
+        description="A file whose first line is the bearer token that mutating calls "
+        "(``PATCH``, ``POST``, ``DELETE``) must send; relative to the config file. Reads need "
+        "no token.",
     )
-    state_file: Annotated[str | None, _v(_file), _Unit("path")] = Field(
+    state_file: Annotated[str | None, _after(_file), _Unit("path")] = Field(
         None,
         description="Where runtime changes made through the admin API are kept across "
         "restarts, as HAProxy's ``server-state-file``; relative to the config file.",
@@ -1691,7 +1678,7 @@ class Config(_Model):
         "defaults": "global",
     }
 
-    path: SkipJsonSchema[Annotated[str, _v(_string)]] = Field(description="The file.")
+    path: SkipJsonSchema[str] = Field(description="The file.")
     frontends: Annotated[
         Mapping[str, FrontendConfig],
         _v(_tables("frontend", "frontends.web")),
@@ -1714,13 +1701,8 @@ class Config(_Model):
             return
         unknown = cls._unknown("path", cls.keys())
         data["path"] = _Refused(unknown) if "path" in data else context["path"]
-        for key, noun, example in (("frontends", "frontend", "web"), ("pools", "pool", "app")):
-            if key not in data:
-                data[key] = _Refused(
-                    f"at least one {noun} is required; add one, as in [{key}.{example}]"
-                )
-            elif isinstance(data[key], Mapping):
-                model = FrontendConfig if key == "frontends" else PoolConfig
+        for key, model in (("frontends", FrontendConfig), ("pools", PoolConfig)):
+            if isinstance(data.setdefault(key, {}), Mapping):  # none: as an empty table
                 data[key] = tables = dict(data[key])
                 for name, table in tables.items():  # the table's name is its key
                     if isinstance(table, Mapping):
@@ -1850,11 +1832,14 @@ def _problem(error: Any) -> tuple[tuple[str | int, ...], str]:
     """One of pydantic's errors as a key path and our message."""
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
-    if error["type"] == "lb":
+    value = error.get("input")
+    if isinstance(value, _Refused):  # whichever check failed on it
+        message, loc = value.message, loc[: len(loc) - value.up]
+    elif error["type"] == "lb":
         message = ctx["message"]
         loc = loc[: len(loc) - ctx["up"]] + tuple(ctx["at"])
-    elif error["type"] == "extra_forbidden" and isinstance(error["input"], _Refused):
-        message = error["input"].message
+    elif error["type"] in _TYPES:  # pydantic's strict type checks, in our words
+        message = f"must be {_TYPES[error['type']]}, not {_describe(value)}"
     else:  # a value that our validators let through, such as a too short array built in code
         message = error["msg"]
     where = _key_path(loc)
