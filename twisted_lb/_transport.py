@@ -257,65 +257,106 @@ def sender(
     connection: Any = transport
     if connection.socket.family in (socket.AF_INET, socket.AF_INET6):
         connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # The class's write: this connection's own attribute may be a sender already (under TLS).
-    write = types.MethodType(type(connection).write, connection)
-    socket_send = connection.socket.send
+    if at_turn_end:
+        return _TurnEndSender(connection, on_backlog).write
+    at_once = _SocketSender(connection, on_backlog)
+    # Twisted's write buffer and close flags, read inside the function (see _compat).
+    return compat.send_when_idle(connection, at_once.send_now, at_once.queue)
 
-    def send_now(data: bytes) -> None:
-        # With nothing queued and no close under way: the socket's send, as doWrite would.
+
+class _SocketSender:
+    """
+    :func:`sender`'s writes to one ``tcp.Connection`` that send at once: :meth:`send_now`
+    when nothing is queued and no close is under way, else :meth:`queue` (Twisted's write).
+
+    Attributes:
+        twisted_write: the connection's class's ``write`` (its own attribute may be a sender
+            already, under TLS), bound to it: queues bytes for writability, keeping order and
+            closes.
+        on_backlog: called before each write that queues bytes, or ``None``.
+        socket_send: the socket's ``send``.
+    """
+
+    __slots__ = ("on_backlog", "socket_send", "twisted_write")
+
+    def __init__(self, connection: Any, on_backlog: Callable[[], None] | None) -> None:
+        self.twisted_write: Callable[[bytes], None] = types.MethodType(
+            type(connection).write, connection
+        )
+        self.on_backlog = on_backlog
+        self.socket_send: Callable[[bytes], int] = connection.socket.send
+
+    def send_now(self, data: bytes) -> None:
+        """The socket's ``send``, as ``doWrite`` would; what it does not take is queued."""
         try:
-            sent = socket_send(data)
+            sent = self.socket_send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            if on_backlog is not None:
-                on_backlog()
-            write(data)  # doWrite meets the error again and closes the connection
+            self.queue(data)  # doWrite meets the error again and closes the connection
             return
         if sent != len(data):
-            if on_backlog is not None:
-                on_backlog()
-            write(data[sent:])
+            self.queue(data[sent:])
 
-    # Twisted's write buffer and close flags, bound once (see _compat).
-    if not at_turn_end:
+    def queue(self, data: bytes) -> None:
+        """Queued already, or closing: Twisted's write keeps the order and the close."""
+        if self.on_backlog is not None:
+            self.on_backlog()
+        self.twisted_write(data)
 
-        def queue_write(data: bytes) -> None:
-            # Queued already, or closing: Twisted's write keeps the order and the close.
-            if on_backlog is not None:
-                on_backlog()
-            write(data)
 
-        return compat.send_when_idle(connection, send_now, queue_write)
+class _TurnEndSender(_SocketSender):
+    """
+    :func:`sender`'s writes to one ``tcp.Connection`` that wait for the end of the reactor
+    turn: :meth:`write` holds bytes in the connection's own write buffer and queues the
+    connection on its reactor's :class:`_SendQueue`, which calls :meth:`flush` once every
+    event of the turn is handled.
 
-    queue = _send_queue(connection.reactor)
-    pending = queue.pending
-    take_sendable = compat.take_sendable(connection)
-    hold_if_open = compat.hold_if_open(connection)
-    hold_if_idle = compat.hold_if_idle(connection)
+    Attributes:
+        connection: the connection, the key of the send queue's ``pending``.
+        send_queue: its reactor's :class:`_SendQueue`; ``pending``, its dict.
+        take_sendable, hold_if_open, hold_if_idle: Twisted's write buffer and close flags,
+            bound once for this connection (see :mod:`twisted_lb._compat`).
+    """
 
-    def send_at_turn_end(data: bytes) -> None:
-        if connection in pending:
-            if not hold_if_open(data):
-                write(data)  # as Twisted's write would (it drops it after a half-close)
+    __slots__ = (
+        "connection",
+        "hold_if_idle",
+        "hold_if_open",
+        "pending",
+        "send_queue",
+        "take_sendable",
+    )
+
+    def __init__(self, connection: Any, on_backlog: Callable[[], None] | None) -> None:
+        super().__init__(connection, on_backlog)
+        self.connection = connection
+        self.send_queue = _send_queue(connection.reactor)
+        self.pending = self.send_queue.pending
+        self.take_sendable = compat.take_sendable(connection)
+        self.hold_if_open = compat.hold_if_open(connection)
+        self.hold_if_idle = compat.hold_if_idle(connection)
+
+    def write(self, data: bytes) -> None:
+        """Hold ``data`` for the end of the turn, or queue it behind older bytes or a close."""
+        if self.connection in self.pending:
+            if not self.hold_if_open(data):
+                # As Twisted's write would: it drops bytes written after a half-close.
+                self.twisted_write(data)
             return
-        if hold_if_idle(data):
-            queue.add(connection, flush)
+        if self.hold_if_idle(data):
+            self.send_queue.add(self.connection, self.flush)
             return
-        # Queued already, or closing: Twisted's write keeps the order and the close.
-        if on_backlog is not None:
-            on_backlog()
-        write(data)
+        self.queue(data)
 
-    def flush() -> None:
-        buffered = take_sendable()
+    def flush(self) -> None:
+        """Send what the connection holds; nothing when it is sent already or Twisted's."""
+        buffered = self.take_sendable()
         if buffered is None:
             # Sent already (by doWrite, or another sender's flush), or Twisted has it: queued
             # behind older bytes or closing, it waits for writability; aborted, it is dropped.
             return
-        send_now(buffered[0] if len(buffered) == 1 else b"".join(buffered))
-
-    return send_at_turn_end
+        self.send_now(buffered[0] if len(buffered) == 1 else b"".join(buffered))
 
 
 def _tls_sender(
