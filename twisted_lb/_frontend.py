@@ -47,7 +47,7 @@ class FrontendConnection(TypingProtocol):
 
 
 # Compiled by mypyc (hatch_build.py), a class may be subclassed by Python classes only when it
-# says so; tcp.py's TCPRelayFactory, not compiled, derives from this one.
+# says so: applications may derive their own frontends from this one.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class FrontendFactory(Factory):
     """

@@ -78,6 +78,62 @@ ENDED_MAX_CONNECTIONS = "max connections reached"
 _EPSILON = 1e-6
 
 
+# Before the relay's protocols: compiled by mypyc, their annotations name it when they are made.
+class TCPRelayFactory(FrontendFactory):
+    """
+    Builds the relay for each client connection of one frontend (L4, tcp mode).
+
+    Args:
+        reactor: provides ``IReactorTCP`` (and ``IReactorUNIX`` for ``unix:`` backends) and
+            ``IReactorTime``; all connects and timers use it.
+        pool: where backends are picked, with the pool's ``connect_timeout`` (seconds) and
+            ``retries``.
+        client_timeout: seconds with no bytes in either direction after which a pair is
+            closed (HAProxy ``timeout client``/``timeout server`` in tcp mode).
+        max_connections: concurrent client connections; past it a new client is closed at once
+            and counted in ``refused_connections``.
+        frontend: the frontend's name, for logs.
+        access_log: the access log (see :class:`~twisted_lb._frontend.FrontendFactory`).
+
+    Attributes:
+        active_connections: client connections open now.
+        refused_connections: clients closed at once because of ``max_connections``.
+
+    Raises:
+        ValueError: ``client_timeout`` is not > 0 or ``max_connections`` is not >= 1.
+    """
+
+    def __init__(
+        self,
+        reactor: IBalancerReactor,
+        pool: Pool,
+        *,
+        client_timeout: float = defaults.CLIENT_TIMEOUT,
+        max_connections: int = defaults.MAX_CONNECTIONS,
+        frontend: str = "tcp",
+        access_log: bool | IAccessLog | None = True,
+    ) -> None:
+        if client_timeout <= 0:
+            raise ValueError("client_timeout must be > 0 s")
+        super().__init__(
+            reactor, max_connections=max_connections, frontend=frontend, access_log=access_log
+        )
+        self.pool = pool
+        self.client_timeout = client_timeout
+
+    settings: ClassVar[tuple[str, ...]] = (*FrontendFactory.settings, "pool", "client_timeout")
+
+    def __repr__(self) -> str:
+        return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"
+
+    def info(self, address: IAddress | None) -> ConnectionInfo:
+        """What the strategy is told about a client."""
+        return ConnectionInfo(client_address=address)
+
+    def buildProtocol(self, addr: IAddress | None) -> _ClientSide:  # type: ignore[override]
+        return _ClientSide(self, addr)
+
+
 @implementer(IHalfCloseableProtocol)
 class _BackendSide(Protocol):
     """The relay's connection to the backend; forwards to its client side."""
@@ -401,58 +457,3 @@ def _format_address(address: IAddress | None) -> str:
         name = getattr(address, "name", None)
         return f"unix:{name!s}" if name else "-"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class TCPRelayFactory(FrontendFactory):
-    """
-    Builds the relay for each client connection of one frontend (L4, tcp mode).
-
-    Args:
-        reactor: provides ``IReactorTCP`` (and ``IReactorUNIX`` for ``unix:`` backends) and
-            ``IReactorTime``; all connects and timers use it.
-        pool: where backends are picked, with the pool's ``connect_timeout`` (seconds) and
-            ``retries``.
-        client_timeout: seconds with no bytes in either direction after which a pair is
-            closed (HAProxy ``timeout client``/``timeout server`` in tcp mode).
-        max_connections: concurrent client connections; past it a new client is closed at once
-            and counted in ``refused_connections``.
-        frontend: the frontend's name, for logs.
-        access_log: the access log (see :class:`~twisted_lb._frontend.FrontendFactory`).
-
-    Attributes:
-        active_connections: client connections open now.
-        refused_connections: clients closed at once because of ``max_connections``.
-
-    Raises:
-        ValueError: ``client_timeout`` is not > 0 or ``max_connections`` is not >= 1.
-    """
-
-    def __init__(
-        self,
-        reactor: IBalancerReactor,
-        pool: Pool,
-        *,
-        client_timeout: float = defaults.CLIENT_TIMEOUT,
-        max_connections: int = defaults.MAX_CONNECTIONS,
-        frontend: str = "tcp",
-        access_log: bool | IAccessLog | None = True,
-    ) -> None:
-        if client_timeout <= 0:
-            raise ValueError("client_timeout must be > 0 s")
-        super().__init__(
-            reactor, max_connections=max_connections, frontend=frontend, access_log=access_log
-        )
-        self.pool = pool
-        self.client_timeout = client_timeout
-
-    settings: ClassVar[tuple[str, ...]] = (*FrontendFactory.settings, "pool", "client_timeout")
-
-    def __repr__(self) -> str:
-        return f"<TCPRelayFactory {self.frontend} -> {self.pool.name}>"
-
-    def info(self, address: IAddress | None) -> ConnectionInfo:
-        """What the strategy is told about a client."""
-        return ConnectionInfo(client_address=address)
-
-    def buildProtocol(self, addr: IAddress | None) -> _ClientSide:  # type: ignore[override]
-        return _ClientSide(self, addr)
