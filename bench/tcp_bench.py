@@ -42,6 +42,7 @@ from _common import (
     find_tools,
     first_output_line,
     free_ports,
+    group_cpu_seconds,
     json_settings,
     log,
     nginx_main_context,
@@ -341,7 +342,9 @@ class Bench:
                 log(f"{path}: started {relay.name}, pid {relay.proc.pid}")
             wait_http_ok(relay, http_port)
             warm_up_wrk(self.tools.wrk, http_port, args, path)
+            cpu_before = group_cpu_seconds(relay.proc.pid) if relay is not None else 0.0
             wrk = run_wrk(self.tools.wrk, http_port, args.duration, args.connections, args.threads)
+            cpu = group_cpu_seconds(relay.proc.pid) - cpu_before if relay is not None else 0.0
             log(
                 f"{path}: {wrk.requests_per_s:,.0f} requests/s, "
                 f"p99 {wrk.latency_p99_ms:.2f} ms, {wrk.errors} errors"
@@ -367,6 +370,8 @@ class Bench:
             "requests_per_s": wrk.requests_per_s,
             "latency_p99_ms": wrk.latency_p99_ms,
             "requests": float(wrk.requests),
+            # The relay's CPU (all its processes) per request of the wrk run (see http_bench).
+            "cpu_us_per_request": cpu * 1e6 / wrk.requests if wrk.requests else 0.0,
             "wrk_errors": float(wrk.errors),
             "gbit_per_s": gbps,
             "background_cpu_percent": background,
@@ -432,8 +437,8 @@ def print_report(
     print("", file=out)
     print_header(
         out,
-        f"{'path':<14} {'requests/s':>12} {'p99 ms':>9} {'wrk errors':>11} {'Gbit/s':>9} "
-        f"{'busy%':>6}",
+        f"{'path':<14} {'requests/s':>12} {'p99 ms':>9} {'CPU µs/req':>10} {'wrk errors':>11} "
+        f"{'Gbit/s':>9} {'busy%':>6}",
     )
     for path in PATHS:
         if path not in summary:
@@ -441,8 +446,8 @@ def print_report(
         row = summary[path]
         print(
             f"{path:<14} {row['requests_per_s']:>12,.0f} {row['latency_p99_ms']:>9.2f} "
-            f"{row['wrk_errors']:>11.0f} {row['gbit_per_s']:>9.2f} "
-            f"{row['background_cpu_percent']:>6.0f}",
+            f"{row['cpu_us_per_request']:>10.1f} {row['wrk_errors']:>11.0f} "
+            f"{row['gbit_per_s']:>9.2f} {row['background_cpu_percent']:>6.0f}",
             file=out,
         )
     print("", file=out)

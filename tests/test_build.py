@@ -41,7 +41,7 @@ class BuildTests(SynchronousTestCase):
         ``compiled``), where set, says which.
         """
         expected = compiled_by_the_build()
-        self.assertEqual(len(expected), 6)
+        self.assertEqual(len(expected), 5)
         loaded = compiled_modules()
         build = os.environ.get("TWISTED_LB_BUILD")
         if build == "compiled":
