@@ -4,7 +4,7 @@ The wheel's optional build step: compile the hot modules with mypyc.
 A plain ``pip install twisted-lb`` (or ``pip install -e .``) installs pure Python and needs no C
 compiler. With ``TWISTED_LB_MYPYC=1`` in the environment, a wheel build also compiles the
 modules of the per-request path with mypyc (through hatch-mypyc's build hook), which takes
-about 30% of the CPU off each proxied request (``bench/README.rst``). The compiled modules
+8-18% of the CPU off each proxied request (``bench/README.rst``). The compiled modules
 replace the same modules' sources in the wheel, and every module keeps working, compiled or
 not: the test suite runs on both builds (``.ci/run``).
 
