@@ -1214,7 +1214,8 @@ pool = "api"
         },
     ),
     # Routes keep file order; host only, path_prefix only and both are accepted; hosts are
-    # kept in lower case; the inline array is the same as the array of tables.
+    # kept in lower case, and may end with the root's dot, as the library's Route takes them;
+    # the inline array is the same as the array of tables.
     (
         "routes_order_and_forms",
         _with_routes(
@@ -1226,6 +1227,7 @@ pool = "api"
             'host = "under_score.internal"\npool = "app"',
             'host = "localhost"\npath_prefix = "/"\npool = "app"',
             'path_prefix = "/go/https://"\npool = "app"',
+            'host = "*.Example.org."\npool = "app"',
         ),
         {
             "frontends.web.routes": (
@@ -1237,6 +1239,7 @@ pool = "api"
                 RouteConfig(pool="app", host="under_score.internal"),
                 RouteConfig(pool="app", host="localhost", path_prefix="/"),
                 RouteConfig(pool="app", path_prefix="/go/https://"),
+                RouteConfig(pool="app", host="*.example.org."),
             )
         },
     ),

@@ -43,24 +43,26 @@ class RouteTests(SynchronousTestCase):
             self.assertIs(route.pool, API)
 
     def test_invalid(self) -> None:
-        """Each malformed route is a ValueError that says what is wrong."""
+        """Each malformed route is a ValueError with the config's message for the key."""
         for kwargs, message in [
             ({}, "host, a path_prefix"),
             ({"host": ""}, "empty"),
-            ({"host": "*"}, "leading"),
-            ({"host": "*."}, "domain after"),
-            ({"host": "*example.com"}, "leading"),
-            ({"host": "a.*.example.com"}, "leading"),
-            ({"host": "*.*.example.com"}, "leading"),
-            ({"host": "example.*"}, "leading"),
+            ({"host": "*"}, "whole first label"),
+            ({"host": "*."}, "whole first label"),
+            ({"host": "*example.com"}, "whole first label"),
+            ({"host": "a.*.example.com"}, "whole first label"),
+            ({"host": "*.*.example.com"}, "whole first label"),
+            ({"host": "example.*"}, "whole first label"),
             ({"host": ".example.com"}, "'*.example.com'"),
-            ({"host": "example.com:8080"}, "port"),
-            ({"host": "[::1]:8080"}, "port"),
-            ({"host": "bücher.example"}, "IDNA"),
+            ({"host": "example.com:8080"}, "without the port"),
+            ({"host": "[::1]:8080"}, "without the port"),
+            ({"host": "bücher.example"}, "as in 'xn--bcher-kva.example'"),
             ({"host": "a b"}, "not a host name"),
             ({"path_prefix": ""}, "start with '/'"),
             ({"path_prefix": "api/"}, "start with '/'"),
-            ({"path_prefix": "/search?q"}, "'?'"),
+            ({"path_prefix": "/search?q"}, "without the part from '?' on"),
+            ({"path_prefix": "/a b"}, "in ASCII without spaces, as in '/a%20b'"),
+            ({"host": "api.example.com/v1"}, "the path in path_prefix"),
             ({"host": "", "path_prefix": "/"}, "empty"),
         ]:
             with self.assertRaises(ValueError, msg=repr(kwargs)) as caught:

@@ -1,17 +1,25 @@
 """
-Backend address strings: ``host:port``, ``[v6]:port`` and ``unix:/path``; and which listener
-descriptions take the PROXY protocol (``haproxy:...``).
+Backend address strings: ``host:port``, ``[v6]:port`` and ``unix:/path``; host names (a
+route's, an http check's ``Host``, a TLS ``server_name``); and listener descriptions: which
+take the PROXY protocol (``haproxy:...``), and what Twisted's endpoint parser says of them.
 
-Shared by :mod:`twisted_lb.config` (validation) and :mod:`twisted_lb.backend` and
-:mod:`twisted_lb.service` (endpoints), so that they can never disagree about what an address
-or a listener means.
+Shared by :mod:`twisted_lb.config` (validation), :mod:`twisted_lb.http.routing` (a route's
+host) and :mod:`twisted_lb.backend` and :mod:`twisted_lb.service` (endpoints), so that they
+can never disagree about what an address, a name or a listener means. The ``*_problem``
+functions return ``None`` for a good value, else one line that says what to write instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
 
 import attrs
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from twisted_lb import _compat as compat
 
 
 @attrs.frozen
@@ -107,3 +115,209 @@ def proxy_listener(description: str) -> str | None:
     if colon and prefix.lower() == PROXY_PREFIX:
         return rest
     return None
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
+_HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
+_CHECK_HOST_EXAMPLES = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
+_SERVER_NAME_EXAMPLES = "'app.internal', '10.0.0.5' or '2001:db8::1'"
+
+
+def endpoint_problem(text: str) -> str | None:
+    """
+    What Twisted's parser finds wrong with a server endpoint description (``"tcp:8080"``,
+    ``"unix:/run/lb.sock"``, plugins' kinds), or ``None``. It parses on a MemoryReactor, so
+    nothing listens and no reactor is needed; a port outside 0-65535 is refused too.
+    """
+    try:
+        endpoint = serverFromString(MemoryReactor(), text)
+    except ValueError as e:
+        return str(e)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    port = compat.endpoint_port(compat.unwrap_server_endpoint(endpoint))  # haproxy:, ...
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is not from 0 to 65535"
+    return None
+
+
+def tls_listener_problem(text: str, where: str) -> str | None:
+    """
+    Why a frontend's ``ssl:`` listener (bare or under ``haproxy:``) is refused, or ``None``;
+    ``where`` is the frontend's key path (``frontends.web``), which the fix names.
+    """
+    inner = proxy_listener(text)
+    kind, _, rest = (text if inner is None else inner).partition(":")
+    if kind.lower() != "ssl":  # endpoint types are matched without case, as Twisted does
+        return None
+    prefix = "" if inner is None else text[: len(text) - len(inner)]
+    fix = f"{prefix}tcp:{rest.split(':')[0] or '443'}"
+    proxy = (
+        " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy and nginx's "
+        "proxy_protocol send it)"
+        if inner is not None
+        else ""
+    )
+    return (
+        f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
+        f"[{where}.tls], and its backends would be told the scheme is http; listen on "
+        f"{fix!r} and put the certificate in [{where}.tls]{proxy}"
+    )
+
+
+def exposed_problem(text: str) -> str | None:
+    """
+    Why an admin listener without a token is refused, or ``None``: a TCP listener on all
+    interfaces or a non-loopback address, or one whose interface cannot be seen (``systemd:``),
+    can be reached from other hosts. ``unix:`` listeners and loopback ones are fine.
+    """
+    if endpoint_problem(text) is not None:
+        return None
+    endpoint = serverFromString(MemoryReactor(), text)
+    interface = compat.endpoint_interface(endpoint)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return None
+    if not isinstance(interface, str):  # systemd:, plugins
+        interface = f"an address this check cannot see ({text.partition(':')[0]}:)"
+    elif interface in ("", "::", "0.0.0.0"):
+        interface = "all interfaces"
+    else:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
+                return None
+    return (
+        f"{text!r} listens on {interface}, which other hosts can reach: set admin.token_file "
+        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
+        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
+    )
+
+
+def host_problem(host: str, route: bool) -> str | None:
+    """
+    What is wrong with a route's ``host`` (``route=True``) or an http check's ``Host``, or
+    ``None``. Both take a DNS name (one trailing dot allowed) or an IP address, IPv6 in
+    brackets, as RFC 9110 §7.2 writes ``Host``; a check's may have a ``:port``, and a route's
+    may start with ``*.`` (nginx ``server_name`` wildcards) and has no port.
+    """
+    examples = _HOST_EXAMPLES if route else _CHECK_HOST_EXAMPLES
+    if not host:
+        leave = "match any host" if route else "send the backend's address"
+        return f"must not be empty; write {examples}, or leave host out to {leave}"
+    path = (
+        ", and the path in path_prefix; the host has no path" if route else ", and the path in path"
+    )
+    problem = url_problem(host, "host name", "api.example.com" if route else "app.internal", path)
+    if problem is not None:
+        return problem
+    with_port = _HOST_PORT.fullmatch(host) if route else None
+    if with_port is not None:
+        return (
+            f"routes match the name without the port; write {with_port['host']!r} "
+            "to match it on any port"
+        )
+    port = None
+    if host.startswith("["):
+        name, close, rest = host[1:].partition("]")
+        if not close or not is_ipv6(name) or (rest and not rest.startswith(":")):
+            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
+        port = rest[1:] if rest else None
+    elif host.count(":") > (0 if route else 1):
+        if is_ipv6(host):
+            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
+        return f"{host!r} is not a host name; write {examples}"
+    else:
+        name, colon, rest = host.partition(":")
+        port = rest if colon else None
+        wildcard = route and name.startswith("*.") and len(name) > 2
+        if route and "*" in name[2 if wildcard else 0 :]:
+            return (
+                f"{host!r}: '*' is allowed only as the whole first label, "
+                "as in '*.example.com', which matches any name ending in '.example.com'"
+            )
+        # One trailing dot is the root, as in an absolute DNS name; requests may send it too.
+        problem = _name_problem(name[2 if wildcard else 0 :].removesuffix("."), examples, host)
+        if problem is not None:
+            return problem
+    if port is not None and not (
+        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
+    ):
+        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
+    return None
+
+
+def _name_problem(name: str, examples: str, written: str = "") -> str | None:
+    """What is wrong with a DNS name (labels of letters, digits, ``-`` and ``_``), or ``None``."""
+    if name.isascii():
+        if _HOST_NAME.fullmatch(name):
+            return None
+        return f"{written or name!r} is not a host name; write {examples}"
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if _HOST_NAME.fullmatch(ascii_name):
+        return f"write the name in ASCII (IDNA), as in {ascii_name!r}"
+    return f"{written or name!r} is not a host name; write {examples}"
+
+
+def url_problem(text: str, noun: str, default: str, path: str = "") -> str | None:
+    """
+    What is wrong with a ``noun`` written as a URL (with a scheme or a path), or ``None``;
+    ``default`` is the example when the text has no name, ``path`` where the path goes.
+    """
+    if "://" in text:
+        name = text.split("://", 1)[1].split("/", 1)[0] or default
+        return f"write the {noun} only, without the scheme, as in {name!r}"
+    if "/" in text:
+        return f"write the {noun} only, as in {text.split('/', 1)[0] or default!r}{path}"
+    return None
+
+
+def server_name_problem(name: str) -> str | None:
+    """
+    What is wrong with a pool's ``server_name`` (what backends' certificates are verified
+    against and what SNI sends), or ``None``: a DNS name in ASCII, at most 253 characters and
+    63 between dots, without a port or ``*``; or an IP address, IPv6 without brackets.
+    """
+    if not name:
+        return (
+            f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
+            "or leave server_name out to verify each backend's host"
+        )
+    problem = url_problem(name, "name", "app.internal")
+    if problem is not None:
+        return problem
+    if name.startswith("[") and name.endswith("]") and is_ipv6(name[1:-1]):
+        return f"write the IPv6 address without brackets, as in {name[1:-1]!r}"
+    if is_ipv6(name):
+        return None
+    port = _HOST_PORT.fullmatch(name)
+    if port is not None:
+        host = port["host"].strip("[]")
+        return (
+            f"write the name without the port, as in {host!r}; "
+            "the port is the backend's, in its address"
+        )
+    if "*" in name:
+        return (
+            f"{name!r}: write the one name the backends' certificates are for, without '*'; "
+            "a certificate for '*.example.com' is verified as, for example, 'app.example.com'"
+        )
+    problem = _name_problem(name, _SERVER_NAME_EXAMPLES)
+    if problem is not None:
+        return problem
+    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
+        return (
+            f"{name!r} is too long for a DNS name (at most 63 characters between dots, 253 in all)"
+        )
+    return None
+
+
+def is_ipv6(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address, without brackets."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

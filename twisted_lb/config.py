@@ -19,14 +19,12 @@ certificate, key and CA files, ciphers and curves are usable.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import ipaddress
 import json
 import os
 import re
 import tomllib
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, get_args
@@ -45,12 +43,19 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue, SkipJsonSchema
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 
 from twisted_lb import _compat as compat
 from twisted_lb import _defaults as defaults
-from twisted_lb._address import parse_address, proxy_listener
+from twisted_lb._address import (
+    endpoint_problem,
+    exposed_problem,
+    host_problem,
+    parse_address,
+    proxy_listener,
+    server_name_problem,
+    tls_listener_problem,
+)
+from twisted_lb.http.routing import path_problem
 
 __all__ = [
     "AdminConfig",
@@ -367,41 +372,6 @@ def _key_path(loc: Sequence[str | int]) -> str:
     return path
 
 
-def _endpoint_problem(text: str) -> str | None:
-    """What Twisted's parser (on a MemoryReactor: nothing listens) finds wrong with an endpoint."""
-    try:
-        endpoint = serverFromString(MemoryReactor(), text)
-    except ValueError as e:
-        return str(e)
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    port = compat.endpoint_port(compat.unwrap_server_endpoint(endpoint))  # haproxy:, ...
-    if isinstance(port, int) and not 0 <= port <= 65535:
-        return f"port {port} is not from 0 to 65535"
-    return None
-
-
-def _tls_listener_problem(text: str, where: str) -> str | None:
-    """Why a frontend's ``ssl:`` listener (bare or under ``haproxy:``) is refused, or ``None``."""
-    inner = proxy_listener(text)
-    kind, _, rest = (text if inner is None else inner).partition(":")
-    if kind.lower() != "ssl":  # endpoint types are matched without case, as Twisted does
-        return None
-    prefix = "" if inner is None else text[: len(text) - len(inner)]
-    fix = f"{prefix}tcp:{rest.split(':')[0] or '443'}"
-    proxy = (
-        " (the PROXY header then comes in clear before TLS, as HAProxy's send-proxy and nginx's "
-        "proxy_protocol send it)"
-        if inner is not None
-        else ""
-    )
-    return (
-        f"{text!r}: an ssl: listener terminates TLS with Twisted's defaults, not the policy of "
-        f"[{where}.tls], and its backends would be told the scheme is http; listen on "
-        f"{fix!r} and put the certificate in [{where}.tls]{proxy}"
-    )
-
-
 def _check_listen(table: dict[str, Any], where: str, refuse: Callable[[str, str], Any]) -> None:
     """Refuse each endpoint of ``table["listen"]`` for which ``refuse(endpoint, key)`` says why."""
     listen = table.get("listen")
@@ -424,15 +394,10 @@ _ONLY_HTTP = 'only for {0} = "http"; remove it or set {0} = "http"'
 _STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
 _STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
 _STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
-_CHECK_HOST_EXAMPLES = "'app.internal', 'app.internal:8080' or '[2001:db8::1]'"
 _ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-_HOST_PORT = re.compile(r"(?P<host>[^:]*|\[[^\]]*\]):[0-9]*")
-_HOST_EXAMPLES = "an exact name such as 'api.example.com' or a wildcard such as '*.example.com'"
 _PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
 _CERTIFICATE_EXAMPLE = '{ cert = "site.pem", key = "site.key" }'
 _CERTIFICATES_EXAMPLE = f"certificates = [{_CERTIFICATE_EXAMPLE}]"
-_SERVER_NAME_EXAMPLES = "'app.internal', '10.0.0.5' or '2001:db8::1'"
 _FILE_EXAMPLES = {
     "cert": '"site.pem"',
     "key": '"site.key"',
@@ -461,10 +426,10 @@ _STRATEGY_ALIASES = {
 
 
 def _endpoint(example: str) -> Callable[[str], str]:
-    """One server endpoint description, checked by Twisted's parser (:func:`_endpoint_problem`)."""
+    """One server endpoint description, checked by Twisted's parser (:func:`endpoint_problem`)."""
 
     def endpoint(value: str) -> str:
-        problem = _endpoint_problem(value)
+        problem = endpoint_problem(value)
         if problem is not None:
             _fail(
                 f"{value!r} is not a valid server endpoint ({problem}); write one as in {example!r}"
@@ -930,12 +895,12 @@ class HealthCheckConfig(_Model):
         description="Each delay is drawn from ``interval * (1 ± jitter)`` so that checks "
         "spread out (HAProxy ``spread-checks``); 0 <= jitter < 1.",
     )
-    path: Annotated[str, _text(lambda path: _path_problem(path, query=True))] = Field(
+    path: Annotated[str, _text(lambda path: path_problem(path, query=True))] = Field(
         defaults.CHECK_PATH,
         description="http only: the request target, from ``/``, in printable ASCII; it may "
         "have a query.",
     )
-    host: Annotated[str | None, _text(lambda host: _host_problem(host, route=False))] = Field(
+    host: Annotated[str | None, _text(lambda host: host_problem(host, route=False))] = Field(
         None,
         description="http only: the ``Host`` header, a name or IP address with an optional "
         "``:port``; default: the backend's address.",
@@ -1028,7 +993,7 @@ class PoolTLSConfig(_Model):
         "proxy_ssl_verify": "verify",
     }
 
-    server_name: Annotated[str | None, _text(lambda name: _server_name_problem(name))] = Field(
+    server_name: Annotated[str | None, _text(lambda name: server_name_problem(name))] = Field(
         None,
         description="The name backends' certificates are verified against, also sent as SNI: "
         "a DNS name or IP address (IPv6 without brackets); default: each backend's host.",
@@ -1244,7 +1209,7 @@ class RouteConfig(_Model):
     )
     host: Annotated[
         str | None,
-        _text(lambda host: _host_problem(host, route=True)),
+        _text(lambda host: host_problem(host, route=True)),
         _after(lambda host: host.lower()),
     ] = Field(
         None,
@@ -1252,7 +1217,7 @@ class RouteConfig(_Model):
         '(``"*.example.com"``: names ending in ``.example.com``), compared without the '
         "port, case-insensitively; IPv6 in brackets. Default: any host.",
     )
-    path_prefix: Annotated[str | None, _text(lambda prefix: _path_problem(prefix, query=False))] = (
+    path_prefix: Annotated[str | None, _text(lambda prefix: path_problem(prefix, query=False))] = (
         Field(
             None,
             description="From ``/``; matches paths that start with it, as plain text "
@@ -1490,7 +1455,7 @@ class FrontendConfig(_Model):
         _require_pool(data, info)
         where = join_key("frontends", str(data.get("name", "")))
         listen = data.get("listen")
-        _check_listen(data, where, lambda item, _: _tls_listener_problem(item, where))
+        _check_listen(data, where, lambda item, _: tls_listener_problem(item, where))
         listen = [listen] if isinstance(listen, str) else listen
         if (
             data.get("proxy_protocol_from")
@@ -1553,31 +1518,6 @@ class GlobalConfig(_Model):
 
 
 _ADMIN_LISTEN_EXAMPLE = "unix:/run/twisted-lb/admin.sock"
-
-
-def _exposed_problem(text: str) -> str | None:
-    """Why an admin listener without a token is refused (other hosts can reach it), or ``None``."""
-    from twisted.internet.endpoints import UNIXServerEndpoint
-
-    if _endpoint_problem(text) is not None:
-        return None
-    endpoint = serverFromString(MemoryReactor(), text)
-    interface = compat.endpoint_interface(endpoint)
-    if isinstance(endpoint, UNIXServerEndpoint):
-        return None
-    if not isinstance(interface, str):  # systemd:, plugins
-        interface = f"an address this check cannot see ({text.partition(':')[0]}:)"
-    elif interface in ("", "::", "0.0.0.0"):
-        interface = "all interfaces"
-    else:
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(interface.partition("%")[0]).is_loopback:
-                return None
-    return (
-        f"{text!r} listens on {interface}, which other hosts can reach: set admin.token_file "
-        '(a file holding a bearer token), as in token_file = "admin.token", or listen on '
-        "loopback only, as in 'tcp:9901:interface=127.0.0.1'"
-    )
 
 
 def _socket_mode(value: object) -> int:
@@ -1651,7 +1591,7 @@ class AdminConfig(_Model):
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> None:
         if "token_file" in data:
             return
-        _check_listen(data, "admin.listen", lambda item, _: _exposed_problem(item))
+        _check_listen(data, "admin.listen", lambda item, _: exposed_problem(item))
 
 
 class Config(_Model):
@@ -1933,138 +1873,6 @@ def json_schema_text() -> str:
 
 
 # -- what is wrong with a value, for the validators above -----------------------------------------
-
-
-def _host_problem(host: str, route: bool) -> str | None:
-    """What is wrong with a route's ``host`` (``route``) or an http check's, or ``None``."""
-    examples = _HOST_EXAMPLES if route else _CHECK_HOST_EXAMPLES
-    if not host:
-        leave = "match any host" if route else "send the backend's address"
-        return f"must not be empty; write {examples}, or leave host out to {leave}"
-    path = (
-        ", and the path in path_prefix; the host has no path" if route else ", and the path in path"
-    )
-    problem = _url_problem(host, "host name", "api.example.com" if route else "app.internal", path)
-    if problem is not None:
-        return problem
-    with_port = _HOST_PORT.fullmatch(host) if route else None
-    if with_port is not None:
-        return (
-            f"routes match the name without the port; write {with_port['host']!r} "
-            "to match it on any port"
-        )
-    port = None
-    if host.startswith("["):
-        name, close, rest = host[1:].partition("]")
-        if not close or not _is_ipv6(name) or (rest and not rest.startswith(":")):
-            return f"{host!r} is not an IPv6 address in brackets, as in '[2001:db8::1]'"
-        port = rest[1:] if rest else None
-    elif host.count(":") > (0 if route else 1):
-        if _is_ipv6(host):
-            return f"write IPv6 addresses in brackets, as in {f'[{host}]'!r}"
-        return f"{host!r} is not a host name; write {examples}"
-    else:
-        name, colon, rest = host.partition(":")
-        port = rest if colon else None
-        if route and "*" in name:
-            if name.startswith("*.") and _HOST_NAME.fullmatch(name[2:]):
-                return None
-            return (
-                f"{host!r}: '*' is allowed only as the whole first label, "
-                "as in '*.example.com', which matches any name ending in '.example.com'"
-            )
-        if not _HOST_NAME.fullmatch(name):
-            return f"{host!r} is not a host name; write {examples}"
-    if port is not None and not (
-        port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535
-    ):
-        return f"port {port!r} in {host!r} is not a number from 1 to 65535"
-    return None
-
-
-def _url_problem(text: str, noun: str, default: str, path: str = "") -> str | None:
-    """What is wrong with a name written with a scheme or a path, or ``None``."""
-    if "://" in text:
-        name = text.split("://", 1)[1].split("/", 1)[0] or default
-        return f"write the {noun} only, without the scheme, as in {name!r}"
-    if "/" in text:
-        return f"write the {noun} only, as in {text.split('/', 1)[0] or default!r}{path}"
-    return None
-
-
-def _server_name_problem(name: str) -> str | None:
-    """What is wrong with a pool's ``server_name``, or ``None``."""
-    if not name:
-        return (
-            f"must not be empty; write a name such as {_SERVER_NAME_EXAMPLES}, "
-            "or leave server_name out to verify each backend's host"
-        )
-    problem = _url_problem(name, "name", "app.internal")
-    if problem is not None:
-        return problem
-    if name.startswith("[") and name.endswith("]") and _is_ipv6(name[1:-1]):
-        return f"write the IPv6 address without brackets, as in {name[1:-1]!r}"
-    if _is_ipv6(name):
-        return None
-    port = _HOST_PORT.fullmatch(name)
-    if port is not None:
-        host = port["host"].strip("[]")
-        return (
-            f"write the name without the port, as in {host!r}; "
-            "the port is the backend's, in its address"
-        )
-    if "*" in name:
-        return (
-            f"{name!r}: write the one name the backends' certificates are for, without '*'; "
-            "a certificate for '*.example.com' is verified as, for example, 'app.example.com'"
-        )
-    if not name.isascii():
-        try:
-            ascii_name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            ascii_name = ""
-        if _HOST_NAME.fullmatch(ascii_name):
-            return f"write the name in ASCII (IDNA), as in {ascii_name!r}"
-        return f"{name!r} is not a host name; write {_SERVER_NAME_EXAMPLES}"
-    if not _HOST_NAME.fullmatch(name):
-        return f"{name!r} is not a host name; write {_SERVER_NAME_EXAMPLES}"
-    if len(name) > 253 or any(len(label) > 63 for label in name.split(".")):
-        return (
-            f"{name!r} is too long for a DNS name (at most 63 characters between dots, 253 in all)"
-        )
-    return None
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _path_problem(path: str, query: bool) -> str | None:
-    """What is wrong with an http check's ``path`` (``query``) or a route's ``path_prefix``."""
-    if not path.startswith("/"):
-        if "://" in path:
-            return "write the path only, without scheme and host; put the host name in host"
-        return f"must start with '/', as in {'/' + path!r}"
-    for char in "#" if query else "?#":
-        if char in path and query:
-            cut = path[: path.index(char)]
-            return f"a request has no fragment; write {cut!r}, without the part from '#' on"
-        if char in path:
-            return (
-                "routes match the path without the query or fragment; "
-                f"write {path[: path.index(char)]!r}, without the part from {char!r} on"
-            )
-    if not all("!" <= char <= "~" for char in path):
-        encoded = urllib.parse.quote(path, safe="/%!$&'()*+,;=:@[]?~")
-        return (
-            f"{path!r}: write the path as requests carry it, in ASCII without spaces, "
-            f"as in {encoded!r}"
-        )
-    return None
 
 
 def _toml_string(text: str) -> str:

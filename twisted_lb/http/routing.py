@@ -9,10 +9,12 @@ leading wildcard ``*.example.com``. Path patterns are plain prefixes, as nginx's
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 
 import attrs
 
+from twisted_lb._address import host_problem
 from twisted_lb.pool import Pool
 
 
@@ -36,9 +38,11 @@ class Route:
     A route with both must match both.
 
     Raises:
-        ValueError: neither ``host`` nor ``path_prefix`` is given; ``host`` is empty, not
-            ASCII, has a port, or has a ``*`` other than a leading ``*.``; ``path_prefix``
-            does not start with ``/`` or contains ``?``.
+        ValueError: neither ``host`` nor ``path_prefix`` is given; ``host`` is not a host name
+            (:func:`~twisted_lb._address.host_problem`: empty, not ASCII, with a port, a path
+            or a ``*`` other than a leading ``*.``); ``path_prefix`` does not start with ``/``
+            or has a query, a fragment or a character outside printable ASCII
+            (:func:`path_problem`). The message is the config's.
     """
 
     pool: Pool
@@ -48,34 +52,37 @@ class Route:
     def __attrs_post_init__(self) -> None:
         if self.host is None and self.path_prefix is None:
             raise ValueError("a route needs a host, a path_prefix, or both")
-        if self.host is not None:
-            _check_host(self.host)
+        problem = None if self.host is None else host_problem(self.host, route=True)
+        if problem is not None:
+            raise ValueError(f"route host {self.host!r}: {problem}")
         if self.path_prefix is not None:
-            if not self.path_prefix.startswith("/"):
-                raise ValueError(f"path_prefix {self.path_prefix!r} must start with '/'")
-            if "?" in self.path_prefix:
-                raise ValueError(
-                    f"path_prefix {self.path_prefix!r} must not contain '?': it matches the path "
-                    "only, not the query"
-                )
+            problem = path_problem(self.path_prefix, query=False)
+            if problem is not None:
+                raise ValueError(f"route path_prefix {self.path_prefix!r}: {problem}")
 
 
-def _check_host(host: str) -> None:
-    if not host:
-        raise ValueError("route host must not be empty")
-    if not host.isascii():
-        raise ValueError(f"route host {host!r} must be ASCII: use the IDNA form (xn--...)")
-    name = host[2:] if host.startswith("*.") else host
-    if not name or name == ".":
-        raise ValueError(f"route host {host!r} needs a domain after '*.'")
-    if "*" in name:
-        raise ValueError(f"route host {host!r}: '*' is allowed only as a leading '*.'")
-    if name.startswith("."):
-        raise ValueError(f"route host {host!r} must not start with '.': use '*{host}'")
-    if ":" in name and not (name.startswith("[") and name.endswith("]")):
-        raise ValueError(f"route host {host!r} must not include a port")
-    if any(c.isspace() or c == "/" for c in name):
-        raise ValueError(f"route host {host!r} is not a host name")
+def path_problem(path: str, query: bool) -> str | None:
+    """What is wrong with an http check's ``path`` (``query``) or a route's ``path_prefix``."""
+    if not path.startswith("/"):
+        if "://" in path:
+            return "write the path only, without scheme and host; put the host name in host"
+        return f"must start with '/', as in {'/' + path!r}"
+    for char in "#" if query else "?#":
+        if char in path and query:
+            cut = path[: path.index(char)]
+            return f"a request has no fragment; write {cut!r}, without the part from '#' on"
+        if char in path:
+            return (
+                "routes match the path without the query or fragment; "
+                f"write {path[: path.index(char)]!r}, without the part from {char!r} on"
+            )
+    if not all("!" <= char <= "~" for char in path):
+        encoded = urllib.parse.quote(path, safe="/%!$&'()*+,;=:@[]?~")
+        return (
+            f"{path!r}: write the path as requests carry it, in ASCII without spaces, "
+            f"as in {encoded!r}"
+        )
+    return None
 
 
 def _normalize_host(host: bytes) -> bytes:
