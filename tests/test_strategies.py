@@ -188,7 +188,17 @@ class GetStrategyTests(SynchronousTestCase):
         self.assertEqual(error.installed, installed_strategies())
         for name in BUILTINS:
             self.assertIn(name, str(error))
-        self.assertIn("'round_robbin'", str(error))
+        self.assertEqual(
+            str(error).partition(";")[0],
+            "strategy 'round_robbin' is not installed (did you mean 'round_robin'?)",
+        )
+
+    def test_unknown_name_alias(self) -> None:
+        """Another balancer's name for a strategy is answered with ours, as config does."""
+        for theirs, ours in [("leastconn", "least_connections"), ("ip_hash", "source_hash")]:
+            with self.assertRaises(UnknownStrategyError) as caught:
+                get_strategy(theirs)
+            self.assertIn(f"(did you mean {ours!r}?)", str(caught.exception))
 
     def test_unknown_option(self) -> None:
         """

@@ -411,18 +411,6 @@ _FILE_EXAMPLES = {
 _OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
 # nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
 _NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
-# The names HAProxy, nginx and Envoy give their balancing algorithms, and ours.
-_STRATEGY_ALIASES = {
-    "roundrobin": "round_robin",
-    "leastconn": "least_connections",
-    "least_conn": "least_connections",
-    "least_request": "least_connections",
-    "consistent_hash": "source_hash",
-    "ip_hash": "source_hash",
-    "source": "source_hash",
-    "ring_hash": "source_hash",
-    "maglev": "source_hash",
-}
 
 
 def _endpoint(example: str) -> Callable[[str], str]:
@@ -605,16 +593,12 @@ def _strategy(name: str, info: ValidationInfo) -> str:
     """The name of an installed strategy plugin; the default, round_robin, is built in."""
     if name == defaults.STRATEGY:
         return name
+    from twisted_lb.strategies import UnknownStrategyError
+
     installed = _installed(info)
-    if name in installed:
-        return name
-    alias = _STRATEGY_ALIASES.get(name.lower())
-    close = [alias] if alias in installed else difflib.get_close_matches(name, installed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    _fail(
-        f"strategy {name!r} is not installed{hint}; installed strategies are: "
-        f"{_quote_list(installed)}"
-    )
+    if name not in installed:
+        _fail(str(UnknownStrategyError(name, installed)))
+    return name
 
 
 def _strategy_options(value: object) -> Mapping[str, Any]:

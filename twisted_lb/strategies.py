@@ -23,6 +23,7 @@ bound in ``twisted_lb/plugins/twisted_lb_strategies.py``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import random
@@ -50,9 +51,28 @@ __all__ = [
 ]
 
 
+# The names HAProxy, nginx and Envoy give their balancing algorithms (HAProxy ``balance``,
+# nginx's upstream directives, Envoy's ``lb_policy``), and ours: the hint of
+# UnknownStrategyError.
+_ALIASES = {
+    "roundrobin": "round_robin",
+    "leastconn": "least_connections",
+    "least_conn": "least_connections",
+    "least_request": "least_connections",
+    "consistent_hash": "source_hash",
+    "ip_hash": "source_hash",
+    "source": "source_hash",
+    "ring_hash": "source_hash",
+    "maglev": "source_hash",
+}
+
+
 class UnknownStrategyError(ValueError):
     """
-    No installed strategy plugin has the requested name.
+    No installed strategy plugin has the requested name. The message names the closest
+    installed one, or ours for another balancer's name (``leastconn``, ``ip_hash``), and lists
+    the installed ones: ``strategy 'leastconn' is not installed (did you mean
+    'least_connections'?); installed strategies are: 'least_connections', ...``.
 
     Attributes:
         name: the name that was asked for.
@@ -62,8 +82,12 @@ class UnknownStrategyError(ValueError):
     def __init__(self, name: str, installed: Sequence[str]) -> None:
         self.name = name
         self.installed = list(installed)
+        alias = _ALIASES.get(name.lower())
+        close = [alias] if alias in installed else difflib.get_close_matches(name, installed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        names = ", ".join(repr(installed_name) for installed_name in self.installed)
         super().__init__(
-            f"unknown strategy {name!r}; installed strategies: {', '.join(self.installed)}"
+            f"strategy {name!r} is not installed{hint}; installed strategies are: {names}"
         )
 
 
