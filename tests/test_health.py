@@ -748,21 +748,26 @@ class HTTPCheckTests(SynchronousTestCase):
         verifyObject(IHealthCheck, HTTPCheck(self.reactor))
 
     def test_rejects_bad_values(self) -> None:
-        cases: list[dict[str, Any]] = [
-            {"timeout": 0.0},
-            {"path": "healthz"},
-            {"path": "/a b"},
-            {"path": "/\u00e9"},
-            {"host": ""},
-            {"host": "a b"},
-            {"host": "a/b"},
-            {"expect_status": (99, 200)},
-            {"expect_status": (300, 200)},
-            {"expect_status": (200, 600)},
-            {"expect_body": "("},
+        """A bad value is a ValueError naming the key, with the config's message for it."""
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"timeout": 0.0}, "timeout must be > 0 s"),
+            ({"path": "healthz"}, "path: must start with '/', as in '/healthz'"),
+            ({"path": "/a b"}, "path: '/a b': write the path as requests carry it"),
+            ({"path": "/\u00e9"}, "as in '/%C3%A9'"),
+            ({"path": "/#top"}, "a request has no fragment"),
+            ({"host": ""}, "host: must not be empty"),
+            ({"host": "a b"}, "host: 'a b' is not a host name"),
+            ({"host": "a/b"}, "host: write the host name only, as in 'a'"),
+            ({"host": "app:99999"}, "port '99999' in 'app:99999' is not a number"),
+            ({"expect_status": (99, 200)}, "expect_status: must be a range within 100-599"),
+            ({"expect_status": (300, 200)}, "expect_status"),
+            ({"expect_status": (200, 600)}, "expect_status"),
+            ({"expect_body": "("}, "expect_body: not a valid Python regular expression"),
         ]
-        for kwargs in cases:
-            self.assertRaises(ValueError, HTTPCheck, self.reactor, **kwargs)
+        for kwargs, message in cases:
+            with self.assertRaises(ValueError, msg=repr(kwargs)) as raised:
+                HTTPCheck(self.reactor, **kwargs)
+            self.assertIn(message, str(raised.exception), repr(kwargs))
 
     def test_request(self) -> None:
         """

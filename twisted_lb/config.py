@@ -55,6 +55,7 @@ from twisted_lb._address import (
     server_name_problem,
     tls_listener_problem,
 )
+from twisted_lb.health import expect_body_problem, parse_expect_status
 from twisted_lb.http.routing import path_problem
 
 __all__ = [
@@ -391,9 +392,6 @@ _BACKENDS_EXAMPLE = 'backends = [{ address = "127.0.0.1:9001" }]'
 _MISSING = "required key is missing; add "
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ONLY_HTTP = 'only for {0} = "http"; remove it or set {0} = "http"'
-_STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
-_STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
-_STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
 _ROUTE_EXAMPLE = '{ path_prefix = "/api/", pool = "api" }'
 _PROXY_EXAMPLES = "'10.0.0.0/8', '192.0.2.7' or '2001:db8::/32'"
 _CERTIFICATE_EXAMPLE = '{ cert = "site.pem", key = "site.key" }'
@@ -520,32 +518,14 @@ def _expect_status(value: object, info: ValidationInfo) -> tuple[int, int]:
         low, high = value
         return (low, high)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        _fail(f"must be a status code or a range, as in {_STATUS_EXAMPLES}, not {_describe(value)}")
-    match = _STATUS_RANGE.fullmatch(value) if isinstance(value, str) else None
-    if isinstance(value, str) and match is None:
-        status_class = _STATUS_CLASS.fullmatch(value)
-        if status_class is not None:
-            digit = status_class["digit"]
-            _fail(
-                f"{value!r}: write a class of codes as a range, "
-                f'as in expect_status = "{digit}00-{digit}99"'
-            )
-        _fail(f"{value!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}")
-    codes = [value] if match is None else [code for code in match.groups() if code is not None]
-    for code in codes:
-        if len(str(code)) != 3 or not 100 <= int(code) <= 599:
-            within = f" in {value!r}" if len(codes) == 2 else ""
-            _fail(
-                f"{code!r}{within} is not an HTTP status code (100 to 599); "
-                f"write one as in {_STATUS_EXAMPLES}"
-            )
-    low, high = int(codes[0]), int(codes[-1])
-    if low > high:
         _fail(
-            f"{value!r} is an empty range; write the lowest code first, "
-            f'as in expect_status = "{high}-{low}"'
+            'must be a status code or a range, as in expect_status = "200-399" (a range), "200" '
+            f"or 200, not {_describe(value)}"
         )
-    return (low, high)
+    try:
+        return parse_expect_status(value)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _jitter(value: object) -> float:
@@ -558,23 +538,6 @@ def _jitter(value: object) -> float:
     _fail(
         "must be a fraction of the interval, at least 0 and less than 1, "
         f"as in jitter = 0.1, not {found}"
-    )
-
-
-def _expect_body(pattern: str) -> str:
-    if not pattern:
-        _fail("must not be empty; leave expect_body out to accept any body")
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError) as e:  # OverflowError: a{4294967296}
-        error = str(e)
-    except RecursionError:
-        error = "nested too deeply"
-    else:
-        return pattern
-    _fail(
-        f"not a valid Python regular expression ({error}); fix it, or put a backslash "
-        "before each character meant literally, as in expect_body = '\\(ok\\)'"
     )
 
 
@@ -894,7 +857,7 @@ class HealthCheckConfig(_Model):
         description='http only: the passing statuses: ``"200-399"`` (a range), ``"200"`` or '
         "``200``, from 100 to 599. In the data: ``(low, high)``.",
     )
-    expect_body: Annotated[str | None, _after(_expect_body)] = Field(
+    expect_body: Annotated[str | None, _text(expect_body_problem)] = Field(
         None,
         description="http only: a Python regular expression searched for in the first 64 KiB "
         "of the body; default: any body.",

@@ -55,10 +55,11 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from twisted_lb import _defaults as defaults
-from twisted_lb._address import Address
+from twisted_lb._address import Address, host_problem
 from twisted_lb._compat import ParseError
 from twisted_lb._transport import _OneProtocolFactory, describe_error
 from twisted_lb.backend import Backend
+from twisted_lb.http.routing import path_problem
 from twisted_lb.interfaces import IBalancerReactor, IHealthCheck
 from twisted_lb.pool import Pool
 
@@ -363,8 +364,68 @@ def _default_host(address: Address, server_name: str | None = None, https: bool 
     return host if address.port == (443 if https else 80) else f"{host}:{address.port}"
 
 
-def _printable(text: str) -> bool:
-    return text.isascii() and text.isprintable() and " " not in text
+_STATUS_EXAMPLES = 'expect_status = "200-399" (a range), "200" or 200'
+_STATUS_RANGE = re.compile(r"(?P<low>[0-9]+)(?:-(?P<high>[0-9]+))?")
+_STATUS_CLASS = re.compile(r"(?P<digit>[1-5])[xX][xX]")
+
+
+def parse_expect_status(value: int | str) -> tuple[int, int]:
+    """
+    The passing statuses of an http check, as config writes them: a code from 100 to 599
+    (``200`` or ``"200"``) or a range ``"LOW-HIGH"`` (``"200-399"``).
+
+    Returns:
+        ``(low, high)``, inclusive: ``(200, 399)``.
+
+    Raises:
+        ValueError: not a code or a range (``"2xx"`` gets the range to write), a code outside
+            100-599, or a range whose low end is above its high end.
+    """
+    match = _STATUS_RANGE.fullmatch(value) if isinstance(value, str) else None
+    if isinstance(value, str) and match is None:
+        status_class = _STATUS_CLASS.fullmatch(value)
+        if status_class is not None:
+            digit = status_class["digit"]
+            raise ValueError(
+                f"{value!r}: write a class of codes as a range, "
+                f'as in expect_status = "{digit}00-{digit}99"'
+            )
+        raise ValueError(
+            f"{value!r} is not a status code or a range; write one as in {_STATUS_EXAMPLES}"
+        )
+    codes = [value] if match is None else [code for code in match.groups() if code is not None]
+    for code in codes:
+        if len(str(code)) != 3 or not 100 <= int(code) <= 599:
+            within = f" in {value!r}" if len(codes) == 2 else ""
+            raise ValueError(
+                f"{code!r}{within} is not an HTTP status code (100 to 599); "
+                f"write one as in {_STATUS_EXAMPLES}"
+            )
+    low, high = int(codes[0]), int(codes[-1])
+    if low > high:
+        raise ValueError(
+            f"{value!r} is an empty range; write the lowest code first, "
+            f'as in expect_status = "{high}-{low}"'
+        )
+    return (low, high)
+
+
+def expect_body_problem(pattern: str) -> str | None:
+    """What is wrong with an http check's ``expect_body`` (a Python regular expression)."""
+    if not pattern:
+        return "must not be empty; leave expect_body out to accept any body"
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError) as e:  # OverflowError: a{4294967296}
+        error = str(e)
+    except RecursionError:
+        error = "nested too deeply"
+    else:
+        return None
+    return (
+        f"not a valid Python regular expression ({error}); fix it, or put a backslash "
+        "before each character meant literally, as in expect_body = '\\(ok\\)'"
+    )
 
 
 @implementer(IHealthCheck)
@@ -402,10 +463,10 @@ class HTTPCheck:
             instead of port 80, and the request's URI is ``https://``.
 
     Raises:
-        ValueError: ``timeout`` is not positive, ``path`` does not start with ``/`` or has
-            spaces or non-ASCII characters, ``host`` is empty or not a plain ASCII host,
-            ``expect_status`` is not a range within 100..599, or ``expect_body`` is not a
-            regular expression.
+        ValueError: ``timeout`` is not positive, or a value the config's key refuses, with
+            its message: ``path`` (:func:`~twisted_lb.http.routing.path_problem`), ``host``
+            (:func:`~twisted_lb._address.host_problem`), ``expect_body``
+            (:func:`expect_body_problem`), or an ``expect_status`` not within 100..599.
     """
 
     def __init__(
@@ -421,23 +482,18 @@ class HTTPCheck:
         https: bool = False,
     ) -> None:
         _check_timeout(timeout)
-        if not path.startswith("/") or not _printable(path):
-            raise ValueError(f"health check path must be ASCII from '/' without spaces: {path!r}")
-        if host is not None and (not host or not _printable(host) or set(host) & set("/?#@")):
-            raise ValueError(f"health check host must be an ASCII host[:port]: {host!r}")
+        problems = {
+            "path": path_problem(path, query=True),
+            "host": None if host is None else host_problem(host, route=False),
+            "expect_body": None if expect_body is None else expect_body_problem(expect_body),
+        }
         low, high = expect_status
         if not 100 <= low <= high <= 599:
-            raise ValueError(
-                f"health check expect_status must be a range within 100-599: {expect_status!r}"
-            )
-        self._pattern: re.Pattern[str] | None = None
-        if expect_body is not None:
-            try:
-                self._pattern = re.compile(expect_body)
-            except re.error as e:
-                raise ValueError(
-                    f"health check expect_body is not a regular expression: {e}"
-                ) from None
+            problems["expect_status"] = f"must be a range within 100-599, not {expect_status!r}"
+        for key, problem in problems.items():
+            if problem is not None:
+                raise ValueError(f"health check {key}: {problem}")
+        self._pattern = None if expect_body is None else re.compile(expect_body)
         self._reactor = reactor
         self._endpoint = endpoint or _backend_endpoint
         self._pool = HTTPConnectionPool(reactor, persistent=False)
