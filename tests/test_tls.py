@@ -371,10 +371,13 @@ class ServerConfigTests(SynchronousTestCase):
         self.assertIn("ECDHE-ECDSA-AES128-GCM-SHA256", INTERMEDIATE_CIPHERS.split(":"))
 
     def test_bad_settings(self) -> None:
-        """Each bad setting raises a TLSConfigError that names it."""
+        """Each bad setting raises a TLSConfigError that names it, as the config words it."""
         cases: list[tuple[dict[str, Any], str]] = [
-            ({"min_version": "TLSv1.1"}, "min_version"),
-            ({"verify_client": "on"}, "verify_client"),
+            ({"min_version": "TLSv1.1"}, "min_version: 'TLSv1.1' is older than TLS 1.2"),
+            ({"min_version": "tlsv1.3"}, "unknown version 'tlsv1.3' (did you mean 'TLSv1.3'?)"),
+            ({"verify_client": "on"}, 'write verify_client = "required"'),
+            ({"verify_client": "requird"}, "(did you mean 'required'?)"),
+            ({"ciphers": " "}, "ciphers: must not be empty"),
             ({"verify_client": "required"}, "client_ca"),
             ({"alpn": [b""]}, "ALPN"),
             ({"ciphers": "NOT-A-CIPHER"}, "ciphers"),

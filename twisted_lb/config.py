@@ -46,6 +46,7 @@ from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
 from twisted_lb import _compat as compat
 from twisted_lb import _defaults as defaults
+from twisted_lb import tls
 from twisted_lb._address import (
     endpoint_problem,
     exposed_problem,
@@ -211,15 +212,11 @@ def _quote_list(words: Iterable[str]) -> str:
     return ", ".join(repr(word) for word in words)
 
 
-def _suggest(word: str, choices: Sequence[str], plural: str, any_case: bool = False) -> str:
+def _suggest(word: str, choices: Sequence[str], plural: str) -> str:
     """``" (did you mean 'x'?)"`` for a close choice, else ``"; {plural} are: ..."``."""
-    folded = {choice.lower(): choice for choice in choices}
-    if any_case:
-        close = [folded[c] for c in difflib.get_close_matches(word.lower(), list(folded), n=1)]
-    else:
-        close = difflib.get_close_matches(word, choices, n=1) or difflib.get_close_matches(
-            word.lower(), choices, n=1
-        )
+    close = difflib.get_close_matches(word, choices, n=1) or difflib.get_close_matches(
+        word.lower(), choices, n=1
+    )
     if close:
         return f" (did you mean {close[0]!r}?)"
     return f"; {plural} are: {_quote_list(choices)}"
@@ -406,9 +403,6 @@ _FILE_EXAMPLES = {
     "token_file": '"admin.token"',
     "state_file": '"/var/lib/twisted-lb/state.json"',
 }
-_OLD_TLS_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
-# nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
-_NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
 
 
 def _endpoint(example: str) -> Callable[[str], str]:
@@ -477,9 +471,7 @@ def _file(path: str, info: ValidationInfo) -> str:
 
 
 def _ca_file(value: str, info: ValidationInfo) -> str:
-    from twisted_lb.tls import ca_problem
-
-    problem = ca_problem(value) if info.context else None
+    problem = tls.ca_problem(value) if info.context else None
     if problem is not None:
         _fail(problem)
     return value
@@ -489,12 +481,10 @@ def _key_file(cert_field: str) -> AfterValidator:
     """A private key, checked with its certificate ``cert_field`` by tls.py."""
 
     def check(key: str, info: ValidationInfo) -> str:
-        from twisted_lb.tls import certificate_problem
-
         cert = info.data.get(cert_field)
         if cert is None or not info.context:
             return key
-        problem = certificate_problem(cert, key)
+        problem = tls.certificate_problem(cert, key)
         if problem is not None:
             mine = info.field_name or "key"
             _fail(problem, mine if _about_key(problem, cert, key) else cert_field, up=1)
@@ -570,40 +560,11 @@ def _strategy_options(value: object) -> Mapping[str, Any]:
     return {str(key): _freeze(item) for key, item in value.items()}
 
 
-def _min_version(version: str) -> str:
-    from twisted_lb.tls import TLS_VERSIONS
-
-    if version in TLS_VERSIONS:
-        return version
-    if version.lower() in _OLD_TLS_VERSIONS:
-        _fail(
-            f"{version!r} is older than TLS 1.2, which is no longer safe (RFC 8996); "
-            'write min_version = "TLSv1.2"'
-        )
-    _fail(
-        f"unknown version {version!r}"
-        + _suggest(version, TLS_VERSIONS, "valid versions", any_case=True)
-    )
-
-
-def _ciphers(ciphers: str) -> str:
-    from twisted_lb.tls import ciphers_problem
-
-    if not ciphers.strip():
-        _fail("must not be empty; leave ciphers out for Mozilla's intermediate list")
-    problem = ciphers_problem(ciphers)
-    if problem is not None:
-        _fail(problem)
-    return ciphers
-
-
 def _curve(value: object) -> str:
     """A TLS group (curve) name that OpenSSL knows (:func:`twisted_lb.tls.group_problem`)."""
-    from twisted_lb.tls import group_problem
-
     if not isinstance(value, str):
         _fail(f"must be a string, as in {_CURVES_EXAMPLE}, not {_describe(value)}")
-    problem = group_problem(value)
+    problem = tls.group_problem(value)
     if problem is not None:
         _fail(problem)
     return value
@@ -622,16 +583,10 @@ def _verify_client(value: object) -> str:
         _fail(
             f"must be 'none', 'optional' or 'required', not a boolean; write verify_client = {fix}"
         )
-    verify = _string(value)
-    if verify in _VERIFY_CLIENT:
-        return verify
-    nginx = _NGINX_VERIFY_CLIENT.get(verify.lower())
-    if nginx is not None:
-        _fail(
-            f"unknown value {verify!r}; write verify_client = {_toml_string(nginx)} "
-            f"(nginx's ssl_verify_client {verify.lower()})"
-        )
-    _fail(f"unknown value {verify!r}" + _suggest(verify, _VERIFY_CLIENT, "valid values"))
+    problem = tls.verify_client_problem(_string(value))
+    if problem is not None:
+        _fail(problem)
+    return _string(value)
 
 
 def _access_log(value: object, info: ValidationInfo) -> bool | str:
@@ -646,9 +601,6 @@ def _access_log(value: object, info: ValidationInfo) -> bool | str:
             'or true, false or "stdout"'
         )
     return os.path.abspath(os.path.join((info.context or {}).get("directory", ""), value))
-
-
-_VERIFY_CLIENT: tuple[str, ...] = get_args(_VerifyClient)
 
 
 def _tables(noun: str, example: str) -> Callable[[object], Any]:
@@ -1112,14 +1064,16 @@ class PoolConfig(_Model):
     @classmethod
     def _check_server_name(cls, data: dict[str, Any], backends: list[Any]) -> None:
         """With verification on and no ``server_name``, a UNIX socket backend has no host."""
-        tls = data.get("tls")
-        if not isinstance(tls, Mapping) or tls.get("verify", True) is False or "server_name" in tls:
+        table = data.get("tls")
+        if not isinstance(table, Mapping) or "server_name" in table:
+            return
+        if table.get("verify", True) is False:
             return
         for index, backend in enumerate(backends):
             address = backend.get("address") if isinstance(backend, Mapping) else None
             if isinstance(address, str) and address.startswith("unix:"):
                 data["tls"] = {
-                    **tls,
+                    **table,
                     "server_name": _Refused(
                         f"required when a backend is a UNIX socket, as backends[{index}] "
                         f"({address!r}) is: it has no host name to verify its certificate "
@@ -1236,12 +1190,12 @@ class FrontendTLSConfig(_Model):
         description="At least one. SNI picks the certificate whose subjectAltName matches the "
         "name the client asks for; the first is the default (HAProxy ``crt``)."
     )
-    min_version: Annotated[str, _after(_min_version)] = Field(
+    min_version: Annotated[str, _text(tls.min_version_problem)] = Field(
         defaults.MIN_TLS_VERSION,
         description='The oldest protocol accepted: ``"TLSv1.2"`` or ``"TLSv1.3"`` (nginx '
         "``ssl_protocols``).",
     )
-    ciphers: Annotated[str | None, _after(_ciphers)] = Field(
+    ciphers: Annotated[str | None, _text(tls.ciphers_problem)] = Field(
         None,
         description="An OpenSSL cipher string for TLS 1.2 (nginx ``ssl_ciphers``); default: "
         "Mozilla's intermediate list. TLS 1.3 suites are not affected.",

@@ -18,6 +18,7 @@ host.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -413,13 +414,62 @@ def ciphers_problem(ciphers: str) -> str | None:
     Check an OpenSSL cipher string for TLS 1.2, as :class:`ServerTLS` would set it.
 
     Returns:
-        ``None`` when OpenSSL knows at least one of the ciphers; else one line.
+        ``None`` when OpenSSL knows at least one of the ciphers; else one line (also for an
+        empty or blank string).
     """
+    if not ciphers.strip():
+        return "must not be empty; leave ciphers out for Mozilla's intermediate list"
     try:
         SSL.Context(SSL.TLS_METHOD).set_cipher_list(ciphers.encode("ascii"))
     except (SSL.Error, UnicodeEncodeError):
         return f"ciphers {ciphers!r}: OpenSSL knows none of them; see `openssl ciphers -v`"
     return None
+
+
+#: Versions older than TLS 1.2 as people write them, to answer with RFC 8996.
+_OLD_VERSIONS = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1", "1.0", "1.1")
+# nginx's ssl_verify_client values, which did-you-mean would get wrong ("on" is not "none").
+_NGINX_VERIFY_CLIENT = {"on": "required", "off": "none"}
+
+
+def _unknown(noun: str, value: str, choices: Sequence[str]) -> str:
+    """``unknown {noun} 'x' (did you mean 'y'?)``, or with the choices when none is close."""
+    folded = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(value.lower(), list(folded), n=1)
+    if close:
+        return f"unknown {noun} {value!r} (did you mean {folded[close[0]]!r}?)"
+    return f"unknown {noun} {value!r}; valid {noun}s are: " + ", ".join(map(repr, choices))
+
+
+def min_version_problem(version: str) -> str | None:
+    """
+    What is wrong with ``version`` as the oldest protocol accepted (one of
+    :data:`TLS_VERSIONS`), or ``None``. Older versions are refused as RFC 8996 deprecates them.
+    """
+    if version in TLS_VERSIONS:
+        return None
+    if version.lower() in _OLD_VERSIONS:
+        return (
+            f"{version!r} is older than TLS 1.2, which is no longer safe (RFC 8996); "
+            'write min_version = "TLSv1.2"'
+        )
+    return _unknown("version", version, TLS_VERSIONS)
+
+
+def verify_client_problem(verify: str) -> str | None:
+    """
+    What is wrong with ``verify`` as a ``verify_client`` mode (``"none"``, ``"optional"`` or
+    ``"required"``), or ``None``; nginx's ``on`` and ``off`` are answered with ours.
+    """
+    if verify in _VERIFY_CLIENT:
+        return None
+    nginx = _NGINX_VERIFY_CLIENT.get(verify.lower())
+    if nginx is not None:
+        return (
+            f'unknown value {verify!r}; write verify_client = "{nginx}" '
+            f"(nginx's ssl_verify_client {verify.lower()})"
+        )
+    return _unknown("value", verify, list(_VERIFY_CLIENT))
 
 
 def ca_problem(path: str) -> str | None:
@@ -585,14 +635,14 @@ class ServerTLS:
             problem = group_problem(name)
             if problem is not None:
                 raise TLSConfigError(f"curves: {problem}")
-        if min_version not in TLS_VERSIONS:
-            raise TLSConfigError(
-                f"min_version must be one of {', '.join(TLS_VERSIONS)}, not {min_version!r}"
-            )
-        if verify_client not in _VERIFY_CLIENT:
-            raise TLSConfigError(
-                f"verify_client must be 'none', 'optional' or 'required', not {verify_client!r}"
-            )
+        checks = [
+            ("min_version", min_version_problem(min_version)),
+            ("verify_client", verify_client_problem(verify_client)),
+            ("ciphers", None if ciphers is None else ciphers_problem(ciphers)),
+        ]
+        for key, problem in checks:
+            if problem is not None:
+                raise TLSConfigError(f"{key}: {problem}")
         if verify_client != "none" and client_ca is None:
             raise TLSConfigError(
                 f"verify_client {verify_client!r} needs client_ca, the CA bundle that "
