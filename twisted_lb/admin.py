@@ -127,7 +127,10 @@ def read_token(path: str) -> str:
         first = f.read(4096).partition(b"\n")[0].strip()
     if not first:
         raise ValueError(f"{path} is empty; write the token on its first line")
-    return first.decode("ascii")
+    try:
+        return first.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the token must be ASCII text") from None
 
 
 def check_token(request: Request, token: str | None) -> bool:

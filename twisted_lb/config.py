@@ -1438,18 +1438,15 @@ def _socket_mode(value: object) -> int:
 
 
 def _token_file(path: str) -> str:
-    """A bearer token file: readable, with a token (ASCII) on its first line."""
+    """A bearer token file that :func:`twisted_lb.admin.read_token` reads, as start-up will."""
+    from twisted_lb.admin import read_token  # admin.py imports this module
+
     try:
-        with open(path, "rb") as f:
-            first = f.read(4096).partition(b"\n")[0].strip()
+        read_token(path)
     except OSError as e:
         _fail(f"cannot read {path}: {e.strerror or e}")
-    if not first:
-        _fail(f"{path} is empty; write the token on its first line")
-    try:
-        first.decode("ascii")
-    except UnicodeDecodeError:
-        _fail(f"{path}: the token must be ASCII text")
+    except ValueError as e:
+        _fail(str(e))
     return path
 
 
