@@ -12,9 +12,13 @@ to :func:`config_from_dict`, which either returns a :class:`Config` or raises on
 :class:`ConfigError` listing every :class:`Problem`. Each problem names the file, the key path
 (``pools.app.backends[1].weight``), the TOML line where one is known, and what to write instead.
 
-This module imports nothing from the data paths. It asks :mod:`twisted_lb.strategies` whether a
-strategy is installed and whether it takes its options, and :mod:`twisted_lb.tls` whether
-certificate, key and CA files, ciphers and curves are usable.
+The rules of a domain live in the module that owns it, which applies the same rule, with the
+same message, to its library API: :mod:`twisted_lb.strategies` judges strategy names and
+options, :mod:`twisted_lb.tls` certificate, key and CA files, versions, ciphers and curves,
+:mod:`twisted_lb._address` addresses, host names and listeners, :mod:`twisted_lb.http.routing`
+paths, :mod:`twisted_lb.health` an http check's statuses and body, and
+:mod:`twisted_lb.admin` the token file. This module words the types, ranges, units, unknown
+keys and the rules across keys, and says where each problem is.
 """
 
 from __future__ import annotations

@@ -465,7 +465,7 @@ class HTTPCheck:
     Raises:
         ValueError: ``timeout`` is not positive, or a value the config's key refuses, with
             its message: ``path`` (:func:`~twisted_lb.http.routing.path_problem`), ``host``
-            (:func:`~twisted_lb._address.host_problem`), ``expect_body``
+            (the config's ``host_problem``), ``expect_body``
             (:func:`expect_body_problem`), or an ``expect_status`` not within 100..599.
     """
 

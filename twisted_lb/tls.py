@@ -73,6 +73,8 @@ __all__ = [
     "certificate_problem",
     "ciphers_problem",
     "group_problem",
+    "min_version_problem",
+    "verify_client_problem",
 ]
 
 

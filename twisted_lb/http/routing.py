@@ -39,7 +39,7 @@ class Route:
 
     Raises:
         ValueError: neither ``host`` nor ``path_prefix`` is given; ``host`` is not a host name
-            (:func:`~twisted_lb._address.host_problem`: empty, not ASCII, with a port, a path
+            (the config's ``host_problem``: empty, not ASCII, with a port, a path
             or a ``*`` other than a leading ``*.``); ``path_prefix`` does not start with ``/``
             or has a query, a fragment or a character outside printable ASCII
             (:func:`path_problem`). The message is the config's.
@@ -62,7 +62,12 @@ class Route:
 
 
 def path_problem(path: str, query: bool) -> str | None:
-    """What is wrong with an http check's ``path`` (``query``) or a route's ``path_prefix``."""
+    """
+    What is wrong with a request path, or ``None``: an http check's ``path`` (``query=True``:
+    it may have a query) or a route's ``path_prefix`` (``query=False``: routes match the path
+    alone). Either is the origin-form of RFC 9112 §3.2.1: from ``/``, in printable ASCII, with
+    no fragment; the message shows the percent-encoded form to write.
+    """
     if not path.startswith("/"):
         if "://" in path:
             return "write the path only, without scheme and host; put the host name in host"
