@@ -84,9 +84,12 @@ class BackendTests(SynchronousTestCase):
         )
 
     def test_weight(self) -> None:
-        """A weight below 1 is refused."""
-        with self.assertRaises(ValueError):
-            Backend.from_address("127.0.0.1:9001", weight=0)
+        """A weight outside the config's range, 1 to 256 (HAProxy's), is refused."""
+        self.assertEqual(Backend.from_address("127.0.0.1:9001", weight=256).weight, 256)
+        for weight in (0, 257):
+            with self.assertRaises(ValueError) as raised:
+                Backend.from_address("127.0.0.1:9001", weight=weight)
+            self.assertIn(f"weight must be from 1 to 256, not {weight}", str(raised.exception))
 
     def test_identity(self) -> None:
         """Two backends with one address are two backends."""

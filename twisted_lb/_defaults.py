@@ -28,6 +28,8 @@ ADMIN_SOCKET_MODE = 0o600
 
 # pools
 STRATEGY = "round_robin"
+# The largest backend weight, as HAProxy's (its weight is 0 to 256, 0 being our drain).
+MAX_WEIGHT = 256
 CONNECT_TIMEOUT = 5.0
 RETRIES = 2
 RESPONSE_TIMEOUT = 60.0

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 
+from twisted_lb import _defaults as defaults
 from twisted_lb._address import Address, parse_address
 from twisted_lb.interfaces import IBalancerReactor
 
@@ -215,7 +216,8 @@ class Backend:
     Attributes:
         address: where the backend listens.
         name: shown in logs and summaries; defaults to the address.
-        weight: the configured relative share of new connections, an integer >= 1.
+        weight: the configured relative share of new connections, an integer from 1 to 256
+            (HAProxy's range; the config's ``MAX_WEIGHT``).
         backup: used only while no primary backend of its pool is UP.
         state: see :class:`BackendState`. Only ``UP`` backends that are not :attr:`ejected`
             are picked (see :meth:`~twisted_lb.pool.Pool.eligible`). Passing ``DOWN`` to the
@@ -286,8 +288,11 @@ class Backend:
     def __attrs_post_init__(self) -> None:
         if not self.name:
             self.name = str(self.address)
-        if self.weight < 1:
-            raise ValueError(f"backend {self.name}: weight must be >= 1, not {self.weight}")
+        if not 1 <= self.weight <= defaults.MAX_WEIGHT:
+            raise ValueError(
+                f"backend {self.name}: weight must be from 1 to {defaults.MAX_WEIGHT}, "
+                f"not {self.weight}"
+            )
         if self.admin_state is BackendState.DOWN:
             raise ValueError(f"backend {self.name}: admin_state must be UP, DRAINING or MAINT")
         if self.state is BackendState.DOWN:

@@ -618,8 +618,9 @@ _Count = Annotated[int, _integer(1)]
 
 #: The largest backend ``weight``, as HAProxy's (its ``weight`` is 0 to 256, 0 being our
 #: ``drain``): a weight is a share, and consistent-hash strategies build points in proportion
-#: to it (see :class:`~twisted_lb.strategies.SourceHash`).
-MAX_WEIGHT = 256
+#: to it (see :class:`~twisted_lb.strategies.SourceHash`). :class:`~twisted_lb.backend.Backend`
+#: refuses a larger one too.
+MAX_WEIGHT = defaults.MAX_WEIGHT
 
 
 def weight_problem(value: object) -> str | None:
