@@ -52,6 +52,7 @@ from twisted_lb.tls import (
     certificate_problem,
     group_problem,
     handshake_failure_reason,
+    pair_problem,
 )
 
 CA = trustme.CA()
@@ -271,6 +272,27 @@ class ProblemTests(SynchronousTestCase):
             certificate_problem(self.cert, other_key),
             f"{other_key} does not match the certificate in {self.cert}",
         )
+
+    def test_file_at_fault(self) -> None:
+        """:func:`pair_problem` says which file of the pair is at fault, for the key path."""
+        _other_cert, other_key = self.files.pair("other", SITE_C)
+        missing = self.files.path("missing.pem")
+        junk = self.files.write("junk.pem", b"hello\n")
+        with open(self.cert, "rb") as cert_file, open(self.key, "rb") as key_file:
+            combined = self.files.write("both.pem", cert_file.read() + key_file.read())
+        for cert, key, fault in [
+            (missing, self.key, "cert"),
+            (junk, self.key, "cert"),
+            (self.cert, missing, "key"),
+            (self.cert, junk, "key"),
+            (self.cert, self.cert, "key"),
+            (self.cert, other_key, "key"),
+            (junk, junk, "cert"),
+        ]:
+            self.assertEqual(
+                pair_problem(cert, key), (fault, certificate_problem(cert, key)), (cert, key)
+            )
+        self.assertIsNone(pair_problem(combined, combined))
 
     def test_expired(self) -> None:
         """A certificate past its notAfter, with the date and what to do."""

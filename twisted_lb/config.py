@@ -486,24 +486,12 @@ def _key_file(cert_field: str) -> AfterValidator:
 
     def check(key: str, info: ValidationInfo) -> str:
         cert = info.data.get(cert_field)
-        if cert is None or not info.context:
-            return key
-        problem = tls.certificate_problem(cert, key)
-        if problem is not None:
-            mine = info.field_name or "key"
-            _fail(problem, mine if _about_key(problem, cert, key) else cert_field, up=1)
+        fault = tls.pair_problem(cert, key) if cert is not None and info.context else None
+        if fault is not None:
+            _fail(fault[1], (info.field_name or "key") if fault[0] == "key" else cert_field, up=1)
         return key
 
     return _after(check)
-
-
-def _about_key(problem: str, cert: str, key: str) -> bool:
-    """Whether a problem of :func:`twisted_lb.tls.certificate_problem` is the key file's."""
-    if problem.startswith(f"{key} does not match "):
-        return True
-    if cert == key:
-        return "private key" in problem
-    return problem.startswith((f"cannot read {key}: ", f"{key}: "))
 
 
 def _expect_status(value: object, info: ValidationInfo) -> tuple[int, int]:

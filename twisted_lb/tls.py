@@ -22,7 +22,7 @@ import difflib
 import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import OpenSSL
@@ -74,6 +74,7 @@ __all__ = [
     "ciphers_problem",
     "group_problem",
     "min_version_problem",
+    "pair_problem",
     "verify_client_problem",
 ]
 
@@ -213,7 +214,12 @@ class _CountingTLSFactory(TLSMemoryBIOFactory):
 
 
 class _UnusableError(Exception):
-    """A file is unusable; ``str()`` is the one-line message for :class:`TLSConfigError`."""
+    """
+    A file is unusable; ``str()`` is the one-line message for :class:`TLSConfigError`, and
+    ``of_key`` is true when it is a pair's private key that is at fault (else the certificate).
+    """
+
+    of_key = False
 
 
 def _read(path: str) -> bytes:
@@ -276,9 +282,13 @@ def _load_pair(
 ) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
     """The chain (leaf first) and key of a certificate pair; raises :class:`_UnusableError`."""
     chain = _load_certificates(cert)
-    private_key = _load_key(key)
-    if _public_key_der(chain[0]) != _public_key_der(private_key):
-        raise _UnusableError(f"{key} does not match the certificate in {cert}")
+    try:
+        private_key = _load_key(key)
+        if _public_key_der(chain[0]) != _public_key_der(private_key):
+            raise _UnusableError(f"{key} does not match the certificate in {cert}")
+    except _UnusableError as e:
+        e.of_key = True
+        raise
     _check_dates(cert, chain, now or datetime.now(UTC))
     return chain, private_key
 
@@ -403,11 +413,23 @@ def certificate_problem(cert: str, key: str, now: datetime | None = None) -> str
         ``"certs/site.pem: the certificate is not valid before 2027-01-01 00:00:00 UTC
         (notBefore); check the clock or wait"``.
     """
+    fault = pair_problem(cert, key, now)
+    return None if fault is None else fault[1]
+
+
+def pair_problem(
+    cert: str, key: str, now: datetime | None = None
+) -> tuple[Literal["cert", "key"], str] | None:
+    """
+    :func:`certificate_problem`, with the file at fault: ``("key", "certs/site.key does not
+    match the certificate in certs/site.pem")``, ``("cert", "cannot read certs/site.pem:
+    ...")``; ``None`` when both are usable. A key that does not match is the key's fault.
+    """
     try:
         chain, private_key = _load_pair(cert, key, now)
         _use_pair(SSL.Context(SSL.TLS_METHOD), chain, private_key, cert)
     except _UnusableError as e:
-        return str(e)
+        return ("key" if e.of_key else "cert", str(e))
     return None
 
 
