@@ -554,8 +554,11 @@ class ReconfigureTests(SynchronousTestCase):
         info = ConnectionInfo()
         picks = Counter(self.pool.pick(info).backend.name for _ in range(40))  # type: ignore[union-attr]
         self.assertEqual(picks, {self.b1.name: 10, self.b2.name: 30})
-        with self.assertRaises(ValueError):
-            self.pool.set_weight(self.b2, 0)
+        for weight in (0, 257):
+            with self.assertRaises(ValueError) as raised:
+                self.pool.set_weight(self.b2, weight)
+            self.assertIn(f"weight must be from 1 to 256, not {weight}", str(raised.exception))
+        self.assertEqual(self.b2.weight, 30)
 
     def test_weight_reaches_a_ring(self) -> None:
         """A weight change rebuilds a consistent-hash ring (``backends_changed``)."""

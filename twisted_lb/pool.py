@@ -421,10 +421,13 @@ class Pool:
         ramping, towards the new weight.
 
         Raises:
-            ValueError: ``weight`` is below 1.
+            ValueError: ``weight`` is not from 1 to 256, the config's range (HAProxy's).
         """
-        if weight < 1:
-            raise ValueError(f"backend {backend.name}: weight must be >= 1, not {weight}")
+        if not 1 <= weight <= defaults.MAX_WEIGHT:
+            raise ValueError(
+                f"backend {backend.name}: weight must be from 1 to {defaults.MAX_WEIGHT}, "
+                f"not {weight}"
+            )
         backend.weight = weight
         if backend not in self._warming_since:
             backend.effective_weight = float(weight)
