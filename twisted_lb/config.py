@@ -1257,6 +1257,7 @@ class FrontendConfig(_Model):
         "bind": "listen",
         "port": "listen",
         "default_backend": "pool",
+        "default_pool": "pool",
         "backend": "pool",
         "upstream": "pool",
         "use_backend": "routes",
