@@ -303,6 +303,16 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             self.assertFalse(c.connected)
             self.assertEqual(drain(self.peer), -1)
 
+    def test_abort_when_idle(self) -> None:
+        """
+        After ``abortConnection`` with nothing queued, ``send_when_idle`` queues too (to
+        Twisted's write, which keeps the bytes from the socket): nothing written after an
+        abort is sent.
+        """
+        with entry(self.NAME, TWISTED):
+            self.connection.abortConnection()
+            self.assertTrue(self.decisions()["queues"])
+
 
 def _tls_pair(
     case: SynchronousTestCase,

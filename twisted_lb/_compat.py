@@ -111,8 +111,8 @@ def send_when_idle(
     """
     For one connection, bound once: a write function. It calls ``send`` when
     ``connection.write`` would send now. It calls ``queue`` instead when bytes are queued, the
-    connection is disconnecting, its write side is shut, or it is not connected. The check is
-    inside the returned function, so an idle write costs no extra call.
+    connection is disconnecting or aborting, its write side is shut, or it is not connected.
+    The check is inside the returned function, so an idle write costs no extra call.
     """
     c: Any = connection
 
@@ -123,6 +123,7 @@ def send_when_idle(
             or c.disconnecting
             or c._writeDisconnected
             or not c.connected
+            or c._aborting
         ):
             queue(data)
         else:
