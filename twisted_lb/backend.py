@@ -23,6 +23,19 @@ from twisted_lb._address import Address, parse_address
 from twisted_lb.interfaces import IBalancerReactor
 
 
+def check_weight(name: str, weight: int) -> None:
+    """
+    Refuse a backend weight outside 1 to 256, the config's range (HAProxy's).
+
+    Raises:
+        ValueError: ``"backend NAME: weight must be from 1 to 256, not 0"``.
+    """
+    if not 1 <= weight <= defaults.MAX_WEIGHT:
+        raise ValueError(
+            f"backend {name}: weight must be from 1 to {defaults.MAX_WEIGHT}, not {weight}"
+        )
+
+
 class BackendState(enum.Enum):
     """
     Where a backend stands, as in HAProxy's server states.
@@ -288,11 +301,7 @@ class Backend:
     def __attrs_post_init__(self) -> None:
         if not self.name:
             self.name = str(self.address)
-        if not 1 <= self.weight <= defaults.MAX_WEIGHT:
-            raise ValueError(
-                f"backend {self.name}: weight must be from 1 to {defaults.MAX_WEIGHT}, "
-                f"not {self.weight}"
-            )
+        check_weight(self.name, self.weight)
         if self.admin_state is BackendState.DOWN:
             raise ValueError(f"backend {self.name}: admin_state must be UP, DRAINING or MAINT")
         if self.state is BackendState.DOWN:

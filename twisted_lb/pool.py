@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from twisted_lb import _defaults as defaults
-from twisted_lb.backend import Backend, BackendState, ConnectionInfo
+from twisted_lb.backend import Backend, BackendState, ConnectionInfo, check_weight
 from twisted_lb.interfaces import IBalancingStrategy
 
 _log = Logger()
@@ -423,11 +423,7 @@ class Pool:
         Raises:
             ValueError: ``weight`` is not from 1 to 256, the config's range (HAProxy's).
         """
-        if not 1 <= weight <= defaults.MAX_WEIGHT:
-            raise ValueError(
-                f"backend {backend.name}: weight must be from 1 to {defaults.MAX_WEIGHT}, "
-                f"not {weight}"
-            )
+        check_weight(backend.name, weight)
         backend.weight = weight
         if backend not in self._warming_since:
             backend.effective_weight = float(weight)
