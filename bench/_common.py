@@ -521,7 +521,8 @@ def nginx_upstream_keepalive(connections: int) -> str:
 def nginx_backend_config(tmp: Path, ports: Sequence[int], tag: bool = False) -> str:
     """One nginx worker answering ``ok`` over plain HTTP on each port.
 
-    With ``tag`` each port also sends ``X-Backend: bN`` (N from 1), to tell them apart.
+    With ``tag`` each port also sends ``X-Backend: bN`` (N from 1), to tell them apart. A
+    request's ``X-Intended`` field is echoed in the response, for ``open-loop.lua``.
     """
     servers = "".join(
         "    server {\n"
@@ -529,6 +530,8 @@ def nginx_backend_config(tmp: Path, ports: Sequence[int], tag: bool = False) -> 
         "        location / {\n"
         "            default_type text/plain;\n"
         + (f"            add_header X-Backend b{n};\n" if tag else "")
+        # Echoed for bench/open-loop.lua; absent from responses to requests without it.
+        + "            add_header X-Intended $http_x_intended;\n"
         + '            return 200 "ok\\n";\n'
         "        }\n"
         "    }\n"
@@ -590,6 +593,7 @@ class WrkResult:
     errors: int  # socket errors plus non-2xx/3xx responses
     socket_errors: int = 0  # connect, read, write and timeout errors
     non_2xx: int = 0  # responses with a status outside 200-399
+    output: str = ""  # what wrk printed
 
     def figures(self) -> dict[str, float]:
         """The figures a round records, errors split into non-2xx and socket errors."""
@@ -623,6 +627,7 @@ def parse_wrk(output: str) -> WrkResult:
         errors=socket_errors + non_2xx,
         socket_errors=socket_errors,
         non_2xx=non_2xx,
+        output=output,
     )
 
 
@@ -634,11 +639,13 @@ def run_wrk(
     threads: int,
     scheme: str = "http",
     script: Path | None = None,
+    script_args: Sequence[str] = (),
 ) -> WrkResult:
     """``wrk -tT -cC -dDs --latency http://127.0.0.1:port/``, bounded by duration + 60 s.
 
     ``scheme="https"`` measures over TLS (wrk does not verify the certificate); ``script`` is
-    a Lua script for ``-s``.
+    a Lua script for ``-s``, and ``script_args`` its arguments (after ``--``). The result's
+    ``output`` is what wrk printed, for what a script adds to it.
     """
     argv = [
         wrk,
@@ -648,6 +655,7 @@ def run_wrk(
         "--latency",
         *(["-s", str(script)] if script is not None else []),
         f"{scheme}://{LOOPBACK}:{port}/",
+        *(["--", *script_args] if script_args else []),
     ]
     proc = run_tool(argv, timeout=duration + 60, what="wrk")
     if proc.returncode != 0:

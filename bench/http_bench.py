@@ -56,6 +56,7 @@ from _common import (
     nginx_http_common,
     nginx_main_context,
     nginx_upstream_keepalive,
+    parse_wrk,
     pass_mark,
     print_busy_warning,
     print_header,
@@ -69,6 +70,7 @@ from _common import (
     run_wrk,
     set_log_name,
     start_backend,
+    tail_text,
     tool_versions,
     twisted_lb_version,
     wait_http_ok,
@@ -99,6 +101,7 @@ RSS_TARGET_MIB = 64.0  # peak RSS growth while streaming 1 GiB each way
 FIXED_RATE_SHARE = 0.5  # the fixed-rate load, as a share of twisted-lb's maximum requests/s
 FIXED_RATE_P99_TARGET = 2.0  # twisted-lb's p99 / nginx's at that rate
 FIXED_RATE_PATHS = ("nginx", "twisted-lb")
+OPEN_LOOP_SCRIPT = Path(__file__).with_name("open-loop.lua")
 IDLE_TARGET_MIB = 300.0  # RSS holding 10,000 idle keep-alive client connections
 TRANSFERS = ("upload", "download")
 
@@ -272,6 +275,35 @@ def twisted_lb_config(name: str, listen: int, backends: list[int], access_log: b
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def parse_open_loop(output: str) -> dict[str, float]:
+    """
+    The figures ``open-loop.lua`` prints after wrk's: ``latency_p99_ms`` (and p50, p90,
+    p99.9) counted from each request's slot, and wrk's own p99 as ``closed_loop_p99_ms``.
+
+    Raises BenchError when they are missing, or when a response came without the
+    ``X-Intended`` field the backend echoes (the path dropped it, so the latency is unknown).
+    """
+    counts = re.search(r"^open-loop responses: (\d+), unstamped (\d+)$", output, re.MULTILINE)
+    latency = re.search(
+        r"^open-loop latency ms: p50 ([\d.]+) p90 ([\d.]+) p99 ([\d.]+) p99\.9 ([\d.]+)",
+        output,
+        re.MULTILINE,
+    )
+    if counts is None or latency is None:
+        raise BenchError("no open-loop figures in wrk's output:\n" + tail_text(output))
+    if int(counts.group(2)):
+        raise BenchError(f"{counts.group(2)} responses came without X-Intended")
+    p50, p90, p99, p999 = (float(g) for g in latency.groups())
+    return {
+        "closed_loop_p99_ms": parse_wrk(output).latency_p99_ms,
+        "latency_p50_ms": p50,
+        "latency_p90_ms": p90,
+        "latency_p99_ms": p99,
+        "latency_p99_9_ms": p999,
+        "stamped_responses": float(counts.group(1)),
+    }
 
 
 def probe_backends(port: int, timeout: float = 2.0) -> tuple[list[str], list[str]]:
@@ -556,18 +588,17 @@ class Bench:
 
     def measure_fixed_rate(self, path: str, rate: float) -> dict[str, float]:
         """
-        p99 latency of ``path`` under a paced load of ``rate`` requests/s in all.
+        p99 latency of ``path`` under an open-loop load of ``rate`` requests/s in all.
 
-        wrk has no open-loop mode (wrk2 is not packaged), so each of the ``--connections``
-        connections waits ``connections / rate`` seconds after each response before it sends
-        the next request (wrk's Lua ``delay()``): a fixed offered rate as long as responses are
-        much faster than the interval, which they are at half load. The achieved rate is
-        recorded next to the p99.
+        wrk has no open-loop mode (wrk2 is not packaged), so ``open-loop.lua`` gives it one:
+        requests are offered on a fixed schedule whatever the responses, the next free one of
+        the ``--connections`` connections taking the next slot, and a request sent late because
+        every connection was busy is counted from its slot (coordinated omission corrected, as
+        wrk2 does). The achieved rate is recorded next to the p99; it falls short of the
+        offered one only when the path cannot keep up.
         """
         args = self.args
-        interval_ms = 1000.0 * args.connections / rate
-        script = self.tmp / "fixed-rate.lua"
-        script.write_text(f"function delay()\n  return {interval_ms:.3f}\nend\n")
+        interval_us = 1e6 * args.threads / rate
         relay, port = self.starter(path)()
         try:
             wait_http_ok(relay, port)
@@ -578,15 +609,22 @@ class Bench:
                 args.duration,
                 args.connections,
                 args.threads,
-                script=script,
+                script=OPEN_LOOP_SCRIPT,
+                script_args=[f"{interval_us:.3f}"],
             )
-            log_wrk_result(f"{path} at {rate:,.0f} requests/s", wrk)
+            figures = {"offered_per_s": rate, **wrk.figures(), **parse_open_loop(wrk.output)}
+            log(
+                f"{path} at {rate:,.0f} requests/s: {wrk.requests_per_s:,.0f} achieved, "
+                f"open-loop p99 {figures['latency_p99_ms']:.2f} ms (wrk's closed-loop "
+                f"{figures['closed_loop_p99_ms']:.2f} ms), {wrk.non_2xx} non-2xx, "
+                f"{wrk.socket_errors} socket errors"
+            )
             if relay is not None and relay.exited():
                 raise relay.fail("died during the fixed-rate run")
         finally:
             if relay is not None:
                 self.children.stop(relay)
-        return {"offered_per_s": rate, **wrk.figures()}
+        return figures
 
     def measure_idle(self) -> dict[str, float]:
         """
@@ -888,14 +926,19 @@ def print_report(
     if fixed_summary:
         print(
             f"\nat a fixed rate of {FIXED_RATE_SHARE:.0%} of twisted-lb's requests/s "
-            "(wrk, each connection paced with delay())",
+            "(open-loop: bench/open-loop.lua, latency counted from each request's slot)",
             file=out,
         )
-        print_header(out, f"{'path':<13} {'offered/s':>11} {'achieved/s':>11} {'p99 ms':>8}")
+        print_header(
+            out,
+            f"{'path':<13} {'offered/s':>11} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'p99.9 ms':>9} {'closed-loop p99':>16}",
+        )
         for path, row in fixed_summary.items():
             print(
                 f"{path:<13} {row['offered_per_s']:>11,.0f} {row['requests_per_s']:>11,.0f} "
-                f"{row['latency_p99_ms']:>8.2f}",
+                f"{row['latency_p50_ms']:>8.2f} {row['latency_p99_ms']:>8.2f} "
+                f"{row['latency_p99_9_ms']:>9.2f} {row['closed_loop_p99_ms']:>16.2f}",
                 file=out,
             )
     if idle_summary:
