@@ -202,13 +202,14 @@ class AdminConfigTests(SynchronousTestCase):
             FRONTEND
             + POOL
             + "[admin]\nlisten = ['unix:/run/a.sock', 'tcp:9901:interface=127.0.0.1']\n"
-            "state_file = '/var/lib/lb/state.json'\n",
+            "state_file = '/var/lib/lb/state.json'\nallowed_hosts = ['lb1.internal', '.lb']\n",
             "/etc/lb/lb.toml",
         )
         self.assertEqual(
             format_summary(config).splitlines()[-1],
             "admin listen unix:/run/a.sock, tcp:9901:interface=127.0.0.1 "
-            "(socket_mode 0600, no token, state_file /var/lib/lb/state.json)",
+            "(socket_mode 0600, no token, state_file /var/lib/lb/state.json, "
+            "allowed_hosts lb1.internal .lb)",
         )
 
     def test_token_file_problems(self) -> None:
@@ -659,6 +660,31 @@ class CrossSiteTests(SynchronousTestCase):
         ):
             status, _, _ = request(self.site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
             self.assertEqual(status, 200, host)
+
+    def test_allowed_hosts(self) -> None:
+        """
+        ``allowed_hosts`` admits those names (any case and port, a trailing dot), and a
+        leading-dot entry its domain and every name under it; other names are still 421.
+        """
+        _, site = memory_site(self, extra="allowed_hosts = ['lb1.internal', '.lb.example']\n")
+        for host in (
+            "lb1.internal",
+            "LB1.Internal:9901",
+            "lb1.internal.",
+            "lb.example",
+            "a.b.lb.example:9901",
+        ):
+            status, _, _ = request(site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
+            self.assertEqual(status, 200, host)
+        for host in ("x.lb1.internal", "evillb.example", "lb.example.evil", "evil.example"):
+            status, _, body = request(site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
+            self.assertEqual(status, 421, host)
+            self.assertIn("or add the name to [admin] allowed_hosts", body["error"])
+        json_ = "Content-Type: application/json"
+        status, _, _ = request(
+            site, "POST", self.path, self.add, headers=("Host: lb1.internal:9901", json_)
+        )
+        self.assertEqual(status, 201)
 
     def test_unix_socket_has_no_host_check(self) -> None:
         """Over the UNIX socket any Host is accepted (curl --unix-socket http://lb/...)."""
@@ -1274,7 +1300,8 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         """Every error status, from the real balancer, over its real sockets."""
         _, port1 = self.start_backend("app1")
         directory = short_directory(self)
-        admin = self.start_admin_lb(self.write_config([port1], directory))
+        path = self.write_config([port1], directory, "allowed_hosts = ['lb1.internal']\n")
+        admin = self.start_admin_lb(path)
         backend = "pools/app/backends/app1"
         cases: list[tuple[str, str, object, str | None, int]] = [
             ("PATCH", backend, {"state": "drain"}, None, 401),
@@ -1308,6 +1335,7 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         for headers, expected in [
             ({"Content-Type": "text/plain"}, 415),
             ({"Content-Type": "application/json", "Host": "evil.example:80"}, 421),
+            ({"Content-Type": "application/json", "Host": "lb2.internal"}, 421),
             ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
         ]:
             connection = http.client.HTTPConnection("127.0.0.1", admin.admin_port, timeout=TIMEOUT)
@@ -1324,6 +1352,24 @@ class ChangeIntegrationTests(AdminIntegrationCase):
             connection.close()
         _, body = admin.call("GET", backend)
         self.assertEqual((body["admin_state"], body["weight"]), ("ready", 1))
+        # A name of allowed_hosts passes (any case and port), as ctl --url http://NAME:PORT
+        # sends it.
+        connection = http.client.HTTPConnection("127.0.0.1", admin.admin_port, timeout=TIMEOUT)
+        connection.request(
+            "PATCH",
+            f"/api/v1/{backend}",
+            body=b'{"weight": 3}',
+            headers={
+                "Authorization": "Bearer s3cret",
+                "Content-Type": "application/json",
+                "Host": f"LB1.internal:{admin.admin_port}",
+            },
+        )
+        response = connection.getresponse()
+        self.assertEqual(response.status, 200, response.read())
+        connection.close()
+        _, body = admin.call("GET", backend)
+        self.assertEqual(body["weight"], 3)
 
     def test_sighup_reload_rewrites_the_state_file(self) -> None:
         """

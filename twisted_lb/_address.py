@@ -236,7 +236,9 @@ def host_problem(host: str, route: bool) -> str | None:
                 "as in '*.example.com', which matches any name ending in '.example.com'"
             )
         # One trailing dot is the root, as in an absolute DNS name; requests may send it too.
-        problem = _name_problem(name[2 if wildcard else 0 :].removesuffix("."), examples, host)
+        problem = _name_problem(
+            name[2 if wildcard else 0 :].removesuffix("."), examples, host, "*." if wildcard else ""
+        )
         if problem is not None:
             return problem
     if port is not None and not (
@@ -246,8 +248,11 @@ def host_problem(host: str, route: bool) -> str | None:
     return None
 
 
-def _name_problem(name: str, examples: str, written: str = "") -> str | None:
-    """What is wrong with a DNS name (labels of letters, digits, ``-`` and ``_``), or ``None``."""
+def _name_problem(name: str, examples: str, written: str = "", prefix: str = "") -> str | None:
+    """
+    What is wrong with a DNS name (labels of letters, digits, ``-`` and ``_``), or ``None``;
+    ``prefix`` (``"*."``, ``"."``) was written before the name and goes before its IDNA form.
+    """
     if name.isascii():
         if _HOST_NAME.fullmatch(name):
             return None
@@ -257,7 +262,7 @@ def _name_problem(name: str, examples: str, written: str = "") -> str | None:
     except UnicodeError:
         ascii_name = ""
     if _HOST_NAME.fullmatch(ascii_name):
-        return f"write the name in ASCII (IDNA), as in {ascii_name!r}"
+        return f"write the name in ASCII (IDNA), as in {prefix + ascii_name!r}"
     return f"{written or name!r} is not a host name; write {examples}"
 
 
@@ -272,6 +277,38 @@ def url_problem(text: str, noun: str, default: str, path: str = "") -> str | Non
     if "/" in text:
         return f"write the {noun} only, as in {text.split('/', 1)[0] or default!r}{path}"
     return None
+
+
+_ALLOWED_HOST_EXAMPLES = (
+    "a name, as in 'lb1.internal', or a domain with its subdomains, as in '.internal'"
+)
+
+
+def allowed_host_problem(entry: str) -> str | None:
+    """
+    What is wrong with an entry of the admin API's ``allowed_hosts``, or ``None``: a DNS name
+    in ASCII (``lb1.internal``), or one after a dot (``.internal``: that name and every name
+    under it, as Django's ``ALLOWED_HOSTS`` and Vite's ``server.allowedHosts`` write it),
+    without a port or ``*``. IP addresses and ``localhost`` are allowed without an entry, so
+    one for them is accepted and changes nothing.
+    """
+    if not entry:
+        return f"must not be empty; write {_ALLOWED_HOST_EXAMPLES}"
+    problem = url_problem(entry, "name", "lb1.internal")
+    if problem is not None:
+        return problem
+    if is_ipv6(entry.strip("[]")):
+        return None
+    port = _HOST_PORT.fullmatch(entry)
+    if port is not None:
+        return f"write the name without the port, as in {port['host']!r}; any port is allowed"
+    if "*" in entry:
+        return (
+            f"{entry!r}: write a domain with a leading dot, as in "
+            f"{'.' + entry.lstrip('*.')!r}, for the name and every name under it"
+        )
+    dot = "." if entry.startswith(".") else ""
+    return _name_problem(entry[len(dot) :].removesuffix("."), _ALLOWED_HOST_EXAMPLES, entry, dot)
 
 
 def server_name_problem(name: str) -> str | None:

@@ -174,13 +174,15 @@ class APIError(Exception):
         self.details = details
 
 
-def host_allowed(host: bytes) -> bool:
+def host_allowed(host: bytes, allowed: Sequence[str] = ()) -> bool:
     """
     Whether a ``Host`` header value names the admin listener by an IP literal (``127.0.0.1``,
-    ``[::1]``, with or without a port) or as ``localhost``. Any other name may be a DNS
-    rebinding: a page of ``evil.example`` whose name now resolves to 127.0.0.1 sends its own
-    name as the Host (the allow-list of Host values, as Kubernetes' and Envoy's admin
-    guidance and the webpack dev server's ``allowedHosts`` do).
+    ``[::1]``, with or without a port), as ``localhost``, or by a name of ``allowed`` (the
+    ``[admin] allowed_hosts`` entries: ``lb1.internal``, or ``.internal`` for that name and
+    every name under it; any port, any case, a trailing dot or none). Any other name may be a
+    DNS rebinding: a page of ``evil.example`` whose name now resolves to 127.0.0.1 sends its
+    own name as the Host (the allow-list of Host values, as Kubernetes' and Envoy's admin
+    guidance, Django's ``ALLOWED_HOSTS`` and the webpack dev server's ``allowedHosts`` do).
     """
     text = host.strip().lower().decode("latin-1")
     if text.startswith("["):
@@ -196,6 +198,11 @@ def host_allowed(host: bytes) -> bool:
     try:
         ipaddress.ip_address(literal)
     except ValueError:
+        name = literal.removesuffix(".")
+        for entry in allowed:
+            entry = entry.lower().removesuffix(".")
+            if name == entry.removeprefix(".") or (entry[:1] == "." and name.endswith(entry)):
+                return name != ""
         return False
     return True
 
@@ -207,11 +214,13 @@ def _origin_refusal(request: Request) -> tuple[int, str] | None:
     """
     host = request.getHeader(b"host")
     over_unix = getattr(request.getHost(), "host", None) is None
-    if host is not None and not over_unix and not host_allowed(host):
+    allowed = getattr(request.channel.site, "allowed_hosts", ())  # type: ignore[attr-defined]
+    if host is not None and not over_unix and not host_allowed(host, allowed):
         return (
             421,
             f"Host {host.decode('latin-1')!r} is not this admin listener's address: "
-            "use its IP address (http://127.0.0.1:PORT/) or localhost",
+            "use its IP address (http://127.0.0.1:PORT/) or localhost, or add the name to "
+            "[admin] allowed_hosts",
         )
     origin = request.getHeader(b"origin")
     if origin is not None:
@@ -232,9 +241,10 @@ class AdminRequest(Request):
     the connection after the answer.
 
     Every response says it may not be framed (``X-Frame-Options: DENY``, CSP
-    ``frame-ancestors 'none'``); a request whose ``Host`` is not an IP literal or
-    ``localhost`` (on TCP; a UNIX socket has no Host check) is answered 421, one whose
-    ``Origin`` is another site's 403, before any resource sees it (see :func:`host_allowed`).
+    ``frame-ancestors 'none'``); a request whose ``Host`` is not an IP literal,
+    ``localhost`` or one of the site's ``allowed_hosts`` (on TCP; a UNIX socket has no Host
+    check) is answered 421, one whose ``Origin`` is another site's 403, before any resource
+    sees it (see :func:`host_allowed`).
     """
 
     too_large = False
@@ -288,10 +298,17 @@ class AdminRequest(Request):
 
 
 class AdminSite(Site):
-    """The admin API's site: :class:`AdminRequest`, no access log line per request."""
+    """
+    The admin API's site: :class:`AdminRequest`, no access log line per request.
+
+    Attributes:
+        allowed_hosts: the host names a TCP request's ``Host`` may give besides IP literals
+            and ``localhost`` (``[admin] allowed_hosts``; see :func:`host_allowed`).
+    """
 
     noisy = False
     requestFactory = AdminRequest
+    allowed_hosts: Sequence[str] = ()
 
     def log(self, request: Any) -> None:
         pass
@@ -1010,6 +1027,7 @@ class AdminService(MultiService):
         self.token = token
         self.root = admin_resource(service, token, self.save_state, self._reloaded)
         self.site = AdminSite(self.root, timeout=ADMIN_TIMEOUT, reactor=reactor)  # type: ignore[no-untyped-call]
+        self.site.allowed_hosts = config.allowed_hosts
         self.listeners: list[AdminListener] = []
         for index, description in enumerate(config.listen):
             try:

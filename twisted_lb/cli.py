@@ -145,6 +145,8 @@ def format_summary(config: Config) -> str:
         settings.append(f"token {admin.token_file}" if admin.token_file else "no token")
         if admin.state_file:
             settings.append(f"state_file {admin.state_file}")
+        if admin.allowed_hosts:
+            settings.append(f"allowed_hosts {' '.join(admin.allowed_hosts)}")
         lines.append(f"admin listen {', '.join(admin.listen)} ({', '.join(settings)})")
     return "\n".join(lines)
 

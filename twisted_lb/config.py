@@ -52,6 +52,7 @@ from twisted_lb import _compat as compat
 from twisted_lb import _defaults as defaults
 from twisted_lb import tls
 from twisted_lb._address import (
+    allowed_host_problem,
     endpoint_problem,
     exposed_problem,
     host_problem,
@@ -1477,6 +1478,15 @@ class AdminConfig(_Model):
         None,
         description="Where runtime changes made through the admin API are kept across "
         "restarts, as HAProxy's ``server-state-file``; relative to the config file.",
+    )
+    allowed_hosts: Annotated[
+        tuple[Annotated[str, _text(allowed_host_problem)], ...],
+        _v(_array('an array of strings, as in allowed_hosts = ["lb1.internal"]'), list[str]),
+    ] = Field(
+        (),
+        description="The names a TCP listener may be reached by, besides IP addresses and "
+        "``localhost`` (against DNS rebinding): ``lb1.internal``, or ``.internal`` for that "
+        "name and every name under it.",
     )
 
     @classmethod
