@@ -162,6 +162,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             c = self.connection
             self.assertFalse(_compat.queued(c))
             self.assertEqual(c._tempDataLen, 0)
+            self.assertEqual((_compat.queued_bytes(c), _compat.write_side(c)), (0, "open"))
             self.assertEqual(
                 self.decisions(),
                 {
@@ -183,6 +184,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             c.write(b"y" * 234)
             self.assertEqual(c._tempDataLen, 1234)
             self.assertTrue(_compat.queued(c))
+            self.assertEqual(_compat.queued_bytes(c), 1234)
             self.assertEqual(
                 self.decisions(),
                 {
@@ -200,6 +202,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             self.assertNotEqual(c.offset, len(c.dataBuffer))
             self.assertTrue(_compat.queued(c))
             unsent = len(c.dataBuffer) - c.offset
+            self.assertEqual(_compat.queued_bytes(c), unsent)
             self.assertGreater(unsent, 0)
             self.assertLess(unsent, len(data))
             c.write(b"more")  # held behind the bytes being sent: not for the taking
@@ -253,6 +256,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
             c.loseWriteConnection()
             self.assertEqual(self.decisions(), closed)
             self.assertFalse(c._writeDisconnected)  # not yet: the queue is not written
+            self.assertEqual(_compat.write_side(c), "closing")
             fin = False
             for _ in range(10_000):
                 fin = drain(self.peer) == -1
@@ -262,6 +266,7 @@ class FileDescriptorWriteTests(SynchronousTestCase):
                     c.doWrite()
             self.assertTrue(fin, "no FIN after the queue was written")
             self.assertTrue(c._writeDisconnected)
+            self.assertEqual(_compat.write_side(c), "shut")
             self.assertFalse(_compat.queued(c))
             # Nothing queued, but a send now would go after the FIN: all still say so.
             self.assertEqual(self.decisions(), closed)
@@ -363,11 +368,13 @@ class TLSWriteStateTests(SynchronousTestCase):
             buffered = _compat.tls_app_buffered(client)
             TLSMemoryBIOProtocol.write(client, b"early")  # as _transport's sender writes
             self.assertTrue(buffered())
+            self.assertFalse(_compat.tls_handshake_done(client))
             self.assertTrue(_compat.tls_holds_writes(client))
             pump.flush()
             clock.advance(0)
             pump.flush()
             self.assertTrue(client._handshakeDone)
+            self.assertTrue(_compat.tls_handshake_done(client))
             self.assertFalse(buffered())
             self.assertFalse(_compat.tls_holds_writes(client))
             self.assertFalse(_compat.tls_holds_writes(server))
@@ -381,10 +388,13 @@ class TLSWriteStateTests(SynchronousTestCase):
             pump.flush()
             clock.advance(0)
             pump.flush()
-            client.registerProducer(StringTransport(), True)
+            producer = StringTransport()
+            client.registerProducer(producer, True)
             self.assertTrue(_compat.tls_holds_writes(client))
+            self.assertIsNotNone(_compat.tls_producer(client))  # the producer, wrapped
             client.unregisterProducer()
             self.assertFalse(_compat.tls_holds_writes(client))
+            self.assertIsNone(_compat.tls_producer(client))
 
     def test_aggregator_flush(self) -> None:
         """
@@ -698,9 +708,15 @@ class EPollTests(SynchronousTestCase):
 
 
 class OpenSSLBindingTests(SynchronousTestCase):
-    """pyOpenSSL's ``OpenSSL._util.lib`` functions and ``Context._context``."""
+    """
+    pyOpenSSL's ``OpenSSL._util.lib`` functions, ``Context._context`` and
+    ``Connection._ssl``.
+    """
 
-    NAME = "OpenSSL._util.lib SSL_CTX_set1_curves_list/ERR_clear_error, Context._context"
+    NAME = (
+        "OpenSSL._util.lib SSL_CTX_set1_curves_list/ERR_clear_error/SSL_session_reused, "
+        "Context._context, Connection._ssl"
+    )
 
     def test_set_groups(self) -> None:
         """The groups of a real context are set, and an unknown one is refused."""
@@ -717,7 +733,10 @@ class OpenSSLBindingTests(SynchronousTestCase):
             self.assertEqual(set_groups(native, b"no-such-group"), 0)
             clear()
             # The context is still usable: pyOpenSSL sees no error left on the queue.
-            SSL.Connection(context, None).set_connect_state()
+            connection = SSL.Connection(context, None)
+            connection.set_connect_state()
+            session_reused = _compat.openssl_function("SSL_session_reused")
+            self.assertEqual(session_reused(_compat.native_connection(connection)), 0)
 
 
 class ImportNameTests(SynchronousTestCase):

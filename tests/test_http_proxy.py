@@ -16,6 +16,7 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_lb import _compat as compat
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import ConfigError, parse_config
 from twisted_lb.http import proxy
@@ -1330,9 +1331,9 @@ class LingeringCloseTests(ProxyCase):
             b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n" + b"u" * 100
         )
         self.reactor.advance(0)  # the end of the reactor turn
-        while self.connection.dataBuffer or self.connection._tempDataLen:
+        while compat.queued(self.connection):
             self.connection.doWrite()
-        if self.connection._writeDisconnecting and not self.connection._writeDisconnected:
+        if compat.write_side(self.connection) == "closing":
             self.connection.doWrite()  # the half-close itself happens in doWrite
         return self.peer.recv(65536)
 
@@ -1348,7 +1349,7 @@ class LingeringCloseTests(ProxyCase):
         answer = self.refuse()
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
         self.assertEqual(self.peer.recv(1), b"")  # the FIN: the client reads its EOF
-        self.assertTrue(self.connection._writeDisconnected)
+        self.assertEqual(compat.write_side(self.connection), "shut")
         self.assertFalse(self.protocol.lost)
         self.assertIn(self.connection, self.reactor.getReaders())
         self.protocol.dataReceived(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1387,7 +1388,7 @@ class LingeringCloseTests(ProxyCase):
         self.protocol.dataReceived(
             b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n"
         )
-        self.assertTrue(self.connection.dataBuffer or self.connection._tempDataLen)
+        self.assertTrue(compat.queued(self.connection))
         for _ in range(29):
             self.reactor.advance(1.0)
             self.protocol.dataReceived(b"u" * 100)

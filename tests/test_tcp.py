@@ -16,6 +16,7 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_lb import _compat as compat
 from twisted_lb._transport import (
     RELAY_BUFFER_BYTES,
     ReadGate,
@@ -553,13 +554,13 @@ class SenderTests(SynchronousTestCase):
         data = b"x" * (8 << 20)
         send(data)
         self.end_turn()
-        queued = self.connection._tempDataLen
+        queued = compat.queued_bytes(self.connection)
         self.assertGreater(queued, 0)
         self.assertLess(queued, len(data))
         self.assertEqual(producer.producerState, "paused")
         received = self.read_all()
         for _ in range(10_000):  # each round moves up to a socket buffer's worth
-            if not (self.connection._tempDataLen or self.connection.dataBuffer):
+            if not compat.queued(self.connection):
                 break
             self.connection.doWrite()
             received += self.read_all()
@@ -589,7 +590,7 @@ class SenderTests(SynchronousTestCase):
         calls: list[int] = []
 
         def on_backlog() -> None:
-            calls.append(len(self.connection.dataBuffer) + self.connection._tempDataLen)
+            calls.append(compat.queued_bytes(self.connection))
             if self.connection.producer is None:
                 self.connection.registerProducer(producer, True)
 
@@ -654,12 +655,12 @@ class TLSSenderTests(SynchronousTestCase):
             except SSL.WantReadError:
                 pass
             else:
-                if self.tls._handshakeDone:
+                if compat.tls_handshake_done(self.tls):
                     break
             self.connection.doRead()
-            while self.connection.dataBuffer or self.connection._tempDataLen:
+            while compat.queued(self.connection):
                 self.connection.doWrite()
-        self.assertTrue(self.tls._handshakeDone)
+        self.assertTrue(compat.tls_handshake_done(self.tls))
 
     def read_all(self) -> bytes:
         from OpenSSL import SSL
@@ -704,8 +705,8 @@ class TLSSenderTests(SynchronousTestCase):
         calls: list[int] = []
 
         def on_backlog() -> None:
-            calls.append(len(self.connection.dataBuffer) + self.connection._tempDataLen)
-            if self.tls._producer is None:
+            calls.append(compat.queued_bytes(self.connection))
+            if compat.tls_producer(self.tls) is None:
                 self.tls.registerProducer(producer, True)
 
         send = _sender(self.tls, on_backlog, at_turn_end=True)
@@ -717,7 +718,7 @@ class TLSSenderTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getWriters(), [self.connection])
         received = self.read_all()
         for _ in range(10_000):
-            if not (self.connection._tempDataLen or self.connection.dataBuffer):
+            if not compat.queued(self.connection):
                 break
             self.connection.doWrite()
             received += self.read_all()

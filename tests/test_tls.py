@@ -13,7 +13,6 @@ from typing import Any
 import trustme
 from cryptography import x509
 from OpenSSL import SSL
-from OpenSSL._util import lib as openssl_lib
 from service_identity import VerificationError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -38,6 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_lb import _compat as compat
 from twisted_lb import tls as tls_module
 from twisted_lb.backend import Backend
 from twisted_lb.config import ConfigError, parse_config
@@ -112,7 +112,8 @@ class RawClient:
     ) -> None:
         self.context = SSL.Context(SSL.TLS_METHOD)
         if groups is not None:  # (pyOpenSSL has no wrapper for SSL_CTX_set1_groups_list)
-            assert openssl_lib.SSL_CTX_set1_curves_list(self.context._context, groups) == 1
+            set_groups = compat.openssl_function("SSL_CTX_set1_curves_list")
+            assert set_groups(compat.native_context(self.context), groups) == 1
         if min_version is not None:
             self.context.set_min_proto_version(min_version)
         if max_version is not None:
@@ -208,9 +209,8 @@ def leaf(cert: trustme.LeafCert) -> x509.Certificate:
 
 def resumed(connection: SSL.Connection) -> bool:
     """Whether the handshake resumed a session; pyOpenSSL has no wrapper of this call."""
-    from OpenSSL._util import lib
-
-    return bool(lib.SSL_session_reused(connection._ssl))
+    session_reused = compat.openssl_function("SSL_session_reused")
+    return bool(session_reused(compat.native_connection(connection)))
 
 
 def served(client: Peer) -> x509.Certificate:

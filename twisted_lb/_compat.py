@@ -30,7 +30,7 @@ them itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from OpenSSL import SSL
 from pydantic import BaseModel
@@ -63,18 +63,23 @@ __all__ = [
     "flush_tls_aggregator",
     "hold_if_idle",
     "hold_if_open",
+    "native_connection",
     "native_context",
     "openssl_function",
     "queued",
+    "queued_bytes",
     "send_when_idle",
     "take_sendable",
     "tls_app_buffered",
+    "tls_handshake_done",
     "tls_holds_writes",
+    "tls_producer",
     "tls_reason",
     "unix_endpoint_path",
     "unix_endpoint_with_mode",
     "unwrap_server_endpoint",
     "wrapped_protocol",
+    "write_side",
 ]
 
 
@@ -94,13 +99,32 @@ __all__ = [
 # ITransport offers neither. Its turn-end send adds to the buffer without startWriting,
 # which no public method does.
 # If it goes: sender could send bytes out of order or after a close, or hold bytes forever.
-# The tests fail first (tests/test_compat.py, FileDescriptorWriteTests).
+# The tests fail first (tests/test_compat.py, FileDescriptorWriteTests). queued_bytes and
+# write_side are for the tests of the data paths, which watch the buffer and the half-close.
 
 
 def queued(connection: tcp.Connection) -> bool:
     """Whether bytes written to ``connection`` wait in its write buffer, not yet sent."""
     c: Any = connection
     return bool(c._tempDataLen or c.offset != len(c.dataBuffer))
+
+
+def queued_bytes(connection: tcp.Connection) -> int:
+    """How many bytes written to ``connection`` wait in its write buffer, not yet sent."""
+    c: Any = connection
+    return int(len(c.dataBuffer) - c.offset + c._tempDataLen)
+
+
+def write_side(connection: tcp.Connection) -> Literal["open", "closing", "shut"]:
+    """
+    ``connection``'s write side: ``"closing"`` once ``loseWriteConnection`` was called while
+    bytes were queued, ``"shut"`` once they are written and the side is shut (a FIN; ``write``
+    drops bytes from then on), else ``"open"``.
+    """
+    c: Any = connection
+    if c._writeDisconnected:
+        return "shut"
+    return "closing" if c._writeDisconnecting else "open"
 
 
 def send_when_idle(
@@ -226,7 +250,7 @@ def take_sendable(connection: tcp.Connection) -> Callable[[], list[bytes] | None
 # responses and sends them in the same turn.
 # If it goes: these read as "holding writes" (the safe side). Closes are then left to TLS, and
 # the pacing hook runs at every write. A renamed _aggregator is not flushed, so a write may go
-# out one turn late.
+# out one turn late. (tls_producer, for the tests of the data paths, reads None.)
 
 
 def tls_holds_writes(transport: TLSMemoryBIOProtocol) -> bool:
@@ -272,7 +296,8 @@ def flush_tls_aggregator(transport: TLSMemoryBIOProtocol) -> None:
 # ConnectionLost. tls.py counts handshakes, and why they failed, for every frontend protocol
 # without changing those protocols.
 # If it goes: the counts of completed and failed handshakes (metrics) stay at 0. Failures are
-# counted as "closed" instead of by their OpenSSL reason.
+# counted as "closed" instead of by their OpenSSL reason. tls_handshake_done, for the tests of
+# the data paths, reads False.
 
 
 class HandshakeObservingTLS(BufferingTLSTransport):
@@ -291,6 +316,19 @@ class HandshakeObservingTLS(BufferingTLSTransport):
         if self._handshakeDone and not self._handshake_reported:
             self._handshake_reported = True
             self.handshake_completed()
+
+
+def tls_handshake_done(transport: TLSMemoryBIOProtocol) -> bool:
+    """Whether ``transport``'s handshake has completed (``False`` if Twisted renamed it)."""
+    return bool(getattr(transport, "_handshakeDone", False))
+
+
+def tls_producer(transport: TLSMemoryBIOProtocol) -> object:
+    """
+    The producer registered with ``transport``, as Twisted keeps it (wrapped in a
+    ``_ProducerMembrane``), or ``None``.
+    """
+    return getattr(transport, "_producer", None)
 
 
 def tls_reason(transport: TLSMemoryBIOProtocol) -> Failure | None:
@@ -426,11 +464,12 @@ TWISTD_DEFAULT_PIDFILE = "twistd.pid"
 
 # == pyOpenSSL =================================================================================
 
-# -- OpenSSL._util.lib and Context._context ----------------------------------------------------
+# -- OpenSSL._util.lib, Context._context and Connection._ssl -----------------------------------
 #
 # What: pyOpenSSL's cffi binding of libssl (``OpenSSL._util.lib``). It has
 # SSL_CTX_set1_curves_list (OpenSSL's older name for SSL_CTX_set1_groups_list) and
-# ERR_clear_error. ``Context._context`` is the SSL_CTX* that a Context wraps.
+# ERR_clear_error. ``Context._context`` is the SSL_CTX* that a Context wraps, and
+# ``Connection._ssl`` the SSL* of a Connection (for the tests: SSL_session_reused).
 # Checked: pyOpenSSL 26.4.0.
 # Why private: pyOpenSSL does not wrap SSL_CTX_set1_groups_list, and its set_tmp_ecdh sets
 # only one curve. tls.py sets a frontend's TLS groups (``curves``).
@@ -453,6 +492,11 @@ def openssl_function(name: str) -> Any:
 def native_context(context: SSL.Context) -> Any:
     """The ``SSL_CTX*`` that ``context`` wraps (``Context._context``), or ``None``."""
     return getattr(context, "_context", None)
+
+
+def native_connection(connection: SSL.Connection) -> Any:
+    """The ``SSL*`` that ``connection`` wraps (``Connection._ssl``), or ``None``."""
+    return getattr(connection, "_ssl", None)
 
 
 # == pydantic ==================================================================================
