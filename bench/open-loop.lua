@@ -32,6 +32,7 @@ function init(args)
   INTERVAL_US = tonumber(args[1])
   assert(INTERVAL_US and INTERVAL_US > 0, "usage: wrk -s open-loop.lua URL -- INTERVAL_US")
 end
+
 local first_slot = nil
 local reserved = 0
 -- The slots taken by connections that wait to send (a min-heap), and those of them that were

@@ -1,7 +1,8 @@
 """
 Backend address strings: ``host:port``, ``[v6]:port`` and ``unix:/path``; host names (a
-route's, an http check's ``Host``, a TLS ``server_name``); and listener descriptions: which
-take the PROXY protocol (``haproxy:...``), and what Twisted's endpoint parser says of them.
+route's, an http check's ``Host``, a TLS ``server_name``, the admin API's ``allowed_hosts``);
+and listener descriptions: which take the PROXY protocol (``haproxy:...``), and what
+Twisted's endpoint parser says of them.
 
 Shared by :mod:`twisted_lb.config` (validation), :mod:`twisted_lb.http.routing` (a route's
 host) and :mod:`twisted_lb.backend` and :mod:`twisted_lb.service` (endpoints), so that they
@@ -305,7 +306,7 @@ def allowed_host_problem(entry: str) -> str | None:
     if "*" in entry:
         return (
             f"{entry!r}: write a domain with a leading dot, as in "
-            f"{'.' + entry.lstrip('*.')!r}, for the name and every name under it"
+            f"{'.' + (entry.lstrip('*.') or 'internal')!r}, for the name and every name under it"
         )
     dot = "." if entry.startswith(".") else ""
     return _name_problem(entry[len(dot) :].removesuffix("."), _ALLOWED_HOST_EXAMPLES, entry, dot)
