@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -467,6 +468,24 @@ class APIReadTests(SynchronousTestCase):
         response = exchange(self.site, b"HEAD /api/v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertEqual((response.status, response.body), (200, b""))
         self.assertEqual(response.header("content-type"), "application/json")
+
+    def test_directories(self) -> None:
+        """
+        ``/dashboard`` and ``/dashboard/`` are 302 to the page (``/``); ``/api`` and
+        ``/api/`` are the JSON 404 that points at ``/api/v1/``, not twisted.web's 405.
+        """
+        for path, location in [("/dashboard", "./"), ("/dashboard/", "../")]:
+            for method in ("GET", "HEAD"):
+                response = exchange(
+                    self.site, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+                )
+                self.assertEqual((response.status, response.header("location")), (302, location))
+                self.assertEqual(urljoin(f"http://127.0.0.1{path}", location), "http://127.0.0.1/")
+        for path in ("/api", "/api/"):
+            status, _, body = request(self.site, "GET", path)
+            self.assertEqual(
+                (status, body["error"]), (404, f"no such path {path}; the API is under /api/v1/")
+            )
 
     def test_not_found(self) -> None:
         """Unknown endpoints, pools and backends are 404, naming what exists."""
@@ -1370,6 +1389,18 @@ class ChangeIntegrationTests(AdminIntegrationCase):
         connection.close()
         _, body = admin.call("GET", backend)
         self.assertEqual(body["weight"], 3)
+        # A browser that asks for /dashboard is sent to the page.
+        connection = http.client.HTTPConnection("127.0.0.1", admin.admin_port, timeout=TIMEOUT)
+        connection.request("GET", "/dashboard")
+        response = connection.getresponse()
+        response.read()
+        self.assertEqual(response.status, 302)
+        page = urljoin("/dashboard", response.getheader("Location") or "")
+        connection.request("GET", page)
+        response = connection.getresponse()
+        self.assertEqual((page, response.status), ("/", 200))
+        self.assertIn(b'<script src="/dashboard/dashboard.js">', response.read())
+        connection.close()
 
     def test_sighup_reload_rewrites_the_state_file(self) -> None:
         """

@@ -800,13 +800,19 @@ class _NotFound(Resource):
 
 
 class _Directory(Resource):
-    """A resource whose unknown children are :class:`_NotFound` (not twisted.web's HTML)."""
+    """
+    A resource whose unknown children, and itself (``/api``), are :class:`_NotFound` (not
+    twisted.web's HTML, nor its 405 for a resource without a page).
+    """
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return _NotFound().render(request)
 
 
 def admin_resource(

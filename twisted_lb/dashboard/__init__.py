@@ -143,7 +143,10 @@ class _Stats(Resource):
 class DashboardResource(Resource):
     """
     ``/dashboard/``: the page's script and style sheet, and ``stats.json`` (see
-    :func:`stats`). Mounted beside the page (:func:`dashboard_page`) on the admin root.
+    :func:`stats`). Mounted beside the page (:func:`dashboard_page`) on the admin root, so a
+    ``GET`` of ``/dashboard`` or ``/dashboard/`` itself is answered ``302 Found`` to the page
+    (a relative ``Location``, RFC 9110 §10.2.2, so the redirect holds wherever both are
+    mounted), as nginx answers a directory's name with its index.
 
     Args:
         service: the balancer whose live objects are shown.
@@ -156,6 +159,26 @@ class DashboardResource(Resource):
         for name, content_type in _ASSETS.items():
             self.putChild(name, _Asset(name.decode(), content_type))
         self.putChild(b"stats.json", _Stats(service, token_required))
+        self.putChild(b"", _ToPage(b"../"))
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound()
+
+    def render_GET(self, request: Request) -> bytes:
+        return _ToPage(b"./").render_GET(request)
+
+
+class _ToPage(Resource):
+    """A 302 to ``location``, the page relative to where this resource is."""
+
+    isLeaf = True
+
+    def __init__(self, location: bytes) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.location = location
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(302)
+        request.setHeader(b"location", self.location)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"the dashboard is at " + self.location + b"\n"
