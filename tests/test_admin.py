@@ -390,7 +390,7 @@ class APIReadTests(SynchronousTestCase):
         status, response, body = request(self.site, "GET", "/api/v1/pools")
         self.assertEqual((status, response.header("content-type")), (200, "application/json"))
         [pool] = body["pools"]
-        self.assertEqual(pool["name"], "app")
+        self.assertEqual((pool["name"], pool["strategy"]), ("app", "round_robin"))  # the file's
         self.assertEqual([b["name"] for b in pool["backends"]], ["app1", "app2"])
         app2 = pool["backends"][1]
         self.assertEqual(

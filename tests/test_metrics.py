@@ -387,6 +387,7 @@ class DashboardTests(CountersCase):
             (web["mode"], web["accepted"], web["requests"]), ("http", 1, [0, 1, 0, 0, 0])
         )
         [pool] = data["pools"]
+        self.assertEqual(pool["strategy"], "round_robin")  # as the file names it
         self.assertEqual(pool["bounds"], list(DURATION_BUCKETS))
         self.assertEqual(sum(pool["duration"]), 1)
         a, b = pool["backends"]

@@ -58,7 +58,7 @@ from twisted_lb.config import (
 )
 from twisted_lb.dashboard import DashboardResource, dashboard_page
 from twisted_lb.interfaces import IBalancerReactor
-from twisted_lb.metrics import MetricsResource, Observed, metrics_registry
+from twisted_lb.metrics import MetricsResource, Observed, metrics_registry, strategy_name
 from twisted_lb.pool import Pool
 from twisted_lb.service import ListeningService
 
@@ -565,7 +565,7 @@ class APIResource(Resource):
         """One pool and its backends."""
         return {
             "name": pool.name,
-            "strategy": type(pool.strategy).__name__,
+            "strategy": strategy_name(self.service, pool),
             "health_check": pool.name in self.service.monitors,
             "outlier_detection": pool.outlier_detector is not None,
             "slow_start": pool.slow_start,

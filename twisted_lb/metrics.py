@@ -19,7 +19,7 @@ series is bounded by the config.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -38,6 +38,9 @@ from twisted_lb.backend import CONNECT_ERROR_REASONS, RETRY_REASONS, Backend, Ba
 from twisted_lb.http.proxy import HTTPProxyFactory
 from twisted_lb.pool import DurationHistogram, Pool
 from twisted_lb.tls import ServerTLS
+
+if TYPE_CHECKING:
+    from twisted_lb.config import Config
 
 __all__ = [
     "STATUS_CLASSES",
@@ -82,6 +85,18 @@ class Observed(Protocol):
     def started(self) -> float: ...
     @property
     def last_reload(self) -> Any: ...
+    @property
+    def config(self) -> Config: ...
+
+
+def strategy_name(service: Observed, pool: Pool) -> str:
+    """
+    The name of ``pool``'s strategy as the config file writes it (``"round_robin"``, the
+    plugin's name), for the admin API and the dashboard; for a pool the config does not have
+    (built in code), its strategy's class name.
+    """
+    configured = service.config.pools.get(pool.name)
+    return configured.strategy if configured is not None else type(pool.strategy).__name__
 
 
 def backend_badge(backend: Backend) -> str:

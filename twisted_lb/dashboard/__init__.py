@@ -27,7 +27,7 @@ from twisted.web.server import Request
 
 from twisted_lb import __version__
 from twisted_lb.http.proxy import HTTPProxyFactory
-from twisted_lb.metrics import Observed, backend_badge
+from twisted_lb.metrics import Observed, backend_badge, strategy_name
 
 __all__ = ["DashboardResource", "dashboard_page", "stats"]
 
@@ -91,7 +91,7 @@ def stats(service: Observed, *, token_required: bool) -> dict[str, Any]:
     pools = [
         {
             "name": name,
-            "strategy": type(pool.strategy).__name__,
+            "strategy": strategy_name(service, pool),
             "bounds": list(pool.request_seconds.bounds),
             "duration": list(pool.request_seconds.counts),
             "first_byte": list(pool.first_byte_seconds.counts),
