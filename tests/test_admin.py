@@ -869,6 +869,29 @@ class APITokenTests(SynchronousTestCase):
             self.assertEqual(request(self.site, "GET", path)[0], 200)
 
 
+class AdminClientTests(SynchronousTestCase):
+    def test_default_socket_unreachable(self) -> None:
+        """
+        Without ``--socket`` or ``--url``, an unreachable API is named by the default socket's
+        path, with how to give the right one.
+        """
+        from twisted_lb import cli
+
+        missing = os.path.join(short_directory(self), "admin.sock")
+        self.patch(cli, "DEFAULT_ADMIN_SOCKET", missing)
+        client = cli.AdminClient(timeout=5)
+        self.assertEqual(client.where(), f"unix:{missing}")
+        with self.assertRaises(cli.CtlError) as raised:
+            client.call("GET", "status")
+        self.assertEqual(raised.exception.status, cli.CTL_UNREACHABLE)
+        self.assertEqual(
+            str(raised.exception),
+            f"cannot reach the admin API at unix:{missing}: [Errno 2] No such file or directory "
+            "(the default socket; give the one the config's [admin] listen names, with "
+            "--socket PATH or --url http://127.0.0.1:PORT)",
+        )
+
+
 class AdminListenerTests(SynchronousTestCase):
     """The listeners, on the real reactor's sockets."""
 
@@ -1173,6 +1196,7 @@ class AdminIntegrationTests(AdminIntegrationCase):
         self.assertIn(
             f"cannot reach the admin API at unix:{directory}/nothing.sock", unreachable.stderr
         )
+        self.assertNotIn("the default socket", unreachable.stderr)
         tcp = ctl("--url", f"http://127.0.0.1:{admin.admin_port}", *token, "maint", "app", "app1")
         self.assertEqual(tcp.returncode, 0, tcp.stderr)
         _, body = admin.call("GET", "pools/app/backends/app1")

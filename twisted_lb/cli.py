@@ -493,7 +493,10 @@ class AdminClient:
         self.timeout = timeout
 
     def where(self) -> str:
-        return self.url if self.url is not None else f"unix:{self.socket_path}"
+        """The admin API this client talks to: the URL, or ``unix:`` and the socket's path."""
+        if self.url is not None:
+            return self.url
+        return f"unix:{self.socket_path or DEFAULT_ADMIN_SOCKET}"
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.url is None:
@@ -538,7 +541,13 @@ class AdminClient:
             response = connection.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as e:
-            raise CtlError(f"cannot reach the admin API at {self.where()}: {e}") from None
+            hint = ""
+            if self.url is None and self.socket_path is None:
+                hint = (
+                    " (the default socket; give the one the config's [admin] listen names, "
+                    "with --socket PATH or --url http://127.0.0.1:PORT)"
+                )
+            raise CtlError(f"cannot reach the admin API at {self.where()}: {e}{hint}") from None
         finally:
             connection.close()
         try:

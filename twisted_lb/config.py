@@ -943,6 +943,11 @@ class PoolConfig(_Model):
         "client connections",
         "health": "health_check",
         "check": "health_check",
+        "proxy_connect_timeout": "connect_timeout",
+        "proxy_read_timeout": "response_timeout",
+        "proxy_next_upstream_tries": "retries",
+        "keepalive": "max_idle_per_backend",
+        "keepalive_timeout": "upstream_idle_timeout",
     }
 
     name: SkipJsonSchema[str] = Field(description="The table's name.")
@@ -1267,6 +1272,10 @@ class FrontendConfig(_Model):
         "balance": "the strategy goes in the pool: strategy = ... in [pools.NAME]",
         "server": "backends go in a pool: backends = [...] in [pools.NAME]",
         "client_max_body_size": "max_body_bytes",
+        "keepalive_timeout": "client_timeout",
+        "client_header_timeout": "header_timeout",
+        "large_client_header_buffers": "max_header_bytes",
+        "set_real_ip_from": "trusted_proxies",
         "ssl": "tls",
     }
 
