@@ -16,7 +16,14 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, Logger, LogLevel, capturedLogs, globalLogPublisher
+from twisted.logger import (
+    LogEvent,
+    Logger,
+    LogLevel,
+    capturedLogs,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -315,6 +322,12 @@ class AccessLogTests(SynchronousTestCase):
         event_log.tcp(**TCP_FIELDS)
         for event in captured:
             observer({**event, "log_time": 1_700_000_000.5})
+        # Twisted's own observers format the events alike, "-" included.
+        self.assertEqual(
+            [formatEvent(event) for event in captured[:2]],
+            [line.split("] ", 1)[1] for line in events.getvalue().splitlines()[:2]],
+        )
+        self.assertIsNone(captured[1]["first_byte_ms"])
         self.assertEqual(self.out.getvalue(), events.getvalue())
         self.assertEqual(
             self.out.getvalue().splitlines(),

@@ -50,6 +50,10 @@ HTTP_ACCESS_FORMAT = (
     "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} total_ms={total_ms}"
 )
 
+# A request with no response byte: "-", as AccessLog writes it, for any observer (the event's
+# first_byte_ms stays None).
+_HTTP_ACCESS_FORMAT_NO_FIRST_BYTE = HTTP_ACCESS_FORMAT.replace("{first_byte_ms}", "-")
+
 #: The format string of a relayed TCP connection's access event.
 TCP_ACCESS_FORMAT = (
     "{frontend} {client} -> {backend} in={bytes_in} out={bytes_out} "
@@ -502,7 +506,11 @@ class EventAccessLog:
                 "log_level": LogLevel.info,
                 "log_namespace": logger.namespace,
                 "log_source": None,
-                "log_format": HTTP_ACCESS_FORMAT,
+                "log_format": (
+                    HTTP_ACCESS_FORMAT
+                    if first_byte_ms is not None
+                    else _HTTP_ACCESS_FORMAT_NO_FIRST_BYTE
+                ),
                 "log_time": time.time(),
                 "frontend": frontend,
                 "client": client,
