@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, capturedLogs
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -896,11 +896,24 @@ class StrictRequestTests(ProxyCase):
 
     def test_http_versions(self) -> None:
         """
-        As nginx answers them: HTTP/2.0 and later 505, a version 0.x 400; HTTP/1.2 to 1.9 are
-        served as HTTP/1.1 (RFC 9110 §2.5), keep-alive included.
+        As nginx answers them: HTTP/2.0 and later 505, a version 0.x and an HTTP/2 preface
+        400; HTTP/1.2 to 1.9 are served as HTTP/1.1 (RFC 9110 §2.5), keep-alive included.
         """
         for version in [b"2.0", b"3.0", b"9.9"]:
             self.refused(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n", b"505")
+        # An HTTP/2 client with prior knowledge: 400, as nginx 1.22 answers its preface, and
+        # the log says what it was.
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        self.refused(preface, b"400")
+        client, _ = self.connect_client()
+        with capturedLogs() as events:
+            client.dataReceived(preface)
+        self.close_client(client)
+        self.assertIn(
+            "frontend web: malformed request from 192.0.2.1: an HTTP/2 connection preface "
+            "(PRI * HTTP/2.0); this listener speaks HTTP/1.1",
+            [formatEvent(event) for event in events],
+        )
         for version in [b"0.9", b"0.0"]:
             self.refused(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n", b"400")
         client, client_transport = self.connect_client()

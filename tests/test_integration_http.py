@@ -631,6 +631,7 @@ STRICT = {
     "invalid Host": (b"GET /smuggle HTTP/1.1\r\nHost: a.test/b\r\n\r\n", 400),
     "HTTP/2.0 on the HTTP/1 parser": (b"GET /smuggle HTTP/2.0\r\nHost: test\r\n\r\n", 505),
     "HTTP/3.0": (b"GET /smuggle HTTP/3.0\r\nHost: test\r\n\r\n", 505),
+    "HTTP/2 prior-knowledge preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
     "HTTP/0.9 with a version": (b"GET /smuggle HTTP/0.9\r\nHost: test\r\n\r\n", 400),
     "chunk size FFFFFFFFFFFFFFFF": (_CHUNKED + b"FFFFFFFFFFFFFFFF\r\nabc", 400),
     "chunk size 2^52": (_CHUNKED + b"10000000000000\r\nabc", 400),

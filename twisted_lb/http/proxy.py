@@ -80,6 +80,11 @@ from twisted_lb.pool import Lease, Pool
 
 _log = Logger()
 
+# What llhttp says of an HTTP/2 client's prior-knowledge preface (RFC 9113 §3.3), and what the
+# log says instead.
+_H2_PREFACE_ERROR = "Pause on PRI/Upgrade"
+_H2_PREFACE = "an HTTP/2 connection preface (PRI * HTTP/2.0); this listener speaks HTTP/1.1"
+
 #: Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -473,12 +478,15 @@ class HTTPProxyProtocol(Protocol):
         except _RequestError as e:
             self._reject(e.status)
         except httptools.HttpParserError as e:
+            reason = str(e)
+            if reason == _H2_PREFACE_ERROR:  # llhttp stops at "PRI * HTTP/2.0"; nginx 1.22's 400
+                reason = _H2_PREFACE
             if not self.close_requested:  # (llhttp refuses any byte after such a request)
                 _log.info(
                     "frontend {frontend}: malformed request from {client}: {error}",
                     frontend=self.factory.frontend,
                     client=self.client_ip or "-",
-                    error=str(e),
+                    error=reason,
                 )
             self._reject(400)
         except Exception:
