@@ -1500,13 +1500,17 @@ class LoadBalancerService(MultiService):
     # -- running
 
     def privilegedStartService(self) -> None:
+        from twisted_lb.metrics import strategy_name  # (metrics.py imports this module)
+
         for name, pool in self.pools.items():
+            count = len(pool.backends)
             _log.info(
-                "pool {pool}: {count} backends ({backends}), strategy {strategy}",
+                "pool {pool}: {count} backend{s} ({backends}), strategy {strategy}",
                 pool=name,
-                count=len(pool.backends),
+                count=count,
+                s="" if count == 1 else "s",
                 backends=", ".join(f"{b.name}={b.address}" for b in pool.backends),
-                strategy=type(pool.strategy).__name__,
+                strategy=strategy_name(self, pool),
             )
             if pool.tls is not None and not pool.tls.verify:
                 _log.warn(
