@@ -619,13 +619,21 @@ class ErrorTests(ProxyCase):
         self.close_client(client)
 
     def test_connect_failover_then_502(self) -> None:
-        """A refused connect goes on to the next backend; when retries run out, 502."""
+        """
+        A refused connect goes on to the next backend; when retries run out, 502. The log
+        says how many attempts are left each time.
+        """
         client, client_transport = self.connect_client()
         client.dataReceived(GET)
-        self.refuse_upstream()
-        self.assertEqual(len(self.reactor.tcpClients), 2)
-        self.refuse_upstream()
+        with capturedLogs() as events:
+            self.refuse_upstream()
+            self.assertEqual(len(self.reactor.tcpClients), 2)
+            self.refuse_upstream()
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502"))
+        failed = [formatEvent(e) for e in events if "failed:" in e.get("log_format", "")]
+        self.assertEqual(
+            [line.rsplit("; ", 1)[1] for line in failed], ["1 attempt left", "0 attempts left"]
+        )
         self.assertEqual([b.connect_failures for b in self.backends], [1, 1, 0])
         self.assertEqual([b.in_flight_requests for b in self.backends], [0, 0, 0])
         self.assertEqual([b.active_connections for b in self.backends], [0, 0, 0])

@@ -114,6 +114,22 @@ class StateTests(SynchronousTestCase):
         pool.set_healthy(primary, True)
         self.assertEqual(set(picked(pool, 4)), {primary})
 
+    def test_attempts_left(self) -> None:
+        """
+        After failed connects, a client has its retries left, but no more than the eligible
+        backends it has not tried: none after the only backend, whatever ``retries`` says.
+        """
+        b1, b2, b3 = backends(3)
+        pool = Pool("p", [b1, b2, b3], RoundRobin(), retries=1)
+        self.assertEqual((pool.attempts_left([b1]), pool.attempts_left([b1, b2])), (1, 0))
+        pool = Pool("p", [b1, b2, b3], RoundRobin(), retries=5)
+        self.assertEqual(pool.attempts_left([b1]), 2)
+        pool.set_healthy(b2, False)
+        self.assertEqual(pool.attempts_left([b1]), 1)
+        self.assertEqual(pool.attempts_left([b1, b3]), 0)
+        alone = Pool("p", backends(1), RoundRobin(), retries=2)
+        self.assertEqual(alone.attempts_left(alone.backends), 0)
+
     def test_nothing_up(self) -> None:
         """With nothing UP and no panic, there is no pick."""
         pool = Pool("p", backends(2), RoundRobin())

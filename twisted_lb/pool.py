@@ -459,6 +459,15 @@ class Pool:
             return [b for b in tier if b not in exclude]
         return tier
 
+    def attempts_left(self, tried: Collection[Backend]) -> int:
+        """
+        How many more backends a client whose connects to ``tried`` failed may be sent to: the
+        ``retries`` it has left, but no more than the :meth:`eligible` backends it has not
+        tried (so a pool of one backend has none left after it, whatever ``retries`` says).
+        """
+        left = self.retries + 1 - len(tried)
+        return min(left, len(self.eligible(tried))) if left > 0 else 0
+
     def pick(self, info: ConnectionInfo, exclude: Collection[Backend] = ()) -> Lease | None:
         """
         Choose a backend with the strategy and lease it.

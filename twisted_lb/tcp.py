@@ -359,16 +359,17 @@ class _ClientSide(Protocol):
         backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
         self.pool.report_failure(backend, reason)
-        attempts_left = self.pool.retries + 1 - len(self.tried)
+        attempts_left = self.pool.attempts_left(self.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
-            "failed: {reason}; {left} attempts left",
+            "failed: {reason}; {left} attempt{s} left",
             frontend=factory.frontend,
             backend=backend.name,
             address=str(backend.address),
             pool=self.pool.name,
             reason=reason,
             left=attempts_left,
+            s="" if attempts_left == 1 else "s",
         )
         if attempts_left > 0:
             backend.retries[RETRY_CONNECT_FAILED] += 1

@@ -900,16 +900,17 @@ class HTTPProxyProtocol(Protocol):
         backend.connect_errors[connect_error_reason(failure.value)] += 1
         reason = describe_error(failure.value)
         pool.report_failure(backend, reason)
-        left = pool.retries + 1 - len(exchange.tried)
+        left = pool.attempts_left(exchange.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
-            "failed: {reason}; {left} attempts left",
+            "failed: {reason}; {left} attempt{s} left",
             frontend=self.factory.frontend,
             backend=backend.name,
             address=str(backend.address),
             pool=pool.name,
             reason=reason,
             left=left,
+            s="" if left == 1 else "s",
         )
         if left > 0:
             backend.retries[RETRY_CONNECT_FAILED] += 1
