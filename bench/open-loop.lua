@@ -6,7 +6,8 @@
 -- microseconds, whatever the responses: the next free connection takes the next slot, waiting
 -- for it if it is early, sending at once if it is late. A late request (every connection was
 -- busy at its slot) is counted from its slot, when it should have been sent, not from when a
--- connection was free to send it; one on time is counted from when it is sent.
+-- connection was free to send it; one on time is counted from when it is sent, less the
+-- slack of wrk's millisecond timers (TIMER_SLACK_US).
 --
 -- The printed "open-loop" lines are read by http_bench.py.
 --
@@ -36,7 +37,8 @@ end
 local first_slot = nil
 local reserved = 0
 -- The slots taken by connections that wait to send (a min-heap), and those of them that were
--- late, whose connection sends at once.
+-- late, whose connection sends at once. Every connection's first request comes through
+-- delay() too.
 local starts, count, late = {}, 0, {}
 
 local function push(value)
@@ -68,7 +70,7 @@ local function pop()
 end
 
 latencies = {}  -- microseconds, read by done() through thread:get()
-unstamped = 0   -- responses without X-Intended
+unstamped = 0   -- responses below 400 without X-Intended
 
 -- The next slot of the schedule, which starts at the first call.
 local function next_slot(now)
@@ -90,34 +92,52 @@ function delay()
   return math.ceil((slot - math.floor(now / 1000) * 1000) / 1000)
 end
 
+-- wrk's timers are in whole milliseconds: a connection woken for a slot is woken up to 1 ms
+-- after it (the delay rounded up), and up to 1 ms later again (the poll's timeout is
+-- rounded too). That wait is the client's; past it, the time counts.
+local TIMER_SLACK_US = 2000
+
+local function stamped(start)
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["X-Intended"] = string.format("%.0f", start)
+  return wrk.format(nil, nil, headers)
+end
+
 function request()
-  -- The n-th request sent takes the n-th slot. A request sent on time is counted from when it
-  -- is sent: wrk's timers are in whole milliseconds and wake a connection up to 1 ms after its
-  -- slot, and that wait is the client's. A late one is counted from its slot. A connection's
-  -- first request (and the first after a reconnect) comes without a delay() call and is sent
-  -- at once; it takes a slot of its own.
+  if first_slot == nil then
+    -- wrk builds one request to check it before it connects: it takes no slot.
+    return stamped(now_us())
+  end
+  -- The n-th request sent takes the n-th slot. A late one (every connection was busy at its
+  -- slot) is counted from its slot. One sent on time is counted from when it is sent, or from
+  -- TIMER_SLACK_US after its slot if its connection woke later than that.
   local now, start = now_us(), nil
   if count > 0 then
-    start = pop()
+    local slot = pop()
+    if late[slot] then
+      late[slot] = nil
+      start = slot
+    else
+      start = math.min(now, slot + TIMER_SLACK_US)
+    end
   else
-    start = next_slot(now)
-    late[start] = start <= now or nil
+    -- A request sent again after a socket error comes without a delay() call, at once: it
+    -- takes a slot of its own.
+    local slot = next_slot(now)
+    start = math.min(now, slot)
   end
-  if late[start] then
-    late[start] = nil
-  else
-    start = now
-  end
-  return wrk.format(nil, nil, { ["X-Intended"] = string.format("%.0f", start) })
+  return stamped(start)
 end
 
 function response(status, headers, body)
   local stamp = headers["X-Intended"] or headers["x-intended"]
-  if stamp == nil then
-    unstamped = unstamped + 1
-  else
+  if stamp ~= nil then
     latencies[#latencies + 1] = now_us() - tonumber(stamp)
+  elseif status < 400 then
+    unstamped = unstamped + 1  -- the backend's answer, without its field: the path dropped it
   end
+  -- (An error the proxy answered itself has no field; wrk counts it among the non-2xx.)
 end
 
 local threads = {}
