@@ -695,7 +695,15 @@ class CrossSiteTests(SynchronousTestCase):
         ):
             status, _, _ = request(site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
             self.assertEqual(status, 200, host)
-        for host in ("x.lb1.internal", "evillb.example", "lb.example.evil", "evil.example"):
+        for host in (
+            "x.lb1.internal",
+            "evillb.example",
+            "lb.example.evil",
+            "evil.example",
+            "[lb1.internal]:9901",  # no name goes in brackets
+            ".lb.example",
+            "a..lb.example",
+        ):
             status, _, body = request(site, "GET", "/api/v1/pools", headers=(f"Host: {host}",))
             self.assertEqual(status, 421, host)
             self.assertIn("or add the name to [admin] allowed_hosts", body["error"])
@@ -887,8 +895,8 @@ class AdminClientTests(SynchronousTestCase):
         self.assertEqual(
             str(raised.exception),
             f"cannot reach the admin API at unix:{missing}: [Errno 2] No such file or directory "
-            "(the default socket; give the one the config's [admin] listen names, with "
-            "--socket PATH or --url http://127.0.0.1:PORT)",
+            "(the default socket; pass --socket with the unix: path of the config's [admin] "
+            "listen, or --url http://127.0.0.1:PORT for its tcp: one)",
         )
 
 

@@ -298,15 +298,17 @@ def allowed_host_problem(entry: str) -> str | None:
     problem = url_problem(entry, "name", "lb1.internal")
     if problem is not None:
         return problem
-    if is_ipv6(entry.strip("[]")):
+    if is_ipv6(entry) or (entry[:1] == "[" and entry[-1:] == "]" and is_ipv6(entry[1:-1])):
         return None
     port = _HOST_PORT.fullmatch(entry)
     if port is not None:
         return f"write the name without the port, as in {port['host']!r}; any port is allowed"
     if "*" in entry:
+        domain = entry[2:].removesuffix(".") if entry.startswith("*.") else ""
+        example = f".{domain}" if is_host_name(domain) else ".internal"
         return (
-            f"{entry!r}: write a domain with a leading dot, as in "
-            f"{'.' + (entry.lstrip('*.') or 'internal')!r}, for the name and every name under it"
+            f"{entry!r}: '*' is not a wildcard here; write a domain with a leading dot, as in "
+            f"{example!r}, for the name and every name under it"
         )
     dot = "." if entry.startswith(".") else ""
     return _name_problem(entry[len(dot) :].removesuffix("."), _ALLOWED_HOST_EXAMPLES, entry, dot)
@@ -350,6 +352,14 @@ def server_name_problem(name: str) -> str | None:
             f"{name!r} is too long for a DNS name (at most 63 characters between dots, 253 in all)"
         )
     return None
+
+
+def is_host_name(text: str) -> bool:
+    """
+    Whether ``text`` is a DNS name in ASCII: labels of letters, digits, ``-`` and ``_``
+    between single dots, without a trailing dot.
+    """
+    return _HOST_NAME.fullmatch(text) is not None
 
 
 def is_ipv6(text: str) -> bool:

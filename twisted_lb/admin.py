@@ -47,6 +47,7 @@ from twisted.web.server import Request, Site
 
 from twisted_lb import __version__
 from twisted_lb import _compat as compat
+from twisted_lb._address import is_host_name
 from twisted_lb.backend import Backend, BackendState
 from twisted_lb.config import (
     MAX_WEIGHT,
@@ -185,7 +186,8 @@ def host_allowed(host: bytes, allowed: Sequence[str] = ()) -> bool:
     guidance, Django's ``ALLOWED_HOSTS`` and the webpack dev server's ``allowedHosts`` do).
     """
     text = host.strip().lower().decode("latin-1")
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         literal, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
             return False
@@ -199,10 +201,12 @@ def host_allowed(host: bytes, allowed: Sequence[str] = ()) -> bool:
         ipaddress.ip_address(literal)
     except ValueError:
         name = literal.removesuffix(".")
+        if bracketed or not is_host_name(name):  # only a name DNS could resolve
+            return False
         for entry in allowed:
             entry = entry.lower().removesuffix(".")
             if name == entry.removeprefix(".") or (entry[:1] == "." and name.endswith(entry)):
-                return name != ""
+                return True
         return False
     return True
 

@@ -544,8 +544,8 @@ class AdminClient:
             hint = ""
             if self.url is None and self.socket_path is None:
                 hint = (
-                    " (the default socket; give the one the config's [admin] listen names, "
-                    "with --socket PATH or --url http://127.0.0.1:PORT)"
+                    " (the default socket; pass --socket with the unix: path of the config's "
+                    "[admin] listen, or --url http://127.0.0.1:PORT for its tcp: one)"
                 )
             raise CtlError(f"cannot reach the admin API at {self.where()}: {e}{hint}") from None
         finally:

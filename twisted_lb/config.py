@@ -945,8 +945,10 @@ class PoolConfig(_Model):
         "check": "health_check",
         "proxy_connect_timeout": "connect_timeout",
         "proxy_read_timeout": "response_timeout",
-        "proxy_next_upstream_tries": "retries",
-        "keepalive": "max_idle_per_backend",
+        "proxy_next_upstream_tries": "write retries, the tries after the first: nginx's "
+        "proxy_next_upstream_tries N is retries = N - 1",
+        "keepalive": "write max_idle_per_backend, the idle connections kept per backend "
+        "(nginx's keepalive is one worker's, for all the upstream's servers together)",
         "keepalive_timeout": "upstream_idle_timeout",
     }
 
