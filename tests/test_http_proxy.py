@@ -632,7 +632,7 @@ class ErrorTests(ProxyCase):
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502"))
         failed = [formatEvent(e) for e in events if "failed:" in e.get("log_format", "")]
         self.assertEqual(
-            [line.rsplit("; ", 1)[1] for line in failed], ["1 attempt left", "0 attempts left"]
+            [line.rsplit("; ", 1)[1] for line in failed], ["attempts left: 1", "attempts left: 0"]
         )
         self.assertEqual([b.connect_failures for b in self.backends], [1, 1, 0])
         self.assertEqual([b.in_flight_requests for b in self.backends], [0, 0, 0])

@@ -44,15 +44,17 @@ _log = Logger()
 
 ACCESS_NAMESPACE = "twisted_lb.access"
 
-#: The format string of an HTTP access event (``log_format`` of :class:`EventAccessLog`'s).
+#: The format string of an HTTP access event (``log_format`` of :class:`EventAccessLog`'s),
+#: with ``first_byte_ms=-`` written in (:data:`HTTP_ACCESS_FORMAT_NO_FIRST_BYTE`) for a
+#: request that had no response byte, whose ``first_byte_ms`` field is ``None``.
 HTTP_ACCESS_FORMAT = (
     '{frontend} {client} "{method} {target}" {status} in={bytes_in} out={bytes_out} '
     "backend={backend} connect_ms={connect_ms} first_byte_ms={first_byte_ms} total_ms={total_ms}"
 )
 
-# A request with no response byte: "-", as AccessLog writes it, for any observer (the event's
-# first_byte_ms stays None).
-_HTTP_ACCESS_FORMAT_NO_FIRST_BYTE = HTTP_ACCESS_FORMAT.replace("{first_byte_ms}", "-")
+#: :data:`HTTP_ACCESS_FORMAT` of a request that had no response byte: ``first_byte_ms=-``, as
+#: :class:`AccessLog` writes it, whatever observer formats the event.
+HTTP_ACCESS_FORMAT_NO_FIRST_BYTE = HTTP_ACCESS_FORMAT.replace("{first_byte_ms}", "-")
 
 #: The format string of a relayed TCP connection's access event.
 TCP_ACCESS_FORMAT = (
@@ -472,9 +474,10 @@ class EventAccessLog:
     """
     The access log as ``twisted.logger`` events in the ``twisted_lb.access`` namespace, with
     the fields of :class:`~twisted_lb.interfaces.IAccessLog`'s methods (``method`` and
-    ``target`` as text), formatted by :data:`HTTP_ACCESS_FORMAT` and
-    :data:`TCP_ACCESS_FORMAT`. It is the default of the frontend factories used as a library;
-    ``twistd lb`` writes an :class:`AccessLog` instead.
+    ``target`` as text), formatted by :data:`HTTP_ACCESS_FORMAT` (or
+    :data:`HTTP_ACCESS_FORMAT_NO_FIRST_BYTE`) and :data:`TCP_ACCESS_FORMAT`. It is the default
+    of the frontend factories used as a library; ``twistd lb`` writes an :class:`AccessLog`
+    instead.
 
     Args:
         logger: the logger to emit through (default: one of namespace ``twisted_lb.access``
@@ -498,7 +501,10 @@ class EventAccessLog:
         first_byte_ms: int | None,
         total_ms: int,
     ) -> None:
-        """The event ``logger.info(HTTP_ACCESS_FORMAT, ...)`` would emit, built in one go."""
+        """
+        The event ``logger.info(HTTP_ACCESS_FORMAT, ...)`` would emit, built in one go (with
+        :data:`HTTP_ACCESS_FORMAT_NO_FIRST_BYTE` when ``first_byte_ms`` is ``None``).
+        """
         logger = self.logger
         logger.observer(
             {
@@ -509,7 +515,7 @@ class EventAccessLog:
                 "log_format": (
                     HTTP_ACCESS_FORMAT
                     if first_byte_ms is not None
-                    else _HTTP_ACCESS_FORMAT_NO_FIRST_BYTE
+                    else HTTP_ACCESS_FORMAT_NO_FIRST_BYTE
                 ),
                 "log_time": time.time(),
                 "frontend": frontend,

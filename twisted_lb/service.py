@@ -1503,12 +1503,10 @@ class LoadBalancerService(MultiService):
         from twisted_lb.metrics import strategy_name  # (metrics.py imports this module)
 
         for name, pool in self.pools.items():
-            count = len(pool.backends)
             _log.info(
-                "pool {pool}: {count} backend{s} ({backends}), strategy {strategy}",
+                "pool {pool}: strategy {strategy}, backends {backends}",
                 pool=name,
-                count=count,
-                s="" if count == 1 else "s",
+                count=len(pool.backends),
                 backends=", ".join(f"{b.name}={b.address}" for b in pool.backends),
                 strategy=strategy_name(self, pool),
             )

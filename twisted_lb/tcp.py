@@ -362,14 +362,13 @@ class _ClientSide(Protocol):
         attempts_left = self.pool.attempts_left(self.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
-            "failed: {reason}; {left} attempt{s} left",
+            "failed: {reason}; attempts left: {left}",
             frontend=factory.frontend,
             backend=backend.name,
             address=str(backend.address),
             pool=self.pool.name,
             reason=reason,
             left=attempts_left,
-            s="" if attempts_left == 1 else "s",
         )
         if attempts_left > 0:
             backend.retries[RETRY_CONNECT_FAILED] += 1

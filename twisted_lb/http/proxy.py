@@ -903,14 +903,13 @@ class HTTPProxyProtocol(Protocol):
         left = pool.attempts_left(exchange.tried)
         _log.warn(
             "frontend {frontend}: connect to backend {backend} ({address}) in pool {pool} "
-            "failed: {reason}; {left} attempt{s} left",
+            "failed: {reason}; attempts left: {left}",
             frontend=self.factory.frontend,
             backend=backend.name,
             address=str(backend.address),
             pool=pool.name,
             reason=reason,
             left=left,
-            s="" if left == 1 else "s",
         )
         if left > 0:
             backend.retries[RETRY_CONNECT_FAILED] += 1
